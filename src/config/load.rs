@@ -1,0 +1,444 @@
+//! Loading a [`Config`]: embedded defaults, then the file, then `SPARKCR_EDGE__*`
+//! environment overrides; then the built-in upstreams and validation.
+
+use super::{Config, UpstreamConfig, BUILTIN_UPSTREAMS};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sparkcr-edge/config.toml";
+const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+const ENV_PREFIX: &str = "SPARKCR_EDGE";
+
+/// Where the file layer of a config came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigOrigin {
+    /// No file: the embedded default (plus environment overrides).
+    Embedded,
+    File(PathBuf),
+}
+
+impl fmt::Display for ConfigOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigOrigin::Embedded => f.write_str("<embedded default config>"),
+            ConfigOrigin::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub origin: ConfigOrigin,
+}
+
+/// A config mistake, rendered as one line: `<file>: <key>: <what was expected>`.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {key}{sep}{message}", sep = if key.is_empty() { "" } else { ": " })]
+pub struct ConfigError {
+    pub origin: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(origin: &ConfigOrigin, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            origin: origin.to_string(),
+            key: key.into(),
+            message: one_line(&message.into()),
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The data directory used when the config names none: `$STATE_DIRECTORY` (set by
+/// systemd's `StateDirectory=`) or `./sparkcr-edge-data`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(|v| {
+            // systemd may pass several colon-separated directories; the first is ours.
+            let s = v.to_string_lossy().into_owned();
+            PathBuf::from(s.split(':').next().unwrap_or_default())
+        })
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("./sparkcr-edge-data"))
+}
+
+/// Loads the config. `explicit` is `--config PATH`; without it the default path is used
+/// if it exists, else the embedded default.
+pub fn load(explicit: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+    let origin = match explicit {
+        Some(p) => ConfigOrigin::File(p.to_path_buf()),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            ConfigOrigin::File(PathBuf::from(DEFAULT_CONFIG_PATH))
+        }
+        None => ConfigOrigin::Embedded,
+    };
+    let file_text = match &origin {
+        ConfigOrigin::Embedded => None,
+        ConfigOrigin::File(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            ConfigError::at(&origin, "", format!("cannot read the config file: {e}"))
+        })?),
+    };
+    load_from(origin, file_text.as_deref())
+}
+
+/// Loads from config text already in memory (`None`: the embedded default only).
+pub fn load_from(
+    origin: ConfigOrigin,
+    file_text: Option<&str>,
+) -> Result<LoadedConfig, ConfigError> {
+    use config::{Environment, File, FileFormat};
+    let data_dir = default_data_dir();
+    let mut builder = config::Config::builder()
+        .add_source(File::from_str(EMBEDDED_DEFAULT, FileFormat::Toml))
+        .set_default("storage.path", data_dir.to_string_lossy().into_owned())
+        .map_err(|e| ConfigError::at(&origin, "storage.path", e.to_string()))?;
+    if let Some(text) = file_text {
+        // Parse once ourselves first: toml's own errors carry line and column.
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(ConfigError::at(
+                &origin,
+                "",
+                format!("not valid TOML: {}", e.message().trim()),
+            )
+            .with_span(text, e.span()));
+        }
+        builder = builder.add_source(File::from_str(text, FileFormat::Toml));
+    }
+    builder = builder.add_source(
+        Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("server.listen")
+            .with_list_parse_key("server.tls_listen"),
+    );
+    let raw = builder.build().map_err(|e| from_config_error(&origin, e))?;
+    let mut config: Config = raw
+        .try_deserialize()
+        .map_err(|e| from_config_error(&origin, e))?;
+    add_builtin_upstreams(&mut config);
+    validate(&config, &origin)?;
+    Ok(LoadedConfig { config, origin })
+}
+
+impl ConfigError {
+    fn with_span(mut self, text: &str, span: Option<std::ops::Range<usize>>) -> Self {
+        if let Some(span) = span {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            self.origin = format!("{}:{line}", self.origin);
+        }
+        self
+    }
+}
+
+/// Turns the `config` crate's error into our one line, pulling out the key it names.
+fn from_config_error(origin: &ConfigOrigin, e: config::ConfigError) -> ConfigError {
+    let text = one_line(&e.to_string());
+    let where_from = match &e {
+        config::ConfigError::Type {
+            origin: Some(o), ..
+        }
+        | config::ConfigError::At {
+            origin: Some(o), ..
+        } if o.contains("environment") => "the environment (SPARKCR_EDGE__*)".to_string(),
+        _ => origin.to_string(),
+    };
+    let key = match &e {
+        config::ConfigError::Type { key: Some(k), .. }
+        | config::ConfigError::At { key: Some(k), .. } => k.clone(),
+        _ => String::new(),
+    };
+    // Drop the crate's own " for key `x` in <origin>" tail: we say both up front.
+    let message = text
+        .split(" for key `")
+        .next()
+        .unwrap_or(&text)
+        .trim_end_matches('.')
+        .to_string();
+    // serde says "unknown field `x`, expected one of ..." at the parent; name the full key.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((field, tail)) = rest.split_once('`') {
+            let full = if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+            return ConfigError {
+                origin: where_from,
+                key: full,
+                message: format!(
+                    "unknown key{}",
+                    tail.replacen(", expected", "; expected", 1)
+                ),
+            };
+        }
+    }
+    ConfigError {
+        origin: where_from,
+        key,
+        message,
+    }
+}
+
+fn add_builtin_upstreams(config: &mut Config) {
+    if config.builtin_upstreams {
+        for &(name, url, alias) in BUILTIN_UPSTREAMS {
+            if !config.upstream.iter().any(|u| u.name == name) {
+                let mut up = UpstreamConfig::builtin(name, url, alias);
+                // An alias the user gave to one of their own upstreams wins.
+                if config
+                    .upstream
+                    .iter()
+                    .any(|u| u.aliases.iter().any(|a| a == alias))
+                {
+                    up.aliases.clear();
+                }
+                config.upstream.push(up);
+            }
+        }
+    }
+    if !config.upstream.iter().any(|u| u.default) {
+        if let Some(docker) = config.upstream.iter_mut().find(|u| u.name == "docker.io") {
+            docker.default = true;
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// `host` or `host:port`, as clients write a registry.
+fn is_registry_host(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => is_host_name(host) && port.parse::<u16>().is_ok(),
+        None => is_host_name(s),
+    }
+}
+
+fn readable(origin: &ConfigOrigin, key: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| ConfigError::at(origin, key, format!("cannot read {}: {e}", path.display())))
+}
+
+fn validate(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
+    let err = |key: &str, msg: String| Err(ConfigError::at(origin, key, msg));
+    let s = &c.server;
+    if s.listen.is_empty() && s.tls_listen.is_empty() {
+        return err(
+            "server.listen",
+            "no listener: give at least one address in server.listen or server.tls_listen".into(),
+        );
+    }
+    if !s.tls_listen.is_empty() {
+        readable(origin, "server.tls_cert", &s.tls_cert)?;
+        readable(origin, "server.tls_key", &s.tls_key)?;
+    }
+    if !is_host_name(&s.hostname) {
+        return err(
+            "server.hostname",
+            format!(
+                "expected a DNS name such as \"edge.lan\", got {:?}",
+                s.hostname
+            ),
+        );
+    }
+    let chunk = c.storage.chunk_size.get();
+    if !(64 << 10..=64 << 20).contains(&chunk) {
+        return err(
+            "storage.chunk_size",
+            format!(
+                "expected between 64KiB and 64MiB, got {}",
+                c.storage.chunk_size
+            ),
+        );
+    }
+    if c.storage.max_size.get() < 4 * chunk {
+        return err(
+            "storage.max_size",
+            format!(
+                "expected at least 4 × storage.chunk_size ({}), got {}",
+                super::ByteSize(4 * chunk),
+                c.storage.max_size
+            ),
+        );
+    }
+    if c.storage.path.as_os_str().is_empty() {
+        return err(
+            "storage.path",
+            "expected a directory path, got an empty string".into(),
+        );
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
+        return err(
+            "log.level",
+            format!("expected a log filter such as \"info\" or \"sparkcr_edge=debug\": {e}"),
+        );
+    }
+    let mut defaults = 0;
+    for (i, u) in c.upstream.iter().enumerate() {
+        let key = |field: &str| format!("upstream[{i}].{field} ({})", u.name);
+        if !is_registry_host(&u.name) {
+            return err(&key("name"), format!("expected a registry host such as \"ghcr.io\" or \"registry.lan:5000\", got {:?}", u.name));
+        }
+        if c.upstream[..i].iter().any(|o| o.name == u.name) {
+            return err(
+                &key("name"),
+                format!("upstream {:?} is defined twice", u.name),
+            );
+        }
+        match reqwest::Url::parse(&u.url) {
+            Ok(url)
+                if (url.scheme() == "http" || url.scheme() == "https")
+                    && url.host().is_some()
+                    && url.query().is_none() => {}
+            _ => {
+                return err(
+                    &key("url"),
+                    format!(
+                        "expected an http:// or https:// URL such as \"https://ghcr.io\", got {:?}",
+                        u.url
+                    ),
+                )
+            }
+        }
+        for a in &u.aliases {
+            if !is_dns_label(a) {
+                return err(
+                    &key("aliases"),
+                    format!("expected a DNS label such as \"docker\", got {a:?}"),
+                );
+            }
+            let dup = c
+                .upstream
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != i && o.aliases.contains(a));
+            if dup {
+                return err(
+                    &key("aliases"),
+                    format!("alias {a:?} is used by two upstreams"),
+                );
+            }
+        }
+        if u.default {
+            defaults += 1;
+            if defaults > 1 {
+                return err(
+                    &key("default"),
+                    "only one upstream may be the default".into(),
+                );
+            }
+        }
+        if u.password.is_some() && u.password_file.is_some() {
+            return err(
+                &key("password_file"),
+                "give password or password_file, not both".into(),
+            );
+        }
+        if (u.password.is_some() || u.password_file.is_some()) && u.username.is_none() {
+            return err(&key("username"), "a password needs a username".into());
+        }
+        if let Some(p) = &u.password_file {
+            readable(origin, &key("password_file"), p)?;
+        }
+        if let Some(p) = &u.ca_file {
+            readable(origin, &key("ca_file"), p)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_text(t: &str) -> Result<Config, ConfigError> {
+        load_from(ConfigOrigin::File(PathBuf::from("/t/config.toml")), Some(t)).map(|l| l.config)
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = load_from(ConfigOrigin::Embedded, None).expect("embedded default loads");
+        assert_eq!(
+            c.config.server.listen,
+            vec!["127.0.0.1:5000".parse().expect("addr")]
+        );
+        assert_eq!(c.config.upstream.len(), BUILTIN_UPSTREAMS.len());
+        assert_eq!(
+            c.config.default_upstream().map(|u| u.name.as_str()),
+            Some("docker.io")
+        );
+    }
+
+    #[test]
+    fn user_upstream_replaces_builtin_and_can_be_default() {
+        let c = from_text(
+            "[[upstream]]\nname = \"registry.lan:5000\"\nurl = \"http://127.0.0.1:5001\"\naliases = [\"lan\"]\ndefault = true\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.default_upstream().map(|u| u.name.as_str()),
+            Some("registry.lan:5000")
+        );
+        assert!(
+            !c.upstream
+                .iter()
+                .find(|u| u.name == "docker.io")
+                .expect("builtin")
+                .default
+        );
+    }
+
+    #[test]
+    fn mistakes_name_file_and_key() {
+        let e = from_text("[cache]\nttl = \"5 parsecs\"\n").expect_err("bad duration");
+        let s = e.to_string();
+        assert!(s.starts_with("/t/config.toml"), "{s}");
+        assert!(s.contains("cache.ttl"), "{s}");
+        assert!(!s.contains('\n'));
+
+        let e = from_text("[server]\nlisten_on = []\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("server.listen_on: unknown key"), "{e}");
+
+        let e = from_text("[cache]\nttl_from = \"never\"\n")
+            .expect_err("bad keyword")
+            .to_string();
+        assert!(
+            e.contains("cache.ttl_from: expected one of \"access\" \"fetch\""),
+            "{e}"
+        );
+
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"ftp://a\"\n")
+            .expect_err("bad url")
+            .to_string();
+        assert!(e.contains("upstream[0].url"), "{e}");
+
+        let e = from_text("[storage]\nmax_size = 12\n")
+            .expect_err("tiny budget")
+            .to_string();
+        assert!(e.contains("storage.max_size"), "{e}");
+
+        let e = from_text("[server\n").expect_err("bad toml").to_string();
+        assert!(e.contains("/t/config.toml:1"), "{e}");
+    }
+}

@@ -1,0 +1,201 @@
+//! The daemon's configuration: typed sections, their defaults, and the rules a config must
+//! follow before the daemon will start on it.
+//!
+//! Owns: the TOML schema (`[server]`, `[storage]`, `[cache]`, `[log]`, `[[upstream]]`), the
+//! built-in upstream table, and loading (file, embedded default, `SPARKCR_EDGE__*`
+//! environment overrides; see [`load`]). Every mistake becomes one [`ConfigError`] line
+//! naming the file, the key and what was expected.
+//!
+//! Must not: open sockets, touch the store, or import any other module of this crate.
+
+mod load;
+pub mod units;
+
+pub use load::{load, ConfigError, ConfigOrigin, LoadedConfig, DEFAULT_CONFIG_PATH};
+pub use units::{ByteSize, HumanDuration};
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Add the well-known upstreams (docker.io, ghcr.io, gcr.io, registry.k8s.io, quay.io,
+    /// mcr.microsoft.com) unless an `[[upstream]]` of the same name replaces one.
+    pub builtin_upstreams: bool,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Plain HTTP listeners.
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners (need `tls_cert` and `tls_key`).
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// The edge's own host name; alias hosts are `<alias>.<hostname>`.
+    pub hostname: String,
+    /// How long in-flight responses may run after SIGTERM/SIGINT.
+    pub shutdown_grace: HumanDuration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    /// Byte budget for stored blobs and manifests.
+    pub max_size: ByteSize,
+    /// Fixed chunk size of blob files.
+    pub chunk_size: ByteSize,
+}
+
+/// Deserializes a lowercase keyword enum with an error that lists the accepted words
+/// (the `config` crate's own message for enums names no choices).
+macro_rules! keyword_enum {
+    ($ty:ident { $($word:literal => $variant:ident),+ $(,)? }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                match s.as_str() {
+                    $($word => Ok($ty::$variant),)+
+                    _ => Err(serde::de::Error::custom(format!(
+                        concat!("expected one of ", $("\"", $word, "\" ",)+ "got {:?}"), s
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+keyword_enum!(TtlFrom { "access" => Access, "fetch" => Fetch });
+keyword_enum!(LogFormat { "text" => Text, "json" => Json });
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TtlFrom {
+    /// Content expires `ttl` after its last access (hits renew it).
+    Access,
+    /// Content expires `ttl` after it was first fetched (registry:2's behaviour).
+    Fetch,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Expiry of cached content; `0` disables expiry.
+    pub ttl: HumanDuration,
+    pub ttl_from: TtlFrom,
+    /// How long a cached tag answers without asking the upstream.
+    pub tag_ttl: HumanDuration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `sparkcr_edge=debug,info`, ...
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The registry host clients name (`docker.io`, `ghcr.io`, `registry.example:5000`).
+    pub name: String,
+    /// Where the registry's API lives (`https://registry-1.docker.io`).
+    pub url: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Bare `/v2/<repo>` requests (Docker `registry-mirrors`) go to the default upstream.
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default, serialize_with = "redact")]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for this upstream, on top of the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Longest wait for the next byte of an upstream response.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: HumanDuration,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+fn default_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// The upstreams every edge knows without configuration.
+pub const BUILTIN_UPSTREAMS: &[(&str, &str, &str)] = &[
+    // (name, url, alias)
+    ("docker.io", "https://registry-1.docker.io", "docker"),
+    ("ghcr.io", "https://ghcr.io", "ghcr"),
+    ("gcr.io", "https://gcr.io", "gcr"),
+    ("registry.k8s.io", "https://registry.k8s.io", "k8s"),
+    ("quay.io", "https://quay.io", "quay"),
+    ("mcr.microsoft.com", "https://mcr.microsoft.com", "mcr"),
+];
+
+impl UpstreamConfig {
+    pub fn builtin(name: &str, url: &str, alias: &str) -> Self {
+        UpstreamConfig {
+            name: name.to_string(),
+            url: url.to_string(),
+            aliases: vec![alias.to_string()],
+            default: false,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_read_timeout(),
+        }
+    }
+}
+
+impl Config {
+    /// The upstream that bare `/v2/<repo>` requests go to, if any.
+    pub fn default_upstream(&self) -> Option<&UpstreamConfig> {
+        self.upstream.iter().find(|u| u.default)
+    }
+
+    /// This config as TOML with secrets replaced by `<redacted>`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}

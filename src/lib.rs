@@ -1,0 +1,34 @@
+//! # sparkcr-edge
+//!
+//! A pull-through cache for container registries, for one box on a LAN. Docker,
+//! containerd, Podman and CRI-O pull through it; every layer crosses the WAN once.
+//!
+//! ## Map of the crate
+//!
+//! Layers, each knowing only the one below it:
+//!
+//! ```text
+//! main (CLI)  ->  server  ->  registry  ->  cache  ->  store
+//!                                                 \->  upstream
+//! config, metrics, oci: leaf modules read by all, importing none of the others
+//! ```
+//!
+//! - [`server`]: listeners (HTTP and HTTPS via rustls, h2 + HTTP/1.1), certificate reload,
+//!   graceful shutdown, request logging, `/metrics`, `/healthz`, `/readyz`.
+//! - [`registry`]: the OCI distribution read API: routing of every client's URL form to an
+//!   upstream and repository, references, OCI error JSON.
+//! - `cache`: policy between the API and the bytes: hit or miss, tag TTL and revalidation,
+//!   serve-stale, single-flight blob fills that stream to every waiting client.
+//! - [`store`]: sled index plus blake3-named chunk files; sha256-verified blobs, LRU byte
+//!   budget, TTL, crash recovery.
+//! - [`upstream`]: HTTP client to upstream registries (reqwest + rustls), token and Basic
+//!   auth, redirects to blob CDNs.
+//! - [`config`]: the TOML schema, defaults, environment overrides, validation.
+//! - [`metrics`]: every Prometheus metric, in one registry per daemon.
+//! - [`oci`]: digests, repository names, tags, references, media types.
+
+pub mod config;
+pub mod metrics;
+pub mod oci;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,286 @@
+//! Prometheus metrics for every layer, defined in one place so names stay consistent.
+//!
+//! Owns: the metric registry and every metric's name, help text and labels; rendering the
+//! text exposition format for `/metrics`. Each [`Metrics`] has its own registry (no global
+//! state), so tests can run several daemons in one process.
+//!
+//! Must not: import any other module of this crate; layers record into these handles.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    // server / registry
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub http_response_bytes: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub connections_total: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
+    pub tls_reloads: IntCounterVec,
+    // store
+    pub store_bytes: IntGauge,
+    pub store_budget_bytes: IntGauge,
+    pub store_blobs: IntGauge,
+    pub store_manifests: IntGauge,
+    pub store_chunks: IntGauge,
+    pub store_tags: IntGauge,
+    pub store_evictions: IntCounter,
+    pub store_evicted_bytes: IntCounter,
+    pub store_expired: IntCounterVec,
+    pub store_expired_bytes: IntCounter,
+    pub store_errors: IntCounterVec,
+    pub store_chunk_write_seconds: Histogram,
+    // cache
+    pub cache_hits: IntCounterVec,
+    pub cache_misses: IntCounterVec,
+    pub served_bytes: IntCounterVec,
+    pub singleflight_joins: IntCounter,
+    pub stale_served: IntCounterVec,
+    pub digest_mismatches: IntCounter,
+    pub fills_in_flight: IntGauge,
+    pub fill_resumes: IntCounter,
+    // upstream
+    pub upstream_requests: IntCounterVec,
+    pub upstream_bytes: IntCounterVec,
+    pub upstream_token_fetches: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric definition is valid");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric definition is valid");
+    r.register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new_custom(Some("sparkcr_edge".into()), None).expect("valid prefix");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time from request head to response end, by route.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 120.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid histogram");
+        r.register(Box::new(http_duration.clone())).expect("unique");
+        let store_chunk_write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "store_chunk_write_seconds",
+                "Time to write, fsync and rename one chunk file.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+        )
+        .expect("valid histogram");
+        r.register(Box::new(store_chunk_write_seconds.clone()))
+            .expect("unique");
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(build_info.clone())).expect("unique");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            http_requests: counter_vec(
+                &r,
+                "http_requests_total",
+                "HTTP requests answered, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration,
+            http_response_bytes: counter_vec(
+                &r,
+                "http_response_bytes_total",
+                "Response body bytes sent, by route.",
+                &["route"],
+            ),
+            connections_open: gauge(&r, "connections_open", "Client connections currently open."),
+            connections_total: counter_vec(
+                &r,
+                "connections_total",
+                "Client connections accepted, by listener kind.",
+                &["kind"],
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                "tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+            ),
+            tls_reloads: counter_vec(
+                &r,
+                "tls_reloads_total",
+                "Certificate reloads on SIGHUP, by result.",
+                &["result"],
+            ),
+            store_bytes: gauge(
+                &r,
+                "store_bytes",
+                "Bytes of blob chunks and manifests in the store.",
+            ),
+            store_budget_bytes: gauge(
+                &r,
+                "store_budget_bytes",
+                "The store's byte budget (storage.max_size).",
+            ),
+            store_blobs: gauge(&r, "store_blobs", "Visible blobs in the store."),
+            store_manifests: gauge(&r, "store_manifests", "Manifests in the store."),
+            store_chunks: gauge(&r, "store_chunks", "Chunk files in the store."),
+            store_tags: gauge(&r, "store_tags", "Cached tags."),
+            store_evictions: counter(
+                &r,
+                "store_evictions_total",
+                "Items evicted to stay under the byte budget.",
+            ),
+            store_evicted_bytes: counter(
+                &r,
+                "store_evicted_bytes_total",
+                "Bytes evicted to stay under the byte budget.",
+            ),
+            store_expired: counter_vec(
+                &r,
+                "store_expired_total",
+                "Items removed by the TTL sweep, by kind.",
+                &["kind"],
+            ),
+            store_expired_bytes: counter(
+                &r,
+                "store_expired_bytes_total",
+                "Bytes removed by the TTL sweep.",
+            ),
+            store_errors: counter_vec(
+                &r,
+                "store_errors_total",
+                "Store operations that failed, by operation.",
+                &["op"],
+            ),
+            store_chunk_write_seconds,
+            cache_hits: counter_vec(
+                &r,
+                "cache_hits_total",
+                "Requests answered from the store, by kind.",
+                &["kind"],
+            ),
+            cache_misses: counter_vec(
+                &r,
+                "cache_misses_total",
+                "Requests that needed the upstream, by kind.",
+                &["kind"],
+            ),
+            served_bytes: counter_vec(
+                &r,
+                "served_bytes_total",
+                "Blob bytes sent to clients, by source (cache, upstream).",
+                &["source"],
+            ),
+            singleflight_joins: counter(
+                &r,
+                "singleflight_joins_total",
+                "Requests that joined a blob fill already under way.",
+            ),
+            stale_served: counter_vec(
+                &r,
+                "stale_served_total",
+                "Answers served from cache because the upstream failed, by kind.",
+                &["kind"],
+            ),
+            digest_mismatches: counter(
+                &r,
+                "digest_mismatches_total",
+                "Upstream content whose sha256 did not match its digest.",
+            ),
+            fills_in_flight: gauge(
+                &r,
+                "fills_in_flight",
+                "Blob fills from upstreams under way.",
+            ),
+            fill_resumes: counter(
+                &r,
+                "fill_resumes_total",
+                "Blob fills resumed with a Range request after a broken upstream connection.",
+            ),
+            upstream_requests: counter_vec(
+                &r,
+                "upstream_requests_total",
+                "Requests sent to upstreams, by upstream, kind and status.",
+                &["upstream", "kind", "status"],
+            ),
+            upstream_bytes: counter_vec(
+                &r,
+                "upstream_bytes_total",
+                "Body bytes received from upstreams.",
+                &["upstream"],
+            ),
+            upstream_token_fetches: counter_vec(
+                &r,
+                "upstream_token_fetches_total",
+                "Bearer tokens fetched from upstream auth servers, by result.",
+                &["upstream", "result"],
+            ),
+            build_info,
+            registry: r,
+        }
+    }
+
+    /// The text exposition format of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            return format!("# error encoding metrics: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_with_prefix_and_build_info() {
+        let m = super::Metrics::new();
+        m.http_requests
+            .with_label_values(&["ping", "GET", "200"])
+            .inc();
+        let text = m.render();
+        assert!(
+            text.contains(
+                "sparkcr_edge_http_requests_total{method=\"GET\",route=\"ping\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("sparkcr_edge_build_info{version="));
+    }
+}

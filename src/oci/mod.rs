@@ -1,0 +1,15 @@
+//! OCI value types shared by every layer: content digests, repository names, tags and
+//! references, and the manifest media types we recognise.
+//!
+//! Raw strings from the network, the disk or the user become these types at the edge
+//! ("parse, don't validate"); once you hold a [`Digest`] or a [`RepositoryName`] it is
+//! known to follow the OCI distribution spec grammar. This module imports nothing from the
+//! rest of the crate and does no I/O.
+
+mod digest;
+mod media;
+mod name;
+
+pub use digest::{Digest, DigestError, Sha256Verifier};
+pub use media::{is_manifest_media_type, MANIFEST_MEDIA_TYPES};
+pub use name::{NameError, Reference, RepositoryName, Tag};

@@ -1,0 +1,1 @@
+//! Upstream registry client (placeholder; being built).
