@@ -27,8 +27,11 @@
 //! - [`metrics`]: every Prometheus metric, in one registry per daemon.
 //! - [`oci`]: digests, repository names, tags, references, media types.
 
+pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod oci;
+pub mod registry;
+pub mod server;
 pub mod store;
 pub mod upstream;

@@ -128,6 +128,15 @@ pub fn load_from(
     Ok(LoadedConfig { config, origin })
 }
 
+/// Loads config text that is known to be valid (tests of other modules).
+#[doc(hidden)]
+pub fn load_from_text_for_tests(origin: ConfigOrigin, text: &str) -> super::Config {
+    match load_from(origin, Some(text)) {
+        Ok(l) => l.config,
+        Err(e) => panic!("test config is invalid: {e}"),
+    }
+}
+
 impl ConfigError {
     fn with_span(mut self, text: &str, span: Option<std::ops::Range<usize>>) -> Self {
         if let Some(span) = span {

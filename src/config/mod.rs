@@ -8,7 +8,7 @@
 //!
 //! Must not: open sockets, touch the store, or import any other module of this crate.
 
-mod load;
+pub mod load;
 pub mod units;
 
 pub use load::{load, ConfigError, ConfigOrigin, LoadedConfig, DEFAULT_CONFIG_PATH};

@@ -1,0 +1,210 @@
+//! OCI error responses: the codes of the distribution spec, their HTTP statuses, and the
+//! `{"errors":[{"code","message","detail"}]}` body. Every error a client sees is built here.
+
+use http::StatusCode;
+
+/// Error codes from the OCI distribution spec (plus Docker's `TOOMANYREQUESTS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    DigestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    Unauthorized,
+    Denied,
+    Unsupported,
+    TooManyRequests,
+    RangeInvalid,
+    TagInvalid,
+    /// Not in the spec's list; used with 503 when the upstream cannot be reached.
+    Unavailable,
+    /// Not in the spec's list; used with 500.
+    Unknown,
+    NotFound,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::TagInvalid => "TAG_INVALID",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Unknown => "UNKNOWN",
+            ErrorCode::NotFound => "NOT_FOUND",
+        }
+    }
+}
+
+/// One OCI error, ready to become a response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OciError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+    pub detail: Option<String>,
+    /// `Retry-After` seconds (429).
+    pub retry_after: Option<u64>,
+    /// `WWW-Authenticate` challenge (401).
+    pub challenge: Option<String>,
+    /// `Content-Range: bytes */<size>` (416).
+    pub content_range_size: Option<u64>,
+}
+
+impl OciError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        OciError {
+            status,
+            code,
+            message: message.into(),
+            detail: None,
+            retry_after: None,
+            challenge: None,
+            content_range_size: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_content_range(mut self, size: u64) -> Self {
+        self.content_range_size = Some(size);
+        self
+    }
+
+    pub fn not_found_route() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such endpoint on this registry",
+        )
+    }
+
+    pub fn name_invalid(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::NameInvalid,
+            "invalid repository name",
+        )
+        .with_detail(detail)
+    }
+
+    pub fn name_unknown(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, message)
+    }
+
+    pub fn digest_invalid(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::DigestInvalid,
+            "invalid digest",
+        )
+        .with_detail(detail)
+    }
+
+    pub fn tag_invalid(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::TagInvalid,
+            "invalid tag",
+        )
+        .with_detail(detail)
+    }
+
+    pub fn unsupported_method(method: &http::Method) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            format!("{method} is not supported: this is a read-only pull-through cache"),
+        )
+    }
+
+    pub fn manifest_unknown(reference: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ManifestUnknown,
+            format!("manifest {reference} is unknown"),
+        )
+    }
+
+    pub fn blob_unknown(digest: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BlobUnknown,
+            format!("blob {digest} is unknown"),
+        )
+    }
+
+    pub fn upstream_unavailable(upstream: &str, detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!("upstream {upstream} is unreachable and this content is not cached"),
+        )
+        .with_detail(detail)
+    }
+
+    pub fn range_invalid(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::RangeInvalid,
+            "invalid Range",
+        )
+        .with_detail(detail)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unknown,
+            "internal error",
+        )
+        .with_detail(detail)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> String {
+        let mut e = serde_json::json!({ "code": self.code.as_str(), "message": self.message });
+        if let Some(d) = &self.detail {
+            e["detail"] = serde_json::Value::String(d.clone());
+        }
+        serde_json::json!({ "errors": [e] }).to_string()
+    }
+}
+
+impl std::fmt::Display for OciError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code.as_str(),
+            self.message
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_oci_error_json() {
+        let e = OciError::digest_invalid("sha256:zz");
+        let v: serde_json::Value = serde_json::from_str(&e.body()).expect("json");
+        assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
+        assert_eq!(v["errors"][0]["detail"], "sha256:zz");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+}

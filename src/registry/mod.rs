@@ -1,0 +1,21 @@
+//! The OCI distribution read API: routing, references, Range, Accept, and OCI errors.
+//!
+//! Owns: turning an HTTP request under `/v2` into an [`ApiRoute`] (which upstream, which
+//! repository, which endpoint), asking the cache layer for the content, and writing the
+//! registry's answer: byte-exact manifests with `Content-Type`, `Docker-Content-Digest` and
+//! `Content-Length`, streamed blobs with `Range` support, and every error as OCI error
+//! JSON with its status. Cache errors are mapped to OCI errors here, once.
+//!
+//! Must not: open sockets or listen (that is `server`), or know how content is cached or
+//! fetched (that is `cache`).
+
+pub mod accept;
+mod api;
+pub mod body;
+pub mod error;
+pub mod range;
+pub mod route;
+
+pub use api::{ApiResponse, RegistryApi};
+pub use error::{ErrorCode, OciError};
+pub use route::{ApiRoute, RepoTarget, UpstreamTable};

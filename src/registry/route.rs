@@ -1,0 +1,488 @@
+//! Request routing: which upstream and repository a client means, and which API endpoint.
+//!
+//! Owns the mapping from every URL form real clients use (see `shared/notes/clients.md`) to
+//! an [`ApiRoute`], and the table of configured upstreams it resolves names against. It
+//! parses raw path segments into typed names, references and digests; anything that does
+//! not parse becomes an [`OciError`] here. Precedence when several hints are present:
+//!
+//! 1. `/<host>/v2/...` (containerd `hosts.toml` server with a path),
+//! 2. a host-like first repository segment `/v2/<host>/<repo>/...` (Podman/CRI-O mirror
+//!    `location`, containerd `override_path`, `docker pull EDGE/ghcr.io/org/img`),
+//! 3. `?ns=<host>` (containerd),
+//! 4. the `Host` header `<alias>.<server.hostname>`,
+//! 5. the default upstream (Docker `registry-mirrors`).
+//!
+//! A host that names no configured upstream is `NAME_UNKNOWN`: the edge is never an open
+//! proxy. Docker Hub one-component names get `library/`.
+//!
+//! Must not: do I/O, or know anything about caching.
+
+use super::error::OciError;
+use crate::config::Config;
+use crate::oci::{Digest, Reference, RepositoryName, Tag};
+use http::Method;
+
+/// The endpoint of the OCI read API a request is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiRoute {
+    /// `/v2/`: API version check.
+    Ping,
+    /// `/v2/_catalog`: the repositories this edge has cached.
+    Catalog,
+    Manifest {
+        target: RepoTarget,
+        reference: Reference,
+    },
+    Blob {
+        target: RepoTarget,
+        digest: Digest,
+    },
+    TagsList {
+        target: RepoTarget,
+    },
+}
+
+/// A repository on a configured upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RepoTarget {
+    /// The configured upstream's name (`docker.io`, `ghcr.io`, ...).
+    pub upstream: String,
+    pub repo: RepositoryName,
+}
+
+impl RepoTarget {
+    /// `upstream/repo`, the key the store records repositories under.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.upstream, self.repo)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct UpstreamEntry {
+    name: String,
+    /// Host (and port) of its URL, also accepted as a name (`registry-1.docker.io`).
+    url_host: String,
+    aliases: Vec<String>,
+}
+
+/// The configured upstreams, as routing sees them.
+#[derive(Clone, Debug)]
+pub struct UpstreamTable {
+    entries: Vec<UpstreamEntry>,
+    default: Option<String>,
+    hostname: String,
+}
+
+const DOCKER_HUB: &str = "docker.io";
+/// Other names clients use for Docker Hub.
+const DOCKER_HUB_SYNONYMS: &[&str] = &[
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+
+impl UpstreamTable {
+    pub fn from_config(c: &Config) -> Self {
+        let entries = c
+            .upstream
+            .iter()
+            .map(|u| UpstreamEntry {
+                name: u.name.to_ascii_lowercase(),
+                url_host: reqwest::Url::parse(&u.url)
+                    .ok()
+                    .and_then(|url| {
+                        url.host_str().map(|h| match url.port() {
+                            Some(p) => format!("{h}:{p}"),
+                            None => h.to_string(),
+                        })
+                    })
+                    .unwrap_or_default()
+                    .to_ascii_lowercase(),
+                aliases: u.aliases.clone(),
+            })
+            .collect();
+        UpstreamTable {
+            entries,
+            default: c.default_upstream().map(|u| u.name.to_ascii_lowercase()),
+            hostname: c.server.hostname.to_ascii_lowercase(),
+        }
+    }
+
+    /// The configured upstream a registry host names, if any.
+    pub fn find(&self, host: &str) -> Option<&str> {
+        let host = host.to_ascii_lowercase();
+        let host = if DOCKER_HUB_SYNONYMS.contains(&host.as_str()) {
+            DOCKER_HUB.to_string()
+        } else {
+            host
+        };
+        self.entries
+            .iter()
+            .find(|e| e.name == host)
+            .or_else(|| {
+                self.entries
+                    .iter()
+                    .find(|e| !e.url_host.is_empty() && e.url_host == host)
+            })
+            .map(|e| e.name.as_str())
+    }
+
+    /// The upstream an alias host (`docker.edge.lan`, port ignored) stands for.
+    fn by_alias_host(&self, host_header: &str) -> Option<&str> {
+        let host = strip_port(host_header).to_ascii_lowercase();
+        let alias = host.strip_suffix(&self.hostname)?.strip_suffix('.')?;
+        self.entries
+            .iter()
+            .find(|e| e.aliases.iter().any(|a| a == alias))
+            .map(|e| e.name.as_str())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.name.as_str())
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// A path segment that names a registry host rather than a repository component.
+fn is_host_like(segment: &str) -> bool {
+    segment.contains('.') || segment.contains(':') || segment == "localhost"
+}
+
+/// What routing needs from a request.
+pub struct RequestParts<'a> {
+    pub method: &'a Method,
+    /// The `Host` header, or the `:authority` of an h2 request.
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+/// Routes one request. Only requests under `/v2` (or `/<host>/v2`) reach here.
+pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute, OciError> {
+    let path = parts.path;
+    if path.contains("%2f") || path.contains("%2F") || path.contains('\\') {
+        return Err(OciError::name_invalid(
+            "encoded slashes and backslashes are not allowed in paths",
+        ));
+    }
+    // `/<host>/v2/...` (containerd host with a path)
+    let (explicit_host, api_path) = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+        Some((first, rest))
+            if first != "v2"
+                && (rest == "v2" || rest.starts_with("v2/"))
+                && is_host_like(first) =>
+        {
+            (Some(first), &path[first.len() + 1..])
+        }
+        _ => (None, path),
+    };
+    let Some(rest) = api_path.strip_prefix("/v2") else {
+        return Err(OciError::not_found_route());
+    };
+    if !matches!(*parts.method, Method::GET | Method::HEAD) {
+        return Err(OciError::unsupported_method(parts.method));
+    }
+    if rest.is_empty() || rest == "/" {
+        return Ok(ApiRoute::Ping);
+    }
+    let rest = rest
+        .strip_prefix('/')
+        .ok_or_else(OciError::not_found_route)?;
+    if rest == "_catalog" {
+        return Ok(ApiRoute::Catalog);
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let n = segments.len();
+    if n < 3 {
+        return Err(OciError::not_found_route());
+    }
+    enum Kind<'s> {
+        Manifest(&'s str),
+        Blob(&'s str),
+        Tags,
+    }
+    let (name_segments, kind) = if segments[n - 2] == "tags" && segments[n - 1] == "list" {
+        (&segments[..n - 2], Kind::Tags)
+    } else if segments[n - 2] == "manifests" {
+        (&segments[..n - 2], Kind::Manifest(segments[n - 1]))
+    } else if segments[n - 2] == "blobs" {
+        (&segments[..n - 2], Kind::Blob(segments[n - 1]))
+    } else if segments.contains(&"uploads") {
+        return Err(OciError::unsupported_method(&Method::POST));
+    } else {
+        return Err(OciError::not_found_route());
+    };
+    let target = resolve_target(name_segments, explicit_host, parts, table)?;
+    Ok(match kind {
+        Kind::Tags => ApiRoute::TagsList { target },
+        Kind::Manifest(r) => {
+            let reference = if r.contains(':') {
+                Reference::Digest(
+                    r.parse::<Digest>()
+                        .map_err(|e| OciError::digest_invalid(e.to_string()))?,
+                )
+            } else {
+                Reference::Tag(
+                    r.parse::<Tag>()
+                        .map_err(|e| OciError::tag_invalid(e.to_string()))?,
+                )
+            };
+            ApiRoute::Manifest { target, reference }
+        }
+        Kind::Blob(d) => ApiRoute::Blob {
+            target,
+            digest: d
+                .parse()
+                .map_err(|e: crate::oci::DigestError| OciError::digest_invalid(e.to_string()))?,
+        },
+    })
+}
+
+fn resolve_target(
+    name_segments: &[&str],
+    explicit_host: Option<&str>,
+    parts: &RequestParts<'_>,
+    table: &UpstreamTable,
+) -> Result<RepoTarget, OciError> {
+    let unknown = |h: &str| {
+        OciError::name_unknown(format!("upstream {h:?} is not configured on this edge"))
+            .with_detail(format!(
+                "configured upstreams: {}",
+                table.names().collect::<Vec<_>>().join(", ")
+            ))
+    };
+    let mut segments = name_segments;
+    let upstream: &str = if let Some(h) = explicit_host {
+        // containerd `/<host>/v2/` may still carry the host as the first segment with override_path.
+        if segments.len() > 1 && segments[0].eq_ignore_ascii_case(h) {
+            segments = &segments[1..];
+        }
+        table.find(h).ok_or_else(|| unknown(h))?
+    } else if segments.len() > 1 && is_host_like(segments[0]) {
+        let h = segments[0];
+        segments = &segments[1..];
+        table.find(h).ok_or_else(|| unknown(h))?
+    } else if let Some(ns) = query_param(parts.query, "ns").filter(|v| !v.is_empty()) {
+        let ns = ns.replace("%3A", ":").replace("%3a", ":");
+        table.find(&ns).ok_or_else(|| unknown(&ns))?
+    } else if let Some(up) = parts.host.and_then(|h| table.by_alias_host(h)) {
+        up
+    } else {
+        table.default.as_deref().ok_or_else(|| {
+            OciError::name_unknown("no default upstream is configured; name the registry, e.g. /v2/ghcr.io/org/img/...")
+        })?
+    };
+    let joined = segments.join("/");
+    let mut repo: RepositoryName = joined
+        .parse()
+        .map_err(|e: crate::oci::NameError| OciError::name_invalid(e.to_string()))?;
+    if upstream == DOCKER_HUB && repo.components().count() == 1 {
+        repo = repo
+            .prefixed("library")
+            .map_err(|e| OciError::name_invalid(e.to_string()))?;
+    }
+    Ok(RepoTarget {
+        upstream: upstream.to_string(),
+        repo,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load::load_from_text_for_tests, ConfigOrigin};
+    use crate::registry::error::ErrorCode;
+
+    fn table() -> UpstreamTable {
+        let c = load_from_text_for_tests(
+            ConfigOrigin::Embedded,
+            "[server]\nhostname = \"edge.lan\"\n[[upstream]]\nname = \"registry.lan:5000\"\nurl = \"http://127.0.0.1:5001\"\naliases = [\"lan\"]\n",
+        );
+        UpstreamTable::from_config(&c)
+    }
+
+    fn r(method: Method, host: Option<&str>, path_and_query: &str) -> Result<ApiRoute, OciError> {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        route(
+            &RequestParts {
+                method: &method,
+                host,
+                path,
+                query,
+            },
+            &table(),
+        )
+    }
+
+    fn manifest_target(path: &str, host: Option<&str>) -> (String, String) {
+        match r(Method::GET, host, path) {
+            Ok(ApiRoute::Manifest { target, .. }) => (target.upstream, target.repo.to_string()),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_client_form_from_clients_md() {
+        let t = |u: &str, rp: &str| (u.to_string(), rp.to_string());
+        // containerd host https://EDGE, ns
+        assert_eq!(
+            manifest_target("/v2/org/img/manifests/t?ns=ghcr.io", None),
+            t("ghcr.io", "org/img")
+        );
+        // containerd host https://EDGE/ghcr.io
+        assert_eq!(
+            manifest_target("/ghcr.io/v2/org/img/manifests/t?ns=ghcr.io", None),
+            t("ghcr.io", "org/img")
+        );
+        // containerd https://EDGE/v2/ghcr.io + override_path
+        assert_eq!(
+            manifest_target("/v2/ghcr.io/org/img/manifests/t?ns=ghcr.io", None),
+            t("ghcr.io", "org/img")
+        );
+        // Podman/CRI-O location = EDGE/ghcr.io
+        assert_eq!(
+            manifest_target("/v2/ghcr.io/org/img/manifests/t", None),
+            t("ghcr.io", "org/img")
+        );
+        // Docker registry-mirrors
+        assert_eq!(
+            manifest_target("/v2/library/nginx/manifests/t", None),
+            t("docker.io", "library/nginx")
+        );
+        // alias host
+        assert_eq!(
+            manifest_target("/v2/library/nginx/manifests/t", Some("docker.edge.lan")),
+            t("docker.io", "library/nginx")
+        );
+        assert_eq!(
+            manifest_target("/v2/team/app/manifests/t", Some("lan.edge.lan:443")),
+            t("registry.lan:5000", "team/app")
+        );
+        // a person: docker pull EDGE/docker.io/nginx
+        assert_eq!(
+            manifest_target("/v2/docker.io/nginx/manifests/t", None),
+            t("docker.io", "library/nginx")
+        );
+        // containerd docker.io through the host-with-path form
+        assert_eq!(
+            manifest_target("/docker.io/v2/library/nginx/manifests/t?ns=docker.io", None),
+            t("docker.io", "library/nginx")
+        );
+        // custom upstream with a port, path-prefix and ns forms
+        assert_eq!(
+            manifest_target("/v2/registry.lan:5000/team/app/manifests/t", None),
+            t("registry.lan:5000", "team/app")
+        );
+        assert_eq!(
+            manifest_target("/v2/team/app/manifests/t?ns=registry.lan%3A5000", None),
+            t("registry.lan:5000", "team/app")
+        );
+        // Docker Hub synonyms
+        assert_eq!(
+            manifest_target("/v2/busybox/manifests/t?ns=index.docker.io", None),
+            t("docker.io", "library/busybox")
+        );
+        // one-word names elsewhere stay as they are
+        assert_eq!(
+            manifest_target("/v2/pause/manifests/3.9?ns=registry.k8s.io", None),
+            t("registry.k8s.io", "pause")
+        );
+    }
+
+    #[test]
+    fn never_an_open_proxy() {
+        for p in [
+            "/v2/evil.example/x/manifests/t",
+            "/v2/x/manifests/t?ns=evil.example",
+            "/evil.example/v2/x/manifests/t",
+        ] {
+            let e = r(Method::GET, None, p).expect_err(p);
+            assert_eq!(e.code, ErrorCode::NameUnknown, "{p}");
+        }
+    }
+
+    #[test]
+    fn endpoints_and_errors() {
+        assert_eq!(r(Method::GET, None, "/v2/"), Ok(ApiRoute::Ping));
+        assert_eq!(r(Method::HEAD, None, "/v2"), Ok(ApiRoute::Ping));
+        assert_eq!(r(Method::GET, None, "/v2/_catalog"), Ok(ApiRoute::Catalog));
+        assert!(matches!(
+            r(Method::GET, None, "/v2/a/b/tags/list"),
+            Ok(ApiRoute::TagsList { .. })
+        ));
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert!(matches!(
+            r(Method::GET, None, &format!("/v2/a/blobs/{d}")),
+            Ok(ApiRoute::Blob { .. })
+        ));
+        assert!(matches!(
+            r(Method::GET, None, &format!("/v2/a/manifests/{d}")),
+            Ok(ApiRoute::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            })
+        ));
+        let code = |m: Method, p: &str| r(m, None, p).expect_err(p).code;
+        assert_eq!(
+            code(Method::GET, "/v2/a/blobs/sha256:xyz"),
+            ErrorCode::DigestInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/manifests/sha256:xyz"),
+            ErrorCode::DigestInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/manifests/-bad"),
+            ErrorCode::TagInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/Upper/manifests/t"),
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/../b/manifests/t"),
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a%2Fb/manifests/t"),
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a//b/manifests/t"),
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, &format!("/v2/{}/manifests/t", "a".repeat(300))),
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(code(Method::GET, "/v2/a/nothing/here"), ErrorCode::NotFound);
+        assert_eq!(code(Method::GET, "/other"), ErrorCode::NotFound);
+        for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert_eq!(code(m.clone(), "/v2/a/manifests/t"), ErrorCode::Unsupported);
+            assert_eq!(
+                r(m, None, "/v2/a/blobs/uploads/").expect_err("push").status,
+                http::StatusCode::METHOD_NOT_ALLOWED
+            );
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! A response body wrapper that counts the bytes sent and, when the body ends or is
+//! dropped (client gone), writes the request's log line and records its metrics. This is
+//! how one line per request carries the bytes actually sent and the full duration.
+
+use crate::metrics::Metrics;
+use crate::registry::body::ResponseBody;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// What the log line and metrics need to know about the request.
+pub struct RequestRecord {
+    pub method: http::Method,
+    pub path: String,
+    pub status: u16,
+    pub route: &'static str,
+    pub peer: SocketAddr,
+    pub started: Instant,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct LoggedBody {
+    inner: ResponseBody,
+    record: RequestRecord,
+    sent: u64,
+    outcome: &'static str,
+}
+
+impl LoggedBody {
+    pub fn new(inner: ResponseBody, record: RequestRecord) -> Self {
+        LoggedBody {
+            inner,
+            record,
+            sent: 0,
+            outcome: "incomplete",
+        }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.outcome = "aborted",
+            Poll::Ready(None) => this.outcome = "complete",
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let r = &self.record;
+        let elapsed = r.started.elapsed();
+        // An empty body that was never polled (HEAD, or hyper knew it was empty) is complete.
+        let outcome = if self.outcome == "incomplete" && self.inner.is_end_stream() {
+            "complete"
+        } else {
+            self.outcome
+        };
+        let m = &r.metrics;
+        m.http_requests
+            .with_label_values(&[r.route, r.method.as_str(), itoa(r.status).as_str()])
+            .inc();
+        m.http_duration
+            .with_label_values(&[r.route])
+            .observe(elapsed.as_secs_f64());
+        m.http_response_bytes
+            .with_label_values(&[r.route])
+            .inc_by(self.sent);
+        tracing::info!(
+            target: "sparkcr_edge::access",
+            method = %r.method,
+            path = %r.path,
+            status = r.status,
+            bytes = self.sent,
+            ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1000.0),
+            client = %r.peer,
+            outcome,
+            "request"
+        );
+    }
+}
+
+fn itoa(n: u16) -> String {
+    n.to_string()
+}

@@ -1,0 +1,285 @@
+//! Listeners and HTTP plumbing: plain HTTP and HTTPS (rustls, ALPN h2 + http/1.1) via
+//! hyper-util's auto builder, certificate reload on SIGHUP, graceful shutdown on
+//! SIGTERM/SIGINT, per-request logging and metrics, and the operations endpoints.
+//!
+//! Owns: sockets, TLS handshakes, connection lifetimes and signals.
+//! Must not: interpret registry paths (that is `registry`) or touch the store.
+
+mod logged_body;
+mod service;
+pub mod tls;
+
+pub use service::App;
+
+use crate::config::ServerConfig;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tls::{ReloadableCert, TlsError};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send request headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Http,
+    Https,
+}
+
+impl ListenerKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Http => "http",
+            ListenerKind::Https => "https",
+        }
+    }
+}
+
+/// Bound listeners, ready to serve.
+pub struct Server {
+    listeners: Vec<(ListenerKind, TcpListener)>,
+    tls: Option<(Arc<ReloadableCert>, tokio_rustls::TlsAcceptor)>,
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Loads the certificate (if any HTTPS listener is configured) and binds every listener.
+    pub async fn bind(cfg: &ServerConfig, app: Arc<App>) -> Result<Server, ServerError> {
+        let tls = if cfg.tls_listen.is_empty() {
+            None
+        } else {
+            let cert = Arc::new(ReloadableCert::load(&cfg.tls_cert, &cfg.tls_key)?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(cert.clone())?);
+            Some((cert, acceptor))
+        };
+        let mut listeners = Vec::new();
+        let all = cfg
+            .listen
+            .iter()
+            .map(|a| (ListenerKind::Http, *a))
+            .chain(cfg.tls_listen.iter().map(|a| (ListenerKind::Https, *a)));
+        for (kind, addr) in all {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            listeners.push((kind, l));
+        }
+        Ok(Server {
+            listeners,
+            tls,
+            app,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(k, l)| l.local_addr().ok().map(|a| (*k, a)))
+            .collect()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
+    /// connections finish for up to `grace`. Returns whether every connection finished.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>, grace: Duration) -> bool {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every connection task holds a clone of `alive_tx`; when all are gone, recv() ends.
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let acceptor = self.tls.as_ref().map(|(_, a)| a.clone());
+        let mut accept_tasks = Vec::new();
+        for (kind, listener) in self.listeners {
+            let app = self.app.clone();
+            let acceptor = acceptor.clone();
+            let stop_rx = stop_rx.clone();
+            let alive_tx = alive_tx.clone();
+            accept_tasks.push(tokio::spawn(accept_loop(
+                kind, listener, acceptor, app, stop_rx, alive_tx,
+            )));
+        }
+        drop(alive_tx);
+        shutdown.await;
+        tracing::info!(grace = ?grace, "shutting down: no new connections, letting in-flight requests finish");
+        let _ = stop_tx.send(true);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        match tokio::time::timeout(grace, alive_rx.recv()).await {
+            Ok(_) => true,
+            Err(_) => {
+                tracing::warn!("grace period over; closing the connections still open");
+                false
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    kind: ListenerKind,
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    app: Arc<App>,
+    mut stop_rx: watch::Receiver<bool>,
+    alive_tx: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop_rx.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        app.metrics
+            .connections_total
+            .with_label_values(&[kind.as_str()])
+            .inc();
+        let app = app.clone();
+        let stop_rx = stop_rx.clone();
+        let alive = alive_tx.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            app.metrics.connections_open.inc();
+            match (kind, acceptor) {
+                (ListenerKind::Https, Some(acceptor)) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_connection(TokioIo::new(tls), peer, app.clone(), stop_rx).await
+                        }
+                        Ok(Err(e)) => {
+                            app.metrics.tls_handshake_failures.inc();
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            app.metrics.tls_handshake_failures.inc();
+                            tracing::debug!(client = %peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+                _ => serve_connection(TokioIo::new(stream), peer, app.clone(), stop_rx).await,
+            }
+            app.metrics.connections_open.dec();
+            drop(alive);
+        });
+    }
+}
+
+async fn serve_connection<IO>(
+    io: TokioIo<IO>,
+    peer: SocketAddr,
+    app: Arc<App>,
+    mut stop_rx: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(app.handle(req, peer).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => log_conn_end(peer, r),
+        _ = stop_rx.changed() => {
+            conn.as_mut().graceful_shutdown();
+            log_conn_end(peer, conn.await);
+        }
+    }
+}
+
+fn log_conn_end(peer: SocketAddr, r: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = r {
+        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, reloading the certificate on SIGHUP.
+pub async fn serve_until_signalled(server: Server, grace: Duration) -> std::io::Result<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let reload_target = ReloadHandle {
+        tls: server.tls.as_ref().map(|(c, _)| c.clone()),
+        app: server.app.clone(),
+    };
+    let shutdown = async move {
+        loop {
+            tokio::select! {
+                _ = hup.recv() => reload_target.reload(),
+                _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
+                _ = int.recv() => { tracing::info!("SIGINT received"); return; }
+            }
+        }
+    };
+    Ok(server.serve(shutdown, grace).await)
+}
+
+struct ReloadHandle {
+    tls: Option<Arc<ReloadableCert>>,
+    app: Arc<App>,
+}
+
+impl ReloadHandle {
+    fn reload(&self) {
+        let Some(cert) = &self.tls else {
+            tracing::info!("SIGHUP received; no HTTPS listener, nothing to reload");
+            return;
+        };
+        match cert.reload() {
+            Ok(()) => {
+                self.app
+                    .metrics
+                    .tls_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+                tracing::info!("SIGHUP: certificate and key reloaded");
+            }
+            Err(e) => {
+                self.app
+                    .metrics
+                    .tls_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(error = %e, "SIGHUP: new certificate refused; still serving the previous one");
+            }
+        }
+    }
+}
