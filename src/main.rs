@@ -139,6 +139,7 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
             tracing::info!("listening on {scheme}://{addr}");
         }
         app.set_ready(true);
+        tracing::info!("ready to serve");
         let clean = server::serve_until_signalled(server, c.server.shutdown_grace.get())
             .await
             .context("cannot install signal handlers")?;

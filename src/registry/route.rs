@@ -153,9 +153,19 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// A path segment that names a registry host rather than a repository component.
+/// A path segment that names a registry host (`ghcr.io`, `registry.lan:5000`,
+/// `localhost`) rather than a repository component.
 fn is_host_like(segment: &str) -> bool {
-    segment.contains('.') || segment.contains(':') || segment == "localhost"
+    let (host, port) = match segment.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (segment, None),
+    };
+    let labels_ok = !host.is_empty()
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    labels_ok && port_ok && (host.contains('.') || port.is_some() || host == "localhost")
 }
 
 /// What routing needs from a request.
