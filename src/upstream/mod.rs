@@ -466,6 +466,21 @@ fn media_type_in_body(body: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The cache spawns tasks around these calls: the client and its futures must be Send.
+    #[allow(dead_code)]
+    fn futures_are_send(upstream: &Upstream, repo: &RepositoryName, digest: &Digest) {
+        fn send<T: Send>(_: T) {}
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        shared::<Upstream>();
+        send(upstream.manifest(repo, &Reference::Digest(*digest), &[], false));
+        send(upstream.blob(repo, digest, None));
+        send(upstream.blob_head(repo, digest));
+        send(upstream.tags_list(repo, None));
+        send(upstream.ping());
+        fn body_stream<T: Stream + Send + Unpin>() {}
+        body_stream::<BlobBody>();
+    }
+
     #[test]
     fn content_ranges() {
         assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, Some(10))));
