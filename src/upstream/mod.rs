@@ -1,1 +1,545 @@
-//! Upstream registry client (placeholder; being built).
+//! HTTP client to one upstream registry (docker.io, ghcr.io, quay.io, a private registry):
+//! the read side of the OCI distribution API, as the cache needs it.
+//!
+//! Owns: [`Upstream`] (one per configured upstream; cheap to clone) and its requests for
+//! manifests, blobs (streamed, with `Range`), blob sizes and tag lists; the auth flow
+//! around each request (proactive credentials, one retry after a 401 challenge); mapping
+//! of answers to [`ManifestResponse`], [`BlobResponse`] or an [`UpstreamError`] the cache
+//! can act on (`is_unavailable` → serve stale, `is_not_found`).
+//!
+//! Submodules: `client` (reqwest + rustls construction), `auth` (credentials, tokens),
+//! [`challenge`] (`WWW-Authenticate` parsing), `transport` (one measured exchange, bounded
+//! bodies), `error`.
+//!
+//! Must not: import `server`, `registry`, `cache` or `store`; verify digests or store
+//! anything (the cache does); log credentials or tokens.
+
+mod auth;
+pub mod challenge;
+mod client;
+mod error;
+mod transport;
+
+pub use client::{MAX_REDIRECTS, USER_AGENT};
+pub use error::UpstreamError;
+
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
+use crate::oci::{Digest, Reference, RepositoryName, MANIFEST_MEDIA_TYPES};
+use auth::{Authenticator, Credentials};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+    WWW_AUTHENTICATE,
+};
+use reqwest::{Method, StatusCode, Url};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use transport::{content_length, read_limited, RequestKind, UpstreamMetrics};
+
+/// Largest manifest accepted from an upstream.
+pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+/// Largest tag list accepted from an upstream.
+pub const MAX_TAGS_LIST_SIZE: usize = 16 * 1024 * 1024;
+
+/// One configured upstream registry. Clones share the HTTP connection pool and the token
+/// cache.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    /// The registry's API root, without a trailing slash (`https://registry-1.docker.io`).
+    base_url: Url,
+    client: reqwest::Client,
+    auth: Authenticator,
+    metrics: UpstreamMetrics,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.inner.name)
+            .field("url", &self.inner.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A manifest (GET) or its description (HEAD).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestResponse {
+    /// `Docker-Content-Digest`, when the upstream sent a valid sha256 one.
+    pub digest: Option<Digest>,
+    /// `Content-Type` without parameters (for a GET without one: the body's `mediaType`).
+    pub media_type: String,
+    /// The body's length (GET) or `Content-Length` (HEAD).
+    pub size: Option<u64>,
+    /// The manifest bytes, exactly as sent; `None` for HEAD.
+    pub body: Option<Bytes>,
+}
+
+/// A blob download under way.
+#[derive(Debug)]
+pub struct BlobResponse {
+    /// The blob's full size when known (`Content-Length` of a 200, or the total of a 206's
+    /// `Content-Range`).
+    pub size: Option<u64>,
+    /// Offset of the first body byte in the blob: the requested range start when the
+    /// upstream answered 206, else 0 (an upstream may ignore `Range`).
+    pub start: u64,
+    pub body: BlobBody,
+}
+
+/// The bytes of a blob as they arrive. Counts `upstream_bytes`; a broken connection or a
+/// read timeout ends it with an error.
+pub struct BlobBody {
+    stream: Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
+}
+
+impl BlobBody {
+    /// A body from any stream (for tests of layers above this one).
+    pub fn from_stream(
+        stream: impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+    ) -> Self {
+        BlobBody {
+            stream: Box::pin(stream),
+        }
+    }
+}
+
+impl Stream for BlobBody {
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}
+
+impl fmt::Debug for BlobBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlobBody")
+    }
+}
+
+impl Upstream {
+    /// The client for `cfg`: reads `password_file` and `ca_file` now; errors name them.
+    pub fn from_config(
+        cfg: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream, UpstreamError> {
+        let base_url = parse_base_url(cfg)?;
+        let credentials = Credentials::from_config(cfg)?;
+        let client = client::build_http_client(cfg)?;
+        let metrics = UpstreamMetrics::new(metrics, &cfg.name);
+        Ok(Upstream {
+            inner: Arc::new(Inner {
+                name: cfg.name.clone(),
+                base_url,
+                client,
+                auth: Authenticator::new(credentials, metrics.clone()),
+                metrics,
+            }),
+        })
+    }
+
+    /// The upstream's configured name (`docker.io`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The API root requests go to.
+    pub fn base_url(&self) -> &str {
+        self.inner.base_url.as_str()
+    }
+
+    /// `GET` (or `HEAD` when `head_only`) `/v2/<repo>/manifests/<reference>`. An empty
+    /// `accept` asks for every type in [`MANIFEST_MEDIA_TYPES`].
+    pub async fn manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        accept: &[String],
+        head_only: bool,
+    ) -> Result<ManifestResponse, UpstreamError> {
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, accept_header(accept));
+        let method = if head_only { Method::HEAD } else { Method::GET };
+        let response = self
+            .send(RequestKind::Manifest, method, url, repo, headers)
+            .await?;
+        let response = success_or_error(response).await?;
+        let digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<Digest>().ok());
+        let header_media_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+            .filter(|v| !v.is_empty());
+        if head_only {
+            let size = content_length(response.headers());
+            let media_type = header_media_type.ok_or_else(|| {
+                UpstreamError::BadResponse("manifest HEAD without Content-Type".into())
+            })?;
+            return Ok(ManifestResponse {
+                digest,
+                media_type,
+                size,
+                body: None,
+            });
+        }
+        let body = read_limited(response, MAX_MANIFEST_SIZE, self.inner.metrics.bytes()).await?;
+        let media_type = match header_media_type {
+            Some(t) if t != "application/json" && t != "text/plain" => t,
+            from_header => media_type_in_body(&body).or(from_header).ok_or_else(|| {
+                UpstreamError::BadResponse("manifest without Content-Type or mediaType".into())
+            })?,
+        };
+        Ok(ManifestResponse {
+            digest,
+            media_type,
+            size: Some(body.len() as u64),
+            body: Some(body),
+        })
+    }
+
+    /// `GET /v2/<repo>/blobs/<digest>`, following redirects (to CDNs, without our
+    /// `Authorization`). `range` is `(start, inclusive end)`; check [`BlobResponse::start`]
+    /// to see whether the upstream honoured it.
+    pub async fn blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<BlobResponse, UpstreamError> {
+        let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
+        let mut headers = HeaderMap::new();
+        if let Some((start, end)) = range {
+            if end.is_some_and(|end| end < start) {
+                return Err(UpstreamError::BadResponse(format!(
+                    "invalid range {start}-{end:?} requested"
+                )));
+            }
+            let value = match end {
+                Some(end) => format!("bytes={start}-{end}"),
+                None => format!("bytes={start}-"),
+            };
+            headers.insert(
+                RANGE,
+                HeaderValue::from_str(&value).expect("digits and dashes are a valid header value"),
+            );
+        }
+        let response = self
+            .send(RequestKind::Blob, Method::GET, url, repo, headers)
+            .await?;
+        let response = success_or_error(response).await?;
+        let (start, size) = if response.status() == StatusCode::PARTIAL_CONTENT {
+            let (start, total) = response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_range)
+                .ok_or_else(|| {
+                    UpstreamError::BadResponse("206 without a valid Content-Range".into())
+                })?;
+            let requested_start = range.map(|(start, _)| start);
+            if requested_start != Some(start) {
+                return Err(UpstreamError::BadResponse(format!(
+                    "asked for range from {requested_start:?}, got one from {start}"
+                )));
+            }
+            (start, total)
+        } else {
+            (0, content_length(response.headers()))
+        };
+        let bytes_counter = self.inner.metrics.bytes().clone();
+        let stream = response.bytes_stream().map(move |chunk| match chunk {
+            Ok(bytes) => {
+                bytes_counter.inc_by(bytes.len() as u64);
+                Ok(bytes)
+            }
+            Err(err) => Err(UpstreamError::from_body(&err)),
+        });
+        Ok(BlobResponse {
+            size,
+            start,
+            body: BlobBody::from_stream(stream),
+        })
+    }
+
+    /// `HEAD /v2/<repo>/blobs/<digest>`: the blob's size if the upstream says.
+    pub async fn blob_head(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, UpstreamError> {
+        let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
+        let response = self
+            .send(RequestKind::Blob, Method::HEAD, url, repo, HeaderMap::new())
+            .await?;
+        let response = success_or_error(response).await?;
+        Ok(content_length(response.headers()))
+    }
+
+    /// `GET /v2/<repo>/tags/list[?query]`, the JSON body as sent. `query` is the client's
+    /// raw `n=..&last=..`.
+    pub async fn tags_list(
+        &self,
+        repo: &RepositoryName,
+        query: Option<&str>,
+    ) -> Result<Bytes, UpstreamError> {
+        let mut url = self.url(&format!("v2/{repo}/tags/list"))?;
+        if let Some(query) = query.filter(|q| !q.is_empty()) {
+            url.set_query(Some(query));
+        }
+        let response = self
+            .send(RequestKind::Tags, Method::GET, url, repo, HeaderMap::new())
+            .await?;
+        let response = success_or_error(response).await?;
+        read_limited(response, MAX_TAGS_LIST_SIZE, self.inner.metrics.bytes()).await
+    }
+
+    /// `GET /v2/`: whether the upstream answers at all. 200 and 401 both count as up (no
+    /// credentials are sent or tokens fetched).
+    pub async fn ping(&self) -> Result<(), UpstreamError> {
+        let url = self.url("v2/")?;
+        let request = self.inner.client.get(url);
+        let response = transport::send(&self.inner.metrics, RequestKind::Ping, request).await?;
+        if response.status().is_success() || response.status() == StatusCode::UNAUTHORIZED {
+            return Ok(());
+        }
+        Err(UpstreamError::from_response(response).await)
+    }
+
+    fn url(&self, path: &str) -> Result<Url, UpstreamError> {
+        self.inner
+            .base_url
+            .join(path)
+            .map_err(|e| UpstreamError::BadResponse(format!("cannot build URL for {path}: {e}")))
+    }
+
+    /// Sends a request with whatever auth this upstream is known to want; on a 401 with a
+    /// challenge we can answer, retries once with fresh credentials. Returns the final
+    /// response whatever its status (a second 401 becomes `Unauthorized`).
+    async fn send(
+        &self,
+        kind: RequestKind,
+        method: Method,
+        url: Url,
+        repo: &RepositoryName,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let inner = &*self.inner;
+        let scope = format!("repository:{repo}:pull");
+        let proactive = inner.auth.proactive(&inner.client, &scope).await?;
+        let first = self
+            .attempt(kind, &method, &url, &headers, proactive.as_ref())
+            .await?;
+        if first.status() != StatusCode::UNAUTHORIZED {
+            return Ok(first);
+        }
+        let challenges: Vec<challenge::Challenge> = first
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(challenge::parse_www_authenticate)
+            .collect();
+        drop(first);
+        let retry_auth = inner
+            .auth
+            .answer(&inner.client, &challenges, &scope, proactive.as_ref())
+            .await?;
+        let second = self
+            .attempt(kind, &method, &url, &headers, Some(&retry_auth))
+            .await?;
+        if second.status() == StatusCode::UNAUTHORIZED {
+            tracing::debug!(upstream = %inner.name, %repo, "upstream refused fresh credentials");
+            return Err(UpstreamError::Unauthorized { status: 401 });
+        }
+        Ok(second)
+    }
+
+    async fn attempt(
+        &self,
+        kind: RequestKind,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut request = self
+            .inner
+            .client
+            .request(method.clone(), url.clone())
+            .headers(headers.clone());
+        if let Some(authorization) = authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        transport::send(&self.inner.metrics, kind, request).await
+    }
+}
+
+/// The configured URL as an API root: http(s), ending in `/` so paths join under it.
+fn parse_base_url(cfg: &UpstreamConfig) -> Result<Url, UpstreamError> {
+    let bad = |why: &str| {
+        UpstreamError::Config(format!("upstream {:?}: url {:?} {why}", cfg.name, cfg.url))
+    };
+    let mut url = Url::parse(&cfg.url).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("must start with http:// or https://"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(bad("must not have a query, fragment or user info"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// The Accept header: the caller's types (those that are valid header text), else all
+/// manifest types we know.
+fn accept_header(accept: &[String]) -> HeaderValue {
+    let usable: Vec<&str> = accept
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty() && HeaderValue::from_str(a).is_ok())
+        .collect();
+    let joined = if usable.is_empty() {
+        MANIFEST_MEDIA_TYPES.join(", ")
+    } else {
+        usable.join(", ")
+    };
+    HeaderValue::from_str(&joined).unwrap_or_else(|_| {
+        HeaderValue::from_str(&MANIFEST_MEDIA_TYPES.join(", "))
+            .expect("the built-in media types are valid header text")
+    })
+}
+
+/// The response if its status is 2xx, else its error.
+async fn success_or_error(response: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
+    if response.status().is_success() {
+        Ok(response)
+    } else {
+        Err(UpstreamError::from_response(response).await)
+    }
+}
+
+/// `bytes <start>-<end>/<total|*>` → (start, total).
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (span, total) = rest.split_once('/')?;
+    let (start, end) = span.trim().split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse::<u64>().ok().filter(|total| *total > end)?),
+    };
+    Some((start, total))
+}
+
+/// The `mediaType` field of a JSON manifest, if any.
+fn media_type_in_body(body: &[u8]) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    json.get("mediaType")?
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache spawns tasks around these calls: the client and its futures must be Send.
+    #[allow(dead_code)]
+    fn futures_are_send(upstream: &Upstream, repo: &RepositoryName, digest: &Digest) {
+        fn send<T: Send>(_: T) {}
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        shared::<Upstream>();
+        send(upstream.manifest(repo, &Reference::Digest(*digest), &[], false));
+        send(upstream.blob(repo, digest, None));
+        send(upstream.blob_head(repo, digest));
+        send(upstream.tags_list(repo, None));
+        send(upstream.ping());
+        fn body_stream<T: Stream + Send + Unpin>() {}
+        body_stream::<BlobBody>();
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, Some(10))));
+        assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, None)));
+        assert_eq!(
+            parse_content_range(" bytes  5-5/1000 "),
+            Some((5, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 9-0/10"), None);
+        assert_eq!(parse_content_range("bytes 0-10/10"), None);
+        assert_eq!(parse_content_range("items 0-9/10"), None);
+        assert_eq!(parse_content_range("bytes */10"), None);
+        assert_eq!(parse_content_range("bytes -5/10"), None);
+    }
+
+    #[test]
+    fn base_urls() {
+        let cfg = |url: &str| UpstreamConfig::builtin("x", url, "x");
+        let url = parse_base_url(&cfg("https://registry-1.docker.io")).expect("valid");
+        assert_eq!(
+            url.join("v2/a/b").expect("joins").as_str(),
+            "https://registry-1.docker.io/v2/a/b"
+        );
+        let url = parse_base_url(&cfg("http://127.0.0.1:5000/mirror")).expect("valid");
+        assert_eq!(
+            url.join("v2/").expect("joins").as_str(),
+            "http://127.0.0.1:5000/mirror/v2/"
+        );
+        assert!(parse_base_url(&cfg("ftp://x")).is_err());
+        assert!(parse_base_url(&cfg("registry.example")).is_err());
+        assert!(parse_base_url(&cfg("https://u:p@r.example")).is_err());
+    }
+
+    #[test]
+    fn accept_headers() {
+        let all = accept_header(&[]);
+        assert_eq!(
+            all.to_str().ok(),
+            Some(MANIFEST_MEDIA_TYPES.join(", ").as_str())
+        );
+        let one = accept_header(&["application/vnd.oci.image.index.v1+json".to_string()]);
+        assert_eq!(
+            one.to_str().ok(),
+            Some("application/vnd.oci.image.index.v1+json")
+        );
+        let junk = accept_header(&["bad\nvalue".to_string(), " ".to_string()]);
+        assert_eq!(junk, all);
+    }
+
+    #[test]
+    fn media_type_from_body() {
+        assert_eq!(
+            media_type_in_body(
+                br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#
+            )
+            .as_deref(),
+            Some("application/vnd.oci.image.index.v1+json")
+        );
+        assert_eq!(media_type_in_body(b"{}"), None);
+        assert_eq!(media_type_in_body(b"junk"), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! One HTTP exchange with an upstream, measured: send a request, count it in
+//! `upstream_requests{upstream,kind,status}`, turn transport failures into
+//! [`UpstreamError`]s, and read bodies with a byte bound while counting `upstream_bytes`.
+//!
+//! Must not: decide anything about auth, status meanings or registry paths; callers do.
+
+use super::UpstreamError;
+use crate::metrics::Metrics;
+use bytes::{Bytes, BytesMut};
+use prometheus::IntCounter;
+use reqwest::header::{HeaderMap, CONTENT_LENGTH};
+use std::sync::Arc;
+
+/// What a request is for, as the `kind` label of `upstream_requests`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestKind {
+    Manifest,
+    Blob,
+    Tags,
+    Token,
+    Ping,
+}
+
+impl RequestKind {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RequestKind::Manifest => "manifest",
+            RequestKind::Blob => "blob",
+            RequestKind::Tags => "tags",
+            RequestKind::Token => "token",
+            RequestKind::Ping => "ping",
+        }
+    }
+}
+
+/// The metric handles of one upstream, with its name label applied where it can be.
+#[derive(Clone)]
+pub(crate) struct UpstreamMetrics {
+    metrics: Arc<Metrics>,
+    upstream: String,
+    bytes: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub(crate) fn new(metrics: Arc<Metrics>, upstream: &str) -> Self {
+        let bytes = metrics.upstream_bytes.with_label_values(&[upstream]);
+        UpstreamMetrics {
+            metrics,
+            upstream: upstream.to_string(),
+            bytes,
+        }
+    }
+
+    pub(crate) fn request(&self, kind: RequestKind, status: &str) {
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[self.upstream.as_str(), kind.label(), status])
+            .inc();
+    }
+
+    pub(crate) fn token_fetch(&self, result: &str) {
+        self.metrics
+            .upstream_token_fetches
+            .with_label_values(&[self.upstream.as_str(), result])
+            .inc();
+    }
+
+    /// The `upstream_bytes` counter of this upstream (cheap to clone into body streams).
+    pub(crate) fn bytes(&self) -> &IntCounter {
+        &self.bytes
+    }
+}
+
+/// Sends `request`, counting it under `kind` with the final status (after redirects) or
+/// `error` when no response came.
+pub(crate) async fn send(
+    metrics: &UpstreamMetrics,
+    kind: RequestKind,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, UpstreamError> {
+    match request.send().await {
+        Ok(response) => {
+            metrics.request(kind, response.status().as_str());
+            Ok(response)
+        }
+        Err(err) => {
+            metrics.request(kind, "error");
+            let error = UpstreamError::from_transport(&err);
+            tracing::debug!(kind = kind.label(), error = %error, "upstream request failed");
+            Err(error)
+        }
+    }
+}
+
+/// `Content-Length`, when present and a number. (reqwest's own `content_length()` reports
+/// the body it will yield, which is 0 for HEAD.)
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The whole body, refusing more than `limit` bytes (by `Content-Length` up front, or as
+/// bytes arrive).
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+    bytes_counter: &IntCounter,
+) -> Result<Bytes, UpstreamError> {
+    if content_length(response.headers()).is_some_and(|len| len > limit as u64) {
+        return Err(UpstreamError::TooLarge);
+    }
+    let mut body = BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                bytes_counter.inc_by(chunk.len() as u64);
+                if body.len() + chunk.len() > limit {
+                    return Err(UpstreamError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(err) => return Err(UpstreamError::from_body(&err)),
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The upstream client against fake registries on 127.0.0.1: Bearer token flow and token
+//! cache, Basic auth, redirects to another host, Range, status and transport error
+//! mapping, TLS trust settings.
+
+mod upstream_fakes;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sparkcr_edge::config::HumanDuration;
+use sparkcr_edge::metrics::Metrics;
+use sparkcr_edge::oci::Digest;
+use sparkcr_edge::upstream::{Upstream, UpstreamError};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use upstream_fakes::registries::*;
+use upstream_fakes::{
+    challenge, closed_port, response, stalling_server, test_pki, with_header, FakeServer,
+};
+
+#[tokio::test]
+async fn bearer_token_is_fetched_once_per_scope_and_again_after_expiry() {
+    init();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let fake = FakeServer::start(bearer_registry(issued.clone(), 4, true, None)).await;
+    let (upstream, metrics) = make_upstream(&config(&fake.url()));
+
+    // Concurrent first requests: each is refused once, but they share one token fetch.
+    let concurrent = (0..5).map(|_| {
+        let upstream = upstream.clone();
+        async move { upstream.manifest(&repo(), &tag("v1"), &[], false).await }
+    });
+    for result in futures_util::future::join_all(concurrent).await {
+        let manifest = result.expect("manifest with token");
+        assert_eq!(manifest.body.as_deref(), Some(MANIFEST.as_bytes()));
+        assert_eq!(manifest.media_type, OCI_MANIFEST);
+        assert_eq!(manifest.digest, Some(Digest::of(MANIFEST.as_bytes())));
+        assert_eq!(manifest.size, Some(MANIFEST.len() as u64));
+    }
+    // Later requests send the cached token up front: no 401, no new token.
+    for _ in 0..3 {
+        let head = upstream
+            .manifest(&repo(), &tag("v1"), &[], true)
+            .await
+            .expect("manifest HEAD");
+        assert_eq!(head.body, None);
+        assert_eq!(head.size, Some(MANIFEST.len() as u64));
+        assert_eq!(head.media_type, OCI_MANIFEST);
+    }
+    assert_eq!(fake.requests_to("/token").len(), 1);
+    let manifest_requests = fake.requests_to("/v2/team/app/manifests/v1");
+    assert_eq!(manifest_requests.len(), 5 * 2 + 3);
+    assert!(manifest_requests[10..]
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer tok-1")));
+    // The Accept header lists every manifest type when the caller gives none.
+    let accept = manifest_requests[0].header("accept").unwrap_or_default();
+    assert!(
+        accept.contains("application/vnd.oci.image.index.v1+json"),
+        "{accept}"
+    );
+    assert!(accept.contains("application/vnd.docker.distribution.manifest.v2+json"));
+
+    // A 4 s token is used for 2 s; after that a new one is fetched before sending.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    upstream
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect("manifest after expiry");
+    assert_eq!(fake.requests_to("/token").len(), 2);
+    let last = fake.requests().pop().expect("a request");
+    assert_eq!(last.header("authorization"), Some("Bearer tok-2"));
+
+    let ok = metrics
+        .upstream_token_fetches
+        .with_label_values(&["fake", "ok"])
+        .get();
+    assert_eq!(ok, 2);
+    let unauthorized = metrics
+        .upstream_requests
+        .with_label_values(&["fake", "manifest", "401"])
+        .get();
+    assert_eq!(unauthorized, 5);
+    let tokens = metrics
+        .upstream_requests
+        .with_label_values(&["fake", "token", "200"])
+        .get();
+    assert_eq!(tokens, 2);
+}
+
+#[tokio::test]
+async fn token_endpoint_gets_basic_credentials_and_default_scope() {
+    init();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let expected = basic("robot", "pa:ss");
+    let fake = FakeServer::start(bearer_registry(
+        issued.clone(),
+        300,
+        false, // no scope in the challenge: the client must use repository:team/app:pull
+        Some(expected.clone()),
+    ))
+    .await;
+    let mut cfg = config(&fake.url());
+    cfg.username = Some("robot".into());
+    cfg.password = Some("pa:ss".into());
+    let (upstream, _) = make_upstream(&cfg);
+    upstream
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect("manifest with token from authenticated endpoint");
+    let token_requests = fake.requests_to("/token");
+    assert_eq!(token_requests.len(), 1);
+    assert_eq!(
+        token_requests[0].header("authorization"),
+        Some(expected.as_str())
+    );
+    // The registry itself only ever sees the token, never the password.
+    for request in fake.requests_to("/v2/team/app/manifests/v1") {
+        let auth = request.header("authorization").unwrap_or("");
+        assert!(!auth.starts_with("Basic"), "registry saw Basic credentials");
+    }
+
+    // Wrong password at the token endpoint → Unauthorized, counted as such.
+    cfg.password = Some("wrong".into());
+    let (upstream, metrics) = make_upstream(&cfg);
+    let err = upstream
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect_err("token endpoint refuses");
+    assert!(
+        matches!(err, UpstreamError::Unauthorized { status: 401 }),
+        "{err:?}"
+    );
+    assert!(err.is_unavailable());
+    let refused = metrics
+        .upstream_token_fetches
+        .with_label_values(&["fake", "unauthorized"])
+        .get();
+    assert_eq!(refused, 1);
+}
+
+#[tokio::test]
+async fn basic_auth_is_learnt_and_wrong_password_is_unauthorized() {
+    init();
+    let fake = FakeServer::start(basic_registry(basic("bob", "secret"))).await;
+    let mut cfg = config(&fake.url());
+    cfg.username = Some("bob".into());
+    cfg.password = Some("secret".into());
+    let (good, _) = make_upstream(&cfg);
+    for _ in 0..3 {
+        good.manifest(&repo(), &tag("v1"), &[], false)
+            .await
+            .expect("manifest with Basic");
+    }
+    let tags = good
+        .tags_list(&repo(), Some("n=10&last=v0"))
+        .await
+        .expect("tags with Basic");
+    assert!(String::from_utf8_lossy(&tags).contains(r#""q":"n=10&last=v0""#));
+    // One 401 to learn the scheme, then Basic up front.
+    let unauthenticated = fake
+        .requests()
+        .iter()
+        .filter(|r| r.header("authorization").is_none())
+        .count();
+    assert_eq!(unauthenticated, 1);
+    assert_eq!(fake.requests().len(), 5);
+
+    cfg.password = Some("wrong".into());
+    let (bad, _) = make_upstream(&cfg);
+    let err = bad
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect_err("wrong password");
+    assert!(
+        matches!(err, UpstreamError::Unauthorized { status: 401 }),
+        "{err:?}"
+    );
+    assert!(err.is_unavailable());
+
+    cfg.username = None;
+    cfg.password = None;
+    let (anonymous, _) = make_upstream(&cfg);
+    let err = anonymous
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect_err("no credentials");
+    assert!(matches!(err, UpstreamError::Unauthorized { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn password_file_is_used_for_basic() {
+    init();
+    let fake = FakeServer::start(basic_registry(basic("bob", "from-file"))).await;
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), "from-file\n").expect("write password file");
+    let mut cfg = config(&fake.url());
+    cfg.username = Some("bob".into());
+    cfg.password_file = Some(file.path().to_path_buf());
+    let (upstream, _) = make_upstream(&cfg);
+    upstream
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect("password from file");
+
+    cfg.password_file = Some("/nonexistent/sparkcr-password".into());
+    let err = Upstream::from_config(&cfg, Arc::new(Metrics::new())).expect_err("unreadable");
+    assert!(
+        err.to_string().contains("/nonexistent/sparkcr-password"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn redirect_to_another_host_drops_authorization() {
+    init();
+    let blob = Bytes::from_static(b"layer bytes from the CDN");
+    let digest = Digest::of(&blob);
+    let cdn_blob = blob.clone();
+    let cdn = FakeServer::start(move |_| {
+        Arc::new(move |req| {
+            if req.path == "/cdn/layer" {
+                response(200, cdn_blob.clone())
+            } else {
+                response(404, "")
+            }
+        })
+    })
+    .await;
+    // Reached as `localhost`, a different host name than the registry's 127.0.0.1.
+    let cdn_url = format!("http://localhost:{}/cdn/layer", cdn.addr.port());
+    let expected = basic("bob", "secret");
+    let registry = FakeServer::start(move |_| {
+        Arc::new(move |req| {
+            if req.header("authorization") != Some(expected.as_str()) {
+                return challenge(r#"Basic realm="fake""#);
+            }
+            with_header(response(307, ""), "location", &cdn_url)
+        })
+    })
+    .await;
+    let mut cfg = config(&registry.url());
+    cfg.username = Some("bob".into());
+    cfg.password = Some("secret".into());
+    let (upstream, metrics) = make_upstream(&cfg);
+    let response = upstream
+        .blob(&repo(), &digest, None)
+        .await
+        .expect("redirected blob");
+    assert_eq!(response.start, 0);
+    assert_eq!(response.size, Some(blob.len() as u64));
+    assert_eq!(collect(response.body).await.expect("blob body"), blob);
+
+    let registry_requests = registry.requests();
+    assert_eq!(registry_requests.len(), 2);
+    assert_eq!(
+        registry_requests[1].header("authorization"),
+        Some(basic("bob", "secret").as_str())
+    );
+    let cdn_requests = cdn.requests_to("/cdn/layer");
+    assert_eq!(cdn_requests.len(), 1);
+    assert_eq!(cdn_requests[0].header("authorization"), None);
+    assert_eq!(
+        metrics.upstream_bytes.with_label_values(&["fake"]).get(),
+        blob.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn range_requests_report_start_and_full_size() {
+    init();
+    let digest = Digest::of(b"whatever");
+    let fake = FakeServer::start(range_registry(true)).await;
+    let (upstream, _) = make_upstream(&config(&fake.url()));
+
+    let partial = upstream
+        .blob(&repo(), &digest, Some((10, Some(19))))
+        .await
+        .expect("206");
+    assert_eq!((partial.start, partial.size), (10, Some(100)));
+    assert_eq!(
+        collect(partial.body).await.expect("body"),
+        (10..20u8).collect::<Vec<_>>()
+    );
+    assert_eq!(fake.requests()[0].header("range"), Some("bytes=10-19"));
+
+    let open_ended = upstream
+        .blob(&repo(), &digest, Some((90, None)))
+        .await
+        .expect("206 open-ended");
+    assert_eq!((open_ended.start, open_ended.size), (90, Some(100)));
+    assert_eq!(collect(open_ended.body).await.expect("body").len(), 10);
+    assert_eq!(fake.requests()[1].header("range"), Some("bytes=90-"));
+
+    assert_eq!(
+        upstream.blob_head(&repo(), &digest).await.expect("HEAD"),
+        Some(100)
+    );
+
+    // An upstream that ignores Range: the whole blob from 0.
+    let ignoring = FakeServer::start(range_registry(false)).await;
+    let (upstream, _) = upstream_for(&ignoring);
+    let whole = upstream
+        .blob(&repo(), &digest, Some((10, Some(19))))
+        .await
+        .expect("200");
+    assert_eq!((whole.start, whole.size), (0, Some(100)));
+    assert_eq!(collect(whole.body).await.expect("body").len(), 100);
+}
+
+#[tokio::test]
+async fn statuses_map_to_errors_the_cache_can_act_on() {
+    init();
+    let fake = FakeServer::start(|_| {
+        Arc::new(|req| match req.path.as_str() {
+            "/v2/team/app/manifests/limited" => {
+                with_header(response(429, "slow down"), "retry-after", "7")
+            }
+            "/v2/team/app/manifests/down" => response(
+                503,
+                r#"{"errors":[{"code":"UNAVAILABLE","message":"maintenance"}]}"#,
+            ),
+            "/v2/team/app/manifests/huge" => with_header(
+                response(200, vec![b' '; 5 * 1024 * 1024]),
+                "content-type",
+                OCI_MANIFEST,
+            ),
+            "/v2/team/app/manifests/denied" => response(403, ""),
+            "/v2/team/app/manifests/bad" => response(400, "no"),
+            _ => response(
+                404,
+                r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+            ),
+        })
+    })
+    .await;
+    let (upstream, metrics) = upstream_for(&fake);
+    let get = |t: &'static str| {
+        let upstream = upstream.clone();
+        async move { upstream.manifest(&repo(), &tag(t), &[], false).await }
+    };
+
+    let err = get("limited").await.expect_err("429");
+    assert!(
+        matches!(err, UpstreamError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(7)),
+        "{err:?}"
+    );
+    assert!(err.is_unavailable() && !err.is_not_found());
+
+    let err = get("down").await.expect_err("503");
+    match &err {
+        UpstreamError::Status { status, message } => {
+            assert_eq!(*status, 503);
+            assert_eq!(message, "UNAVAILABLE: maintenance");
+        }
+        other => panic!("expected Status, got {other:?}"),
+    }
+    assert!(err.is_unavailable());
+
+    let err = get("missing").await.expect_err("404");
+    assert!(matches!(err, UpstreamError::NotFound), "{err:?}");
+    assert!(err.is_not_found() && !err.is_unavailable());
+
+    let err = get("huge").await.expect_err("too large");
+    assert!(matches!(err, UpstreamError::TooLarge), "{err:?}");
+
+    let err = get("denied").await.expect_err("403");
+    assert!(
+        matches!(err, UpstreamError::Unauthorized { status: 403 }),
+        "{err:?}"
+    );
+
+    let err = get("bad").await.expect_err("400");
+    assert!(
+        matches!(err, UpstreamError::Status { status: 400, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_unavailable());
+
+    let err = upstream
+        .blob(&repo(), &Digest::of(b"x"), None)
+        .await
+        .expect_err("blob 404");
+    assert!(err.is_not_found());
+    let err = upstream
+        .tags_list(&repo(), None)
+        .await
+        .expect_err("tags 404");
+    assert!(err.is_not_found());
+
+    for (kind, status, count) in [
+        ("manifest", "429", 1),
+        ("manifest", "503", 1),
+        ("manifest", "404", 1),
+        ("blob", "404", 1),
+        ("tags", "404", 1),
+    ] {
+        let seen = metrics
+            .upstream_requests
+            .with_label_values(&["fake", kind, status])
+            .get();
+        assert_eq!(
+            seen, count,
+            "upstream_requests{{kind={kind},status={status}}}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connection_refused_is_connect_and_unavailable() {
+    init();
+    let addr = closed_port().await;
+    let (upstream, metrics) = make_upstream(&config(&format!("http://{addr}")));
+    let err = upstream
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect_err("nothing listening");
+    assert!(matches!(err, UpstreamError::Connect(_)), "{err:?}");
+    assert!(err.is_unavailable());
+    let errors = metrics
+        .upstream_requests
+        .with_label_values(&["fake", "manifest", "error"])
+        .get();
+    assert_eq!(errors, 1);
+    assert!(upstream.ping().await.is_err());
+}
+
+#[tokio::test]
+async fn stalled_upstream_times_out() {
+    init();
+    let (addr, task) = stalling_server(b"").await;
+    let mut cfg = config(&format!("http://{addr}"));
+    cfg.read_timeout = HumanDuration(Duration::from_millis(300));
+    let (upstream, _) = make_upstream(&cfg);
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        upstream.manifest(&repo(), &tag("v1"), &[], false),
+    )
+    .await
+    .expect("the client gives up by itself")
+    .expect_err("no answer");
+    assert!(matches!(err, UpstreamError::Timeout(_)), "{err:?}");
+    assert!(err.is_unavailable());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    task.abort();
+}
+
+#[tokio::test]
+async fn blob_body_stalling_mid_way_ends_with_timeout() {
+    init();
+    let (addr, task) =
+        stalling_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst ten!").await;
+    let mut cfg = config(&format!("http://{addr}"));
+    cfg.read_timeout = HumanDuration(Duration::from_millis(300));
+    let (upstream, metrics) = make_upstream(&cfg);
+    let response = upstream
+        .blob(&repo(), &Digest::of(b"x"), None)
+        .await
+        .expect("headers arrive");
+    assert_eq!(response.size, Some(100));
+    let mut body = response.body;
+    let mut received = Vec::new();
+    let err = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match body.next().await {
+                Some(Ok(chunk)) => received.extend_from_slice(&chunk),
+                Some(Err(err)) => return err,
+                None => panic!("body ended without an error"),
+            }
+        }
+    })
+    .await
+    .expect("the body read gives up by itself");
+    assert_eq!(received, b"first ten!");
+    assert!(matches!(err, UpstreamError::Timeout(_)), "{err:?}");
+    assert!(err.is_unavailable());
+    assert_eq!(
+        metrics.upstream_bytes.with_label_values(&["fake"]).get(),
+        10
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn https_upstream_trust_settings() {
+    init();
+    let pki = test_pki();
+    let fake = FakeServer::start_tls(pki.server_config.clone(), |_| {
+        Arc::new(|_| manifest_response())
+    })
+    .await;
+    let url = format!("https://localhost:{}", fake.addr.port());
+
+    // The system roots do not include the test CA.
+    let (untrusting, _) = make_upstream(&config(&url));
+    let err = untrusting
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect_err("unknown CA");
+    assert!(matches!(err, UpstreamError::Tls(_)), "{err:?}");
+    assert!(err.is_unavailable());
+
+    let ca_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(ca_file.path(), &pki.ca_pem).expect("write CA file");
+    let mut cfg = config(&url);
+    cfg.ca_file = Some(ca_file.path().to_path_buf());
+    let (trusting, _) = make_upstream(&cfg);
+    let manifest = trusting
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect("CA from ca_file");
+    assert_eq!(manifest.body.as_deref(), Some(MANIFEST.as_bytes()));
+    // ALPN picked HTTP/2.
+    assert_eq!(fake.requests()[0].version, hyper::Version::HTTP_2);
+    assert!(fake.requests()[0]
+        .header("user-agent")
+        .is_some_and(|ua| ua.starts_with("sparkcr-edge/")));
+
+    // A name the certificate does not cover fails even with the CA trusted.
+    let mut wrong_name = cfg.clone();
+    wrong_name.url = format!("https://127.0.0.1:{}", fake.addr.port());
+    let (misnamed, _) = make_upstream(&wrong_name);
+    let err = misnamed
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect_err("name mismatch");
+    assert!(matches!(err, UpstreamError::Tls(_)), "{err:?}");
+
+    let mut insecure = config(&url);
+    insecure.insecure_skip_verify = true;
+    let (skipping, _) = make_upstream(&insecure);
+    skipping
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect("insecure_skip_verify accepts the unknown CA");
+}
