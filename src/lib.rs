@@ -35,3 +35,4 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod upstream;
+pub mod setup;

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use sparkcr_edge::config::{self, Config, LogFormat};
 use sparkcr_edge::metrics::Metrics;
 use sparkcr_edge::registry::{RegistryApi, UpstreamTable};
+use sparkcr_edge::cache::{Cache, CacheSettings};
 use sparkcr_edge::server::{self, App, Server};
+use sparkcr_edge::setup::{client_config, self_signed};
+use sparkcr_edge::store::{Store, StoreError, StoreOptions};
+use sparkcr_edge::upstream::Upstream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,6 +40,81 @@ enum Command {
     Serve(ConfigArg),
     /// Check the config and print the effective config (secrets redacted).
     CheckConfig(ConfigArg),
+    /// Inspect or maintain the store of a stopped daemon.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// TLS helpers.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// Print (or write) the client configuration for this edge.
+    ClientConfig {
+        #[arg(value_enum)]
+        client: client_config::Client,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How clients reach the edge [default: from the config's hostname and listeners]
+        #[arg(long, value_name = "URL")]
+        edge: Option<String>,
+        /// Upstreams to configure (repeatable) [default: all configured]
+        #[arg(long = "upstream", value_name = "NAME")]
+        upstreams: Vec<String>,
+        #[arg(long, value_enum, default_value = "path")]
+        mode: client_config::Mode,
+        /// Write the files to their standard paths (existing files are backed up).
+        #[arg(long)]
+        write: bool,
+        /// Prefix for --write paths (for testing and staging).
+        #[arg(long, hide = true, default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Make a private CA and a server certificate covering the host name and alias hosts.
+    SelfSigned {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The edge's host name [default: server.hostname from the config]
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Output directory for ca.pem, cert.pem and key.pem
+        #[arg(long, default_value = "/etc/sparkcr-edge/tls")]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses (repeatable)
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// Replace existing files
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Blobs, manifests, tags, chunks, bytes stored and the budget.
+    Stats(ConfigArg),
+    /// Re-hash every chunk and blob; report and drop corrupt blobs.
+    Verify(ConfigArg),
+    /// Remove cached content.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only content not accessed for this long (e.g. 30d, 12h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Only this repository: `<upstream>/<repo>` (e.g. docker.io/library/nginx) or `<repo>`.
+        #[arg(long, value_name = "REPO")]
+        repo: Option<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    config::HumanDuration::parse(s).map(|d| d.get())
 }
 
 /// A failure and the exit code it maps to.
@@ -57,6 +136,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => serve(&a),
         Command::CheckConfig(a) => check_config(&a),
+        Command::Cache { command } => cache_command(command),
+        Command::Tls { command } => tls_command(command),
+        Command::ClientConfig { client, config, edge, upstreams, mode, write, root } => {
+            client_config_command(client, &config, edge.as_deref(), &upstreams, mode, write, &root)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +175,95 @@ fn check_config(a: &ConfigArg) -> Result<(), Failure> {
     Ok(())
 }
 
+fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
+    let TlsCommand::SelfSigned { config, hostname, out, names, force } = cmd;
+    let loaded = load_config(&config)?;
+    let c = &loaded.config;
+    let host = hostname.unwrap_or_else(|| c.server.hostname.clone());
+    let aliases: Vec<String> = c.upstream.iter().flat_map(|u| u.aliases.clone()).collect();
+    let all = self_signed::names_for(&host, &aliases, &names);
+    let made = self_signed::generate(&out, &all, force).map_err(|e| match e {
+        self_signed::SelfSignedError::Exists(_) | self_signed::SelfSignedError::BadName(_) => Failure::Config(e.to_string()),
+        other => Failure::Runtime(other.into()),
+    })?;
+    println!("wrote {}, {} and {} for: {}", made.ca.display(), made.cert.display(), made.key.display(), made.names.join(", "));
+    println!("server config: tls_cert = \"{}\", tls_key = \"{}\"\n", made.cert.display(), made.key.display());
+    let hosts: Vec<String> = std::iter::once(host.clone()).chain(aliases.iter().map(|a| format!("{a}.{host}"))).collect();
+    print!("{}", self_signed::trust_instructions(&made.ca, &hosts));
+    Ok(())
+}
+
+fn client_config_command(
+    client: client_config::Client,
+    config: &ConfigArg,
+    edge: Option<&str>,
+    upstreams: &[String],
+    mode: client_config::Mode,
+    write: bool,
+    root: &std::path::Path,
+) -> Result<(), Failure> {
+    let loaded = load_config(config)?;
+    let c = &loaded.config;
+    let edge = match edge {
+        Some(url) => client_config::EdgeAddress::parse(url).map_err(|e| Failure::Config(e.to_string()))?,
+        None => client_config::EdgeAddress::from_config(c),
+    };
+    let ups = client_config::upstreams_for(c, upstreams).map_err(|e| Failure::Config(e.to_string()))?;
+    let setup = client_config::generate(client, &edge, &ups, mode, root).map_err(|e| Failure::Config(e.to_string()))?;
+    if write {
+        for line in client_config::write(&setup).map_err(|e| Failure::Runtime(e.into()))? {
+            println!("{line}");
+        }
+    } else {
+        for f in &setup.files {
+            println!("# ---- {} ----\n{}", f.path.display(), f.content);
+        }
+    }
+    println!("# ---- then ----\n{}", setup.commands);
+    Ok(())
+}
+
+fn store_options(c: &Config) -> StoreOptions {
+    StoreOptions {
+        path: c.storage.path.clone(),
+        max_size: c.storage.max_size.get(),
+        chunk_size: c.storage.chunk_size.get() as usize,
+        ttl: (!c.cache.ttl.is_zero()).then(|| c.cache.ttl.get()),
+        ttl_from: c.cache.ttl_from,
+    }
+}
+
+fn open_store(c: &Config, metrics: Arc<Metrics>) -> Result<Store, Failure> {
+    Store::open(store_options(c), metrics).map_err(|e| match e {
+        StoreError::Locked { .. } => Failure::Runtime(anyhow::anyhow!("{e}")),
+        other => Failure::Runtime(anyhow::Error::new(other).context(format!("cannot open the store at {}", c.storage.path.display()))),
+    })
+}
+
+fn cache_command(cmd: CacheCommand) -> Result<(), Failure> {
+    let (a, action) = match &cmd {
+        CacheCommand::Stats(a) => (a, "stats"),
+        CacheCommand::Verify(a) => (a, "verify"),
+        CacheCommand::Purge { config, .. } => (config, "purge"),
+    };
+    let loaded = load_config(a)?;
+    init_logging(&loaded.config);
+    let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
+    match cmd {
+        CacheCommand::Stats(_) => print!("{}", store.stats().context("cannot read store stats")?),
+        CacheCommand::Verify(_) => {
+            let report = store.verify().context("verify failed")?;
+            print!("{report}");
+        }
+        CacheCommand::Purge { older_than, repo, .. } => {
+            let report = store.purge(older_than, repo.as_deref()).context("purge failed")?;
+            print!("{report}");
+        }
+    }
+    tracing::debug!(action, "done");
+    Ok(())
+}
+
 fn init_logging(c: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RUST_LOG")
@@ -119,7 +292,21 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
-        let cache = Arc::new(sparkcr_edge::cache::Cache::default());
+        let store = {
+            let (c2, m2) = (c.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || open_store(&c2, m2))
+                .await
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("store open task failed: {e}")))??
+        };
+        let mut upstreams = Vec::new();
+        for u in &c.upstream {
+            let up = Upstream::from_config(u, metrics.clone())
+                .map_err(|e| Failure::Config(format!("{}: upstream {:?}: {e}", loaded.origin, u.name)))?;
+            upstreams.push(up);
+        }
+        let settings = CacheSettings { tag_ttl: c.cache.tag_ttl.get() };
+        let cache = Arc::new(Cache::new(store.clone(), upstreams, settings, metrics.clone()));
+        let maintenance = tokio::spawn(maintain(store.clone()));
         let api = RegistryApi::new(UpstreamTable::from_config(&c), cache);
         let app = Arc::new(App::new(api, metrics));
         let server = Server::bind(&c.server, app.clone())
@@ -139,11 +326,41 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
             tracing::info!("listening on {scheme}://{addr}");
         }
         app.set_ready(true);
+        server::notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
         tracing::info!("ready to serve");
         let clean = server::serve_until_signalled(server, c.server.shutdown_grace.get())
             .await
             .context("cannot install signal handlers")?;
+        maintenance.abort();
+        let s2 = store.clone();
+        let _ = tokio::task::spawn_blocking(move || s2.flush_access()).await;
         tracing::info!(clean, "stopped");
         Ok(())
     })
+}
+
+/// Background upkeep: persist batched recency every 10 s, sweep expired content every minute.
+async fn maintain(store: Store) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let s = store.clone();
+        let sweep = n % 6 == 0;
+        let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            s.flush_access()?;
+            if sweep {
+                let report = s.sweep_expired(std::time::SystemTime::now())?;
+                tracing::debug!(?report, "TTL sweep");
+            }
+            Ok(())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "store upkeep failed"),
+            Err(e) => tracing::warn!(error = %e, "store upkeep task failed"),
+        }
+    }
 }

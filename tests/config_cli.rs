@@ -84,3 +84,11 @@ fn secrets_are_redacted() {
     // The effective config includes the built-in upstreams.
     assert!(out.contains("registry.k8s.io"), "{out}");
 }
+
+#[test]
+fn shipped_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/sparkcr-edge/config.toml");
+    let (code, out, err) = run_cli(&["check-config", "--config", path], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hostname = \"edge.lan\""), "{out}");
+}

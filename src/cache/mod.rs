@@ -1,12 +1,30 @@
-//! Cache policy between the API and the bytes (being built: this first version answers
-//! only from nothing and reports every upstream as unreachable).
+//! Cache policy between the API and the bytes: hit or miss, tag TTL and revalidation,
+//! serve-stale, and single-flight blob fills that stream to every waiting client.
+//!
+//! Owns: deciding whether an answer comes from the [`Store`] or an [`Upstream`], keeping
+//! the store filled, and the rules of freshness (`cache.tag_ttl`) and failure (serve what is
+//! cached when the upstream is down; 503 when nothing is). Like registry:2's proxy store,
+//! it wraps the local store and the remote behind one interface.
+//!
+//! Must not: know about HTTP requests or responses (that is `registry`), or how bytes are
+//! laid out on disk (that is `store`).
 
-use crate::oci::{Digest, Reference};
-use crate::registry::range::ByteRangeSpec;
+mod blob_stream;
+mod blobs;
+mod fill;
+mod manifests;
+
+use crate::metrics::Metrics;
+use crate::oci::{Digest, RepositoryName};
 use crate::registry::RepoTarget;
+use crate::store::{Store, StoreError};
+use crate::upstream::{Upstream, UpstreamError};
 use bytes::Bytes;
 use futures_util::Stream;
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -20,7 +38,8 @@ pub struct ManifestAnswer {
 
 pub struct BlobAnswer {
     pub digest: Digest,
-    pub size: u64,
+    /// `None` when the upstream did not say (the body is then sent without a length).
+    pub size: Option<u64>,
     /// Half-open byte range served.
     pub range: (u64, u64),
     pub partial: bool,
@@ -40,54 +59,120 @@ pub enum CacheError {
     RangeNotSatisfiable { size: u64 },
     #[error("upstream {upstream} is unreachable: {detail}")]
     Unavailable { upstream: String, detail: String },
+    #[error("upstream {upstream} sent bad content: {detail}")]
+    BadUpstreamContent { upstream: String, detail: String },
     #[error("{0}")]
     Denied(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     #[error("internal: {0}")]
     Internal(String),
 }
 
-#[derive(Default)]
-pub struct Cache {}
+/// Settings the cache reads from the config.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    /// How long a cached tag answers without asking the upstream.
+    pub tag_ttl: Duration,
+}
+
+pub struct Cache {
+    store: Store,
+    upstreams: HashMap<String, Upstream>,
+    settings: CacheSettings,
+    metrics: Arc<Metrics>,
+    /// Blob fills under way, by digest (single-flight).
+    fills: fill::FillMap,
+    /// One revalidation at a time per tag; waiters then read the fresh record.
+    tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Runs a blocking store call off the async workers.
+async fn blocking<T, F>(f: F) -> Result<T, CacheError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(CacheError::from),
+        Err(e) => Err(CacheError::Internal(format!("store task failed: {e}"))),
+    }
+}
 
 impl Cache {
-    pub async fn manifest(
-        &self,
-        target: &RepoTarget,
-        _reference: &Reference,
-        _accept: &[String],
-        _head: bool,
-    ) -> Result<ManifestAnswer, CacheError> {
-        Err(CacheError::Unavailable {
-            upstream: target.upstream.clone(),
-            detail: "pull-through not built yet".into(),
-        })
+    pub fn new(store: Store, upstreams: Vec<Upstream>, settings: CacheSettings, metrics: Arc<Metrics>) -> Self {
+        Cache {
+            store,
+            upstreams: upstreams.into_iter().map(|u| (u.name().to_string(), u)).collect(),
+            settings,
+            metrics,
+            fills: Default::default(),
+            tag_locks: Mutex::new(HashMap::new()),
+        }
     }
 
-    pub async fn blob(
-        &self,
-        target: &RepoTarget,
-        _digest: &Digest,
-        _range: Option<ByteRangeSpec>,
-        _head: bool,
-    ) -> Result<BlobAnswer, CacheError> {
-        Err(CacheError::Unavailable {
-            upstream: target.upstream.clone(),
-            detail: "pull-through not built yet".into(),
-        })
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
-    pub async fn tags_list(
-        &self,
-        target: &RepoTarget,
-        _query: Option<&str>,
-    ) -> Result<Bytes, CacheError> {
-        Err(CacheError::Unavailable {
-            upstream: target.upstream.clone(),
-            detail: "pull-through not built yet".into(),
-        })
+    fn upstream(&self, target: &RepoTarget) -> Result<&Upstream, CacheError> {
+        self.upstreams
+            .get(&target.upstream)
+            .ok_or_else(|| CacheError::NameUnknown(format!("upstream {:?} is not configured", target.upstream)))
     }
 
+    /// Maps an upstream failure for content we do not have.
+    fn upstream_failure(&self, target: &RepoTarget, e: UpstreamError, unknown: CacheError) -> CacheError {
+        if e.is_not_found() {
+            unknown
+        } else if e.is_unavailable() {
+            CacheError::Unavailable { upstream: target.upstream.clone(), detail: e.to_string() }
+        } else {
+            CacheError::BadUpstreamContent { upstream: target.upstream.clone(), detail: e.to_string() }
+        }
+    }
+
+    /// `/v2/<name>/tags/list`: proxied; the last answer is kept and served when the
+    /// upstream is down.
+    pub async fn tags_list(&self, target: &RepoTarget, query: Option<&str>) -> Result<Bytes, CacheError> {
+        let upstream = self.upstream(target)?;
+        let query = query.filter(|q| !q.is_empty());
+        match upstream.tags_list(&target.repo, query).await {
+            Ok(body) => {
+                if query.is_none() {
+                    let (store, up, repo, b) = (self.store.clone(), target.upstream.clone(), target.repo.clone(), body.clone());
+                    if let Err(e) = blocking(move || store.put_tag_list(&up, &repo, &b)).await {
+                        tracing::warn!(error = %e, "cannot keep the tag list");
+                    }
+                }
+                Ok(body)
+            }
+            Err(e) if e.is_unavailable() => {
+                let (store, up, repo) = (self.store.clone(), target.upstream.clone(), target.repo.clone());
+                match blocking(move || store.tag_list(&up, &repo)).await? {
+                    Some(cached) => {
+                        self.metrics.stale_served.with_label_values(&["tags"]).inc();
+                        tracing::warn!(upstream = %target.upstream, repo = %target.repo, error = %e, "upstream down; serving the cached tag list");
+                        Ok(cached)
+                    }
+                    None => Err(CacheError::Unavailable { upstream: target.upstream.clone(), detail: e.to_string() }),
+                }
+            }
+            Err(e) => Err(self.upstream_failure(
+                target,
+                e,
+                CacheError::NameUnknown(format!("repository {} is unknown to {}", target.repo, target.upstream)),
+            )),
+        }
+    }
+
+    /// `/v2/_catalog`: the repositories this edge has cached, as `<upstream>/<repo>`.
     pub async fn catalog(&self) -> Result<Vec<String>, CacheError> {
-        Ok(Vec::new())
+        let store = self.store.clone();
+        let repos: Vec<(String, RepositoryName)> = blocking(move || store.repositories()).await?;
+        let mut names: Vec<String> = repos.into_iter().map(|(u, r)| format!("{u}/{r}")).collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 }

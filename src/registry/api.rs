@@ -181,23 +181,20 @@ fn manifest_response(a: ManifestAnswer, head: bool) -> Response<ResponseBody> {
 
 fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
     let (start, end) = a.range;
-    let len = end - start;
     let partial = a.partial;
-    let mut b = base_response(if partial {
-        StatusCode::PARTIAL_CONTENT
-    } else {
-        StatusCode::OK
-    })
-    .header(header::CONTENT_TYPE, "application/octet-stream")
-    .header("Docker-Content-Digest", a.digest.to_string())
-    .header(header::ETAG, format!("\"{}\"", a.digest))
-    .header(header::ACCEPT_RANGES, "bytes")
-    .header(header::CONTENT_LENGTH, len);
-    if partial {
-        b = b.header(
-            header::CONTENT_RANGE,
-            format!("bytes {}-{}/{}", start, end.saturating_sub(1), a.size),
-        );
+    let status = if partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let mut b = base_response(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("Docker-Content-Digest", a.digest.to_string())
+        .header(header::ETAG, format!("\"{}\"", a.digest))
+        .header(header::ACCEPT_RANGES, "bytes");
+    // Without a known size (the upstream gave none) the body goes out chunked.
+    if let Some(size) = a.size {
+        b = b.header(header::CONTENT_LENGTH, end - start);
+        if partial {
+            let range = format!("bytes {}-{}/{}", start, end.saturating_sub(1), size);
+            b = b.header(header::CONTENT_RANGE, range);
+        }
     }
     let body = match a.body {
         Some(stream) => body::stream(stream),
@@ -219,6 +216,12 @@ fn map_cache_error(e: CacheError, kind: &str) -> OciError {
             OciError::upstream_unavailable(&upstream, detail)
         }
         CacheError::Denied(m) => OciError::new(StatusCode::FORBIDDEN, super::ErrorCode::Denied, m),
+        CacheError::BadUpstreamContent { upstream, detail } => OciError::new(
+            StatusCode::BAD_GATEWAY,
+            super::ErrorCode::Unavailable,
+            format!("upstream {upstream} sent content this edge will not serve"),
+        )
+        .with_detail(detail),
         other => {
             tracing::error!(kind, error = %other, "request failed");
             OciError::internal(other.to_string())

@@ -243,13 +243,29 @@ pub async fn serve_until_signalled(server: Server, grace: Duration) -> std::io::
     let shutdown = async move {
         loop {
             tokio::select! {
-                _ = hup.recv() => reload_target.reload(),
-                _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
-                _ = int.recv() => { tracing::info!("SIGINT received"); return; }
+                _ = hup.recv() => {
+                    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+                        reloading.push(now);
+                    }
+                    notify_systemd(&reloading);
+                    reload_target.reload();
+                    notify_systemd(&[sd_notify::NotifyState::Ready]);
+                }
+                _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT received"); break; }
             }
         }
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
     };
     Ok(server.serve(shutdown, grace).await)
+}
+
+/// Tells systemd (`Type=notify`) about a state change; a no-op outside systemd.
+pub fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
 }
 
 struct ReloadHandle {

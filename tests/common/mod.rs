@@ -4,6 +4,10 @@
 //! certificate a connection got.
 #![allow(dead_code)]
 
+pub mod images;
+pub mod pull;
+pub mod registry2;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use rustls_pki_types::{CertificateDer, ServerName};

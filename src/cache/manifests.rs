@@ -1,0 +1,322 @@
+//! Manifests: by digest (verified, then stored) and by tag (fresh within `tag_ttl`,
+//! then revalidated with a HEAD — which does not count against Docker Hub's pull quota —
+//! and fetched again only when the digest moved). Concurrent revalidations of one tag
+//! collapse into one upstream request. When the upstream fails, a cached answer is served
+//! (stale) and counted; with nothing cached the answer is 503.
+
+use super::{blocking, Cache, CacheError, ManifestAnswer};
+use crate::oci::{Digest, Reference, Tag};
+use crate::registry::RepoTarget;
+use crate::store::{StoredManifest, TagKey, TagRecord};
+use crate::upstream::UpstreamError;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+impl Cache {
+    pub async fn manifest(
+        &self,
+        target: &RepoTarget,
+        reference: &Reference,
+        accept: &[String],
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        match reference {
+            Reference::Digest(d) => self.manifest_by_digest(target, d, accept, head).await,
+            Reference::Tag(t) => self.manifest_by_tag(target, t, accept, head).await,
+        }
+    }
+
+    async fn stored_manifest(&self, d: &Digest) -> Result<Option<StoredManifest>, CacheError> {
+        let (store, d) = (self.store.clone(), *d);
+        blocking(move || store.manifest(&d)).await
+    }
+
+    fn answer(d: Digest, m: StoredManifest, head: bool) -> ManifestAnswer {
+        ManifestAnswer {
+            digest: d,
+            media_type: m.media_type,
+            size: m.bytes.len() as u64,
+            bytes: (!head).then_some(m.bytes),
+        }
+    }
+
+    /// Records that `target` also names this content (for the catalog and `purge --repo`).
+    async fn note_repo(&self, d: &Digest, repos: &[String], target: &RepoTarget) {
+        let key = target.key();
+        if repos.contains(&key) {
+            return;
+        }
+        let (store, d) = (self.store.clone(), *d);
+        if let Err(e) = blocking(move || store.add_repo(&d, &key)).await {
+            tracing::debug!(error = %e, "cannot record repository for {d}");
+        }
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        target: &RepoTarget,
+        d: &Digest,
+        accept: &[String],
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        if let Some(m) = self.stored_manifest(d).await? {
+            self.metrics.cache_hits.with_label_values(&["manifest"]).inc();
+            self.note_repo(d, &m.repos, target).await;
+            return Ok(Self::answer(*d, m, head));
+        }
+        self.metrics.cache_misses.with_label_values(&["manifest"]).inc();
+        let upstream = self.upstream(target)?;
+        let reference = Reference::Digest(*d);
+        // Content addressed: fetch it whole even for a HEAD, so the next GET is a hit.
+        let resp = upstream
+            .manifest(&target.repo, &reference, accept, false)
+            .await
+            .map_err(|e| self.upstream_failure(target, e, CacheError::ManifestUnknown(d.to_string())))?;
+        let body = resp.body.unwrap_or_default();
+        let actual = Digest::of(&body);
+        if actual != *d {
+            self.metrics.digest_mismatches.inc();
+            return Err(CacheError::BadUpstreamContent {
+                upstream: target.upstream.clone(),
+                detail: format!("manifest {d} arrived with digest {actual}"),
+            });
+        }
+        self.put_manifest(target, d, &resp.media_type, &body).await;
+        Ok(ManifestAnswer { digest: *d, media_type: resp.media_type, size: body.len() as u64, bytes: (!head).then_some(body) })
+    }
+
+    async fn put_manifest(&self, target: &RepoTarget, d: &Digest, media_type: &str, body: &Bytes) {
+        let (store, d2, mt, b, key) = (self.store.clone(), *d, media_type.to_string(), body.clone(), target.key());
+        if let Err(e) = blocking(move || store.put_manifest(&d2, &mt, &b, &key)).await {
+            // Still answer the client: the bytes are verified, only caching failed.
+            self.metrics.store_errors.with_label_values(&["put_manifest"]).inc();
+            tracing::warn!(error = %e, manifest = %d, "cannot store manifest");
+        }
+    }
+
+    fn tag_key(target: &RepoTarget, tag: &Tag) -> TagKey {
+        TagKey { upstream: target.upstream.clone(), repo: target.repo.clone(), tag: tag.clone() }
+    }
+
+    async fn tag_record(&self, key: &TagKey) -> Result<Option<TagRecord>, CacheError> {
+        let (store, key) = (self.store.clone(), key.clone());
+        blocking(move || store.tag(&key)).await
+    }
+
+    /// The stored manifest a tag record points to, if the client accepts its type.
+    async fn tagged_manifest(&self, rec: &TagRecord, accept: &[String]) -> Result<Option<StoredManifest>, CacheError> {
+        if !accepts(accept, &rec.media_type) {
+            return Ok(None);
+        }
+        self.stored_manifest(&rec.digest).await
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        target: &RepoTarget,
+        tag: &Tag,
+        accept: &[String],
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let key = Self::tag_key(target, tag);
+        let asked_at = SystemTime::now();
+        if let Some(answer) = self.fresh_tag(&key, accept, head, asked_at, false).await? {
+            return Ok(answer);
+        }
+        // One revalidation per tag at a time; whoever waited re-reads the fresh record.
+        let lock = self.tag_lock(&key);
+        let _guard = lock.lock().await;
+        let result = match self.fresh_tag(&key, accept, head, asked_at, true).await? {
+            Some(answer) => Ok(answer),
+            None => self.revalidate_tag(target, &key, accept, head).await,
+        };
+        drop(_guard);
+        self.release_tag_lock(&key, lock);
+        result
+    }
+
+    /// A cached answer for the tag if it is within `tag_ttl` (or, for a request that waited
+    /// on another's revalidation, validated after this request arrived).
+    async fn fresh_tag(
+        &self,
+        key: &TagKey,
+        accept: &[String],
+        head: bool,
+        asked_at: SystemTime,
+        waited: bool,
+    ) -> Result<Option<ManifestAnswer>, CacheError> {
+        let Some(rec) = self.tag_record(key).await? else { return Ok(None) };
+        let age = SystemTime::now().duration_since(rec.validated_at).unwrap_or_default();
+        let fresh = age < self.settings.tag_ttl || (waited && rec.validated_at >= asked_at);
+        if !fresh {
+            return Ok(None);
+        }
+        match self.tagged_manifest(&rec, accept).await? {
+            Some(m) => {
+                self.metrics.cache_hits.with_label_values(&["manifest"]).inc();
+                Ok(Some(Self::answer(rec.digest, m, head)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn revalidate_tag(
+        &self,
+        target: &RepoTarget,
+        key: &TagKey,
+        accept: &[String],
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let upstream = self.upstream(target)?;
+        let reference = Reference::Tag(key.tag.clone());
+        let cached = self.tag_record(key).await?;
+        let stale = match &cached {
+            Some(rec) => self.tagged_manifest(rec, accept).await?.map(|m| (rec.clone(), m)),
+            None => None,
+        };
+        let started = Instant::now();
+        // HEAD first when we have something to compare with.
+        let unchanged = match &stale {
+            Some((rec, _)) => Some(
+                upstream
+                    .manifest(&target.repo, &reference, accept, true)
+                    .await
+                    .map(|h| h.digest == Some(rec.digest)),
+            ),
+            None => None,
+        };
+        match (unchanged, stale) {
+            (Some(Ok(true)), Some((rec, m))) => {
+                self.metrics.cache_hits.with_label_values(&["manifest"]).inc();
+                let digest = rec.digest;
+                let mut fresh = rec;
+                fresh.validated_at = SystemTime::now();
+                self.put_tag(key, fresh).await;
+                tracing::debug!(tag = %key.tag, repo = %key.repo, ms = started.elapsed().as_millis() as u64, "tag revalidated, unchanged");
+                return Ok(Self::answer(digest, m, head));
+            }
+            (Some(Err(e)), stale) => return self.serve_stale_or_fail(target, key, e, stale, head),
+            // Moved (or no digest header): GET below. Keep the stale copy for failures.
+            (_, stale_copy) => return self.fetch_tag(target, key, accept, head, cached, stale_copy).await,
+        }
+    }
+
+    async fn fetch_tag(
+        &self,
+        target: &RepoTarget,
+        key: &TagKey,
+        accept: &[String],
+        head: bool,
+        cached: Option<TagRecord>,
+        stale: Option<(TagRecord, StoredManifest)>,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let upstream = self.upstream(target)?;
+        let reference = Reference::Tag(key.tag.clone());
+        self.metrics.cache_misses.with_label_values(&["manifest"]).inc();
+        match upstream.manifest(&target.repo, &reference, accept, false).await {
+            Ok(resp) => {
+                let body = resp.body.unwrap_or_default();
+                let digest = Digest::of(&body);
+                if let Some(claimed) = resp.digest {
+                    if claimed != digest {
+                        self.metrics.digest_mismatches.inc();
+                        return Err(CacheError::BadUpstreamContent {
+                            upstream: target.upstream.clone(),
+                            detail: format!("tag {} claimed {claimed} but the manifest hashes to {digest}", key.tag),
+                        });
+                    }
+                }
+                self.put_manifest(target, &digest, &resp.media_type, &body).await;
+                let now = SystemTime::now();
+                // Keep the tag's record only for answers every client can take; a client with
+                // a narrow Accept gets its own answer without moving the tag.
+                if cached.is_none() || stale.is_some() || accepts_all_manifest_types(accept) {
+                    let fetched_at = match &cached {
+                        Some(c) if c.digest == digest => c.fetched_at,
+                        _ => now,
+                    };
+                    let rec = TagRecord { digest, media_type: resp.media_type.clone(), fetched_at, validated_at: now };
+                    self.put_tag(key, rec).await;
+                }
+                Ok(ManifestAnswer { digest, media_type: resp.media_type, size: body.len() as u64, bytes: (!head).then_some(body) })
+            }
+            Err(e) => self.serve_stale_or_fail(target, key, e, stale, head),
+        }
+    }
+
+    fn serve_stale_or_fail(
+        &self,
+        target: &RepoTarget,
+        key: &TagKey,
+        e: UpstreamError,
+        stale: Option<(TagRecord, StoredManifest)>,
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        match stale {
+            Some((rec, m)) if e.is_unavailable() => {
+                self.metrics.stale_served.with_label_values(&["manifest"]).inc();
+                tracing::warn!(upstream = %target.upstream, repo = %key.repo, tag = %key.tag, error = %e, "upstream failed; serving the cached manifest (stale)");
+                Ok(Self::answer(rec.digest, m, head))
+            }
+            _ => Err(self.upstream_failure(target, e, CacheError::ManifestUnknown(format!("{}:{}", key.repo, key.tag)))),
+        }
+    }
+
+    async fn put_tag(&self, key: &TagKey, rec: TagRecord) {
+        let (store, key2) = (self.store.clone(), key.clone());
+        if let Err(e) = blocking(move || store.put_tag(&key2, &rec)).await {
+            self.metrics.store_errors.with_label_values(&["put_tag"]).inc();
+            tracing::warn!(error = %e, tag = %key.tag, "cannot store tag");
+        }
+    }
+
+    fn tag_lock(&self, key: &TagKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.tag_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(lock_name(key)).or_default().clone()
+    }
+
+    fn release_tag_lock(&self, key: &TagKey, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.tag_locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's are the only references left: nobody is waiting.
+        if Arc::strong_count(&lock) <= 2 {
+            locks.remove(&lock_name(key));
+        }
+    }
+}
+
+fn lock_name(key: &TagKey) -> String {
+    format!("{}/{}:{}", key.upstream, key.repo, key.tag)
+}
+
+/// Whether a client listing `accept` takes `media_type` (an empty list or `*/*` takes all).
+fn accepts(accept: &[String], media_type: &str) -> bool {
+    accept.is_empty()
+        || accept
+            .iter()
+            .any(|a| a == media_type || a == "*/*" || a == "application/*")
+}
+
+/// Whether the client takes every manifest type (so the upstream's answer for it is the
+/// tag's canonical answer).
+fn accepts_all_manifest_types(accept: &[String]) -> bool {
+    crate::oci::MANIFEST_MEDIA_TYPES
+        .iter()
+        .filter(|m| !m.contains("v1"))
+        .all(|m| accepts(accept, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_rules() {
+        assert!(accepts(&[], "application/vnd.oci.image.index.v1+json"));
+        assert!(accepts(&["*/*".into()], "x"));
+        assert!(!accepts(&["application/vnd.docker.distribution.manifest.v2+json".into()], "application/vnd.oci.image.index.v1+json"));
+        let skopeo: Vec<String> = crate::oci::MANIFEST_MEDIA_TYPES.iter().map(|s| s.to_string()).collect();
+        assert!(accepts_all_manifest_types(&skopeo));
+        assert!(!accepts_all_manifest_types(&["application/vnd.docker.distribution.manifest.v2+json".into()]));
+    }
+}

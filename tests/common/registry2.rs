@@ -1,0 +1,196 @@
+//! Debian's `docker-registry` (registry:2) as a real upstream on 127.0.0.1, with its own
+//! config (storage in a temp dir, optional htpasswd), an access log the tests can count
+//! requests in, and a push client that uploads blobs and manifests through its HTTP API.
+#![allow(dead_code)]
+
+use sha2::{Digest as _, Sha256};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Registry2 {
+    child: Option<Child>,
+    pub port: u16,
+    pub root: PathBuf,
+    dir: tempfile::TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+    pub basic: Option<(String, String)>,
+}
+
+impl Registry2 {
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With `basic = Some((user, password))` the registry requires HTTP Basic (htpasswd).
+    pub fn start_with(basic: Option<(&str, &str)>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("storage");
+        let mut r = Registry2 {
+            child: None,
+            port: free_port(),
+            root,
+            dir,
+            log: Arc::new(Mutex::new(Vec::new())),
+            basic: basic.map(|(u, p)| (u.to_string(), p.to_string())),
+        };
+        r.spawn();
+        r
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yml")
+    }
+
+    fn spawn(&mut self) {
+        let mut auth = String::new();
+        if let Some((user, pass)) = &self.basic {
+            let hash = bcrypt::hash(pass, 4).expect("bcrypt");
+            let file = self.dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{user}:{hash}\n")).expect("htpasswd");
+            auth = format!("auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n", file.display());
+        }
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n{auth}",
+            self.root.display(),
+            self.port
+        );
+        std::fs::write(self.config_path(), config).expect("registry config");
+        let mut child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(self.config_path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start docker-registry (apt-get install docker-registry)");
+        for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+            let sink = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Requests in the access log (Apache combined format) with this method whose URI
+    /// contains `needle`.
+    pub fn count_requests(&self, method: &str, needle: &str) -> usize {
+        let prefix = format!("\"{method} ");
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.contains(&prefix) && l.contains(needle) && l.contains(" HTTP/"))
+            .count()
+    }
+
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder().build().expect("client")
+    }
+
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.basic {
+            Some((u, p)) => rb.basic_auth(u, Some(p)),
+            None => rb,
+        }
+    }
+
+    /// Uploads a blob (monolithic POST + PUT); returns its digest string.
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
+        let digest = sha256_digest(bytes);
+        let c = self.client();
+        let r = self.auth(c.post(format!("{}/v2/{repo}/blobs/uploads/", self.url()))).send().await.expect("POST upload");
+        assert_eq!(r.status(), 202, "start upload: {:?}", r.text().await);
+        let loc = r.headers()["location"].to_str().expect("location").to_string();
+        let loc = if loc.starts_with("http") { loc } else { format!("{}{loc}", self.url()) };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = self
+            .auth(c.put(format!("{loc}{sep}digest={digest}")))
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("PUT blob");
+        assert_eq!(r.status(), 201, "finish upload: {:?}", r.text().await);
+        digest
+    }
+
+    pub async fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> String {
+        let r = self
+            .auth(self.client().put(format!("{}/v2/{repo}/manifests/{reference}", self.url())))
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("PUT manifest");
+        assert_eq!(r.status(), 201, "push manifest {repo}:{reference}: {:?}", r.text().await);
+        sha256_digest(bytes)
+    }
+}
+
+impl Drop for Registry2 {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+pub fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,99 @@
+//! A real containerd (`ctr`, Debian's package) pulling through the edge with the
+//! `hosts.toml` forms from the seeds: `[host."http://EDGE"]` (→ `?ns=`),
+//! `[host."http://EDGE/<upstream>"]` (→ `/<upstream>/v2/...`) and
+//! `[host."http://EDGE/v2/<upstream>"]` with `override_path` (→ `/v2/<upstream>/...`).
+//! containerd runs privately (own root, state and socket under a temp dir); it needs root.
+
+mod common;
+use common::images::*;
+use common::registry2::*;
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LAN: &str = "registry.test:5000";
+
+struct Containerd {
+    child: Child,
+    sock: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_containerd() -> Option<Containerd> {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/containerd").exists() {
+        eprintln!("SKIPPED: containerd needs root and Debian's containerd package");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display().to_string();
+    let sock = format!("{d}/containerd.sock");
+    let config = format!(
+        "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n[debug]\n  level = \"warn\"\n"
+    );
+    std::fs::write(dir.path().join("config.toml"), config).expect("config");
+    let child = Command::new("containerd")
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start containerd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Path::new(&sock).exists() {
+        assert!(Instant::now() < deadline, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Containerd { child, sock, _dir: dir })
+}
+
+fn ctr(c: &Containerd, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ctr").arg("-a").arg(&c.sock).args(args).output().expect("run ctr");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_pulls_through_every_hosts_toml_form() {
+    let Some(ctrd) = start_containerd() else { return };
+    let reg = Registry2::start();
+    let img = push_image(&reg, "team/app", Some("v1"), Format::Docker, 7, "amd64", &[6000, 9000]).await;
+    let (index, _) = push_multi_platform(&reg, "team/app", "multi", Format::Oci, 30).await;
+    let edge = Edge::start(&format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n[storage]\npath = \"{{dir}}/data\"\n\
+         [[upstream]]\nname = \"{LAN}\"\nurl = \"{}\"\n",
+        reg.url()
+    ));
+    let e = edge.http[0];
+    let forms = [
+        ("ns", format!("[host.\"http://{e}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"), format!("path=/v2/team/app/manifests/")),
+        ("host-path", format!("[host.\"http://{e}/{LAN}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"), format!("path=/{LAN}/v2/team/app/manifests/")),
+        (
+            "override-path",
+            format!("[host.\"http://{e}/v2/{LAN}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"),
+            format!("path=/v2/{LAN}/team/app/manifests/"),
+        ),
+    ];
+    for (i, (name, host_block, logged)) in forms.iter().enumerate() {
+        let hosts = tempfile::tempdir().expect("hosts dir");
+        let hdir = hosts.path().join(LAN);
+        std::fs::create_dir_all(&hdir).expect("mkdir");
+        // The real server does not resolve: success proves the edge served it.
+        std::fs::write(hdir.join("hosts.toml"), format!("server = \"https://{LAN}\"\n\n{host_block}")).expect("hosts.toml");
+        let ns = format!("t{i}");
+        for (tag, digest) in [("v1", &img.manifest_digest), ("multi", &index.manifest_digest)] {
+            let reference = format!("{LAN}/team/app:{tag}");
+            let (ok, out) = ctr(&ctrd, &["-n", &ns, "images", "pull", "--hosts-dir", hosts.path().to_str().expect("p"), "--snapshotter", "native", &reference]);
+            assert!(ok, "{name}: ctr pull {reference}: {out}\nedge log:\n{}", edge.log_text());
+            let (_, list) = ctr(&ctrd, &["-n", &ns, "images", "ls"]);
+            assert!(list.contains(digest.as_str()), "{name}: image digest {digest} in:\n{list}");
+        }
+        assert!(edge.log_text().contains(logged.as_str()), "{name}: the edge saw {logged}\n{}", edge.log_text());
+    }
+}
