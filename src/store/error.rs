@@ -1,0 +1,96 @@
+//! The store's error type.
+//!
+//! Owns: [`StoreError`] and the wording of every store failure (each message says what to
+//! do about it), plus the small helpers that attach an operation and a path to an I/O error.
+//!
+//! Must not: decide policy (whether an error is fatal, retried or served around is the
+//! caller's business) or log; callers count and log.
+
+use crate::oci::Digest;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (normally the daemon) holds the store's `LOCK` file.
+    #[error(
+        "store {} is in use by a running sparkcr-edge (lock held on {}); stop the daemon \
+         or run this against its HTTP API",
+        path.display(),
+        path.join("LOCK").display()
+    )]
+    Locked { path: PathBuf },
+
+    /// A file-system operation failed.
+    #[error("store: cannot {op} {}: {source} (check that the path exists, is writable by the daemon and the disk is healthy)", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The sled index failed.
+    #[error("store index (sled) error: {0}; if it persists, stop the daemon and move the store's index/ directory away (the cache will refill)")]
+    Index(#[from] sled::Error),
+
+    /// A record or file does not have the shape the store wrote.
+    #[error("store data is corrupt: {0}; the entry is dropped and will be fetched again (run `verify` to check the whole store)")]
+    Corrupt(String),
+
+    /// The bytes written do not hash to the digest they were announced as.
+    #[error(
+        "content does not match its digest: expected {expected}, got {actual}; nothing was stored"
+    )]
+    DigestMismatch { expected: Digest, actual: Digest },
+
+    /// The bytes written are not as many as announced.
+    #[error("blob {digest} was announced as {expected} bytes but {actual} were written; nothing was stored")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+
+    /// No room can be made under the byte budget (item too big, or everything pinned).
+    #[error("no room in the store for {needed} more bytes under its budget of {budget} bytes (item larger than the budget, or all content is in use); serve it without storing, or raise storage.max_size")]
+    NoSpace { needed: u64, budget: u64 },
+
+    /// A read range outside the blob.
+    #[error("range {start}..{end} is outside the blob's {size} bytes")]
+    RangeNotSatisfiable { start: u64, end: u64, size: u64 },
+
+    /// A fill that already failed was used again.
+    #[error("this blob fill already failed; drop it and begin a new fill")]
+    FillBroken,
+
+    /// The options the store was opened with are unusable.
+    #[error("invalid store options: {0}")]
+    InvalidOptions(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Whether this is an I/O error of kind `kind` (e.g. a missing chunk file).
+    pub fn is_io_kind(&self, kind: std::io::ErrorKind) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.kind() == kind)
+    }
+}
+
+/// Attaches an operation name and a path to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::io(op, path, e))
+    }
+}

@@ -1,0 +1,458 @@
+//! Maintenance operations an operator runs: statistics, full verification and purges,
+//! each with a report that prints as a human table.
+//!
+//! Owns: [`StoreStats`], [`VerifyReport`], [`PurgeReport`] and the operations that build
+//! them.
+//!
+//! Must not: remove anything a reader pins (it is reported as skipped instead), hold the
+//! state lock while hashing (verification pins one blob at a time instead), or hold more
+//! than one read frame of a blob in memory.
+
+use super::chunks::ChunkId;
+use super::error::StoreError;
+use super::index::{self, micros, TagListRecord};
+use super::reader::FRAME_BYTES;
+use super::StoreInner;
+use crate::oci::{Digest, Sha256Verifier};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+/// `1.5 GiB`-style byte counts for reports.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A snapshot of what the store holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    pub path: std::path::PathBuf,
+    pub blobs: u64,
+    /// Sum of blob sizes (before chunk deduplication).
+    pub blob_bytes: u64,
+    pub manifests: u64,
+    pub tags: u64,
+    pub tag_lists: u64,
+    /// Distinct chunk files.
+    pub chunks: u64,
+    /// Distinct chunk bytes + manifest bytes (what the budget counts).
+    pub stored_bytes: u64,
+    /// Bytes reserved by fills in progress.
+    pub reserved_bytes: u64,
+    pub budget: u64,
+    /// The sled index on disk.
+    pub index_bytes: u64,
+}
+
+impl fmt::Display for StoreStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = if self.budget == 0 {
+            0.0
+        } else {
+            self.stored_bytes as f64 * 100.0 / self.budget as f64
+        };
+        writeln!(f, "store {}", self.path.display())?;
+        writeln!(
+            f,
+            "  {:<14}{:>12}  ({} logical)",
+            "blobs",
+            self.blobs,
+            human_bytes(self.blob_bytes)
+        )?;
+        writeln!(f, "  {:<14}{:>12}", "manifests", self.manifests)?;
+        writeln!(f, "  {:<14}{:>12}", "tags", self.tags)?;
+        writeln!(f, "  {:<14}{:>12}", "tag lists", self.tag_lists)?;
+        writeln!(f, "  {:<14}{:>12}", "chunks", self.chunks)?;
+        writeln!(
+            f,
+            "  {:<14}{:>12}  of {} budget ({pct:.1} %)",
+            "stored",
+            human_bytes(self.stored_bytes),
+            human_bytes(self.budget)
+        )?;
+        writeln!(
+            f,
+            "  {:<14}{:>12}",
+            "reserved",
+            human_bytes(self.reserved_bytes)
+        )?;
+        writeln!(f, "  {:<14}{:>12}", "index", human_bytes(self.index_bytes))
+    }
+}
+
+/// What `verify` checked and dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub blobs_checked: u64,
+    pub bytes_checked: u64,
+    /// Distinct chunks checked.
+    pub chunks_checked: u64,
+    /// Chunks whose content does not hash to their name (or that are missing or short).
+    pub corrupt_chunks: Vec<ChunkId>,
+    /// Blobs that failed (a bad chunk or a wrong sha256) and were dropped.
+    pub corrupt_blobs: Vec<Digest>,
+    /// Corrupt blobs kept because a reader holds them; run `verify` again later.
+    pub corrupt_in_use: Vec<Digest>,
+    pub manifests_checked: u64,
+    pub corrupt_manifests: Vec<Digest>,
+}
+
+impl VerifyReport {
+    /// Whether everything checked out.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt_chunks.is_empty()
+            && self.corrupt_blobs.is_empty()
+            && self.corrupt_in_use.is_empty()
+            && self.corrupt_manifests.is_empty()
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  {:<18}{:>10}  ({})",
+            "blobs checked",
+            self.blobs_checked,
+            human_bytes(self.bytes_checked)
+        )?;
+        writeln!(f, "  {:<18}{:>10}", "chunks checked", self.chunks_checked)?;
+        writeln!(
+            f,
+            "  {:<18}{:>10}",
+            "manifests checked", self.manifests_checked
+        )?;
+        writeln!(
+            f,
+            "  {:<18}{:>10}",
+            "corrupt chunks",
+            self.corrupt_chunks.len()
+        )?;
+        writeln!(
+            f,
+            "  {:<18}{:>10}",
+            "blobs dropped",
+            self.corrupt_blobs.len()
+        )?;
+        writeln!(
+            f,
+            "  {:<18}{:>10}",
+            "manifests dropped",
+            self.corrupt_manifests.len()
+        )?;
+        for d in &self.corrupt_blobs {
+            writeln!(f, "    dropped blob {d}")?;
+        }
+        for d in &self.corrupt_manifests {
+            writeln!(f, "    dropped manifest {d}")?;
+        }
+        for d in &self.corrupt_in_use {
+            writeln!(
+                f,
+                "    corrupt but being read, kept for now (run verify again): {d}"
+            )?;
+        }
+        if self.is_clean() {
+            writeln!(f, "  everything checks out")?;
+        }
+        Ok(())
+    }
+}
+
+/// What `purge` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub blobs: u64,
+    pub manifests: u64,
+    pub tags: u64,
+    pub tag_lists: u64,
+    /// Budget bytes released.
+    pub bytes: u64,
+    /// Items kept because other repositories use them; they only forgot the purged repo.
+    pub detached: u64,
+    /// Blobs kept because a reader holds them.
+    pub skipped_in_use: u64,
+}
+
+impl fmt::Display for PurgeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "  {:<22}{:>10}", "blobs removed", self.blobs)?;
+        writeln!(f, "  {:<22}{:>10}", "manifests removed", self.manifests)?;
+        writeln!(f, "  {:<22}{:>10}", "tags removed", self.tags)?;
+        writeln!(f, "  {:<22}{:>10}", "tag lists removed", self.tag_lists)?;
+        writeln!(f, "  {:<22}{:>10}", "bytes freed", human_bytes(self.bytes))?;
+        writeln!(f, "  {:<22}{:>10}", "kept (used elsewhere)", self.detached)?;
+        writeln!(
+            f,
+            "  {:<22}{:>10}",
+            "kept (being read)", self.skipped_in_use
+        )
+    }
+}
+
+/// Whether `entry` (`upstream/repo`) matches a purge filter (`upstream/repo` or `repo`).
+fn repo_matches(entry: &str, filter: &str) -> bool {
+    entry == filter
+        || entry
+            .split_once('/')
+            .is_some_and(|(_, repo)| repo == filter)
+}
+
+/// Hashes one chunk file (blake3) while feeding it to `blob_hash`; whether it is intact.
+fn check_chunk(
+    inner: &StoreInner,
+    id: &ChunkId,
+    len: u32,
+    blob_hash: &mut Sha256Verifier,
+    frame: &mut [u8],
+) -> bool {
+    let Ok(mut file) = inner.chunks.open_chunk(id) else {
+        return false;
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    loop {
+        match file.read(frame) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&frame[..n]);
+                blob_hash.update(&frame[..n]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    total == u64::from(len) && hasher.finalize().as_bytes() == id.as_bytes()
+}
+
+impl StoreInner {
+    pub(crate) fn stats(&self) -> Result<StoreStats, StoreError> {
+        let blob_bytes = self.scan_blobs()?.iter().map(|(_, r)| r.size).sum();
+        let st = self.lock_state();
+        Ok(StoreStats {
+            path: self.opts.path.clone(),
+            blobs: st.blobs,
+            blob_bytes,
+            manifests: st.manifests,
+            tags: self.tag_count.load(Ordering::Relaxed),
+            tag_lists: self.index.tag_lists.len() as u64,
+            chunks: st.chunks,
+            stored_bytes: st.stored_bytes,
+            reserved_bytes: st.reserved_bytes,
+            budget: self.opts.max_size,
+            index_bytes: self.index.size_on_disk()?,
+        })
+    }
+
+    pub(crate) fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let mut chunk_ok: HashMap<ChunkId, bool> = HashMap::new();
+        let mut frame = vec![0u8; FRAME_BYTES];
+        for (d, _) in self.scan_blobs()? {
+            // Pin, then re-read: the record checked is the one that stays until unpinned.
+            *self.lock_state().blob_pins.entry(d).or_insert(0) += 1;
+            let checked = self.load_blob(&d).map(|rec| {
+                rec.map(|rec| {
+                    let mut blob_hash = Sha256Verifier::new();
+                    let mut intact = true;
+                    for c in &rec.chunks {
+                        let ok = check_chunk(self, &c.id, c.len, &mut blob_hash, &mut frame);
+                        if chunk_ok.insert(c.id, ok).is_none() {
+                            report.chunks_checked += 1;
+                            if !ok {
+                                report.corrupt_chunks.push(c.id);
+                            }
+                        }
+                        if !ok {
+                            intact = false;
+                            break;
+                        }
+                    }
+                    report.blobs_checked += 1;
+                    report.bytes_checked += blob_hash.len();
+                    (rec, intact && blob_hash.finish() == d)
+                })
+            });
+            let mut st = self.lock_state();
+            let pins = st.blob_pins.get(&d).copied().unwrap_or(0);
+            if pins > 1 {
+                st.blob_pins.insert(d, pins - 1);
+            } else {
+                st.blob_pins.remove(&d);
+            }
+            let Some((rec, intact)) = checked? else {
+                continue;
+            };
+            if intact {
+                continue;
+            }
+            if pins > 1 {
+                report.corrupt_in_use.push(d);
+                continue;
+            }
+            tracing::warn!(digest = %d, "verify: dropping corrupt blob");
+            self.remove_blob_locked(&mut st, &d, &rec)?;
+            report.corrupt_blobs.push(d);
+            self.metrics
+                .store_errors
+                .with_label_values(&["verify_corrupt"])
+                .inc();
+            self.publish_gauges(&st);
+        }
+        for (d, rec) in self.scan_manifests()? {
+            report.manifests_checked += 1;
+            if Digest::of(&rec.bytes) == d {
+                continue;
+            }
+            tracing::warn!(digest = %d, "verify: dropping corrupt manifest");
+            let mut st = self.lock_state();
+            self.remove_manifest_locked(&mut st, &d, rec.last_access, rec.bytes.len())?;
+            report.corrupt_manifests.push(d);
+            self.publish_gauges(&st);
+        }
+        self.index.flush()?;
+        Ok(report)
+    }
+
+    pub(crate) fn purge(
+        &self,
+        older_than: Option<Duration>,
+        repo: Option<&str>,
+    ) -> Result<PurgeReport, StoreError> {
+        let mut report = PurgeReport::default();
+        let now = SystemTime::now();
+        let cutoff = older_than.map(|age| now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH));
+        let old_enough = |t: SystemTime| cutoff.is_none_or(|c| micros(t) < micros(c));
+        // Returns None when the item stays, Some(remaining repos) when it matched: empty
+        // remaining means remove, non-empty means keep for the other repositories.
+        let matching = |last_access: SystemTime, repos: &[String]| -> Option<Vec<String>> {
+            if !old_enough(last_access) {
+                return None;
+            }
+            match repo {
+                None => Some(Vec::new()),
+                Some(filter) => {
+                    if !repos.iter().any(|r| repo_matches(r, filter)) {
+                        return None;
+                    }
+                    Some(
+                        repos
+                            .iter()
+                            .filter(|r| !repo_matches(r, filter))
+                            .cloned()
+                            .collect(),
+                    )
+                }
+            }
+        };
+        {
+            let mut st = self.lock_state();
+            self.apply_access_locked(&mut st)?;
+            for (d, mut rec) in self.scan_blobs()? {
+                let Some(remaining) = matching(rec.last_access, &rec.repos) else {
+                    continue;
+                };
+                if !remaining.is_empty() {
+                    rec.repos = remaining;
+                    self.index.blobs.insert(d.as_bytes(), rec.encode())?;
+                    report.detached += 1;
+                } else if st.blob_pins.contains_key(&d) {
+                    report.skipped_in_use += 1;
+                } else {
+                    report.bytes += self.remove_blob_locked(&mut st, &d, &rec)?;
+                    report.blobs += 1;
+                }
+            }
+            for (d, mut rec) in self.scan_manifests()? {
+                let Some(remaining) = matching(rec.last_access, &rec.repos) else {
+                    continue;
+                };
+                if !remaining.is_empty() {
+                    rec.repos = remaining;
+                    self.index.manifests.insert(d.as_bytes(), rec.encode())?;
+                    report.detached += 1;
+                } else {
+                    report.bytes +=
+                        self.remove_manifest_locked(&mut st, &d, rec.last_access, rec.bytes.len())?;
+                    report.manifests += 1;
+                }
+            }
+            self.publish_gauges(&st);
+        }
+        let key_matches = |key: &[u8], stamp: SystemTime| -> bool {
+            let parts = index::split_key(key);
+            let Some([upstream, name, ..]) = parts.as_deref() else {
+                return true; // unreadable key: purge it
+            };
+            old_enough(stamp) && repo.is_none_or(|f| repo_matches(&format!("{upstream}/{name}"), f))
+        };
+        for entry in self.index.tags.iter() {
+            let (key, raw) = entry?;
+            let stamp = index::decode_tag(&raw)
+                .map(|t| t.validated_at)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            if key_matches(&key, stamp) && self.index.tags.remove(&key)?.is_some() {
+                report.tags += 1;
+                self.tag_count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        for entry in self.index.tag_lists.iter() {
+            let (key, raw) = entry?;
+            let stamp = TagListRecord::decode(&raw)
+                .map(|t| t.fetched_at)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            if key_matches(&key, stamp) && self.index.tag_lists.remove(&key)?.is_some() {
+                report.tag_lists += 1;
+            }
+        }
+        self.publish_tag_gauge();
+        self.index.flush()?;
+        tracing::info!(
+            blobs = report.blobs,
+            manifests = report.manifests,
+            tags = report.tags,
+            bytes = report.bytes,
+            "store purged"
+        );
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::index::ItemKind;
+    use super::*;
+
+    #[test]
+    fn repo_filters() {
+        assert!(repo_matches("docker.io/library/nginx", "library/nginx"));
+        assert!(repo_matches(
+            "docker.io/library/nginx",
+            "docker.io/library/nginx"
+        ));
+        assert!(!repo_matches("docker.io/library/nginx", "nginx"));
+        assert!(!repo_matches("ghcr.io/org/img", "docker.io/org/img"));
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn item_kind_labels() {
+        assert_eq!(ItemKind::Blob.label(), "blob");
+        assert_eq!(ItemKind::Manifest.label(), "manifest");
+    }
+}
