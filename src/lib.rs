@@ -33,6 +33,6 @@ pub mod metrics;
 pub mod oci;
 pub mod registry;
 pub mod server;
+pub mod setup;
 pub mod store;
 pub mod upstream;
-pub mod setup;

@@ -4,10 +4,10 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sparkcr_edge::cache::{Cache, CacheSettings};
 use sparkcr_edge::config::{self, Config, LogFormat};
 use sparkcr_edge::metrics::Metrics;
 use sparkcr_edge::registry::{RegistryApi, UpstreamTable};
-use sparkcr_edge::cache::{Cache, CacheSettings};
 use sparkcr_edge::server::{self, App, Server};
 use sparkcr_edge::setup::{client_config, self_signed};
 use sparkcr_edge::store::{Store, StoreError, StoreOptions};
@@ -138,9 +138,23 @@ fn main() -> ExitCode {
         Command::CheckConfig(a) => check_config(&a),
         Command::Cache { command } => cache_command(command),
         Command::Tls { command } => tls_command(command),
-        Command::ClientConfig { client, config, edge, upstreams, mode, write, root } => {
-            client_config_command(client, &config, edge.as_deref(), &upstreams, mode, write, &root)
-        }
+        Command::ClientConfig {
+            client,
+            config,
+            edge,
+            upstreams,
+            mode,
+            write,
+            root,
+        } => client_config_command(
+            client,
+            &config,
+            edge.as_deref(),
+            &upstreams,
+            mode,
+            write,
+            &root,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,19 +190,39 @@ fn check_config(a: &ConfigArg) -> Result<(), Failure> {
 }
 
 fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
-    let TlsCommand::SelfSigned { config, hostname, out, names, force } = cmd;
+    let TlsCommand::SelfSigned {
+        config,
+        hostname,
+        out,
+        names,
+        force,
+    } = cmd;
     let loaded = load_config(&config)?;
     let c = &loaded.config;
     let host = hostname.unwrap_or_else(|| c.server.hostname.clone());
     let aliases: Vec<String> = c.upstream.iter().flat_map(|u| u.aliases.clone()).collect();
     let all = self_signed::names_for(&host, &aliases, &names);
     let made = self_signed::generate(&out, &all, force).map_err(|e| match e {
-        self_signed::SelfSignedError::Exists(_) | self_signed::SelfSignedError::BadName(_) => Failure::Config(e.to_string()),
+        self_signed::SelfSignedError::Exists(_) | self_signed::SelfSignedError::BadName(_) => {
+            Failure::Config(e.to_string())
+        }
         other => Failure::Runtime(other.into()),
     })?;
-    println!("wrote {}, {} and {} for: {}", made.ca.display(), made.cert.display(), made.key.display(), made.names.join(", "));
-    println!("server config: tls_cert = \"{}\", tls_key = \"{}\"\n", made.cert.display(), made.key.display());
-    let hosts: Vec<String> = std::iter::once(host.clone()).chain(aliases.iter().map(|a| format!("{a}.{host}"))).collect();
+    println!(
+        "wrote {}, {} and {} for: {}",
+        made.ca.display(),
+        made.cert.display(),
+        made.key.display(),
+        made.names.join(", ")
+    );
+    println!(
+        "server config: tls_cert = \"{}\", tls_key = \"{}\"\n",
+        made.cert.display(),
+        made.key.display()
+    );
+    let hosts: Vec<String> = std::iter::once(host.clone())
+        .chain(aliases.iter().map(|a| format!("{a}.{host}")))
+        .collect();
     print!("{}", self_signed::trust_instructions(&made.ca, &hosts));
     Ok(())
 }
@@ -205,11 +239,15 @@ fn client_config_command(
     let loaded = load_config(config)?;
     let c = &loaded.config;
     let edge = match edge {
-        Some(url) => client_config::EdgeAddress::parse(url).map_err(|e| Failure::Config(e.to_string()))?,
+        Some(url) => {
+            client_config::EdgeAddress::parse(url).map_err(|e| Failure::Config(e.to_string()))?
+        }
         None => client_config::EdgeAddress::from_config(c),
     };
-    let ups = client_config::upstreams_for(c, upstreams).map_err(|e| Failure::Config(e.to_string()))?;
-    let setup = client_config::generate(client, &edge, &ups, mode, root).map_err(|e| Failure::Config(e.to_string()))?;
+    let ups =
+        client_config::upstreams_for(c, upstreams).map_err(|e| Failure::Config(e.to_string()))?;
+    let setup = client_config::generate(client, &edge, &ups, mode, root)
+        .map_err(|e| Failure::Config(e.to_string()))?;
     if write {
         for line in client_config::write(&setup).map_err(|e| Failure::Runtime(e.into()))? {
             println!("{line}");
@@ -236,7 +274,10 @@ fn store_options(c: &Config) -> StoreOptions {
 fn open_store(c: &Config, metrics: Arc<Metrics>) -> Result<Store, Failure> {
     Store::open(store_options(c), metrics).map_err(|e| match e {
         StoreError::Locked { .. } => Failure::Runtime(anyhow::anyhow!("{e}")),
-        other => Failure::Runtime(anyhow::Error::new(other).context(format!("cannot open the store at {}", c.storage.path.display()))),
+        other => Failure::Runtime(anyhow::Error::new(other).context(format!(
+            "cannot open the store at {}",
+            c.storage.path.display()
+        ))),
     })
 }
 
@@ -255,8 +296,12 @@ fn cache_command(cmd: CacheCommand) -> Result<(), Failure> {
             let report = store.verify().context("verify failed")?;
             print!("{report}");
         }
-        CacheCommand::Purge { older_than, repo, .. } => {
-            let report = store.purge(older_than, repo.as_deref()).context("purge failed")?;
+        CacheCommand::Purge {
+            older_than, repo, ..
+        } => {
+            let report = store
+                .purge(older_than, repo.as_deref())
+                .context("purge failed")?;
             print!("{report}");
         }
     }
@@ -300,12 +345,20 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
         };
         let mut upstreams = Vec::new();
         for u in &c.upstream {
-            let up = Upstream::from_config(u, metrics.clone())
-                .map_err(|e| Failure::Config(format!("{}: upstream {:?}: {e}", loaded.origin, u.name)))?;
+            let up = Upstream::from_config(u, metrics.clone()).map_err(|e| {
+                Failure::Config(format!("{}: upstream {:?}: {e}", loaded.origin, u.name))
+            })?;
             upstreams.push(up);
         }
-        let settings = CacheSettings { tag_ttl: c.cache.tag_ttl.get() };
-        let cache = Arc::new(Cache::new(store.clone(), upstreams, settings, metrics.clone()));
+        let settings = CacheSettings {
+            tag_ttl: c.cache.tag_ttl.get(),
+        };
+        let cache = Arc::new(Cache::new(
+            store.clone(),
+            upstreams,
+            settings,
+            metrics.clone(),
+        ));
         let maintenance = tokio::spawn(maintain(store.clone()));
         let api = RegistryApi::new(UpstreamTable::from_config(&c), cache);
         let app = Arc::new(App::new(api, metrics));
@@ -326,7 +379,10 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
             tracing::info!("listening on {scheme}://{addr}");
         }
         app.set_ready(true);
-        server::notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+        server::notify_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]);
         tracing::info!("ready to serve");
         let clean = server::serve_until_signalled(server, c.server.shutdown_grace.get())
             .await

@@ -13,16 +13,25 @@ fn write(dir: &tempfile::TempDir, text: &str) -> String {
 #[test]
 fn env_override_wins_over_file() {
     let d = tempfile::tempdir().expect("tempdir");
-    let p = write(&d, "[cache]\ntag_ttl = \"5m\"\n[server]\nlisten = [\"127.0.0.1:5000\"]\n");
+    let p = write(
+        &d,
+        "[cache]\ntag_ttl = \"5m\"\n[server]\nlisten = [\"127.0.0.1:5000\"]\n",
+    );
     let env = [
         ("SPARKCR_EDGE__CACHE__TAG_TTL", "90s"),
-        ("SPARKCR_EDGE__SERVER__LISTEN", "127.0.0.1:6000,127.0.0.1:6001"),
+        (
+            "SPARKCR_EDGE__SERVER__LISTEN",
+            "127.0.0.1:6000,127.0.0.1:6001",
+        ),
         ("SPARKCR_EDGE__STORAGE__MAX_SIZE", "3GiB"),
     ];
     let (code, out, err) = run_cli(&["check-config", "--config", &p], &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("tag_ttl = \"1m 30s\""), "{out}");
-    assert!(out.contains("\"127.0.0.1:6000\"") && out.contains("\"127.0.0.1:6001\""), "{out}");
+    assert!(
+        out.contains("\"127.0.0.1:6000\"") && out.contains("\"127.0.0.1:6001\""),
+        "{out}"
+    );
     assert!(!out.contains("127.0.0.1:5000"), "{out}");
     assert!(out.contains("max_size = \"3GiB\""), "{out}");
 }
@@ -31,12 +40,21 @@ fn env_override_wins_over_file() {
 fn mistakes_exit_2_naming_file_and_key() {
     let d = tempfile::tempdir().expect("tempdir");
     let cases = [
-        ("[server]\nlisten_on = [\"127.0.0.1:1\"]\n", "server.listen_on"),
+        (
+            "[server]\nlisten_on = [\"127.0.0.1:1\"]\n",
+            "server.listen_on",
+        ),
         ("[cache]\nttl = \"a week\"\n", "cache.ttl"),
         ("[cache]\ntag_ttl = 5\n", "cache.tag_ttl"),
-        ("[server]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"/nonexistent/cert.pem\"\n", "server.tls_cert"),
+        (
+            "[server]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"/nonexistent/cert.pem\"\n",
+            "server.tls_cert",
+        ),
         ("[storage]\nmax_size = \"lots\"\n", "storage.max_size"),
-        ("[[upstream]]\nname = \"x.io\"\nurl = \"x.io\"\n", "upstream[0].url"),
+        (
+            "[[upstream]]\nname = \"x.io\"\nurl = \"x.io\"\n",
+            "upstream[0].url",
+        ),
     ];
     for (text, key) in cases {
         let p = write(&d, text);
@@ -48,14 +66,20 @@ fn mistakes_exit_2_naming_file_and_key() {
     }
     // An override from the environment that is wrong says so.
     let p = write(&d, "");
-    let (code, _o, err) = run_cli(&["check-config", "--config", &p], &[("SPARKCR_EDGE__CACHE__TTL", "soon")]);
+    let (code, _o, err) = run_cli(
+        &["check-config", "--config", &p],
+        &[("SPARKCR_EDGE__CACHE__TTL", "soon")],
+    );
     assert_eq!(code, 2);
     assert!(err.contains("cache.ttl"), "{err}");
 }
 
 #[test]
 fn missing_file_and_bad_usage_exit_2() {
-    let (code, _, err) = run_cli(&["check-config", "--config", "/nonexistent/sparkcr.toml"], &[]);
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", "/nonexistent/sparkcr.toml"],
+        &[],
+    );
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/sparkcr.toml"), "{err}");
     let (code, _, _) = run_cli(&["frobnicate"], &[]);

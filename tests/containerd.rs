@@ -51,19 +51,46 @@ fn start_containerd() -> Option<Containerd> {
         assert!(Instant::now() < deadline, "containerd did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(Containerd { child, sock, _dir: dir })
+    Some(Containerd {
+        child,
+        sock,
+        _dir: dir,
+    })
 }
 
 fn ctr(c: &Containerd, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ctr").arg("-a").arg(&c.sock).args(args).output().expect("run ctr");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new("ctr")
+        .arg("-a")
+        .arg(&c.sock)
+        .args(args)
+        .output()
+        .expect("run ctr");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctr_pulls_through_every_hosts_toml_form() {
-    let Some(ctrd) = start_containerd() else { return };
+    let Some(ctrd) = start_containerd() else {
+        return;
+    };
     let reg = Registry2::start();
-    let img = push_image(&reg, "team/app", Some("v1"), Format::Docker, 7, "amd64", &[6000, 9000]).await;
+    let img = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Docker,
+        7,
+        "amd64",
+        &[6000, 9000],
+    )
+    .await;
     let (index, _) = push_multi_platform(&reg, "team/app", "multi", Format::Oci, 30).await;
     let edge = Edge::start(&format!(
         "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n[storage]\npath = \"{{dir}}/data\"\n\
@@ -72,7 +99,7 @@ async fn ctr_pulls_through_every_hosts_toml_form() {
     ));
     let e = edge.http[0];
     let forms = [
-        ("ns", format!("[host.\"http://{e}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"), format!("path=/v2/team/app/manifests/")),
+        ("ns", format!("[host.\"http://{e}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"), "path=/v2/team/app/manifests/".to_string()),
         ("host-path", format!("[host.\"http://{e}/{LAN}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"), format!("path=/{LAN}/v2/team/app/manifests/")),
         (
             "override-path",
@@ -85,15 +112,46 @@ async fn ctr_pulls_through_every_hosts_toml_form() {
         let hdir = hosts.path().join(LAN);
         std::fs::create_dir_all(&hdir).expect("mkdir");
         // The real server does not resolve: success proves the edge served it.
-        std::fs::write(hdir.join("hosts.toml"), format!("server = \"https://{LAN}\"\n\n{host_block}")).expect("hosts.toml");
+        std::fs::write(
+            hdir.join("hosts.toml"),
+            format!("server = \"https://{LAN}\"\n\n{host_block}"),
+        )
+        .expect("hosts.toml");
         let ns = format!("t{i}");
-        for (tag, digest) in [("v1", &img.manifest_digest), ("multi", &index.manifest_digest)] {
+        for (tag, digest) in [
+            ("v1", &img.manifest_digest),
+            ("multi", &index.manifest_digest),
+        ] {
             let reference = format!("{LAN}/team/app:{tag}");
-            let (ok, out) = ctr(&ctrd, &["-n", &ns, "images", "pull", "--hosts-dir", hosts.path().to_str().expect("p"), "--snapshotter", "native", &reference]);
-            assert!(ok, "{name}: ctr pull {reference}: {out}\nedge log:\n{}", edge.log_text());
+            let (ok, out) = ctr(
+                &ctrd,
+                &[
+                    "-n",
+                    &ns,
+                    "images",
+                    "pull",
+                    "--hosts-dir",
+                    hosts.path().to_str().expect("p"),
+                    "--snapshotter",
+                    "native",
+                    &reference,
+                ],
+            );
+            assert!(
+                ok,
+                "{name}: ctr pull {reference}: {out}\nedge log:\n{}",
+                edge.log_text()
+            );
             let (_, list) = ctr(&ctrd, &["-n", &ns, "images", "ls"]);
-            assert!(list.contains(digest.as_str()), "{name}: image digest {digest} in:\n{list}");
+            assert!(
+                list.contains(digest.as_str()),
+                "{name}: image digest {digest} in:\n{list}"
+            );
         }
-        assert!(edge.log_text().contains(logged.as_str()), "{name}: the edge saw {logged}\n{}", edge.log_text());
+        assert!(
+            edge.log_text().contains(logged.as_str()),
+            "{name}: the edge saw {logged}\n{}",
+            edge.log_text()
+        );
     }
 }

@@ -10,7 +10,7 @@ use common::registry2::*;
 use common::*;
 use std::time::Duration;
 
-const LAN: &str = "registry.test:5000";
+const LAN: &str = "registry.test";
 
 fn edge_config(reg: &Registry2, extra_upstream: &str, tag_ttl: &str) -> String {
     format!(
@@ -24,14 +24,46 @@ fn edge_config(reg: &Registry2, extra_upstream: &str, tag_ttl: &str) -> String {
 fn routes(edge: &Edge) -> Vec<Route> {
     let e = format!("http://{}", edge.http[0]);
     vec![
-        Route { name: "docker registry-mirrors (bare, library/ added)", template: format!("{e}/v2/busybox/{{rest}}"), host: None },
-        Route { name: "person: EDGE/docker.io/busybox", template: format!("{e}/v2/docker.io/busybox/{{rest}}"), host: None },
-        Route { name: "alias host docker.edge.test", template: format!("{e}/v2/library/busybox/{{rest}}"), host: Some("docker.edge.test".into()) },
-        Route { name: "containerd ns=", template: format!("{e}/v2/team/app/{{rest}}?ns={LAN}"), host: None },
-        Route { name: "containerd /<host>/v2", template: format!("{e}/{LAN}/v2/team/app/{{rest}}?ns={LAN}"), host: None },
-        Route { name: "containerd override_path /v2/<host>", template: format!("{e}/v2/{LAN}/team/app/{{rest}}?ns={LAN}"), host: None },
-        Route { name: "podman location EDGE/<host>", template: format!("{e}/v2/{LAN}/team/app/{{rest}}"), host: None },
-        Route { name: "alias host lan.edge.test", template: format!("{e}/v2/team/app/{{rest}}"), host: Some("lan.edge.test:443".into()) },
+        Route {
+            name: "docker registry-mirrors (bare, library/ added)",
+            template: format!("{e}/v2/busybox/{{rest}}"),
+            host: None,
+        },
+        Route {
+            name: "person: EDGE/docker.io/busybox",
+            template: format!("{e}/v2/docker.io/busybox/{{rest}}"),
+            host: None,
+        },
+        Route {
+            name: "alias host docker.edge.test",
+            template: format!("{e}/v2/library/busybox/{{rest}}"),
+            host: Some("docker.edge.test".into()),
+        },
+        Route {
+            name: "containerd ns=",
+            template: format!("{e}/v2/team/app/{{rest}}?ns={LAN}"),
+            host: None,
+        },
+        Route {
+            name: "containerd /<host>/v2",
+            template: format!("{e}/{LAN}/v2/team/app/{{rest}}?ns={LAN}"),
+            host: None,
+        },
+        Route {
+            name: "containerd override_path /v2/<host>",
+            template: format!("{e}/v2/{LAN}/team/app/{{rest}}?ns={LAN}"),
+            host: None,
+        },
+        Route {
+            name: "podman location EDGE/<host>",
+            template: format!("{e}/v2/{LAN}/team/app/{{rest}}"),
+            host: None,
+        },
+        Route {
+            name: "alias host lan.edge.test",
+            template: format!("{e}/v2/team/app/{{rest}}"),
+            host: Some("lan.edge.test:443".into()),
+        },
     ]
 }
 
@@ -39,12 +71,36 @@ fn routes(edge: &Edge) -> Vec<Route> {
 async fn seed(reg: &Registry2) -> Vec<(&'static str, PushedImage, Vec<PushedImage>)> {
     let mut out = Vec::new();
     for repo in ["library/busybox", "team/app"] {
-        let oci = push_image(reg, repo, Some("oci"), Format::Oci, 1, "amd64", &[3000, 70_000]).await;
-        let docker = push_image(reg, repo, Some("docker"), Format::Docker, 2, "amd64", &[5000]).await;
+        let oci = push_image(
+            reg,
+            repo,
+            Some("oci"),
+            Format::Oci,
+            1,
+            "amd64",
+            &[3000, 70_000],
+        )
+        .await;
+        let docker = push_image(
+            reg,
+            repo,
+            Some("docker"),
+            Format::Docker,
+            2,
+            "amd64",
+            &[5000],
+        )
+        .await;
         let (index, idx_children) = push_multi_platform(reg, repo, "index", Format::Oci, 10).await;
-        let (list, list_children) = push_multi_platform(reg, repo, "list", Format::Docker, 20).await;
+        let (list, list_children) =
+            push_multi_platform(reg, repo, "list", Format::Docker, 20).await;
         if repo == "team/app" {
-            out = vec![("oci", oci, vec![]), ("docker", docker, vec![]), ("index", index, idx_children), ("list", list, list_children)];
+            out = vec![
+                ("oci", oci, vec![]),
+                ("docker", docker, vec![]),
+                ("index", index, idx_children),
+                ("list", list, list_children),
+            ];
         }
     }
     out
@@ -60,9 +116,21 @@ async fn every_route_every_format_byte_exact() {
         for (tag, pushed, children) in &images {
             let pulled = pull(&client, &route, tag).await;
             let top = pulled.last().expect("pulled");
-            assert_eq!(top.manifest_digest, pushed.manifest_digest, "{}: {tag}", route.name);
-            assert_eq!(top.manifest, pushed.manifest, "{}: {tag} byte-exact", route.name);
-            assert_eq!(top.media_type, pushed.media_type, "{}: {tag} media type kept", route.name);
+            assert_eq!(
+                top.manifest_digest, pushed.manifest_digest,
+                "{}: {tag}",
+                route.name
+            );
+            assert_eq!(
+                top.manifest, pushed.manifest,
+                "{}: {tag} byte-exact",
+                route.name
+            );
+            assert_eq!(
+                top.media_type, pushed.media_type,
+                "{}: {tag} media type kept",
+                route.name
+            );
             if !children.is_empty() {
                 assert_eq!(pulled.len(), 3, "{}: index children pulled", route.name);
                 for (p, c) in pulled.iter().zip(children) {
@@ -79,37 +147,101 @@ async fn every_route_every_format_byte_exact() {
     for (_, pushed, _) in &images {
         for (d, _) in &pushed.blobs {
             // Both repositories hold the same blobs: content addressing fetches each once.
-            assert_eq!(reg.count_requests("GET", &format!("/blobs/{d}")), 1, "blob {d} fetched once");
+            assert_eq!(
+                reg.count_requests("GET", &format!("/blobs/{d}")),
+                1,
+                "blob {d} fetched once"
+            );
         }
     }
     // HEAD answers carry the headers without a body.
-    let r = client.head(format!("http://{}/v2/team/app/manifests/oci?ns={LAN}", edge.http[0])).send().await.expect("head");
+    let r = client
+        .head(format!(
+            "http://{}/v2/team/app/manifests/oci?ns={LAN}",
+            edge.http[0]
+        ))
+        .send()
+        .await
+        .expect("head");
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["docker-content-digest"], images[0].1.manifest_digest.as_str());
-    assert_eq!(r.headers()["content-length"], images[0].1.manifest.len().to_string().as_str());
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        images[0].1.manifest_digest.as_str()
+    );
+    assert_eq!(
+        r.headers()["content-length"],
+        images[0].1.manifest.len().to_string().as_str()
+    );
     // Range on a cached blob.
     let (d, bytes) = &images[0].1.blobs[2];
     let r = client
-        .get(format!("http://{}/v2/team/app/blobs/{d}?ns={LAN}", edge.http[0]))
+        .get(format!(
+            "http://{}/v2/team/app/blobs/{d}?ns={LAN}",
+            edge.http[0]
+        ))
         .header("range", "bytes=100-199")
         .send()
         .await
         .expect("range");
     assert_eq!(r.status(), 206);
-    assert_eq!(r.headers()["content-range"], format!("bytes 100-199/{}", bytes.len()).as_str());
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 100-199/{}", bytes.len()).as_str()
+    );
     assert_eq!(&r.bytes().await.expect("body")[..], &bytes[100..200]);
     // The catalog lists what was cached.
-    let cat: serde_json::Value = serde_json::from_slice(&client.get(format!("http://{}/v2/_catalog", edge.http[0])).send().await.expect("catalog").bytes().await.expect("body")).expect("json");
-    let repos: Vec<&str> = cat["repositories"].as_array().expect("list").iter().filter_map(|v| v.as_str()).collect();
-    assert!(repos.contains(&"docker.io/library/busybox") && repos.contains(&"registry.test:5000/team/app"), "{cat}");
+    let cat: serde_json::Value = serde_json::from_slice(
+        &client
+            .get(format!("http://{}/v2/_catalog", edge.http[0]))
+            .send()
+            .await
+            .expect("catalog")
+            .bytes()
+            .await
+            .expect("body"),
+    )
+    .expect("json");
+    let repos: Vec<&str> = cat["repositories"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        repos.contains(&"docker.io/library/busybox") && repos.contains(&"registry.test/team/app"),
+        "{cat}"
+    );
     // tags/list is proxied.
-    let tags: serde_json::Value = serde_json::from_slice(&client.get(format!("http://{}/v2/team/app/tags/list?ns={LAN}", edge.http[0])).send().await.expect("tags").bytes().await.expect("body")).expect("json");
+    let tags: serde_json::Value = serde_json::from_slice(
+        &client
+            .get(format!(
+                "http://{}/v2/team/app/tags/list?ns={LAN}",
+                edge.http[0]
+            ))
+            .send()
+            .await
+            .expect("tags")
+            .bytes()
+            .await
+            .expect("body"),
+    )
+    .expect("json");
     assert_eq!(tags["tags"].as_array().map(|a| a.len()), Some(4), "{tags}");
 }
 
 fn skopeo(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("skopeo").args(args).output().expect("run skopeo (apt-get install skopeo)");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo (apt-get install skopeo)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// Every file skopeo wrote to a `dir:` destination hashes to its name.
@@ -119,7 +251,11 @@ fn check_dir(dir: &std::path::Path) -> usize {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
             let bytes = std::fs::read(e.path()).expect("read blob");
-            assert_eq!(sha256_digest(&bytes), format!("sha256:{name}"), "skopeo's copy of {name}");
+            assert_eq!(
+                sha256_digest(&bytes),
+                format!("sha256:{name}"),
+                "skopeo's copy of {name}"
+            );
             n += 1;
         }
     }
@@ -178,7 +314,11 @@ async fn skopeo_pulls_through_the_edge() {
     ]);
     assert!(ok, "skopeo through registries.conf mirror: {log}");
     assert_eq!(check_dir(&dest), 2);
-    assert!(edge.log_text().contains(&format!("path=/v2/{LAN}/team/app/manifests/docker")), "the mirror was used");
+    assert!(
+        edge.log_text()
+            .contains(&format!("path=/v2/{LAN}/team/app/manifests/docker")),
+        "the mirror was used"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +333,10 @@ async fn single_flight_32_clients_one_upstream_fetch() {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             // Each client on its own connection, like 32 hosts on a LAN.
-            let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client");
             if i % 4 == 3 {
                 tokio::time::sleep(Duration::from_millis(20 * i)).await; // some join mid-fill
             }
@@ -204,11 +347,25 @@ async fn single_flight_32_clients_one_upstream_fetch() {
         }));
     }
     for t in tasks {
-        assert_eq!(t.await.expect("task"), digest, "every client gets the right bytes");
+        assert_eq!(
+            t.await.expect("task"),
+            digest,
+            "every client gets the right bytes"
+        );
     }
-    assert_eq!(reg.count_requests("GET", &format!("/blobs/{digest}")), 1, "exactly one upstream blob GET:\n{}", reg.log_text());
+    assert_eq!(
+        reg.count_requests("GET", &format!("/blobs/{digest}")),
+        1,
+        "exactly one upstream blob GET:\n{}",
+        reg.log_text()
+    );
     // And now it is a hit.
-    let body = reqwest::get(&url).await.expect("hit").bytes().await.expect("body");
+    let body = reqwest::get(&url)
+        .await
+        .expect("hit")
+        .bytes()
+        .await
+        .expect("body");
     assert_eq!(sha256_digest(&body), digest);
     assert_eq!(reg.count_requests("GET", &format!("/blobs/{digest}")), 1);
 }
@@ -217,12 +374,22 @@ async fn single_flight_32_clients_one_upstream_fetch() {
 async fn serves_stale_when_upstream_is_down_and_after_restart() {
     let mut reg = Registry2::start();
     let images = seed(&reg).await;
-    let uncached = push_image(&reg, "team/other", Some("v1"), Format::Oci, 99, "amd64", &[1000]).await;
+    let uncached = push_image(
+        &reg,
+        "team/other",
+        Some("v1"),
+        Format::Oci,
+        99,
+        "amd64",
+        &[1000],
+    )
+    .await;
     // tag_ttl 0: every pull by tag revalidates, so the outage is really met.
-    let config = edge_config(&reg, "", "0");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data_keep = dir.path().to_path_buf();
-    let edge = Edge::start_in(dir, &config, &[]);
+    // The store lives outside the edge's own temp dir so it survives the edge.
+    let data = tempfile::tempdir().expect("data dir");
+    let config =
+        edge_config(&reg, "", "0").replace("{dir}/data", &data.path().display().to_string());
+    let edge = Edge::start(&config);
     let client = reqwest::Client::new();
     let route = routes(&edge)[3].clone();
     pull(&client, &route, "index").await;
@@ -232,30 +399,53 @@ async fn serves_stale_when_upstream_is_down_and_after_restart() {
     for tag in ["index", "oci"] {
         let pulled = pull(&client, &route, tag).await;
         let want = &images.iter().find(|(t, _, _)| *t == tag).expect("image").1;
-        assert_eq!(pulled.last().expect("pulled").manifest_digest, want.manifest_digest, "stale {tag}");
+        assert_eq!(
+            pulled.last().expect("pulled").manifest_digest,
+            want.manifest_digest,
+            "stale {tag}"
+        );
     }
     let r = client
-        .get(format!("http://{}/v2/team/other/manifests/v1?ns={LAN}", edge.http[0]))
+        .get(format!(
+            "http://{}/v2/team/other/manifests/v1?ns={LAN}",
+            edge.http[0]
+        ))
         .send()
         .await
         .expect("request");
     assert_eq!(r.status(), 503, "uncached content with the upstream down");
-    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("OCI error");
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("OCI error");
     assert_eq!(v["errors"][0]["code"], "UNAVAILABLE", "{v}");
     let r = client
-        .get(format!("http://{}/v2/team/other/blobs/{}?ns={LAN}", edge.http[0], uncached.blobs[1].0))
+        .get(format!(
+            "http://{}/v2/team/other/blobs/{}?ns={LAN}",
+            edge.http[0], uncached.blobs[1].0
+        ))
         .send()
         .await
         .expect("request");
     assert_eq!(r.status(), 503);
-    let metrics = client.get(edge.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("sparkcr_edge_stale_served_total{kind=\"manifest\"}"), "stale answers counted");
+    let metrics = client
+        .get(edge.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("sparkcr_edge_stale_served_total{kind=\"manifest\"}"),
+        "stale answers counted"
+    );
 
     // Restart the edge with the upstream still down: the cache still serves.
     drop(edge);
-    let dir2 = tempfile::tempdir().expect("tempdir");
-    let config2 = config.replace("{dir}/data", &format!("{}/data", data_keep.display()));
-    let edge = Edge::start_in(dir2, &config2, &[]);
+    let edge = Edge::start(&config);
+    assert!(
+        edge.log_text().contains("blobs=") && !edge.log_text().contains("blobs=0 "),
+        "the restarted edge opened the filled store"
+    );
     let route = routes(&edge)[3].clone();
     pull(&client, &route, "index").await;
     pull(&client, &route, "oci").await;
@@ -263,13 +453,25 @@ async fn serves_stale_when_upstream_is_down_and_after_restart() {
     // The upstream comes back: the next pull by tag revalidates against it.
     reg.restart();
     pull(&client, &route, "oci").await;
-    assert!(reg.count_requests("HEAD", "team/app/manifests/oci") >= 1, "revalidated with a HEAD");
+    assert!(
+        reg.count_requests("HEAD", "team/app/manifests/oci") >= 1,
+        "revalidated with a HEAD"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_upstream() {
     let reg = Registry2::start_with(Some(("puller", "s3cret")));
-    let img = push_image(&reg, "team/private", Some("v1"), Format::Docker, 5, "amd64", &[4000]).await;
+    let img = push_image(
+        &reg,
+        "team/private",
+        Some("v1"),
+        Format::Docker,
+        5,
+        "amd64",
+        &[4000],
+    )
+    .await;
     let pwfile = tempfile::NamedTempFile::new().expect("pw file");
     std::fs::write(pwfile.path(), "s3cret\n").expect("write");
     let extra = format!(
@@ -282,10 +484,24 @@ async fn basic_auth_upstream() {
     let edge = Edge::start(&edge_config(&reg, &extra, "1h"));
     let client = reqwest::Client::new();
     let e = edge.http[0];
-    let route = Route { name: "basic", template: format!("http://{e}/v2/auth.test:5000/team/private/{{rest}}"), host: None };
+    let route = Route {
+        name: "basic",
+        template: format!("http://{e}/v2/auth.test:5000/team/private/{{rest}}"),
+        host: None,
+    };
     let pulled = pull(&client, &route, "v1").await;
     assert_eq!(pulled[0].manifest_digest, img.manifest_digest);
-    let r = client.get(format!("http://{e}/v2/wrong.test:5000/team/private/manifests/v1")).send().await.expect("req");
-    assert_eq!(r.status(), 503, "refused credentials upstream and nothing cached");
+    let r = client
+        .get(format!(
+            "http://{e}/v2/wrong.test:5000/team/private/manifests/v1"
+        ))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(
+        r.status(),
+        503,
+        "refused credentials upstream and nothing cached"
+    );
     assert!(!edge.log_text().contains("s3cret"), "password never logged");
 }

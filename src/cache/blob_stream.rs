@@ -36,7 +36,10 @@ pub(super) fn from_store(reader: BlobReader, metrics: Arc<Metrics>) -> BlobStrea
             };
             match item {
                 Some(Ok(bytes)) => {
-                    metrics.served_bytes.with_label_values(&["cache"]).inc_by(bytes.len() as u64);
+                    metrics
+                        .served_bytes
+                        .with_label_values(&["cache"])
+                        .inc_by(bytes.len() as u64);
                     Some((Ok(bytes), Some(reader)))
                 }
                 Some(Err(e)) => {
@@ -51,33 +54,55 @@ pub(super) fn from_store(reader: BlobReader, metrics: Arc<Metrics>) -> BlobStrea
 
 /// A ranged upstream body passed straight to one client (exactly `len` bytes, or an
 /// error: a short body never ends cleanly).
-pub(super) fn direct_range(body: crate::upstream::BlobBody, len: u64, metrics: Arc<Metrics>) -> BlobStream {
+pub(super) fn direct_range(
+    body: crate::upstream::BlobBody,
+    len: u64,
+    metrics: Arc<Metrics>,
+) -> BlobStream {
     use futures_util::StreamExt;
     let state = (body, 0u64, false);
-    Box::pin(futures_util::stream::unfold(state, move |(mut body, sent, done)| {
-        let metrics = metrics.clone();
-        async move {
-            if done || sent >= len {
-                return None;
-            }
-            match body.next().await {
-                Some(Ok(mut b)) => {
-                    if sent + b.len() as u64 > len {
-                        b = b.slice(..(len - sent) as usize);
-                    }
-                    metrics.served_bytes.with_label_values(&["upstream"]).inc_by(b.len() as u64);
-                    let sent = sent + b.len() as u64;
-                    Some((Ok(b), (body, sent, false)))
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |(mut body, sent, done)| {
+            let metrics = metrics.clone();
+            async move {
+                if done || sent >= len {
+                    return None;
                 }
-                Some(Err(e)) => Some((Err(abort(format!("upstream failed mid-range: {e}"))), (body, sent, true))),
-                None => Some((Err(abort(format!("upstream range ended after {sent} of {len} bytes"))), (body, sent, true))),
+                match body.next().await {
+                    Some(Ok(mut b)) => {
+                        if sent + b.len() as u64 > len {
+                            b = b.slice(..(len - sent) as usize);
+                        }
+                        metrics
+                            .served_bytes
+                            .with_label_values(&["upstream"])
+                            .inc_by(b.len() as u64);
+                        let sent = sent + b.len() as u64;
+                        Some((Ok(b), (body, sent, false)))
+                    }
+                    Some(Err(e)) => Some((
+                        Err(abort(format!("upstream failed mid-range: {e}"))),
+                        (body, sent, true),
+                    )),
+                    None => Some((
+                        Err(abort(format!(
+                            "upstream range ended after {sent} of {len} bytes"
+                        ))),
+                        (body, sent, true),
+                    )),
+                }
             }
-        }
-    }))
+        },
+    ))
 }
 
 enum Step {
-    Chunk { id: crate::store::ChunkId, offset: u32, len: u32 },
+    Chunk {
+        id: crate::store::ChunkId,
+        offset: u32,
+        len: u32,
+    },
     Tail(Bytes),
     SwitchToStore,
     Fail(String),
@@ -97,9 +122,24 @@ struct FollowState {
 }
 
 /// Streams `[start, end)` of the blob `fill` is fetching.
-pub(super) fn follow_fill(fill: Arc<Fill>, store: Store, start: u64, end: u64, metrics: Arc<Metrics>) -> BlobStream {
+pub(super) fn follow_fill(
+    fill: Arc<Fill>,
+    store: Store,
+    start: u64,
+    end: u64,
+    metrics: Arc<Metrics>,
+) -> BlobStream {
     let rx = fill.subscribe();
-    let st = FollowState { fill, store, pos: start, end, rx, stored: None, metrics, done: false };
+    let st = FollowState {
+        fill,
+        store,
+        pos: start,
+        end,
+        rx,
+        stored: None,
+        metrics,
+        done: false,
+    };
     Box::pin(futures_util::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
@@ -128,38 +168,52 @@ fn plan(st: &mut FollowState) -> Step {
     let releasable = if complete {
         s.received
     } else {
-        let last = s.size.map_or(s.received.saturating_sub(1), |size| size.saturating_sub(1));
+        let last = s
+            .size
+            .map_or(s.received.saturating_sub(1), |size| size.saturating_sub(1));
         s.received.min(last)
     };
+    if st.pos >= releasable {
+        return if complete {
+            Step::Fail("blob ended before the requested range".into())
+        } else {
+            Step::Wait
+        };
+    }
+    // Never past `releasable`, whichever side the bytes are on: a blob that ends on a chunk
+    // boundary is all in chunk files before its digest is checked.
+    let limit = st.end.min(releasable);
     if st.pos < s.chunk_bytes {
         let mut base = 0u64;
         for c in &s.chunks {
             let len = u64::from(c.len);
             if st.pos < base + len {
                 let offset = st.pos - base;
-                let n = (len - offset).min(st.end - st.pos).min(FRAME);
-                return Step::Chunk { id: c.id, offset: offset as u32, len: n as u32 };
+                let n = (len - offset).min(limit - st.pos).min(FRAME);
+                return Step::Chunk {
+                    id: c.id,
+                    offset: offset as u32,
+                    len: n as u32,
+                };
             }
             base += len;
         }
     }
     if st.pos < s.tail_start {
-        return Step::Fail(format!("client fell more than {} MiB behind a blob that is not being stored", s.tail_start >> 20));
+        return Step::Fail(format!(
+            "client fell more than {} MiB behind a blob that is not being stored",
+            s.tail_start >> 20
+        ));
     }
-    if st.pos < releasable {
-        let mut base = s.tail_start;
-        for b in &s.tail {
-            let len = b.len() as u64;
-            if st.pos < base + len {
-                let from = (st.pos - base) as usize;
-                let to = (len.min(releasable - base).min(st.end - base)) as usize;
-                return Step::Tail(b.slice(from..to));
-            }
-            base += len;
+    let mut base = s.tail_start;
+    for b in &s.tail {
+        let len = b.len() as u64;
+        if st.pos < base + len {
+            let from = (st.pos - base) as usize;
+            let to = (len.min(limit - base)) as usize;
+            return Step::Tail(b.slice(from..to));
         }
-    }
-    if complete {
-        return Step::Fail("blob ended before the requested range".into());
+        base += len;
     }
     Step::Wait
 }
@@ -190,7 +244,10 @@ async fn next_frame(st: &mut FollowState) -> io::Result<Option<Bytes>> {
                 Some(Ok(b)) => {
                     st.pos += b.len() as u64;
                     st.stored = Some(reader);
-                    st.metrics.served_bytes.with_label_values(&["upstream"]).inc_by(b.len() as u64);
+                    st.metrics
+                        .served_bytes
+                        .with_label_values(&["upstream"])
+                        .inc_by(b.len() as u64);
                     Ok(Some(b))
                 }
                 Some(Err(e)) => Err(e),
@@ -200,7 +257,10 @@ async fn next_frame(st: &mut FollowState) -> io::Result<Option<Bytes>> {
         match plan(st) {
             Step::Tail(b) => {
                 st.pos += b.len() as u64;
-                st.metrics.served_bytes.with_label_values(&["upstream"]).inc_by(b.len() as u64);
+                st.metrics
+                    .served_bytes
+                    .with_label_values(&["upstream"])
+                    .inc_by(b.len() as u64);
                 return Ok(Some(b));
             }
             Step::Chunk { id, offset, len } => {
@@ -210,7 +270,10 @@ async fn next_frame(st: &mut FollowState) -> io::Result<Option<Bytes>> {
                     .map_err(|e| abort(format!("read task failed: {e}")))?
                     .map_err(|e| abort(format!("cannot read chunk {id}: {e}")))?;
                 st.pos += b.len() as u64;
-                st.metrics.served_bytes.with_label_values(&["upstream"]).inc_by(b.len() as u64);
+                st.metrics
+                    .served_bytes
+                    .with_label_values(&["upstream"])
+                    .inc_by(b.len() as u64);
                 return Ok(Some(b));
             }
             Step::SwitchToStore => {

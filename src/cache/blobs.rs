@@ -30,7 +30,13 @@ impl Cache {
             };
             self.metrics.cache_hits.with_label_values(&["blob"]).inc();
             self.note_blob_repo(digest, &info.repos, target).await;
-            return Ok(BlobAnswer { digest: *digest, size: Some(info.size), range: (start, end), partial, body });
+            return Ok(BlobAnswer {
+                digest: *digest,
+                size: Some(info.size),
+                range: (start, end),
+                partial,
+                body,
+            });
         }
         self.blob_miss(target, digest, range, head).await
     }
@@ -54,7 +60,12 @@ impl Cache {
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
         let upstream = self.upstream(target)?;
-        let existing = self.fills.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned();
+        let existing = self
+            .fills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned();
         if head && existing.is_none() {
             self.metrics.cache_misses.with_label_values(&["blob"]).inc();
             let size = upstream
@@ -66,7 +77,13 @@ impl Cache {
                     detail: "HEAD answer without Content-Length".into(),
                 })?;
             let (start, end, partial) = resolve(range, size)?;
-            return Ok(BlobAnswer { digest: *digest, size: Some(size), range: (start, end), partial, body: None });
+            return Ok(BlobAnswer {
+                digest: *digest,
+                size: Some(size),
+                range: (start, end),
+                partial,
+                body: None,
+            });
         }
         let job = FillJob {
             store: self.store.clone(),
@@ -84,8 +101,14 @@ impl Cache {
         }
         let size = fill.wait_started().await.map_err(|f| match f {
             FillFailure::NotFound => CacheError::BlobUnknown(*digest),
-            FillFailure::Unavailable(m) => CacheError::Unavailable { upstream: target.upstream.clone(), detail: m },
-            other => CacheError::BadUpstreamContent { upstream: target.upstream.clone(), detail: format!("{other:?}") },
+            FillFailure::Unavailable(m) => CacheError::Unavailable {
+                upstream: target.upstream.clone(),
+                detail: m,
+            },
+            other => CacheError::BadUpstreamContent {
+                upstream: target.upstream.clone(),
+                detail: format!("{other:?}"),
+            },
         })?;
         // Without a size (no Content-Length upstream) the whole blob is streamed.
         let (start, end, partial, size) = match size {
@@ -98,15 +121,33 @@ impl Cache {
         if !head && partial && start > fill.state().received + DIRECT_RANGE_AHEAD {
             // Far ahead of the fill: this client gets its own ranged request now instead of
             // waiting for the fill to get there (the fill goes on and caches the blob).
-            if let Ok(resp) = upstream.blob(&target.repo, digest, Some((start, Some(end - 1)))).await {
+            if let Ok(resp) = upstream
+                .blob(&target.repo, digest, Some((start, Some(end - 1))))
+                .await
+            {
                 if resp.start == start {
-                    let body = blob_stream::direct_range(resp.body, end - start, self.metrics.clone());
-                    return Ok(BlobAnswer { digest: *digest, size, range: (start, end), partial, body: Some(body) });
+                    let body =
+                        blob_stream::direct_range(resp.body, end - start, self.metrics.clone());
+                    return Ok(BlobAnswer {
+                        digest: *digest,
+                        size,
+                        range: (start, end),
+                        partial,
+                        body: Some(body),
+                    });
                 }
             }
         }
-        let body = (!head).then(|| blob_stream::follow_fill(fill, self.store.clone(), start, end, self.metrics.clone()));
-        Ok(BlobAnswer { digest: *digest, size, range: (start, end), partial, body })
+        let body = (!head).then(|| {
+            blob_stream::follow_fill(fill, self.store.clone(), start, end, self.metrics.clone())
+        });
+        Ok(BlobAnswer {
+            digest: *digest,
+            size,
+            range: (start, end),
+            partial,
+            body,
+        })
     }
 }
 
@@ -118,7 +159,9 @@ fn resolve(range: Option<ByteRangeSpec>, size: u64) -> Result<(u64, u64, bool), 
     match range {
         None => Ok((0, size, false)),
         Some(spec) => {
-            let (s, e) = spec.resolve(size).map_err(|_| CacheError::RangeNotSatisfiable { size })?;
+            let (s, e) = spec
+                .resolve(size)
+                .map_err(|_| CacheError::RangeNotSatisfiable { size })?;
             Ok((s, e, true))
         }
     }

@@ -48,7 +48,9 @@ pub(super) enum FillPhase {
     Streaming,
     /// Every byte arrived and matched the digest. `stored`: the blob is now in the store
     /// (false when there was no room and it was passed through).
-    Complete { stored: bool },
+    Complete {
+        stored: bool,
+    },
     Failed(FillFailure),
 }
 
@@ -141,12 +143,19 @@ struct FillGuard {
 
 impl Drop for FillGuard {
     fn drop(&mut self) {
-        let unfinished = matches!(self.fill.state().phase, FillPhase::Connecting | FillPhase::Streaming);
+        let unfinished = matches!(
+            self.fill.state().phase,
+            FillPhase::Connecting | FillPhase::Streaming
+        );
         if unfinished {
-            self.fill.update(|s| s.phase = FillPhase::Failed(FillFailure::Abandoned));
+            self.fill
+                .update(|s| s.phase = FillPhase::Failed(FillFailure::Abandoned));
         }
         let mut map = self.fills.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&self.fill.digest).is_some_and(|f| Arc::ptr_eq(f, &self.fill)) {
+        if map
+            .get(&self.fill.digest)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
+        {
             map.remove(&self.fill.digest);
         }
         self.metrics.fills_in_flight.dec();
@@ -175,7 +184,11 @@ pub(super) fn join_or_start(job: FillJob, digest: Digest) -> (Arc<Fill>, bool) {
     map.insert(digest, fill.clone());
     drop(map);
     job.metrics.fills_in_flight.inc();
-    let guard = FillGuard { fill: fill.clone(), fills: job.fills.clone(), metrics: job.metrics.clone() };
+    let guard = FillGuard {
+        fill: fill.clone(),
+        fills: job.fills.clone(),
+        metrics: job.metrics.clone(),
+    };
     tokio::spawn(run(job, guard));
     (fill, false)
 }
@@ -243,7 +256,9 @@ async fn fetch(job: &FillJob, fill: &Arc<Fill>) -> Result<bool, FillFailure> {
             if tx.send(WriterMsg::Finish(done_tx)).await.is_err() {
                 Err(FillFailure::Store("the store writer stopped".into()))
             } else {
-                done_rx.await.unwrap_or(Err(FillFailure::Store("the store writer stopped".into())))
+                done_rx
+                    .await
+                    .unwrap_or(Err(FillFailure::Store("the store writer stopped".into())))
             }
         }
         Err(f) => Err(f),
@@ -311,21 +326,38 @@ async fn stream_body(
             return Ok(());
         }
         tries += 1;
-        let why = broke.unwrap_or_else(|| format!("body ended at byte {received} of {}", size.unwrap_or_default()));
+        let why = broke.unwrap_or_else(|| {
+            format!(
+                "body ended at byte {received} of {}",
+                size.unwrap_or_default()
+            )
+        });
         if tries > RESUME_TRIES {
-            return Err(FillFailure::Unavailable(format!("gave up after {RESUME_TRIES} resumes: {why}")));
+            return Err(FillFailure::Unavailable(format!(
+                "gave up after {RESUME_TRIES} resumes: {why}"
+            )));
         }
         let backoff = Duration::from_millis(200 * (1 << (tries - 1)));
         tracing::warn!(digest = %fill.digest, received, tries, error = %why, "upstream broke mid-blob; resuming with Range");
         tokio::time::sleep(backoff).await;
         job.metrics.fill_resumes.inc();
-        response = match job.upstream.blob(&job.repo, &fill.digest, Some((received, None))).await {
+        response = match job
+            .upstream
+            .blob(&job.repo, &fill.digest, Some((received, None)))
+            .await
+        {
             Ok(r) => r,
             Err(e) if e.is_not_found() => return Err(FillFailure::NotFound),
             Err(e) => {
                 tracing::warn!(error = %e, "resume request failed");
                 // Try again with an empty response: the loop counts it as a break.
-                BlobResponse { size, start: received, body: crate::upstream::BlobBody::from_stream(futures_util::stream::iter(Vec::<Result<Bytes, UpstreamError>>::new())) }
+                BlobResponse {
+                    size,
+                    start: received,
+                    body: crate::upstream::BlobBody::from_stream(futures_util::stream::iter(
+                        Vec::<Result<Bytes, UpstreamError>>::new(),
+                    )),
+                }
             }
         };
     }
@@ -403,16 +435,20 @@ fn write_chunks(
                     Some(f) => match f.finish(&repo_key) {
                         Ok(_) => Ok(true),
                         Err(StoreError::DigestMismatch { expected, actual }) => {
-                            Err(FillFailure::DigestMismatch(format!("blob {expected} arrived with digest {actual}")))
+                            Err(FillFailure::DigestMismatch(format!(
+                                "blob {expected} arrived with digest {actual}"
+                            )))
                         }
                         Err(e) => Err(FillFailure::Store(e.to_string())),
                     },
                     None => match verifier.take().map(Sha256Verifier::finish) {
                         Some(actual) if actual == digest => Ok(false),
-                        Some(actual) => {
-                            Err(FillFailure::DigestMismatch(format!("blob {digest} arrived with digest {actual}")))
-                        }
-                        None => Err(FillFailure::Store("the store failed mid-blob; the bytes cannot be verified".into())),
+                        Some(actual) => Err(FillFailure::DigestMismatch(format!(
+                            "blob {digest} arrived with digest {actual}"
+                        ))),
+                        None => Err(FillFailure::Store(
+                            "the store failed mid-blob; the bytes cannot be verified".into(),
+                        )),
                     },
                 };
                 let _ = reply.send(result);
@@ -431,7 +467,9 @@ fn publish_chunks(s: &mut FillState, fresh: Vec<ChunkRef>) {
     }
     let mut drop_bytes = s.chunk_bytes.saturating_sub(s.tail_start);
     while drop_bytes > 0 {
-        let Some(front) = s.tail.front_mut() else { break };
+        let Some(front) = s.tail.front_mut() else {
+            break;
+        };
         let n = front.len() as u64;
         if n <= drop_bytes {
             s.tail.pop_front();

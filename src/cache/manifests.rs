@@ -61,18 +61,26 @@ impl Cache {
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
         if let Some(m) = self.stored_manifest(d).await? {
-            self.metrics.cache_hits.with_label_values(&["manifest"]).inc();
+            self.metrics
+                .cache_hits
+                .with_label_values(&["manifest"])
+                .inc();
             self.note_repo(d, &m.repos, target).await;
             return Ok(Self::answer(*d, m, head));
         }
-        self.metrics.cache_misses.with_label_values(&["manifest"]).inc();
+        self.metrics
+            .cache_misses
+            .with_label_values(&["manifest"])
+            .inc();
         let upstream = self.upstream(target)?;
         let reference = Reference::Digest(*d);
         // Content addressed: fetch it whole even for a HEAD, so the next GET is a hit.
         let resp = upstream
             .manifest(&target.repo, &reference, accept, false)
             .await
-            .map_err(|e| self.upstream_failure(target, e, CacheError::ManifestUnknown(d.to_string())))?;
+            .map_err(|e| {
+                self.upstream_failure(target, e, CacheError::ManifestUnknown(d.to_string()))
+            })?;
         let body = resp.body.unwrap_or_default();
         let actual = Digest::of(&body);
         if actual != *d {
@@ -83,20 +91,38 @@ impl Cache {
             });
         }
         self.put_manifest(target, d, &resp.media_type, &body).await;
-        Ok(ManifestAnswer { digest: *d, media_type: resp.media_type, size: body.len() as u64, bytes: (!head).then_some(body) })
+        Ok(ManifestAnswer {
+            digest: *d,
+            media_type: resp.media_type,
+            size: body.len() as u64,
+            bytes: (!head).then_some(body),
+        })
     }
 
     async fn put_manifest(&self, target: &RepoTarget, d: &Digest, media_type: &str, body: &Bytes) {
-        let (store, d2, mt, b, key) = (self.store.clone(), *d, media_type.to_string(), body.clone(), target.key());
+        let (store, d2, mt, b, key) = (
+            self.store.clone(),
+            *d,
+            media_type.to_string(),
+            body.clone(),
+            target.key(),
+        );
         if let Err(e) = blocking(move || store.put_manifest(&d2, &mt, &b, &key)).await {
             // Still answer the client: the bytes are verified, only caching failed.
-            self.metrics.store_errors.with_label_values(&["put_manifest"]).inc();
+            self.metrics
+                .store_errors
+                .with_label_values(&["put_manifest"])
+                .inc();
             tracing::warn!(error = %e, manifest = %d, "cannot store manifest");
         }
     }
 
     fn tag_key(target: &RepoTarget, tag: &Tag) -> TagKey {
-        TagKey { upstream: target.upstream.clone(), repo: target.repo.clone(), tag: tag.clone() }
+        TagKey {
+            upstream: target.upstream.clone(),
+            repo: target.repo.clone(),
+            tag: tag.clone(),
+        }
     }
 
     async fn tag_record(&self, key: &TagKey) -> Result<Option<TagRecord>, CacheError> {
@@ -105,7 +131,11 @@ impl Cache {
     }
 
     /// The stored manifest a tag record points to, if the client accepts its type.
-    async fn tagged_manifest(&self, rec: &TagRecord, accept: &[String]) -> Result<Option<StoredManifest>, CacheError> {
+    async fn tagged_manifest(
+        &self,
+        rec: &TagRecord,
+        accept: &[String],
+    ) -> Result<Option<StoredManifest>, CacheError> {
         if !accepts(accept, &rec.media_type) {
             return Ok(None);
         }
@@ -146,15 +176,22 @@ impl Cache {
         asked_at: SystemTime,
         waited: bool,
     ) -> Result<Option<ManifestAnswer>, CacheError> {
-        let Some(rec) = self.tag_record(key).await? else { return Ok(None) };
-        let age = SystemTime::now().duration_since(rec.validated_at).unwrap_or_default();
+        let Some(rec) = self.tag_record(key).await? else {
+            return Ok(None);
+        };
+        let age = SystemTime::now()
+            .duration_since(rec.validated_at)
+            .unwrap_or_default();
         let fresh = age < self.settings.tag_ttl || (waited && rec.validated_at >= asked_at);
         if !fresh {
             return Ok(None);
         }
         match self.tagged_manifest(&rec, accept).await? {
             Some(m) => {
-                self.metrics.cache_hits.with_label_values(&["manifest"]).inc();
+                self.metrics
+                    .cache_hits
+                    .with_label_values(&["manifest"])
+                    .inc();
                 Ok(Some(Self::answer(rec.digest, m, head)))
             }
             None => Ok(None),
@@ -172,7 +209,10 @@ impl Cache {
         let reference = Reference::Tag(key.tag.clone());
         let cached = self.tag_record(key).await?;
         let stale = match &cached {
-            Some(rec) => self.tagged_manifest(rec, accept).await?.map(|m| (rec.clone(), m)),
+            Some(rec) => self
+                .tagged_manifest(rec, accept)
+                .await?
+                .map(|m| (rec.clone(), m)),
             None => None,
         };
         let started = Instant::now();
@@ -188,17 +228,23 @@ impl Cache {
         };
         match (unchanged, stale) {
             (Some(Ok(true)), Some((rec, m))) => {
-                self.metrics.cache_hits.with_label_values(&["manifest"]).inc();
+                self.metrics
+                    .cache_hits
+                    .with_label_values(&["manifest"])
+                    .inc();
                 let digest = rec.digest;
                 let mut fresh = rec;
                 fresh.validated_at = SystemTime::now();
                 self.put_tag(key, fresh).await;
                 tracing::debug!(tag = %key.tag, repo = %key.repo, ms = started.elapsed().as_millis() as u64, "tag revalidated, unchanged");
-                return Ok(Self::answer(digest, m, head));
+                Ok(Self::answer(digest, m, head))
             }
-            (Some(Err(e)), stale) => return self.serve_stale_or_fail(target, key, e, stale, head),
-            // Moved (or no digest header): GET below. Keep the stale copy for failures.
-            (_, stale_copy) => return self.fetch_tag(target, key, accept, head, cached, stale_copy).await,
+            (Some(Err(e)), stale) => self.serve_stale_or_fail(target, key, e, stale, head),
+            // Moved (or no digest header): GET it. Keep the stale copy for failures.
+            (_, stale_copy) => {
+                self.fetch_tag(target, key, accept, head, cached, stale_copy)
+                    .await
+            }
         }
     }
 
@@ -213,8 +259,14 @@ impl Cache {
     ) -> Result<ManifestAnswer, CacheError> {
         let upstream = self.upstream(target)?;
         let reference = Reference::Tag(key.tag.clone());
-        self.metrics.cache_misses.with_label_values(&["manifest"]).inc();
-        match upstream.manifest(&target.repo, &reference, accept, false).await {
+        self.metrics
+            .cache_misses
+            .with_label_values(&["manifest"])
+            .inc();
+        match upstream
+            .manifest(&target.repo, &reference, accept, false)
+            .await
+        {
             Ok(resp) => {
                 let body = resp.body.unwrap_or_default();
                 let digest = Digest::of(&body);
@@ -223,11 +275,15 @@ impl Cache {
                         self.metrics.digest_mismatches.inc();
                         return Err(CacheError::BadUpstreamContent {
                             upstream: target.upstream.clone(),
-                            detail: format!("tag {} claimed {claimed} but the manifest hashes to {digest}", key.tag),
+                            detail: format!(
+                                "tag {} claimed {claimed} but the manifest hashes to {digest}",
+                                key.tag
+                            ),
                         });
                     }
                 }
-                self.put_manifest(target, &digest, &resp.media_type, &body).await;
+                self.put_manifest(target, &digest, &resp.media_type, &body)
+                    .await;
                 let now = SystemTime::now();
                 // Keep the tag's record only for answers every client can take; a client with
                 // a narrow Accept gets its own answer without moving the tag.
@@ -236,10 +292,20 @@ impl Cache {
                         Some(c) if c.digest == digest => c.fetched_at,
                         _ => now,
                     };
-                    let rec = TagRecord { digest, media_type: resp.media_type.clone(), fetched_at, validated_at: now };
+                    let rec = TagRecord {
+                        digest,
+                        media_type: resp.media_type.clone(),
+                        fetched_at,
+                        validated_at: now,
+                    };
                     self.put_tag(key, rec).await;
                 }
-                Ok(ManifestAnswer { digest, media_type: resp.media_type, size: body.len() as u64, bytes: (!head).then_some(body) })
+                Ok(ManifestAnswer {
+                    digest,
+                    media_type: resp.media_type,
+                    size: body.len() as u64,
+                    bytes: (!head).then_some(body),
+                })
             }
             Err(e) => self.serve_stale_or_fail(target, key, e, stale, head),
         }
@@ -255,18 +321,28 @@ impl Cache {
     ) -> Result<ManifestAnswer, CacheError> {
         match stale {
             Some((rec, m)) if e.is_unavailable() => {
-                self.metrics.stale_served.with_label_values(&["manifest"]).inc();
+                self.metrics
+                    .stale_served
+                    .with_label_values(&["manifest"])
+                    .inc();
                 tracing::warn!(upstream = %target.upstream, repo = %key.repo, tag = %key.tag, error = %e, "upstream failed; serving the cached manifest (stale)");
                 Ok(Self::answer(rec.digest, m, head))
             }
-            _ => Err(self.upstream_failure(target, e, CacheError::ManifestUnknown(format!("{}:{}", key.repo, key.tag)))),
+            _ => Err(self.upstream_failure(
+                target,
+                e,
+                CacheError::ManifestUnknown(format!("{}:{}", key.repo, key.tag)),
+            )),
         }
     }
 
     async fn put_tag(&self, key: &TagKey, rec: TagRecord) {
         let (store, key2) = (self.store.clone(), key.clone());
         if let Err(e) = blocking(move || store.put_tag(&key2, &rec)).await {
-            self.metrics.store_errors.with_label_values(&["put_tag"]).inc();
+            self.metrics
+                .store_errors
+                .with_label_values(&["put_tag"])
+                .inc();
             tracing::warn!(error = %e, tag = %key.tag, "cannot store tag");
         }
     }
@@ -314,9 +390,17 @@ mod tests {
     fn accept_rules() {
         assert!(accepts(&[], "application/vnd.oci.image.index.v1+json"));
         assert!(accepts(&["*/*".into()], "x"));
-        assert!(!accepts(&["application/vnd.docker.distribution.manifest.v2+json".into()], "application/vnd.oci.image.index.v1+json"));
-        let skopeo: Vec<String> = crate::oci::MANIFEST_MEDIA_TYPES.iter().map(|s| s.to_string()).collect();
+        assert!(!accepts(
+            &["application/vnd.docker.distribution.manifest.v2+json".into()],
+            "application/vnd.oci.image.index.v1+json"
+        ));
+        let skopeo: Vec<String> = crate::oci::MANIFEST_MEDIA_TYPES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert!(accepts_all_manifest_types(&skopeo));
-        assert!(!accepts_all_manifest_types(&["application/vnd.docker.distribution.manifest.v2+json".into()]));
+        assert!(!accepts_all_manifest_types(&[
+            "application/vnd.docker.distribution.manifest.v2+json".into()
+        ]));
     }
 }

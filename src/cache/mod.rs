@@ -100,10 +100,18 @@ where
 }
 
 impl Cache {
-    pub fn new(store: Store, upstreams: Vec<Upstream>, settings: CacheSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Store,
+        upstreams: Vec<Upstream>,
+        settings: CacheSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Cache {
             store,
-            upstreams: upstreams.into_iter().map(|u| (u.name().to_string(), u)).collect(),
+            upstreams: upstreams
+                .into_iter()
+                .map(|u| (u.name().to_string(), u))
+                .collect(),
             settings,
             metrics,
             fills: Default::default(),
@@ -116,31 +124,51 @@ impl Cache {
     }
 
     fn upstream(&self, target: &RepoTarget) -> Result<&Upstream, CacheError> {
-        self.upstreams
-            .get(&target.upstream)
-            .ok_or_else(|| CacheError::NameUnknown(format!("upstream {:?} is not configured", target.upstream)))
+        self.upstreams.get(&target.upstream).ok_or_else(|| {
+            CacheError::NameUnknown(format!("upstream {:?} is not configured", target.upstream))
+        })
     }
 
     /// Maps an upstream failure for content we do not have.
-    fn upstream_failure(&self, target: &RepoTarget, e: UpstreamError, unknown: CacheError) -> CacheError {
+    fn upstream_failure(
+        &self,
+        target: &RepoTarget,
+        e: UpstreamError,
+        unknown: CacheError,
+    ) -> CacheError {
         if e.is_not_found() {
             unknown
         } else if e.is_unavailable() {
-            CacheError::Unavailable { upstream: target.upstream.clone(), detail: e.to_string() }
+            CacheError::Unavailable {
+                upstream: target.upstream.clone(),
+                detail: e.to_string(),
+            }
         } else {
-            CacheError::BadUpstreamContent { upstream: target.upstream.clone(), detail: e.to_string() }
+            CacheError::BadUpstreamContent {
+                upstream: target.upstream.clone(),
+                detail: e.to_string(),
+            }
         }
     }
 
     /// `/v2/<name>/tags/list`: proxied; the last answer is kept and served when the
     /// upstream is down.
-    pub async fn tags_list(&self, target: &RepoTarget, query: Option<&str>) -> Result<Bytes, CacheError> {
+    pub async fn tags_list(
+        &self,
+        target: &RepoTarget,
+        query: Option<&str>,
+    ) -> Result<Bytes, CacheError> {
         let upstream = self.upstream(target)?;
         let query = query.filter(|q| !q.is_empty());
         match upstream.tags_list(&target.repo, query).await {
             Ok(body) => {
                 if query.is_none() {
-                    let (store, up, repo, b) = (self.store.clone(), target.upstream.clone(), target.repo.clone(), body.clone());
+                    let (store, up, repo, b) = (
+                        self.store.clone(),
+                        target.upstream.clone(),
+                        target.repo.clone(),
+                        body.clone(),
+                    );
                     if let Err(e) = blocking(move || store.put_tag_list(&up, &repo, &b)).await {
                         tracing::warn!(error = %e, "cannot keep the tag list");
                     }
@@ -148,20 +176,30 @@ impl Cache {
                 Ok(body)
             }
             Err(e) if e.is_unavailable() => {
-                let (store, up, repo) = (self.store.clone(), target.upstream.clone(), target.repo.clone());
+                let (store, up, repo) = (
+                    self.store.clone(),
+                    target.upstream.clone(),
+                    target.repo.clone(),
+                );
                 match blocking(move || store.tag_list(&up, &repo)).await? {
                     Some(cached) => {
                         self.metrics.stale_served.with_label_values(&["tags"]).inc();
                         tracing::warn!(upstream = %target.upstream, repo = %target.repo, error = %e, "upstream down; serving the cached tag list");
                         Ok(cached)
                     }
-                    None => Err(CacheError::Unavailable { upstream: target.upstream.clone(), detail: e.to_string() }),
+                    None => Err(CacheError::Unavailable {
+                        upstream: target.upstream.clone(),
+                        detail: e.to_string(),
+                    }),
                 }
             }
             Err(e) => Err(self.upstream_failure(
                 target,
                 e,
-                CacheError::NameUnknown(format!("repository {} is unknown to {}", target.repo, target.upstream)),
+                CacheError::NameUnknown(format!(
+                    "repository {} is unknown to {}",
+                    target.repo, target.upstream
+                )),
             )),
         }
     }

@@ -182,7 +182,11 @@ fn manifest_response(a: ManifestAnswer, head: bool) -> Response<ResponseBody> {
 fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
     let (start, end) = a.range;
     let partial = a.partial;
-    let status = if partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let status = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
     let mut b = base_response(status)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header("Docker-Content-Digest", a.digest.to_string())

@@ -164,7 +164,8 @@ fn is_host_like(segment: &str) -> bool {
         && host
             .split('.')
             .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     labels_ok && port_ok && (host.contains('.') || port.is_some() || host == "localhost")
 }
 

@@ -21,6 +21,8 @@ pub struct RequestRecord {
     pub peer: SocketAddr,
     pub started: Instant,
     pub metrics: Arc<Metrics>,
+    /// The response's `Content-Length`, if it has one.
+    pub content_length: Option<u64>,
 }
 
 pub struct LoggedBody {

@@ -70,7 +70,14 @@ impl App {
         } else {
             body
         };
+        let content_length = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .filter(|_| parts.method != http::Method::HEAD);
         let record = RequestRecord {
+            content_length,
             method: parts.method,
             path: parts.uri.path().chars().take(512).collect(),
             status: head.status.as_u16(),

@@ -37,7 +37,10 @@ pub enum ClientConfigError {
     #[error("{0}")]
     Unsupported(String),
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} exists but is not valid JSON ({reason}); fix or move it, then run again")]
     BadExisting { path: PathBuf, reason: String },
 }
@@ -54,15 +57,22 @@ pub struct EdgeAddress {
 impl EdgeAddress {
     pub fn parse(url: &str) -> Result<Self, ClientConfigError> {
         let u = reqwest::Url::parse(url).map_err(|_| ClientConfigError::BadEdge(url.into()))?;
-        let host = u.host_str().ok_or_else(|| ClientConfigError::BadEdge(url.into()))?.to_string();
-        if !matches!(u.scheme(), "http" | "https") || u.path().trim_matches('/') != "" {
+        let host = u
+            .host_str()
+            .ok_or_else(|| ClientConfigError::BadEdge(url.into()))?
+            .to_string();
+        if !matches!(u.scheme(), "http" | "https") || !u.path().trim_matches('/').is_empty() {
             return Err(ClientConfigError::BadEdge(url.into()));
         }
         let authority = match u.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
         };
-        Ok(EdgeAddress { scheme: u.scheme().into(), authority, host })
+        Ok(EdgeAddress {
+            scheme: u.scheme().into(),
+            authority,
+            host,
+        })
     }
 
     /// The default for this config: HTTPS on the hostname if there is a TLS listener,
@@ -70,12 +80,28 @@ impl EdgeAddress {
     pub fn from_config(c: &Config) -> Self {
         let host = c.server.hostname.clone();
         if let Some(a) = c.server.tls_listen.first() {
-            let authority = if a.port() == 443 { host.clone() } else { format!("{host}:{}", a.port()) };
-            return EdgeAddress { scheme: "https".into(), authority, host };
+            let authority = if a.port() == 443 {
+                host.clone()
+            } else {
+                format!("{host}:{}", a.port())
+            };
+            return EdgeAddress {
+                scheme: "https".into(),
+                authority,
+                host,
+            };
         }
         let port = c.server.listen.first().map_or(5000, |a| a.port());
-        let authority = if port == 80 { host.clone() } else { format!("{host}:{port}") };
-        EdgeAddress { scheme: "http".into(), authority, host }
+        let authority = if port == 80 {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
+        EdgeAddress {
+            scheme: "http".into(),
+            authority,
+            host,
+        }
     }
 
     fn insecure(&self) -> bool {
@@ -89,7 +115,9 @@ impl EdgeAddress {
     /// `<alias>.<edge host>` with the edge's port.
     fn alias_authority(&self, alias: &str) -> String {
         match self.authority.rsplit_once(':') {
-            Some((_, port)) if self.authority != self.host => format!("{alias}.{}:{port}", self.host),
+            Some((_, port)) if self.authority != self.host => {
+                format!("{alias}.{}:{port}", self.host)
+            }
             _ => format!("{alias}.{}", self.host),
         }
     }
@@ -121,7 +149,11 @@ pub fn upstreams_for(c: &Config, names: &[String]) -> Result<Vec<UpstreamRef>, C
     let all: Vec<UpstreamRef> = c
         .upstream
         .iter()
-        .map(|u| UpstreamRef { name: u.name.clone(), url: u.url.clone(), alias: u.aliases.first().cloned() })
+        .map(|u| UpstreamRef {
+            name: u.name.clone(),
+            url: u.url.clone(),
+            alias: u.aliases.first().cloned(),
+        })
         .collect();
     if names.is_empty() {
         return Ok(all);
@@ -130,14 +162,26 @@ pub fn upstreams_for(c: &Config, names: &[String]) -> Result<Vec<UpstreamRef>, C
         .iter()
         .map(|n| {
             all.iter().find(|u| &u.name == n).cloned().ok_or_else(|| {
-                ClientConfigError::UnknownUpstream(n.clone(), all.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "))
+                ClientConfigError::UnknownUpstream(
+                    n.clone(),
+                    all.iter()
+                        .map(|u| u.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
             })
         })
         .collect()
 }
 
 /// Builds the setup for `client`, rooted at `root` (`/` for the real paths).
-pub fn generate(client: Client, edge: &EdgeAddress, ups: &[UpstreamRef], mode: Mode, root: &Path) -> Result<ClientSetup, ClientConfigError> {
+pub fn generate(
+    client: Client,
+    edge: &EdgeAddress,
+    ups: &[UpstreamRef],
+    mode: Mode,
+    root: &Path,
+) -> Result<ClientSetup, ClientConfigError> {
     match client {
         Client::Docker => docker(edge, ups, mode, root),
         Client::Containerd => containerd(edge, ups, mode, root),
@@ -149,7 +193,12 @@ fn under(root: &Path, abs: &str) -> PathBuf {
     root.join(abs.trim_start_matches('/'))
 }
 
-fn docker(edge: &EdgeAddress, ups: &[UpstreamRef], mode: Mode, root: &Path) -> Result<ClientSetup, ClientConfigError> {
+fn docker(
+    edge: &EdgeAddress,
+    ups: &[UpstreamRef],
+    mode: Mode,
+    root: &Path,
+) -> Result<ClientSetup, ClientConfigError> {
     if !ups.iter().any(|u| u.name == "docker.io") {
         return Err(ClientConfigError::Unsupported(
             "Docker's registry-mirrors only mirrors docker.io; other upstreams are pulled as EDGE/<upstream>/<repo> (no client config needed)".into(),
@@ -157,7 +206,11 @@ fn docker(edge: &EdgeAddress, ups: &[UpstreamRef], mode: Mode, root: &Path) -> R
     }
     let mirror_authority = match mode {
         Mode::Alias => {
-            let alias = ups.iter().find(|u| u.name == "docker.io").and_then(|u| u.alias.clone()).ok_or_else(|| ClientConfigError::NoAlias("docker.io".into()))?;
+            let alias = ups
+                .iter()
+                .find(|u| u.name == "docker.io")
+                .and_then(|u| u.alias.clone())
+                .ok_or_else(|| ClientConfigError::NoAlias("docker.io".into()))?;
             edge.alias_authority(&alias)
         }
         Mode::Host | Mode::Path => edge.authority.clone(),
@@ -178,29 +231,57 @@ fn docker(edge: &EdgeAddress, ups: &[UpstreamRef], mode: Mode, root: &Path) -> R
         edge_url = edge.url(),
         a = edge.authority
     );
-    Ok(ClientSetup { files: vec![Snippet { path: under(root, "/etc/docker/daemon.json"), content }], commands })
+    Ok(ClientSetup {
+        files: vec![Snippet {
+            path: under(root, "/etc/docker/daemon.json"),
+            content,
+        }],
+        commands,
+    })
 }
 
-fn containerd(edge: &EdgeAddress, ups: &[UpstreamRef], mode: Mode, root: &Path) -> Result<ClientSetup, ClientConfigError> {
+fn containerd(
+    edge: &EdgeAddress,
+    ups: &[UpstreamRef],
+    mode: Mode,
+    root: &Path,
+) -> Result<ClientSetup, ClientConfigError> {
     let mut files = Vec::new();
     for u in ups {
         let host = match mode {
             Mode::Host => edge.url(),
             Mode::Path => format!("{}/{}", edge.url(), u.name),
             Mode::Alias => {
-                let alias = u.alias.clone().ok_or_else(|| ClientConfigError::NoAlias(u.name.clone()))?;
+                let alias = u
+                    .alias
+                    .clone()
+                    .ok_or_else(|| ClientConfigError::NoAlias(u.name.clone()))?;
                 format!("{}://{}", edge.scheme, edge.alias_authority(&alias))
             }
         };
-        let server = if u.name == "docker.io" { "https://docker.io".to_string() } else { u.url.clone() };
+        let server = if u.name == "docker.io" {
+            "https://docker.io".to_string()
+        } else {
+            u.url.clone()
+        };
         let mut content = format!("server = \"{server}\"\n\n[host.\"{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
         if edge.scheme == "https" {
             let _ = writeln!(content, "  # with a self-signed edge certificate: ca = \"/etc/containerd/certs.d/{}/ca.crt\"", u.name);
         }
-        files.push(Snippet { path: under(root, &format!("/etc/containerd/certs.d/{}/hosts.toml", u.name)), content });
+        files.push(Snippet {
+            path: under(
+                root,
+                &format!("/etc/containerd/certs.d/{}/hosts.toml", u.name),
+            ),
+            content,
+        });
     }
     let first = ups.first().map_or("docker.io", |u| u.name.as_str());
-    let image = if first == "docker.io" { "docker.io/library/hello-world:latest".to_string() } else { format!("{first}/<repo>:<tag>") };
+    let image = if first == "docker.io" {
+        "docker.io/library/hello-world:latest".to_string()
+    } else {
+        format!("{first}/<repo>:<tag>")
+    };
     let commands = format!(
         "# containerd must read certs.d: in /etc/containerd/config.toml (config version 2)\n\
          #   [plugins.\"io.containerd.grpc.v1.cri\".registry]\n\
@@ -213,8 +294,15 @@ fn containerd(edge: &EdgeAddress, ups: &[UpstreamRef], mode: Mode, root: &Path) 
     Ok(ClientSetup { files, commands })
 }
 
-fn registries_conf(client: Client, edge: &EdgeAddress, ups: &[UpstreamRef], mode: Mode, root: &Path) -> Result<ClientSetup, ClientConfigError> {
-    let mut content = String::from("# sparkcr-edge mirrors (generated by `sparkcr-edge client-config`)\n");
+fn registries_conf(
+    client: Client,
+    edge: &EdgeAddress,
+    ups: &[UpstreamRef],
+    mode: Mode,
+    root: &Path,
+) -> Result<ClientSetup, ClientConfigError> {
+    let mut content =
+        String::from("# sparkcr-edge mirrors (generated by `sparkcr-edge client-config`)\n");
     for u in ups {
         let location = match mode {
             Mode::Path => format!("{}/{}", edge.authority, u.name),
@@ -236,16 +324,28 @@ fn registries_conf(client: Client, edge: &EdgeAddress, ups: &[UpstreamRef], mode
         Client::Crio => "sudo systemctl restart crio\n# verify:\nsudo crictl pull docker.io/library/hello-world:latest\n".to_string(),
         _ => "# Podman reads registries.conf.d on every run; no restart needed.\n# verify (--log-level debug shows the mirror being used):\npodman pull docker.io/library/hello-world:latest\n".to_string(),
     };
-    Ok(ClientSetup { files: vec![Snippet { path: under(root, "/etc/containers/registries.conf.d/sparkcr-edge.conf"), content }], commands })
+    Ok(ClientSetup {
+        files: vec![Snippet {
+            path: under(root, "/etc/containers/registries.conf.d/sparkcr-edge.conf"),
+            content,
+        }],
+        commands,
+    })
 }
 
 /// Writes each file, backing up an existing one to `<file>.bak.<unix time>`. Docker's
 /// daemon.json is merged: existing keys are kept, ours set.
 pub fn write(setup: &ClientSetup) -> Result<Vec<String>, ClientConfigError> {
     let mut done = Vec::new();
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     for s in &setup.files {
-        let werr = |source| ClientConfigError::Write { path: s.path.clone(), source };
+        let werr = |source| ClientConfigError::Write {
+            path: s.path.clone(),
+            source,
+        };
         let mut content = s.content.clone();
         if s.path.exists() {
             let backup = PathBuf::from(format!("{}.bak.{stamp}", s.path.display()));
@@ -253,7 +353,11 @@ pub fn write(setup: &ClientSetup) -> Result<Vec<String>, ClientConfigError> {
             if s.path.file_name().is_some_and(|n| n == "daemon.json") {
                 content = merge_json(&s.path, &s.content)?;
             }
-            done.push(format!("backed up {} to {}", s.path.display(), backup.display()));
+            done.push(format!(
+                "backed up {} to {}",
+                s.path.display(),
+                backup.display()
+            ));
         }
         if let Some(dir) = s.path.parent() {
             std::fs::create_dir_all(dir).map_err(werr)?;
@@ -265,9 +369,16 @@ pub fn write(setup: &ClientSetup) -> Result<Vec<String>, ClientConfigError> {
 }
 
 fn merge_json(path: &Path, ours: &str) -> Result<String, ClientConfigError> {
-    let bad = |reason: String| ClientConfigError::BadExisting { path: path.into(), reason };
+    let bad = |reason: String| ClientConfigError::BadExisting {
+        path: path.into(),
+        reason,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let mut existing: serde_json::Value = if text.trim().is_empty() { serde_json::json!({}) } else { serde_json::from_str(&text).map_err(|e| bad(e.to_string()))? };
+    let mut existing: serde_json::Value = if text.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?
+    };
     let ours: serde_json::Value = serde_json::from_str(ours).map_err(|e| bad(e.to_string()))?;
     let (Some(obj), Some(new)) = (existing.as_object_mut(), ours.as_object()) else {
         return Err(bad("the top level is not an object".into()));
@@ -284,27 +395,55 @@ mod tests {
 
     fn ups() -> Vec<UpstreamRef> {
         vec![
-            UpstreamRef { name: "docker.io".into(), url: "https://registry-1.docker.io".into(), alias: Some("docker".into()) },
-            UpstreamRef { name: "registry.k8s.io".into(), url: "https://registry.k8s.io".into(), alias: Some("k8s".into()) },
+            UpstreamRef {
+                name: "docker.io".into(),
+                url: "https://registry-1.docker.io".into(),
+                alias: Some("docker".into()),
+            },
+            UpstreamRef {
+                name: "registry.k8s.io".into(),
+                url: "https://registry.k8s.io".into(),
+                alias: Some("k8s".into()),
+            },
         ]
     }
 
     #[test]
     fn containerd_path_mode_matches_the_seed() {
         let edge = EdgeAddress::parse("https://sparkcr.cn").expect("edge");
-        let s = generate(Client::Containerd, &edge, &ups(), Mode::Path, Path::new("/")).expect("setup");
-        assert_eq!(s.files[0].path, PathBuf::from("/etc/containerd/certs.d/docker.io/hosts.toml"));
+        let s = generate(
+            Client::Containerd,
+            &edge,
+            &ups(),
+            Mode::Path,
+            Path::new("/"),
+        )
+        .expect("setup");
+        assert_eq!(
+            s.files[0].path,
+            PathBuf::from("/etc/containerd/certs.d/docker.io/hosts.toml")
+        );
         assert!(s.files[0].content.starts_with("server = \"https://docker.io\"\n\n[host.\"https://sparkcr.cn/docker.io\"]\n  capabilities = [\"pull\", \"resolve\"]\n"), "{}", s.files[0].content);
-        assert!(s.files[1].content.contains("[host.\"https://sparkcr.cn/registry.k8s.io\"]"));
+        assert!(s.files[1]
+            .content
+            .contains("[host.\"https://sparkcr.cn/registry.k8s.io\"]"));
     }
 
     #[test]
     fn podman_alias_and_docker_insecure() {
         let edge = EdgeAddress::parse("http://edge.lan:5000").expect("edge");
-        let s = generate(Client::Podman, &edge, &ups(), Mode::Alias, Path::new("/")).expect("setup");
-        assert!(s.files[0].content.contains("location = \"docker.edge.lan:5000\"\ninsecure = true"), "{}", s.files[0].content);
+        let s =
+            generate(Client::Podman, &edge, &ups(), Mode::Alias, Path::new("/")).expect("setup");
+        assert!(
+            s.files[0]
+                .content
+                .contains("location = \"docker.edge.lan:5000\"\ninsecure = true"),
+            "{}",
+            s.files[0].content
+        );
         assert!(generate(Client::Podman, &edge, &ups(), Mode::Host, Path::new("/")).is_err());
-        let d = generate(Client::Docker, &edge, &ups(), Mode::Host, Path::new("/")).expect("docker");
+        let d =
+            generate(Client::Docker, &edge, &ups(), Mode::Host, Path::new("/")).expect("docker");
         let v: serde_json::Value = serde_json::from_str(&d.files[0].content).expect("json");
         assert_eq!(v["registry-mirrors"][0], "http://edge.lan:5000");
         assert_eq!(v["insecure-registries"][0], "edge.lan:5000");
@@ -320,7 +459,8 @@ mod tests {
         let s = generate(Client::Docker, &edge, &ups(), Mode::Host, root.path()).expect("setup");
         let log = write(&s).expect("write");
         assert!(log.iter().any(|l| l.starts_with("backed up")), "{log:?}");
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
         assert_eq!(v["log-driver"], "journald");
         assert_eq!(v["registry-mirrors"][0], "https://edge.lan");
     }

@@ -11,7 +11,10 @@ pub enum SelfSignedError {
     #[error("{0} already exists; pass --force to replace it")]
     Exists(PathBuf),
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0:?} is not a DNS name or IP address")]
     BadName(String),
 }
@@ -44,8 +47,14 @@ pub fn generate(out: &Path, names: &[String], force: bool) -> Result<SelfSigned,
     }
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("sparkcr-edge CA for {}", names.first().map_or("", |s| s)));
-    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("sparkcr-edge CA for {}", names.first().map_or("", |s| s)),
+    );
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
 
@@ -53,29 +62,53 @@ pub fn generate(out: &Path, names: &[String], force: bool) -> Result<SelfSigned,
     for n in names {
         let san = match n.parse::<std::net::IpAddr>() {
             Ok(ip) => rcgen::SanType::IpAddress(ip),
-            Err(_) => rcgen::SanType::DnsName(n.clone().try_into().map_err(|_| SelfSignedError::BadName(n.clone()))?),
+            Err(_) => rcgen::SanType::DnsName(
+                n.clone()
+                    .try_into()
+                    .map_err(|_| SelfSignedError::BadName(n.clone()))?,
+            ),
         };
         sans.push(san);
     }
     let mut leaf = rcgen::CertificateParams::default();
     leaf.subject_alt_names = sans;
-    leaf.distinguished_name.push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_default());
+    leaf.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().cloned().unwrap_or_default(),
+    );
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     leaf.not_after = rcgen::date_time_ymd(2030, 1, 1);
     let key = rcgen::KeyPair::generate()?;
     let cert = leaf.signed_by(&key, &ca)?;
 
-    std::fs::create_dir_all(out).map_err(|source| SelfSignedError::Write { path: out.into(), source })?;
+    std::fs::create_dir_all(out).map_err(|source| SelfSignedError::Write {
+        path: out.into(),
+        source,
+    })?;
     let write = |p: &Path, text: String, mode: u32| -> Result<(), SelfSignedError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let werr = |source| SelfSignedError::Write { path: p.into(), source };
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(p).map_err(werr)?;
+        let werr = |source| SelfSignedError::Write {
+            path: p.into(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(p)
+            .map_err(werr)?;
         std::io::Write::write_all(&mut f, text.as_bytes()).map_err(werr)
     };
     write(&ca_path, ca.pem(), 0o644)?;
     write(&cert_path, format!("{}{}", cert.pem(), ca.pem()), 0o644)?;
     write(&key_path, key.serialize_pem(), 0o600)?;
-    Ok(SelfSigned { ca: ca_path, cert: cert_path, key: key_path, names: names.to_vec() })
+    Ok(SelfSigned {
+        ca: ca_path,
+        cert: cert_path,
+        key: key_path,
+        names: names.to_vec(),
+    })
 }
 
 /// How to trust `ca` on each client, for `hosts` (the edge host and alias hosts).
@@ -108,7 +141,11 @@ mod tests {
         use rustls_pki_types::pem::PemObject;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let names = names_for("edge.lan", &["docker".into(), "ghcr".into()], &["127.0.0.1".into()]);
+        let names = names_for(
+            "edge.lan",
+            &["docker".into(), "ghcr".into()],
+            &["127.0.0.1".into()],
+        );
         let out = generate(dir.path(), &names, false).expect("generate");
         // The pair loads as a serving certificate.
         crate::server::tls::load_certified_key(&out.cert, &out.key).expect("usable");
@@ -118,16 +155,37 @@ mod tests {
         for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
             roots.add(c.expect("pem")).expect("add");
         }
-        let verifier = rustls::client::WebPkiServerVerifier::builder(std::sync::Arc::new(roots)).build().expect("verifier");
-        let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&out.cert).expect("read").map(|c| c.expect("pem")).collect();
+        let verifier = rustls::client::WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
+            .build()
+            .expect("verifier");
+        let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&out.cert)
+            .expect("read")
+            .map(|c| c.expect("pem"))
+            .collect();
         for host in ["edge.lan", "docker.edge.lan", "ghcr.edge.lan"] {
             let name = rustls_pki_types::ServerName::try_from(host).expect("name");
             verifier
-                .verify_server_cert(&chain[0], &chain[1..], &name, &[], rustls_pki_types::UnixTime::now())
+                .verify_server_cert(
+                    &chain[0],
+                    &chain[1..],
+                    &name,
+                    &[],
+                    rustls_pki_types::UnixTime::now(),
+                )
                 .unwrap_or_else(|e| panic!("{host}: {e}"));
         }
-        assert!(matches!(generate(dir.path(), &names, false), Err(SelfSignedError::Exists(_))));
+        assert!(matches!(
+            generate(dir.path(), &names, false),
+            Err(SelfSignedError::Exists(_))
+        ));
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&out.key).expect("key").permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&out.key)
+                .expect("key")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
     }
 }

@@ -39,7 +39,8 @@ pub fn layer(seed: u64, size: usize) -> (Vec<u8>, String) {
     h.set_mode(0o644);
     h.set_mtime(0);
     h.set_cksum();
-    tar.append_data(&mut h, format!("data-{seed}.bin"), &data[..]).expect("tar");
+    tar.append_data(&mut h, format!("data-{seed}.bin"), &data[..])
+        .expect("tar");
     let tar_bytes = tar.into_inner().expect("tar finish");
     let diff_id = sha256_digest(&tar_bytes);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -64,7 +65,15 @@ pub enum Format {
 }
 
 /// Pushes a single-platform image (config + `layer_sizes.len()` layers) and tags it.
-pub async fn push_image(reg: &Registry2, repo: &str, tag: Option<&str>, format: Format, seed: u64, arch: &str, layer_sizes: &[usize]) -> PushedImage {
+pub async fn push_image(
+    reg: &Registry2,
+    repo: &str,
+    tag: Option<&str>,
+    format: Format,
+    seed: u64,
+    arch: &str,
+    layer_sizes: &[usize],
+) -> PushedImage {
     let (manifest_type, config_type, layer_type) = match format {
         Format::Oci => (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER),
         Format::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER),
@@ -94,13 +103,28 @@ pub async fn push_image(reg: &Registry2, repo: &str, tag: Option<&str>, format: 
         "layers": layers,
     }))
     .expect("manifest json");
-    let reference = tag.map(str::to_string).unwrap_or_else(|| sha256_digest(&manifest));
-    let manifest_digest = reg.push_manifest(repo, &reference, manifest_type, &manifest).await;
-    PushedImage { manifest_digest, media_type: manifest_type.to_string(), manifest, blobs }
+    let reference = tag
+        .map(str::to_string)
+        .unwrap_or_else(|| sha256_digest(&manifest));
+    let manifest_digest = reg
+        .push_manifest(repo, &reference, manifest_type, &manifest)
+        .await;
+    PushedImage {
+        manifest_digest,
+        media_type: manifest_type.to_string(),
+        manifest,
+        blobs,
+    }
 }
 
 /// Pushes a two-platform index (OCI) or manifest list (Docker) and tags it.
-pub async fn push_multi_platform(reg: &Registry2, repo: &str, tag: &str, format: Format, seed: u64) -> (PushedImage, Vec<PushedImage>) {
+pub async fn push_multi_platform(
+    reg: &Registry2,
+    repo: &str,
+    tag: &str,
+    format: Format,
+    seed: u64,
+) -> (PushedImage, Vec<PushedImage>) {
     let list_type = match format {
         Format::Oci => OCI_INDEX,
         Format::Docker => DOCKER_LIST,
@@ -108,14 +132,34 @@ pub async fn push_multi_platform(reg: &Registry2, repo: &str, tag: &str, format:
     let mut children = Vec::new();
     let mut entries = Vec::new();
     for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
-        let img = push_image(reg, repo, None, format, seed + i as u64, arch, &[2048 + i * 512, 4096]).await;
+        let img = push_image(
+            reg,
+            repo,
+            None,
+            format,
+            seed + i as u64,
+            arch,
+            &[2048 + i * 512, 4096],
+        )
+        .await;
         entries.push(json!({
             "mediaType": img.media_type, "digest": img.manifest_digest, "size": img.manifest.len(),
             "platform": { "architecture": arch, "os": "linux" },
         }));
         children.push(img);
     }
-    let list = serde_json::to_vec_pretty(&json!({ "schemaVersion": 2, "mediaType": list_type, "manifests": entries })).expect("list json");
+    let list = serde_json::to_vec_pretty(
+        &json!({ "schemaVersion": 2, "mediaType": list_type, "manifests": entries }),
+    )
+    .expect("list json");
     let d = reg.push_manifest(repo, tag, list_type, &list).await;
-    (PushedImage { manifest_digest: d, media_type: list_type.to_string(), manifest: list, blobs: vec![] }, children)
+    (
+        PushedImage {
+            manifest_digest: d,
+            media_type: list_type.to_string(),
+            manifest: list,
+            blobs: vec![],
+        },
+        children,
+    )
 }

@@ -33,9 +33,13 @@ impl TestCa {
     pub fn new() -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "sparkcr-edge test CA");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sparkcr-edge test CA");
         let key = rcgen::KeyPair::generate().expect("key");
-        TestCa { issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA cert") }
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA cert"),
+        }
     }
 
     pub fn pem(&self) -> String {
@@ -48,7 +52,9 @@ impl TestCa {
 
     /// A leaf certificate for `names`, as (cert PEM, key PEM).
     pub fn leaf(&self, names: &[&str]) -> (String, String) {
-        let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         (cert.pem(), key.serialize_pem())
@@ -85,15 +91,23 @@ impl Edge {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Edge {
+        install_crypto();
         let text = config.replace("{dir}", &dir.path().display().to_string());
         let path = dir.path().join("config.toml");
         std::fs::write(&path, text).expect("write config");
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").arg("--config").arg(&path).env("RUST_LOG", "info,sparkcr_edge=debug");
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info,sparkcr_edge=debug");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn daemon");
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -103,7 +117,13 @@ impl Edge {
                 sink.lock().expect("log lock").push(line);
             }
         });
-        let mut edge = Edge { child, http: vec![], https: vec![], log, dir };
+        let mut edge = Edge {
+            child,
+            http: vec![],
+            https: vec![],
+            log,
+            dir,
+        };
         edge.wait_ready();
         edge
     }
@@ -112,7 +132,10 @@ impl Edge {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("daemon exited early with {status}; log:\n{}", self.log_text());
+                panic!(
+                    "daemon exited early with {status}; log:\n{}",
+                    self.log_text()
+                );
             }
             let text = self.log_text();
             if text.contains("ready to serve") {
@@ -120,14 +143,32 @@ impl Edge {
                     if let Some(rest) = line.split("listening on ").nth(1) {
                         let (scheme, addr) = rest.trim().split_once("://").expect("scheme");
                         let addr: SocketAddr = addr.trim().parse().expect("listen addr");
-                        if scheme == "https" { self.https.push(addr) } else { self.http.push(addr) }
+                        if scheme == "https" {
+                            self.https.push(addr)
+                        } else {
+                            self.http.push(addr)
+                        }
                     }
                 }
                 return;
             }
-            assert!(Instant::now() < deadline, "daemon not ready in 30 s; log:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready in 30 s; log:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits up to 5 s for the daemon to log `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        for _ in 0..250 {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("log never said {needle:?}:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {
@@ -197,7 +238,9 @@ pub async fn tls_connect(addr: SocketAddr, ca: &CertificateDer<'static>, alpn: &
     install_crypto();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).expect("add CA");
-    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -210,17 +253,24 @@ pub async fn tls_connect(addr: SocketAddr, ca: &CertificateDer<'static>, alpn: &
     let negotiated = session.alpn_protocol().map(|p| p.to_vec());
     let io = hyper_util::rt::TokioIo::new(tls);
     let sender = if alpn == b"h2" {
-        let (s, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .expect("h2 handshake");
+        let (s, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
         tokio::spawn(conn);
         ConnSender::H2(s)
     } else {
-        let (s, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+        let (s, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
         tokio::spawn(conn);
         ConnSender::H1(s)
     };
-    TlsConn { sender, peer_cert, alpn: negotiated }
+    TlsConn {
+        sender,
+        peer_cert,
+        alpn: negotiated,
+    }
 }
 
 impl TlsConn {
@@ -235,8 +285,14 @@ impl TlsConn {
             b.body(Empty::<Bytes>::new()).expect("request")
         };
         let resp = match &mut self.sender {
-            ConnSender::H1(s) => s.send_request(req(http::Version::HTTP_11)).await.expect("send"),
-            ConnSender::H2(s) => s.send_request(req(http::Version::HTTP_2)).await.expect("send"),
+            ConnSender::H1(s) => s
+                .send_request(req(http::Version::HTTP_11))
+                .await
+                .expect("send"),
+            ConnSender::H2(s) => s
+                .send_request(req(http::Version::HTTP_2))
+                .await
+                .expect("send"),
         };
         let status = resp.status().as_u16();
         let version = resp.version();
@@ -250,7 +306,8 @@ impl TlsConn {
 pub fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     s.write_all(request).expect("write");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);

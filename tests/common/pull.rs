@@ -42,7 +42,11 @@ pub struct Pulled {
 }
 
 /// GETs a manifest with every Accept line skopeo sends; checks digest header and bytes.
-pub async fn get_manifest(client: &reqwest::Client, route: &Route, reference: &str) -> (String, String, Vec<u8>) {
+pub async fn get_manifest(
+    client: &reqwest::Client,
+    route: &Route,
+    reference: &str,
+) -> (String, String, Vec<u8>) {
     let mut rb = client.get(route.url(&format!("manifests/{reference}")));
     for a in ACCEPT_ALL {
         rb = rb.header("accept", *a);
@@ -51,13 +55,34 @@ pub async fn get_manifest(client: &reqwest::Client, route: &Route, reference: &s
         rb = rb.header("host", h);
     }
     let r = rb.send().await.expect("manifest request");
-    assert_eq!(r.status(), 200, "{} manifest {reference}: {:?}", route.name, r.text().await);
-    let media_type = r.headers()["content-type"].to_str().expect("ct").to_string();
-    let header_digest = r.headers()["docker-content-digest"].to_str().expect("dcd").to_string();
-    let len: usize = r.headers()["content-length"].to_str().expect("cl").parse().expect("len");
+    assert_eq!(
+        r.status(),
+        200,
+        "{} manifest {reference}: {:?}",
+        route.name,
+        r.text().await
+    );
+    let media_type = r.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .to_string();
+    let header_digest = r.headers()["docker-content-digest"]
+        .to_str()
+        .expect("dcd")
+        .to_string();
+    let len: usize = r.headers()["content-length"]
+        .to_str()
+        .expect("cl")
+        .parse()
+        .expect("len");
     let body = r.bytes().await.expect("manifest body").to_vec();
     assert_eq!(len, body.len());
-    assert_eq!(sha256_digest(&body), header_digest, "{}: Docker-Content-Digest matches the bytes", route.name);
+    assert_eq!(
+        sha256_digest(&body),
+        header_digest,
+        "{}: Docker-Content-Digest matches the bytes",
+        route.name
+    );
     if reference.starts_with("sha256:") {
         assert_eq!(reference, header_digest);
     }
@@ -72,7 +97,12 @@ pub async fn get_blob(client: &reqwest::Client, route: &Route, digest: &str) -> 
     let r = rb.send().await.expect("blob request");
     assert_eq!(r.status(), 200, "{} blob {digest}", route.name);
     let body = r.bytes().await.expect("blob body").to_vec();
-    assert_eq!(sha256_digest(&body), digest, "{}: blob bytes hash to their digest", route.name);
+    assert_eq!(
+        sha256_digest(&body),
+        digest,
+        "{}: blob bytes hash to their digest",
+        route.name
+    );
     body
 }
 
@@ -86,7 +116,12 @@ pub async fn pull(client: &reqwest::Client, route: &Route, reference: &str) -> V
             let child = m["digest"].as_str().expect("digest");
             out.extend(Box::pin(pull(client, route, child)).await);
         }
-        out.push(Pulled { manifest_digest: d, media_type: mt, manifest: body, blob_digests: vec![] });
+        out.push(Pulled {
+            manifest_digest: d,
+            media_type: mt,
+            manifest: body,
+            blob_digests: vec![],
+        });
         return out;
     }
     let mut blobs = vec![v["config"]["digest"].as_str().expect("config").to_string()];
@@ -96,6 +131,11 @@ pub async fn pull(client: &reqwest::Client, route: &Route, reference: &str) -> V
     for b in &blobs {
         get_blob(client, route, b).await;
     }
-    out.push(Pulled { manifest_digest: d, media_type: mt, manifest: body, blob_digests: blobs });
+    out.push(Pulled {
+        manifest_digest: d,
+        media_type: mt,
+        manifest: body,
+        blob_digests: blobs,
+    });
     out
 }

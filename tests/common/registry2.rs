@@ -35,6 +35,7 @@ impl Registry2 {
 
     /// With `basic = Some((user, password))` the registry requires HTTP Basic (htpasswd).
     pub fn start_with(basic: Option<(&str, &str)>) -> Self {
+        super::install_crypto();
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("storage");
         let mut r = Registry2 {
@@ -59,7 +60,10 @@ impl Registry2 {
             let hash = bcrypt::hash(pass, 4).expect("bcrypt");
             let file = self.dir.path().join("htpasswd");
             std::fs::write(&file, format!("{user}:{hash}\n")).expect("htpasswd");
-            auth = format!("auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n", file.display());
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                file.display()
+            );
         }
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n{auth}",
@@ -74,7 +78,19 @@ impl Registry2 {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start docker-registry (apt-get install docker-registry)");
-        for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let sink = self.log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -85,7 +101,11 @@ impl Registry2 {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -142,10 +162,21 @@ impl Registry2 {
     pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
         let digest = sha256_digest(bytes);
         let c = self.client();
-        let r = self.auth(c.post(format!("{}/v2/{repo}/blobs/uploads/", self.url()))).send().await.expect("POST upload");
+        let r = self
+            .auth(c.post(format!("{}/v2/{repo}/blobs/uploads/", self.url())))
+            .send()
+            .await
+            .expect("POST upload");
         assert_eq!(r.status(), 202, "start upload: {:?}", r.text().await);
-        let loc = r.headers()["location"].to_str().expect("location").to_string();
-        let loc = if loc.starts_with("http") { loc } else { format!("{}{loc}", self.url()) };
+        let loc = r.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
+        let loc = if loc.starts_with("http") {
+            loc
+        } else {
+            format!("{}{loc}", self.url())
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self
             .auth(c.put(format!("{loc}{sep}digest={digest}")))
@@ -158,15 +189,29 @@ impl Registry2 {
         digest
     }
 
-    pub async fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> String {
+    pub async fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> String {
         let r = self
-            .auth(self.client().put(format!("{}/v2/{repo}/manifests/{reference}", self.url())))
+            .auth(
+                self.client()
+                    .put(format!("{}/v2/{repo}/manifests/{reference}", self.url())),
+            )
             .header("content-type", media_type)
             .body(bytes.to_vec())
             .send()
             .await
             .expect("PUT manifest");
-        assert_eq!(r.status(), 201, "push manifest {repo}:{reference}: {:?}", r.text().await);
+        assert_eq!(
+            r.status(),
+            201,
+            "push manifest {repo}:{reference}: {:?}",
+            r.text().await
+        );
         sha256_digest(bytes)
     }
 }
