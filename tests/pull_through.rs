@@ -505,3 +505,117 @@ async fn basic_auth_upstream() {
     );
     assert!(!edge.log_text().contains("s3cret"), "password never logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_upstream() {
+    let tokens = common::token::TokenServer::start("puller", "tok-pass").await;
+    let mut reg = Registry2::start_with_token(&tokens.realm(), &tokens.cert_pem_path);
+    reg.push_token = Some(
+        tokens
+            .token("puller", "tok-pass", "repository:team/sealed:pull,push")
+            .await,
+    );
+    let img = push_image(
+        &reg,
+        "team/sealed",
+        Some("v1"),
+        Format::Oci,
+        8,
+        "amd64",
+        &[3000, 5000],
+    )
+    .await;
+    let pushes = tokens.requests.lock().expect("lock").len();
+    let extra = format!(
+        "[[upstream]]\nname = \"tokens.test\"\nurl = \"{}\"\nusername = \"puller\"\npassword = \"tok-pass\"\n",
+        reg.url()
+    );
+    let edge = Edge::start(&edge_config(&reg, &extra, "0"));
+    let client = reqwest::Client::new();
+    let route = Route {
+        name: "bearer",
+        template: format!(
+            "http://{}/v2/tokens.test/team/sealed/{{rest}}",
+            edge.http[0]
+        ),
+        host: None,
+    };
+    for _ in 0..3 {
+        let pulled = pull(&client, &route, "v1").await;
+        assert_eq!(pulled[0].manifest_digest, img.manifest_digest);
+    }
+    let asked: Vec<(String, Option<String>)> =
+        tokens.requests.lock().expect("lock")[pushes..].to_vec();
+    assert!(!asked.is_empty(), "the edge asked the token server");
+    for (query, auth) in &asked {
+        assert!(
+            query.contains("scope=repository%3Ateam%2Fsealed%3Apull")
+                || query.contains("scope=repository:team/sealed:pull"),
+            "{query}"
+        );
+        assert!(query.contains("service=test-registry"), "{query}");
+        assert!(
+            auth.as_deref().is_some_and(|a| a.starts_with("Basic ")),
+            "the upstream's credentials went to the token server"
+        );
+    }
+    assert_eq!(
+        asked.len(),
+        1,
+        "one token for three pulls (cached per scope): {asked:?}"
+    );
+    // Without credentials the token server refuses, registry:2 answers 401, nothing cached: 503.
+    let anon = format!(
+        "[[upstream]]\nname = \"anon.test\"\nurl = \"{}\"\n",
+        reg.url()
+    );
+    let edge2 = Edge::start(&edge_config(&reg, &anon, "0"));
+    let r = client
+        .get(format!(
+            "http://{}/v2/anon.test/team/sealed/manifests/v1",
+            edge2.http[0]
+        ))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_downloads_finish() {
+    let reg = Registry2::start();
+    let blob = pseudo_random(123, 24 << 20);
+    let digest = reg.push_blob("team/big", &blob).await;
+    let mut edge = Edge::start(
+        &edge_config(&reg, "", "1h").replace("[server]\n", "[server]\nshutdown_grace = \"20s\"\n"),
+    );
+    let url = format!("http://{}/v2/{LAN}/team/big/blobs/{digest}", edge.http[0]);
+    // Warm the cache, then download slowly.
+    let warm = reqwest::get(&url)
+        .await
+        .expect("warm")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(sha256_digest(&warm), digest);
+    let mut r = reqwest::get(&url).await.expect("get");
+    let mut got = Vec::new();
+    got.extend_from_slice(&r.chunk().await.expect("chunk").expect("first bytes"));
+    edge.signal(libc::SIGTERM);
+    edge.wait_for_log("shutting down").await;
+    // New connections are refused while the old one drains.
+    assert!(
+        reqwest::get(edge.url("/v2/")).await.is_err(),
+        "no new connections after SIGTERM"
+    );
+    while let Some(c) = r.chunk().await.expect("the in-flight body completes") {
+        got.extend_from_slice(&c);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(sha256_digest(&got), digest);
+    assert_eq!(
+        edge.wait_exit(Duration::from_secs(25)),
+        Some(0),
+        "exit 0 after draining"
+    );
+}

@@ -79,8 +79,11 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         let r = &self.record;
         let elapsed = r.started.elapsed();
-        // An empty body that was never polled (HEAD, or hyper knew it was empty) is complete.
-        let outcome = if self.outcome == "incomplete" && self.inner.is_end_stream() {
+        // hyper stops polling once Content-Length bytes are out (and never polls an empty
+        // body), so "every announced byte sent" also means complete.
+        let all_sent =
+            r.content_length.is_some_and(|n| n == self.sent) || self.inner.is_end_stream();
+        let outcome = if self.outcome == "incomplete" && all_sent {
             "complete"
         } else {
             self.outcome

@@ -7,6 +7,7 @@
 pub mod images;
 pub mod pull;
 pub mod registry2;
+pub mod token;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};

@@ -26,6 +26,9 @@ pub struct Registry2 {
     dir: tempfile::TempDir,
     log: Arc<Mutex<Vec<String>>>,
     pub basic: Option<(String, String)>,
+    /// Token auth: (realm, rootcertbundle path); pushes then need `push_token`.
+    pub token_auth: Option<(String, PathBuf)>,
+    pub push_token: Option<String>,
 }
 
 impl Registry2 {
@@ -34,7 +37,16 @@ impl Registry2 {
     }
 
     /// With `basic = Some((user, password))` the registry requires HTTP Basic (htpasswd).
+    /// With token auth: registry:2's `auth.token` pointing at `realm`, trusting `cert`.
+    pub fn start_with_token(realm: &str, cert: &Path) -> Self {
+        Self::start_inner(None, Some((realm.to_string(), cert.to_path_buf())))
+    }
+
     pub fn start_with(basic: Option<(&str, &str)>) -> Self {
+        Self::start_inner(basic, None)
+    }
+
+    fn start_inner(basic: Option<(&str, &str)>, token_auth: Option<(String, PathBuf)>) -> Self {
         super::install_crypto();
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("storage");
@@ -45,6 +57,8 @@ impl Registry2 {
             dir,
             log: Arc::new(Mutex::new(Vec::new())),
             basic: basic.map(|(u, p)| (u.to_string(), p.to_string())),
+            token_auth,
+            push_token: None,
         };
         r.spawn();
         r
@@ -63,6 +77,14 @@ impl Registry2 {
             auth = format!(
                 "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
                 file.display()
+            );
+        }
+        if let Some((realm, cert)) = &self.token_auth {
+            auth = format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                super::token::SERVICE,
+                super::token::ISSUER,
+                cert.display()
             );
         }
         let config = format!(
@@ -152,9 +174,10 @@ impl Registry2 {
     }
 
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.basic {
-            Some((u, p)) => rb.basic_auth(u, Some(p)),
-            None => rb,
+        match (&self.basic, &self.push_token) {
+            (_, Some(t)) => rb.bearer_auth(t),
+            (Some((u, p)), None) => rb.basic_auth(u, Some(p)),
+            (None, None) => rb,
         }
     }
 
