@@ -12,11 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const SERVICE: &str = "test-registry";
 pub const ISSUER: &str = "test-issuer";
 
+/// (query, `Authorization` header) of each token request.
+pub type TokenRequests = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 pub struct TokenServer {
     pub addr: std::net::SocketAddr,
     pub cert_pem_path: std::path::PathBuf,
-    /// (query, authorization header) of each token request.
-    pub requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    pub requests: TokenRequests,
     _dir: tempfile::TempDir,
 }
 
@@ -96,11 +98,7 @@ fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-async fn serve(
-    mut sock: tokio::net::TcpStream,
-    signer: Arc<Signer>,
-    requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
-) {
+async fn serve(mut sock: tokio::net::TcpStream, signer: Arc<Signer>, requests: TokenRequests) {
     let mut buf = Vec::new();
     let mut b = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
