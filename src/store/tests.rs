@@ -74,6 +74,18 @@ fn reserved(store: &Store) -> u64 {
     store.inner.lock_state().reserved_bytes
 }
 
+#[test]
+fn handles_cross_threads() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    fn sendable<T: Send + 'static>() {}
+    shareable::<Store>();
+    sendable::<BlobFill>();
+    sendable::<BlobReader>();
+    sendable::<StoreError>();
+    fn error_is_sync<T: Sync>() {}
+    error_is_sync::<StoreError>();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
