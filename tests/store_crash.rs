@@ -75,7 +75,7 @@ fn crash_child() {
         let expected = rng.random_bool(0.5).then_some(len as u64);
         let mut fill = store.begin_fill(digest, expected).expect("begin fill");
         let mut rest = &bytes[..];
-        let abort_at = (mode == 1).then(|| len / 2);
+        let abort_at = (mode == 1).then_some(len / 2);
         while !rest.is_empty() {
             let n = rng.random_range(1..=(256 << 10)).min(rest.len());
             fill.write(&rest[..n]).expect("write");
