@@ -12,7 +12,8 @@
 use super::chunks::{ChunkId, ChunkRef};
 use super::error::StoreError;
 use super::index::{lru_key, BlobRecord, ItemKind};
-use super::{push_repo, BlobInfo, StoreInner};
+use super::records::push_repo;
+use super::{BlobInfo, StoreInner};
 use crate::oci::{Digest, Sha256Verifier};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -91,8 +92,9 @@ impl BlobFill {
             return Err(StoreError::FillBroken);
         }
         let result = self.write_inner(data);
-        if result.is_err() {
+        if let Err(e) = &result {
             self.broken = true;
+            self.inner.count_error("fill_write", e);
         }
         result
     }
@@ -192,7 +194,6 @@ impl BlobFill {
         }
         let actual = self.verifier.clone().finish();
         if actual != self.digest {
-            self.inner.metrics.digest_mismatches.inc();
             return Err(StoreError::DigestMismatch {
                 expected: self.digest,
                 actual,

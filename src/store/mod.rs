@@ -33,7 +33,9 @@ mod index;
 mod maintenance;
 mod policy;
 mod reader;
+mod records;
 mod recovery;
+mod tags;
 #[cfg(test)]
 mod tests;
 
@@ -51,12 +53,12 @@ use crate::oci::{Digest, RepositoryName, Tag};
 use bytes::Bytes;
 use chunks::ChunkFiles;
 use error::IoContext;
-use index::{BlobRecord, Index, ItemKind, ManifestRecord, TagListRecord};
+use index::{Index, ItemKind};
 use policy::StoreState;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -66,8 +68,6 @@ pub const MIN_CHUNK_SIZE: usize = 64 << 10;
 pub const MAX_CHUNK_SIZE: usize = 64 << 20;
 /// Default chunk size.
 pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
-/// At most this many `upstream/repo` names are remembered per blob or manifest.
-const MAX_REPOS_PER_ITEM: usize = 256;
 
 /// How a store is opened.
 #[derive(Clone, Debug)]
@@ -395,53 +395,24 @@ impl Store {
     // ---- tags and tag lists ------------------------------------------------------------
 
     pub fn put_tag(&self, k: &TagKey, r: &TagRecord) -> Result<(), StoreError> {
-        let result = (|| {
-            let key = index::tag_key(&k.upstream, k.repo.as_str(), k.tag.as_str());
-            let previous = self.inner.index.tags.insert(key, index::encode_tag(r))?;
-            if previous.is_none() {
-                self.inner.tag_count.fetch_add(1, Ordering::Relaxed);
-                self.inner.publish_tag_gauge();
-            }
-            self.inner.index.flush()
-        })();
+        let result = self.inner.put_tag(k, r);
         self.counted("put_tag", result)
     }
 
     pub fn tag(&self, k: &TagKey) -> Result<Option<TagRecord>, StoreError> {
-        let result = (|| {
-            let key = index::tag_key(&k.upstream, k.repo.as_str(), k.tag.as_str());
-            let Some(raw) = self.inner.index.tags.get(&key)? else {
-                return Ok(None);
-            };
-            match index::decode_tag(&raw) {
-                Ok(rec) => Ok(Some(rec)),
-                Err(e) => {
-                    self.inner
-                        .drop_corrupt_record(&self.inner.index.tags, &key, &e)?;
-                    self.inner.tag_count.fetch_sub(1, Ordering::Relaxed);
-                    Ok(None)
-                }
-            }
-        })();
+        let result = self.inner.tag(k);
         self.counted("tag", result)
     }
 
-    /// Keeps the raw JSON of the last `tags/list` answer of `upstream`/`repo`.
+    /// Keeps the raw JSON of the last `tags/list` answer of `upstream`/`repo` (served
+    /// when the upstream is down).
     pub fn put_tag_list(
         &self,
         upstream: &str,
         repo: &RepositoryName,
         json: &[u8],
     ) -> Result<(), StoreError> {
-        let result = (|| {
-            let rec = TagListRecord {
-                fetched_at: SystemTime::now(),
-                json: Bytes::copy_from_slice(json),
-            };
-            let key = index::tag_list_key(upstream, repo.as_str());
-            self.inner.index.tag_lists.insert(key, rec.encode())?;
-            self.inner.index.flush()
-        })();
+        let result = self.inner.put_tag_list(upstream, repo, json);
         self.counted("put_tag_list", result)
     }
 
@@ -450,55 +421,14 @@ impl Store {
         upstream: &str,
         repo: &RepositoryName,
     ) -> Result<Option<Bytes>, StoreError> {
-        let result = (|| {
-            let key = index::tag_list_key(upstream, repo.as_str());
-            let Some(raw) = self.inner.index.tag_lists.get(&key)? else {
-                return Ok(None);
-            };
-            match TagListRecord::decode(&raw) {
-                Ok(rec) => Ok(Some(rec.json)),
-                Err(e) => {
-                    self.inner
-                        .drop_corrupt_record(&self.inner.index.tag_lists, &key, &e)?;
-                    Ok(None)
-                }
-            }
-        })();
+        let result = self.inner.tag_list(upstream, repo);
         self.counted("tag_list", result)
     }
 
-    /// Every `(upstream, repo)` with a cached tag, tag list, blob or manifest, sorted.
+    /// Every `(upstream, repo)` with a cached tag, tag list, blob or manifest, sorted
+    /// (for `/v2/_catalog`).
     pub fn repositories(&self) -> Result<Vec<(String, RepositoryName)>, StoreError> {
-        let result = (|| {
-            let mut found: BTreeSet<(String, RepositoryName)> = BTreeSet::new();
-            for tree in [&self.inner.index.tags, &self.inner.index.tag_lists] {
-                for key in tree.iter().keys() {
-                    let key = key?;
-                    let parts = index::split_key(&key);
-                    if let Some([upstream, repo, ..]) = parts.as_deref() {
-                        if let Ok(repo) = repo.parse() {
-                            found.insert((upstream.to_string(), repo));
-                        }
-                    }
-                }
-            }
-            let mut add = |repos: &[String]| {
-                for full in repos {
-                    if let Some((upstream, repo)) = full.split_once('/') {
-                        if let Ok(repo) = repo.parse() {
-                            found.insert((upstream.to_string(), repo));
-                        }
-                    }
-                }
-            };
-            for (_, rec) in self.inner.scan_blobs()? {
-                add(&rec.repos);
-            }
-            for (_, rec) in self.inner.scan_manifests()? {
-                add(&rec.repos);
-            }
-            Ok(found.into_iter().collect())
-        })();
+        let result = self.inner.repositories();
         self.counted("repositories", result)
     }
 
@@ -547,165 +477,6 @@ impl Store {
         let r = self.inner.purge(older_than, repo);
         self.counted("purge", r)
     }
-}
-
-impl StoreInner {
-    pub(crate) fn count_error(&self, op: &'static str, e: &StoreError) {
-        self.metrics.store_errors.with_label_values(&[op]).inc();
-        if !matches!(
-            e,
-            StoreError::NoSpace { .. } | StoreError::DigestMismatch { .. }
-        ) {
-            tracing::warn!(op, error = %e, "store operation failed");
-        }
-    }
-
-    /// Removes a record that cannot be decoded, and counts it.
-    pub(crate) fn drop_corrupt_record(
-        &self,
-        tree: &sled::Tree,
-        key: &[u8],
-        e: &StoreError,
-    ) -> Result<(), StoreError> {
-        tracing::warn!(error = %e, "dropping corrupt store record");
-        self.metrics
-            .store_errors
-            .with_label_values(&["corrupt_record"])
-            .inc();
-        tree.remove(key)?;
-        Ok(())
-    }
-
-    pub(crate) fn load_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, StoreError> {
-        let Some(raw) = self.index.blobs.get(d.as_bytes())? else {
-            return Ok(None);
-        };
-        match BlobRecord::decode(&raw) {
-            Ok(rec) => Ok(Some(rec)),
-            Err(e) => {
-                self.drop_corrupt_record(&self.index.blobs, d.as_bytes(), &e)?;
-                Ok(None)
-            }
-        }
-    }
-
-    pub(crate) fn load_manifest(&self, d: &Digest) -> Result<Option<ManifestRecord>, StoreError> {
-        let Some(raw) = self.index.manifests.get(d.as_bytes())? else {
-            return Ok(None);
-        };
-        match ManifestRecord::decode(&raw) {
-            Ok(rec) => Ok(Some(rec)),
-            Err(e) => {
-                self.drop_corrupt_record(&self.index.manifests, d.as_bytes(), &e)?;
-                Ok(None)
-            }
-        }
-    }
-
-    /// Every decodable blob record (corrupt ones are dropped).
-    pub(crate) fn scan_blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.index.blobs.iter() {
-            let (key, raw) = entry?;
-            match (index::digest_from_key(&key), BlobRecord::decode(&raw)) {
-                (Some(d), Ok(rec)) => out.push((d, rec)),
-                (_, Err(e)) => self.drop_corrupt_record(&self.index.blobs, &key, &e)?,
-                (None, Ok(_)) => self.drop_corrupt_record(
-                    &self.index.blobs,
-                    &key,
-                    &StoreError::Corrupt("blob key is not a digest".into()),
-                )?,
-            }
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn scan_manifests(&self) -> Result<Vec<(Digest, ManifestRecord)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.index.manifests.iter() {
-            let (key, raw) = entry?;
-            match (index::digest_from_key(&key), ManifestRecord::decode(&raw)) {
-                (Some(d), Ok(rec)) => out.push((d, rec)),
-                (_, Err(e)) => self.drop_corrupt_record(&self.index.manifests, &key, &e)?,
-                (None, Ok(_)) => self.drop_corrupt_record(
-                    &self.index.manifests,
-                    &key,
-                    &StoreError::Corrupt("manifest key is not a digest".into()),
-                )?,
-            }
-        }
-        Ok(out)
-    }
-
-    fn add_repo(&self, d: &Digest, repo: &str) -> Result<(), StoreError> {
-        let _st = self.lock_state();
-        if let Some(mut rec) = self.load_blob(d)? {
-            if push_repo(&mut rec.repos, repo) {
-                self.index.blobs.insert(d.as_bytes(), rec.encode())?;
-            }
-        } else if let Some(mut rec) = self.load_manifest(d)? {
-            if push_repo(&mut rec.repos, repo) {
-                self.index.manifests.insert(d.as_bytes(), rec.encode())?;
-            }
-        }
-        Ok(())
-    }
-
-    fn put_manifest(
-        &self,
-        d: &Digest,
-        media_type: &str,
-        bytes: &[u8],
-        repo: &str,
-    ) -> Result<(), StoreError> {
-        let actual = Digest::of(bytes);
-        if actual != *d {
-            return Err(StoreError::DigestMismatch {
-                expected: *d,
-                actual,
-            });
-        }
-        {
-            let mut st = self.lock_state();
-            if let Some(mut rec) = self.load_manifest(d)? {
-                if push_repo(&mut rec.repos, repo) {
-                    self.index.manifests.insert(d.as_bytes(), rec.encode())?;
-                }
-            } else {
-                let len = bytes.len() as u64;
-                self.reserve_locked(&mut st, len)?;
-                st.reserved_bytes -= len;
-                let now = SystemTime::now();
-                let mut repos = Vec::new();
-                push_repo(&mut repos, repo);
-                let rec = ManifestRecord {
-                    media_type: media_type.to_string(),
-                    bytes: Bytes::copy_from_slice(bytes),
-                    created: now,
-                    last_access: now,
-                    repos,
-                };
-                self.index
-                    .lru
-                    .insert(index::lru_key(now, ItemKind::Manifest, d), &[])?;
-                self.index.manifests.insert(d.as_bytes(), rec.encode())?;
-                st.stored_bytes += len;
-                st.manifests += 1;
-                self.index.set_stored_bytes(st.stored_bytes)?;
-                self.publish_gauges(&st);
-            }
-        }
-        self.index.flush()
-    }
-}
-
-/// Adds `repo` to `repos` unless present, empty or the list is full; true if added.
-pub(crate) fn push_repo(repos: &mut Vec<String>, repo: &str) -> bool {
-    if repo.is_empty() || repos.len() >= MAX_REPOS_PER_ITEM || repos.iter().any(|r| r == repo) {
-        return false;
-    }
-    repos.push(repo.to_string());
-    true
 }
 
 impl Drop for StoreInner {
