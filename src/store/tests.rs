@@ -472,7 +472,7 @@ fn ttl_from_access_renews_on_hits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut opts = StoreOptions::new(dir.path(), 1 << 20);
     opts.chunk_size = CHUNK;
-    opts.ttl = Some(Duration::from_millis(300));
+    opts.ttl = Some(Duration::from_millis(800));
     opts.ttl_from = TtlFrom::Access;
     let store = Store::open(opts, Arc::new(Metrics::new())).expect("open");
     let hot = put_blob(&store, b"hot", "r/a").digest;
@@ -493,9 +493,9 @@ fn ttl_from_access_renews_on_hits() {
         store.sweep_expired(SystemTime::now()).expect("sweep"),
         SweepReport::default()
     );
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(500));
     assert!(store.blob(&hot).expect("hit").is_some());
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(500));
     let report = store.sweep_expired(SystemTime::now()).expect("sweep");
     assert_eq!(
         (report.blobs, report.manifests, report.tags),
@@ -530,13 +530,13 @@ fn ttl_from_access_renews_on_hits() {
 fn ttl_from_fetch_is_not_renewed_and_none_never_expires() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut opts = StoreOptions::new(dir.path(), 1 << 20);
-    opts.ttl = Some(Duration::from_millis(300));
+    opts.ttl = Some(Duration::from_millis(800));
     opts.ttl_from = TtlFrom::Fetch;
     let store = Store::open(opts, Arc::new(Metrics::new())).expect("open");
     let hot = put_blob(&store, b"hot", "r/a").digest;
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(500));
     assert!(store.blob(&hot).expect("hit").is_some());
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(500));
     let report = store.sweep_expired(SystemTime::now()).expect("sweep");
     assert_eq!(report.blobs, 1);
     assert!(store.blob(&hot).expect("lookup").is_none());
@@ -656,6 +656,16 @@ fn recovery_removes_orphans_and_drops_blobs_with_missing_chunks() {
         fs::write(store.path().join("tmp").join("half.tmp"), b"partial").expect("tmp");
     }
     let store = open_store(dir.path(), 16 << 20, CHUNK);
+    let report = store.recovery_report();
+    assert_eq!(
+        (
+            report.tmp_removed,
+            report.orphan_chunks_removed,
+            report.blobs_dropped
+        ),
+        (1, 2, 1),
+        "{report}"
+    );
     assert!(store.blob(&intact.digest).expect("lookup").is_some());
     assert!(store.blob(&broken.digest).expect("lookup").is_none());
     assert_eq!(
