@@ -175,6 +175,8 @@ pub(crate) struct StoreInner {
     /// Last accesses not yet written to the index (see [`Store::flush_access`]).
     pub access: Mutex<HashMap<(ItemKind, Digest), SystemTime>>,
     pub tag_count: AtomicU64,
+    /// What recovery did when this store was opened.
+    pub recovery: RecoveryReport,
     /// Held (flock) for the store's lifetime; released when dropped.
     _lock_file: File,
 }
@@ -235,6 +237,7 @@ impl Store {
             chunks,
             state: Mutex::new(state),
             access: Mutex::new(HashMap::new()),
+            recovery: report.clone(),
             _lock_file: lock_file,
         });
         let budget = inner.opts.max_size;
@@ -273,6 +276,11 @@ impl Store {
     /// The store directory.
     pub fn path(&self) -> &Path {
         &self.inner.opts.path
+    }
+
+    /// What crash recovery found and repaired when this store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.recovery
     }
 
     pub fn options(&self) -> &StoreOptions {
