@@ -15,7 +15,7 @@ pub enum StoreError {
     /// Another process (normally the daemon) holds the store's `LOCK` file.
     #[error(
         "store {} is in use by a running sparkcr-edge (lock held on {}); stop the daemon \
-         or run this against its HTTP API",
+         first (systemctl stop sparkcr-edge), then run this again",
         path.display(),
         path.join("LOCK").display()
     )]
