@@ -155,3 +155,86 @@ async fn ctr_pulls_through_every_hosts_toml_form() {
         );
     }
 }
+
+/// `client-config containerd --write` output, fed to a real `ctr --hosts-dir`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_uses_generated_hosts_toml() {
+    let Some(ctrd) = start_containerd() else {
+        return;
+    };
+    let reg = Registry2::start();
+    let img = push_image(
+        &reg,
+        "team/gen",
+        Some("v1"),
+        Format::Oci,
+        41,
+        "amd64",
+        &[7000],
+    )
+    .await;
+    let config = format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n[storage]\npath = \"{{dir}}/data\"\n\
+         [[upstream]]\nname = \"{LAN}\"\nurl = \"{}\"\naliases = [\"lan\"]\n",
+        reg.url()
+    );
+    let edge = Edge::start(&config);
+    let config_path = edge.dir.path().join("config.toml");
+    for (i, mode) in ["host", "path"].iter().enumerate() {
+        let root = tempfile::tempdir().expect("root");
+        let (code, out, err) = run_cli(
+            &[
+                "client-config",
+                "containerd",
+                "--config",
+                config_path.to_str().expect("p"),
+                "--edge",
+                &format!("http://{}", edge.http[0]),
+                "--upstream",
+                LAN,
+                "--mode",
+                mode,
+                "--write",
+                "--root",
+                root.path().to_str().expect("p"),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let hosts_dir = root.path().join("etc/containerd/certs.d");
+        let toml = std::fs::read_to_string(hosts_dir.join(LAN).join("hosts.toml"))
+            .expect("hosts.toml written");
+        assert!(
+            toml.contains(&format!("[host.\"http://{}", edge.http[0])),
+            "{toml}"
+        );
+        let ns = format!("gen{i}");
+        let reference = format!("{LAN}/team/gen:v1");
+        let (ok, out) = ctr(
+            &ctrd,
+            &[
+                "-n",
+                &ns,
+                "images",
+                "pull",
+                "--hosts-dir",
+                hosts_dir.to_str().expect("p"),
+                "--snapshotter",
+                "native",
+                &reference,
+            ],
+        );
+        assert!(ok, "{mode}: {out}");
+        let (_, list) = ctr(&ctrd, &["-n", &ns, "images", "ls"]);
+        assert!(list.contains(&img.manifest_digest), "{mode}: {list}");
+    }
+    assert!(
+        edge.log_text().contains("path=/v2/team/gen/manifests/v1"),
+        "host mode went through the edge"
+    );
+    assert!(
+        edge.log_text()
+            .contains(&format!("path=/{LAN}/v2/team/gen/manifests/v1")),
+        "path mode went through the edge"
+    );
+}
