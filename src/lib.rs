@@ -27,10 +27,12 @@
 //! - [`metrics`]: every Prometheus metric, in one registry per daemon.
 //! - [`oci`]: digests, repository names, tags, references, media types.
 
+pub mod bundle;
 pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod oci;
+pub mod prefetch;
 pub mod registry;
 pub mod server;
 pub mod setup;

@@ -4,9 +4,11 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sparkcr_edge::bundle;
 use sparkcr_edge::cache::{Cache, CacheSettings};
 use sparkcr_edge::config::{self, Config, LogFormat};
 use sparkcr_edge::metrics::Metrics;
+use sparkcr_edge::prefetch::{self, edge_client::PlatformChoice};
 use sparkcr_edge::registry::{RegistryApi, UpstreamTable};
 use sparkcr_edge::server::{self, App, Server};
 use sparkcr_edge::setup::{client_config, self_signed};
@@ -45,6 +47,29 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Pull images into a running edge's cache (air-gapped warm-up).
+    Prefetch {
+        #[command(flatten)]
+        images: ImageSelection,
+        /// Blobs fetched at once
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Write images from a running edge into an OCI image layout tar.
+    Export {
+        #[command(flatten)]
+        images: ImageSelection,
+        /// The bundle to write
+        #[arg(long, value_name = "BUNDLE.tar")]
+        out: PathBuf,
+    },
+    /// Load an exported bundle into the store of a stopped daemon (every digest verified).
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(value_name = "BUNDLE.tar")]
+        bundle: PathBuf,
+    },
     /// TLS helpers.
     Tls {
         #[command(subcommand)]
@@ -71,6 +96,28 @@ enum Command {
         #[arg(long, hide = true, default_value = "/")]
         root: PathBuf,
     },
+}
+
+/// Which images, and how to reach the edge (prefetch and export).
+#[derive(clap::Args)]
+struct ImageSelection {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The running edge to go through [default: the config's first listener]
+    #[arg(long, value_name = "URL")]
+    edge: Option<String>,
+    /// A file with one image reference per line (`#` comments allowed)
+    #[arg(long, value_name = "LIST")]
+    file: Option<PathBuf>,
+    /// Platforms of multi-platform images, e.g. linux/amd64,linux/arm64 [default: this machine's]
+    #[arg(long, value_name = "OS/ARCH,...", conflicts_with = "all_platforms")]
+    platform: Option<String>,
+    /// Every platform of multi-platform images
+    #[arg(long)]
+    all_platforms: bool,
+    /// Image references (nginx:1.27, ghcr.io/org/img@sha256:...)
+    #[arg(value_name = "REF")]
+    refs: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -138,6 +185,12 @@ fn main() -> ExitCode {
         Command::CheckConfig(a) => check_config(&a),
         Command::Cache { command } => cache_command(command),
         Command::Tls { command } => tls_command(command),
+        Command::Prefetch {
+            images,
+            concurrency,
+        } => prefetch_command(&images, concurrency),
+        Command::Export { images, out } => export_command(&images, &out),
+        Command::Import { config, bundle } => import_command(&config, &bundle),
         Command::ClientConfig {
             client,
             config,
@@ -187,6 +240,128 @@ fn check_config(a: &ConfigArg) -> Result<(), Failure> {
     print!("{}", c.to_redacted_toml());
     eprintln!("config OK ({})", loaded.origin);
     Ok(())
+}
+
+/// The edge URL from `--edge` or the config's first listener (a wildcard address means
+/// this machine: 127.0.0.1).
+fn edge_url(sel: &ImageSelection) -> Result<String, Failure> {
+    if let Some(e) = &sel.edge {
+        return Ok(e.clone());
+    }
+    let loaded = load_config(&sel.config)?;
+    let s = &loaded.config.server;
+    let (scheme, addr) = match (s.listen.first(), s.tls_listen.first()) {
+        (Some(a), _) => ("http", *a),
+        (None, Some(a)) => ("https", *a),
+        (None, None) => {
+            return Err(Failure::Config(
+                "no listener in the config; pass --edge URL".into(),
+            ))
+        }
+    };
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv6() => "[::1]".to_string(),
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    Ok(format!("{scheme}://{host}:{}", addr.port()))
+}
+
+fn requested_images(sel: &ImageSelection) -> Result<Vec<prefetch::RequestedImage>, Failure> {
+    let mut list = Vec::new();
+    if let Some(f) = &sel.file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Failure::Config(format!("{}: cannot read the list: {e}", f.display())))?;
+        list.extend(prefetch::read_list(f, &text));
+    }
+    list.extend(prefetch::from_args(&sel.refs));
+    if list.is_empty() {
+        return Err(Failure::Config(
+            "no images: give references or --file LIST".into(),
+        ));
+    }
+    Ok(list)
+}
+
+fn platforms(sel: &ImageSelection) -> Result<PlatformChoice, Failure> {
+    match (&sel.platform, sel.all_platforms) {
+        (_, true) => Ok(PlatformChoice::All),
+        (Some(p), false) => PlatformChoice::parse(p).map_err(Failure::Config),
+        (None, false) => Ok(PlatformChoice::host()),
+    }
+}
+
+fn small_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot start the async runtime: {e}")))
+}
+
+fn prefetch_command(sel: &ImageSelection, concurrency: usize) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let edge = edge_url(sel)?;
+    let list = requested_images(sel)?;
+    let opts = prefetch::PrefetchOptions {
+        edge,
+        platforms: platforms(sel)?,
+        concurrency,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let summary = small_runtime()?
+        .block_on(prefetch::run(list, &opts))
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    print!("{summary}");
+    match summary.failures() {
+        0 => Ok(()),
+        n => Err(Failure::Runtime(anyhow::anyhow!(
+            "{n} image(s) failed; see the table above"
+        ))),
+    }
+}
+
+fn export_command(sel: &ImageSelection, out: &std::path::Path) -> Result<(), Failure> {
+    let edge = edge_url(sel)?;
+    let list = requested_images(sel)?;
+    let choice = platforms(sel)?;
+    let report = small_runtime()?
+        .block_on(bundle::export(list, &edge, &choice, out))
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    for (image, error) in &report.images {
+        match error {
+            None => println!("exported {image}"),
+            Some(e) => println!("FAILED   {image}: {e}"),
+        }
+    }
+    println!(
+        "{}: {} blobs, {}",
+        out.display(),
+        report.blobs,
+        prefetch::human(report.bytes)
+    );
+    match report.failures() {
+        0 => Ok(()),
+        n => Err(Failure::Runtime(anyhow::anyhow!(
+            "{n} image(s) failed; the bundle holds the others"
+        ))),
+    }
+}
+
+fn import_command(a: &ConfigArg, bundle_path: &std::path::Path) -> Result<(), Failure> {
+    let loaded = load_config(a)?;
+    init_logging(&loaded.config);
+    let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
+    let report = bundle::import(&store, bundle_path).map_err(|e| Failure::Runtime(e.into()))?;
+    print!("{report}");
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "{} entries failed verification or could not be stored",
+            report.failures.len()
+        )))
+    }
 }
 
 fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {

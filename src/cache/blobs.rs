@@ -36,6 +36,7 @@ impl Cache {
                 range: (start, end),
                 partial,
                 body,
+                from_cache: true,
             });
         }
         self.blob_miss(target, digest, range, head).await
@@ -83,6 +84,7 @@ impl Cache {
                 range: (start, end),
                 partial,
                 body: None,
+                from_cache: false,
             });
         }
         let job = FillJob {
@@ -134,6 +136,7 @@ impl Cache {
                         range: (start, end),
                         partial,
                         body: Some(body),
+                        from_cache: false,
                     });
                 }
             }
@@ -147,6 +150,7 @@ impl Cache {
             range: (start, end),
             partial,
             body,
+            from_cache: false,
         })
     }
 }

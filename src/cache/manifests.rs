@@ -38,6 +38,7 @@ impl Cache {
             media_type: m.media_type,
             size: m.bytes.len() as u64,
             bytes: (!head).then_some(m.bytes),
+            from_cache: true,
         }
     }
 
@@ -96,6 +97,7 @@ impl Cache {
             media_type: resp.media_type,
             size: body.len() as u64,
             bytes: (!head).then_some(body),
+            from_cache: false,
         })
     }
 
@@ -305,6 +307,7 @@ impl Cache {
                     media_type: resp.media_type,
                     size: body.len() as u64,
                     bytes: (!head).then_some(body),
+                    from_cache: false,
                 })
             }
             Err(e) => self.serve_stale_or_fail(target, key, e, stale, head),

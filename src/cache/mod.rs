@@ -34,6 +34,8 @@ pub struct ManifestAnswer {
     pub size: u64,
     /// `None` for HEAD.
     pub bytes: Option<Bytes>,
+    /// Answered from the store without fetching it from the upstream.
+    pub from_cache: bool,
 }
 
 pub struct BlobAnswer {
@@ -45,6 +47,8 @@ pub struct BlobAnswer {
     pub partial: bool,
     /// `None` for HEAD.
     pub body: Option<BlobStream>,
+    /// The blob is in the store (a hit), not being fetched.
+    pub from_cache: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

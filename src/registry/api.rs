@@ -10,6 +10,16 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use std::sync::Arc;
 
 const API_VERSION: &str = "registry/2.0";
+/// Whether an answer came from the store (`HIT`) or the upstream (`MISS`).
+const X_CACHE: &str = "X-Cache";
+
+fn cache_status(from_cache: bool) -> &'static str {
+    if from_cache {
+        "HIT"
+    } else {
+        "MISS"
+    }
+}
 
 /// A response plus the route label metrics and logs use.
 pub struct ApiResponse {
@@ -171,6 +181,7 @@ fn manifest_response(a: ManifestAnswer, head: bool) -> Response<ResponseBody> {
         )
         .header("Docker-Content-Digest", a.digest.to_string())
         .header(header::ETAG, format!("\"{}\"", a.digest))
+        .header(X_CACHE, cache_status(a.from_cache))
         .header(header::CONTENT_LENGTH, len);
     let body = match (head, a.bytes) {
         (false, Some(bytes)) => body::full(bytes),
@@ -191,7 +202,8 @@ fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header("Docker-Content-Digest", a.digest.to_string())
         .header(header::ETAG, format!("\"{}\"", a.digest))
-        .header(header::ACCEPT_RANGES, "bytes");
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(X_CACHE, cache_status(a.from_cache));
     // Without a known size (the upstream gave none) the body goes out chunked.
     if let Some(size) = a.size {
         b = b.header(header::CONTENT_LENGTH, end - start);
