@@ -372,7 +372,9 @@ fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
         names,
         force,
     } = cmd;
-    let loaded = load_config(&config)?;
+    // The certificate this makes may be the one the config names: do not require it yet.
+    let loaded = config::load_checked(config.config.as_deref(), config::FileChecks::AllButTlsPair)
+        .map_err(|e| Failure::Config(e.to_string()))?;
     let c = &loaded.config;
     let host = hostname.unwrap_or_else(|| c.server.hostname.clone());
     let aliases: Vec<String> = c.upstream.iter().flat_map(|u| u.aliases.clone()).collect();

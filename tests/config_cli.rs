@@ -111,8 +111,39 @@ fn secrets_are_redacted() {
 
 #[test]
 fn shipped_config_is_valid() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/sparkcr-edge/config.toml");
-    let (code, out, err) = run_cli(&["check-config", "--config", path], &[]);
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/etc/sparkcr-edge/config.toml"
+    ))
+    .expect("shipped config");
+    let d = tempfile::tempdir().expect("tempdir");
+    // The package makes the certificate on install; here the CLI makes one the same way.
+    let tls = d.path().join("tls");
+    let text = shipped.replace("/etc/sparkcr-edge/tls", &tls.display().to_string());
+    let p = write(&d, &text);
+    let (code, out, err) = run_cli(
+        &[
+            "tls",
+            "self-signed",
+            "--config",
+            &p,
+            "--out",
+            tls.to_str().expect("p"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("docker.edge.lan") && out.contains("/etc/docker/certs.d/edge.lan/ca.crt"),
+        "{out}"
+    );
+    let (code, out, err) = run_cli(&["check-config", "--config", &p], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("hostname = \"edge.lan\""), "{out}");
+    assert!(out.contains("0.0.0.0:443"), "{out}");
+    // Without the certificate the shipped config is refused, naming the key.
+    std::fs::remove_dir_all(&tls).expect("rm");
+    let (code, _, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("server.tls_cert"), "{err}");
 }

@@ -71,6 +71,22 @@ pub fn default_data_dir() -> PathBuf {
 /// Loads the config. `explicit` is `--config PATH`; without it the default path is used
 /// if it exists, else the embedded default.
 pub fn load(explicit: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+    load_checked(explicit, FileChecks::All)
+}
+
+/// Which files named by the config must be readable for it to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileChecks {
+    All,
+    /// Everything but `server.tls_cert`/`tls_key`: for the command that creates them.
+    AllButTlsPair,
+}
+
+/// [`load`], choosing which file checks apply.
+pub fn load_checked(
+    explicit: Option<&Path>,
+    checks: FileChecks,
+) -> Result<LoadedConfig, ConfigError> {
     let origin = match explicit {
         Some(p) => ConfigOrigin::File(p.to_path_buf()),
         None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
@@ -84,13 +100,21 @@ pub fn load(explicit: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
             ConfigError::at(&origin, "", format!("cannot read the config file: {e}"))
         })?),
     };
-    load_from(origin, file_text.as_deref())
+    load_from_checked(origin, file_text.as_deref(), checks)
 }
 
 /// Loads from config text already in memory (`None`: the embedded default only).
 pub fn load_from(
     origin: ConfigOrigin,
     file_text: Option<&str>,
+) -> Result<LoadedConfig, ConfigError> {
+    load_from_checked(origin, file_text, FileChecks::All)
+}
+
+fn load_from_checked(
+    origin: ConfigOrigin,
+    file_text: Option<&str>,
+    checks: FileChecks,
 ) -> Result<LoadedConfig, ConfigError> {
     use config::{Environment, File, FileFormat};
     let data_dir = default_data_dir();
@@ -124,7 +148,7 @@ pub fn load_from(
         .try_deserialize()
         .map_err(|e| from_config_error(&origin, e))?;
     add_builtin_upstreams(&mut config);
-    validate(&config, &origin)?;
+    validate(&config, &origin, checks)?;
     Ok(LoadedConfig { config, origin })
 }
 
@@ -247,7 +271,7 @@ fn readable(origin: &ConfigOrigin, key: &str, path: &Path) -> Result<(), ConfigE
         .map_err(|e| ConfigError::at(origin, key, format!("cannot read {}: {e}", path.display())))
 }
 
-fn validate(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
+fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| Err(ConfigError::at(origin, key, msg));
     let s = &c.server;
     if s.listen.is_empty() && s.tls_listen.is_empty() {
@@ -257,8 +281,10 @@ fn validate(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
         );
     }
     if !s.tls_listen.is_empty() {
-        readable(origin, "server.tls_cert", &s.tls_cert)?;
-        readable(origin, "server.tls_key", &s.tls_key)?;
+        if checks == FileChecks::All {
+            readable(origin, "server.tls_cert", &s.tls_cert)?;
+            readable(origin, "server.tls_key", &s.tls_key)?;
+        }
     }
     if !is_host_name(&s.hostname) {
         return err(

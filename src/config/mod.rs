@@ -11,7 +11,9 @@
 pub mod load;
 pub mod units;
 
-pub use load::{load, ConfigError, ConfigOrigin, LoadedConfig, DEFAULT_CONFIG_PATH};
+pub use load::{
+    load, load_checked, ConfigError, ConfigOrigin, FileChecks, LoadedConfig, DEFAULT_CONFIG_PATH,
+};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
