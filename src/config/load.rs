@@ -280,11 +280,9 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
             "no listener: give at least one address in server.listen or server.tls_listen".into(),
         );
     }
-    if !s.tls_listen.is_empty() {
-        if checks == FileChecks::All {
-            readable(origin, "server.tls_cert", &s.tls_cert)?;
-            readable(origin, "server.tls_key", &s.tls_key)?;
-        }
+    if !s.tls_listen.is_empty() && checks == FileChecks::All {
+        readable(origin, "server.tls_cert", &s.tls_cert)?;
+        readable(origin, "server.tls_key", &s.tls_key)?;
     }
     if !is_host_name(&s.hostname) {
         return err(
