@@ -19,20 +19,26 @@ fn abort(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
+/// The reader's next frame, read off the async workers; the reader comes back with it.
+async fn next_frame_of(
+    mut reader: BlobReader,
+) -> io::Result<(Option<io::Result<Bytes>>, BlobReader)> {
+    tokio::task::spawn_blocking(move || {
+        let item = reader.next();
+        (item, reader)
+    })
+    .await
+    .map_err(|e| abort(format!("read task failed: {e}")))
+}
+
 /// Streams a stored blob through its pinned reader.
 pub(super) fn from_store(reader: BlobReader, metrics: Arc<Metrics>) -> BlobStream {
     Box::pin(futures_util::stream::unfold(Some(reader), move |reader| {
         let metrics = metrics.clone();
         async move {
-            let mut reader = reader?;
-            let (item, reader) = match tokio::task::spawn_blocking(move || {
-                let item = reader.next();
-                (item, reader)
-            })
-            .await
-            {
+            let (item, reader) = match next_frame_of(reader?).await {
                 Ok(x) => x,
-                Err(e) => return Some((Err(abort(format!("read task failed: {e}"))), None)),
+                Err(e) => return Some((Err(e), None)),
             };
             match item {
                 Some(Ok(bytes)) => {
@@ -233,13 +239,8 @@ async fn next_frame(st: &mut FollowState) -> io::Result<Option<Bytes>> {
         if st.pos >= st.end {
             return Ok(None);
         }
-        if let Some(mut reader) = st.stored.take() {
-            let (item, reader) = tokio::task::spawn_blocking(move || {
-                let item = reader.next();
-                (item, reader)
-            })
-            .await
-            .map_err(|e| abort(format!("read task failed: {e}")))?;
+        if let Some(reader) = st.stored.take() {
+            let (item, reader) = next_frame_of(reader).await?;
             return match item {
                 Some(Ok(b)) => {
                     st.pos += b.len() as u64;
