@@ -366,3 +366,38 @@ fn sigterm_exits_zero() {
     // The listener is gone.
     assert!(std::net::TcpStream::connect(edge.http[0]).is_err());
 }
+
+/// The daemon speaks systemd's notify protocol (`Type=notify`): READY=1 once listeners and
+/// the store are up, RELOADING=1 (with MONOTONIC_USEC) and READY=1 around a SIGHUP reload,
+/// STOPPING=1 on SIGTERM. The test plays systemd's part on a datagram socket.
+#[test]
+fn systemd_notifications() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let ca = TestCa::new();
+    let (c, k) = ca.write_leaf(dir.path(), &["localhost"]);
+    let mut edge = Edge::start_with_env(
+        &tls_config(&c, &k),
+        &[("NOTIFY_SOCKET", sock_path.to_str().expect("path"))],
+    );
+    let mut recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = recv();
+    assert!(ready.contains("READY=1"), "{ready}");
+    edge.signal(libc::SIGHUP);
+    let reloading = recv();
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(recv().contains("READY=1"));
+    edge.signal(libc::SIGTERM);
+    assert!(recv().contains("STOPPING=1"));
+    assert_eq!(edge.wait_exit(Duration::from_secs(10)), Some(0));
+}
