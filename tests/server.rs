@@ -383,7 +383,7 @@ fn systemd_notifications() {
         &tls_config(&c, &k),
         &[("NOTIFY_SOCKET", sock_path.to_str().expect("path"))],
     );
-    let mut recv = || {
+    let recv = || {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
