@@ -137,6 +137,11 @@ impl UpstreamTable {
             .map(|e| e.name.as_str())
     }
 
+    /// The edge's own host name (`server.hostname`).
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.name.as_str())
     }
