@@ -117,14 +117,6 @@ impl RegistryApi {
         if is_token_endpoint {
             return self.token_endpoint(&req.method, &who, head);
         }
-        if who == Identity::Anonymous && !self.access.anonymous_allowed() {
-            self.access.count_denial(DenyReason::NoCredentials);
-            let e = OciError::unauthorized(
-                "authentication required",
-                self.challenges(host, client, None),
-            );
-            return refused(e, head, "auth");
-        }
         let parts = RequestParts {
             method: &req.method,
             host,
@@ -133,6 +125,15 @@ impl RegistryApi {
         };
         let routed = match route(&parts, &self.table) {
             Ok(r) => r,
+            // Without anonymous access, nothing but a challenge for those without credentials.
+            Err(_) if who == Identity::Anonymous && !self.access.anonymous_allowed() => {
+                self.access.count_denial(DenyReason::NoCredentials);
+                let e = OciError::unauthorized(
+                    "authentication required",
+                    self.challenges(host, client, None),
+                );
+                return refused(e, head, "auth");
+            }
             Err(e) => {
                 return ApiResponse {
                     response: error_response(&e, head),
