@@ -162,7 +162,7 @@ fn from_config_error(origin: &ConfigOrigin, e: config::ConfigError) -> ConfigErr
     };
     let key = match &e {
         config::ConfigError::Type { key: Some(k), .. }
-        | config::ConfigError::At { key: Some(k), .. } => k.clone(),
+        | config::ConfigError::At { key: Some(k), .. } => dotted_key(k),
         _ => String::new(),
     };
     // Drop the crate's own " for key `x` in <origin>" tail: we say both up front.
@@ -195,6 +195,21 @@ fn from_config_error(origin: &ConfigOrigin, e: config::ConfigError) -> ConfigErr
         key,
         message,
     }
+}
+
+/// The `config` crate writes a field of an array element as `auth.token[0]hash`; we say
+/// `auth.token[0].hash`.
+fn dotted_key(k: &str) -> String {
+    let mut out = String::with_capacity(k.len() + 4);
+    let mut after_bracket = false;
+    for c in k.chars() {
+        if after_bracket && c != '.' && c != '[' {
+            out.push('.');
+        }
+        after_bracket = c == ']';
+        out.push(c);
+    }
+    out
 }
 
 fn add_builtin_upstreams(config: &mut Config) {
@@ -556,8 +571,8 @@ mod tests {
             ("[auth]\nanonymous = false\n", "auth.anonymous", "[[auth.token]]"),
             ("[auth]\nanonymous_rate = { per_minute = 0, burst = 1 }\n", "auth.anonymous_rate.per_minute", "at least 1"),
             ("[auth]\nanonymus = true\n", "auth.anonymus", "unknown key"),
-            ("[[auth.token]]\nname = \"ci\"\nhash = \"spk_plaintext\"\nscopes = [\"pull:public\"]\n", "hash", "sha256:"),
-            (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = [\"push\"]\n"), "scopes", "pull:public"),
+            ("[[auth.token]]\nname = \"ci\"\nhash = \"spk_plaintext\"\nscopes = [\"pull:public\"]\n", "auth.token[0].hash", "sha256:"),
+            (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = [\"push\"]\n"), "auth.token[0].scopes", "pull:public"),
             (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = []\n"), "auth.token[0].scopes", "at least one"),
             (&format!("[[auth.token]]\nname = \"a b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[0].name", "letters"),
             (&format!("[[auth.token]]\nname = \"a\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n[[auth.token]]\nname = \"b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[1].hash", "same hash"),
