@@ -10,11 +10,15 @@
 //! ```text
 //! main (CLI)  ->  server  ->  registry  ->  cache  ->  store
 //!                                                 \->  upstream
+//!                   \-----------\->  access
 //! config, metrics, oci: leaf modules read by all, importing none of the others
 //! ```
 //!
 //! - [`server`]: listeners (HTTP and HTTPS via rustls, h2 + HTTP/1.1), certificate reload,
 //!   graceful shutdown, request logging, `/metrics`, `/healthz`, `/readyz`.
+//! - [`access`]: who may use the edge: client networks, token secrets (HTTP Basic) and
+//!   the edge's own bearer tokens, scopes (`pull:public`, `pull:private`), the anonymous
+//!   per-address quota. Used by `server` (networks) and `registry` (everything else).
 //! - [`registry`]: the OCI distribution read API: routing of every client's URL form to an
 //!   upstream and repository, references, OCI error JSON.
 //! - `cache`: policy between the API and the bytes: hit or miss, tag TTL and revalidation,
@@ -27,6 +31,7 @@
 //! - [`metrics`]: every Prometheus metric, in one registry per daemon.
 //! - [`oci`]: digests, repository names, tags, references, media types.
 
+pub mod access;
 pub mod bundle;
 pub mod cache;
 pub mod config;

@@ -4,6 +4,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sparkcr_edge::access::{self, Access};
 use sparkcr_edge::bundle;
 use sparkcr_edge::cache::{Cache, CacheSettings};
 use sparkcr_edge::config::{self, Config, LogFormat};
@@ -75,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
+    /// Access tokens for clients (`docker login` passwords).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Print (or write) the client configuration for this edge.
     ClientConfig {
         #[arg(value_enum)]
@@ -118,6 +124,23 @@ struct ImageSelection {
     /// Image references (nginx:1.27, ghcr.io/org/img@sha256:...)
     #[arg(value_name = "REF")]
     refs: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a new token: prints its secret once, and the [[auth.token]] block for the config.
+    Create {
+        /// Who holds it (shown in logs): letters, digits, '.', '_', '-', '@'
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: pull:public, pull:private
+        #[arg(long, value_delimiter = ',', default_value = "pull:public", value_parser = parse_scope)]
+        scopes: Vec<config::Scope>,
+    },
+}
+
+fn parse_scope(s: &str) -> Result<config::Scope, String> {
+    config::Scope::parse(s)
 }
 
 #[derive(Subcommand)]
@@ -191,6 +214,7 @@ fn main() -> ExitCode {
         } => prefetch_command(&images, concurrency),
         Command::Export { images, out } => export_command(&images, &out),
         Command::Import { config, bundle } => import_command(&config, &bundle),
+        Command::Token { command } => token_command(command),
         Command::ClientConfig {
             client,
             config,
@@ -364,6 +388,37 @@ fn import_command(a: &ConfigArg, bundle_path: &std::path::Path) -> Result<(), Fa
     }
 }
 
+fn token_command(cmd: TokenCommand) -> Result<(), Failure> {
+    let TokenCommand::Create { name, mut scopes } = cmd;
+    if !config::auth::is_token_name(&name) {
+        return Err(Failure::Config(format!(
+            "--name: expected 1 to 64 letters, digits, '.', '_', '-' or '@', got {name:?}"
+        )));
+    }
+    scopes.sort();
+    scopes.dedup();
+    let new = access::token::new_secret().map_err(|e| Failure::Runtime(e.into()))?;
+    let block = config::TokenConfig {
+        name: name.clone(),
+        hash: new.hash,
+        scopes,
+    };
+    let scopes: Vec<String> = block
+        .scopes
+        .iter()
+        .map(|s| format!("{:?}", s.as_str()))
+        .collect();
+    println!("secret: {}", new.secret);
+    println!();
+    println!("# The secret is shown only this once; it is the password for `docker login`,");
+    println!("# `podman login` or `skopeo --creds any-name:<secret>`. Add this to the config:");
+    println!("[[auth.token]]");
+    println!("name = {:?}", block.name);
+    println!("hash = \"{}\"", block.hash);
+    println!("scopes = [{}]", scopes.join(", "));
+    Ok(())
+}
+
 fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
     let TlsCommand::SelfSigned {
         config,
@@ -529,7 +584,16 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
         }
         let settings = CacheSettings {
             tag_ttl: c.cache.tag_ttl.get(),
+            private_upstreams: c
+                .upstream
+                .iter()
+                .filter(|u| u.private)
+                .map(|u| u.name.clone())
+                .collect(),
         };
+        let access = Arc::new(
+            Access::from_config(&c, metrics.clone()).map_err(|e| Failure::Runtime(e.into()))?,
+        );
         let cache = Arc::new(Cache::new(
             store.clone(),
             upstreams,
@@ -537,7 +601,7 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
             metrics.clone(),
         ));
         let maintenance = tokio::spawn(maintain(store.clone()));
-        let api = RegistryApi::new(UpstreamTable::from_config(&c), cache);
+        let api = RegistryApi::new(UpstreamTable::from_config(&c), cache, access);
         let app = Arc::new(App::new(api, metrics));
         let server = Server::bind(&c.server, app.clone())
             .await

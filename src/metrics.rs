@@ -21,6 +21,10 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
     pub tls_reloads: IntCounterVec,
+    pub connections_rejected: IntCounterVec,
+    // access
+    pub auth_denials: IntCounterVec,
+    pub private_content_refusals: IntCounter,
     // store
     pub store_bytes: IntGauge,
     pub store_budget_bytes: IntGauge,
@@ -145,6 +149,23 @@ impl Metrics {
                 "tls_reloads_total",
                 "Certificate reloads on SIGHUP, by result.",
                 &["result"],
+            ),
+            connections_rejected: counter_vec(
+                &r,
+                "connections_rejected_total",
+                "Client connections closed at once, by reason (limit: server.max_connections).",
+                &["reason"],
+            ),
+            auth_denials: counter_vec(
+                &r,
+                "auth_denials_total",
+                "Requests refused by access control, by reason (network, no_credentials, bad_credentials, scope, rate_limited).",
+                &["reason"],
+            ),
+            private_content_refusals: counter(
+                &r,
+                "private_content_refusals_total",
+                "Cache hits refused because the content was only fetched through other, private upstreams.",
             ),
             store_bytes: gauge(
                 &r,

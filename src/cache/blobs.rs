@@ -17,7 +17,10 @@ impl Cache {
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
         let (store, d) = (self.store.clone(), *digest);
-        if let Some(info) = blocking(move || store.blob(&d)).await? {
+        let hit = blocking(move || store.blob(&d))
+            .await?
+            .filter(|info| self.visible_through(&info.repos, target));
+        if let Some(info) = hit {
             let (start, end, partial) = resolve(range, info.size)?;
             let body = if head {
                 None
@@ -61,11 +64,12 @@ impl Cache {
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
         let upstream = self.upstream(target)?;
+        let key = fill::FillKey::new(*digest, &target.upstream, self.is_private(&target.upstream));
         let existing = self
             .fills
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
+            .get(&key)
             .cloned();
         if head && existing.is_none() {
             self.metrics.cache_misses.with_label_values(&["blob"]).inc();
@@ -95,7 +99,7 @@ impl Cache {
             metrics: self.metrics.clone(),
             fills: self.fills.clone(),
         };
-        let (fill, joined) = fill::join_or_start(job, *digest);
+        let (fill, joined) = fill::join_or_start(job, key);
         if joined {
             self.metrics.singleflight_joins.inc();
         } else {

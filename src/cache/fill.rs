@@ -1,5 +1,7 @@
 //! Single-flight blob fills. The first request for an uncached blob starts one [`Fill`];
-//! every concurrent request for the same digest, from any repository or route, joins it.
+//! every concurrent request for the same digest, from any repository or route of a public
+//! upstream, joins it. A fill for a private upstream is joined only by requests for that
+//! same upstream ([`FillKey`]).
 //!
 //! Every state of a fill is a named [`FillPhase`]. The fill runs in its own task, so a
 //! client that disconnects does not cancel it. Bytes go two ways as they arrive: into the
@@ -71,7 +73,24 @@ pub(super) struct FillState {
     pub passing_through: bool,
 }
 
+/// What a fill is shared by: the digest, plus the upstream when it is private.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct FillKey {
+    pub digest: Digest,
+    pub private_upstream: Option<String>,
+}
+
+impl FillKey {
+    pub fn new(digest: Digest, upstream: &str, private: bool) -> Self {
+        FillKey {
+            digest,
+            private_upstream: private.then(|| upstream.to_string()),
+        }
+    }
+}
+
 pub(super) struct Fill {
+    pub key: FillKey,
     pub digest: Digest,
     pub upstream: String,
     state: Mutex<FillState>,
@@ -79,9 +98,10 @@ pub(super) struct Fill {
 }
 
 impl Fill {
-    fn new(digest: Digest, upstream: String) -> Self {
+    fn new(key: FillKey, upstream: String) -> Self {
         Fill {
-            digest,
+            digest: key.digest,
+            key,
             upstream,
             state: Mutex::new(FillState {
                 phase: FillPhase::Connecting,
@@ -130,8 +150,8 @@ impl Fill {
     }
 }
 
-/// The fills under way, by digest.
-pub(super) type FillMap = Arc<Mutex<HashMap<Digest, Arc<Fill>>>>;
+/// The fills under way.
+pub(super) type FillMap = Arc<Mutex<HashMap<FillKey, Arc<Fill>>>>;
 
 /// Turns a fill task that ends without finishing into `Failed(Abandoned)` and always takes
 /// the fill out of the map.
@@ -153,10 +173,10 @@ impl Drop for FillGuard {
         }
         let mut map = self.fills.lock().unwrap_or_else(|p| p.into_inner());
         if map
-            .get(&self.fill.digest)
+            .get(&self.fill.key)
             .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
         {
-            map.remove(&self.fill.digest);
+            map.remove(&self.fill.key);
         }
         self.metrics.fills_in_flight.dec();
     }
@@ -173,15 +193,15 @@ pub(super) struct FillJob {
     pub fills: FillMap,
 }
 
-/// Returns the fill under way for `digest`, or starts one. `true` = joined an existing one.
-pub(super) fn join_or_start(job: FillJob, digest: Digest) -> (Arc<Fill>, bool) {
+/// Returns the fill under way for `key`, or starts one. `true` = joined an existing one.
+pub(super) fn join_or_start(job: FillJob, key: FillKey) -> (Arc<Fill>, bool) {
     let fills = job.fills.clone();
     let mut map = fills.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(f) = map.get(&digest) {
+    if let Some(f) = map.get(&key) {
         return (f.clone(), true);
     }
-    let fill = Arc::new(Fill::new(digest, job.upstream.name().to_string()));
-    map.insert(digest, fill.clone());
+    let fill = Arc::new(Fill::new(key.clone(), job.upstream.name().to_string()));
+    map.insert(key, fill.clone());
     drop(map);
     job.metrics.fills_in_flight.inc();
     let guard = FillGuard {

@@ -61,7 +61,11 @@ impl Cache {
         accept: &[String],
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        if let Some(m) = self.stored_manifest(d).await? {
+        let hit = self
+            .stored_manifest(d)
+            .await?
+            .filter(|m| self.visible_through(&m.repos, target));
+        if let Some(m) = hit {
             self.metrics
                 .cache_hits
                 .with_label_values(&["manifest"])

@@ -6,6 +6,12 @@
 //! cached when the upstream is down; 503 when nothing is). Like registry:2's proxy store,
 //! it wraps the local store and the remote behind one interface.
 //!
+//! Private upstreams: content is shared by digest across upstreams, but what was fetched
+//! only through an upstream marked `private` is never a hit for a request that names
+//! another upstream (see [`Cache::visible_through`]); such a request is a miss and asks its
+//! own upstream, which either has the same bytes or answers 404. Blob fills for a private
+//! upstream are single-flight per (digest, upstream), so no other route joins them.
+//!
 //! Must not: know about HTTP requests or responses (that is `registry`), or how bytes are
 //! laid out on disk (that is `store`).
 
@@ -21,7 +27,7 @@ use crate::store::{Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
 use bytes::Bytes;
 use futures_util::Stream;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,6 +84,8 @@ pub enum CacheError {
 pub struct CacheSettings {
     /// How long a cached tag answers without asking the upstream.
     pub tag_ttl: Duration,
+    /// Names of the upstreams marked `private = true`.
+    pub private_upstreams: HashSet<String>,
 }
 
 pub struct Cache {
@@ -85,7 +93,7 @@ pub struct Cache {
     upstreams: HashMap<String, Upstream>,
     settings: CacheSettings,
     metrics: Arc<Metrics>,
-    /// Blob fills under way, by digest (single-flight).
+    /// Blob fills under way, by digest (and upstream, for private ones): single-flight.
     fills: fill::FillMap,
     /// One revalidation at a time per tag; waiters then read the fresh record.
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -125,6 +133,28 @@ impl Cache {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub(crate) fn is_private(&self, upstream: &str) -> bool {
+        self.settings.private_upstreams.contains(upstream)
+    }
+
+    /// Whether content recorded as fetched through `repos` (`upstream/repo` each) may be a
+    /// hit for `target`: unless every origin is a private upstream other than the target's.
+    /// Content with no recorded origin is visible only when no upstream is private.
+    pub(crate) fn visible_through(&self, repos: &[String], target: &RepoTarget) -> bool {
+        if self.settings.private_upstreams.is_empty() {
+            return true;
+        }
+        let visible = repos.iter().any(|r| {
+            let upstream = r.split_once('/').map_or(r.as_str(), |(u, _)| u);
+            upstream == target.upstream || !self.is_private(upstream)
+        });
+        if !visible {
+            self.metrics.private_content_refusals.inc();
+            tracing::debug!(upstream = %target.upstream, repo = %target.repo, "cached content came only through other, private upstreams; asking the requested upstream");
+        }
+        visible
     }
 
     fn upstream(&self, target: &RepoTarget) -> Result<&Upstream, CacheError> {

@@ -141,7 +141,8 @@ fn load_from_checked(
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("server.listen")
-            .with_list_parse_key("server.tls_listen"),
+            .with_list_parse_key("server.tls_listen")
+            .with_list_parse_key("auth.allow_cidrs"),
     );
     let raw = builder.build().map_err(|e| from_config_error(&origin, e))?;
     let mut config: Config = raw
@@ -185,7 +186,7 @@ fn from_config_error(origin: &ConfigOrigin, e: config::ConfigError) -> ConfigErr
     };
     let key = match &e {
         config::ConfigError::Type { key: Some(k), .. }
-        | config::ConfigError::At { key: Some(k), .. } => k.clone(),
+        | config::ConfigError::At { key: Some(k), .. } => dotted_key(k),
         _ => String::new(),
     };
     // Drop the crate's own " for key `x` in <origin>" tail: we say both up front.
@@ -218,6 +219,21 @@ fn from_config_error(origin: &ConfigOrigin, e: config::ConfigError) -> ConfigErr
         key,
         message,
     }
+}
+
+/// The `config` crate writes a field of an array element as `auth.token[0]hash`; we say
+/// `auth.token[0].hash`.
+fn dotted_key(k: &str) -> String {
+    let mut out = String::with_capacity(k.len() + 4);
+    let mut after_bracket = false;
+    for c in k.chars() {
+        if after_bracket && c != '.' && c != '[' {
+            out.push('.');
+        }
+        after_bracket = c == ']';
+        out.push(c);
+    }
+    out
 }
 
 fn add_builtin_upstreams(config: &mut Config) {
@@ -325,6 +341,31 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
             format!("expected a log filter such as \"info\" or \"sparkcr_edge=debug\": {e}"),
         );
     }
+    if s.max_connections == 0 {
+        return err(
+            "server.max_connections",
+            "expected at least 1 connection".into(),
+        );
+    }
+    if s.header_read_timeout.is_zero() {
+        return err(
+            "server.header_read_timeout",
+            "expected a duration above 0 such as \"30s\"".into(),
+        );
+    }
+    if s.idle_timeout.is_zero() {
+        return err(
+            "server.idle_timeout",
+            "expected a duration above 0 such as \"2m\"".into(),
+        );
+    }
+    if !(8 << 10..=1 << 20).contains(&s.max_header_size.get()) {
+        return err(
+            "server.max_header_size",
+            format!("expected between 8KiB and 1MiB, got {}", s.max_header_size),
+        );
+    }
+    validate_auth(c, origin)?;
     let mut defaults = 0;
     for (i, u) in c.upstream.iter().enumerate() {
         let key = |field: &str| format!("upstream[{i}].{field} ({})", u.name);
@@ -395,6 +436,59 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
         if let Some(p) = &u.ca_file {
             readable(origin, &key("ca_file"), p)?;
         }
+    }
+    Ok(())
+}
+
+fn validate_auth(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
+    let err = |key: String, msg: String| Err(ConfigError::at(origin, key, msg));
+    let a = &c.auth;
+    if let Some(rate) = &a.anonymous_rate {
+        if rate.per_minute == 0 {
+            return err(
+                "auth.anonymous_rate.per_minute".into(),
+                "expected at least 1 (leave auth.anonymous_rate out for no limit)".into(),
+            );
+        }
+        if rate.burst == 0 {
+            return err(
+                "auth.anonymous_rate.burst".into(),
+                "expected at least 1".into(),
+            );
+        }
+    }
+    for (i, t) in a.token.iter().enumerate() {
+        let key = |field: &str| format!("auth.token[{i}].{field}");
+        if !super::auth::is_token_name(&t.name) {
+            return err(
+                key("name"),
+                format!(
+                    "expected 1 to 64 letters, digits, '.', '_', '-' or '@', got {:?}",
+                    t.name
+                ),
+            );
+        }
+        if a.token[..i].iter().any(|o| o.name == t.name) {
+            return err(key("name"), format!("token {:?} is defined twice", t.name));
+        }
+        if a.token[..i].iter().any(|o| o.hash == t.hash) {
+            return err(
+                key("hash"),
+                format!("token {:?} has the same hash as another token", t.name),
+            );
+        }
+        if t.scopes.is_empty() {
+            return err(
+                key("scopes"),
+                "expected at least one of \"pull:public\" \"pull:private\"".into(),
+            );
+        }
+    }
+    if !a.anonymous && a.token.is_empty() {
+        return err(
+            "auth.anonymous".into(),
+            "anonymous = false needs at least one [[auth.token]] (make one with `sparkcr-edge token create`), or nobody could pull".into(),
+        );
     }
     Ok(())
 }
@@ -473,5 +567,49 @@ mod tests {
 
         let e = from_text("[server\n").expect_err("bad toml").to_string();
         assert!(e.contains("/t/config.toml:1"), "{e}");
+    }
+
+    const HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+
+    #[test]
+    fn auth_section() {
+        let c = from_text("").expect("no [auth] section");
+        assert!(c.auth.anonymous);
+        assert!(c.auth.allow_cidrs.is_empty() && c.auth.token.is_empty());
+        let c = from_text(&format!(
+            "[auth]\nanonymous = false\nallow_cidrs = [\"10.0.0.0/8\", \"::1\"]\nanonymous_rate = {{ per_minute = 60, burst = 5 }}\n[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\", \"pull:private\"]\n[[upstream]]\nname = \"lan.example\"\nurl = \"https://lan.example\"\nprivate = true\n"
+        ))
+        .expect("valid auth");
+        assert!(!c.auth.anonymous);
+        assert_eq!(c.auth.allow_cidrs.len(), 2);
+        assert_eq!(c.auth.token[0].scopes.len(), 2);
+        assert!(c.is_private_upstream("lan.example"));
+        assert!(!c.is_private_upstream("docker.io"));
+        assert!(c.to_redacted_toml().contains(HASH));
+    }
+
+    #[test]
+    fn auth_mistakes_name_file_and_key() {
+        let cases = [
+            ("[auth]\nallow_cidrs = [\"10.0.0.0/33\"]\n", "auth.allow_cidrs", "expected a network"),
+            ("[auth]\nanonymous = false\n", "auth.anonymous", "[[auth.token]]"),
+            ("[auth]\nanonymous_rate = { per_minute = 0, burst = 1 }\n", "auth.anonymous_rate.per_minute", "at least 1"),
+            ("[auth]\nanonymus = true\n", "auth.anonymus", "unknown key"),
+            ("[[auth.token]]\nname = \"ci\"\nhash = \"spk_plaintext\"\nscopes = [\"pull:public\"]\n", "auth.token[0].hash", "sha256:"),
+            (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = [\"push\"]\n"), "auth.token[0].scopes", "pull:public"),
+            (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = []\n"), "auth.token[0].scopes", "at least one"),
+            (&format!("[[auth.token]]\nname = \"a b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[0].name", "letters"),
+            (&format!("[[auth.token]]\nname = \"a\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n[[auth.token]]\nname = \"b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[1].hash", "same hash"),
+            ("[server]\nmax_connections = 0\n", "server.max_connections", "at least 1"),
+            ("[server]\nidle_timeout = \"0\"\n", "server.idle_timeout", "above 0"),
+            ("[server]\nmax_header_size = \"10MiB\"\n", "server.max_header_size", "1MiB"),
+        ];
+        for (text, key, want) in cases {
+            let e = from_text(text).expect_err(text).to_string();
+            assert!(e.starts_with("/t/config.toml"), "{e}");
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 }

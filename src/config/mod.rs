@@ -1,16 +1,19 @@
 //! The daemon's configuration: typed sections, their defaults, and the rules a config must
 //! follow before the daemon will start on it.
 //!
-//! Owns: the TOML schema (`[server]`, `[storage]`, `[cache]`, `[log]`, `[[upstream]]`), the
+//! Owns: the TOML schema (`[server]`, `[storage]`, `[cache]`, `[log]`, `[auth]` (see
+//! [`auth`]), `[[upstream]]`), the
 //! built-in upstream table, and loading (file, embedded default, `SPARKCR_EDGE__*`
 //! environment overrides; see [`load`]). Every mistake becomes one [`ConfigError`] line
 //! naming the file, the key and what was expected.
 //!
 //! Must not: open sockets, touch the store, or import any other module of this crate.
 
+pub mod auth;
 pub mod load;
 pub mod units;
 
+pub use auth::{AuthConfig, Cidr, RateConfig, Scope, TokenConfig, TokenHash};
 pub use load::{
     load, load_checked, ConfigError, ConfigOrigin, FileChecks, LoadedConfig, DEFAULT_CONFIG_PATH,
 };
@@ -32,6 +35,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub log: LogConfig,
     #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
 }
 
@@ -48,6 +53,34 @@ pub struct ServerConfig {
     pub hostname: String,
     /// How long in-flight responses may run after SIGTERM/SIGINT.
     pub shutdown_grace: HumanDuration,
+    /// Client connections open at once; more are closed at once (plain HTTP gets a 503).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (slowloris guard).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// A connection with no request in flight for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Largest request head (request line and headers; h2: header list).
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: ByteSize,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(120))
+}
+
+fn default_max_header_size() -> ByteSize {
+    ByteSize(64 << 10)
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -144,6 +177,10 @@ pub struct UpstreamConfig {
     /// Longest wait for the next byte of an upstream response.
     #[serde(default = "default_read_timeout")]
     pub read_timeout: HumanDuration,
+    /// Served only to clients whose token has `pull:private`; its cached content is never
+    /// served through another upstream's name.
+    #[serde(default)]
+    pub private: bool,
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -186,6 +223,7 @@ impl UpstreamConfig {
             insecure_skip_verify: false,
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
+            private: false,
         }
     }
 }
@@ -194,6 +232,11 @@ impl Config {
     /// The upstream that bare `/v2/<repo>` requests go to, if any.
     pub fn default_upstream(&self) -> Option<&UpstreamConfig> {
         self.upstream.iter().find(|u| u.default)
+    }
+
+    /// Whether upstream `name` is marked `private = true`.
+    pub fn is_private_upstream(&self, name: &str) -> bool {
+        self.upstream.iter().any(|u| u.private && u.name == name)
     }
 
     /// This config as TOML with secrets replaced by `<redacted>`.

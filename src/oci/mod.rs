@@ -11,5 +11,5 @@ mod media;
 mod name;
 
 pub use digest::{Digest, DigestError, Sha256Verifier};
-pub use media::{is_manifest_media_type, MANIFEST_MEDIA_TYPES};
+pub use media::{is_manifest_media_type, manifest_media_type, MANIFEST_MEDIA_TYPES};
 pub use name::{NameError, Reference, RepositoryName, Tag};

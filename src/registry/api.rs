@@ -5,8 +5,10 @@ use super::body::{self, ResponseBody};
 use super::error::OciError;
 use super::range::ByteRangeSpec;
 use super::route::{route, ApiRoute, RequestParts, UpstreamTable};
+use crate::access::{Access, Action, Decision, DenyReason, Identity, BASIC_REALM, SERVICE};
 use crate::cache::{BlobAnswer, Cache, CacheError, ManifestAnswer};
 use http::{header, HeaderValue, Method, Response, StatusCode};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 const API_VERSION: &str = "registry/2.0";
@@ -30,28 +32,118 @@ pub struct ApiResponse {
 pub struct RegistryApi {
     table: UpstreamTable,
     cache: Arc<Cache>,
+    access: Arc<Access>,
+}
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientInfo {
+    pub peer: SocketAddr,
+    /// It arrived over TLS (the bearer realm is then `https://`).
+    pub tls: bool,
+}
+
+/// The path of the edge's own token endpoint (the bearer realm).
+pub const TOKEN_PATH: &str = "/token";
+
+fn refused(e: OciError, head: bool, route: &'static str) -> ApiResponse {
+    ApiResponse {
+        response: error_response(&e, head),
+        route,
+    }
+}
+
+/// A `Host` value safe to put in a challenge, else `None`.
+fn safe_host(h: &str) -> Option<&str> {
+    (!h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')))
+    .then_some(h)
 }
 
 impl RegistryApi {
-    pub fn new(table: UpstreamTable, cache: Arc<Cache>) -> Self {
-        RegistryApi { table, cache }
+    pub fn new(table: UpstreamTable, cache: Arc<Cache>, access: Arc<Access>) -> Self {
+        RegistryApi {
+            table,
+            cache,
+            access,
+        }
     }
 
-    pub async fn handle(&self, req: &http::request::Parts) -> ApiResponse {
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// The `WWW-Authenticate` challenges: the bearer flow against this edge's `/token`
+    /// first, then Basic (`docker login` with the token secret as password).
+    fn challenges(
+        &self,
+        host: Option<&str>,
+        client: ClientInfo,
+        scope: Option<&str>,
+    ) -> Vec<String> {
+        let scheme = if client.tls { "https" } else { "http" };
+        let host = host.and_then(safe_host).unwrap_or(self.table.hostname());
+        let mut bearer =
+            format!("Bearer realm=\"{scheme}://{host}{TOKEN_PATH}\",service=\"{SERVICE}\"");
+        if let Some(scope) = scope {
+            bearer.push_str(&format!(",scope=\"{scope}\""));
+        }
+        vec![bearer, format!("Basic realm=\"{BASIC_REALM}\"")]
+    }
+
+    pub async fn handle(&self, req: &http::request::Parts, client: ClientInfo) -> ApiResponse {
         let host = req
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        let head = req.method == Method::HEAD;
+        let is_token_endpoint = req.uri.path() == TOKEN_PATH;
+        let who = match self
+            .access
+            .authenticate(req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+        {
+            Ok(who) => who,
+            Err(reason) => {
+                self.access.count_denial(reason);
+                let challenges = if is_token_endpoint {
+                    vec![format!("Basic realm=\"{BASIC_REALM}\"")]
+                } else {
+                    self.challenges(host, client, None)
+                };
+                let e = OciError::unauthorized("invalid credentials", challenges);
+                return refused(e, head, "auth");
+            }
+        };
+        if who == Identity::Anonymous {
+            if let Err(wait) = self.access.check_anonymous_rate(client.peer.ip()) {
+                self.access.count_denial(DenyReason::RateLimited);
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return refused(OciError::too_many_requests(secs), head, "auth");
+            }
+        }
+        if is_token_endpoint {
+            return self.token_endpoint(&req.method, &who, head);
+        }
         let parts = RequestParts {
             method: &req.method,
             host,
             path: req.uri.path(),
             query: req.uri.query(),
         };
-        let head = req.method == Method::HEAD;
         let routed = match route(&parts, &self.table) {
             Ok(r) => r,
+            // Without anonymous access, nothing but a challenge for those without credentials.
+            Err(_) if who == Identity::Anonymous && !self.access.anonymous_allowed() => {
+                self.access.count_denial(DenyReason::NoCredentials);
+                let e = OciError::unauthorized(
+                    "authentication required",
+                    self.challenges(host, client, None),
+                );
+                return refused(e, head, "auth");
+            }
             Err(e) => {
                 return ApiResponse {
                     response: error_response(&e, head),
@@ -59,9 +151,51 @@ impl RegistryApi {
                 }
             }
         };
+        let action = match &routed {
+            ApiRoute::Ping => Action::Ping,
+            ApiRoute::Catalog => Action::Catalog,
+            ApiRoute::Manifest { target, .. }
+            | ApiRoute::Blob { target, .. }
+            | ApiRoute::TagsList { target } => Action::Pull {
+                upstream: &target.upstream,
+            },
+        };
+        match self.access.decide(&who, action) {
+            Decision::Allow => {}
+            Decision::Challenge(reason) => {
+                self.access.count_denial(reason);
+                let scope = match &routed {
+                    ApiRoute::Manifest { target, .. }
+                    | ApiRoute::Blob { target, .. }
+                    | ApiRoute::TagsList { target } => {
+                        Some(format!("repository:{}:pull", target.key()))
+                    }
+                    _ => None,
+                };
+                let e = OciError::unauthorized(
+                    "authentication required",
+                    self.challenges(host, client, scope.as_deref()),
+                );
+                return refused(e, head, "auth");
+            }
+            Decision::Forbid(reason) => {
+                self.access.count_denial(reason);
+                let what = match action {
+                    Action::Pull { upstream } if self.access.is_private(upstream) => {
+                        format!("pulling through the private upstream {upstream} needs a token with pull:private")
+                    }
+                    Action::Pull { upstream } => {
+                        format!("pulling through {upstream} needs a token with pull:public")
+                    }
+                    _ => "this needs another scope".to_string(),
+                };
+                tracing::info!(token = who.name(), client = %client.peer, "{what}");
+                return refused(OciError::denied(what), head, "auth");
+            }
+        }
         let (label, result) = match routed {
             ApiRoute::Ping => ("ping", Ok(json_response(StatusCode::OK, "{}".into(), head))),
-            ApiRoute::Catalog => ("catalog", self.catalog(head).await),
+            ApiRoute::Catalog => ("catalog", self.catalog(&who, head).await),
             ApiRoute::TagsList { target } => (
                 "tags",
                 self.cache
@@ -105,12 +239,52 @@ impl RegistryApi {
         }
     }
 
-    async fn catalog(&self, head: bool) -> Result<Response<ResponseBody>, OciError> {
-        let repos = self
+    /// `GET /token`: a short-lived bearer token for the credentials presented (Basic with
+    /// a token secret; none for an anonymous token when anonymous access is on).
+    fn token_endpoint(&self, method: &Method, who: &Identity, head: bool) -> ApiResponse {
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return refused(OciError::unsupported_method(method), head, "token");
+        }
+        let Some(issued) = self.access.issue(who) else {
+            self.access.count_denial(DenyReason::NoCredentials);
+            let e = OciError::unauthorized(
+                "log in with a token secret as the password",
+                vec![format!("Basic realm=\"{BASIC_REALM}\"")],
+            );
+            return refused(e, head, "token");
+        };
+        let body = serde_json::json!({
+            "token": issued.token,
+            "access_token": issued.token,
+            "expires_in": issued.expires_in,
+            "issued_at": humantime::format_rfc3339_seconds(issued.issued_at).to_string(),
+        })
+        .to_string();
+        let mut response = json_response(StatusCode::OK, body.into(), head);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        ApiResponse {
+            response,
+            route: "token",
+        }
+    }
+
+    async fn catalog(
+        &self,
+        who: &Identity,
+        head: bool,
+    ) -> Result<Response<ResponseBody>, OciError> {
+        let mut repos = self
             .cache
             .catalog()
             .await
             .map_err(|e| map_cache_error(e, "catalog"))?;
+        // Only what this client could pull: private repository names stay private.
+        repos.retain(|r| {
+            r.split_once('/')
+                .is_some_and(|(upstream, _)| self.access.may_pull(who, upstream))
+        });
         let body = serde_json::json!({ "repositories": repos }).to_string();
         Ok(json_response(StatusCode::OK, body.into(), head))
     }
@@ -149,7 +323,7 @@ pub fn error_response(e: &OciError, head: bool) -> Response<ResponseBody> {
     if let Some(size) = e.content_range_size {
         b = b.header(header::CONTENT_RANGE, format!("bytes */{size}"));
     }
-    if let Some(challenge) = &e.challenge {
+    for challenge in &e.challenges {
         b = b.header(header::WWW_AUTHENTICATE, challenge.as_str());
     }
     finish(

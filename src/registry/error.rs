@@ -54,8 +54,8 @@ pub struct OciError {
     pub detail: Option<String>,
     /// `Retry-After` seconds (429).
     pub retry_after: Option<u64>,
-    /// `WWW-Authenticate` challenge (401).
-    pub challenge: Option<String>,
+    /// `WWW-Authenticate` challenges (401), one header line each, preferred first.
+    pub challenges: Vec<String>,
     /// `Content-Range: bytes */<size>` (416).
     pub content_range_size: Option<u64>,
 }
@@ -68,7 +68,7 @@ impl OciError {
             message: message.into(),
             detail: None,
             retry_after: None,
-            challenge: None,
+            challenges: Vec::new(),
             content_range_size: None,
         }
     }
@@ -162,6 +162,29 @@ impl OciError {
             "invalid Range",
         )
         .with_detail(detail)
+    }
+
+    /// 401: credentials are missing or wrong; `challenges` tell the client how to log in.
+    pub fn unauthorized(message: impl Into<String>, challenges: Vec<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message);
+        e.challenges = challenges;
+        e
+    }
+
+    /// 403: the credentials are valid but do not allow this.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Denied, message)
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            "too many requests from this address without a token; log in for no limit",
+        );
+        e.retry_after = Some(retry_after_secs.max(1));
+        e
     }
 
     pub fn internal(detail: impl Into<String>) -> Self {

@@ -16,6 +16,6 @@ pub mod error;
 pub mod range;
 pub mod route;
 
-pub use api::{ApiResponse, RegistryApi};
+pub use api::{error_response, ApiResponse, ClientInfo, RegistryApi, TOKEN_PATH};
 pub use error::{ErrorCode, OciError};
 pub use route::{ApiRoute, RepoTarget, UpstreamTable};

@@ -137,6 +137,11 @@ impl UpstreamTable {
             .map(|e| e.name.as_str())
     }
 
+    /// The edge's own host name (`server.hostname`).
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.name.as_str())
     }
@@ -191,6 +196,18 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
     if path.contains("%2f") || path.contains("%2F") || path.contains('\\') {
         return Err(OciError::name_invalid(
             "encoded slashes and backslashes are not allowed in paths",
+        ));
+    }
+    // No name, tag, digest or host in a registry path is ever percent-encoded: refuse
+    // encoded dots, NULs and the like before anything resolves a name.
+    if path.contains('%') {
+        return Err(OciError::name_invalid(
+            "percent-encoded characters are not allowed in registry paths",
+        ));
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(OciError::name_invalid(
+            "\".\" and \"..\" segments are not allowed in paths",
         ));
     }
     // `/<host>/v2/...` (containerd host with a path)
@@ -476,6 +493,10 @@ mod tests {
         );
         assert_eq!(
             code(Method::GET, "/v2/a%2Fb/manifests/t"),
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/%2e%2e/b/manifests/t"),
             ErrorCode::NameInvalid
         );
         assert_eq!(

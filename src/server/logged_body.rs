@@ -23,6 +23,8 @@ pub struct RequestRecord {
     pub metrics: Arc<Metrics>,
     /// The response's `Content-Length`, if it has one.
     pub content_length: Option<u64>,
+    /// Keeps the connection from counting as idle until the body is done.
+    pub in_flight: Option<super::limits::InFlight>,
 }
 
 pub struct LoggedBody {

@@ -5,11 +5,12 @@
 //! Owns: sockets, TLS handshakes, connection lifetimes and signals.
 //! Must not: interpret registry paths (that is `registry`) or touch the store.
 
+mod limits;
 mod logged_body;
 mod service;
 pub mod tls;
 
-pub use service::App;
+pub use service::{App, ConnInfo, MAX_REQUEST_TARGET};
 
 use crate::config::ServerConfig;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,12 +21,34 @@ use std::sync::Arc;
 use std::time::Duration;
 use tls::{ReloadableCert, TlsError};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send request headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Headers in one HTTP/1.1 request.
+const MAX_HEADERS: usize = 100;
+/// What a plain-HTTP client over `server.max_connections` is told before the close.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Connection limits from `[server]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_size: usize,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &ServerConfig) -> Self {
+        Limits {
+            max_connections: cfg.max_connections,
+            header_read_timeout: cfg.header_read_timeout.get(),
+            idle_timeout: cfg.idle_timeout.get(),
+            max_header_size: cfg.max_header_size.get() as usize,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -58,6 +81,7 @@ pub struct Server {
     listeners: Vec<(ListenerKind, TcpListener)>,
     tls: Option<(Arc<ReloadableCert>, tokio_rustls::TlsAcceptor)>,
     app: Arc<App>,
+    limits: Limits,
 }
 
 impl Server {
@@ -86,6 +110,7 @@ impl Server {
             listeners,
             tls,
             app,
+            limits: Limits::from_config(cfg),
         })
     }
 
@@ -104,14 +129,19 @@ impl Server {
         // Every connection task holds a clone of `alive_tx`; when all are gone, recv() ends.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let acceptor = self.tls.as_ref().map(|(_, a)| a.clone());
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
         let mut accept_tasks = Vec::new();
         for (kind, listener) in self.listeners {
-            let app = self.app.clone();
+            let conn = ConnShared {
+                app: self.app.clone(),
+                limits: self.limits,
+                slots: slots.clone(),
+            };
             let acceptor = acceptor.clone();
             let stop_rx = stop_rx.clone();
             let alive_tx = alive_tx.clone();
             accept_tasks.push(tokio::spawn(accept_loop(
-                kind, listener, acceptor, app, stop_rx, alive_tx,
+                kind, listener, acceptor, conn, stop_rx, alive_tx,
             )));
         }
         drop(alive_tx);
@@ -131,14 +161,24 @@ impl Server {
     }
 }
 
+/// What every connection of every listener shares.
+#[derive(Clone)]
+struct ConnShared {
+    app: Arc<App>,
+    limits: Limits,
+    /// One permit per open connection (`server.max_connections`).
+    slots: Arc<Semaphore>,
+}
+
 async fn accept_loop(
     kind: ListenerKind,
     listener: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    app: Arc<App>,
+    shared: ConnShared,
     mut stop_rx: watch::Receiver<bool>,
     alive_tx: mpsc::Sender<()>,
 ) {
+    let app = shared.app.clone();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -154,22 +194,45 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            // Over server.max_connections: say so (plain HTTP, best effort) and close.
+            app.metrics
+                .connections_rejected
+                .with_label_values(&["limit"])
+                .inc();
+            if kind == ListenerKind::Http {
+                let _ = stream.try_write(BUSY_RESPONSE);
+            }
+            tracing::debug!(client = %peer, "too many connections; closed");
+            drop(stream);
+            continue;
+        };
         app.metrics
             .connections_total
             .with_label_values(&[kind.as_str()])
             .inc();
         let app = app.clone();
+        let limits = shared.limits;
         let stop_rx = stop_rx.clone();
         let alive = alive_tx.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             app.metrics.connections_open.inc();
             match (kind, acceptor) {
                 (ListenerKind::Https, Some(acceptor)) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls)) => {
-                            serve_connection(TokioIo::new(tls), peer, app.clone(), stop_rx).await
+                            serve_connection(
+                                TokioIo::new(tls),
+                                peer,
+                                true,
+                                app.clone(),
+                                limits,
+                                stop_rx,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             app.metrics.tls_handshake_failures.inc();
@@ -181,7 +244,17 @@ async fn accept_loop(
                         }
                     }
                 }
-                _ => serve_connection(TokioIo::new(stream), peer, app.clone(), stop_rx).await,
+                _ => {
+                    serve_connection(
+                        TokioIo::new(stream),
+                        peer,
+                        false,
+                        app.clone(),
+                        limits,
+                        stop_rx,
+                    )
+                    .await
+                }
             }
             app.metrics.connections_open.dec();
             drop(alive);
@@ -192,26 +265,35 @@ async fn accept_loop(
 async fn serve_connection<IO>(
     io: TokioIo<IO>,
     peer: SocketAddr,
+    tls: bool,
     app: Arc<App>,
+    limits: Limits,
     mut stop_rx: watch::Receiver<bool>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = limits::ConnActivity::new();
+    let info = Arc::new(ConnInfo {
+        peer,
+        tls,
+        activity: Some(activity.clone()),
+    });
     let service = hyper::service::service_fn(move |req| {
-        let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(app.handle(req, peer).await) }
+        let (app, info) = (app.clone(), info.clone());
+        async move { Ok::<_, std::convert::Infallible>(app.handle(req, &info).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(limits.max_header_size.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
+        .max_header_list_size(limits.max_header_size as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
@@ -220,6 +302,12 @@ async fn serve_connection<IO>(
         _ = stop_rx.changed() => {
             conn.as_mut().graceful_shutdown();
             log_conn_end(peer, conn.await);
+        }
+        _ = activity.idle(limits.idle_timeout) => {
+            tracing::debug!(client = %peer, "idle connection closed");
+            conn.as_mut().graceful_shutdown();
+            // Nothing is in flight; a client that keeps the close from finishing is cut off.
+            let _ = tokio::time::timeout(limits.header_read_timeout, conn.as_mut()).await;
         }
     }
 }

@@ -200,9 +200,11 @@ impl Upstream {
         let body = read_limited(response, MAX_MANIFEST_SIZE, self.inner.metrics.bytes()).await?;
         let media_type = match header_media_type {
             Some(t) if t != "application/json" && t != "text/plain" => t,
-            from_header => media_type_in_body(&body).or(from_header).ok_or_else(|| {
-                UpstreamError::BadResponse("manifest without Content-Type or mediaType".into())
-            })?,
+            from_header => crate::oci::manifest_media_type(&body)
+                .or(from_header)
+                .ok_or_else(|| {
+                    UpstreamError::BadResponse("manifest without Content-Type or mediaType".into())
+                })?,
         };
         Ok(ManifestResponse {
             digest,
@@ -453,15 +455,6 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     Some((start, total))
 }
 
-/// The `mediaType` field of a JSON manifest, if any.
-fn media_type_in_body(body: &[u8]) -> Option<String> {
-    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
-    json.get("mediaType")?
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,13 +526,13 @@ mod tests {
     #[test]
     fn media_type_from_body() {
         assert_eq!(
-            media_type_in_body(
+            crate::oci::manifest_media_type(
                 br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#
             )
             .as_deref(),
             Some("application/vnd.oci.image.index.v1+json")
         );
-        assert_eq!(media_type_in_body(b"{}"), None);
-        assert_eq!(media_type_in_body(b"junk"), None);
+        assert_eq!(crate::oci::manifest_media_type(b"{}"), None);
+        assert_eq!(crate::oci::manifest_media_type(b"junk"), None);
     }
 }

@@ -186,6 +186,11 @@ impl Edge {
         assert_eq!(rc, 0, "kill failed");
     }
 
+    /// Whether the daemon process is still running.
+    pub fn child_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits for the daemon to exit and returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;

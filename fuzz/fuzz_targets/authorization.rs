@@ -1,0 +1,7 @@
+//! Fuzz target `authorization`: see `checks::authorization` in `fuzz/checks.rs`.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::authorization(data));

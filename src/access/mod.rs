@@ -1,0 +1,464 @@
+//! Access control: who is asking, and what they may pull.
+//!
+//! Owns: the client-network allow list (`auth.allow_cidrs`), reading credentials from an
+//! `Authorization` header (HTTP Basic with a token secret as the password, or a bearer
+//! token this edge issued), the scopes of each identity, the rule of which upstreams an
+//! identity may pull through (`pull:public`, `pull:private` for upstreams marked
+//! `private`), issuing short-lived bearer tokens, the per-address quota of anonymous
+//! clients (governor), and counting denials by reason.
+//!
+//! Every check is cheap and constant-time where secrets are compared: a presented secret is
+//! hashed once with SHA-256 (secrets are 256 random bits, so no slow hash is needed) and
+//! compared with every configured hash through HMAC tags; bearer tokens are HMAC-SHA256.
+//!
+//! Must not: build HTTP responses or OCI errors (that is `registry`), know about sockets
+//! (that is `server`), or keep or log a secret.
+
+pub mod token;
+
+use crate::config::{Cidr, Config, RateConfig, Scope, TokenConfig};
+use crate::metrics::Metrics;
+use base64::Engine as _;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+pub use token::{Signer, TokenError, SECRET_PREFIX, TOKEN_LIFETIME};
+
+/// The `service` this edge names in its bearer challenge and `/token` endpoint.
+pub const SERVICE: &str = "sparkcr-edge";
+/// The realm of the Basic challenge.
+pub const BASIC_REALM: &str = "sparkcr-edge";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("cannot make the token signing key: {0}")]
+    Key(#[from] TokenError),
+}
+
+/// Why a request was refused; the label of `auth_denials_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The client's address is outside `auth.allow_cidrs`.
+    Network,
+    /// No credentials where they are needed.
+    NoCredentials,
+    /// Credentials that match no token, or an invalid or expired bearer token.
+    BadCredentials,
+    /// A token without the scope this needs.
+    Scope,
+    /// Over the anonymous per-address quota.
+    RateLimited,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Network => "network",
+            DenyReason::NoCredentials => "no_credentials",
+            DenyReason::BadCredentials => "bad_credentials",
+            DenyReason::Scope => "scope",
+            DenyReason::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Who a request comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Anonymous,
+    Token { name: Arc<str>, scopes: Vec<Scope> },
+}
+
+impl Identity {
+    pub fn has(&self, scope: Scope) -> bool {
+        match self {
+            Identity::Anonymous => false,
+            Identity::Token { scopes, .. } => scopes.contains(&scope),
+        }
+    }
+
+    /// The token's name for logs; `-` for anonymous.
+    pub fn name(&self) -> &str {
+        match self {
+            Identity::Anonymous => "-",
+            Identity::Token { name, .. } => name,
+        }
+    }
+}
+
+/// What a request wants to do.
+#[derive(Clone, Copy, Debug)]
+pub enum Action<'a> {
+    /// `/v2/`: the API check, where clients learn the challenge.
+    Ping,
+    /// `/v2/_catalog` (filtered by [`Access::may_pull`]).
+    Catalog,
+    /// Manifests, blobs and tag lists of a repository on this upstream.
+    Pull { upstream: &'a str },
+}
+
+/// The answer to [`Access::decide`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// 401 with a challenge: credentials would help.
+    Challenge(DenyReason),
+    /// 403: the credentials are fine but do not allow this.
+    Forbid(DenyReason),
+}
+
+struct ConfiguredToken {
+    name: Arc<str>,
+    /// HMAC of the configured hash under the process key (see [`Signer::same_hash`]).
+    tag: ring::hmac::Tag,
+    scopes: Vec<Scope>,
+}
+
+/// A bearer token from `/token`.
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_in: u64,
+    pub issued_at: SystemTime,
+}
+
+/// The anonymous per-address quota.
+struct AnonymousQuota {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    checks: AtomicU64,
+}
+
+/// Forget idle addresses every this many checks, so the table stays small.
+const QUOTA_CLEANUP_EVERY: u64 = 4096;
+
+impl AnonymousQuota {
+    fn new(rate: &RateConfig) -> Option<Self> {
+        let per_minute = NonZeroU32::new(rate.per_minute)?;
+        let burst = NonZeroU32::new(rate.burst)?;
+        let quota = Quota::per_minute(per_minute).allow_burst(burst);
+        Some(AnonymousQuota {
+            limiter: DefaultKeyedRateLimiter::dashmap(quota),
+            clock: DefaultClock::default(),
+            checks: AtomicU64::new(0),
+        })
+    }
+
+    fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % QUOTA_CLEANUP_EVERY
+            == QUOTA_CLEANUP_EVERY - 1
+        {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+/// The access policy of one daemon, built from the config at start.
+pub struct Access {
+    anonymous: bool,
+    allow: Vec<Cidr>,
+    tokens: Vec<ConfiguredToken>,
+    private_upstreams: HashSet<String>,
+    signer: Signer,
+    quota: Option<AnonymousQuota>,
+    metrics: Arc<Metrics>,
+}
+
+impl Access {
+    pub fn from_config(c: &Config, metrics: Arc<Metrics>) -> Result<Access, AccessError> {
+        let signer = Signer::new()?;
+        let tokens = c
+            .auth
+            .token
+            .iter()
+            .map(|t: &TokenConfig| ConfiguredToken {
+                name: Arc::from(t.name.as_str()),
+                tag: signer.tag_of(&t.hash),
+                scopes: t.scopes.clone(),
+            })
+            .collect();
+        Ok(Access {
+            anonymous: c.auth.anonymous,
+            allow: c.auth.allow_cidrs.clone(),
+            tokens,
+            private_upstreams: c
+                .upstream
+                .iter()
+                .filter(|u| u.private)
+                .map(|u| u.name.to_ascii_lowercase())
+                .collect(),
+            signer,
+            quota: c.auth.anonymous_rate.as_ref().and_then(AnonymousQuota::new),
+            metrics,
+        })
+    }
+
+    /// Counts a refusal in `auth_denials_total{reason}`.
+    pub fn count_denial(&self, reason: DenyReason) {
+        self.metrics
+            .auth_denials
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Whether a client at `ip` may talk to the edge at all.
+    pub fn peer_allowed(&self, ip: IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip))
+    }
+
+    pub fn anonymous_allowed(&self) -> bool {
+        self.anonymous
+    }
+
+    pub fn is_private(&self, upstream: &str) -> bool {
+        self.private_upstreams.contains(upstream)
+    }
+
+    /// Reads the `Authorization` header. `Ok(Anonymous)` when there is none; an error for
+    /// credentials that are present but not valid.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, DenyReason> {
+        let Some(raw) = authorization else {
+            return Ok(Identity::Anonymous);
+        };
+        let text = std::str::from_utf8(raw).map_err(|_| DenyReason::BadCredentials)?;
+        let (scheme, rest) = text
+            .trim()
+            .split_once(' ')
+            .ok_or(DenyReason::BadCredentials)?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .map_err(|_| DenyReason::BadCredentials)?;
+            let decoded = String::from_utf8(decoded).map_err(|_| DenyReason::BadCredentials)?;
+            // Any user name: the password is the token secret.
+            let (_, secret) = decoded.split_once(':').ok_or(DenyReason::BadCredentials)?;
+            self.by_secret(secret).ok_or(DenyReason::BadCredentials)
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            let claims = self
+                .signer
+                .verify(rest, SystemTime::now())
+                .map_err(|_| DenyReason::BadCredentials)?;
+            Ok(match claims.name {
+                None => Identity::Anonymous,
+                Some(name) => Identity::Token {
+                    name: Arc::from(name.as_str()),
+                    scopes: claims.scopes,
+                },
+            })
+        } else {
+            Err(DenyReason::BadCredentials)
+        }
+    }
+
+    /// The configured token whose secret this is. Compares with every token (no early
+    /// exit), each comparison constant-time.
+    fn by_secret(&self, secret: &str) -> Option<Identity> {
+        let presented = token::hash_secret(secret);
+        let mut found = None;
+        for t in &self.tokens {
+            if self.signer.same_hash(&presented, &t.tag) && found.is_none() {
+                found = Some(Identity::Token {
+                    name: t.name.clone(),
+                    scopes: t.scopes.clone(),
+                });
+            }
+        }
+        found
+    }
+
+    /// The anonymous quota for `ip`: `Err(wait)` when over it.
+    pub fn check_anonymous_rate(&self, ip: IpAddr) -> Result<(), Duration> {
+        match &self.quota {
+            Some(q) => q.check(ip.to_canonical()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `who` may pull through `upstream`.
+    pub fn may_pull(&self, who: &Identity, upstream: &str) -> bool {
+        let need = if self.is_private(upstream) {
+            Scope::PullPrivate
+        } else {
+            Scope::PullPublic
+        };
+        match who {
+            Identity::Anonymous => self.anonymous && need == Scope::PullPublic,
+            Identity::Token { .. } => who.has(need),
+        }
+    }
+
+    pub fn decide(&self, who: &Identity, action: Action<'_>) -> Decision {
+        match (who, action) {
+            (Identity::Token { .. }, Action::Ping | Action::Catalog) => Decision::Allow,
+            (Identity::Anonymous, _) if !self.anonymous => {
+                Decision::Challenge(DenyReason::NoCredentials)
+            }
+            // Clients learn the challenge at `/v2/` (Docker only sends credentials to a
+            // registry whose `/v2/` asked for them), so anonymous pings are challenged as
+            // soon as there are tokens; anonymous clients then get an anonymous token.
+            (Identity::Anonymous, Action::Ping) if !self.tokens.is_empty() => {
+                Decision::Challenge(DenyReason::NoCredentials)
+            }
+            (Identity::Anonymous, Action::Ping | Action::Catalog) => Decision::Allow,
+            (_, Action::Pull { upstream }) if self.may_pull(who, upstream) => Decision::Allow,
+            (Identity::Anonymous, Action::Pull { .. }) => {
+                Decision::Challenge(DenyReason::NoCredentials)
+            }
+            (Identity::Token { .. }, Action::Pull { .. }) => Decision::Forbid(DenyReason::Scope),
+        }
+    }
+
+    /// A bearer token for `who` (`/token`); anonymous clients get one only when anonymous
+    /// access is on.
+    pub fn issue(&self, who: &Identity) -> Option<IssuedToken> {
+        let now = SystemTime::now();
+        let token = match who {
+            Identity::Anonymous if !self.anonymous => return None,
+            Identity::Anonymous => self.signer.issue(None, &[], now),
+            Identity::Token { name, scopes } => self.signer.issue(Some(name), scopes, now),
+        };
+        Some(IssuedToken {
+            token,
+            expires_in: TOKEN_LIFETIME.as_secs(),
+            issued_at: now,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::load_from_text_for_tests;
+    use crate::config::ConfigOrigin;
+    use base64::engine::general_purpose::STANDARD;
+
+    struct Fixture {
+        access: Access,
+        public: String,
+        both: String,
+    }
+
+    fn fixture(auth: &str) -> Fixture {
+        let public = token::new_secret().expect("secret");
+        let both = token::new_secret().expect("secret");
+        let text = format!(
+            "[auth]\n{auth}\n[[auth.token]]\nname = \"pub\"\nhash = \"{}\"\nscopes = [\"pull:public\"]\n[[auth.token]]\nname = \"both\"\nhash = \"{}\"\nscopes = [\"pull:public\", \"pull:private\"]\n[[upstream]]\nname = \"secret.lan\"\nurl = \"https://secret.lan\"\nprivate = true\n",
+            public.hash, both.hash
+        );
+        let c = load_from_text_for_tests(ConfigOrigin::Embedded, &text);
+        Fixture {
+            access: Access::from_config(&c, Arc::new(Metrics::new())).expect("access"),
+            public: public.secret,
+            both: both.secret,
+        }
+    }
+
+    fn basic(secret: &str) -> Vec<u8> {
+        format!("Basic {}", STANDARD.encode(format!("anyone:{secret}"))).into_bytes()
+    }
+
+    #[test]
+    fn basic_and_bearer() {
+        let f = fixture("anonymous = true");
+        let a = &f.access;
+        assert_eq!(a.authenticate(None), Ok(Identity::Anonymous));
+        let who = a.authenticate(Some(&basic(&f.both))).expect("valid");
+        assert_eq!(who.name(), "both");
+        assert!(who.has(Scope::PullPrivate));
+        assert_eq!(
+            a.authenticate(Some(&basic("spk_wrong"))),
+            Err(DenyReason::BadCredentials)
+        );
+        for junk in [
+            &b"Basic"[..],
+            b"Basic !!!",
+            b"Digest x",
+            b"Bearer v1.a.b",
+            b"\xff\xfe",
+        ] {
+            assert!(a.authenticate(Some(junk)).is_err());
+        }
+        let issued = a.issue(&who).expect("token");
+        let bearer = format!("Bearer {}", issued.token);
+        assert_eq!(a.authenticate(Some(bearer.as_bytes())), Ok(who));
+        let anon = a.issue(&Identity::Anonymous).expect("anonymous token");
+        let bearer = format!("bearer {}", anon.token);
+        assert_eq!(
+            a.authenticate(Some(bearer.as_bytes())),
+            Ok(Identity::Anonymous)
+        );
+    }
+
+    #[test]
+    fn scopes_and_private_upstreams() {
+        let f = fixture("anonymous = true");
+        let a = &f.access;
+        let public = a.authenticate(Some(&basic(&f.public))).expect("valid");
+        let both = a.authenticate(Some(&basic(&f.both))).expect("valid");
+        let anon = Identity::Anonymous;
+        let private = Action::Pull {
+            upstream: "secret.lan",
+        };
+        let hub = Action::Pull {
+            upstream: "docker.io",
+        };
+        assert_eq!(a.decide(&anon, hub), Decision::Allow);
+        assert_eq!(
+            a.decide(&anon, private),
+            Decision::Challenge(DenyReason::NoCredentials)
+        );
+        assert_eq!(a.decide(&public, hub), Decision::Allow);
+        assert_eq!(
+            a.decide(&public, private),
+            Decision::Forbid(DenyReason::Scope)
+        );
+        assert_eq!(a.decide(&both, private), Decision::Allow);
+        // Tokens exist: anonymous pings are challenged so clients learn where to log in.
+        assert_eq!(
+            a.decide(&anon, Action::Ping),
+            Decision::Challenge(DenyReason::NoCredentials)
+        );
+        assert_eq!(a.decide(&public, Action::Ping), Decision::Allow);
+        assert!(!a.may_pull(&public, "secret.lan"));
+        assert!(a.issue(&anon).is_some());
+
+        let f = fixture("anonymous = false");
+        let a = &f.access;
+        assert_eq!(
+            a.decide(&anon, hub),
+            Decision::Challenge(DenyReason::NoCredentials)
+        );
+        assert_eq!(
+            a.decide(&anon, Action::Catalog),
+            Decision::Challenge(DenyReason::NoCredentials)
+        );
+        assert!(a.issue(&anon).is_none());
+    }
+
+    #[test]
+    fn networks_and_quota() {
+        let f = fixture("allow_cidrs = [\"10.0.0.0/8\", \"::1\"]\nanonymous_rate = { per_minute = 60, burst = 2 }");
+        let a = &f.access;
+        assert!(a.peer_allowed("10.9.8.7".parse().expect("ip")));
+        assert!(a.peer_allowed("::1".parse().expect("ip")));
+        assert!(!a.peer_allowed("127.0.0.1".parse().expect("ip")));
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert!(a.check_anonymous_rate(ip).is_ok());
+        assert!(a.check_anonymous_rate(ip).is_ok());
+        let wait = a.check_anonymous_rate(ip).expect_err("over the burst");
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        // Another address has its own quota.
+        assert!(a
+            .check_anonymous_rate("10.0.0.2".parse().expect("ip"))
+            .is_ok());
+    }
+}

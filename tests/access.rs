@@ -1,0 +1,618 @@
+//! Access control end to end, through the real binary: tokens made with
+//! `sparkcr-edge token create`, anonymous access off (401 and a usable challenge), HTTP
+//! Basic with the secret as password and the bearer flow through the edge's `/token`, by
+//! reqwest and by `skopeo`; private upstreams (no pull by tag, by digest, or by naming a
+//! private blob under a public upstream); `allow_cidrs`; the anonymous per-address quota.
+
+mod common;
+use common::images::*;
+use common::pull::*;
+use common::registry2::*;
+use common::*;
+use std::time::Duration;
+
+const SECRET_UP: &str = "secret.test";
+
+/// `sparkcr-edge token create`: (secret, the TOML block to paste).
+fn create_token(name: &str, scopes: &str) -> (String, String) {
+    let (code, out, err) = run_cli(
+        &["token", "create", "--name", name, "--scopes", scopes],
+        &[],
+    );
+    assert_eq!(code, 0, "token create: {err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("secret line")
+        .trim()
+        .to_string();
+    assert!(secret.starts_with("spk_"), "{out}");
+    let block = out
+        .split_once("[[auth.token]]")
+        .map(|(_, b)| format!("[[auth.token]]{b}"))
+        .expect("block");
+    assert!(
+        !block.contains(&secret),
+        "the config block never holds the secret"
+    );
+    assert!(block.contains("hash = \"sha256:"), "{block}");
+    (secret, block)
+}
+
+fn base_config(auth: &str, upstreams: &str) -> String {
+    format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n[storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"1h\"\n{auth}\n{upstreams}"
+    )
+}
+
+fn upstream(name: &str, reg: &Registry2, extra: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nurl = \"{}\"\nconnect_timeout = \"2s\"\nread_timeout = \"10s\"\n{extra}\n",
+        reg.url()
+    )
+}
+
+fn client_with(auth: Option<String>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(a) = auth {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            a.parse().expect("header value"),
+        );
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+fn basic(secret: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("someone:{secret}"))
+    )
+}
+
+fn challenges(r: &reqwest::Response) -> Vec<String> {
+    r.headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect()
+}
+
+async fn oci_code(r: reqwest::Response) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("OCI error JSON");
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn skopeo(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn skopeo_copy(src: &str, creds: Option<&str>, dest: &std::path::Path) -> (bool, String) {
+    let dest = format!("dir:{}", dest.display());
+    let mut args = vec!["copy", "--src-tls-verify=false", "--retry-times", "0"];
+    let creds_arg;
+    if let Some(c) = creds {
+        creds_arg = c.to_string();
+        args.extend(["--src-creds", creds_arg.as_str()]);
+    } else {
+        args.push("--src-no-creds");
+    }
+    args.extend([src, dest.as_str()]);
+    skopeo(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_off_basic_and_bearer_flow() {
+    let reg = Registry2::start();
+    let image = push_image(
+        &reg,
+        "library/busybox",
+        Some("v1"),
+        Format::Oci,
+        1,
+        "amd64",
+        &[4000],
+    )
+    .await;
+    let (secret, block) = create_token("ci", "pull:public");
+    let edge = Edge::start(&base_config(
+        &format!("[auth]\nanonymous = false\n{block}"),
+        &upstream("docker.io", &reg, "default = true"),
+    ));
+    let e = edge.http[0];
+    let anon = client_with(None);
+
+    // No credentials: 401 with a bearer challenge naming this edge's /token, and Basic.
+    let r = anon.get(edge.url("/v2/")).send().await.expect("ping");
+    assert_eq!(r.status(), 401);
+    let ch = challenges(&r);
+    assert_eq!(
+        ch.first().map(String::as_str),
+        Some(format!("Bearer realm=\"http://{e}/token\",service=\"sparkcr-edge\"").as_str()),
+        "{ch:?}"
+    );
+    assert!(
+        ch.iter().any(|c| c == "Basic realm=\"sparkcr-edge\""),
+        "{ch:?}"
+    );
+    assert_eq!(oci_code(r).await, "UNAUTHORIZED");
+    let r = anon
+        .get(edge.url("/v2/busybox/manifests/v1"))
+        .send()
+        .await
+        .expect("manifest");
+    assert_eq!(r.status(), 401);
+    assert!(challenges(&r)[0].contains("scope=\"repository:docker.io/library/busybox:pull\""));
+    assert_eq!(
+        anon.get(edge.url("/v2/_catalog"))
+            .send()
+            .await
+            .expect("catalog")
+            .status(),
+        401
+    );
+    assert_eq!(
+        anon.get(edge.url("/token"))
+            .send()
+            .await
+            .expect("token")
+            .status(),
+        401
+    );
+
+    // Wrong secret: 401 everywhere, the token endpoint included.
+    let wrong = client_with(Some(basic("spk_not-the-secret")));
+    assert_eq!(
+        wrong
+            .get(edge.url("/v2/"))
+            .send()
+            .await
+            .expect("ping")
+            .status(),
+        401
+    );
+    assert_eq!(
+        wrong
+            .get(edge.url("/token?service=sparkcr-edge"))
+            .send()
+            .await
+            .expect("token")
+            .status(),
+        401
+    );
+
+    // Basic on every request (what `docker login` leads to).
+    let basic_client = client_with(Some(basic(&secret)));
+    assert_eq!(
+        basic_client
+            .get(edge.url("/v2/"))
+            .send()
+            .await
+            .expect("ping")
+            .status(),
+        200
+    );
+    let route = Route {
+        name: "basic",
+        template: format!("http://{e}/v2/busybox/{{rest}}"),
+        host: None,
+    };
+    let pulled = pull(&basic_client, &route, "v1").await;
+    assert_eq!(pulled[0].manifest_digest, image.manifest_digest);
+
+    // The bearer flow: the realm with Basic gives a short-lived token; Bearer then works.
+    let r = basic_client
+        .get(
+            edge.url("/token?service=sparkcr-edge&scope=repository:docker.io/library/busybox:pull"),
+        )
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let t: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("token json");
+    assert_eq!(t["expires_in"], 300);
+    assert_eq!(t["token"], t["access_token"]);
+    assert!(
+        t["issued_at"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{t}"
+    );
+    let token = t["token"].as_str().expect("token").to_string();
+    let bearer = client_with(Some(format!("Bearer {token}")));
+    let route = Route {
+        name: "bearer",
+        template: format!("http://{e}/v2/docker.io/library/busybox/{{rest}}"),
+        host: None,
+    };
+    pull(&bearer, &route, &image.manifest_digest).await;
+    // A tampered token is refused.
+    let forged = client_with(Some(format!("Bearer {}x", token)));
+    assert_eq!(
+        forged
+            .get(edge.url("/v2/"))
+            .send()
+            .await
+            .expect("ping")
+            .status(),
+        401
+    );
+
+    // A real client: skopeo logs in with any user name and the secret, through the bearer
+    // challenge it is offered first (so through /token).
+    let token_requests = || edge.log_text().matches("path=/token ").count();
+    let before = token_requests();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (ok, log) = skopeo_copy(
+        &format!("docker://{e}/busybox:v1"),
+        Some(&format!("anyone:{secret}")),
+        &out.path().join("ok"),
+    );
+    assert!(ok, "skopeo with the secret: {log}");
+    assert!(out.path().join("ok/manifest.json").exists());
+    assert!(token_requests() > before, "skopeo used the bearer flow");
+    let (ok, log) = skopeo_copy(
+        &format!("docker://{e}/busybox:v1"),
+        Some("anyone:spk_wrong"),
+        &out.path().join("bad"),
+    );
+    assert!(!ok, "skopeo with a wrong secret must fail: {log}");
+    let (ok, _) = skopeo_copy(
+        &format!("docker://{e}/busybox:v1"),
+        None,
+        &out.path().join("none"),
+    );
+    assert!(!ok, "skopeo without credentials must fail");
+
+    let metrics = anon
+        .get(edge.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("sparkcr_edge_auth_denials_total{reason=\"no_credentials\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sparkcr_edge_auth_denials_total{reason=\"bad_credentials\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !edge.log_text().contains(&secret),
+        "the secret is never logged"
+    );
+    assert!(!edge.log_text().contains(&token), "tokens are never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_upstream_content_stays_private() {
+    let public_reg = Registry2::start();
+    let private_reg = Registry2::start();
+    let public_image = push_image(
+        &public_reg,
+        "library/busybox",
+        Some("v1"),
+        Format::Oci,
+        1,
+        "amd64",
+        &[3000],
+    )
+    .await;
+    let secret_image = push_image(
+        &private_reg,
+        "team/secret",
+        Some("v1"),
+        Format::Oci,
+        42,
+        "amd64",
+        &[5000, 9000],
+    )
+    .await;
+    let (pub_secret, pub_block) = create_token("pub", "pull:public");
+    let (priv_secret, priv_block) = create_token("priv", "pull:public,pull:private");
+    let edge = Edge::start(&base_config(
+        &format!("[auth]\nanonymous = true\n{pub_block}\n{priv_block}"),
+        &format!(
+            "{}{}",
+            upstream("docker.io", &public_reg, "default = true"),
+            upstream(SECRET_UP, &private_reg, "private = true")
+        ),
+    ));
+    let e = edge.http[0];
+    let anon = client_with(None);
+    let pub_c = client_with(Some(basic(&pub_secret)));
+    let priv_c = client_with(Some(basic(&priv_secret)));
+    let private_route = Route {
+        name: "private",
+        template: format!("http://{e}/v2/{SECRET_UP}/team/secret/{{rest}}"),
+        host: None,
+    };
+
+    // The private token pulls (and so caches) the private image.
+    let pulled = pull(&priv_c, &private_route, "v1").await;
+    assert_eq!(pulled[0].manifest_digest, secret_image.manifest_digest);
+    let (layer, layer_bytes) = secret_image.blobs[1].clone();
+    let private_gets = |d: &str| private_reg.count_requests("GET", &format!("/blobs/{d}"));
+    assert_eq!(private_gets(&layer), 1);
+
+    // Anonymous: 401 with a challenge. pull:public: 403 DENIED. By tag, digest and blob.
+    for rest in [
+        "manifests/v1".to_string(),
+        format!("manifests/{}", secret_image.manifest_digest),
+        format!("blobs/{layer}"),
+        "tags/list".to_string(),
+    ] {
+        let url = format!("http://{e}/v2/{SECRET_UP}/team/secret/{rest}");
+        let r = anon.get(&url).send().await.expect("anonymous");
+        assert_eq!(r.status(), 401, "anonymous {rest}");
+        assert!(challenges(&r)[0].starts_with("Bearer realm="), "{rest}");
+        let r = pub_c.get(&url).send().await.expect("pull:public");
+        assert_eq!(r.status(), 403, "pull:public {rest}");
+        assert_eq!(oci_code(r).await, "DENIED");
+        let r = pub_c.head(&url).send().await.expect("pull:public HEAD");
+        assert_eq!(r.status(), 403, "pull:public HEAD {rest}");
+        // Other URL forms of the same upstream.
+        let ns = format!("http://{e}/v2/team/secret/{rest}?ns={SECRET_UP}");
+        assert_eq!(
+            pub_c.get(&ns).send().await.expect("ns").status(),
+            403,
+            "ns= {rest}"
+        );
+        let hostpath = format!("http://{e}/{SECRET_UP}/v2/team/secret/{rest}");
+        assert_eq!(
+            pub_c
+                .get(&hostpath)
+                .send()
+                .await
+                .expect("host path")
+                .status(),
+            403
+        );
+    }
+
+    // Naming the private blob or manifest under a public upstream gets nothing: the public
+    // upstream is asked (a miss for that route) and does not have it.
+    for (who, c) in [
+        ("anonymous", &anon),
+        ("pull:public", &pub_c),
+        ("pull:private", &priv_c),
+    ] {
+        for url in [
+            format!("http://{e}/v2/library/busybox/blobs/{layer}"),
+            format!("http://{e}/v2/docker.io/library/busybox/blobs/{layer}"),
+            format!("http://{e}/v2/docker.io/any/repo/blobs/{layer}"),
+            format!(
+                "http://{e}/v2/busybox/manifests/{}",
+                secret_image.manifest_digest
+            ),
+        ] {
+            let r = c.get(&url).send().await.expect("get");
+            assert_eq!(r.status(), 404, "{who}: {url}");
+            let r = c
+                .get(&url)
+                .header("range", "bytes=0-9")
+                .send()
+                .await
+                .expect("range");
+            assert_eq!(r.status(), 404, "{who} with Range: {url}");
+            let r = c.head(&url).send().await.expect("head");
+            assert_eq!(r.status(), 404, "{who} HEAD: {url}");
+        }
+    }
+    assert!(
+        public_reg.count_requests("GET", &format!("/blobs/{layer}")) >= 1,
+        "the public upstream was asked"
+    );
+
+    // The catalog lists private repositories only to pull:private.
+    let catalog = |c: &reqwest::Client| {
+        let c = c.clone();
+        let url = edge.url("/v2/_catalog");
+        async move {
+            let v = c
+                .get(url)
+                .send()
+                .await
+                .expect("catalog")
+                .bytes()
+                .await
+                .expect("body");
+            let v: serde_json::Value = serde_json::from_slice(&v).expect("json");
+            v["repositories"].to_string()
+        }
+    };
+    assert!(catalog(&priv_c).await.contains("secret.test/team/secret"));
+    assert!(!catalog(&pub_c).await.contains("secret"));
+
+    // The private token still pulls from cache; a public image is public for everyone.
+    pull(&priv_c, &private_route, "v1").await;
+    assert_eq!(private_gets(&layer), 1, "served from the cache");
+    let public_route = Route {
+        name: "public",
+        template: format!("http://{e}/v2/busybox/{{rest}}"),
+        host: None,
+    };
+    pull(&pub_c, &public_route, "v1").await;
+    let _ = &public_image;
+
+    // When the public upstream does have the same bytes, it serves its own copy.
+    public_reg.push_blob("library/busybox", &layer_bytes).await;
+    let r = pub_c
+        .get(format!("http://{e}/v2/library/busybox/blobs/{layer}"))
+        .send()
+        .await
+        .expect("now public");
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256_digest(&r.bytes().await.expect("body")), layer);
+
+    // skopeo: the public token cannot pull through the private upstream; the private can.
+    let out = tempfile::tempdir().expect("tempdir");
+    let src = format!("docker://{e}/{SECRET_UP}/team/secret:v1");
+    let (ok, log) = skopeo_copy(
+        &src,
+        Some(&format!("u:{pub_secret}")),
+        &out.path().join("p"),
+    );
+    assert!(!ok, "pull:public through a private upstream: {log}");
+    let (ok, log) = skopeo_copy(
+        &src,
+        Some(&format!("u:{priv_secret}")),
+        &out.path().join("q"),
+    );
+    assert!(ok, "pull:private: {log}");
+    let metrics = anon
+        .get(edge.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(
+        metrics.contains("sparkcr_edge_auth_denials_total{reason=\"scope\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("sparkcr_edge_private_content_refusals_total 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_outside_allow_cidrs_are_refused() {
+    let reg = Registry2::start();
+    let edge = Edge::start(&base_config(
+        "[auth]\nallow_cidrs = [\"10.0.0.0/8\"]",
+        &upstream("docker.io", &reg, "default = true"),
+    ));
+    let c = client_with(None);
+    for path in [
+        "/v2/",
+        "/v2/busybox/manifests/v1",
+        "/token",
+        "/healthz",
+        "/metrics",
+        "/nothing",
+    ] {
+        let r = c.get(edge.url(path)).send().await.expect("request");
+        assert_eq!(r.status(), 403, "{path}");
+        assert_eq!(oci_code(r).await, "DENIED", "{path}");
+    }
+    drop(edge);
+    let edge = Edge::start(&base_config(
+        "[auth]\nallow_cidrs = [\"10.0.0.0/8\", \"127.0.0.0/8\"]",
+        &upstream("docker.io", &reg, "default = true"),
+    ));
+    assert_eq!(
+        c.get(edge.url("/v2/")).send().await.expect("ping").status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_quota_429_then_recovers_tokens_unlimited() {
+    let reg = Registry2::start();
+    let (secret, block) = create_token("ci", "pull:public");
+    let edge = Edge::start(&base_config(
+        &format!("[auth]\nanonymous_rate = {{ per_minute = 60, burst = 3 }}\n{block}"),
+        &upstream("docker.io", &reg, "default = true"),
+    ));
+    let anon = client_with(None);
+    for i in 0..3 {
+        let r = anon
+            .get(edge.url("/v2/_catalog"))
+            .send()
+            .await
+            .expect("catalog");
+        assert_eq!(r.status(), 200, "request {i} within the burst");
+    }
+    let r = anon
+        .get(edge.url("/v2/_catalog"))
+        .send()
+        .await
+        .expect("catalog");
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(oci_code(r).await, "TOOMANYREQUESTS");
+    // A token holder is not limited, from the same address.
+    let tok = client_with(Some(basic(&secret)));
+    for _ in 0..20 {
+        assert_eq!(
+            tok.get(edge.url("/v2/_catalog"))
+                .send()
+                .await
+                .expect("token")
+                .status(),
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(retry * 1000 + 200)).await;
+    let r = anon
+        .get(edge.url("/v2/_catalog"))
+        .send()
+        .await
+        .expect("after the window");
+    assert_eq!(r.status(), 200, "recovered after Retry-After");
+    let metrics = tok
+        .get(edge.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(
+        metrics.contains("sparkcr_edge_auth_denials_total{reason=\"rate_limited\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn config_mistakes_in_auth_are_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[[auth.token]]\nname = \"ci\"\nhash = \"spk_pasted-the-secret\"\nscopes = [\"pull:public\"]\n",
+    )
+    .expect("write");
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", path.to_str().expect("path")],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("c.toml") && err.contains("hash") && err.contains("sha256:"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = run_cli(&["token", "create", "--name", "x", "--scopes", "push"], &[]);
+    assert_eq!(code, 2, "{err}");
+}
