@@ -7,8 +7,8 @@
 use super::fill::{Fill, FillFailure, FillPhase};
 use super::BlobStream;
 use crate::metrics::Metrics;
-use crate::store::{BlobReader, Store};
-use bytes::Bytes;
+use crate::store::{BlobReader, Store, FRAME_BYTES};
+use bytes::{Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
 
@@ -25,6 +25,8 @@ pub(super) fn from_store(reader: BlobReader, metrics: Arc<Metrics>) -> BlobStrea
         let metrics = metrics.clone();
         async move {
             let mut reader = reader?;
+            // The frame is allocated here, on a runtime worker, not on a blocking-pool thread.
+            reader.provide_buffer(BytesMut::with_capacity(FRAME_BYTES));
             let (item, reader) = match tokio::task::spawn_blocking(move || {
                 let item = reader.next();
                 (item, reader)
@@ -234,6 +236,7 @@ async fn next_frame(st: &mut FollowState) -> io::Result<Option<Bytes>> {
             return Ok(None);
         }
         if let Some(mut reader) = st.stored.take() {
+            reader.provide_buffer(BytesMut::with_capacity(FRAME_BYTES));
             let (item, reader) = tokio::task::spawn_blocking(move || {
                 let item = reader.next();
                 (item, reader)
@@ -265,10 +268,13 @@ async fn next_frame(st: &mut FollowState) -> io::Result<Option<Bytes>> {
             }
             Step::Chunk { id, offset, len } => {
                 let store = st.store.clone();
-                let b = tokio::task::spawn_blocking(move || store.read_chunk(&id, offset, len))
-                    .await
-                    .map_err(|e| abort(format!("read task failed: {e}")))?
-                    .map_err(|e| abort(format!("cannot read chunk {id}: {e}")))?;
+                let buf = BytesMut::with_capacity(len as usize);
+                let b = tokio::task::spawn_blocking(move || {
+                    store.read_chunk_into(&id, offset, len, buf)
+                })
+                .await
+                .map_err(|e| abort(format!("read task failed: {e}")))?
+                .map_err(|e| abort(format!("cannot read chunk {id}: {e}")))?;
                 st.pos += b.len() as u64;
                 st.metrics
                     .served_bytes
