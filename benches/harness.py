@@ -81,12 +81,14 @@ def run(cmd: list[str], timeout: float, check: bool = True, **kw) -> subprocess.
 class Server:
     """A server process we started, known by PID; its stdout+stderr go to one log file."""
 
-    def __init__(self, name: str, cmd: list[str], logfile: Path, port: int, cwd: Path | None = None):
+    def __init__(self, name: str, cmd: list[str], logfile: Path, port: int, cwd: Path | None = None,
+                 env: dict | None = None):
         self.name, self.cmd, self.logfile, self.port = name, cmd, logfile, port
         self.logfh = open(logfile, "ab")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.logfh, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=cwd)
+                                     stdin=subprocess.DEVNULL, cwd=cwd,
+                                     env={**os.environ, **env} if env else None)
         ALL_SERVERS.append(self)
 
     @property
@@ -147,6 +149,7 @@ class Server:
 
 
 ALL_SERVERS: list[Server] = []
+EDGE_ENV: dict[str, str] = {}  # --edge-env: extra environment for the edge processes only
 
 
 def stop_all() -> None:
@@ -376,7 +379,8 @@ def start_edge(binary: Path, d: Path, tag: str = "") -> tuple[Server, float, flo
     port = int((d / "port").read_text())
     logfile = d / f"log{tag}.txt"
     logfile.write_text("")
-    s = Server("sparkcr-edge", [str(binary), "serve", "--config", str(d / "config.toml")], logfile, port)
+    s = Server("sparkcr-edge", [str(binary), "serve", "--config", str(d / "config.toml")], logfile, port,
+               env=EDGE_ENV)
     t0 = s.started
     t_log = t_ready = None
     deadline = t0 + 120
@@ -813,6 +817,8 @@ def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> 
     L.append(f"- commit: `{info['commit']}`")
     L.append(f"- machine: {info['cpu']}, {info['nproc']} cores (`nproc`), {info['mem']} RAM, Linux {info['kernel']}")
     L.append(f"- software: {info['versions']}")
+    if EDGE_ENV:
+        L.append("- edge started with extra environment: " + " ".join(f"`{k}={v}`" for k, v in EDGE_ENV.items()))
     L.append(f"- load average before / after: {info['load_before']} / {info['load_after']}")
     L.append(f"- runs: {n} (fresh servers, caches and random data each); each figure is the median of the runs"
              + (" (mean of two)" if n == 2 else "") + "; all traffic on 127.0.0.1\n")
@@ -960,9 +966,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="where to write the report (default docs/benchmarks.md; smoke: none)")
     ap.add_argument("--binary", type=Path, help="use this sparkcr-edge binary instead of cargo build --release")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--edge-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the edge only (e.g. MALLOC_ARENA_MAX=2); noted in the report")
     ap.add_argument("--enforce", action="store_true", help="exit 3 if a target is missed (never in smoke mode)")
     a = ap.parse_args()
     p = dict(SMOKE if a.smoke else FULL)
+    for kv in a.edge_env:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            ap.error(f"--edge-env wants KEY=VALUE, got {kv!r}")
+        EDGE_ENV[k] = v
     repeats = max(1, min(a.repeat or p["repeats"], 10))
     out = a.out if a.out else (None if a.smoke else ROOT / "docs" / "benchmarks.md")
     for tool in ("wrk", "nginx", "curl", REGISTRY_BIN):
