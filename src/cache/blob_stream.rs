@@ -7,8 +7,8 @@
 use super::fill::{Fill, FillFailure, FillPhase};
 use super::BlobStream;
 use crate::metrics::Metrics;
-use crate::store::{BlobReader, Store};
-use bytes::Bytes;
+use crate::store::{BlobReader, Store, FRAME_BYTES};
+use bytes::{Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
 
@@ -23,6 +23,9 @@ fn abort(msg: String) -> io::Error {
 async fn next_frame_of(
     mut reader: BlobReader,
 ) -> io::Result<(Option<io::Result<Bytes>>, BlobReader)> {
+    // The frame is allocated here, on a runtime worker, not on a blocking-pool thread
+    // (each of those would keep its own malloc arena of freed frames: RSS grows).
+    reader.provide_buffer(BytesMut::with_capacity(FRAME_BYTES));
     tokio::task::spawn_blocking(move || {
         let item = reader.next();
         (item, reader)
@@ -266,10 +269,13 @@ async fn next_frame(st: &mut FollowState) -> io::Result<Option<Bytes>> {
             }
             Step::Chunk { id, offset, len } => {
                 let store = st.store.clone();
-                let b = tokio::task::spawn_blocking(move || store.read_chunk(&id, offset, len))
-                    .await
-                    .map_err(|e| abort(format!("read task failed: {e}")))?
-                    .map_err(|e| abort(format!("cannot read chunk {id}: {e}")))?;
+                let buf = BytesMut::with_capacity(len as usize);
+                let b = tokio::task::spawn_blocking(move || {
+                    store.read_chunk_into(&id, offset, len, buf)
+                })
+                .await
+                .map_err(|e| abort(format!("read task failed: {e}")))?
+                .map_err(|e| abort(format!("cannot read chunk {id}: {e}")))?;
                 st.pos += b.len() as u64;
                 st.metrics
                     .served_bytes

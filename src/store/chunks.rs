@@ -174,13 +174,21 @@ impl ChunkFiles {
         File::open(&path).ctx("open chunk file", &path)
     }
 
-    /// Bytes `offset..offset+len` of chunk `id`.
-    pub fn read_range(&self, id: &ChunkId, offset: u32, len: u32) -> Result<Bytes, StoreError> {
+    /// Bytes `offset..offset+len` of chunk `id`, read into `buf` (cleared first; reallocated
+    /// only if its capacity is short), which the caller may have allocated on another thread.
+    pub fn read_range_into(
+        &self,
+        id: &ChunkId,
+        offset: u32,
+        len: u32,
+        mut buf: BytesMut,
+    ) -> Result<Bytes, StoreError> {
         let path = self.path(id);
         let mut file = self.open_chunk(id)?;
         file.seek(SeekFrom::Start(u64::from(offset)))
             .ctx("seek in chunk file", &path)?;
-        let mut buf = BytesMut::zeroed(len as usize);
+        buf.clear();
+        buf.resize(len as usize, 0);
         file.read_exact(&mut buf).ctx("read chunk file", &path)?;
         Ok(buf.freeze())
     }
@@ -295,10 +303,18 @@ mod tests {
         assert!(files.exists_with_len(&id, 1000));
         assert!(!files.exists_with_len(&id, 999));
         assert_eq!(
-            files.read_range(&id, 5, 10).expect("read").as_ref(),
+            files
+                .read_range_into(&id, 5, 10, BytesMut::new())
+                .expect("read")
+                .as_ref(),
             b"5678901234"
         );
-        assert!(files.read_range(&id, 995, 10).is_err(), "past the end");
+        assert!(
+            files
+                .read_range_into(&id, 995, 10, BytesMut::with_capacity(4))
+                .is_err(),
+            "past the end"
+        );
         fs::write(dir.path().join("chunks").join("junk"), b"x").expect("junk");
         let scan = files.scan().expect("scan");
         assert_eq!(scan.files.get(&id), Some(&1000));

@@ -50,7 +50,7 @@ pub use recovery::RecoveryReport;
 use crate::config::{Config, TtlFrom};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepositoryName, Tag};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chunks::ChunkFiles;
 use error::IoContext;
 use index::{Index, ItemKind};
@@ -360,7 +360,19 @@ impl Store {
 
     /// Bytes `offset..offset+len` of a chunk (for readers following a fill in progress).
     pub fn read_chunk(&self, id: &ChunkId, offset: u32, len: u32) -> Result<Bytes, StoreError> {
-        let r = self.inner.chunks.read_range(id, offset, len);
+        self.read_chunk_into(id, offset, len, BytesMut::new())
+    }
+
+    /// [`read_chunk`](Self::read_chunk) into `buf`, which the caller may have allocated on
+    /// another thread (see [`BlobReader::provide_buffer`]).
+    pub fn read_chunk_into(
+        &self,
+        id: &ChunkId,
+        offset: u32,
+        len: u32,
+        buf: BytesMut,
+    ) -> Result<Bytes, StoreError> {
+        let r = self.inner.chunks.read_range_into(id, offset, len, buf);
         self.counted("read", r)
     }
 

@@ -34,6 +34,8 @@ pub struct BlobReader {
     end: u64,
     /// The open file of `chunks[chunk_index]`, positioned at `pos`.
     file: Option<File>,
+    /// A buffer for the next frame, from [`BlobReader::provide_buffer`].
+    spare: Option<BytesMut>,
 }
 
 /// Pins blob `d`, then looks it up (so eviction cannot slip between the two).
@@ -86,6 +88,7 @@ pub(crate) fn open(
         pos: start,
         end,
         file: None,
+        spare: None,
     }))
 }
 
@@ -115,6 +118,14 @@ impl BlobReader {
         self.end - self.pos
     }
 
+    /// A buffer (ideally of [`FRAME_BYTES`] capacity) for the next frame. Callers that run
+    /// the reader on a blocking-pool thread allocate it on their own thread: glibc gives
+    /// every allocating thread an arena of its own, and a pool of threads each keeping the
+    /// frames they once allocated about doubles the daemon's peak RSS under load.
+    pub fn provide_buffer(&mut self, buf: BytesMut) {
+        self.spare = Some(buf);
+    }
+
     fn next_frame(&mut self) -> io::Result<Bytes> {
         while self.chunk_start + u64::from(self.chunks[self.chunk_index].len) <= self.pos {
             self.chunk_start += u64::from(self.chunks[self.chunk_index].len);
@@ -130,7 +141,9 @@ impl BlobReader {
             self.file = Some(file);
         }
         let n = (chunk_end.min(self.end) - self.pos).min(FRAME_BYTES as u64) as usize;
-        let mut frame = BytesMut::zeroed(n);
+        let mut frame = self.spare.take().unwrap_or_default();
+        frame.clear();
+        frame.resize(n, 0);
         let read = match self.file.as_mut() {
             Some(file) => file.read_exact(&mut frame),
             None => Err(io::Error::other("chunk file not open")),

@@ -1,0 +1,1022 @@
+#!/usr/bin/env python3
+"""sparkcr-edge against registry:2 (proxy mode) and nginx (sendfile), on loopback, in one run.
+
+    python3 benches/harness.py            # full run (2 repeats), writes docs/benchmarks.md
+    python3 benches/harness.py --smoke    # tiny sizes, ~1 s per measurement, no targets enforced
+    python3 benches/harness.py --big      # also a 1 GiB cold miss
+
+Python 3.11 standard library only. Needs: docker-registry, nginx, wrk, curl, cargo.
+Every server is started by PID on 127.0.0.1 with a random free port and a config in a
+temporary directory, and is stopped (SIGTERM, then SIGKILL) and cleaned up on every exit
+path. Every loop here is bounded in count and time. See benches/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+HOST = "127.0.0.1"  # every byte of traffic stays on loopback
+REPO = "bench/data"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REGISTRY_BIN = "/usr/bin/docker-registry"
+
+# What one run measures; --smoke swaps in tiny sizes and one-second measurements.
+FULL = dict(
+    blob=64 * MiB, small=300, cold=256 * MiB, big=1 * GiB, wrk_secs=6, conns=16,
+    burst=32, churn_budget=256 * MiB, churn_factor=2.5, ready_bytes=2 * GiB,
+    ready_small=500, ready_starts=3, repeats=2,
+)
+SMOKE = dict(
+    blob=4 * MiB, small=300, cold=8 * MiB, big=16 * MiB, wrk_secs=1, conns=16,
+    burst=32, churn_budget=16 * MiB, churn_factor=2.5, ready_bytes=48 * MiB,
+    ready_small=20, ready_starts=2, repeats=1,
+)
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], timeout: float, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise BenchError(f"{cmd[0]} failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
+    return p
+
+
+# ---------------------------------------------------------------- processes
+
+class Server:
+    """A server process we started, known by PID; its stdout+stderr go to one log file."""
+
+    def __init__(self, name: str, cmd: list[str], logfile: Path, port: int, cwd: Path | None = None,
+                 env: dict | None = None):
+        self.name, self.cmd, self.logfile, self.port = name, cmd, logfile, port
+        self.logfh = open(logfile, "ab")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self.logfh, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=cwd,
+                                     env={**os.environ, **env} if env else None)
+        ALL_SERVERS.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        """The process and its direct children (nginx workers)."""
+        out = [self.pid]
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    st = Path(f"/proc/{d}/stat").read_text()
+                except OSError:
+                    continue
+                if int(st[st.rindex(")") + 2:].split()[1]) == self.pid:
+                    out.append(int(d))
+        return out
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def log_text(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_port(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise BenchError(f"{self.name} exited ({self.proc.returncode}):\n{self.log_text()[-3000:]}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise BenchError(f"{self.name} did not listen on {HOST}:{self.port} in {timeout}s")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+                self.proc.wait(timeout=timeout)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+        self.logfh.close()
+
+
+ALL_SERVERS: list[Server] = []
+EDGE_ENV: dict[str, str] = {}  # --edge-env: extra environment for the edge processes only
+
+
+def stop_all() -> None:
+    for s in reversed(ALL_SERVERS):
+        try:
+            s.stop()
+        except Exception as e:  # keep stopping the others
+            log(f"stopping {s.name} (pid {s.pid}): {e}")
+    ALL_SERVERS.clear()
+
+
+def _on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---------------------------------------------------------------- /proc
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of the processes: utime, stime (fields 14, 15 of stat)."""
+    user = system = 0
+    for pid in pids:
+        try:
+            st = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        f = st[st.rindex(")") + 2:].split()
+        user += int(f[11])
+        system += int(f[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_split(pids))
+
+
+def reset_peak_rss(pids: list[int]) -> bool:
+    ok = True
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            ok = False
+    return ok
+
+
+def peak_rss(pids: list[int]) -> int:
+    """Sum of VmHWM over the processes, in bytes."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def system_busy_seconds() -> float:
+    """user + nice + system time of the whole machine (irq, softirq and steal left out)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (f[0] + f[1] + f[2]) / CLK_TCK
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+# ---------------------------------------------------------------- data and registry API
+
+def make_blob(path: Path, size: int) -> str:
+    """Random bytes from os.urandom; returns the sha256 digest string."""
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            b = os.urandom(min(left, 4 * MiB))
+            h.update(b)
+            f.write(b)
+            left -= len(b)
+    return "sha256:" + h.hexdigest()
+
+
+def _conn(port: int, timeout: float = 300) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection(HOST, port, timeout=timeout, blocksize=1 * MiB)
+
+
+def _path_of(location: str) -> str:
+    u = urllib.parse.urlsplit(location)
+    if u.hostname not in (None, HOST):
+        raise BenchError(f"upload location is not on loopback: {location}")
+    return u.path + ("?" + u.query if u.query else "")
+
+
+def push_blob(conn: http.client.HTTPConnection, body, size: int, digest: str) -> None:
+    """Monolithic upload: POST /v2/<repo>/blobs/uploads/, then PUT <location>&digest=."""
+    conn.request("POST", f"/v2/{REPO}/blobs/uploads/", headers={"Content-Length": "0"})
+    r = conn.getresponse()
+    r.read()
+    if r.status != 202:
+        raise BenchError(f"start upload: HTTP {r.status}")
+    loc = _path_of(r.getheader("Location"))
+    sep = "&" if "?" in loc else "?"
+    conn.request("PUT", f"{loc}{sep}digest={digest}", body=body,
+                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
+    r = conn.getresponse()
+    text = r.read()
+    if r.status != 201:
+        raise BenchError(f"finish upload {digest}: HTTP {r.status} {text[:300]!r}")
+
+
+def push_blob_file(port: int, path: Path, digest: str) -> None:
+    conn = _conn(port)
+    try:
+        with open(path, "rb") as f:
+            push_blob(conn, f, path.stat().st_size, digest)
+    finally:
+        conn.close()
+
+
+def push_manifest(port: int, tag: str, body: bytes) -> str:
+    conn = _conn(port, 60)
+    try:
+        conn.request("PUT", f"/v2/{REPO}/manifests/{tag}", body=body,
+                     headers={"Content-Type": OCI_MANIFEST})
+        r = conn.getresponse()
+        text = r.read()
+        if r.status != 201:
+            raise BenchError(f"push manifest: HTTP {r.status} {text[:300]!r}")
+    finally:
+        conn.close()
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def fetch(port: int, path: str, want_size: int | None = None, want_digest: str | None = None,
+          conn: http.client.HTTPConnection | None = None, accept: str | None = None) -> int:
+    """GET, reading the body fully; checks status 200, size and digest if given."""
+    own = conn is None
+    conn = conn or _conn(port)
+    try:
+        conn.request("GET", path, headers={"Accept": accept} if accept else {})
+        r = conn.getresponse()
+        h = hashlib.sha256()
+        n = 0
+        while True:
+            b = r.read(1 * MiB)
+            if not b:
+                break
+            n += len(b)
+            if want_digest:
+                h.update(b)
+        if r.status != 200:
+            raise BenchError(f"GET {path} on :{port}: HTTP {r.status}")
+        if want_size is not None and n != want_size:
+            raise BenchError(f"GET {path} on :{port}: {n} bytes, want {want_size}")
+        if want_digest and "sha256:" + h.hexdigest() != want_digest:
+            raise BenchError(f"GET {path} on :{port}: wrong digest")
+        return n
+    finally:
+        if own:
+            conn.close()
+
+
+# ---------------------------------------------------------------- servers
+
+def start_registry(tmp: Path, name: str, proxy_port: int | None = None) -> Server:
+    d = tmp / name
+    d.mkdir()
+    port = free_port()
+    proxy = f"proxy:\n  remoteurl: http://{HOST}:{proxy_port}\n" if proxy_port else ""
+    cfg = (
+        "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {d}/storage\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: {HOST}:{port}\n{proxy}"
+    )
+    (d / "config.yml").write_text(cfg)
+    s = Server(name, [REGISTRY_BIN, "serve", str(d / "config.yml")], d / "log.txt", port)
+    s.wait_port()
+    return s
+
+
+def start_nginx(tmp: Path, www: Path) -> Server:
+    d = tmp / "nginx"
+    d.mkdir()
+    port = free_port()
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    temps = "".join(f"  {k}_temp_path {d}/{k}_temp;\n" for k in
+                    ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    cfg = (
+        f"{user}worker_processes auto;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n"
+        f"error_log {d}/error.log warn;\nevents {{ worker_connections 1024; }}\n"
+        "http {\n"
+        f"  access_log {d}/access.log;\n{temps}"
+        "  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n  keepalive_timeout 65;\n"
+        "  default_type application/octet-stream;\n"
+        f"  server {{\n    listen {HOST}:{port};\n    root {www};\n"
+        f"    location /manifest {{ default_type {OCI_MANIFEST}; }}\n  }}\n"
+        "}\n"
+    )
+    (d / "nginx.conf").write_text(cfg)
+    s = Server("nginx", ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
+               d / "stderr.txt", port)
+    s.wait_port()
+    return s
+
+
+def edge_config(tmp: Path, name: str, up_port: int, max_size: int) -> Path:
+    d = tmp / name
+    d.mkdir(exist_ok=True)
+    port = free_port()
+    cfg = (
+        "builtin_upstreams = false\n"
+        f"[server]\nlisten = [\"{HOST}:{port}\"]\nhostname = \"localhost\"\nshutdown_grace = \"5s\"\n"
+        f"[storage]\npath = \"{d}/data\"\nmax_size = \"{max_size}B\"\nchunk_size = \"4MiB\"\n"
+        "[cache]\ntag_ttl = \"1h\"\n"
+        "[log]\nlevel = \"info\"\nformat = \"text\"\n"
+        f"[[upstream]]\nname = \"upstream.bench.test\"\nurl = \"http://{HOST}:{up_port}\"\ndefault = true\n"
+    )
+    (d / "config.toml").write_text(cfg)
+    (d / "port").write_text(str(port))
+    return d
+
+
+def start_edge(binary: Path, d: Path, tag: str = "") -> tuple[Server, float, float]:
+    """Starts the edge; returns it, seconds to the `ready to serve` log line and to /readyz 200."""
+    port = int((d / "port").read_text())
+    logfile = d / f"log{tag}.txt"
+    logfile.write_text("")
+    s = Server("sparkcr-edge", [str(binary), "serve", "--config", str(d / "config.toml")], logfile, port,
+               env=EDGE_ENV)
+    t0 = s.started
+    t_log = t_ready = None
+    deadline = t0 + 120
+    while time.monotonic() < deadline and (t_log is None or t_ready is None):
+        if not s.alive():
+            raise BenchError(f"sparkcr-edge exited ({s.proc.returncode}):\n{s.log_text()[-3000:]}")
+        if t_log is None and "ready to serve" in s.log_text():
+            t_log = time.monotonic() - t0
+        if t_ready is None:
+            try:
+                c = http.client.HTTPConnection(HOST, port, timeout=2)
+                c.request("GET", "/readyz")
+                if c.getresponse().status == 200:
+                    t_ready = time.monotonic() - t0
+                c.close()
+            except OSError:
+                pass
+        time.sleep(0.003)
+    if t_log is None or t_ready is None:
+        raise BenchError(f"sparkcr-edge not ready in 120 s:\n{s.log_text()[-3000:]}")
+    return s, t_log, t_ready
+
+
+def edge_metric(s: Server, name: str) -> float:
+    c = _conn(s.port, 10)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    if not found:
+        raise BenchError(f"metric {name} not in /metrics")
+    return total
+
+
+# ---------------------------------------------------------------- measurements
+
+WRK_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %d %d %d %d %d %d\\n", summary.requests, summary.bytes,
+    summary.duration, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def wrk(server: Server, path: str, p: dict, tmp: Path, accept: str | None = None,
+        upstream: Server | None = None) -> dict:
+    """wrk for p['wrk_secs'] with p['conns'] keep-alive connections; server CPU from /proc."""
+    lua = tmp / "report.lua"
+    if not lua.exists():
+        lua.write_text(WRK_LUA)
+    cmd = ["wrk", "-t2", f"-c{p['conns']}", f"-d{p['wrk_secs']}s", "--timeout", "30s", "-s", str(lua)]
+    if accept:
+        cmd += ["-H", f"Accept: {accept}"]
+    cmd.append(server.url(path))
+    pids = server.pids()
+    up_pids = upstream.pids() if upstream else []
+    busy0, kids0, up0, t0 = system_busy_seconds(), children_cpu(), cpu_seconds(up_pids), time.monotonic()
+    (u0, s0) = cpu_split(pids)
+    out = run(cmd, timeout=p["wrk_secs"] + 90)
+    (u1, s1) = cpu_split(pids)
+    up1, kids1, busy1, t1 = cpu_seconds(up_pids), children_cpu(), system_busy_seconds(), time.monotonic()
+    cpu0, cpu1 = u0 + s0, u1 + s1
+    m = re.search(r"^BENCH (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", out.stdout, re.M)
+    if not m:
+        raise BenchError(f"wrk output not understood:\n{out.stdout}\n{out.stderr}")
+    reqs, nbytes, dur_us, e_conn, e_read, e_write, e_status, e_timeout = map(int, m.groups())
+    errors = e_conn + e_read + e_write + e_status + e_timeout
+    if reqs == 0 or e_status or errors > max(p["conns"], reqs // 1000):
+        raise BenchError(f"wrk {server.name} {path}: {reqs} requests, errors connect={e_conn} read={e_read} "
+                         f"write={e_write} status={e_status} timeout={e_timeout}")
+    secs = dur_us / 1e6
+    cpu = cpu1 - cpu0
+    wall = t1 - t0
+    background = max(0.0, (busy1 - busy0) - cpu - (kids1 - kids0) - (up1 - up0))
+    return dict(requests=reqs, bytes=nbytes, secs=secs, rps=reqs / secs, mbps=nbytes / secs / 1e6,
+                cpu=cpu, cpu_per_gb=cpu / (nbytes / 1e9), cpu_us_per_req=cpu / reqs * 1e6,
+                user_share=(u1 - u0) / cpu if cpu else 0.0, upstream_cpu=up1 - up0,
+                background_cores=background / wall, client_cpu=kids1 - kids0)
+
+
+def curl_get(server_port: int, path: str, timeout: float) -> list[str]:
+    return ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)),
+            "-w", "%{http_code} %{size_download} %{time_starttransfer} %{time_total}",
+            f"http://{HOST}:{server_port}{path}"]
+
+
+def parse_curl(out: str, size: int, what: str) -> tuple[float, float]:
+    parts = out.split()
+    if len(parts) != 4 or parts[0] != "200" or int(parts[1]) != size:
+        raise BenchError(f"{what}: curl said {out!r}, want 200 and {size} bytes")
+    return float(parts[2]), float(parts[3])
+
+
+def cold_get(port: int, digest: str, size: int, what: str) -> tuple[float, float]:
+    p = run(curl_get(port, f"/v2/{REPO}/blobs/{digest}", 600), timeout=660)
+    return parse_curl(p.stdout, size, what)
+
+
+ACCESS_RE = re.compile(r'"(GET|HEAD) (\S+) HTTP/[\d.]+" (\d{3}) (\d+|-)')
+
+
+def upstream_bytes(up: Server, offset: int, digest: str) -> tuple[int, int]:
+    """(GET requests, body bytes sent) for the blob in the upstream's access log after offset."""
+    with open(up.logfile, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    gets, total = 0, 0
+    for m in ACCESS_RE.finditer(text):
+        if m.group(1) == "GET" and digest in m.group(2) and "/blobs/" in m.group(2):
+            gets += 1
+            total += int(m.group(4)) if m.group(4) != "-" else 0
+    return gets, total
+
+
+def burst(server: Server, up: Server, digest: str, size: int, clients: int) -> dict:
+    """`clients` concurrent curls on one uncached blob; upstream bytes from its access log."""
+    offset = up.logfile.stat().st_size
+    pids = server.pids()
+    reset_peak_rss(pids)
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(curl_get(server.port, f"/v2/{REPO}/blobs/{digest}", 600),
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(clients)]
+    outs = []
+    for pr in procs:
+        try:
+            outs.append(pr.communicate(timeout=660)[0])
+        except subprocess.TimeoutExpired:
+            pr.kill()
+            pr.wait(timeout=10)
+            raise
+    wall = time.monotonic() - t0
+    rss = peak_rss(server.pids())
+    totals = [parse_curl(o, size, f"burst client of {server.name}")[1] for o in outs]
+    # The upstream logs a request when its response ends; wait (bounded) for the count to settle.
+    last, gets, sent = None, 0, 0
+    for _ in range(50):
+        gets, sent = upstream_bytes(up, offset, digest)
+        if (gets, sent) == last and gets > 0:
+            break
+        last = (gets, sent)
+        time.sleep(0.2)
+    return dict(slowest=max(totals), wall=wall, upstream_gets=gets, upstream_bytes=sent,
+                upstream_ratio=sent / size, peak_rss=rss)
+
+
+def dir_usage(path: Path) -> tuple[int, int]:
+    """(apparent bytes, allocated bytes) under path, like du -sb and du -sB1."""
+    apparent = allocated = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in filenames + dirnames:
+            try:
+                st = os.lstat(os.path.join(dirpath, n))
+            except OSError:
+                continue
+            if not os.path.isdir(os.path.join(dirpath, n)):
+                apparent += st.st_size
+            allocated += st.st_blocks * 512
+    return apparent, allocated
+
+
+# ---------------------------------------------------------------- one run
+
+def run_once(binary: Path, p: dict, tmp: Path, big: bool, idx: int) -> dict:
+    r: dict = {}
+    data = tmp / "data"
+    data.mkdir()
+    www = tmp / "www"
+    www.mkdir()
+
+    log(f"run {idx}: test data")
+    blob_digest = make_blob(www / "blob", p["blob"])
+    small_digest = make_blob(www / "small", p["small"])
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [small_digest]},
+        "config": {"Cmd": ["/bin/sh"]},
+    }, separators=(",", ":")).encode()
+    (www / "config").write_bytes(config)
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": small_digest, "size": p["small"]}],
+    }, indent=2).encode()
+    (www / "manifest").write_bytes(manifest)
+    cold = {"cold": (data / "cold", p["cold"]), "burst": (data / "burst", p["cold"])}
+    if big:
+        cold["big"] = (data / "big", p["big"])
+    cold_digest = {k: make_blob(path, size) for k, (path, size) in cold.items()}
+
+    log(f"run {idx}: starting servers")
+    up = start_registry(tmp, "upstream")
+    for path, digest in [(www / "blob", blob_digest), (www / "small", small_digest),
+                         (www / "config", config_digest)] + [(cold[k][0], cold_digest[k]) for k in cold]:
+        push_blob_file(up.port, path, digest)
+    manifest_digest = push_manifest(up.port, "v1", manifest)
+    r2 = start_registry(tmp, "registry2-proxy", proxy_port=up.port)
+    ngx = start_nginx(tmp, www)
+    edge_dir = edge_config(tmp, "edge", up.port, 100 * GiB)
+    edge, _, _ = start_edge(binary, edge_dir)
+    servers = {"edge": edge, "r2": r2, "nginx": ngx}
+
+    blob_path = f"/v2/{REPO}/blobs/{blob_digest}"
+    small_path = f"/v2/{REPO}/blobs/{small_digest}"
+    by_digest = f"/v2/{REPO}/manifests/{manifest_digest}"
+    by_tag = f"/v2/{REPO}/manifests/v1"
+
+    # Warm both caches (and check the bytes) before measuring hits.
+    for s in (edge, r2):
+        for _ in range(2):
+            fetch(s.port, blob_path, p["blob"], blob_digest)
+            fetch(s.port, small_path, p["small"], small_digest)
+            fetch(s.port, f"/v2/{REPO}/blobs/{config_digest}", len(config), config_digest)
+            fetch(s.port, by_digest, len(manifest), manifest_digest, accept=OCI_MANIFEST)
+            fetch(s.port, by_tag, len(manifest), manifest_digest, accept=OCI_MANIFEST)
+    fetch(ngx.port, "/blob", p["blob"], blob_digest)
+    fetch(ngx.port, "/manifest", len(manifest), manifest_digest)
+    time.sleep(0.5)  # let registry:2 finish committing what it proxied
+
+    # 1 + 5: the cached 64 MiB blob, 16 connections; peak RSS during it.
+    for key, s in servers.items():
+        log(f"run {idx}: cached blob, {key}")
+        path = "/blob" if key == "nginx" else blob_path
+        pids = s.pids()
+        r[f"rss_reset_ok"] = reset_peak_rss(pids) and r.get("rss_reset_ok", True)
+        res = wrk(s, path, p, tmp, upstream=up)
+        r[f"blob_user_share.{key}"] = res["user_share"]
+        r[f"blob_mbps.{key}"] = res["mbps"]
+        r[f"blob_cpu_per_gb.{key}"] = res["cpu_per_gb"]
+        r[f"blob_bg.{key}"] = res["background_cores"]
+        r[f"rss_blob.{key}"] = peak_rss(s.pids())
+
+    # 2: small blob, manifest by digest and by tag, keep-alive.
+    for what, paths, accept in [
+        ("small", {"edge": small_path, "r2": small_path, "nginx": "/small"}, None),
+        ("mdigest", {"edge": by_digest, "r2": by_digest, "nginx": "/manifest"}, OCI_MANIFEST),
+        ("mtag", {"edge": by_tag, "r2": by_tag, "nginx": "/manifest"}, OCI_MANIFEST),
+    ]:
+        for key, s in servers.items():
+            log(f"run {idx}: {what}, {key}")
+            res = wrk(s, paths[key], p, tmp, accept, upstream=up)
+            r[f"{what}_upstream_cpu_us.{key}"] = res["upstream_cpu"] / res["requests"] * 1e6
+            r[f"{what}_rps.{key}"] = res["rps"]
+            r[f"{what}_cpu_us.{key}"] = res["cpu_us_per_req"]
+            r[f"{what}_bg.{key}"] = res["background_cores"]
+
+    # 3: cold miss, through the edge, through registry:2 proxy, and straight from the upstream.
+    for k in [k for k in ("cold", "big") if k in cold]:
+        size, digest = cold[k][1], cold_digest[k]
+        log(f"run {idx}: cold miss {k} ({size >> 20} MiB)")
+        d1 = cold_get(up.port, digest, size, "direct")
+        e = cold_get(edge.port, digest, size, "edge cold")
+        q = cold_get(r2.port, digest, size, "registry:2 cold")
+        d2 = cold_get(up.port, digest, size, "direct")
+        r[f"{k}_ttfb.direct"], r[f"{k}_wall.direct"] = (d1[0] + d2[0]) / 2, (d1[1] + d2[1]) / 2
+        r[f"{k}_ttfb.edge"], r[f"{k}_wall.edge"] = e
+        r[f"{k}_ttfb.r2"], r[f"{k}_wall.r2"] = q
+        # the edge now has it: a second pull is a hit
+        time.sleep(0.3)
+
+    # 4 + 5: cold burst.
+    for key, s in (("edge", edge), ("r2", r2)):
+        log(f"run {idx}: cold burst of {p['burst']}, {key}")
+        b = burst(s, up, cold_digest["burst"], p["cold"], p["burst"])
+        r[f"burst_ratio.{key}"] = b["upstream_ratio"]
+        r[f"burst_gets.{key}"] = b["upstream_gets"]
+        r[f"burst_slowest.{key}"] = b["slowest"]
+        r[f"rss_burst.{key}"] = b["peak_rss"]
+
+    # 6a: churn through a small budget, on its own edge.
+    log(f"run {idx}: churn")
+    rng = random.Random(1234)
+    budget = p["churn_budget"]
+    sizes = []
+    while sum(sizes) < budget * p["churn_factor"]:
+        # a spread of layer sizes: from a few KiB to a fifth of the budget
+        sizes.append(min(int(rng.lognormvariate(14, 2.2)) + 1, budget // 5))
+    churn = []
+    uconn = _conn(up.port)
+    for i, size in enumerate(sizes):
+        body = os.urandom(size)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        push_blob(uconn, body, size, digest)
+        churn.append((digest, size))
+    uconn.close()
+    churn_dir = edge_config(tmp, "edge-churn", up.port, budget)
+    ce, _, _ = start_edge(binary, churn_dir)
+    conn = _conn(ce.port)
+    for digest, size in churn:
+        fetch(ce.port, f"/v2/{REPO}/blobs/{digest}", size, conn=conn)
+    conn.close()
+    logical = edge_metric(ce, "sparkcr_edge_store_bytes")
+    r["churn_blobs_kept"] = edge_metric(ce, "sparkcr_edge_store_blobs")
+    r["churn_evictions"] = edge_metric(ce, "sparkcr_edge_store_evictions_total")
+    ce.stop()
+    if ce.proc.returncode != 0:
+        raise BenchError(f"edge-churn exited {ce.proc.returncode} on SIGTERM")
+    apparent, allocated = dir_usage(churn_dir / "data")
+    stats = run([str(binary), "cache", "stats", "--config", str(churn_dir / "config.toml")], timeout=120)
+    r["churn_stats"] = stats.stdout.strip()
+    r["churn_inserted"] = sum(sizes)
+    r["churn_budget"] = budget
+    r["churn_count"] = len(sizes)
+    r["churn_logical"] = logical
+    r["churn_apparent_ratio"] = apparent / logical
+    r["churn_alloc_ratio"] = allocated / logical
+
+    # 6b: start-to-ready of the main edge with ready_bytes cached.
+    have = p["blob"] + p["cold"] * 2 + (p["big"] if big else 0)
+    extra = max(0, p["ready_bytes"] - have)
+    piece = min(p["cold"], max(extra, 1))
+    n_big = -(-extra // piece) if extra else 0
+    log(f"run {idx}: filling the edge to {p['ready_bytes'] >> 20} MiB ({n_big} x {piece >> 20} MiB "
+        f"+ {p['ready_small']} small blobs)")
+    uconn, econn = _conn(up.port), _conn(edge.port)
+    for i in range(n_big):
+        path = data / "fill"
+        digest = make_blob(path, piece)
+        push_blob_file(up.port, path, digest)
+        fetch(edge.port, f"/v2/{REPO}/blobs/{digest}", piece, conn=econn)
+        path.unlink()
+    for i in range(p["ready_small"]):
+        body = os.urandom(p["small"])
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        push_blob(uconn, body, len(body), digest)
+        fetch(edge.port, f"/v2/{REPO}/blobs/{digest}", len(body), conn=econn)
+    uconn.close()
+    econn.close()
+    r["ready_cached_bytes"] = edge_metric(edge, "sparkcr_edge_store_bytes")
+    r["ready_cached_blobs"] = edge_metric(edge, "sparkcr_edge_store_blobs")
+    edge.stop()
+    if edge.proc.returncode != 0:
+        raise BenchError(f"edge exited {edge.proc.returncode} on SIGTERM")
+    t_logs, t_readyz = [], []
+    for i in range(p["ready_starts"]):
+        s, t_log, t_ready = start_edge(binary, edge_dir, tag=f"-restart{i}")
+        t_logs.append(t_log)
+        t_readyz.append(t_ready)
+        s.stop()
+    r["ready_log"] = statistics.median(t_logs)
+    r["ready_readyz"] = statistics.median(t_readyz)
+
+    stop_all()
+    return r
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "–"
+    if unit == "MiB":
+        return f"{v / MiB:.1f} MiB"
+    if unit == "s":
+        return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+    if unit == "x":
+        return f"{v:.3f}×"
+    if unit == "":
+        return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
+    return (f"{v:,.0f}" if v >= 100 else f"{v:.3g}") + f" {unit}"
+
+
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def rows(p: dict, big: bool):
+    """(label, metric, unit, reference column key, target label, check(edge/r2, edge/ref, edge))."""
+    b, c = p["blob"] >> 20, p["cold"] >> 20
+    out = [
+        (f"1. cached {b} MiB blob, {p['conns']} conns: throughput", "blob_mbps", "MB/s", "nginx", "", None),
+        (f"1. cached {b} MiB blob: server CPU per GB served", "blob_cpu_per_gb", "s/GB", "nginx",
+         "≤ 1.5× nginx, ≤ 0.5× registry:2", lambda q, n, e: n <= 1.5 and q <= 0.5),
+        ("2. small blob (" + str(p["small"]) + " B): requests/s", "small_rps", "req/s", "nginx",
+         "≥ 20× registry:2", lambda q, n, e: q >= 20),
+        ("2. small blob: server CPU per request", "small_cpu_us", "µs", "nginx", "", None),
+        ("2. manifest by digest: requests/s", "mdigest_rps", "req/s", "nginx", "≥ 20× registry:2",
+         lambda q, n, e: q >= 20),
+        ("2. manifest by digest: server CPU per request", "mdigest_cpu_us", "µs", "nginx", "", None),
+        ("2. manifest by tag (within tag_ttl): requests/s", "mtag_rps", "req/s", "nginx", "≥ 20× registry:2",
+         lambda q, n, e: q >= 20),
+        ("2. manifest by tag: server CPU per request", "mtag_cpu_us", "µs", "nginx", "", None),
+        (f"3. cold miss {c} MiB: wall time", "cold_wall", "s", "direct", "≤ 1.15× direct",
+         lambda q, n, e: n <= 1.15),
+        (f"3. cold miss {c} MiB: time to first byte", "cold_ttfb", "s", "direct", "", None),
+    ]
+    if big:
+        g = p["big"] >> 20
+        out += [
+            (f"3. cold miss {g} MiB: wall time", "big_wall", "s", "direct", "≤ 1.15× direct",
+             lambda q, n, e: n <= 1.15),
+            (f"3. cold miss {g} MiB: time to first byte", "big_ttfb", "s", "direct", "", None),
+        ]
+    out += [
+        (f"4. cold burst, {p['burst']} clients on one {c} MiB blob: upstream bytes / blob size",
+         "burst_ratio", "x", None, "= 1× the blob", lambda q, n, e: abs(e - 1.0) < 1e-9),
+        (f"4. cold burst: slowest client's wall time", "burst_slowest", "s", None, "", None),
+        ("5. peak RSS (VmHWM) during 1", "rss_blob", "MiB", "nginx", "≤ 100 MiB", lambda q, n, e: e <= 100 * MiB),
+        ("5. peak RSS (VmHWM) during 4", "rss_burst", "MiB", None, "≤ 100 MiB", lambda q, n, e: e <= 100 * MiB),
+    ]
+    return out
+
+
+def median(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def spread(vals):
+    vals = [v for v in vals if v is not None]
+    if len(vals) < 2 or not statistics.median(vals):
+        return None
+    return (max(vals) - min(vals)) / statistics.median(vals)
+
+
+def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> str:
+    n = len(results)
+    get = lambda key: [res.get(key) for res in results]
+    L = []
+    L.append("# Benchmarks: sparkcr-edge vs registry:2 (proxy) vs nginx (sendfile)\n")
+    L.append("Generated by `python3 benches/harness.py" + (" --smoke" if smoke else "") + (" --big" if big else "")
+             + "` (see `benches/README.md`); do not edit by hand.\n")
+    L.append(f"- date: {info['date']}")
+    L.append(f"- commit: `{info['commit']}`")
+    L.append(f"- machine: {info['cpu']}, {info['nproc']} cores (`nproc`), {info['mem']} RAM, Linux {info['kernel']}")
+    L.append(f"- software: {info['versions']}")
+    if EDGE_ENV:
+        L.append("- edge started with extra environment: " + " ".join(f"`{k}={v}`" for k, v in EDGE_ENV.items()))
+    L.append(f"- load average before / after: {info['load_before']} / {info['load_after']}")
+    L.append(f"- runs: {n} (fresh servers, caches and random data each); each figure is the median of the runs"
+             + (" (mean of two)" if n == 2 else "") + "; all traffic on 127.0.0.1\n")
+    L.append("| figure | sparkcr-edge | registry:2 proxy | nginx / direct | edge ÷ registry:2 | edge ÷ nginx / direct "
+             "| target | met | spread of edge figure over runs |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for label, m, unit, refkey, target, check in rows(p, big):
+        e, q = median(get(f"{m}.edge")), median(get(f"{m}.r2"))
+        ref = median(get(f"{m}.{refkey}")) if refkey else None
+        qr, nr = ratio(e, q), ratio(e, ref)
+        met = ""
+        if check and e is not None:
+            per_run = []
+            for res in results:
+                ee, qq = res.get(f"{m}.edge"), res.get(f"{m}.r2")
+                rr = res.get(f"{m}.{refkey}") if refkey else None
+                per_run.append(check(ratio(ee, qq) or 0, ratio(ee, rr) or 0, ee))
+            ok = check(qr or 0, nr or 0, e)
+            met = "yes" if ok else "**no**"
+            if n > 1 and any(x != ok for x in per_run):
+                met += f" ({sum(per_run)} of {n} runs met it)"
+            verdicts.append((label, target, ok))
+        sp = spread(get(f"{m}.edge"))
+        L.append(f"| {label} | {fmt(e, unit)} | {fmt(q, unit)} | "
+                 f"{fmt(ref, unit) + (' (direct)' if refkey == 'direct' else '') if refkey else '–'} | "
+                 f"{fmt(qr, 'x') if qr is not None else '–'} | {fmt(nr, 'x') if nr is not None else '–'} | "
+                 f"{target or '–'} | {met or '–'} | {('±' + format(sp / 2 * 100, '.0f') + ' %') if sp is not None else '–'} |")
+    # 6: edge only.
+    ap, al = median(get("churn_apparent_ratio")), median(get("churn_alloc_ratio"))
+    r0 = results[0]
+    L.append(f"| 6. disk / logical bytes after churn ({r0['churn_count']} blobs, "
+             f"{fmt(r0['churn_inserted'], 'MiB')} through a {fmt(r0['churn_budget'], 'MiB')} budget): apparent (du -sb) "
+             f"| {fmt(ap, 'x')} | – | – | – | – | – | – | "
+             f"{('±' + format(spread(get('churn_apparent_ratio')) / 2 * 100, '.1f') + ' %') if n > 1 else '–'} |")
+    L.append(f"| 6. disk / logical bytes after churn: allocated blocks (du -sB1) | {fmt(al, 'x')} | – | – | – | – | – | – | "
+             f"{('±' + format(spread(get('churn_alloc_ratio')) / 2 * 100, '.1f') + ' %') if n > 1 else '–'} |")
+    L.append(f"| 6. start to `ready to serve` log line, {fmt(median(get('ready_cached_bytes')), 'MiB')} in "
+             f"{median(get('ready_cached_blobs')):.0f} blobs cached | {fmt(median(get('ready_log')), 's')} | – | – | – | – | – | – | "
+             f"{('±' + format((spread(get('ready_log')) or 0) / 2 * 100, '.0f') + ' %') if n > 1 else '–'} |")
+    L.append(f"| 6. start to `/readyz` 200, same store | {fmt(median(get('ready_readyz')), 's')} | – | – | – | – | – | – | "
+             f"{('±' + format((spread(get('ready_readyz')) or 0) / 2 * 100, '.0f') + ' %') if n > 1 else '–'} |")
+    L.append("")
+    L.append("Targets: " + ", ".join(f"{t} ({lab.split(':')[0]}): {'met' if ok else 'MISSED'}"
+                                     for lab, t, ok in verdicts) + ".\n")
+    L.append("## How each figure is measured\n")
+    L.append(f"1. `wrk -t2 -c{p['conns']} -d{p['wrk_secs']}s` on the cached blob (the edge and registry:2 warmed by two "
+             "full GETs first, nginx serving the same bytes from a file with `sendfile on`). MB = 10⁶ bytes, GB = 10⁹. "
+             "CPU = utime+stime of the server's processes (nginx: master and workers) from `/proc/PID/stat`, "
+             "before/after, divided by the bytes wrk read.")
+    L.append("2. The same wrk settings, keep-alive, on a small blob, on the manifest by digest and by tag "
+             "(`Accept: " + OCI_MANIFEST + "`); the edge's `tag_ttl` is 1h. nginx serves the same bytes as static files "
+             "(one file for both manifest rows). registry:2 in proxy mode asks its upstream about a tag on every request.")
+    L.append("3. `curl -o /dev/null -w '%{time_starttransfer} %{time_total}'` of a blob none of them has cached: through "
+             "the edge, through registry:2 proxy, and straight from the upstream registry:2 (direct = mean of one pull "
+             "before and one after).")
+    L.append(f"4. {p['burst']} curls started at once on one uncached blob; upstream bytes = the sum of the byte counts "
+             "in the upstream registry:2's access log for GETs of that blob, divided by its size; the slowest client's "
+             "`time_total`.")
+    L.append("5. VmHWM from `/proc/PID/status` (summed over nginx's processes), reset through `/proc/PID/clear_refs` "
+             "before each of 1 and 4" + ("" if all(res.get("rss_reset_ok") for res in results) else
+                                         " (the reset was refused here, so these are peaks since start)") + ".")
+    L.append("6. A separate edge with a small `max_size`: blobs of a spread of sizes pulled through it, more than its "
+             "budget, so it evicts. Logical bytes = `sparkcr_edge_store_bytes` from `/metrics` just before SIGTERM "
+             "(chunk bytes; the random blobs share no chunk); disk bytes measured on its data directory (chunk files and "
+             "the sled index) after it stopped. Start-to-ready: the main edge, after every run above plus fill-up blobs, "
+             f"stopped and started {p['ready_starts']} times; the median from process start to the log line and to the "
+             "first `/readyz` 200.\n")
+    L.append("`sparkcr-edge cache stats` of the churned store (run 1):\n")
+    L.append("```\n" + r0["churn_stats"] + "\n```\n")
+    L.append("## Noise\n")
+    bgs = [v for res in results for k, v in res.items() if k.endswith(("_bg.edge", "_bg.r2", "_bg.nginx")) or
+           (k.startswith("blob_bg."))]
+    edge_spreads = [(lab, spread(get(f"{m}.edge"))) for lab, m, *_ in rows(p, big)]
+    edge_spreads = [(lab, s) for lab, s in edge_spreads if s is not None]
+    L.append(f"The machine is shared ({info['nproc']} cores; another engineer's builds and tests may run at the same time) "
+             "and wrk runs on the same cores as the server it measures, so absolute figures are noisy; the ratios, "
+             "measured back to back in one run, are the point. During the wrk measurements the CPU busy time of "
+             "everything other than the measured server, wrk and the upstream registry:2 averaged "
+             + (f"{statistics.mean(bgs):.2f} cores (max {max(bgs):.2f})" if bgs else "n/a") + ".")
+    if edge_spreads:
+        worst = max(edge_spreads, key=lambda x: x[1])
+        L.append(f" Across the {n} runs the edge's figures differed by up to {worst[1] * 100:.0f} % of their median "
+                 f"(largest: {worst[0]}); the last column gives each figure's ± half-range.")
+    else:
+        L.append(" One run only: no spread measured.")
+    if smoke:
+        L.append("\n**Smoke mode**: tiny sizes and one-second measurements, for CI; these numbers mean nothing.")
+    L.append("\n## Per-run raw figures\n")
+    keys = sorted({k for res in results for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    L.append("| key | " + " | ".join(f"run {i + 1}" for i in range(n)) + " |")
+    L.append("|---|" + "---|" * n)
+    for k in keys:
+        L.append(f"| {k} | " + " | ".join(
+            (f"{res[k]:.4g}" if isinstance(res.get(k), float) else str(res.get(k, "–"))) for res in results) + " |")
+    return "\n".join(L) + "\n", verdicts
+
+
+def machine_info() -> dict:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) * 1024
+    commit = run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], 30).stdout.strip()
+    dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], 30).stdout.strip()
+    versions = []
+    for cmd in (["nginx", "-v"], [REGISTRY_BIN, "--version"], ["wrk", "-v"], ["curl", "--version"]):
+        out = run(cmd, 30, check=False)
+        versions.append((out.stdout + out.stderr).strip().splitlines()[0][:70])
+    return dict(
+        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        commit=commit + (" (with uncommitted changes)" if dirty else ""),
+        cpu=cpu, nproc=run(["nproc"], 10).stdout.strip(), mem=f"{mem / GiB:.1f} GiB",
+        kernel=os.uname().release, versions="; ".join(versions),
+        load_before=" ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    )
+
+
+def build() -> Path:
+    log("cargo build --release")
+    p = subprocess.run(["cargo", "build", "--release", "--bin", "sparkcr-edge", "--message-format=json-render-diagnostics"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    if p.returncode != 0:
+        raise BenchError(f"cargo build failed:\n{p.stderr[-4000:]}")
+    exe = None
+    for line in p.stdout.splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "sparkcr-edge":
+            exe = Path(msg["executable"])
+    if not exe or not exe.exists():
+        raise BenchError("cargo build did not report the sparkcr-edge executable")
+    return exe
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, ~1 s per measurement, no targets enforced")
+    ap.add_argument("--big", action="store_true", help="also measure a 1 GiB cold miss")
+    ap.add_argument("--repeat", type=int, help="full runs to make (default 2; smoke 1)")
+    ap.add_argument("--out", type=Path, help="where to write the report (default docs/benchmarks.md; smoke: none)")
+    ap.add_argument("--binary", type=Path, help="use this sparkcr-edge binary instead of cargo build --release")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--edge-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the edge only (e.g. MALLOC_ARENA_MAX=2); noted in the report")
+    ap.add_argument("--enforce", action="store_true", help="exit 3 if a target is missed (never in smoke mode)")
+    a = ap.parse_args()
+    p = dict(SMOKE if a.smoke else FULL)
+    for kv in a.edge_env:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            ap.error(f"--edge-env wants KEY=VALUE, got {kv!r}")
+        EDGE_ENV[k] = v
+    repeats = max(1, min(a.repeat or p["repeats"], 10))
+    out = a.out if a.out else (None if a.smoke else ROOT / "docs" / "benchmarks.md")
+    for tool in ("wrk", "nginx", "curl", REGISTRY_BIN):
+        if not shutil.which(tool):
+            log(f"missing {tool}: apt-get install -y docker-registry nginx wrk curl")
+            return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    t_start = time.monotonic()
+    base = Path(tempfile.mkdtemp(prefix="sparkcr-bench."))
+    try:
+        binary = a.binary.resolve() if a.binary else build()
+        info = machine_info()
+        results = []
+        for i in range(repeats):
+            tmp = base / f"run{i + 1}"
+            tmp.mkdir()
+            results.append(run_once(binary, p, tmp, a.big, i + 1))
+            if not a.keep:
+                shutil.rmtree(tmp, ignore_errors=True)
+        info["load_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        text, verdicts = report(results, p, a.big, a.smoke, info)
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            log(f"wrote {out}")
+        print(text)
+        log(f"done in {time.monotonic() - t_start:.0f} s")
+        if a.enforce and not a.smoke and not all(ok for _, _, ok in verdicts):
+            return 3
+        return 0
+    except (BenchError, subprocess.TimeoutExpired, OSError, KeyboardInterrupt) as e:
+        log(f"FAILED: {type(e).__name__}: {e}")
+        return 1
+    finally:
+        stop_all()
+        if a.keep:
+            log(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
