@@ -21,8 +21,9 @@
 //!   per-address quota. Used by `server` (networks) and `registry` (everything else).
 //! - [`registry`]: the OCI distribution read API: routing of every client's URL form to an
 //!   upstream and repository, references, OCI error JSON.
-//! - `cache`: policy between the API and the bytes: hit or miss, tag TTL and revalidation,
-//!   serve-stale, single-flight blob fills that stream to every waiting client.
+//! - [`cache`]: policy between the API and the bytes: hit or miss, tag TTL and revalidation,
+//!   serve-stale, single-flight blob fills that stream to every waiting client, and which
+//!   routes may see content fetched through a private upstream.
 //! - [`store`]: sled index plus blake3-named chunk files; sha256-verified blobs, LRU byte
 //!   budget, TTL, crash recovery.
 //! - [`upstream`]: HTTP client to upstream registries (reqwest + rustls), token and Basic
@@ -30,6 +31,15 @@
 //! - [`config`]: the TOML schema, defaults, environment overrides, validation.
 //! - [`metrics`]: every Prometheus metric, in one registry per daemon.
 //! - [`oci`]: digests, repository names, tags, references, media types.
+//!
+//! Beside the daemon, for the commands an admin runs (they use the layers above only
+//! through their public interfaces):
+//!
+//! - [`prefetch`]: warms a running edge through its own registry API (`sparkcr-edge prefetch`).
+//! - [`bundle`]: OCI image layout tars for air-gapped sites (`export` over the API, `import`
+//!   into a stopped daemon's store).
+//! - [`setup`]: client configuration snippets (`client-config`) and self-signed
+//!   certificates (`tls self-signed`).
 
 pub mod access;
 pub mod bundle;
