@@ -8,7 +8,7 @@
 //!
 //! Private upstreams: content is shared by digest across upstreams, but what was fetched
 //! only through an upstream marked `private` is never a hit for a request that names
-//! another upstream (see [`Cache::visible_through`]); such a request is a miss and asks its
+//! another upstream (see `Cache::visible_through`); such a request is a miss and asks its
 //! own upstream, which either has the same bytes or answers 404. Blob fills for a private
 //! upstream are single-flight per (digest, upstream), so no other route joins them.
 //!

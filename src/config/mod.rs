@@ -4,7 +4,7 @@
 //! Owns: the TOML schema (`[server]`, `[storage]`, `[cache]`, `[log]`, `[auth]` (see
 //! [`auth`]), `[[upstream]]`), the
 //! built-in upstream table, and loading (file, embedded default, `SPARKCR_EDGE__*`
-//! environment overrides; see [`load`]). Every mistake becomes one [`ConfigError`] line
+//! environment overrides; see [`load()`]). Every mistake becomes one [`ConfigError`] line
 //! naming the file, the key and what was expected.
 //!
 //! Must not: open sockets, touch the store, or import any other module of this crate.
