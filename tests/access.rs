@@ -616,3 +616,55 @@ fn config_mistakes_in_auth_are_one_line() {
     let (code, _, err) = run_cli(&["token", "create", "--name", "x", "--scopes", "push"], &[]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_requests_never_join_a_private_fill() {
+    let public_reg = Registry2::start();
+    let private_reg = Registry2::start();
+    let big = pseudo_random(91, 48 << 20);
+    let digest = private_reg.push_blob("team/big", &big).await;
+    let (secret, block) = create_token("priv", "pull:public,pull:private");
+    let edge = Edge::start(&base_config(
+        &format!("[auth]\n{block}"),
+        &format!(
+            "{}{}",
+            upstream("docker.io", &public_reg, "default = true"),
+            upstream(SECRET_UP, &private_reg, "private = true")
+        ),
+    ));
+    let e = edge.http[0];
+    let priv_c = client_with(Some(basic(&secret)));
+    // The private fill starts; as soon as its answer begins, public routes ask for the digest.
+    let r = priv_c
+        .get(format!("http://{e}/v2/{SECRET_UP}/team/big/blobs/{digest}"))
+        .send()
+        .await
+        .expect("private blob");
+    assert_eq!(r.status(), 200);
+    let public = client_with(None);
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let url = if i % 2 == 0 {
+            format!("http://{e}/v2/library/busybox/blobs/{digest}")
+        } else {
+            format!("http://{e}/v2/docker.io/x/y/blobs/{digest}")
+        };
+        statuses.push(
+            public
+                .get(url)
+                .send()
+                .await
+                .expect("public")
+                .status()
+                .as_u16(),
+        );
+    }
+    let body = r.bytes().await.expect("private body");
+    assert_eq!(sha256_digest(&body), digest);
+    assert!(statuses.iter().all(|s| *s == 404), "{statuses:?}");
+    assert_eq!(
+        private_reg.count_requests("GET", &format!("/blobs/{digest}")),
+        1,
+        "one private fill"
+    );
+}
