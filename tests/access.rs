@@ -521,6 +521,43 @@ async fn networks_outside_allow_cidrs_are_refused() {
         assert_eq!(oci_code(r).await, "DENIED", "{path}");
     }
     drop(edge);
+    // HTTPS: closed before any TLS handshake.
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ca.write_leaf(certs.path(), &["localhost"]);
+    let tls_edge = Edge::start(&base_config(
+        "[auth]\nallow_cidrs = [\"10.0.0.0/8\"]",
+        &upstream("docker.io", &reg, "default = true"),
+    ).replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!(
+            "listen = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    ));
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(tls_edge.https[0]).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00]);
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the connection from a refused network was kept open")
+            }
+            Err(_) => {} // reset
+            Ok(n) => panic!("a TLS answer of {n} bytes to a refused network"),
+        }
+    }
+    drop(tls_edge);
     let edge = Edge::start(&base_config(
         "[auth]\nallow_cidrs = [\"10.0.0.0/8\", \"127.0.0.0/8\"]",
         &upstream("docker.io", &reg, "default = true"),
