@@ -521,6 +521,43 @@ async fn networks_outside_allow_cidrs_are_refused() {
         assert_eq!(oci_code(r).await, "DENIED", "{path}");
     }
     drop(edge);
+    // HTTPS: closed before any TLS handshake.
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ca.write_leaf(certs.path(), &["localhost"]);
+    let tls_edge = Edge::start(&base_config(
+        "[auth]\nallow_cidrs = [\"10.0.0.0/8\"]",
+        &upstream("docker.io", &reg, "default = true"),
+    ).replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!(
+            "listen = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    ));
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(tls_edge.https[0]).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00]);
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the connection from a refused network was kept open")
+            }
+            Err(_) => {} // reset
+            Ok(n) => panic!("a TLS answer of {n} bytes to a refused network"),
+        }
+    }
+    drop(tls_edge);
     let edge = Edge::start(&base_config(
         "[auth]\nallow_cidrs = [\"10.0.0.0/8\", \"127.0.0.0/8\"]",
         &upstream("docker.io", &reg, "default = true"),
@@ -615,4 +652,56 @@ fn config_mistakes_in_auth_are_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let (code, _, err) = run_cli(&["token", "create", "--name", "x", "--scopes", "push"], &[]);
     assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_requests_never_join_a_private_fill() {
+    let public_reg = Registry2::start();
+    let private_reg = Registry2::start();
+    let big = pseudo_random(91, 48 << 20);
+    let digest = private_reg.push_blob("team/big", &big).await;
+    let (secret, block) = create_token("priv", "pull:public,pull:private");
+    let edge = Edge::start(&base_config(
+        &format!("[auth]\n{block}"),
+        &format!(
+            "{}{}",
+            upstream("docker.io", &public_reg, "default = true"),
+            upstream(SECRET_UP, &private_reg, "private = true")
+        ),
+    ));
+    let e = edge.http[0];
+    let priv_c = client_with(Some(basic(&secret)));
+    // The private fill starts; as soon as its answer begins, public routes ask for the digest.
+    let r = priv_c
+        .get(format!("http://{e}/v2/{SECRET_UP}/team/big/blobs/{digest}"))
+        .send()
+        .await
+        .expect("private blob");
+    assert_eq!(r.status(), 200);
+    let public = client_with(None);
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let url = if i % 2 == 0 {
+            format!("http://{e}/v2/library/busybox/blobs/{digest}")
+        } else {
+            format!("http://{e}/v2/docker.io/x/y/blobs/{digest}")
+        };
+        statuses.push(
+            public
+                .get(url)
+                .send()
+                .await
+                .expect("public")
+                .status()
+                .as_u16(),
+        );
+    }
+    let body = r.bytes().await.expect("private body");
+    assert_eq!(sha256_digest(&body), digest);
+    assert!(statuses.iter().all(|s| *s == 404), "{statuses:?}");
+    assert_eq!(
+        private_reg.count_requests("GET", &format!("/blobs/{digest}")),
+        1,
+        "one private fill"
+    );
 }

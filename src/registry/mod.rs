@@ -4,7 +4,10 @@
 //! repository, which endpoint), asking the cache layer for the content, and writing the
 //! registry's answer: byte-exact manifests with `Content-Type`, `Docker-Content-Digest` and
 //! `Content-Length`, streamed blobs with `Range` support, and every error as OCI error
-//! JSON with its status. Cache errors are mapped to OCI errors here, once.
+//! JSON with its status. Cache errors are mapped to OCI errors here, once. It also applies
+//! the [`crate::access`] decisions as the registry protocol wants them: `401` with bearer
+//! and Basic challenges, `403 DENIED`, `429 TOOMANYREQUESTS` with `Retry-After`, the edge's
+//! own `GET /token` endpoint, and a catalog filtered to what the client may pull.
 //!
 //! Must not: open sockets or listen (that is `server`), or know how content is cached or
 //! fetched (that is `cache`).

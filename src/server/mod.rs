@@ -2,7 +2,9 @@
 //! hyper-util's auto builder, certificate reload on SIGHUP, graceful shutdown on
 //! SIGTERM/SIGINT, per-request logging and metrics, and the operations endpoints.
 //!
-//! Owns: sockets, TLS handshakes, connection lifetimes and signals.
+//! Owns: sockets, TLS handshakes, connection lifetimes and signals; the connection cap,
+//! header-read and idle timeouts, head-size limits (`[server]`), and refusing clients
+//! outside `auth.allow_cidrs` before anything else.
 //! Must not: interpret registry paths (that is `registry`) or touch the store.
 
 mod limits;
@@ -194,6 +196,15 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        if kind == ListenerKind::Https && !app.api.access().peer_allowed(peer.ip()) {
+            // Outside auth.allow_cidrs: no TLS handshake is spent on it. (Plain HTTP
+            // clients get a 403 answer at request time.)
+            app.api
+                .access()
+                .count_denial(crate::access::DenyReason::Network);
+            tracing::debug!(client = %peer, "network not allowed; closed");
+            continue;
+        }
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
             // Over server.max_connections: say so (plain HTTP, best effort) and close.
             app.metrics
