@@ -91,21 +91,6 @@ async fn oci_code(r: reqwest::Response) -> String {
         .to_string()
 }
 
-fn skopeo(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("skopeo")
-        .args(args)
-        .output()
-        .expect("run skopeo");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn skopeo_copy(src: &str, creds: Option<&str>, dest: &std::path::Path) -> (bool, String) {
     let dest = format!("dir:{}", dest.display());
     let mut args = vec!["copy", "--src-tls-verify=false", "--retry-times", "0"];

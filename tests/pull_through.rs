@@ -229,21 +229,6 @@ async fn every_route_every_format_byte_exact() {
     assert_eq!(tags["tags"].as_array().map(|a| a.len()), Some(4), "{tags}");
 }
 
-fn skopeo(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("skopeo")
-        .args(args)
-        .output()
-        .expect("run skopeo (apt-get install skopeo)");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// Every file skopeo wrote to a `dir:` destination hashes to its name.
 fn check_dir(dir: &std::path::Path) -> usize {
     let mut n = 0;

@@ -319,3 +319,19 @@ pub fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Runs `skopeo` (Debian's package) and returns (success, stdout + stderr).
+pub fn skopeo(args: &[&str]) -> (bool, String) {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo (apt-get install skopeo)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -29,6 +29,14 @@ pub struct Registry2 {
     /// Token auth: (realm, rootcertbundle path); pushes then need `push_token`.
     pub token_auth: Option<(String, PathBuf)>,
     pub push_token: Option<String>,
+    /// While stopped, the port stays taken (connections are dropped at once), so that no
+    /// daemon started later by a test binds it and answers as if it were the upstream.
+    port_holder: Option<PortHolder>,
+}
+
+struct PortHolder {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Registry2 {
@@ -59,6 +67,7 @@ impl Registry2 {
             basic: basic.map(|(u, p)| (u.to_string(), p.to_string())),
             token_auth,
             push_token: None,
+            port_holder: None,
         };
         r.spawn();
         r
@@ -69,6 +78,7 @@ impl Registry2 {
     }
 
     fn spawn(&mut self) {
+        self.release_port();
         let mut auth = String::new();
         if let Some((user, pass)) = &self.basic {
             let hash = bcrypt::hash(pass, 4).expect("bcrypt");
@@ -144,6 +154,32 @@ impl Registry2 {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            self.hold_port();
+        }
+    }
+
+    fn hold_port(&mut self) {
+        let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", self.port)) else {
+            return;
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+            }
+        });
+        self.port_holder = Some(PortHolder { stop, thread });
+    }
+
+    fn release_port(&mut self) {
+        if let Some(h) = self.port_holder.take() {
+            h.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+            let _ = h.thread.join();
         }
     }
 
@@ -242,6 +278,7 @@ impl Registry2 {
 impl Drop for Registry2 {
     fn drop(&mut self) {
         self.stop();
+        self.release_port();
     }
 }
 
