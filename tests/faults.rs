@@ -289,15 +289,6 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn metrics(edge: &Edge) -> String {
-    reqwest::get(edge.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_mid_blob_is_resumed_with_range() {
     let up = FaultUpstream::start().await;
@@ -322,7 +313,12 @@ async fn reset_mid_blob_is_resumed_with_range() {
         ranged[0].contains(&format!("bytes={}-", 3 << 20)),
         "{ranged:?}"
     );
-    assert!(metric(&metrics(&edge).await, "sparkcr_edge_fill_resumes_total") >= 1.0);
+    assert!(
+        metric(
+            &edge.metrics_text().await,
+            "sparkcr_edge_fill_resumes_total"
+        ) >= 1.0
+    );
     // Stored: the next GET does not touch the upstream.
     let before = up.requests("/blobs/").len();
     let again = reqwest::get(edge.url(&format!("/v2/team/app/blobs/{d}")))
@@ -361,7 +357,7 @@ async fn wrong_bytes_abort_the_client_and_store_nothing() {
     );
     assert!(
         metric(
-            &metrics(&edge).await,
+            &edge.metrics_text().await,
             "sparkcr_edge_digest_mismatches_total"
         ) >= 2.0
     );
@@ -414,7 +410,7 @@ async fn rate_limits_and_5xx_serve_stale() {
     }
     assert!(
         metric(
-            &metrics(&edge).await,
+            &edge.metrics_text().await,
             "sparkcr_edge_stale_served_total{kind=\"manifest\"}"
         ) >= 4.0
     );

@@ -79,12 +79,7 @@ async fn connections_over_the_cap_get_503_and_the_cap_frees_up() {
         assert!(Instant::now() < deadline, "the cap never freed: {answer}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let metrics = reqwest::get(edge.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = edge.metrics_text().await;
     assert!(
         metrics.contains("sparkcr_edge_connections_rejected_total{reason=\"limit\"}"),
         "{metrics}"

@@ -411,14 +411,7 @@ async fn serves_stale_when_upstream_is_down_and_after_restart() {
         .await
         .expect("request");
     assert_eq!(r.status(), 503);
-    let metrics = client
-        .get(edge.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = edge.metrics_text().await;
     assert!(
         metrics.contains("sparkcr_edge_stale_served_total{kind=\"manifest\"}"),
         "stale answers counted"

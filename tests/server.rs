@@ -258,14 +258,7 @@ async fn metrics_parse_and_count_requests() {
             .status(),
         200
     );
-    let text = client
-        .get(edge.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = edge.metrics_text().await;
     let samples = parse_prometheus(&text);
     let get = |name: &str, labels: &[(&str, &str)]| {
         samples

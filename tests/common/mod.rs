@@ -176,6 +176,16 @@ impl Edge {
         self.log.lock().expect("log lock").join("\n")
     }
 
+    /// `/metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http[0], path)
     }
