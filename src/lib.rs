@@ -8,12 +8,14 @@
 //! Layers, each knowing only the one below it:
 //!
 //! ```text
-//! main (CLI)  ->  server  ->  registry  ->  cache  ->  store
+//! main (CLI)  ->  daemon  ->  server  ->  registry  ->  cache  ->  store
 //!                                                 \->  upstream
 //!                   \-----------\->  access
-//! config, metrics, oci: leaf modules read by all, importing none of the others
+//! config, metrics, oci, mapped: leaf modules read by all, importing none of the others
 //! ```
 //!
+//! - [`daemon`]: the composition root: builds a daemon from a config and runs it until a
+//!   shutdown signal.
 //! - [`server`]: listeners (HTTP and HTTPS via rustls, h2 + HTTP/1.1), certificate reload,
 //!   graceful shutdown, request logging, `/metrics`, `/healthz`, `/readyz`.
 //! - [`access`]: who may use the edge: client networks, token secrets (HTTP Basic) and
@@ -31,6 +33,8 @@
 //! - [`config`]: the TOML schema, defaults, environment overrides, validation.
 //! - [`metrics`]: every Prometheus metric, in one registry per daemon.
 //! - [`oci`]: digests, repository names, tags, references, media types.
+//! - [`mapped`]: file-backed `Bytes` frames (read-only mappings of chunk files) and the
+//!   lookup that lets plain-HTTP connections send them with `sendfile(2)`.
 //!
 //! Beside the daemon, for the commands an admin runs (they use the layers above only
 //! through their public interfaces):
@@ -45,6 +49,8 @@ pub mod access;
 pub mod bundle;
 pub mod cache;
 pub mod config;
+pub mod daemon;
+pub mod mapped;
 pub mod metrics;
 pub mod oci;
 pub mod prefetch;

@@ -4,17 +4,15 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sparkcr_edge::access::{self, Access};
+use sparkcr_edge::access;
 use sparkcr_edge::bundle;
-use sparkcr_edge::cache::{Cache, CacheSettings};
 use sparkcr_edge::config::{self, Config, LogFormat};
 use sparkcr_edge::metrics::Metrics;
 use sparkcr_edge::prefetch::{self, edge_client::PlatformChoice};
-use sparkcr_edge::registry::{RegistryApi, UpstreamTable};
-use sparkcr_edge::server::{self, App, Server};
+use sparkcr_edge::daemon::{self, DaemonError};
+use sparkcr_edge::server;
 use sparkcr_edge::setup::{client_config, self_signed};
 use sparkcr_edge::store::{Store, StoreError, StoreOptions};
-use sparkcr_edge::upstream::Upstream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -493,18 +491,8 @@ fn client_config_command(
     Ok(())
 }
 
-fn store_options(c: &Config) -> StoreOptions {
-    StoreOptions {
-        path: c.storage.path.clone(),
-        max_size: c.storage.max_size.get(),
-        chunk_size: c.storage.chunk_size.get() as usize,
-        ttl: (!c.cache.ttl.is_zero()).then(|| c.cache.ttl.get()),
-        ttl_from: c.cache.ttl_from,
-    }
-}
-
 fn open_store(c: &Config, metrics: Arc<Metrics>) -> Result<Store, Failure> {
-    Store::open(store_options(c), metrics).map_err(|e| match e {
+    Store::open(StoreOptions::from_config(c), metrics).map_err(|e| match e {
         StoreError::Locked { .. } => Failure::Runtime(anyhow::anyhow!("{e}")),
         other => Failure::Runtime(anyhow::Error::new(other).context(format!(
             "cannot open the store at {}",
@@ -567,97 +555,24 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
         .thread_name("sparkcr-edge")
         .build()
         .context("cannot start the async runtime")?;
+    let origin = loaded.origin.to_string();
     runtime.block_on(async move {
-        let metrics = Arc::new(Metrics::new());
-        let store = {
-            let (c2, m2) = (c.clone(), metrics.clone());
-            tokio::task::spawn_blocking(move || open_store(&c2, m2))
-                .await
-                .map_err(|e| Failure::Runtime(anyhow::anyhow!("store open task failed: {e}")))??
-        };
-        let mut upstreams = Vec::new();
-        for u in &c.upstream {
-            let up = Upstream::from_config(u, metrics.clone()).map_err(|e| {
-                Failure::Config(format!("{}: upstream {:?}: {e}", loaded.origin, u.name))
-            })?;
-            upstreams.push(up);
-        }
-        let settings = CacheSettings {
-            tag_ttl: c.cache.tag_ttl.get(),
-            private_upstreams: c
-                .upstream
-                .iter()
-                .filter(|u| u.private)
-                .map(|u| u.name.clone())
-                .collect(),
-        };
-        let access = Arc::new(
-            Access::from_config(&c, metrics.clone()).map_err(|e| Failure::Runtime(e.into()))?,
-        );
-        let cache = Arc::new(Cache::new(
-            store.clone(),
-            upstreams,
-            settings,
-            metrics.clone(),
-        ));
-        let maintenance = tokio::spawn(maintain(store.clone()));
-        let api = RegistryApi::new(UpstreamTable::from_config(&c), cache, access);
-        let app = Arc::new(App::new(api, metrics));
-        let server = Server::bind(&c.server, app.clone())
-            .await
-            .map_err(|e| match e {
-                server::ServerError::Tls(t) => Failure::Config(format!(
-                    "{}: server.tls_cert/server.tls_key: {t}",
-                    loaded.origin
-                )),
-                other => Failure::Runtime(other.into()),
-            })?;
-        for (kind, addr) in server.local_addrs() {
+        let daemon = daemon::start(&c, &origin).await.map_err(|e| match e {
+            DaemonError::Config(m) => Failure::Config(m),
+            other => Failure::Runtime(other.into()),
+        })?;
+        for (kind, addr) in daemon.local_addrs() {
             let scheme = match kind {
                 server::ListenerKind::Http => "http",
                 server::ListenerKind::Https => "https",
             };
             tracing::info!("listening on {scheme}://{addr}");
         }
-        app.set_ready(true);
-        server::notify_systemd(&[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status("serving"),
-        ]);
-        tracing::info!("ready to serve");
-        let clean = server::serve_until_signalled(server, c.server.shutdown_grace.get())
+        let clean = daemon
+            .run_until_signalled()
             .await
             .context("cannot install signal handlers")?;
-        maintenance.abort();
-        let s2 = store.clone();
-        let _ = tokio::task::spawn_blocking(move || s2.flush_access()).await;
         tracing::info!(clean, "stopped");
         Ok(())
     })
-}
-
-/// Background upkeep: persist batched recency every 10 s, sweep expired content every minute.
-async fn maintain(store: Store) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-    let mut n: u64 = 0;
-    loop {
-        tick.tick().await;
-        n += 1;
-        let s = store.clone();
-        let sweep = n % 6 == 0;
-        let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            s.flush_access()?;
-            if sweep {
-                let report = s.sweep_expired(std::time::SystemTime::now())?;
-                tracing::debug!(?report, "TTL sweep");
-            }
-            Ok(())
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "store upkeep failed"),
-            Err(e) => tracing::warn!(error = %e, "store upkeep task failed"),
-        }
-    }
 }

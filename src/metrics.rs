@@ -47,6 +47,8 @@ pub struct Metrics {
     pub digest_mismatches: IntCounter,
     pub fills_in_flight: IntGauge,
     pub fill_resumes: IntCounter,
+    pub fills_ended: IntCounterVec,
+    pub reader_refetches: IntCounter,
     // upstream
     pub upstream_requests: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
@@ -252,6 +254,17 @@ impl Metrics {
                 &r,
                 "fill_resumes_total",
                 "Blob fills resumed with a Range request after a broken upstream connection.",
+            ),
+            fills_ended: counter_vec(
+                &r,
+                "fills_ended_total",
+                "Blob fills that ended, by where the bytes were kept (stored, spooled, memory) or failed.",
+                &["kept"],
+            ),
+            reader_refetches: counter(
+                &r,
+                "reader_refetches_total",
+                "Clients of a blob that could not be kept on disk that fell behind its in-memory window and fetched (and verified) the rest on their own.",
             ),
             upstream_requests: counter_vec(
                 &r,

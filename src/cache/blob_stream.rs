@@ -1,308 +1,264 @@
-//! Blob bodies as streams of `Bytes` frames: from a stored blob (a hit), or from a fill
-//! under way (a miss or a joiner), which reads durable chunks from disk and the rest from
-//! the fill's in-memory tail, then follows the fill live. The last byte of a blob is only
-//! released once the fill has verified the digest; a failed fill aborts the stream with an
-//! error so the client never sees a clean end on wrong bytes.
+//! Blob bodies as streams of `Bytes` frames: from a stored blob (a hit), or following a
+//! [`GrowingBlob`] (a miss or a joiner) at the client's own pace.
+//!
+//! A follower that falls behind the in-memory window of a blob that could not be kept on
+//! disk fetches the rest on its own: from the store's hash [`Checkpoint`] at or before its
+//! offset, with a `Range` request, hashing every byte, so what it sends is verified just
+//! like the fill's (the last frame of a whole-body response, and all of a range, wait for
+//! the digest). Every failure ends the stream with an error, so hyper aborts the response
+//! and the client never sees a clean end on partial or wrong bytes.
+//!
+//! Must not: decide hit or miss, or read chunk files (the store hands out the frames).
 
-use super::fill::{Fill, FillFailure, FillPhase};
+use super::fill::RESUME_TRIES;
 use super::BlobStream;
 use crate::metrics::Metrics;
-use crate::store::{BlobReader, Store, FRAME_BYTES};
-use bytes::{Bytes, BytesMut};
+use crate::oci::RepositoryName;
+use crate::store::{BlobRead, BlobReader, Checkpoint, GrowingBlob, MEMORY_WINDOW, READ_FRAME};
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use futures_util::StreamExt;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
 
-/// Largest frame read from a chunk file at once.
-const FRAME: u64 = 256 << 10;
-
-fn abort(msg: String) -> io::Error {
-    io::Error::other(msg)
+fn abort(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
 }
 
-/// The reader's next frame, read off the async workers; the reader comes back with it.
-async fn next_frame_of(
-    mut reader: BlobReader,
-) -> io::Result<(Option<io::Result<Bytes>>, BlobReader)> {
-    // The frame is allocated here, on a runtime worker, not on a blocking-pool thread
-    // (each of those would keep its own malloc arena of freed frames: RSS grows).
-    reader.provide_buffer(BytesMut::with_capacity(FRAME_BYTES));
-    tokio::task::spawn_blocking(move || {
-        let item = reader.next();
-        (item, reader)
-    })
-    .await
-    .map_err(|e| abort(format!("read task failed: {e}")))
-}
-
-/// Streams a stored blob through its pinned reader.
+/// Streams a stored blob through its pinned reader (page-cache frames, read inline).
 pub(super) fn from_store(reader: BlobReader, metrics: Arc<Metrics>) -> BlobStream {
-    Box::pin(futures_util::stream::unfold(Some(reader), move |reader| {
-        let metrics = metrics.clone();
-        async move {
-            let (item, reader) = match next_frame_of(reader?).await {
-                Ok(x) => x,
-                Err(e) => return Some((Err(e), None)),
-            };
-            match item {
-                Some(Ok(bytes)) => {
-                    metrics
-                        .served_bytes
-                        .with_label_values(&["cache"])
-                        .inc_by(bytes.len() as u64);
-                    Some((Ok(bytes), Some(reader)))
-                }
-                Some(Err(e)) => {
-                    metrics.store_errors.with_label_values(&["read"]).inc();
-                    Some((Err(e), None))
-                }
-                None => None,
-            }
+    Box::pin(futures_util::stream::iter(reader).map(move |frame| {
+        match &frame {
+            Ok(b) => metrics
+                .served_bytes
+                .with_label_values(&["cache"])
+                .inc_by(b.len() as u64),
+            Err(_) => metrics.store_errors.with_label_values(&["read"]).inc(),
         }
+        frame
     }))
 }
 
-/// A ranged upstream body passed straight to one client (exactly `len` bytes, or an
-/// error: a short body never ends cleanly).
-pub(super) fn direct_range(
-    body: crate::upstream::BlobBody,
-    len: u64,
-    metrics: Arc<Metrics>,
-) -> BlobStream {
-    use futures_util::StreamExt;
-    let state = (body, 0u64, false);
-    Box::pin(futures_util::stream::unfold(
-        state,
-        move |(mut body, sent, done)| {
-            let metrics = metrics.clone();
-            async move {
-                if done || sent >= len {
-                    return None;
-                }
-                match body.next().await {
-                    Some(Ok(mut b)) => {
-                        if sent + b.len() as u64 > len {
-                            b = b.slice(..(len - sent) as usize);
-                        }
-                        metrics
-                            .served_bytes
-                            .with_label_values(&["upstream"])
-                            .inc_by(b.len() as u64);
-                        let sent = sent + b.len() as u64;
-                        Some((Ok(b), (body, sent, false)))
-                    }
-                    Some(Err(e)) => Some((
-                        Err(abort(format!("upstream failed mid-range: {e}"))),
-                        (body, sent, true),
-                    )),
-                    None => Some((
-                        Err(abort(format!(
-                            "upstream range ended after {sent} of {len} bytes"
-                        ))),
-                        (body, sent, true),
-                    )),
-                }
-            }
-        },
-    ))
+/// Where a follower that fell behind fetches the rest.
+#[derive(Clone)]
+pub(super) struct Refetch {
+    pub upstream: Upstream,
+    pub repo: RepositoryName,
+    pub metrics: Arc<Metrics>,
 }
 
-enum Step {
-    Chunk {
-        id: crate::store::ChunkId,
-        offset: u32,
-        len: u32,
-    },
-    Tail(Bytes),
-    SwitchToStore,
-    Fail(String),
-    Wait,
-}
+/// Frames in flight between a follower task and its response.
+const FOLLOW_QUEUE: usize = 2;
 
-struct FollowState {
-    fill: Arc<Fill>,
-    store: Store,
-    pos: u64,
-    end: u64,
-    rx: tokio::sync::watch::Receiver<u64>,
-    /// Set once the fill completed into the store: read the committed blob from here on.
-    stored: Option<BlobReader>,
-    metrics: Arc<Metrics>,
-    done: bool,
-}
-
-/// Streams `[start, end)` of the blob `fill` is fetching.
-pub(super) fn follow_fill(
-    fill: Arc<Fill>,
-    store: Store,
+/// Streams `[start, end)` of `blob` (`end` = `None`: to the blob's end, size unknown).
+pub(super) fn follow(
+    blob: Arc<GrowingBlob>,
     start: u64,
-    end: u64,
-    metrics: Arc<Metrics>,
+    end: Option<u64>,
+    refetch: Refetch,
 ) -> BlobStream {
-    let rx = fill.subscribe();
-    let st = FollowState {
-        fill,
-        store,
-        pos: start,
-        end,
-        rx,
-        stored: None,
-        metrics,
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(st, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        match next_frame(&mut st).await {
-            Ok(Some(b)) => Some((Ok(b), st)),
-            Ok(None) => None,
-            Err(e) => {
-                st.done = true;
-                Some((Err(e), st))
-            }
-        }
+    let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
+    tokio::spawn(follow_task(blob, start, end, refetch, tx));
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
     }))
 }
 
-fn plan(st: &mut FollowState) -> Step {
-    st.rx.borrow_and_update();
-    let s = st.fill.state();
-    let complete = match &s.phase {
-        FillPhase::Failed(f) => return Step::Fail(describe(f)),
-        FillPhase::Complete { stored: true } => return Step::SwitchToStore,
-        FillPhase::Complete { stored: false } => true,
-        FillPhase::Connecting | FillPhase::Streaming => false,
-    };
-    // Hold back the blob's last byte until the digest is verified.
-    let releasable = if complete {
-        s.received
-    } else {
-        let last = s
-            .size
-            .map_or(s.received.saturating_sub(1), |size| size.saturating_sub(1));
-        s.received.min(last)
-    };
-    if st.pos >= releasable {
-        return if complete {
-            Step::Fail("blob ended before the requested range".into())
-        } else {
-            Step::Wait
-        };
-    }
-    // Never past `releasable`, whichever side the bytes are on: a blob that ends on a chunk
-    // boundary is all in chunk files before its digest is checked.
-    let limit = st.end.min(releasable);
-    if st.pos < s.chunk_bytes {
-        let mut base = 0u64;
-        for c in &s.chunks {
-            let len = u64::from(c.len);
-            if st.pos < base + len {
-                let offset = st.pos - base;
-                let n = (len - offset).min(limit - st.pos).min(FRAME);
-                return Step::Chunk {
-                    id: c.id,
-                    offset: offset as u32,
-                    len: n as u32,
-                };
-            }
-            base += len;
-        }
-    }
-    if st.pos < s.tail_start {
-        return Step::Fail(format!(
-            "client fell more than {} MiB behind a blob that is not being stored",
-            s.tail_start >> 20
-        ));
-    }
-    let mut base = s.tail_start;
-    for b in &s.tail {
-        let len = b.len() as u64;
-        if st.pos < base + len {
-            let from = (st.pos - base) as usize;
-            let to = (len.min(limit - base)) as usize;
-            return Step::Tail(b.slice(from..to));
-        }
-        base += len;
-    }
-    Step::Wait
-}
+type Out = mpsc::Sender<io::Result<Bytes>>;
 
-fn describe(f: &FillFailure) -> String {
-    match f {
-        FillFailure::NotFound => "the upstream no longer has this blob".into(),
-        FillFailure::Unavailable(m) => format!("upstream failed mid-blob: {m}"),
-        FillFailure::DigestMismatch(m) => m.clone(),
-        FillFailure::Store(m) => format!("store failed: {m}"),
-        FillFailure::Abandoned => "the blob fill stopped".into(),
-    }
-}
-
-async fn next_frame(st: &mut FollowState) -> io::Result<Option<Bytes>> {
+async fn follow_task(
+    blob: Arc<GrowingBlob>,
+    mut pos: u64,
+    end: Option<u64>,
+    refetch: Refetch,
+    tx: Out,
+) {
+    let mut rx = blob.subscribe();
+    let served = refetch.metrics.served_bytes.with_label_values(&["upstream"]);
     loop {
-        if st.pos >= st.end {
-            return Ok(None);
+        let want = end.map_or(READ_FRAME as u64, |e| e.saturating_sub(pos));
+        if want == 0 {
+            return;
         }
-        if let Some(reader) = st.stored.take() {
-            let (item, reader) = next_frame_of(reader).await?;
-            return match item {
-                Some(Ok(b)) => {
-                    st.pos += b.len() as u64;
-                    st.stored = Some(reader);
-                    st.metrics
-                        .served_bytes
-                        .with_label_values(&["upstream"])
-                        .inc_by(b.len() as u64);
-                    Ok(Some(b))
-                }
-                Some(Err(e)) => Err(e),
-                None => Ok(None),
-            };
-        }
-        match plan(st) {
-            Step::Tail(b) => {
-                st.pos += b.len() as u64;
-                st.metrics
-                    .served_bytes
-                    .with_label_values(&["upstream"])
-                    .inc_by(b.len() as u64);
-                return Ok(Some(b));
-            }
-            Step::Chunk { id, offset, len } => {
-                let store = st.store.clone();
-                let buf = BytesMut::with_capacity(len as usize);
-                let b = tokio::task::spawn_blocking(move || {
-                    store.read_chunk_into(&id, offset, len, buf)
-                })
-                .await
-                .map_err(|e| abort(format!("read task failed: {e}")))?
-                .map_err(|e| abort(format!("cannot read chunk {id}: {e}")))?;
-                st.pos += b.len() as u64;
-                st.metrics
-                    .served_bytes
-                    .with_label_values(&["upstream"])
-                    .inc_by(b.len() as u64);
-                return Ok(Some(b));
-            }
-            Step::SwitchToStore => {
-                let (store, d, pos, end) = (st.store.clone(), st.fill.digest, st.pos, st.end);
-                let reader = tokio::task::spawn_blocking(move || store.read_blob(&d, pos, end))
-                    .await
-                    .map_err(|e| abort(format!("read task failed: {e}")))?
-                    .map_err(|e| abort(format!("cannot read stored blob: {e}")))?;
-                match reader {
-                    Some(r) => st.stored = Some(r),
-                    None => return Err(abort("the blob was evicted while being served".into())),
+        rx.borrow_and_update();
+        match blob.read_at(pos, want.min(READ_FRAME as u64) as usize) {
+            BlobRead::Data(b) => {
+                pos += b.len() as u64;
+                served.inc_by(b.len() as u64);
+                if tx.send(Ok(b)).await.is_err() {
+                    return; // the client went away
                 }
             }
-            Step::Fail(m) => return Err(abort(m)),
-            Step::Wait => {
-                if st.rx.changed().await.is_err() {
-                    // The fill is gone; its final phase is still readable.
-                    if matches!(plan(st), Step::Wait) {
-                        return Err(abort("the blob fill stopped".into()));
-                    }
+            BlobRead::Wait => {
+                if rx.changed().await.is_err() {
+                    let _ = tx.send(Err(abort("the blob fill stopped"))).await;
+                    return;
                 }
+            }
+            BlobRead::End => {
+                if end.is_some_and(|e| pos < e) {
+                    let _ = tx
+                        .send(Err(abort("the blob ended before the requested range")))
+                        .await;
+                }
+                return;
+            }
+            BlobRead::Behind(cp) => {
+                refetch.metrics.reader_refetches.inc();
+                tracing::info!(digest = %blob.digest(), offset = pos, from = cp.offset, "client fell behind a blob kept only in memory; fetching the rest for it");
+                if let Err(e) = fetch_rest(&blob, cp, pos, end, &refetch, &tx).await {
+                    let _ = tx.send(Err(e)).await;
+                }
+                return;
+            }
+            BlobRead::Failed(f) => {
+                let _ = tx.send(Err(abort(f.to_string()))).await;
+                return;
+            }
+            BlobRead::ReadError(m) => {
+                refetch
+                    .metrics
+                    .store_errors
+                    .with_label_values(&["read"])
+                    .inc();
+                let _ = tx.send(Err(abort(m))).await;
+                return;
             }
         }
     }
+}
+
+/// Bytes of one follower's own fetch not yet sent: the last frame of a whole body, or the
+/// whole of a range, wait until the follower's own hash of the blob matched.
+struct Held {
+    frames: Vec<Bytes>,
+    bytes: u64,
+    /// Everything is held (a range), not just the last frame.
+    all: bool,
+}
+
+impl Held {
+    /// Takes `piece`; returns what may go out now.
+    fn take(&mut self, piece: Bytes) -> io::Result<Vec<Bytes>> {
+        self.bytes += piece.len() as u64;
+        self.frames.push(piece);
+        if self.all {
+            if self.bytes > MEMORY_WINDOW {
+                return Err(abort(format!(
+                    "cannot verify a range of more than {} MiB of a blob that could not be kept on disk; retry when there is room",
+                    MEMORY_WINDOW >> 20
+                )));
+            }
+            return Ok(Vec::new());
+        }
+        let keep = self.frames.pop();
+        let out = std::mem::take(&mut self.frames);
+        self.bytes = keep.as_ref().map_or(0, |b| b.len() as u64);
+        self.frames.extend(keep);
+        Ok(out)
+    }
+}
+
+async fn send_all(tx: &Out, frames: Vec<Bytes>) -> io::Result<()> {
+    for f in frames {
+        if tx.send(Ok(f)).await.is_err() {
+            return Err(abort("client went away"));
+        }
+    }
+    Ok(())
+}
+
+/// A follower's own verified fetch of `[pos, end)`, from checkpoint `cp`.
+async fn fetch_rest(
+    blob: &GrowingBlob,
+    cp: Checkpoint,
+    pos: u64,
+    end: Option<u64>,
+    refetch: &Refetch,
+    tx: &Out,
+) -> io::Result<()> {
+    let digest = *blob.digest();
+    let size = blob.size();
+    let stop = match (end, size) {
+        (Some(e), _) => Some(e),
+        (None, s) => s,
+    };
+    let mut held = Held {
+        frames: Vec::new(),
+        bytes: 0,
+        all: matches!((end, size), (Some(e), Some(s)) if e < s),
+    };
+    let mut hasher = cp.hasher;
+    let mut at = cp.offset;
+    let mut tries = 0;
+    loop {
+        let response = refetch
+            .upstream
+            .blob(&refetch.repo, &digest, Some((at, None)))
+            .await
+            .map_err(|e| abort(format!("upstream failed: {e}")))?;
+        if response.start > at {
+            return Err(abort(format!(
+                "upstream answered from byte {} instead of {at}",
+                response.start
+            )));
+        }
+        let mut skip = at - response.start;
+        let mut body = response.body;
+        let mut broke = None;
+        while let Some(frame) = body.next().await {
+            let mut bytes = match frame {
+                Ok(b) => b,
+                Err(e) => {
+                    broke = Some(e.to_string());
+                    break;
+                }
+            };
+            if skip > 0 {
+                let n = skip.min(bytes.len() as u64) as usize;
+                bytes = bytes.slice(n..);
+                skip -= n as u64;
+            }
+            if bytes.is_empty() {
+                continue;
+            }
+            hasher.update(&bytes);
+            let frame_start = at;
+            at += bytes.len() as u64;
+            if size.is_some_and(|s| at > s) {
+                return Err(abort("upstream sent more bytes than the blob has"));
+            }
+            let lo = frame_start.max(pos);
+            let hi = stop.map_or(at, |s| at.min(s));
+            if lo < hi {
+                let piece = bytes.slice((lo - frame_start) as usize..(hi - frame_start) as usize);
+                refetch
+                    .metrics
+                    .served_bytes
+                    .with_label_values(&["upstream"])
+                    .inc_by(piece.len() as u64);
+                send_all(tx, held.take(piece)?).await?;
+            }
+        }
+        let complete = broke.is_none() && size.is_none_or(|s| at == s);
+        if complete {
+            break;
+        }
+        tries += 1;
+        if tries > RESUME_TRIES {
+            return Err(abort(format!(
+                "upstream failed mid-blob: {}",
+                broke.unwrap_or_else(|| format!("body ended at byte {at}"))
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200 * (1 << (tries - 1)))).await;
+    }
+    let actual = hasher.finish();
+    if actual != digest {
+        refetch.metrics.digest_mismatches.inc();
+        return Err(abort(format!("blob {digest} arrived with digest {actual}")));
+    }
+    send_all(tx, held.frames).await
 }

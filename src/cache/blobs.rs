@@ -1,12 +1,23 @@
-//! Blobs: hits stream from the store; misses start or join the single-flight fill for the
-//! digest; HEAD on a miss asks the upstream for the size without fetching.
+//! Blobs: hits stream from the store (inline, no blocking-pool round trip); misses lead or
+//! follow the single-flight fill for the digest; HEAD on a miss asks the upstream for the
+//! size without fetching.
+//!
+//! A `Range` request on a blob that is not stored yet is answered only once the fill has
+//! verified the whole blob's digest (it waits for the fill): never from unverified bytes.
+//! Ranges of stored blobs are immediate.
 
-use super::blob_stream;
-use super::fill::{self, FillFailure, FillJob};
-use super::{blocking, BlobAnswer, Cache, CacheError};
+use super::blob_stream::{self, Refetch};
+use super::fill::{self, FillFailure, FillJob, FillKey};
+use super::flight::{Claim, Landing};
+use super::{BlobAnswer, Cache, CacheError};
 use crate::oci::Digest;
 use crate::registry::range::ByteRangeSpec;
 use crate::registry::RepoTarget;
+use crate::store::{GrowingBlob, GrowthFailure};
+use std::sync::Arc;
+
+/// How often a request re-claims a fill whose leader died before it started.
+const ABANDONED_RETRIES: u32 = 2;
 
 impl Cache {
     pub async fn blob(
@@ -16,43 +27,123 @@ impl Cache {
         range: Option<ByteRangeSpec>,
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
-        let (store, d) = (self.store.clone(), *digest);
-        let hit = blocking(move || store.blob(&d))
-            .await?
-            .filter(|info| self.visible_through(&info.repos, target));
-        if let Some(info) = hit {
-            let (start, end, partial) = resolve(range, info.size)?;
-            let body = if head {
-                None
-            } else {
-                let (store, d) = (self.store.clone(), *digest);
-                match blocking(move || store.read_blob(&d, start, end)).await? {
-                    Some(reader) => Some(blob_stream::from_store(reader, self.metrics.clone())),
-                    None => return Box::pin(self.blob_miss(target, digest, range, head)).await,
-                }
-            };
-            self.metrics.cache_hits.with_label_values(&["blob"]).inc();
-            self.note_blob_repo(digest, &info.repos, target).await;
-            return Ok(BlobAnswer {
-                digest: *digest,
-                size: Some(info.size),
-                range: (start, end),
-                partial,
-                body,
-                from_cache: true,
-            });
+        match self.blob_hit(target, digest, range, head)? {
+            Some(answer) => Ok(answer),
+            None => self.blob_miss(target, digest, range, head).await,
         }
-        self.blob_miss(target, digest, range, head).await
     }
 
-    async fn note_blob_repo(&self, d: &Digest, repos: &[String], target: &RepoTarget) {
+    fn blob_hit(
+        &self,
+        target: &RepoTarget,
+        digest: &Digest,
+        range: Option<ByteRangeSpec>,
+        head: bool,
+    ) -> Result<Option<BlobAnswer>, CacheError> {
+        let Some(info) = self
+            .store
+            .blob(digest)?
+            .filter(|info| self.visible_through(&info.repos, target))
+        else {
+            return Ok(None);
+        };
+        let (start, end, partial) = resolve(range, info.size)?;
+        let body = if head {
+            None
+        } else {
+            match self.store.read_blob(digest, start, end)? {
+                Some(reader) => Some(blob_stream::from_store(reader, self.metrics.clone())),
+                // Evicted between the two lookups.
+                None => return Ok(None),
+            }
+        };
+        self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+        self.note_blob_repo(digest, &info.repos, target);
+        Ok(Some(BlobAnswer {
+            digest: *digest,
+            size: Some(info.size),
+            range: (start, end),
+            partial,
+            body,
+            from_cache: true,
+        }))
+    }
+
+    fn note_blob_repo(&self, d: &Digest, repos: &[String], target: &RepoTarget) {
         let key = target.key();
         if repos.contains(&key) {
             return;
         }
-        let (store, d) = (self.store.clone(), *d);
-        if let Err(e) = blocking(move || store.add_repo(&d, &key)).await {
+        if let Err(e) = self.store.add_repo(d, &key) {
             tracing::debug!(error = %e, "cannot record repository for blob {d}");
+        }
+    }
+
+    fn fill_failure(&self, target: &RepoTarget, digest: &Digest, f: FillFailure) -> CacheError {
+        match f {
+            FillFailure::NotFound => CacheError::BlobUnknown(*digest),
+            FillFailure::Unavailable(m) => CacheError::Unavailable {
+                upstream: target.upstream.clone(),
+                detail: m,
+            },
+        }
+    }
+
+    fn growth_failure(&self, target: &RepoTarget, f: GrowthFailure) -> CacheError {
+        match f {
+            GrowthFailure::Mismatch(m) => CacheError::BadUpstreamContent {
+                upstream: target.upstream.clone(),
+                detail: m,
+            },
+            other => CacheError::Unavailable {
+                upstream: target.upstream.clone(),
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    /// The growing blob of the fill for `key`: joined, or started by this request.
+    async fn join_fill(
+        &self,
+        target: &RepoTarget,
+        digest: &Digest,
+        key: &FillKey,
+    ) -> Result<Arc<GrowingBlob>, CacheError> {
+        let upstream = self.upstream(target)?;
+        let mut tries = 0;
+        loop {
+            let follower = match self.fills.claim(key) {
+                Claim::Leader(leader) => {
+                    self.metrics.cache_misses.with_label_values(&["blob"]).inc();
+                    let follower = leader.follower();
+                    let job = FillJob {
+                        store: self.store.clone(),
+                        upstream: upstream.clone(),
+                        repo: target.repo.clone(),
+                        digest: *digest,
+                        repo_key: target.key(),
+                        metrics: self.metrics.clone(),
+                        hold_commit: self.settings.hold_commit,
+                    };
+                    tokio::spawn(fill::run(job, leader));
+                    follower
+                }
+                Claim::Follower(f) => {
+                    self.metrics.singleflight_joins.inc();
+                    f
+                }
+            };
+            match follower.landing().await {
+                Landing::Started(blob) => return Ok(blob),
+                Landing::Failed(f) => return Err(self.fill_failure(target, digest, f)),
+                Landing::Abandoned if tries < ABANDONED_RETRIES => tries += 1,
+                Landing::Abandoned => {
+                    return Err(CacheError::Unavailable {
+                        upstream: target.upstream.clone(),
+                        detail: "the blob fill stopped before it started; retry".into(),
+                    })
+                }
+            }
         }
     }
 
@@ -64,14 +155,8 @@ impl Cache {
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
         let upstream = self.upstream(target)?;
-        let key = fill::FillKey::new(*digest, &target.upstream, self.is_private(&target.upstream));
-        let existing = self
-            .fills
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        if head && existing.is_none() {
+        let key = FillKey::new(*digest, &target.upstream, self.is_private(&target.upstream));
+        if head && !self.fills.contains(&key) {
             self.metrics.cache_misses.with_label_values(&["blob"]).inc();
             let size = upstream
                 .blob_head(&target.repo, digest)
@@ -91,76 +176,39 @@ impl Cache {
                 from_cache: false,
             });
         }
-        let job = FillJob {
-            store: self.store.clone(),
-            upstream: upstream.clone(),
-            repo: target.repo.clone(),
-            repo_key: target.key(),
-            metrics: self.metrics.clone(),
-            fills: self.fills.clone(),
-        };
-        let (fill, joined) = fill::join_or_start(job, key);
-        if joined {
-            self.metrics.singleflight_joins.inc();
-        } else {
-            self.metrics.cache_misses.with_label_values(&["blob"]).inc();
+        let blob = self.join_fill(target, digest, &key).await?;
+        if range.is_some() && !head {
+            // Only verified bytes answer a range: wait for the whole blob.
+            blob.verified()
+                .await
+                .map_err(|f| self.growth_failure(target, f))?;
         }
-        let size = fill.wait_started().await.map_err(|f| match f {
-            FillFailure::NotFound => CacheError::BlobUnknown(*digest),
-            FillFailure::Unavailable(m) => CacheError::Unavailable {
-                upstream: target.upstream.clone(),
-                detail: m,
-            },
-            other => CacheError::BadUpstreamContent {
-                upstream: target.upstream.clone(),
-                detail: format!("{other:?}"),
-            },
-        })?;
         // Without a size (no Content-Length upstream) the whole blob is streamed.
-        let (start, end, partial, size) = match size {
+        let (start, end, partial, size) = match blob.size() {
             Some(size) => {
                 let (s, e, p) = resolve(range, size)?;
-                (s, e, p, Some(size))
+                (s, Some(e), p, Some(size))
             }
-            None => (0, u64::MAX, false, None),
+            None => (0, None, false, None),
         };
-        if !head && partial && start > fill.state().received + DIRECT_RANGE_AHEAD {
-            // Far ahead of the fill: this client gets its own ranged request now instead of
-            // waiting for the fill to get there (the fill goes on and caches the blob).
-            if let Ok(resp) = upstream
-                .blob(&target.repo, digest, Some((start, Some(end - 1))))
-                .await
-            {
-                if resp.start == start {
-                    let body =
-                        blob_stream::direct_range(resp.body, end - start, self.metrics.clone());
-                    return Ok(BlobAnswer {
-                        digest: *digest,
-                        size,
-                        range: (start, end),
-                        partial,
-                        body: Some(body),
-                        from_cache: false,
-                    });
-                }
-            }
-        }
         let body = (!head).then(|| {
-            blob_stream::follow_fill(fill, self.store.clone(), start, end, self.metrics.clone())
+            let refetch = Refetch {
+                upstream: upstream.clone(),
+                repo: target.repo.clone(),
+                metrics: self.metrics.clone(),
+            };
+            blob_stream::follow(blob, start, end, refetch)
         });
         Ok(BlobAnswer {
             digest: *digest,
             size,
-            range: (start, end),
+            range: (start, end.unwrap_or(u64::MAX)),
             partial,
             body,
             from_cache: false,
         })
     }
 }
-
-/// A cold-miss Range starting this far beyond the fill's progress is fetched on its own.
-const DIRECT_RANGE_AHEAD: u64 = 16 << 20;
 
 /// `(start, end, partial)` for a blob of `size` bytes.
 fn resolve(range: Option<ByteRangeSpec>, size: u64) -> Result<(u64, u64, bool), CacheError> {

@@ -27,9 +27,9 @@ impl Cache {
         }
     }
 
+    /// An index lookup, cheap enough for the async worker (no blocking-pool round trip).
     async fn stored_manifest(&self, d: &Digest) -> Result<Option<StoredManifest>, CacheError> {
-        let (store, d) = (self.store.clone(), *d);
-        blocking(move || store.manifest(&d)).await
+        Ok(self.store.manifest(d)?)
     }
 
     fn answer(d: Digest, m: StoredManifest, head: bool) -> ManifestAnswer {
@@ -48,8 +48,7 @@ impl Cache {
         if repos.contains(&key) {
             return;
         }
-        let (store, d) = (self.store.clone(), *d);
-        if let Err(e) = blocking(move || store.add_repo(&d, &key)).await {
+        if let Err(e) = self.store.add_repo(d, &key) {
             tracing::debug!(error = %e, "cannot record repository for {d}");
         }
     }
@@ -132,8 +131,7 @@ impl Cache {
     }
 
     async fn tag_record(&self, key: &TagKey) -> Result<Option<TagRecord>, CacheError> {
-        let (store, key) = (self.store.clone(), key.clone());
-        blocking(move || store.tag(&key)).await
+        Ok(self.store.tag(key)?)
     }
 
     /// The stored manifest a tag record points to, if the client accepts its type.

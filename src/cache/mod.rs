@@ -1,5 +1,6 @@
 //! Cache policy between the API and the bytes: hit or miss, tag TTL and revalidation,
-//! serve-stale, and single-flight blob fills that stream to every waiting client.
+//! serve-stale, and single-flight blob fills that stream to every waiting client at its
+//! own pace.
 //!
 //! Owns: deciding whether an answer comes from the [`Store`] or an [`Upstream`], keeping
 //! the store filled, and the rules of freshness (`cache.tag_ttl`) and failure (serve what is
@@ -18,6 +19,7 @@
 mod blob_stream;
 mod blobs;
 mod fill;
+mod flight;
 mod manifests;
 
 use crate::metrics::Metrics;
@@ -86,6 +88,9 @@ pub struct CacheSettings {
     pub tag_ttl: Duration,
     /// Names of the upstreams marked `private = true`.
     pub private_upstreams: HashSet<String>,
+    /// Test hook (`SPARKCR_EDGE_TEST_HOLD_COMMIT_MS`): how long a verified fill waits
+    /// before it makes the blob durable and commits it. Zero in production.
+    pub hold_commit: Duration,
 }
 
 pub struct Cache {
@@ -94,7 +99,7 @@ pub struct Cache {
     settings: CacheSettings,
     metrics: Arc<Metrics>,
     /// Blob fills under way, by digest (and upstream, for private ones): single-flight.
-    fills: fill::FillMap,
+    fills: fill::Fills,
     /// One revalidation at a time per tag; waiters then read the fresh record.
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }

@@ -9,6 +9,7 @@
 
 mod limits;
 mod logged_body;
+mod sendfile;
 mod service;
 pub mod tls;
 
@@ -257,7 +258,7 @@ async fn accept_loop(
                 }
                 _ => {
                     serve_connection(
-                        TokioIo::new(stream),
+                        TokioIo::new(sendfile::SendfileStream::new(stream)),
                         peer,
                         false,
                         app.clone(),

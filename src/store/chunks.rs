@@ -1,19 +1,20 @@
 //! Chunk files: the bytes of blobs, one file per distinct fixed-size chunk, named by the
 //! blake3 hash of its content: `<path>/chunks/<2 hex>/<2 hex>/<64 hex>`.
 //!
-//! Owns: chunk naming ([`ChunkId`]), the durable write protocol (temp file under
-//! `<path>/tmp/`, fsync, rename into place, fsync of the directory), ranged reads, unlinking,
+//! Owns: chunk naming ([`ChunkId`]), the write protocol (a temp file under `<path>/tmp/`
+//! written with ordinary buffered writes, renamed into place when its content and so its
+//! name are known, and made durable later, once per blob, by [`ChunkFiles::sync_placed`]:
+//! fsync of each file and of each directory entry), spool files, ranged reads, unlinking,
 //! and walking the chunk and temp directories for recovery.
 //!
 //! Must not: decide whether a chunk may be unlinked (refcounts and pins live in the index
 //! and the policy), touch the sled index, or hold any lock of the store.
 
 use super::error::{IoContext, StoreError};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -143,24 +144,71 @@ impl ChunkFiles {
         Ok(inner)
     }
 
-    /// Writes `content` as chunk `id`: temp file, fsync, rename into place, fsync of the
-    /// directory. When this returns, the chunk survives a crash.
-    pub fn write(&self, id: &ChunkId, content: &[u8]) -> Result<(), StoreError> {
+    /// A new, empty file under `tmp/` for a chunk being assembled (opened for reading and
+    /// writing), and its path.
+    pub fn create_temp(&self) -> Result<(File, PathBuf), StoreError> {
         let tmp = self
             .tmp
-            .join(format!("{id}.{:016x}.tmp", rand::random::<u64>()));
+            .join(format!("{:016x}.part", rand::random::<u64>()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx("create temp chunk file", &tmp)?;
+        Ok((file, tmp))
+    }
+
+    /// A file under `tmp/` that is unlinked at once: it lives while it is open, and a crash
+    /// leaves nothing behind. For blobs that pass through without being stored.
+    pub fn create_spool(&self) -> Result<File, StoreError> {
+        let (file, path) = self.create_temp()?;
+        fs::remove_file(&path).ctx("unlink spool file", &path)?;
+        Ok(file)
+    }
+
+    /// Moves the assembled temp file `tmp` into place as chunk `id`. Not durable yet: see
+    /// [`sync_placed`](Self::sync_placed).
+    pub fn place(&self, tmp: &Path, id: &ChunkId) -> Result<(), StoreError> {
+        let dir = self.ensure_fanout_dir(id)?;
+        let dest = dir.join(id.to_string());
+        fs::rename(tmp, &dest).ctx("rename chunk file into", &dest)
+    }
+
+    /// Makes chunks `ids` durable: each file's data (`file` when the caller holds it open,
+    /// else opened by name) and each directory entry. After this, they survive a crash.
+    pub fn sync_placed<'a>(
+        &self,
+        chunks: impl Iterator<Item = (&'a ChunkId, Option<&'a File>)>,
+    ) -> Result<(), StoreError> {
+        let mut dirs: HashSet<PathBuf> = HashSet::new();
+        for (id, open) in chunks {
+            let path = self.path(id);
+            match open {
+                Some(f) => f.sync_data().ctx("fsync chunk file", &path)?,
+                None => File::open(&path)
+                    .and_then(|f| f.sync_data())
+                    .ctx("fsync chunk file", &path)?,
+            }
+            if let Some(dir) = path.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            fsync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `content` as chunk `id` and makes it durable (for tests).
+    #[cfg(test)]
+    pub fn write(&self, id: &ChunkId, content: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write;
+        let (mut file, tmp) = self.create_temp()?;
         let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .ctx("create temp chunk file", &tmp)?;
             file.write_all(content).ctx("write temp chunk file", &tmp)?;
-            file.sync_data().ctx("fsync temp chunk file", &tmp)?;
-            let dir = self.ensure_fanout_dir(id)?;
-            let dest = dir.join(id.to_string());
-            fs::rename(&tmp, &dest).ctx("rename chunk file into", &dest)?;
-            fsync_dir(&dir)
+            self.place(&tmp, id)?;
+            self.sync_placed(std::iter::once((id, Some(&file))))
         })();
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -174,23 +222,12 @@ impl ChunkFiles {
         File::open(&path).ctx("open chunk file", &path)
     }
 
-    /// Bytes `offset..offset+len` of chunk `id`, read into `buf` (cleared first; reallocated
-    /// only if its capacity is short), which the caller may have allocated on another thread.
-    pub fn read_range_into(
-        &self,
-        id: &ChunkId,
-        offset: u32,
-        len: u32,
-        mut buf: BytesMut,
-    ) -> Result<Bytes, StoreError> {
+    /// Bytes `offset..offset+len` of chunk `id`.
+    pub fn read_range(&self, id: &ChunkId, offset: u32, len: u32) -> Result<Bytes, StoreError> {
         let path = self.path(id);
-        let mut file = self.open_chunk(id)?;
-        file.seek(SeekFrom::Start(u64::from(offset)))
-            .ctx("seek in chunk file", &path)?;
-        buf.clear();
-        buf.resize(len as usize, 0);
-        file.read_exact(&mut buf).ctx("read chunk file", &path)?;
-        Ok(buf.freeze())
+        let file = self.open_chunk(id)?;
+        crate::mapped::read_range(&file, u64::from(offset), len as usize)
+            .ctx("read chunk file", &path)
     }
 
     /// Unlinks chunk `id`; a missing file is not an error.
@@ -303,18 +340,10 @@ mod tests {
         assert!(files.exists_with_len(&id, 1000));
         assert!(!files.exists_with_len(&id, 999));
         assert_eq!(
-            files
-                .read_range_into(&id, 5, 10, BytesMut::new())
-                .expect("read")
-                .as_ref(),
+            files.read_range(&id, 5, 10).expect("read").as_ref(),
             b"5678901234"
         );
-        assert!(
-            files
-                .read_range_into(&id, 995, 10, BytesMut::with_capacity(4))
-                .is_err(),
-            "past the end"
-        );
+        assert!(files.read_range(&id, 995, 10).is_err(), "past the end");
         fs::write(dir.path().join("chunks").join("junk"), b"x").expect("junk");
         let scan = files.scan().expect("scan");
         assert_eq!(scan.files.get(&id), Some(&1000));

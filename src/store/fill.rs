@@ -1,50 +1,69 @@
-//! Blob fills: turning a byte stream into durable chunk files and, once the stream's sha256
+//! Blob fills: turning a byte stream into chunk files and, once the stream's sha256
 //! matches the digest, a committed blob.
 //!
-//! Owns: [`BlobFill`]: buffering into fixed-size chunks, per-chunk budget reservation (when
-//! the size is unknown), pinning each chunk before it is written or reused, the sha256 and
-//! size checks, the index commit, and abort on drop.
+//! Owns: [`ChunkSink`] (cutting bytes into fixed-size chunks written straight into temp
+//! files with buffered writes, naming each by its blake3 hash when it is full, per-chunk
+//! budget reservation when the size is unknown, pinning each chunk before it is named or
+//! reused, making every chunk durable once per blob, the index commit, and abort on drop),
+//! and [`BlobFill`], the synchronous fill (`write` then `finish`) that adds its own sha256
+//! and size checks (used by `import` and tests; the daemon's fills go through
+//! `growing.rs`, which checks the digest itself).
 //!
 //! Must not: make a blob visible before its digest is verified, name a chunk in the index
-//! before its file is durable, or unlink a chunk that a committed blob or another fill
-//! still needs (unlinking goes through `policy.rs` under the state lock).
+//! before its file and directory entry are durable, or unlink a chunk that a committed
+//! blob or another fill still needs (unlinking goes through `policy.rs` under the state
+//! lock).
 
 use super::chunks::{ChunkId, ChunkRef};
-use super::error::StoreError;
+use super::error::{IoContext, StoreError};
 use super::index::{lru_key, BlobRecord, ItemKind};
 use super::records::push_repo;
 use super::{BlobInfo, StoreInner};
 use crate::oci::{Digest, Sha256Verifier};
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-/// A blob being stored. Write its bytes in order, then [`finish`](Self::finish). Dropping
-/// it unfinished aborts: its reservation is released and chunk files that nothing else
-/// references are removed.
-pub struct BlobFill {
+/// The chunk being assembled: a temp file and the hash of what it holds.
+struct OpenChunk {
+    file: Arc<File>,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    len: usize,
+}
+
+/// Bytes becoming the chunk files of one blob. Dropping it uncommitted aborts: its
+/// reservation is released and chunk files that nothing else references are removed
+/// (files still open elsewhere stay readable through their handles).
+pub(crate) struct ChunkSink {
     inner: Arc<StoreInner>,
     digest: Digest,
     expected_size: Option<u64>,
     chunk_size: usize,
-    /// Bytes of the chunk being assembled.
-    pending: Vec<u8>,
-    verifier: Sha256Verifier,
-    /// Chunks written durably, in blob order.
+    current: Option<OpenChunk>,
+    /// Chunks named so far, in blob order.
     completed: Vec<ChunkRef>,
-    /// One pin per chunk this fill holds (released on commit or abort).
+    /// Parallel to `completed`: the file this sink wrote and placed (to fsync at the end),
+    /// or `None` where an identical chunk file was already in place.
+    placed: Vec<Option<Arc<File>>>,
+    /// One pin per chunk this sink holds (released on commit or abort).
     pinned: Vec<ChunkId>,
-    /// Budget bytes this fill holds.
+    /// Budget bytes this sink holds.
     reserved: u64,
-    broken: bool,
+    written: u64,
     committed: bool,
 }
 
-impl BlobFill {
-    pub(crate) fn begin(
+impl ChunkSink {
+    /// Starts a sink for blob `digest`; with `expected_size`, that many bytes are reserved
+    /// in the budget now (evicting if needed), else each chunk as it is named.
+    pub fn begin(
         inner: Arc<StoreInner>,
         digest: Digest,
         expected_size: Option<u64>,
-    ) -> Result<BlobFill, StoreError> {
+    ) -> Result<ChunkSink, StoreError> {
         let mut reserved = 0;
         if let Some(size) = expected_size {
             let mut st = inner.lock_state();
@@ -52,56 +71,34 @@ impl BlobFill {
             reserved = size;
         }
         let chunk_size = inner.opts.chunk_size;
-        Ok(BlobFill {
+        Ok(ChunkSink {
             inner,
             digest,
             expected_size,
             chunk_size,
-            pending: Vec::new(),
-            verifier: Sha256Verifier::new(),
+            current: None,
             completed: Vec::new(),
+            placed: Vec::new(),
             pinned: Vec::new(),
             reserved,
-            broken: false,
+            written: 0,
             committed: false,
         })
     }
 
-    pub fn digest(&self) -> &Digest {
-        &self.digest
-    }
-
-    pub fn expected_size(&self) -> Option<u64> {
-        self.expected_size
-    }
-
-    /// Bytes accepted so far.
-    pub fn written(&self) -> u64 {
-        self.verifier.len()
-    }
-
-    /// Chunks already durable, in blob order (readers joining a fill in progress read them
-    /// with `Store::read_chunk`; they stay on disk while this fill lives).
-    pub fn completed_chunks(&self) -> &[ChunkRef] {
+    pub fn completed(&self) -> &[ChunkRef] {
         &self.completed
     }
 
-    /// Appends `data`; every full chunk is written durably before this returns.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        if self.broken {
-            return Err(StoreError::FillBroken);
-        }
-        let result = self.write_inner(data);
-        if let Err(e) = &result {
-            self.broken = true;
-            self.inner.count_error("fill_write", e);
-        }
-        result
-    }
-
-    fn write_inner(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+    /// Appends `data`. `on_file(offset, file)` is called for each new chunk file, with the
+    /// blob offset of its first byte: readers may read what was written from the handle.
+    pub fn write(
+        &mut self,
+        mut data: &[u8],
+        on_file: &mut dyn FnMut(u64, &Arc<File>),
+    ) -> Result<(), StoreError> {
         if let Some(expected) = self.expected_size {
-            let total = self.written() + data.len() as u64;
+            let total = self.written + data.len() as u64;
             if total > expected {
                 return Err(StoreError::SizeMismatch {
                     digest: self.digest,
@@ -110,37 +107,56 @@ impl BlobFill {
                 });
             }
         }
-        self.verifier.update(data);
         while !data.is_empty() {
-            if self.pending.is_empty() && data.len() >= self.chunk_size {
-                let (chunk, rest) = data.split_at(self.chunk_size);
-                self.store_chunk(chunk)?;
-                data = rest;
-                continue;
+            if self.current.is_none() {
+                let (file, path) = self.inner.chunks.create_temp()?;
+                let file = Arc::new(file);
+                on_file(self.written, &file);
+                self.current = Some(OpenChunk {
+                    file,
+                    path,
+                    hasher: blake3::Hasher::new(),
+                    len: 0,
+                });
             }
-            let take = (self.chunk_size - self.pending.len()).min(data.len());
-            if self.pending.capacity() == 0 {
-                self.pending.reserve_exact(self.chunk_size);
-            }
-            self.pending.extend_from_slice(&data[..take]);
+            let Some(cur) = self.current.as_mut() else {
+                break;
+            };
+            let take = (self.chunk_size - cur.len).min(data.len());
+            let part = &data[..take];
+            (&*cur.file)
+                .write_all(part)
+                .ctx("write temp chunk file", &cur.path)?;
+            cur.hasher.update(part);
+            cur.len += take;
+            self.written += take as u64;
             data = &data[take..];
-            if self.pending.len() == self.chunk_size {
-                let chunk = std::mem::take(&mut self.pending);
-                self.store_chunk(&chunk)?;
-                self.pending = chunk;
-                self.pending.clear();
+            if cur.len == self.chunk_size {
+                self.seal()?;
             }
         }
         Ok(())
     }
 
-    /// Reserves (if the size was unknown), pins, and writes one chunk unless an identical
-    /// chunk file is already in place.
-    fn store_chunk(&mut self, content: &[u8]) -> Result<(), StoreError> {
-        let len = u32::try_from(content.len()).map_err(|_| {
-            StoreError::InvalidOptions(format!("chunk of {} bytes is too large", content.len()))
+    /// Names the chunk being assembled: reserves (if the size was unknown), pins, and moves
+    /// it into place unless an identical chunk file is already there.
+    fn seal(&mut self) -> Result<(), StoreError> {
+        let Some(cur) = self.current.take() else {
+            return Ok(());
+        };
+        let result = self.seal_chunk(&cur);
+        if result.is_err() || !self.placed.last().is_some_and(|p| p.is_some()) {
+            // Failed, or reused an existing file: the temp name goes (the handle stays valid).
+            let _ = std::fs::remove_file(&cur.path);
+        }
+        result
+    }
+
+    fn seal_chunk(&mut self, cur: &OpenChunk) -> Result<(), StoreError> {
+        let len = u32::try_from(cur.len).map_err(|_| {
+            StoreError::InvalidOptions(format!("chunk of {} bytes is too large", cur.len))
         })?;
-        let id = ChunkId::of(content);
+        let id = ChunkId::from_bytes(*cur.hasher.finalize().as_bytes());
         {
             let mut st = self.inner.lock_state();
             if self.expected_size.is_none() {
@@ -151,54 +167,51 @@ impl BlobFill {
             self.pinned.push(id);
         }
         // Pinned: nobody unlinks this chunk now, so an existing file can be reused.
-        if !self.inner.chunks.exists_with_len(&id, len) {
+        if self.inner.chunks.exists_with_len(&id, len) {
+            self.placed.push(None);
+        } else {
             let started = Instant::now();
-            self.inner.chunks.write(&id, content)?;
+            self.inner.chunks.place(&cur.path, &id)?;
+            start_writeback(&cur.file);
             self.inner
                 .metrics
                 .store_chunk_write_seconds
                 .observe(started.elapsed().as_secs_f64());
+            self.placed.push(Some(Arc::clone(&cur.file)));
         }
         self.completed.push(ChunkRef { id, len });
         Ok(())
     }
 
-    /// Writes the last chunk, checks size and sha256, commits the blob to the index and
-    /// flushes it. On a mismatch nothing is stored and the chunk files are cleaned up.
-    pub fn finish(mut self, repo: &str) -> Result<BlobInfo, StoreError> {
-        let result = self.finish_inner(repo);
-        if let Err(e) = &result {
-            self.inner.count_error("finish", e);
-        }
-        result
-        // `self` drops here: after a failure that aborts; after a commit it does nothing.
-    }
-
-    fn finish_inner(&mut self, repo: &str) -> Result<BlobInfo, StoreError> {
-        if self.broken {
-            return Err(StoreError::FillBroken);
-        }
-        if !self.pending.is_empty() {
-            let last = std::mem::take(&mut self.pending);
-            self.store_chunk(&last)?;
-        }
-        let written = self.written();
+    /// Names the last chunk and checks the size against the announced one.
+    pub fn seal_last(&mut self) -> Result<(), StoreError> {
+        self.seal()?;
         if let Some(expected) = self.expected_size {
-            if written != expected {
+            if self.written != expected {
                 return Err(StoreError::SizeMismatch {
                     digest: self.digest,
                     expected,
-                    actual: written,
+                    actual: self.written,
                 });
             }
         }
-        let actual = self.verifier.clone().finish();
-        if actual != self.digest {
-            return Err(StoreError::DigestMismatch {
-                expected: self.digest,
-                actual,
-            });
-        }
+        Ok(())
+    }
+
+    /// Makes every chunk of the blob durable, then commits it to the index and flushes.
+    /// The caller has verified the digest of exactly the bytes written.
+    pub fn commit_verified(&mut self, repo: &str) -> Result<BlobInfo, StoreError> {
+        let started = Instant::now();
+        self.inner.chunks.sync_placed(
+            self.completed
+                .iter()
+                .zip(&self.placed)
+                .map(|(c, f)| (&c.id, f.as_deref())),
+        )?;
+        self.inner
+            .metrics
+            .store_chunk_write_seconds
+            .observe(started.elapsed().as_secs_f64());
         let info = self.commit(repo)?;
         self.inner.index.flush()?;
         self.inner.enforce_budget()?;
@@ -227,7 +240,7 @@ impl BlobFill {
                 let mut repos = Vec::new();
                 push_repo(&mut repos, repo);
                 let rec = BlobRecord {
-                    size: self.written(),
+                    size: self.written,
                     chunks: self.completed.clone(),
                     created: now,
                     last_access: now,
@@ -258,8 +271,21 @@ impl BlobFill {
     }
 }
 
-impl Drop for BlobFill {
+/// Starts writing a finished chunk file back to disk now, so that the fsync at the end of
+/// the blob has little left to wait for. Best effort.
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; offset 0 / nbytes 0 = the whole file.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+impl Drop for ChunkSink {
     fn drop(&mut self) {
+        if let Some(cur) = self.current.take() {
+            let _ = std::fs::remove_file(&cur.path);
+        }
         if self.committed {
             return;
         }
@@ -270,5 +296,89 @@ impl Drop for BlobFill {
         if let Err(e) = self.inner.unpin_chunks_locked(&mut st, &pinned) {
             self.inner.count_error("abort", &e);
         }
+    }
+}
+
+/// A blob being stored synchronously. Write its bytes in order, then
+/// [`finish`](Self::finish). Dropping it unfinished aborts.
+pub struct BlobFill {
+    sink: ChunkSink,
+    verifier: Sha256Verifier,
+    broken: bool,
+}
+
+impl BlobFill {
+    pub(crate) fn begin(
+        inner: Arc<StoreInner>,
+        digest: Digest,
+        expected_size: Option<u64>,
+    ) -> Result<BlobFill, StoreError> {
+        Ok(BlobFill {
+            sink: ChunkSink::begin(inner, digest, expected_size)?,
+            verifier: Sha256Verifier::new(),
+            broken: false,
+        })
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.sink.digest
+    }
+
+    pub fn expected_size(&self) -> Option<u64> {
+        self.sink.expected_size
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.verifier.len()
+    }
+
+    /// Chunks already named, in blob order (readable with `Store::read_chunk`; they stay
+    /// on disk while this fill lives).
+    pub fn completed_chunks(&self) -> &[ChunkRef] {
+        self.sink.completed()
+    }
+
+    /// Appends `data`; every full chunk is named before this returns.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        if self.broken {
+            return Err(StoreError::FillBroken);
+        }
+        let result = self.sink.write(data, &mut |_, _| {});
+        match &result {
+            Ok(()) => self.verifier.update(data),
+            Err(e) => {
+                self.broken = true;
+                self.sink.inner.count_error("fill_write", e);
+            }
+        }
+        result
+    }
+
+    /// Writes the last chunk, checks size and sha256, makes the chunks durable, commits
+    /// the blob to the index and flushes it. On a mismatch nothing is stored and the chunk
+    /// files are cleaned up.
+    pub fn finish(mut self, repo: &str) -> Result<BlobInfo, StoreError> {
+        let result = self.finish_inner(repo);
+        if let Err(e) = &result {
+            self.sink.inner.count_error("finish", e);
+        }
+        result
+        // `self` drops here: after a failure that aborts; after a commit it does nothing.
+    }
+
+    fn finish_inner(&mut self, repo: &str) -> Result<BlobInfo, StoreError> {
+        if self.broken {
+            return Err(StoreError::FillBroken);
+        }
+        self.sink.seal_last()?;
+        let actual = self.verifier.clone().finish();
+        if actual != self.sink.digest {
+            return Err(StoreError::DigestMismatch {
+                expected: self.sink.digest,
+                actual,
+            });
+        }
+        self.sink.commit_verified(repo)
     }
 }

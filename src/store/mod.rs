@@ -13,22 +13,28 @@
 //! Guarantees:
 //! - A blob is visible only once the sha256 of its whole byte stream equals its digest and
 //!   its index entry is committed and flushed; every chunk it names was fsynced and renamed
-//!   into place (directory fsynced) before that commit.
+//!   into place (directory fsynced) before that commit. Chunk files are written with
+//!   buffered writes as bytes arrive and made durable once per blob, just before its
+//!   commit: a crash before the commit leaves only orphan files, which recovery removes.
 //! - A failed, mismatching or abandoned fill leaves no visible blob and no chunk file that
 //!   nothing references.
 //! - Stored chunk bytes + manifest bytes + bytes reserved by fills in progress never exceed
 //!   the budget; room is made by evicting least-recently-accessed, unpinned content down to
 //!   a 90 % low watermark. Content being read ([`BlobReader`]) or filled is never evicted.
 //! - Reads stream in frames of at most [`FRAME_BYTES`], never the whole blob in memory.
+//! - A blob being filled is readable while it grows ([`GrowingBlob`]), from any offset,
+//!   whether or not it can be stored; its last byte only once its digest matched.
 //!
-//! The store is synchronous (blocking file I/O); async callers use `spawn_blocking`.
+//! The store is synchronous: index lookups and page-cached reads are cheap enough for async
+//! workers; fills, commits and maintenance (fsync, scans) belong on blocking threads.
 //!
 //! This file owns the public types and the [`Store`] facade. Must not: import `server`,
-//! `registry`, `cache` or `upstream`; only `config`, `metrics` and `oci` are read.
+//! `registry`, `cache` or `upstream`; only `config`, `metrics`, `oci` and `mapped` are read.
 
 mod chunks;
 mod error;
 mod fill;
+mod growing;
 mod index;
 mod maintenance;
 mod policy;
@@ -38,19 +44,25 @@ mod recovery;
 mod tags;
 #[cfg(test)]
 mod tests;
+mod upkeep;
 
 pub use chunks::{ChunkId, ChunkRef};
 pub use error::StoreError;
 pub use fill::BlobFill;
+pub use growing::{
+    BlobInput, BlobRead, BlobWriter, Checkpoint, GrowingBlob, GrowthFailure, Keeping,
+    MEMORY_WINDOW, READ_FRAME,
+};
 pub use maintenance::{PurgeReport, StoreStats, VerifyReport};
 pub use policy::SweepReport;
 pub use reader::{BlobReader, FRAME_BYTES};
 pub use recovery::RecoveryReport;
+pub use upkeep::Upkeep;
 
 use crate::config::{Config, TtlFrom};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepositoryName, Tag};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chunks::ChunkFiles;
 use error::IoContext;
 use index::{Index, ItemKind};
@@ -358,21 +370,21 @@ impl Store {
         self.counted("fill", r)
     }
 
-    /// Bytes `offset..offset+len` of a chunk (for readers following a fill in progress).
-    pub fn read_chunk(&self, id: &ChunkId, offset: u32, len: u32) -> Result<Bytes, StoreError> {
-        self.read_chunk_into(id, offset, len, BytesMut::new())
+    /// Starts a blob fill that readers follow while it grows (see [`GrowingBlob`]): the
+    /// input side pushes and verifies the bytes, the writer side (for a blocking thread)
+    /// puts them on disk and commits the blob. Never fails: a blob that cannot be stored is
+    /// spooled, or kept in memory only.
+    pub fn begin_growing(
+        &self,
+        d: Digest,
+        expected_size: Option<u64>,
+    ) -> (Arc<GrowingBlob>, BlobInput, BlobWriter) {
+        growing::begin(&self.inner, d, expected_size)
     }
 
-    /// [`read_chunk`](Self::read_chunk) into `buf`, which the caller may have allocated on
-    /// another thread (see [`BlobReader::provide_buffer`]).
-    pub fn read_chunk_into(
-        &self,
-        id: &ChunkId,
-        offset: u32,
-        len: u32,
-        buf: BytesMut,
-    ) -> Result<Bytes, StoreError> {
-        let r = self.inner.chunks.read_range_into(id, offset, len, buf);
+    /// Bytes `offset..offset+len` of a chunk (for maintenance and tests).
+    pub fn read_chunk(&self, id: &ChunkId, offset: u32, len: u32) -> Result<Bytes, StoreError> {
+        let r = self.inner.chunks.read_range(id, offset, len);
         self.counted("read", r)
     }
 

@@ -364,32 +364,30 @@ fn concurrent_fills_reads_and_evictions_stay_consistent() {
 }
 
 #[test]
-fn provided_buffers_give_the_same_frames() {
+fn frames_are_mapped_file_ranges_from_any_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_store(dir.path(), 64 << 20, 4 * FRAME_BYTES);
     let bytes = random_bytes(31, 3 * FRAME_BYTES + 12_345);
     let info = put_blob(&store, &bytes, "r/a");
-    // A frame-sized buffer, one too small (grown), and one holding stale bytes.
-    for (start, cap) in [
-        (0, FRAME_BYTES),
-        (7, 10),
-        (FRAME_BYTES as u64 - 3, FRAME_BYTES),
-    ] {
-        let mut reader = store
+    for start in [0, 7, FRAME_BYTES as u64 - 3, 3 * FRAME_BYTES as u64 + 12_000] {
+        let reader = store
             .read_blob(&info.digest, start, info.size)
             .expect("read_blob")
             .expect("visible");
         let mut out = Vec::new();
-        loop {
-            let mut buf = bytes::BytesMut::with_capacity(cap);
-            buf.extend_from_slice(b"stale");
-            reader.provide_buffer(buf);
-            match reader.next() {
-                Some(frame) => out.extend_from_slice(&frame.expect("frame")),
-                None => break,
+        let mut mapped_frames = 0;
+        for frame in reader {
+            let frame = frame.expect("frame");
+            assert!(frame.len() <= FRAME_BYTES);
+            if crate::mapped::find(frame.as_ptr(), frame.len()).is_some() {
+                mapped_frames += 1;
             }
+            out.extend_from_slice(&frame);
         }
         assert_eq!(out, &bytes[start as usize..]);
+        if start == 0 {
+            assert!(mapped_frames >= 3, "large frames are mappings, not copies");
+        }
     }
     let chunk = store
         .inner
@@ -397,10 +395,6 @@ fn provided_buffers_give_the_same_frames() {
         .expect("lookup")
         .expect("stored")
         .chunks[0];
-    let mut buf = bytes::BytesMut::with_capacity(8);
-    buf.extend_from_slice(b"stale");
-    let got = store
-        .read_chunk_into(&chunk.id, 100, 50, buf)
-        .expect("read_chunk_into");
+    let got = store.read_chunk(&chunk.id, 100, 50).expect("read_chunk");
     assert_eq!(got.as_ref(), &bytes[100..150]);
 }

@@ -2,9 +2,11 @@
 //! guarantee is about internals, such as reservations returning to zero).
 //!
 //! `blobs.rs`: fills, reads, budget, pins, eviction, concurrency. `metadata.rs`: locking,
-//! manifests, tags, TTL, purge, verify, recovery, corrupt records.
+//! manifests, tags, TTL, purge, verify, recovery, corrupt records. `growing.rs`: blobs read
+//! while they are filled (slow and late readers, spooling, failures, the held last byte).
 
 mod blobs;
+mod growing;
 mod metadata;
 
 use super::*;
