@@ -83,7 +83,7 @@ impl Drop for InFlight {
 }
 
 /// The leader's task.
-pub(super) async fn run(job: FillJob, mut leader: FillLeader) {
+pub(super) async fn run(job: FillJob, leader: FillLeader) {
     job.metrics.fills_in_flight.inc();
     let _in_flight = InFlight(job.metrics.clone());
     let first = match job.upstream.blob(&job.repo, &job.digest, None).await {
@@ -97,22 +97,36 @@ pub(super) async fn run(job: FillJob, mut leader: FillLeader) {
     };
     let (blob, mut input, mut writer) = job.store.begin_growing(job.digest, first.size);
     leader.started(Arc::clone(&blob));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Bytes>>();
     let (repo_key, hold) = (job.repo_key.clone(), job.hold_commit);
     let writer_task = tokio::task::spawn_blocking(move || {
-        while let Some(frame) = rx.blocking_recv() {
-            writer.write(&frame);
+        while let Some(batch) = rx.blocking_recv() {
+            for frame in batch {
+                writer.write(&frame);
+            }
         }
         writer.finish(&repo_key, hold)
     });
-    let ended = match pump(&job, &mut input, first, &tx).await {
+    let mut queue = WriterQueue {
+        tx,
+        batch: Vec::new(),
+        bytes: 0,
+    };
+    let pumped = pump(&job, &mut input, first, &mut queue).await;
+    queue.flush();
+    let ended = match pumped {
         Ok(()) => input.finish(),
         Err(f) => {
             input.fail(f.clone());
             Err(f)
         }
     };
-    drop(tx);
+    drop(queue);
+    let mut leader = Some(leader);
+    if ended.is_err() {
+        // A failed fill leaves the table now: the next request tries again.
+        leader = None;
+    }
     let keeping = writer_task.await.unwrap_or(Keeping::MemoryOnly);
     let label = match (&ended, keeping) {
         (Err(GrowthFailure::Mismatch(m)), _) => {
@@ -129,9 +143,40 @@ pub(super) async fn run(job: FillJob, mut leader: FillLeader) {
         (Ok(()), Keeping::MemoryOnly) => "memory",
     };
     job.metrics.fills_ended.with_label_values(&[label]).inc();
-    if ended.is_ok() && keeping == Keeping::Spooled && blob.all_on_file() {
-        // Requests that come while readers still hold the spool join it.
-        leader.linger(&blob);
+    if let Some(leader) = leader.as_mut() {
+        if keeping == Keeping::Spooled && blob.all_on_file() {
+            // Requests that come while readers still hold the spool join it.
+            leader.linger(&blob);
+        }
+    }
+}
+
+/// Frames for the writer thread, handed over in batches (one thread wake-up per batch, not
+/// per frame).
+struct WriterQueue {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<Bytes>>,
+    batch: Vec<Bytes>,
+    bytes: usize,
+}
+
+/// Bytes gathered before the writer thread is woken.
+const WRITER_BATCH: usize = 1 << 20;
+
+impl WriterQueue {
+    fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.batch.push(frame);
+        if self.bytes >= WRITER_BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            // The writer going away only means the bytes stay in memory.
+            let _ = self.tx.send(std::mem::take(&mut self.batch));
+            self.bytes = 0;
+        }
     }
 }
 
@@ -147,7 +192,7 @@ async fn pump(
     job: &FillJob,
     input: &mut BlobInput,
     first: BlobResponse,
-    tx: &tokio::sync::mpsc::UnboundedSender<Bytes>,
+    queue: &mut WriterQueue,
 ) -> Result<(), GrowthFailure> {
     let size = first.size;
     let mut response = first;
@@ -180,8 +225,7 @@ async fn pump(
                 continue;
             }
             input.push(bytes.clone())?;
-            // The writer going away only means the bytes stay in memory.
-            let _ = tx.send(bytes);
+            queue.push(bytes);
             input.writer_caught_up().await;
         }
         let received = input.received();
@@ -201,6 +245,7 @@ async fn pump(
                 "upstream failed mid-blob; gave up after {RESUME_TRIES} resumes: {why}"
             )));
         }
+        queue.flush();
         let backoff = Duration::from_millis(200 * (1 << (tries - 1)));
         tracing::warn!(digest = %job.digest, received, tries, error = %why, "upstream broke mid-blob; resuming with Range");
         tokio::time::sleep(backoff).await;

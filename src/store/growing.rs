@@ -254,15 +254,16 @@ impl GrowingBlob {
             }
             let limit = avail.min(pos.saturating_add(max as u64));
             if pos >= g.window_start {
-                let mut base = g.window_start;
-                for f in &g.window {
-                    let len = f.len() as u64;
-                    if pos < base + len {
+                // Readers are mostly near the front: look from the newest frame back.
+                let mut end = g.received;
+                for f in g.window.iter().rev() {
+                    let base = end - f.len() as u64;
+                    if pos >= base {
                         let from = (pos - base) as usize;
-                        let to = (limit.min(base + len) - base) as usize;
+                        let to = (limit.min(end) - base) as usize;
                         return BlobRead::Data(f.slice(from..to));
                     }
-                    base += len;
+                    end = base;
                 }
                 return BlobRead::Wait;
             }
@@ -418,14 +419,18 @@ impl BlobInput {
 
     /// Waits while the writer is far behind (bounded memory; the disk sets the pace).
     pub async fn writer_caught_up(&self) {
+        let caught_up = || {
+            let g = self.blob.lock();
+            !g.sink_alive || g.received - g.file_end <= MAX_UNWRITTEN
+        };
+        if caught_up() {
+            return;
+        }
         let mut rx = self.blob.subscribe();
         loop {
             rx.borrow_and_update();
-            {
-                let g = self.blob.lock();
-                if !g.sink_alive || g.received - g.file_end <= MAX_UNWRITTEN {
-                    return;
-                }
+            if caught_up() {
+                return;
             }
             if rx.changed().await.is_err() {
                 return;
