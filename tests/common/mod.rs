@@ -4,6 +4,7 @@
 //! certificate a connection got.
 #![allow(dead_code)]
 
+pub mod fault_upstream;
 pub mod images;
 pub mod pull;
 pub mod registry2;
@@ -172,6 +173,29 @@ impl Edge {
         panic!("log never said {needle:?}:\n{}", self.log_text());
     }
 
+    /// Waits up to `timeout` for at least `n` log lines containing `needle`; returns how
+    /// many there were (fewer than `n` only on timeout).
+    pub async fn wait_for_log_lines(&self, needle: &str, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.log_lines_with(needle);
+            if seen >= n || Instant::now() >= deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How many log lines so far contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").join("\n")
     }
@@ -184,6 +208,11 @@ impl Edge {
             .text()
             .await
             .expect("metrics text")
+    }
+
+    /// One series from `/metrics` (0 when absent); see [`metric`].
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.metrics_text().await, series)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -221,6 +250,16 @@ impl Drop for Edge {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the first line of Prometheus `text` that starts with `series` (a name, or
+/// a name with its labels); 0 when there is none.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Runs the binary with `args` and returns (exit code, stdout, stderr).

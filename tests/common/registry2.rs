@@ -205,6 +205,23 @@ impl Registry2 {
             .count()
     }
 
+    /// Response body bytes the access log records for those requests (the `%b` field after
+    /// the status; `-` counts as 0).
+    pub fn bytes_served(&self, method: &str, needle: &str) -> u64 {
+        let prefix = format!("\"{method} ");
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.contains(&prefix) && l.contains(needle))
+            .filter_map(|l| {
+                let after = l.split_once(&prefix)?.1;
+                let rest = after.split_once("\" ")?.1;
+                rest.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
     fn client(&self) -> reqwest::Client {
         reqwest::Client::builder().build().expect("client")
     }

@@ -1,0 +1,304 @@
+//! A hand-written fake registry on 127.0.0.1 for faults a real registry will not produce:
+//! connection resets mid-blob, wrong or corrupted bytes for a digest, stalls, and
+//! manifests answered with chosen error statuses. Every request is recorded.
+#![allow(dead_code)]
+
+use super::registry2::sha256_digest;
+use super::Edge;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BlobMode {
+    Normal,
+    /// The first full GET closes the connection after `n` bytes; Range GETs work.
+    ResetAfter(usize),
+    /// Sends other bytes of the same length.
+    Wrong,
+    /// Sends headers and 1 KiB, then nothing.
+    Stall,
+    /// The right length, but bytes 0..1024 flipped: in full GETs and in Range GETs alike.
+    CorruptHead,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ManifestMode {
+    Ok,
+    Status(u16),
+}
+
+pub struct FaultState {
+    pub blobs: HashMap<String, (Vec<u8>, BlobMode)>,
+    pub manifests: HashMap<String, Vec<u8>>, // tag -> bytes
+    pub manifest_mode: ManifestMode,
+    pub requests: Vec<String>,
+    pub resets_done: usize,
+}
+
+#[derive(Clone)]
+pub struct FaultUpstream {
+    pub addr: std::net::SocketAddr,
+    pub state: Arc<Mutex<FaultState>>,
+}
+
+impl FaultUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(FaultState {
+            blobs: HashMap::new(),
+            manifests: HashMap::new(),
+            manifest_mode: ManifestMode::Ok,
+            requests: Vec::new(),
+            resets_done: 0,
+        }));
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve(sock, st.clone()));
+            }
+        });
+        FaultUpstream { addr, state }
+    }
+
+    pub fn add_blob(&self, bytes: Vec<u8>, mode: BlobMode) -> String {
+        let d = sha256_digest(&bytes);
+        self.state
+            .lock()
+            .expect("lock")
+            .blobs
+            .insert(d.clone(), (bytes, mode));
+        d
+    }
+
+    /// Changes how an added blob is served from now on.
+    pub fn set_blob_mode(&self, digest: &str, mode: BlobMode) {
+        let mut s = self.state.lock().expect("lock");
+        let blob = s.blobs.get_mut(digest).expect("blob was added");
+        blob.1 = mode;
+    }
+
+    pub fn requests(&self, needle: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .expect("lock")
+            .requests
+            .iter()
+            .filter(|r| r.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+async fn serve(mut sock: TcpStream, state: Arc<Mutex<FaultState>>) {
+    loop {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match sock.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = text.lines();
+        let request_line = lines.next().unwrap_or_default().to_string();
+        let range = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case("range"))
+            .map(|(_, v)| v.trim().to_string());
+        let mut parts = request_line.split(' ');
+        let (method, path) = (
+            parts.next().unwrap_or_default().to_string(),
+            parts.next().unwrap_or_default().to_string(),
+        );
+        state
+            .lock()
+            .expect("lock")
+            .requests
+            .push(format!("{method} {path} range={range:?}"));
+        let keep = if let Some(d) = path.split("/blobs/").nth(1) {
+            blob(&mut sock, &state, d, &method, range.as_deref()).await
+        } else if let Some(tag) = path.split("/manifests/").nth(1) {
+            manifest(&mut sock, &state, tag, &method).await
+        } else {
+            respond(
+                &mut sock,
+                200,
+                &[("Content-Type", "application/json".into())],
+                b"{}",
+                &method,
+            )
+            .await
+        };
+        if !keep {
+            return;
+        }
+    }
+}
+
+async fn respond(
+    sock: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, String)],
+    body: &[u8],
+    method: &str,
+) -> bool {
+    let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if method != "HEAD" {
+        bytes.extend_from_slice(body);
+    }
+    sock.write_all(&bytes).await.is_ok()
+}
+
+async fn blob(
+    sock: &mut TcpStream,
+    state: &Arc<Mutex<FaultState>>,
+    digest: &str,
+    method: &str,
+    range: Option<&str>,
+) -> bool {
+    let found = state.lock().expect("lock").blobs.get(digest).cloned();
+    let Some((bytes, mode)) = found else {
+        return respond(
+            sock,
+            404,
+            &[],
+            br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#,
+            method,
+        )
+        .await;
+    };
+    if method == "HEAD" {
+        return respond(sock, 200, &[], &bytes, "HEAD").await;
+    }
+    if let Some(start) = range
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split('-').next())
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        if mode == BlobMode::Stall {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            return false;
+        }
+        let cr = format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len());
+        let head = format!(
+            "HTTP/1.1 206 Partial\r\nContent-Length: {}\r\nContent-Range: {cr}\r\n\r\n",
+            bytes.len() - start
+        );
+        let _ = sock.write_all(head.as_bytes()).await;
+        let body = if mode == BlobMode::CorruptHead {
+            corrupt_head(&bytes)
+        } else {
+            bytes
+        };
+        return sock.write_all(&body[start..]).await.is_ok();
+    }
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+        bytes.len()
+    );
+    if sock.write_all(head.as_bytes()).await.is_err() {
+        return false;
+    }
+    match mode {
+        BlobMode::Normal => sock.write_all(&bytes).await.is_ok(),
+        BlobMode::ResetAfter(n) => {
+            let first = {
+                let mut s = state.lock().expect("lock");
+                s.resets_done += 1;
+                s.resets_done == 1
+            };
+            if first {
+                let _ = sock.write_all(&bytes[..n]).await;
+                let _ = sock.flush().await;
+                false // connection dropped mid-body
+            } else {
+                sock.write_all(&bytes).await.is_ok()
+            }
+        }
+        BlobMode::Wrong => {
+            let mut wrong = bytes.clone();
+            let mid = wrong.len() / 2;
+            wrong[mid] ^= 0xff;
+            sock.write_all(&wrong).await.is_ok()
+        }
+        BlobMode::Stall => {
+            let _ = sock.write_all(&bytes[..1024]).await;
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            false
+        }
+        BlobMode::CorruptHead => sock.write_all(&corrupt_head(&bytes)).await.is_ok(),
+    }
+}
+
+/// The blob with its first (up to) 1024 bytes flipped.
+pub fn corrupt_head(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for b in out.iter_mut().take(1024) {
+        *b ^= 0xff;
+    }
+    out
+}
+
+async fn manifest(
+    sock: &mut TcpStream,
+    state: &Arc<Mutex<FaultState>>,
+    tag: &str,
+    method: &str,
+) -> bool {
+    let (mode, found) = {
+        let s = state.lock().expect("lock");
+        (s.manifest_mode, s.manifests.get(tag).cloned())
+    };
+    if let ManifestMode::Status(code) = mode {
+        let headers = [("Retry-After", "30".to_string())];
+        return respond(
+            sock,
+            code,
+            &headers,
+            br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+            method,
+        )
+        .await;
+    }
+    match found {
+        Some(m) => {
+            let headers = [
+                (
+                    "Content-Type",
+                    "application/vnd.oci.image.manifest.v1+json".to_string(),
+                ),
+                ("Docker-Content-Digest", sha256_digest(&m)),
+            ];
+            respond(sock, 200, &headers, &m, method).await
+        }
+        None => {
+            respond(
+                sock,
+                404,
+                &[],
+                br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}"#,
+                method,
+            )
+            .await
+        }
+    }
+}
+
+/// An edge whose only (and default) upstream is `up`, with short upstream timeouts.
+pub fn edge_for(up: &FaultUpstream) -> Edge {
+    Edge::start(&format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n[storage]\npath = \"{{dir}}/data\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"0\"\n\
+         [[upstream]]\nname = \"fault.test\"\nurl = \"http://{}\"\ndefault = true\nconnect_timeout = \"2s\"\nread_timeout = \"2s\"\n",
+        up.addr
+    ))
+}
