@@ -187,12 +187,18 @@ mod tests {
         let inner = frame.slice(1000..2000);
         let (_, at) = find(inner.as_ptr(), inner.len()).expect("inside the mapping");
         assert_eq!(at, 11_000);
-        assert!(find(frame.as_ptr(), frame.len() + 5000).is_none(), "runs past it");
+        assert!(
+            find(frame.as_ptr(), frame.len() + 5000).is_none(),
+            "runs past it"
+        );
         let addr = frame.as_ptr();
         drop(inner);
         drop(frame);
         assert!(find(addr, 1).is_none(), "gone with its last Bytes");
         let small = map_range(&file, 0, 100).expect("read");
-        assert!(find(small.as_ptr(), small.len()).is_none(), "small reads are not mapped");
+        assert!(
+            find(small.as_ptr(), small.len()).is_none(),
+            "small reads are not mapped"
+        );
     }
 }

@@ -76,7 +76,10 @@ async fn follow_task(
     tx: Out,
 ) {
     let mut rx = blob.subscribe();
-    let served = refetch.metrics.served_bytes.with_label_values(&["upstream"]);
+    let served = refetch
+        .metrics
+        .served_bytes
+        .with_label_values(&["upstream"]);
     loop {
         let want = end.map_or(READ_FRAME as u64, |e| e.saturating_sub(pos));
         if want == 0 {

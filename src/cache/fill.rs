@@ -182,9 +182,9 @@ impl WriterQueue {
 
 /// An empty body, standing in for a resume request that failed (counted as a break).
 fn no_body() -> BlobBody {
-    BlobBody::from_stream(futures_util::stream::iter(
-        Vec::<Result<Bytes, UpstreamError>>::new(),
-    ))
+    BlobBody::from_stream(futures_util::stream::iter(Vec::<
+        Result<Bytes, UpstreamError>,
+    >::new()))
 }
 
 /// Reads the upstream body (resuming after breaks) into the growing blob and the writer.

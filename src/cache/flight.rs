@@ -192,7 +192,8 @@ impl<K: Eq + Hash + Clone, T, E: Clone> Drop for Leader<K, T, E> {
     fn drop(&mut self) {
         self.flight.land(Landing::Abandoned);
         let mut slots = lock(&self.slots);
-        let ours = matches!(slots.get(&self.key), Some(Slot::Live(f)) if Arc::ptr_eq(f, &self.flight));
+        let ours =
+            matches!(slots.get(&self.key), Some(Slot::Live(f)) if Arc::ptr_eq(f, &self.flight));
         if ours {
             match self.linger.take() {
                 Some(w) if w.strong_count() > 0 => {
@@ -270,7 +271,10 @@ mod tests {
         assert!(matches!(own.landing().await, Landing::Started(_)));
         assert!(t.contains(&"a"));
         // Joiners after the start get the same handle at once.
-        assert!(matches!(follower(&t, "a").landing().await, Landing::Started(_)));
+        assert!(matches!(
+            follower(&t, "a").landing().await,
+            Landing::Started(_)
+        ));
         drop(l);
         assert_eq!(t.len(), 1, "a left with its leader; b is still under way");
         let _again = leader(&t, "a");
@@ -301,10 +305,7 @@ mod tests {
             panic!("fill task died");
         });
         assert!(task.await.is_err());
-        assert!(matches!(
-            waiting.await.expect("task"),
-            Landing::Abandoned
-        ));
+        assert!(matches!(waiting.await.expect("task"), Landing::Abandoned));
         let _new = leader(&t, "a");
         assert_eq!(t.len(), 1);
     }

@@ -45,12 +45,7 @@ impl SendfileStream {
                 // SAFETY: both descriptors are open for the duration of the call; `off` is a
                 // valid pointer to a local.
                 let n = unsafe {
-                    libc::sendfile(
-                        self.inner.as_raw_fd(),
-                        file.as_raw_fd(),
-                        &mut off,
-                        len,
-                    )
+                    libc::sendfile(self.inner.as_raw_fd(), file.as_raw_fd(), &mut off, len)
                 };
                 if n < 0 {
                     Err(io::Error::last_os_error())

@@ -147,7 +147,8 @@ impl BlobReader {
             }
         };
         let n = (chunk_end.min(self.end) - self.pos).min(FRAME_BYTES as u64) as usize;
-        let frame = crate::mapped::map_range(&file, self.pos - self.chunk_start, n).map_err(short)?;
+        let frame =
+            crate::mapped::map_range(&file, self.pos - self.chunk_start, n).map_err(short)?;
         self.pos += n as u64;
         Ok(frame)
     }

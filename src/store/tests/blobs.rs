@@ -369,7 +369,12 @@ fn frames_are_mapped_file_ranges_from_any_offset() {
     let store = open_store(dir.path(), 64 << 20, 4 * FRAME_BYTES);
     let bytes = random_bytes(31, 3 * FRAME_BYTES + 12_345);
     let info = put_blob(&store, &bytes, "r/a");
-    for start in [0, 7, FRAME_BYTES as u64 - 3, 3 * FRAME_BYTES as u64 + 12_000] {
+    for start in [
+        0,
+        7,
+        FRAME_BYTES as u64 - 3,
+        3 * FRAME_BYTES as u64 + 12_000,
+    ] {
         let reader = store
             .read_blob(&info.digest, start, info.size)
             .expect("read_blob")

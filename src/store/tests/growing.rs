@@ -22,10 +22,7 @@ fn drain(blob: &GrowingBlob, mut pos: u64, end: u64) -> (Vec<u8>, BlobRead) {
 }
 
 fn frames(bytes: &[u8], n: usize) -> Vec<bytes::Bytes> {
-    bytes
-        .chunks(n)
-        .map(bytes::Bytes::copy_from_slice)
-        .collect()
+    bytes.chunks(n).map(bytes::Bytes::copy_from_slice).collect()
 }
 
 #[test]
@@ -52,14 +49,24 @@ fn readers_follow_at_their_own_pace_and_the_last_byte_waits_for_the_digest() {
         writer.write(f);
     }
     let (got, stop) = drain(&blob, 0, bytes.len() as u64);
-    assert_eq!(got.len(), bytes.len() - 1, "all but the last byte before the digest check");
+    assert_eq!(
+        got.len(),
+        bytes.len() - 1,
+        "all but the last byte before the digest check"
+    );
     assert!(matches!(stop, BlobRead::Wait));
     input.finish().expect("digest matches");
     // The slow reader starts only now, from the middle: chunk files serve it.
     let (got, _) = drain(&blob, 5 * CHUNK as u64 + 7, bytes.len() as u64);
     assert_eq!(got, &bytes[5 * CHUNK + 7..]);
-    assert!(matches!(blob.read_at(bytes.len() as u64, 10), BlobRead::End));
-    assert!(store.blob(&d).expect("lookup").is_none(), "not visible before the commit");
+    assert!(matches!(
+        blob.read_at(bytes.len() as u64, 10),
+        BlobRead::End
+    ));
+    assert!(
+        store.blob(&d).expect("lookup").is_none(),
+        "not visible before the commit"
+    );
     assert_eq!(writer.finish("r/a", Duration::ZERO), Keeping::Stored);
     assert_eq!(read_range(&store, &d, 0, bytes.len() as u64), bytes);
     assert_eq!(store.inner.lock_state().reserved_bytes, 0);
@@ -101,7 +108,10 @@ fn a_blob_over_the_budget_is_spooled_and_leaves_nothing_behind() {
     let (got, _) = drain(&blob, 0, bytes.len() as u64);
     assert!(got == bytes, "spooled bytes read back");
     assert!(store.blob(&d).expect("lookup").is_none(), "not stored");
-    assert!(files_under(&dir.path().join("tmp")).is_empty(), "spool file unlinked");
+    assert!(
+        files_under(&dir.path().join("tmp")).is_empty(),
+        "spool file unlinked"
+    );
     assert!(files_under(&dir.path().join("chunks")).is_empty());
 }
 
@@ -125,7 +135,9 @@ fn a_store_failure_mid_blob_degrades_to_memory_and_behind_readers_get_a_checkpoi
     }
     assert_eq!(pushed, bytes.len());
     assert_eq!(blob.keeping(), Keeping::MemoryOnly);
-    input.finish().expect("still verified: the input hashed every byte");
+    input
+        .finish()
+        .expect("still verified: the input hashed every byte");
     // The first 2 MiB were on file and are still readable.
     let (head, _) = drain(&blob, 0, 2 << 20);
     assert!(head == bytes[..2 << 20], "file-backed head");
@@ -167,7 +179,10 @@ fn a_digest_mismatch_fails_every_reader_and_stores_nothing() {
     ));
     assert_ne!(writer.finish("r/a", Duration::ZERO), Keeping::Stored);
     assert!(store.blob(&wrong).expect("lookup").is_none());
-    assert!(files_under(&dir.path().join("chunks")).is_empty(), "chunks removed");
+    assert!(
+        files_under(&dir.path().join("chunks")).is_empty(),
+        "chunks removed"
+    );
 }
 
 #[test]
@@ -177,7 +192,10 @@ fn more_bytes_than_announced_fail_the_blob() {
     let bytes = random_bytes(6, 1000);
     let (blob, mut input, _writer) = store.begin_growing(Digest::of(&bytes), Some(999));
     assert!(input.push(bytes::Bytes::from(bytes)).is_err());
-    assert!(matches!(blob.read_at(0, 10), BlobRead::Failed(GrowthFailure::Mismatch(_))));
+    assert!(matches!(
+        blob.read_at(0, 10),
+        BlobRead::Failed(GrowthFailure::Mismatch(_))
+    ));
 }
 
 #[tokio::test]
