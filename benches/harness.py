@@ -1250,8 +1250,8 @@ def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> 
     edge_spreads = [(lab, s) for lab, s in edge_spreads if s is not None]
     L.append(f"The machine is shared ({info['nproc']} cores; another engineer's builds and tests may run at the same time) "
              "and wrk runs on the same cores as the server it measures, so absolute figures are noisy; the ratios, "
-             "measured back to back in one run, are the point. During the wrk measurements the CPU busy time of "
-             "everything other than the measured server, wrk and the upstream registry:2 averaged "
+             "measured back to back in one run, are the point. During the wrk and h2load measurements the CPU busy "
+             "time of everything other than the measured server, the load generator and the upstream registry:2 averaged "
              + (f"{statistics.mean(bgs):.2f} cores (max {max(bgs):.2f})" if bgs else "n/a") + ".")
     if edge_spreads:
         worst = max(edge_spreads, key=lambda x: x[1])
