@@ -973,6 +973,10 @@ def run_once(binary: Path, p: dict, tmp: Path, big: bool, idx: int) -> dict:
     for digest, size in churn:
         fetch(ce.port, f"/v2/{REPO}/blobs/{digest}", size, conn=conn)
     conn.close()
+    # Commits happen after the last byte, off the client's path: wait for them.
+    deadline = time.monotonic() + 30
+    while edge_metric(ce, "sparkcr_edge_fills_in_flight") > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
     logical = edge_metric(ce, "sparkcr_edge_store_bytes")
     r["churn_blobs_kept"] = edge_metric(ce, "sparkcr_edge_store_blobs")
     r["churn_evictions"] = edge_metric(ce, "sparkcr_edge_store_evictions_total")

@@ -303,7 +303,7 @@ pub(crate) fn begin(
     size: Option<u64>,
 ) -> (Arc<GrowingBlob>, BlobInput, BlobWriter) {
     let (sink, keeping) = match ChunkSink::begin(Arc::clone(inner), digest, size) {
-        Ok(s) => (Sink::Chunks(s), Keeping::Storing),
+        Ok(s) => (Sink::Chunks(Box::new(s)), Keeping::Storing),
         Err(e) => {
             tracing::info!(digest = %digest, reason = %e, "not storing this blob; spooling it for its readers");
             spool_or_memory(inner, 0)
@@ -496,7 +496,7 @@ impl Drop for BlobInput {
 }
 
 enum Sink {
-    Chunks(ChunkSink),
+    Chunks(Box<ChunkSink>),
     Spool { file: Arc<File>, start: u64 },
     Memory,
 }
