@@ -172,7 +172,6 @@ impl ChunkSink {
         } else {
             let started = Instant::now();
             self.inner.chunks.place(&cur.path, &id)?;
-            start_writeback(&cur.file);
             self.inner
                 .metrics
                 .store_chunk_write_seconds
@@ -268,16 +267,6 @@ impl ChunkSink {
         inner.unpin_chunks_locked(&mut st, &pinned)?;
         inner.publish_gauges(&st);
         Ok(info)
-    }
-}
-
-/// Starts writing a finished chunk file back to disk now, so that the fsync at the end of
-/// the blob has little left to wait for. Best effort.
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid open descriptor; offset 0 / nbytes 0 = the whole file.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
