@@ -76,6 +76,17 @@ pub fn map_range(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes>
     if len <= MAP_THRESHOLD {
         return read_range(file, offset, len);
     }
+    // A mapping past the end of the file would fault (SIGBUS) when read: refuse it.
+    let file_len = file.metadata()?.len();
+    if offset + len as u64 > file_len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "file has {file_len} bytes, {} asked for",
+                offset + len as u64
+            ),
+        ));
+    }
     let aligned = offset - offset % page_size();
     let lead = (offset - aligned) as usize;
     // SAFETY: the mapped bytes are already written and are never modified or truncated

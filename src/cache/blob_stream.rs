@@ -10,7 +10,7 @@
 //!
 //! Must not: decide hit or miss, or read chunk files (the store hands out the frames).
 
-use super::fill::RESUME_TRIES;
+use super::fill::{ResumedBody, RESUME_TRIES};
 use super::BlobStream;
 use crate::metrics::Metrics;
 use crate::oci::RepositoryName;
@@ -202,31 +202,21 @@ async fn fetch_rest(
             .blob(&refetch.repo, &digest, Some((at, None)))
             .await
             .map_err(|e| abort(format!("upstream failed: {e}")))?;
-        if response.start > at {
+        let start = response.start;
+        let Some(mut body) = ResumedBody::new(response, at) else {
             return Err(abort(format!(
-                "upstream answered from byte {} instead of {at}",
-                response.start
+                "upstream answered from byte {start} instead of {at}"
             )));
-        }
-        let mut skip = at - response.start;
-        let mut body = response.body;
+        };
         let mut broke = None;
         while let Some(frame) = body.next().await {
-            let mut bytes = match frame {
+            let bytes = match frame {
                 Ok(b) => b,
                 Err(e) => {
-                    broke = Some(e.to_string());
+                    broke = Some(e);
                     break;
                 }
             };
-            if skip > 0 {
-                let n = skip.min(bytes.len() as u64) as usize;
-                bytes = bytes.slice(n..);
-                skip -= n as u64;
-            }
-            if bytes.is_empty() {
-                continue;
-            }
             hasher.update(&bytes);
             let frame_start = at;
             at += bytes.len() as u64;

@@ -180,6 +180,42 @@ impl WriterQueue {
     }
 }
 
+/// An upstream body answering a request from byte `at`, yielding only bytes from `at` on:
+/// an upstream that ignored the `Range` and started earlier has its head skipped.
+pub(super) struct ResumedBody {
+    body: BlobBody,
+    skip: u64,
+}
+
+impl ResumedBody {
+    /// `None` when `response` starts after `at` (bytes would be missing).
+    pub fn new(response: BlobResponse, at: u64) -> Option<ResumedBody> {
+        (response.start <= at).then(|| ResumedBody {
+            skip: at - response.start,
+            body: response.body,
+        })
+    }
+
+    /// The next non-empty frame, `Err` with the reason when the body broke, `None` at its end.
+    pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        while let Some(frame) = self.body.next().await {
+            let mut bytes = match frame {
+                Ok(b) => b,
+                Err(e) => return Some(Err(e.to_string())),
+            };
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len() as u64) as usize;
+                bytes = bytes.slice(n..);
+                self.skip -= n as u64;
+            }
+            if !bytes.is_empty() {
+                return Some(Ok(bytes));
+            }
+        }
+        None
+    }
+}
+
 /// An empty body, standing in for a resume request that failed (counted as a break).
 fn no_body() -> BlobBody {
     BlobBody::from_stream(futures_util::stream::iter(Vec::<
@@ -199,31 +235,21 @@ async fn pump(
     let mut tries = 0;
     loop {
         let received = input.received();
-        // An upstream that ignored our Range starts again at 0: skip what we have.
-        let mut skip = received.saturating_sub(response.start);
-        if response.start > received {
+        let start = response.start;
+        let Some(mut body) = ResumedBody::new(response, received) else {
             return Err(GrowthFailure::Source(format!(
-                "upstream resumed at byte {} but {received} were received",
-                response.start
+                "upstream resumed at byte {start} but {received} were received"
             )));
-        }
+        };
         let mut broke: Option<String> = None;
-        while let Some(frame) = response.body.next().await {
-            let mut bytes = match frame {
+        while let Some(frame) = body.next().await {
+            let bytes = match frame {
                 Ok(b) => b,
                 Err(e) => {
-                    broke = Some(e.to_string());
+                    broke = Some(e);
                     break;
                 }
             };
-            if skip > 0 {
-                let n = skip.min(bytes.len() as u64) as usize;
-                bytes = bytes.slice(n..);
-                skip -= n as u64;
-            }
-            if bytes.is_empty() {
-                continue;
-            }
             input.push(bytes.clone())?;
             queue.push(bytes);
             input.writer_caught_up().await;

@@ -84,6 +84,19 @@ pub(crate) struct ChunkFiles {
     tmp: PathBuf,
     /// Fan-out directories (first two bytes of the id) known to exist durably.
     durable_dirs: Mutex<HashSet<u16>>,
+    /// The last chunks read, whole (see [`ChunkFiles::whole`]).
+    recent: Mutex<RecentChunks>,
+}
+
+/// How many whole chunks [`ChunkFiles::whole`] keeps. Mappings cost address space, not
+/// memory: their pages are resident only while something reads them (TLS encrypting).
+const RECENT_CHUNKS: usize = 16;
+
+/// Recently read chunks, least recently used evicted.
+#[derive(Default)]
+struct RecentChunks {
+    chunks: HashMap<ChunkId, (Bytes, u64)>,
+    tick: u64,
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -107,6 +120,7 @@ impl ChunkFiles {
             root,
             tmp,
             durable_dirs: Mutex::new(HashSet::new()),
+            recent: Mutex::new(RecentChunks::default()),
         })
     }
 
@@ -222,6 +236,44 @@ impl ChunkFiles {
         File::open(&path).ctx("open chunk file", &path)
     }
 
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, RecentChunks> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// All `len` bytes of chunk `id` as one file-backed frame (a read-only mapping; small
+    /// chunks read into memory). The last chunks asked for are kept, so a hot blob is
+    /// served without an `open` or `mmap` per request; content-addressed files never
+    /// change, and [`remove`](Self::remove) forgets a chunk before unlinking it.
+    pub fn whole(&self, id: &ChunkId, len: u32) -> Result<Bytes, StoreError> {
+        {
+            let mut recent = self.lock_recent();
+            recent.tick += 1;
+            let tick = recent.tick;
+            if let Some((b, used)) = recent.chunks.get_mut(id) {
+                *used = tick;
+                return Ok(b.clone());
+            }
+        }
+        let path = self.path(id);
+        let file = std::sync::Arc::new(self.open_chunk(id)?);
+        let bytes =
+            crate::mapped::map_range(&file, 0, len as usize).ctx("map chunk file", &path)?;
+        let mut recent = self.lock_recent();
+        if recent.chunks.len() >= RECENT_CHUNKS {
+            let oldest = recent
+                .chunks
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                recent.chunks.remove(&k);
+            }
+        }
+        let tick = recent.tick;
+        recent.chunks.insert(*id, (bytes.clone(), tick));
+        Ok(bytes)
+    }
+
     /// Bytes `offset..offset+len` of chunk `id`.
     pub fn read_range(&self, id: &ChunkId, offset: u32, len: u32) -> Result<Bytes, StoreError> {
         let path = self.path(id);
@@ -232,6 +284,8 @@ impl ChunkFiles {
 
     /// Unlinks chunk `id`; a missing file is not an error.
     pub fn remove(&self, id: &ChunkId) -> Result<(), StoreError> {
+        // A kept mapping would hold the file (and its disk space) after the unlink.
+        self.lock_recent().chunks.remove(id);
         let path = self.path(id);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -355,5 +409,30 @@ mod tests {
         files.remove(&id).expect("remove");
         files.remove(&id).expect("second remove is fine");
         assert!(!files.exists_with_len(&id, 1000));
+    }
+
+    #[test]
+    fn whole_chunks_are_kept_until_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = ChunkFiles::open(dir.path()).expect("open");
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
+        let id = ChunkId::of(&content);
+        files.write(&id, &content).expect("write");
+        let a = files.whole(&id, 300_000).expect("whole");
+        assert!(a == content);
+        let b = files.whole(&id, 300_000).expect("again");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same mapping, kept");
+        files.remove(&id).expect("remove");
+        assert!(
+            files.whole(&id, 300_000).is_err(),
+            "forgotten with the file"
+        );
+        for i in 0..(RECENT_CHUNKS as u32 + 4) {
+            let c = vec![i as u8; 70_000];
+            let cid = ChunkId::of(&c);
+            files.write(&cid, &c).expect("write");
+            files.whole(&cid, 70_000).expect("whole");
+        }
+        assert!(files.lock_recent().chunks.len() <= RECENT_CHUNKS, "bounded");
     }
 }

@@ -1,14 +1,14 @@
 //! Streaming reads of visible blobs.
 //!
 //! Owns: [`BlobReader`]: pinning the blob for the reader's lifetime, mapping a byte range
-//! onto the chunk list, and handing it out in frames of at most [`FRAME_BYTES`], one chunk
-//! file open at a time. Frames are file-backed (`crate::mapped`): small ones are read into
-//! memory, larger ones are read-only mappings of the chunk file, so nothing is copied or
-//! zero-filled in user space, and a plain-HTTP connection sends them with `sendfile`.
-//! Each frame is a couple of system calls on page-cached data, cheap enough for async
-//! workers (no blocking-pool round trip).
+//! onto the chunk list, and handing it out in frames of at most [`FRAME_BYTES`]. Frames are
+//! slices of whole chunks from `ChunkFiles::whole` (`crate::mapped`): small chunks are read
+//! into memory, larger ones are read-only mappings of the chunk file, so nothing is copied
+//! or zero-filled in user space, and a plain-HTTP connection sends them with `sendfile`.
+//! A frame costs at most an `open` and an `mmap` (none for a recently read chunk), cheap
+//! enough for async workers (no blocking-pool round trip).
 //!
-//! Must not: read a whole chunk or blob into memory, write anything, or leave a pin behind
+//! Must not: copy a large chunk or a blob into memory, write anything, or leave a pin behind
 //! (the pin is dropped with the reader).
 
 use super::chunks::ChunkRef;
@@ -17,7 +17,6 @@ use super::index::ItemKind;
 use super::StoreInner;
 use crate::oci::Digest;
 use bytes::Bytes;
-use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
@@ -36,8 +35,6 @@ pub struct BlobReader {
     chunk_start: u64,
     pos: u64,
     end: u64,
-    /// The open file of `chunks[chunk_index]`.
-    file: Option<Arc<File>>,
 }
 
 /// Pins blob `d`, then looks it up (so eviction cannot slip between the two).
@@ -89,7 +86,6 @@ pub(crate) fn open(
         chunk_start,
         pos: start,
         end,
-        file: None,
     }))
 }
 
@@ -123,32 +119,18 @@ impl BlobReader {
         while self.chunk_start + u64::from(self.chunks[self.chunk_index].len) <= self.pos {
             self.chunk_start += u64::from(self.chunks[self.chunk_index].len);
             self.chunk_index += 1;
-            self.file = None;
         }
         let chunk = self.chunks[self.chunk_index];
         let chunk_end = self.chunk_start + u64::from(chunk.len);
-        let path = || self.inner.chunks.path(&chunk.id);
-        let short = |e: io::Error| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "blob {}: chunk file {} cannot be read as its index entry says ({e}); run `verify`",
-                    self.digest,
-                    path().display()
-                ),
-            )
-        };
-        let file = match &self.file {
-            Some(f) => Arc::clone(f),
-            None => {
-                let f = Arc::new(File::open(path()).map_err(short)?);
-                self.file = Some(Arc::clone(&f));
-                f
-            }
-        };
+        let whole = self.inner.chunks.whole(&chunk.id, chunk.len).map_err(|e| {
+            io::Error::other(format!(
+                "blob {}: chunk {} cannot be read as its index entry says ({e}); run `verify`",
+                self.digest, chunk.id
+            ))
+        })?;
         let n = (chunk_end.min(self.end) - self.pos).min(FRAME_BYTES as u64) as usize;
-        let frame =
-            crate::mapped::map_range(&file, self.pos - self.chunk_start, n).map_err(short)?;
+        let from = (self.pos - self.chunk_start) as usize;
+        let frame = whole.slice(from..from + n);
         self.pos += n as u64;
         Ok(frame)
     }
@@ -165,7 +147,6 @@ impl Iterator for BlobReader {
         if frame.is_err() {
             // Stop after the first error.
             self.pos = self.end;
-            self.file = None;
         }
         Some(frame)
     }
