@@ -4,7 +4,8 @@
 //!
 //! Owns: sockets, TLS handshakes, connection lifetimes and signals; the connection cap,
 //! header-read and idle timeouts, head-size limits (`[server]`), and refusing clients
-//! outside `auth.allow_cidrs` before anything else.
+//! outside `auth.allow_cidrs` before anything else; plain-HTTP connections send
+//! file-backed frames with `sendfile(2)` (`sendfile.rs`).
 //! Must not: interpret registry paths (that is `registry`) or touch the store.
 
 mod limits;

@@ -1,0 +1,124 @@
+//! The whole daemon driven in-process through its composition root (`daemon::start`, then
+//! `run(shutdown)`), in the manner of registry:2's proxy tests: a fake upstream counts the
+//! remote calls, and the store is inspected directly.
+
+mod upstream_fakes;
+
+use sparkcr_edge::daemon;
+use sparkcr_edge::oci::Digest;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use upstream_fakes::{response, with_header, FakeServer, Handler};
+
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_fetch_once_then_hits_and_ranges_fetch_nothing() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let blob = Arc::new(pseudo_random(5 << 20 | 12_345));
+    let digest = Digest::of(&blob);
+    let blob_path = format!("/v2/team/app/blobs/{digest}");
+    let fake = {
+        let (blob, path) = (blob.clone(), blob_path.clone());
+        FakeServer::start(move |_| -> Handler {
+            Arc::new(move |r| {
+                if r.path == path && r.method == "GET" {
+                    with_header(
+                        response(200, blob.as_ref().clone()),
+                        "content-type",
+                        "application/octet-stream",
+                    )
+                } else {
+                    response(404, "{}")
+                }
+            })
+        })
+        .await
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n\
+             [storage]\npath = \"{}\"\nchunk_size = \"1MiB\"\n\
+             [[upstream]]\nname = \"fake.test\"\nurl = \"{}\"\ndefault = true\n",
+            dir.path().join("data").display(),
+            fake.url()
+        ),
+    )
+    .expect("write config");
+    let loaded = sparkcr_edge::config::load(Some(&config_path)).expect("config loads");
+    let edge = daemon::start(&loaded.config, "test config")
+        .await
+        .expect("daemon starts");
+    let addr = edge.local_addrs()[0].1;
+    let store = edge.store().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(edge.run(async {
+        let _ = stopped.await;
+    }));
+    let url = format!("http://{addr}{blob_path}");
+    let client = reqwest::Client::new();
+
+    let gets: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let r = client.get(&url).send().await.expect("get");
+                assert_eq!(r.status(), 200);
+                r.bytes().await.expect("body")
+            })
+        })
+        .collect();
+    for g in gets {
+        let body = g.await.expect("task");
+        assert!(body.as_ref() == blob.as_slice(), "byte-exact");
+    }
+    let remote = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path == blob_path)
+            .count()
+    };
+    assert_eq!(remote(), 1, "8 concurrent misses, one upstream fetch");
+
+    // The commit follows the last byte; then the blob is a hit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.blob(&digest).expect("lookup").is_none() {
+        assert!(Instant::now() < deadline, "blob committed within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hit = client.get(&url).send().await.expect("get");
+    assert_eq!(
+        hit.headers().get("x-cache").and_then(|v| v.to_str().ok()),
+        Some("HIT")
+    );
+    assert!(hit.bytes().await.expect("body").as_ref() == blob.as_slice());
+    let range = client
+        .get(&url)
+        .header("range", "bytes=3000000-3999999")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(range.status(), 206);
+    assert!(range.bytes().await.expect("body").as_ref() == &blob[3_000_000..4_000_000]);
+    assert_eq!(remote(), 1, "hits and ranges of a stored blob ask nobody");
+
+    let _ = stop.send(());
+    let clean = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("daemon stops")
+        .expect("task");
+    assert!(clean, "every connection finished");
+}
