@@ -208,15 +208,7 @@ async fn fetch_rest(
                 "upstream answered from byte {start} instead of {at}"
             )));
         };
-        let mut broke = None;
-        while let Some(frame) = body.next().await {
-            let bytes = match frame {
-                Ok(b) => b,
-                Err(e) => {
-                    broke = Some(e);
-                    break;
-                }
-            };
+        while let Some(bytes) = body.next().await {
             hasher.update(&bytes);
             let frame_start = at;
             at += bytes.len() as u64;
@@ -235,6 +227,7 @@ async fn fetch_rest(
                 send_all(tx, held.take(piece)?).await?;
             }
         }
+        let broke = body.broke();
         let complete = broke.is_none() && size.is_none_or(|s| at == s);
         if complete {
             break;

@@ -185,6 +185,7 @@ impl WriterQueue {
 pub(super) struct ResumedBody {
     body: BlobBody,
     skip: u64,
+    broke: Option<String>,
 }
 
 impl ResumedBody {
@@ -193,15 +194,20 @@ impl ResumedBody {
         (response.start <= at).then(|| ResumedBody {
             skip: at - response.start,
             body: response.body,
+            broke: None,
         })
     }
 
-    /// The next non-empty frame, `Err` with the reason when the body broke, `None` at its end.
-    pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
+    /// The next non-empty frame; `None` at the end of the body or when it broke (see
+    /// [`broke`](Self::broke)).
+    pub async fn next(&mut self) -> Option<Bytes> {
         while let Some(frame) = self.body.next().await {
             let mut bytes = match frame {
                 Ok(b) => b,
-                Err(e) => return Some(Err(e.to_string())),
+                Err(e) => {
+                    self.broke = Some(e.to_string());
+                    return None;
+                }
             };
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len() as u64) as usize;
@@ -209,10 +215,15 @@ impl ResumedBody {
                 self.skip -= n as u64;
             }
             if !bytes.is_empty() {
-                return Some(Ok(bytes));
+                return Some(bytes);
             }
         }
         None
+    }
+
+    /// Why the body ended early, if it broke.
+    pub fn broke(self) -> Option<String> {
+        self.broke
     }
 }
 
@@ -241,19 +252,12 @@ async fn pump(
                 "upstream resumed at byte {start} but {received} were received"
             )));
         };
-        let mut broke: Option<String> = None;
-        while let Some(frame) = body.next().await {
-            let bytes = match frame {
-                Ok(b) => b,
-                Err(e) => {
-                    broke = Some(e);
-                    break;
-                }
-            };
+        while let Some(bytes) = body.next().await {
             input.push(bytes.clone())?;
             queue.push(bytes);
             input.writer_caught_up().await;
         }
+        let broke = body.broke();
         let received = input.received();
         let short = size.is_some_and(|s| received < s);
         if broke.is_none() && !short {
