@@ -49,6 +49,8 @@ pub struct Daemon {
     store: Store,
     upkeep: Upkeep,
     grace: Duration,
+    /// The status page's per-minute counter snapshots; stopped with the daemon.
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 /// Raises the soft open-files limit to the hard one (a fill holds one descriptor per chunk
@@ -109,6 +111,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
     ));
     let upkeep = store.spawn_upkeep();
     let api = RegistryApi::new(UpstreamTable::from_config(config), cache, access);
+    let sampler = server::status::spawn_sampler(metrics.clone());
     let app = Arc::new(App::new(api, metrics));
     let server = Server::bind(&config.server, app.clone())
         .await
@@ -124,6 +127,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
         store,
         upkeep,
         grace: config.server.shutdown_grace.get(),
+        sampler,
     })
 }
 
@@ -146,9 +150,11 @@ impl Daemon {
             store,
             upkeep,
             grace,
+            sampler,
         } = self;
         app.set_ready(true);
         let clean = server.serve(shutdown, grace).await;
+        sampler.abort();
         Self::stop_store(store, upkeep).await;
         clean
     }
@@ -163,7 +169,13 @@ impl Daemon {
         ]);
         tracing::info!("ready to serve");
         let clean = server::serve_until_signalled(self.server, self.grace).await?;
-        let Daemon { store, upkeep, .. } = self;
+        let Daemon {
+            store,
+            upkeep,
+            sampler,
+            ..
+        } = self;
+        sampler.abort();
         Self::stop_store(store, upkeep).await;
         Ok(clean)
     }

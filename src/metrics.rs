@@ -5,6 +5,9 @@
 //! state), so tests can run several daemons in one process.
 //!
 //! Must not: import any other module of this crate; layers record into these handles.
+//! [`activity`] keeps what the status page needs beyond counters.
+
+pub mod activity;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -53,7 +56,20 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
     pub upstream_token_fetches: IntCounterVec,
+    pub upstream_duration: HistogramVec,
     pub build_info: IntGaugeVec,
+    /// Upstream health, recent errors, bytes per repository, per-minute snapshots.
+    pub activity: activity::Activity,
+}
+
+/// The sum of a counter over all its label values.
+fn sum_of(c: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    c.collect()
+        .iter()
+        .flat_map(|mf| mf.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -117,6 +133,19 @@ impl Metrics {
         )
         .expect("valid gauge");
         r.register(Box::new(build_info.clone())).expect("unique");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_request_duration_seconds",
+                "Time from sending a request to an upstream to its response head, by upstream.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["upstream"],
+        )
+        .expect("valid histogram");
+        r.register(Box::new(upstream_duration.clone()))
+            .expect("unique");
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -284,8 +313,22 @@ impl Metrics {
                 "Bearer tokens fetched from upstream auth servers, by result.",
                 &["upstream", "result"],
             ),
+            upstream_duration,
             build_info,
+            activity: activity::Activity::default(),
             registry: r,
+        }
+    }
+
+    /// The counters the status page charts, summed over their labels, now.
+    pub fn counter_sample(&self) -> activity::CounterSample {
+        activity::CounterSample {
+            at: activity::unix_now(),
+            hits: sum_of(&self.cache_hits),
+            misses: sum_of(&self.cache_misses),
+            served_cache_bytes: self.served_bytes.with_label_values(&["cache"]).get(),
+            served_upstream_bytes: self.served_bytes.with_label_values(&["upstream"]).get(),
+            upstream_bytes: sum_of(&self.upstream_bytes),
         }
     }
 
@@ -297,6 +340,65 @@ impl Metrics {
             return format!("# error encoding metrics: {e}\n");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Every metric family name exported (with the `sparkcr_edge_` prefix), including
+    /// labelled families that have no series yet.
+    pub fn family_names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: Vec<&dyn Collector> = vec![
+            &self.http_requests,
+            &self.http_duration,
+            &self.http_response_bytes,
+            &self.connections_open,
+            &self.connections_total,
+            &self.tls_handshake_failures,
+            &self.tls_reloads,
+            &self.connections_rejected,
+            &self.auth_denials,
+            &self.private_content_refusals,
+            &self.store_bytes,
+            &self.store_budget_bytes,
+            &self.store_blobs,
+            &self.store_manifests,
+            &self.store_chunks,
+            &self.store_tags,
+            &self.store_evictions,
+            &self.store_evicted_bytes,
+            &self.store_expired,
+            &self.store_expired_bytes,
+            &self.store_errors,
+            &self.store_chunk_write_seconds,
+            &self.cache_hits,
+            &self.cache_misses,
+            &self.served_bytes,
+            &self.singleflight_joins,
+            &self.stale_served,
+            &self.digest_mismatches,
+            &self.fills_in_flight,
+            &self.fill_resumes,
+            &self.fills_ended,
+            &self.reader_refetches,
+            &self.upstream_requests,
+            &self.upstream_bytes,
+            &self.upstream_token_fetches,
+            &self.upstream_duration,
+            &self.build_info,
+        ];
+        let mut names: Vec<String> = collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| format!("sparkcr_edge_{}", d.fq_name))
+            .chain(
+                self.registry
+                    .gather()
+                    .iter()
+                    .map(|mf| mf.name().to_string()),
+            )
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }
 

@@ -112,8 +112,12 @@ impl Cache {
         let upstream = self.upstream(target)?;
         let mut tries = 0;
         loop {
+            let mut led = false;
             let follower = match self.fills.claim(key) {
                 Claim::Leader(leader) => {
+                    led = true;
+                    self.progress
+                        .led(key, *digest, &target.upstream, target.repo.as_str());
                     self.metrics.cache_misses.with_label_values(&["blob"]).inc();
                     let follower = leader.follower();
                     let job = FillJob {
@@ -130,10 +134,18 @@ impl Cache {
                 }
                 Claim::Follower(f) => {
                     self.metrics.singleflight_joins.inc();
+                    self.progress.joined(key);
                     f
                 }
             };
-            match follower.landing().await {
+            let landing = follower.landing().await;
+            if led {
+                match &landing {
+                    Landing::Started(blob) => self.progress.started(key, blob),
+                    _ => self.progress.ended(key),
+                }
+            }
+            match landing {
                 Landing::Started(blob) => return Ok(blob),
                 Landing::Failed(f) => return Err(self.fill_failure(target, digest, f)),
                 Landing::Abandoned if tries < ABANDONED_RETRIES => tries += 1,

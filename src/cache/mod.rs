@@ -21,6 +21,9 @@ mod blobs;
 mod fill;
 mod flight;
 mod manifests;
+mod progress;
+
+pub use progress::FillProgress;
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepositoryName};
@@ -100,6 +103,8 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     /// Blob fills under way, by digest (and upstream, for private ones): single-flight.
     fills: fill::Fills,
+    /// The fills under way as the status page shows them.
+    progress: progress::FillBoard,
     /// One revalidation at a time per tag; waiters then read the fresh record.
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -132,12 +137,29 @@ impl Cache {
             settings,
             metrics,
             fills: Default::default(),
+            progress: Default::default(),
             tag_locks: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The blob fills under way (for the status page).
+    pub fn fills_in_progress(&self) -> Vec<FillProgress> {
+        self.progress.snapshot()
+    }
+
+    /// The configured upstreams: name and base URL, by name.
+    pub fn upstream_urls(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .upstreams
+            .values()
+            .map(|u| (u.name().to_string(), u.base_url().to_string()))
+            .collect();
+        all.sort();
+        all
     }
 
     pub(crate) fn is_private(&self, upstream: &str) -> bool {

@@ -142,7 +142,8 @@ fn load_from_checked(
             .list_separator(",")
             .with_list_parse_key("server.listen")
             .with_list_parse_key("server.tls_listen")
-            .with_list_parse_key("auth.allow_cidrs"),
+            .with_list_parse_key("auth.allow_cidrs")
+            .with_list_parse_key("auth.admin_cidrs"),
     );
     let raw = builder.build().map_err(|e| from_config_error(&origin, e))?;
     let mut config: Config = raw

@@ -19,6 +19,6 @@ pub mod error;
 pub mod range;
 pub mod route;
 
-pub use api::{error_response, ApiResponse, ClientInfo, RegistryApi, TOKEN_PATH};
+pub use api::{error_response, ApiResponse, ClientInfo, RegistryApi, ServedRepo, TOKEN_PATH};
 pub use error::{ErrorCode, OciError};
 pub use route::{ApiRoute, RepoTarget, UpstreamTable};

@@ -8,10 +8,13 @@
 //! file-backed frames with `sendfile(2)` (`sendfile.rs`).
 //! Must not: interpret registry paths (that is `registry`) or touch the store.
 
+mod cert_expiry;
 mod limits;
 mod logged_body;
 mod sendfile;
 mod service;
+pub mod status;
+mod status_page;
 pub mod tls;
 
 pub use service::{App, ConnInfo, MAX_REQUEST_TARGET};
@@ -95,6 +98,7 @@ impl Server {
             None
         } else {
             let cert = Arc::new(ReloadableCert::load(&cfg.tls_cert, &cfg.tls_key)?);
+            app.set_tls(cert.clone());
             let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(cert.clone())?);
             Some((cert, acceptor))
         };
