@@ -404,6 +404,59 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    /// Every `expr` in the shipped Grafana dashboard.
+    fn dashboard_queries() -> Vec<String> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                            _ => walk(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../grafana/sparkcr-edge.json"))
+                .expect("the dashboard is JSON");
+        let mut out = Vec::new();
+        walk(&dash, &mut out);
+        out
+    }
+
+    #[test]
+    fn every_metric_in_the_dashboard_is_exported() {
+        let names = super::Metrics::new().family_names();
+        let queries = dashboard_queries();
+        assert!(queries.len() >= 15, "{queries:?}");
+        let mut used = 0;
+        for q in &queries {
+            let mut rest = q.as_str();
+            while let Some(i) = rest.find("sparkcr_edge_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let name = &tail[..end];
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|base| names.iter().any(|n| n == base))
+                    .unwrap_or(name);
+                assert!(
+                    names.iter().any(|n| n == family),
+                    "the dashboard query {q:?} uses {name}, which the daemon does not export"
+                );
+                used += 1;
+                rest = &tail[end..];
+            }
+        }
+        assert!(used >= queries.len());
+    }
     #[test]
     fn renders_with_prefix_and_build_info() {
         let m = super::Metrics::new();
