@@ -50,7 +50,7 @@ pub struct Daemon {
     upkeep: Upkeep,
     grace: Duration,
     /// The status page's per-minute counter snapshots; stopped with the daemon.
-    sampler: tokio::task::JoinHandle<()>,
+    sampler: server::status::Sampler,
 }
 
 /// Raises the soft open-files limit to the hard one (a fill holds one descriptor per chunk
@@ -111,8 +111,8 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
     ));
     let upkeep = store.spawn_upkeep();
     let api = RegistryApi::new(UpstreamTable::from_config(config), cache, access);
-    let sampler = server::status::spawn_sampler(metrics.clone());
     let app = Arc::new(App::new(api, metrics));
+    let sampler = server::status::spawn_sampler(app.clone());
     let server = Server::bind(&config.server, app.clone())
         .await
         .map_err(|e| match e {
@@ -154,7 +154,7 @@ impl Daemon {
         } = self;
         app.set_ready(true);
         let clean = server.serve(shutdown, grace).await;
-        sampler.abort();
+        drop(sampler);
         Self::stop_store(store, upkeep).await;
         clean
     }
@@ -175,7 +175,7 @@ impl Daemon {
             sampler,
             ..
         } = self;
-        sampler.abort();
+        drop(sampler);
         Self::stop_store(store, upkeep).await;
         Ok(clean)
     }

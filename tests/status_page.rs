@@ -275,3 +275,56 @@ async fn status_is_refused_outside_admin_cidrs_without_an_admin_token() {
         ) >= 2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_within_30_days_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut params = rcgen::CertificateParams::new(vec!["edge.test".to_string()]).expect("params");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + (now - Duration::from_secs(86_400));
+    params.not_after = epoch + now + Duration::from_secs(10 * 86_400 + 3600);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cp, cert.pem()).expect("cert");
+    std::fs::write(&kp, key.serialize_pem()).expect("key");
+    let edge = Edge::start_in(
+        dir,
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[storage]\npath = \"{{dir}}/data\"\n",
+            cp.display(),
+            kp.display()
+        ),
+        &[],
+    );
+    // The log, at start.
+    edge.wait_for_log("certificate expires in 10 days").await;
+    // /readyz stays 200 but says so.
+    let r = reqwest::get(edge.url("/readyz")).await.expect("readyz");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("text");
+    assert!(text.starts_with("ready\n"), "{text}");
+    assert!(
+        text.contains("warning: the served TLS certificate expires in 10 days"),
+        "{text}"
+    );
+    // The status page and its JSON.
+    let s = status_json(&edge).await;
+    assert_eq!(s["tls"]["days_left"], 10);
+    assert!(
+        s["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("expires in 10 days")),
+        "{s:#}"
+    );
+    let html = reqwest::get(edge.url("/status"))
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("class=\"warn\">the served TLS certificate expires in 10 days"));
+}

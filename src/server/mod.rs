@@ -8,7 +8,7 @@
 //! file-backed frames with `sendfile(2)` (`sendfile.rs`).
 //! Must not: interpret registry paths (that is `registry`) or touch the store.
 
-mod cert_expiry;
+pub(crate) mod cert_expiry;
 mod limits;
 mod logged_body;
 mod sendfile;
@@ -99,6 +99,7 @@ impl Server {
         } else {
             let cert = Arc::new(ReloadableCert::load(&cfg.tls_cert, &cfg.tls_key)?);
             app.set_tls(cert.clone());
+            warn_if_expiring(&app);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(cert.clone())?);
             Some((cert, acceptor))
         };
@@ -335,6 +336,14 @@ fn log_conn_end(peer: SocketAddr, r: Result<(), Box<dyn std::error::Error + Send
     }
 }
 
+/// Logs a warning when the served certificate expires within
+/// [`status::CERT_WARN_DAYS`] (at start, on every reload, and once a day).
+pub(crate) fn warn_if_expiring(app: &App) {
+    if let Some(w) = app.cert_status().and_then(|c| c.warning()) {
+        tracing::warn!(cert = %app.tls_cert_path().unwrap_or_default(), "{w}");
+    }
+}
+
 /// Serves until SIGTERM or SIGINT, reloading the certificate on SIGHUP.
 pub async fn serve_until_signalled(server: Server, grace: Duration) -> std::io::Result<bool> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -392,6 +401,7 @@ impl ReloadHandle {
                     .with_label_values(&["ok"])
                     .inc();
                 tracing::info!("SIGHUP: certificate and key reloaded");
+                warn_if_expiring(&self.app);
             }
             Err(e) => {
                 self.app

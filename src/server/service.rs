@@ -53,6 +53,11 @@ impl App {
         let _ = self.tls.set(cert);
     }
 
+    /// The served certificate's file, when there is an HTTPS listener.
+    pub fn tls_cert_path(&self) -> Option<String> {
+        Some(self.tls.get()?.cert_path().display().to_string())
+    }
+
     /// The served certificate's expiry, when there is an HTTPS listener.
     pub fn cert_status(&self) -> Option<CertStatus> {
         let not_after = self.tls.get()?.not_after()?;

@@ -10,7 +10,7 @@
 
 use super::App;
 use crate::cache::FillProgress;
-use crate::metrics::activity::{unix_now, CounterSample, RecentError};
+use crate::metrics::activity::{CounterSample, RecentError};
 use crate::metrics::Metrics;
 use serde::Serialize;
 use std::path::Path;
@@ -129,21 +129,34 @@ pub struct CertStatus {
     pub days_left: i64,
 }
 
-/// Snapshots the counters now and then every [`SAMPLE_EVERY`] until aborted.
-pub fn spawn_sampler(metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
-    metrics.activity.record_sample(CounterSample {
-        at: unix_now(),
-        ..metrics.counter_sample()
-    });
-    tokio::spawn(async move {
+/// Snapshots the counters now and then every [`SAMPLE_EVERY`] until aborted; warns in
+/// the log once a day while the served certificate is about to expire.
+pub fn spawn_sampler(app: Arc<App>) -> Sampler {
+    let metrics: Arc<Metrics> = app.metrics.clone();
+    metrics.activity.record_sample(metrics.counter_sample());
+    Sampler(tokio::spawn(async move {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut minutes = 0u64;
         loop {
             tick.tick().await;
             metrics.activity.record_sample(metrics.counter_sample());
+            minutes += 1;
+            if minutes % (24 * 60) == 0 {
+                super::warn_if_expiring(&app);
+            }
         }
-    })
+    }))
+}
+
+/// The sampler task; stopped when dropped.
+pub struct Sampler(tokio::task::JoinHandle<()>);
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `url` without user info (`https://user:pass@host` -> `https://host`) or query.

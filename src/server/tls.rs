@@ -93,6 +93,11 @@ impl ReloadableCert {
         Ok(())
     }
 
+    /// The certificate file served.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
     /// The end of the served certificate's validity, in Unix seconds.
     pub fn not_after(&self) -> Option<i64> {
         super::cert_expiry::not_after(self.current().cert.first()?.as_ref())
