@@ -100,6 +100,25 @@ enum Command {
         #[arg(long, hide = true, default_value = "/")]
         root: PathBuf,
     },
+    /// On a client machine: check that Docker, containerd, Podman and CRI-O pull through
+    /// the edge (configs, restarts, logins, certificate, a manifest); reads only.
+    Doctor {
+        /// The edge as clients reach it, e.g. https://edge.lan or http://10.0.0.5:5000
+        #[arg(long, value_name = "URL")]
+        edge: String,
+        /// An image whose manifest must resolve through the edge, e.g. busybox:latest
+        #[arg(long, value_name = "REF")]
+        image: Option<String>,
+        /// Extra CA certificate (PEM) to trust for the edge (repeatable)
+        #[arg(long = "ca", value_name = "FILE")]
+        ca: Vec<PathBuf>,
+        /// Only the files; do not contact the edge
+        #[arg(long)]
+        offline: bool,
+        /// Where the client's file system starts (for checking a copy or a fixture)
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 /// Which images, and how to reach the edge (prefetch and export).
@@ -230,6 +249,13 @@ fn main() -> ExitCode {
             write,
             &root,
         ),
+        Command::Doctor {
+            edge,
+            image,
+            ca,
+            offline,
+            root,
+        } => doctor_command(&edge, image.as_deref(), ca, offline, root),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -242,6 +268,40 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn doctor_command(
+    edge: &str,
+    image: Option<&str>,
+    ca_files: Vec<PathBuf>,
+    offline: bool,
+    root: PathBuf,
+) -> Result<(), Failure> {
+    let opts = sparkcr_edge::doctor::DoctorOptions {
+        edge: sparkcr_edge::doctor::EdgeUrl::parse(edge).map_err(Failure::Config)?,
+        root,
+        image: image
+            .map(prefetch::image_ref::ImageRef::parse)
+            .transpose()
+            .map_err(|e| Failure::Config(e.to_string()))?,
+        ca_files,
+        offline,
+    };
+    let checks = small_runtime()?.block_on(sparkcr_edge::doctor::run(&opts));
+    for c in &checks {
+        println!("{c}");
+    }
+    if sparkcr_edge::doctor::has_problem(&checks) {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{} problem(s) found; fix them in the order shown",
+            checks
+                .iter()
+                .filter(|c| c.verdict == sparkcr_edge::doctor::Verdict::Problem)
+                .count()
+        )));
+    }
+    println!("no problems found");
+    Ok(())
 }
 
 fn load_config(a: &ConfigArg) -> Result<config::LoadedConfig, Failure> {
