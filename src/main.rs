@@ -100,6 +100,15 @@ enum Command {
         #[arg(long, hide = true, default_value = "/")]
         root: PathBuf,
     },
+    /// Man pages or shell completions from these definitions (run by scripts/package).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+        /// Directory to write into (created if missing)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// On a client machine: check that Docker, containerd, Podman and CRI-O pull through
     /// the edge (configs, restarts, logins, certificate, a manifest); reads only.
     Doctor {
@@ -119,6 +128,14 @@ enum Command {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    /// sparkcr-edge.1 and one page per subcommand (sparkcr-edge-serve.1, ...)
+    Man,
+    /// bash (sparkcr-edge), zsh (_sparkcr-edge) and fish (sparkcr-edge.fish)
+    Completions,
 }
 
 /// Which images, and how to reach the edge (prefetch and export).
@@ -249,6 +266,7 @@ fn main() -> ExitCode {
             write,
             &root,
         ),
+        Command::Generate { what, out } => generate_command(what, &out),
         Command::Doctor {
             edge,
             image,
@@ -268,6 +286,26 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn generate_command(what: Generated, out: &std::path::Path) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cmd = Cli::command();
+    match what {
+        Generated::Man => clap_mangen::generate_to(cmd, out)
+            .with_context(|| format!("cannot write man pages into {}", out.display()))?,
+        Generated::Completions => {
+            use clap_complete::Shell;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut Cli::command(), "sparkcr-edge", out)
+                    .with_context(|| {
+                        format!("cannot write {shell} completions into {}", out.display())
+                    })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn doctor_command(
