@@ -184,7 +184,7 @@ impl Metrics {
             connections_rejected: counter_vec(
                 &r,
                 "connections_rejected_total",
-                "Client connections closed at once, by reason (limit: server.max_connections).",
+                "Client connections closed early, by reason (limit: server.max_connections; silent: nothing received within server.header_read_timeout).",
                 &["reason"],
             ),
             auth_denials: counter_vec(

@@ -237,6 +237,23 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             app.metrics.connections_open.inc();
+            // A client that connects and never sends a byte (no TLS hello, no request
+            // line) is closed after header_read_timeout, like one whose head stalls.
+            // (peek waits for a byte without taking it; readable() may wake at once.)
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first))
+                .await
+                .is_err()
+            {
+                app.metrics
+                    .connections_rejected
+                    .with_label_values(&["silent"])
+                    .inc();
+                tracing::debug!(client = %peer, "nothing received within header_read_timeout; closed");
+                app.metrics.connections_open.dec();
+                drop(alive);
+                return;
+            }
             match (kind, acceptor) {
                 (ListenerKind::Https, Some(acceptor)) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
