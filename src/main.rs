@@ -167,7 +167,7 @@ enum TokenCommand {
         /// Who holds it (shown in logs): letters, digits, '.', '_', '-', '@'
         #[arg(long)]
         name: String,
-        /// Comma-separated: pull:public, pull:private
+        /// Comma-separated: pull:public, pull:private, admin (the status page)
         #[arg(long, value_delimiter = ',', default_value = "pull:public", value_parser = parse_scope)]
         scopes: Vec<config::Scope>,
     },
