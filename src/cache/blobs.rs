@@ -116,8 +116,11 @@ impl Cache {
             let follower = match self.fills.claim(key) {
                 Claim::Leader(leader) => {
                     led = true;
-                    self.progress
-                        .led(key, *digest, &target.upstream, target.repo.as_str());
+                    self.progress.led(
+                        key,
+                        (*digest, &target.upstream, target.repo.as_str()),
+                        &|k| self.fills.contains(k),
+                    );
                     self.metrics.cache_misses.with_label_values(&["blob"]).inc();
                     let follower = leader.follower();
                     let job = FillJob {

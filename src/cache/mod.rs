@@ -148,7 +148,7 @@ impl Cache {
 
     /// The blob fills under way (for the status page).
     pub fn fills_in_progress(&self) -> Vec<FillProgress> {
-        self.progress.snapshot()
+        self.progress.snapshot(&|k| self.fills.contains(k))
     }
 
     /// The configured upstreams: name and base URL, by name.

@@ -37,10 +37,12 @@ struct Entry {
 }
 
 impl Entry {
-    /// Still under way: not started yet, or its blob is alive and not finished.
-    fn live(&self) -> bool {
+    /// Still under way: its blob is alive and not finished, or (not started yet) the
+    /// single-flight table still has the fill (`under_way`). A leading request that went
+    /// away before the start leaves no trace.
+    fn live(&self, key: &FillKey, under_way: &dyn Fn(&FillKey) -> bool) -> bool {
         match &self.blob {
-            None => true,
+            None => under_way(key),
             Some(w) => w.upgrade().is_some_and(|b| b.outcome().is_none()),
         }
     }
@@ -56,10 +58,16 @@ impl FillBoard {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A request became the leader of the fill for `key`.
-    pub fn led(&self, key: &FillKey, digest: Digest, upstream: &str, repo: &str) {
+    /// A request became the leader of the fill for `key`; `under_way` asks the
+    /// single-flight table whether a fill is still there.
+    pub fn led(
+        &self,
+        key: &FillKey,
+        (digest, upstream, repo): (Digest, &str, &str),
+        under_way: &dyn Fn(&FillKey) -> bool,
+    ) {
         let mut entries = self.lock();
-        entries.retain(|_, e| e.live());
+        entries.retain(|k, e| e.live(k, under_way));
         entries.insert(
             key.clone(),
             Entry {
@@ -93,9 +101,9 @@ impl FillBoard {
     }
 
     /// The fills under way, longest running first.
-    pub fn snapshot(&self) -> Vec<FillProgress> {
+    pub fn snapshot(&self, under_way: &dyn Fn(&FillKey) -> bool) -> Vec<FillProgress> {
         let mut entries = self.lock();
-        entries.retain(|_, e| e.live());
+        entries.retain(|k, e| e.live(k, under_way));
         let mut out: Vec<FillProgress> = entries
             .values()
             .map(|e| {
@@ -113,5 +121,30 @@ impl FillBoard {
             .collect();
         out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_not_started_shows_while_the_flight_table_has_it() {
+        let board = FillBoard::default();
+        let d = Digest::of(b"layer");
+        let key = FillKey::new(d, "docker.io", false);
+        board.led(&key, (d, "docker.io", "library/x"), &|_| true);
+        board.joined(&key);
+        let shown = board.snapshot(&|_| true);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(
+            (shown[0].joined, shown[0].received, shown[0].size),
+            (1, 0, None)
+        );
+        assert_eq!(shown[0].digest, d.to_string());
+        // The leading request went away before the fill started: gone.
+        assert!(board.snapshot(&|_| false).is_empty());
+        board.joined(&key);
+        assert!(board.snapshot(&|_| true).is_empty());
     }
 }
