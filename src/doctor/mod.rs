@@ -8,14 +8,16 @@
 //! service or changes anything; `--root` points every path at a fixture tree for tests.
 //! Must not: use the daemon's layers (it is a client of the edge's public API).
 
+mod edge_url;
 mod files;
+mod machine;
 mod probe;
 
 use crate::prefetch::image_ref::ImageRef;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use files::EdgeUrl;
+pub use edge_url::EdgeUrl;
 
 /// What `doctor` is asked to check.
 pub struct DoctorOptions {

@@ -2,7 +2,7 @@
 //! connection, the stored login is needed (or not) and accepted, and a given image's
 //! manifest resolves through the edge's path-prefix route.
 
-use super::files::{login_check, Found, Login};
+use super::machine::{login_check, Found, Login};
 use super::{Check, DoctorOptions};
 use crate::oci::MANIFEST_MEDIA_TYPES;
 use rustls_pki_types::pem::PemObject;
