@@ -108,6 +108,8 @@ fn edge() -> (FaultUpstream, Edge, String) {
         .expect("lock")
         .manifests
         .insert("v1".into(), manifest.to_vec());
+    // The manifest's config blob, so real clients can fetch the whole image.
+    up.add_blob(b"{}".to_vec(), common::fault_upstream::BlobMode::Normal);
     let hash = format!("sha256:{}", hex::encode(Sha256::digest(SECRET.as_bytes())));
     let edge = Edge::start(&format!(
         "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n[storage]\npath = \"{{dir}}/data\"\n\
@@ -288,6 +290,52 @@ async fn containerd_and_podman_setups() {
             .any(|l| l.contains("mirrored at")),
         "{out}"
     );
+    // The verdicts are real clients': skopeo (containers/image, as Podman and CRI-O) and,
+    // where it can run (root), containerd's ctr pull with exactly these files.
+    // `fault.test` itself does not exist, so success means the edge answered.
+    let conf = "etc/containers/registries.conf.d/50-sparkcr-edge.conf";
+    let skopeo = |f: &Fixture| {
+        common::skopeo(&[
+            "--registries-conf",
+            &f.root().join(conf).display().to_string(),
+            "inspect",
+            "--raw",
+            "--authfile",
+            &f.root()
+                .join("run/containers/0/auth.json")
+                .display()
+                .to_string(),
+            &format!("docker://{image}"),
+        ])
+    };
+    let ctrd = common::containerd::start_containerd();
+    let ctr_fetch = |f: &Fixture| {
+        ctrd.as_ref().map(|c| {
+            common::containerd::ctr(
+                c,
+                &[
+                    "content",
+                    "fetch",
+                    "--hosts-dir",
+                    &f.root()
+                        .join("etc/containerd/certs.d")
+                        .display()
+                        .to_string(),
+                    "--user",
+                    &format!("x:{SECRET}"),
+                    image,
+                ],
+            )
+        })
+    };
+    let (ok, text) = skopeo(&good);
+    assert!(
+        ok && text.contains("schemaVersion"),
+        "skopeo, good setup: {text}"
+    );
+    if let Some((ok, text)) = ctr_fetch(&good) {
+        assert!(ok, "ctr, good setup: {text}");
+    }
 
     // Wrong path: containerd's config_path names another directory; Podman's file is not *.conf.
     let wrong_path = Fixture::new();
@@ -363,6 +411,14 @@ async fn containerd_and_podman_setups() {
             .any(|l| l.contains("point elsewhere")),
         "{out}"
     );
+    let (ok, text) = skopeo(&wrong_host);
+    assert!(
+        !ok,
+        "skopeo cannot pull through the wrong host either: {text}"
+    );
+    if let Some((ok, text)) = ctr_fetch(&wrong_host) {
+        assert!(!ok, "nor ctr: {text}");
+    }
 
     // Missing login: the edge refuses the manifest, and says why.
     let no_login = Fixture::new();
@@ -383,6 +439,9 @@ async fn containerd_and_podman_setups() {
             .any(|l| l.contains("refused") && l.contains("no stored login")),
         "{out}"
     );
+    no_login.write("run/containers/0/auth.json", "{\"auths\":{}}");
+    let (ok, text) = skopeo(&no_login);
+    assert!(!ok, "skopeo is refused without the login too: {text}");
 
     // An image from a registry no config sends to the edge.
     let (code, out) = good.doctor(&url, Some("quay.io/org/tool:1"));
