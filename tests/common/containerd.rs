@@ -52,18 +52,7 @@ pub fn start_containerd() -> Option<Containerd> {
 }
 
 pub fn ctr(c: &Containerd, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(&c.sock)
-        .args(args)
-        .output()
-        .expect("run ctr");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut cmd = Command::new("ctr");
+    cmd.arg("-a").arg(&c.sock).args(args);
+    super::outcome(cmd, "ctr")
 }
