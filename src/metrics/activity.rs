@@ -140,7 +140,14 @@ impl Activity {
         let now = unix_now();
         let ms = latency.as_secs_f64() * 1000.0;
         let mut inner = self.lock();
-        let h = inner.upstreams.entry(upstream.to_string()).or_default();
+        if !inner.upstreams.contains_key(upstream) {
+            inner
+                .upstreams
+                .insert(upstream.to_string(), UpstreamHealth::default());
+        }
+        let Some(h) = inner.upstreams.get_mut(upstream) else {
+            return;
+        };
         h.requests += 1;
         h.last_request_at = Some(now);
         h.last_latency_ms = Some(ms);
@@ -191,7 +198,12 @@ impl Activity {
             return;
         }
         let mut inner = self.lock();
-        let key = if inner.repos.len() < MAX_REPOS || inner.repos.contains_key(repo) {
+        // No allocation for a repository already counted (the common case on a hit).
+        if let Some(n) = inner.repos.get_mut(repo) {
+            *n += bytes;
+            return;
+        }
+        let key = if inner.repos.len() < MAX_REPOS {
             repo
         } else {
             OTHER_REPOS
