@@ -45,7 +45,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REGISTRY_BIN = "/usr/bin/docker-registry"
 PACE_PROXY = Path(__file__).resolve().parent / "pace_proxy.py"
-PACE_READ = 256 * KiB  # the pacing proxy's read size
+PACE_READ = 1024 * KiB  # the pacing proxy's read size
 TOOLS = ("wrk", "nginx", "curl", "h2load", "openssl", REGISTRY_BIN)
 PACKAGES = "docker-registry nginx wrk curl nghttp2-client openssl"
 

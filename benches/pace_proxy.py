@@ -7,10 +7,10 @@ one token bucket (`--rate` bytes/s, `--burst` bytes of credit), like one shared 
 opening more connections does not buy more bandwidth. Client -> target is not paced.
 
 The bytes never enter user space: each direction moves them socket -> pipe -> socket with
-`splice(2)`, so the proxy costs a few system calls per `--read-size` bytes (256 KiB), not
+`splice(2)`, so the proxy costs a few system calls per `--read-size` bytes (1 MiB), not
 two copies of every byte. (A proxy that copied through Python needed most of a core at
 1 GB/s and took it from the servers being measured on a small machine.) Pacing is
-sleep-based: each splice of up to `--read-size` bytes reserves its bytes on the bucket's
+sleep-based: each splice reserves its bytes on the bucket's
 clock and sleeps until the bucket allows them, then forwards them; the burst (default: 4 ms
 at the rate, at least two reads) lets it catch up after oversleeping, so over a transfer
 the rate is exact. One thread per direction per connection.
@@ -132,7 +132,7 @@ def main() -> int:
     ap.add_argument("--target-port", type=int, required=True)
     ap.add_argument("--rate", type=float, required=True, help="bytes/s, target -> client, all connections")
     ap.add_argument("--burst", type=int, default=0, help="bucket size in bytes (default: 4 ms at the rate)")
-    ap.add_argument("--read-size", type=int, default=256 << 10)
+    ap.add_argument("--read-size", type=int, default=1 << 20)
     args = ap.parse_args()
     if args.rate <= 0:
         ap.error("--rate must be positive")
