@@ -7,13 +7,12 @@
 //! Ranges of stored blobs are immediate.
 
 use super::blob_stream::{self, Refetch};
-use super::fill::{self, FillFailure, FillJob, FillKey};
+use super::fill::{self, FillJob, FillKey};
 use super::flight::{Claim, Landing};
-use super::{BlobAnswer, Cache, CacheError};
+use super::{BlobAnswer, Cache, CacheError, FetchFailure};
 use crate::oci::Digest;
-use crate::registry::range::ByteRangeSpec;
-use crate::registry::RepoTarget;
-use crate::store::{GrowingBlob, GrowthFailure};
+use crate::oci::{ByteRangeSpec, RepoTarget};
+use crate::store::GrowingBlob;
 use std::sync::Arc;
 
 /// How often a request re-claims a fill whose leader died before it started.
@@ -71,34 +70,11 @@ impl Cache {
 
     fn note_blob_repo(&self, d: &Digest, repos: &[String], target: &RepoTarget) {
         let key = target.key();
-        if repos.contains(&key) {
+        if repos.iter().any(|r| key == *r) {
             return;
         }
-        if let Err(e) = self.store.add_repo(d, &key) {
+        if let Err(e) = self.store.add_repo(d, key.as_str()) {
             tracing::debug!(error = %e, "cannot record repository for blob {d}");
-        }
-    }
-
-    fn fill_failure(&self, target: &RepoTarget, digest: &Digest, f: FillFailure) -> CacheError {
-        match f {
-            FillFailure::NotFound => CacheError::BlobUnknown(*digest),
-            FillFailure::Unavailable(m) => CacheError::Unavailable {
-                upstream: target.upstream.clone(),
-                detail: m,
-            },
-        }
-    }
-
-    fn growth_failure(&self, target: &RepoTarget, f: GrowthFailure) -> CacheError {
-        match f {
-            GrowthFailure::Mismatch(m) => CacheError::BadUpstreamContent {
-                upstream: target.upstream.clone(),
-                detail: m,
-            },
-            other => CacheError::Unavailable {
-                upstream: target.upstream.clone(),
-                detail: other.to_string(),
-            },
         }
     }
 
@@ -121,7 +97,7 @@ impl Cache {
                         upstream: upstream.clone(),
                         repo: target.repo.clone(),
                         digest: *digest,
-                        repo_key: target.key(),
+                        repo_key: target.key().to_string(),
                         metrics: self.metrics.clone(),
                         hold_commit: self.settings.hold_commit,
                     };
@@ -135,12 +111,16 @@ impl Cache {
             };
             match follower.landing().await {
                 Landing::Started(blob) => return Ok(blob),
-                Landing::Failed(f) => return Err(self.fill_failure(target, digest, f)),
+                Landing::Failed(f) => {
+                    return Err(self.fetch_failure(target, f, CacheError::BlobUnknown(*digest)))
+                }
                 Landing::Abandoned if tries < ABANDONED_RETRIES => tries += 1,
                 Landing::Abandoned => {
                     return Err(CacheError::Unavailable {
                         upstream: target.upstream.clone(),
-                        detail: "the blob fill stopped before it started; retry".into(),
+                        source: FetchFailure::Fill(
+                            "the blob fill stopped before it started; retry".into(),
+                        ),
                     })
                 }
             }
@@ -161,10 +141,12 @@ impl Cache {
             let size = upstream
                 .blob_head(&target.repo, digest)
                 .await
-                .map_err(|e| self.upstream_failure(target, e, CacheError::BlobUnknown(*digest)))?
+                .map_err(|e| self.fetch_failure(target, e, CacheError::BlobUnknown(*digest)))?
                 .ok_or_else(|| CacheError::BadUpstreamContent {
                     upstream: target.upstream.clone(),
-                    detail: "HEAD answer without Content-Length".into(),
+                    source: FetchFailure::Content(
+                        "the upstream answered HEAD without a Content-Length".into(),
+                    ),
                 })?;
             let (start, end, partial) = resolve(range, size)?;
             return Ok(BlobAnswer {
@@ -181,7 +163,7 @@ impl Cache {
             // Only verified bytes answer a range: wait for the whole blob.
             blob.verified()
                 .await
-                .map_err(|f| self.growth_failure(target, f))?;
+                .map_err(|f| self.fetch_failure(target, f, CacheError::BlobUnknown(*digest)))?;
         }
         // Without a size (no Content-Length upstream) the whole blob is streamed.
         let (start, end, partial, size) = match blob.size() {

@@ -4,9 +4,9 @@
 //! collapse into one upstream request. When the upstream fails, a cached answer is served
 //! (stale) and counted; with nothing cached the answer is 503.
 
-use super::{blocking, Cache, CacheError, ManifestAnswer};
+use super::{blocking, Cache, CacheError, FetchFailure, ManifestAnswer};
+use crate::oci::RepoTarget;
 use crate::oci::{Digest, Reference, Tag};
-use crate::registry::RepoTarget;
 use crate::store::{StoredManifest, TagKey, TagRecord};
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
@@ -45,10 +45,10 @@ impl Cache {
     /// Records that `target` also names this content (for the catalog and `purge --repo`).
     async fn note_repo(&self, d: &Digest, repos: &[String], target: &RepoTarget) {
         let key = target.key();
-        if repos.contains(&key) {
+        if repos.iter().any(|r| key == *r) {
             return;
         }
-        if let Err(e) = self.store.add_repo(d, &key) {
+        if let Err(e) = self.store.add_repo(d, key.as_str()) {
             tracing::debug!(error = %e, "cannot record repository for {d}");
         }
     }
@@ -83,7 +83,7 @@ impl Cache {
             .manifest(&target.repo, &reference, accept, false)
             .await
             .map_err(|e| {
-                self.upstream_failure(target, e, CacheError::ManifestUnknown(d.to_string()))
+                self.fetch_failure(target, e, CacheError::ManifestUnknown(d.to_string()))
             })?;
         let body = resp.body.unwrap_or_default();
         let actual = Digest::of(&body);
@@ -91,7 +91,7 @@ impl Cache {
             self.metrics.digest_mismatches.inc();
             return Err(CacheError::BadUpstreamContent {
                 upstream: target.upstream.clone(),
-                detail: format!("manifest {d} arrived with digest {actual}"),
+                source: FetchFailure::Content(format!("manifest {d} arrived with digest {actual}")),
             });
         }
         self.put_manifest(target, d, &resp.media_type, &body).await;
@@ -112,7 +112,7 @@ impl Cache {
             body.clone(),
             target.key(),
         );
-        if let Err(e) = blocking(move || store.put_manifest(&d2, &mt, &b, &key)).await {
+        if let Err(e) = blocking(move || store.put_manifest(&d2, &mt, &b, key.as_str())).await {
             // Still answer the client: the bytes are verified, only caching failed.
             self.metrics
                 .store_errors
@@ -279,10 +279,10 @@ impl Cache {
                         self.metrics.digest_mismatches.inc();
                         return Err(CacheError::BadUpstreamContent {
                             upstream: target.upstream.clone(),
-                            detail: format!(
+                            source: FetchFailure::Content(format!(
                                 "tag {} claimed {claimed} but the manifest hashes to {digest}",
                                 key.tag
-                            ),
+                            )),
                         });
                     }
                 }
@@ -333,7 +333,7 @@ impl Cache {
                 tracing::warn!(upstream = %target.upstream, repo = %key.repo, tag = %key.tag, error = %e, "upstream failed; serving the cached manifest (stale)");
                 Ok(Self::answer(rec.digest, m, head))
             }
-            _ => Err(self.upstream_failure(
+            _ => Err(self.fetch_failure(
                 target,
                 e,
                 CacheError::ManifestUnknown(format!("{}:{}", key.repo, key.tag)),

@@ -23,9 +23,8 @@ mod flight;
 mod manifests;
 
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepositoryName};
-use crate::registry::RepoTarget;
-use crate::store::{Store, StoreError};
+use crate::oci::{Digest, RepoKey, RepoTarget, RepositoryName};
+use crate::store::{GrowthFailure, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -69,16 +68,80 @@ pub enum CacheError {
     NameUnknown(String),
     #[error("range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
-    #[error("upstream {upstream} is unreachable: {detail}")]
-    Unavailable { upstream: String, detail: String },
-    #[error("upstream {upstream} sent bad content: {detail}")]
-    BadUpstreamContent { upstream: String, detail: String },
+    #[error("upstream {upstream} is unreachable")]
+    Unavailable {
+        upstream: String,
+        #[source]
+        source: FetchFailure,
+    },
+    #[error("upstream {upstream} sent content this edge will not serve")]
+    BadUpstreamContent {
+        upstream: String,
+        #[source]
+        source: FetchFailure,
+    },
     #[error("{0}")]
     Denied(String),
-    #[error("store: {0}")]
+    #[error("the cache store failed")]
     Store(#[from] StoreError),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// Why content could not be fetched through an upstream: the source carried by
+/// [`CacheError::Unavailable`] and [`CacheError::BadUpstreamContent`]. Upstream, fill and
+/// store-growth failures all become this one type, and [`Cache::fetch_failure`] turns it
+/// into a [`CacheError`] in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchFailure {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The blob fill this request joined could not start or stopped.
+    #[error("{0}")]
+    Fill(String),
+    /// The fill's bytes failed verification or their source broke.
+    #[error("{0}")]
+    Growth(GrowthFailure),
+    /// The upstream's answer was well-formed HTTP but wrong content (digest mismatch,
+    /// missing length).
+    #[error("{0}")]
+    Content(String),
+}
+
+/// What a [`FetchFailure`] means for the client.
+enum FailureKind {
+    NotFound,
+    Unavailable,
+    BadContent,
+}
+
+impl FetchFailure {
+    fn kind(&self) -> FailureKind {
+        match self {
+            FetchFailure::Upstream(e) if e.is_not_found() => FailureKind::NotFound,
+            FetchFailure::Upstream(e) if e.is_unavailable() => FailureKind::Unavailable,
+            FetchFailure::Upstream(_) => FailureKind::BadContent,
+            FetchFailure::Fill(_) => FailureKind::Unavailable,
+            FetchFailure::Growth(GrowthFailure::Mismatch(_)) => FailureKind::BadContent,
+            FetchFailure::Growth(_) => FailureKind::Unavailable,
+            FetchFailure::Content(_) => FailureKind::BadContent,
+        }
+    }
+}
+
+impl From<GrowthFailure> for FetchFailure {
+    fn from(f: GrowthFailure) -> Self {
+        FetchFailure::Growth(f)
+    }
+}
+
+impl From<fill::FillFailure> for FetchFailure {
+    fn from(f: fill::FillFailure) -> Self {
+        match f {
+            fill::FillFailure::NotFound => FetchFailure::Upstream(UpstreamError::NotFound),
+            fill::FillFailure::Unavailable(m) => FetchFailure::Fill(m),
+        }
+    }
 }
 
 /// Settings the cache reads from the config.
@@ -152,8 +215,8 @@ impl Cache {
             return true;
         }
         let visible = repos.iter().any(|r| {
-            let upstream = r.split_once('/').map_or(r.as_str(), |(u, _)| u);
-            upstream == target.upstream || !self.is_private(upstream)
+            let key = RepoKey::from_stored(r.as_str());
+            key.upstream() == target.upstream || !self.is_private(key.upstream())
         });
         if !visible {
             self.metrics.private_content_refusals.inc();
@@ -168,25 +231,20 @@ impl Cache {
         })
     }
 
-    /// Maps an upstream failure for content we do not have.
-    fn upstream_failure(
+    /// The one conversion of a fetch failure for content we do not have: `unknown` when
+    /// the upstream says it does not exist, else unavailable or bad content.
+    pub(crate) fn fetch_failure(
         &self,
         target: &RepoTarget,
-        e: UpstreamError,
+        failure: impl Into<FetchFailure>,
         unknown: CacheError,
     ) -> CacheError {
-        if e.is_not_found() {
-            unknown
-        } else if e.is_unavailable() {
-            CacheError::Unavailable {
-                upstream: target.upstream.clone(),
-                detail: e.to_string(),
-            }
-        } else {
-            CacheError::BadUpstreamContent {
-                upstream: target.upstream.clone(),
-                detail: e.to_string(),
-            }
+        let source = failure.into();
+        let upstream = target.upstream.clone();
+        match source.kind() {
+            FailureKind::NotFound => unknown,
+            FailureKind::Unavailable => CacheError::Unavailable { upstream, source },
+            FailureKind::BadContent => CacheError::BadUpstreamContent { upstream, source },
         }
     }
 
@@ -228,11 +286,11 @@ impl Cache {
                     }
                     None => Err(CacheError::Unavailable {
                         upstream: target.upstream.clone(),
-                        detail: e.to_string(),
+                        source: e.into(),
                     }),
                 }
             }
-            Err(e) => Err(self.upstream_failure(
+            Err(e) => Err(self.fetch_failure(
                 target,
                 e,
                 CacheError::NameUnknown(format!(

@@ -2,11 +2,11 @@
 
 use super::accept::accepted_media_types;
 use super::body::{self, ResponseBody};
-use super::error::OciError;
-use super::range::ByteRangeSpec;
+use super::error::{OciError, Subject};
 use super::route::{route, ApiRoute, RequestParts, UpstreamTable};
 use crate::access::{Access, Action, Decision, DenyReason, Identity, BASIC_REALM, SERVICE};
 use crate::cache::{BlobAnswer, Cache, CacheError, ManifestAnswer};
+use crate::oci::{ByteRangeSpec, RepoKey};
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -202,7 +202,7 @@ impl RegistryApi {
                     .tags_list(&target, req.uri.query())
                     .await
                     .map(|b| json_response(StatusCode::OK, b, head))
-                    .map_err(|e| map_cache_error(e, "tags")),
+                    .map_err(|e| map_cache_error(e, Subject::Repository)),
             ),
             ApiRoute::Manifest { target, reference } => {
                 let accept = accepted_media_types(&req.headers);
@@ -214,7 +214,7 @@ impl RegistryApi {
                     "manifest",
                     answer
                         .map(|a| manifest_response(a, head))
-                        .map_err(|e| map_cache_error(e, "manifest")),
+                        .map_err(|e| map_cache_error(e, Subject::Manifest)),
                 )
             }
             ApiRoute::Blob { target, digest } => {
@@ -228,7 +228,7 @@ impl RegistryApi {
                     "blob",
                     answer
                         .map(blob_response)
-                        .map_err(|e| map_cache_error(e, "blob")),
+                        .map_err(|e| map_cache_error(e, Subject::Blob)),
                 )
             }
         };
@@ -279,11 +279,11 @@ impl RegistryApi {
             .cache
             .catalog()
             .await
-            .map_err(|e| map_cache_error(e, "catalog"))?;
+            .map_err(|e| map_cache_error(e, Subject::Repository))?;
         // Only what this client could pull: private repository names stay private.
         repos.retain(|r| {
-            r.split_once('/')
-                .is_some_and(|(upstream, _)| self.access.may_pull(who, upstream))
+            let key = RepoKey::from_stored(r.as_str());
+            !key.repo().is_empty() && self.access.may_pull(who, key.upstream())
         });
         let body = serde_json::json!({ "repositories": repos }).to_string();
         Ok(json_response(StatusCode::OK, body.into(), head))
@@ -339,7 +339,9 @@ pub fn error_response(e: &OciError, head: bool) -> Response<ResponseBody> {
 fn finish(b: http::response::Builder, body: ResponseBody) -> Response<ResponseBody> {
     b.body(body).unwrap_or_else(|e| {
         // Only reachable with an invalid header value, which we never build from input.
-        let mut r = Response::new(body::full(OciError::internal(e.to_string()).body()));
+        let mut r = Response::new(body::full(
+            OciError::internal(Subject::Repository, e.to_string()).body(),
+        ));
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         r
     })
@@ -393,28 +395,40 @@ fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
     finish(b, body)
 }
 
-/// The one place cache-layer errors become what clients see.
-fn map_cache_error(e: CacheError, kind: &str) -> OciError {
+/// The one place cache-layer errors become what clients see: the code and status from the
+/// spec's table, a plain-sentence message, and the error's source chain as `detail`.
+fn map_cache_error(e: CacheError, subject: Subject) -> OciError {
     match e {
         CacheError::ManifestUnknown(r) => OciError::manifest_unknown(r),
         CacheError::BlobUnknown(d) => OciError::blob_unknown(d),
         CacheError::NameUnknown(m) => OciError::name_unknown(m),
-        CacheError::RangeNotSatisfiable { size } => {
-            OciError::range_invalid(format!("the blob has {size} bytes")).with_content_range(size)
+        CacheError::RangeNotSatisfiable { size } => OciError::range_not_satisfiable(size),
+        CacheError::Unavailable { upstream, source } => {
+            OciError::upstream_unavailable(subject, &upstream, source_chain(&source))
         }
-        CacheError::Unavailable { upstream, detail } => {
-            OciError::upstream_unavailable(&upstream, detail)
+        CacheError::Denied(m) => OciError::denied(m),
+        CacheError::BadUpstreamContent { upstream, source } => {
+            OciError::bad_upstream_content(subject, &upstream, source_chain(&source))
         }
-        CacheError::Denied(m) => OciError::new(StatusCode::FORBIDDEN, super::ErrorCode::Denied, m),
-        CacheError::BadUpstreamContent { upstream, detail } => OciError::new(
-            StatusCode::BAD_GATEWAY,
-            super::ErrorCode::Unavailable,
-            format!("upstream {upstream} sent content this edge will not serve"),
-        )
-        .with_detail(detail),
         other => {
-            tracing::error!(kind, error = %other, "request failed");
-            OciError::internal(other.to_string())
+            let detail = source_chain(&other);
+            tracing::error!(?subject, error = %detail, "request failed");
+            OciError::internal(subject, detail)
         }
     }
+}
+
+/// `error: cause: cause`, each level's `Display` (plain sentences, never `Debug`).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        next = cause.source();
+    }
+    text
 }

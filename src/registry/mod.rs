@@ -16,9 +16,9 @@ pub mod accept;
 mod api;
 pub mod body;
 pub mod error;
-pub mod range;
 pub mod route;
 
+pub use crate::oci::RepoTarget;
 pub use api::{error_response, ApiResponse, ClientInfo, RegistryApi, TOKEN_PATH};
 pub use error::{ErrorCode, OciError};
-pub use route::{ApiRoute, RepoTarget, UpstreamTable};
+pub use route::{ApiRoute, UpstreamTable};

@@ -19,7 +19,7 @@
 
 use super::error::OciError;
 use crate::config::Config;
-use crate::oci::{Digest, Reference, RepositoryName, Tag};
+use crate::oci::{Digest, Reference, RepoTarget, RepositoryName, Tag};
 use http::Method;
 
 /// The endpoint of the OCI read API a request is for.
@@ -40,21 +40,6 @@ pub enum ApiRoute {
     TagsList {
         target: RepoTarget,
     },
-}
-
-/// A repository on a configured upstream.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RepoTarget {
-    /// The configured upstream's name (`docker.io`, `ghcr.io`, ...).
-    pub upstream: String,
-    pub repo: RepositoryName,
-}
-
-impl RepoTarget {
-    /// `upstream/repo`, the key the store records repositories under.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.upstream, self.repo)
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -261,16 +246,17 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
     Ok(match kind {
         Kind::Tags => ApiRoute::TagsList { target },
         Kind::Manifest(r) => {
+            // Spec, "Pulling manifests": `<tag-or-digest>` MUST be a digest or a tag, and a
+            // manifest that is not found MUST be 404. A reference of neither form cannot name
+            // any manifest: 404 MANIFEST_UNKNOWN, without asking the upstream.
             let reference = if r.contains(':') {
-                Reference::Digest(
-                    r.parse::<Digest>()
-                        .map_err(|e| OciError::digest_invalid(e.to_string()))?,
-                )
+                r.parse::<Digest>()
+                    .map(Reference::Digest)
+                    .map_err(|e| OciError::manifest_unknown(r).with_detail(e.to_string()))?
             } else {
-                Reference::Tag(
-                    r.parse::<Tag>()
-                        .map_err(|e| OciError::tag_invalid(e.to_string()))?,
-                )
+                r.parse::<Tag>()
+                    .map(Reference::Tag)
+                    .map_err(|e| OciError::manifest_unknown(r).with_detail(e.to_string()))?
             };
             ApiRoute::Manifest { target, reference }
         }
@@ -290,11 +276,12 @@ fn resolve_target(
     table: &UpstreamTable,
 ) -> Result<RepoTarget, OciError> {
     let unknown = |h: &str| {
-        OciError::name_unknown(format!("upstream {h:?} is not configured on this edge"))
-            .with_detail(format!(
+        OciError::name_unknown(format!("upstream {h} is not configured on this edge")).with_detail(
+            format!(
                 "configured upstreams: {}",
                 table.names().collect::<Vec<_>>().join(", ")
-            ))
+            ),
+        )
     };
     let mut segments = name_segments;
     let upstream: &str = if let Some(h) = explicit_host {
@@ -477,11 +464,17 @@ mod tests {
         );
         assert_eq!(
             code(Method::GET, "/v2/a/manifests/sha256:xyz"),
-            ErrorCode::DigestInvalid
+            ErrorCode::ManifestUnknown
         );
         assert_eq!(
             code(Method::GET, "/v2/a/manifests/-bad"),
-            ErrorCode::TagInvalid
+            ErrorCode::ManifestUnknown
+        );
+        assert_eq!(
+            r(Method::GET, None, "/v2/a/manifests/.INVALID_MANIFEST_NAME")
+                .expect_err("invalid")
+                .status,
+            http::StatusCode::NOT_FOUND
         );
         assert_eq!(
             code(Method::GET, "/v2/Upper/manifests/t"),
@@ -507,8 +500,11 @@ mod tests {
             code(Method::GET, &format!("/v2/{}/manifests/t", "a".repeat(300))),
             ErrorCode::NameInvalid
         );
-        assert_eq!(code(Method::GET, "/v2/a/nothing/here"), ErrorCode::NotFound);
-        assert_eq!(code(Method::GET, "/other"), ErrorCode::NotFound);
+        assert_eq!(
+            code(Method::GET, "/v2/a/nothing/here"),
+            ErrorCode::Unsupported
+        );
+        assert_eq!(code(Method::GET, "/other"), ErrorCode::Unsupported);
         for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
             assert_eq!(code(m.clone(), "/v2/a/manifests/t"), ErrorCode::Unsupported);
             assert_eq!(
