@@ -23,6 +23,10 @@ impl Cache {
     ) -> Result<ManifestAnswer, CacheError> {
         match reference {
             Reference::Digest(d) => self.manifest_by_digest(target, d, accept, head).await,
+            // The edge's own referrers records are not tags of the repository.
+            Reference::Tag(t) if super::referrers::is_cache_tag(t) => {
+                Err(CacheError::ManifestUnknown(t.to_string()))
+            }
             Reference::Tag(t) => self.manifest_by_tag(target, t, accept, head).await,
         }
     }

@@ -21,6 +21,11 @@ mod blobs;
 mod fill;
 mod flight;
 mod manifests;
+mod referrers;
+mod tags;
+
+pub use referrers::{ReferrersAnswer, INDEX_MEDIA_TYPE as REFERRERS_MEDIA_TYPE};
+pub use tags::TagList;
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoKey, RepoTarget, RepositoryName};
@@ -245,59 +250,6 @@ impl Cache {
             FailureKind::NotFound => unknown,
             FailureKind::Unavailable => CacheError::Unavailable { upstream, source },
             FailureKind::BadContent => CacheError::BadUpstreamContent { upstream, source },
-        }
-    }
-
-    /// `/v2/<name>/tags/list`: proxied; the last answer is kept and served when the
-    /// upstream is down.
-    pub async fn tags_list(
-        &self,
-        target: &RepoTarget,
-        query: Option<&str>,
-    ) -> Result<Bytes, CacheError> {
-        let upstream = self.upstream(target)?;
-        let query = query.filter(|q| !q.is_empty());
-        match upstream.tags_list(&target.repo, query).await {
-            Ok(body) => {
-                if query.is_none() {
-                    let (store, up, repo, b) = (
-                        self.store.clone(),
-                        target.upstream.clone(),
-                        target.repo.clone(),
-                        body.clone(),
-                    );
-                    if let Err(e) = blocking(move || store.put_tag_list(&up, &repo, &b)).await {
-                        tracing::warn!(error = %e, "cannot keep the tag list");
-                    }
-                }
-                Ok(body)
-            }
-            Err(e) if e.is_unavailable() => {
-                let (store, up, repo) = (
-                    self.store.clone(),
-                    target.upstream.clone(),
-                    target.repo.clone(),
-                );
-                match blocking(move || store.tag_list(&up, &repo)).await? {
-                    Some(cached) => {
-                        self.metrics.stale_served.with_label_values(&["tags"]).inc();
-                        tracing::warn!(upstream = %target.upstream, repo = %target.repo, error = %e, "upstream down; serving the cached tag list");
-                        Ok(cached)
-                    }
-                    None => Err(CacheError::Unavailable {
-                        upstream: target.upstream.clone(),
-                        source: e.into(),
-                    }),
-                }
-            }
-            Err(e) => Err(self.fetch_failure(
-                target,
-                e,
-                CacheError::NameUnknown(format!(
-                    "repository {} is unknown to {}",
-                    target.repo, target.upstream
-                )),
-            )),
         }
     }
 

@@ -39,7 +39,28 @@ pub enum ApiRoute {
     },
     TagsList {
         target: RepoTarget,
+        /// `<name>` exactly as the client wrote it in the path (the spec's `name` field).
+        client_name: String,
     },
+    /// `/v2/<name>/referrers/<digest>[?artifactType=]` (distribution-spec 1.1).
+    Referrers {
+        target: RepoTarget,
+        subject: Digest,
+        artifact_type: Option<String>,
+    },
+}
+
+impl ApiRoute {
+    /// The repository the request is about, if any.
+    pub fn target(&self) -> Option<&RepoTarget> {
+        match self {
+            ApiRoute::Ping | ApiRoute::Catalog => None,
+            ApiRoute::Manifest { target, .. }
+            | ApiRoute::Blob { target, .. }
+            | ApiRoute::TagsList { target, .. }
+            | ApiRoute::Referrers { target, .. } => Some(target),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -175,6 +196,14 @@ fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
     })
 }
 
+/// A query parameter, percent-decoded (`artifactType=application%2Fvnd.example`).
+pub fn decoded_query_param(query: Option<&str>, key: &str) -> Option<String> {
+    let url = reqwest::Url::parse(&format!("http://q/?{}", query?)).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// Routes one request. Only requests under `/v2` (or `/<host>/v2`) reach here.
 pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute, OciError> {
     let path = parts.path;
@@ -229,10 +258,13 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
     enum Kind<'s> {
         Manifest(&'s str),
         Blob(&'s str),
+        Referrers(&'s str),
         Tags,
     }
     let (name_segments, kind) = if segments[n - 2] == "tags" && segments[n - 1] == "list" {
         (&segments[..n - 2], Kind::Tags)
+    } else if segments[n - 2] == "referrers" {
+        (&segments[..n - 2], Kind::Referrers(segments[n - 1]))
     } else if segments[n - 2] == "manifests" {
         (&segments[..n - 2], Kind::Manifest(segments[n - 1]))
     } else if segments[n - 2] == "blobs" {
@@ -244,7 +276,19 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
     };
     let target = resolve_target(name_segments, explicit_host, parts, table)?;
     Ok(match kind {
-        Kind::Tags => ApiRoute::TagsList { target },
+        Kind::Tags => ApiRoute::TagsList {
+            target,
+            client_name: name_segments.join("/"),
+        },
+        // Spec, "Listing Referrers": an invalid `<digest>` MUST be 400.
+        Kind::Referrers(d) => ApiRoute::Referrers {
+            target,
+            subject: d
+                .parse()
+                .map_err(|e: crate::oci::DigestError| OciError::digest_invalid(e.to_string()))?,
+            artifact_type: decoded_query_param(parts.query, "artifactType")
+                .filter(|t| !t.is_empty()),
+        },
         Kind::Manifest(r) => {
             // Spec, "Pulling manifests": `<tag-or-digest>` MUST be a digest or a tag, and a
             // manifest that is not found MUST be 404. A reference of neither form cannot name
