@@ -96,7 +96,18 @@ fn forms(edge: &Edge) -> Vec<Form> {
 async fn seed(reg: &Registry2) -> PushedImage {
     let mut image = None;
     for repo in ["library/busybox", "team/app"] {
-        image = Some(push_image(reg, repo, Some("v1"), Format::Oci, 7, "amd64", &[3000, 5000]).await);
+        image = Some(
+            push_image(
+                reg,
+                repo,
+                Some("v1"),
+                Format::Oci,
+                7,
+                "amd64",
+                &[3000, 5000],
+            )
+            .await,
+        );
     }
     image.expect("pushed")
 }
@@ -150,10 +161,18 @@ async fn pull_manifests_and_blobs_in_every_form() {
                 .await
                 .expect("GET manifest");
             assert_eq!(r.status(), 200, "{l}: GET manifests/{reference}");
-            assert_eq!(r.headers()["docker-content-digest"], image.manifest_digest.as_str(), "{l}");
+            assert_eq!(
+                r.headers()["docker-content-digest"],
+                image.manifest_digest.as_str(),
+                "{l}"
+            );
             assert_eq!(r.headers()["content-type"], OCI_MANIFEST, "{l}");
             let body = r.bytes().await.expect("body");
-            assert_eq!(body.as_ref(), image.manifest.as_slice(), "{l}: byte-exact manifest");
+            assert_eq!(
+                body.as_ref(),
+                image.manifest.as_slice(),
+                "{l}: byte-exact manifest"
+            );
 
             let r = c
                 .head(form.url(&format!("manifests/{reference}")))
@@ -162,7 +181,10 @@ async fn pull_manifests_and_blobs_in_every_form() {
                 .await
                 .expect("HEAD manifest");
             assert_eq!(r.status(), 200, "{l}: HEAD manifests/{reference}");
-            assert_eq!(r.headers()["docker-content-digest"], image.manifest_digest.as_str());
+            assert_eq!(
+                r.headers()["docker-content-digest"],
+                image.manifest_digest.as_str()
+            );
             assert_eq!(
                 r.headers()["content-length"],
                 image.manifest.len().to_string().as_str(),
@@ -170,15 +192,26 @@ async fn pull_manifests_and_blobs_in_every_form() {
             );
         }
         for (digest, bytes) in &image.blobs {
-            let r = c.get(form.url(&format!("blobs/{digest}"))).send().await.expect("GET blob");
+            let r = c
+                .get(form.url(&format!("blobs/{digest}")))
+                .send()
+                .await
+                .expect("GET blob");
             assert_eq!(r.status(), 200, "{l}: GET blob");
             assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
             let body = r.bytes().await.expect("blob body");
             assert_eq!(sha256_digest(&body), *digest, "{l}: blob bytes");
 
-            let r = c.head(form.url(&format!("blobs/{digest}"))).send().await.expect("HEAD blob");
+            let r = c
+                .head(form.url(&format!("blobs/{digest}")))
+                .send()
+                .await
+                .expect("HEAD blob");
             assert_eq!(r.status(), 200, "{l}: HEAD blob");
-            assert_eq!(r.headers()["content-length"], bytes.len().to_string().as_str());
+            assert_eq!(
+                r.headers()["content-length"],
+                bytes.len().to_string().as_str()
+            );
             assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
         }
         let (digest, bytes) = &image.blobs[1];
@@ -194,7 +227,11 @@ async fn pull_manifests_and_blobs_in_every_form() {
             format!("bytes 10-99/{}", bytes.len()).as_str(),
             "{l}"
         );
-        assert_eq!(r.bytes().await.expect("range body").as_ref(), &bytes[10..100], "{l}");
+        assert_eq!(
+            r.bytes().await.expect("range body").as_ref(),
+            &bytes[10..100],
+            "{l}"
+        );
         let r = c
             .get(form.url(&format!("blobs/{digest}")))
             .header("range", format!("bytes={}-", bytes.len() + 5))
@@ -227,7 +264,10 @@ async fn not_found_is_404_with_spec_error_bodies() {
         let l = form.label;
         let before = reg.count_requests("GET", "INVALID") + reg.count_requests("HEAD", "INVALID");
         for (rest, code) in [
-            ("manifests/.INVALID_MANIFEST_NAME".to_string(), "MANIFEST_UNKNOWN"),
+            (
+                "manifests/.INVALID_MANIFEST_NAME".to_string(),
+                "MANIFEST_UNKNOWN",
+            ),
             ("manifests/sha256:INVALID".to_string(), "MANIFEST_UNKNOWN"),
             ("manifests/nosuchtag".to_string(), "MANIFEST_UNKNOWN"),
             (format!("manifests/{missing}"), "MANIFEST_UNKNOWN"),
@@ -236,39 +276,86 @@ async fn not_found_is_404_with_spec_error_bodies() {
             let r = c.get(form.url(&rest)).send().await.expect("GET");
             assert_eq!(r.status(), 404, "{l}: GET {rest}");
             assert_eq!(r.headers()["content-type"], "application/json");
-            assert_error_body(&r.bytes().await.expect("body"), code, &format!("{l}: {rest}"));
+            assert_error_body(
+                &r.bytes().await.expect("body"),
+                code,
+                &format!("{l}: {rest}"),
+            );
             let r = c.head(form.url(&rest)).send().await.expect("HEAD");
             assert_eq!(r.status(), 404, "{l}: HEAD {rest}");
-            assert!(r.bytes().await.expect("head body").is_empty(), "HEAD has no body");
+            assert!(
+                r.bytes().await.expect("head body").is_empty(),
+                "HEAD has no body"
+            );
         }
         assert_eq!(
             reg.count_requests("GET", "INVALID") + reg.count_requests("HEAD", "INVALID"),
             before,
             "{l}: malformed references are answered without an upstream request"
         );
-        let r = c.get(form.url("blobs/sha256:abc")).send().await.expect("bad digest");
+        let r = c
+            .get(form.url("blobs/sha256:abc"))
+            .send()
+            .await
+            .expect("bad digest");
         assert_eq!(r.status(), 400, "{l}: an invalid digest in a blob URL");
         assert_error_body(&r.bytes().await.expect("body"), "DIGEST_INVALID", l);
     }
     let base = format!("http://{}", edge.http[0]);
-    let r = c.get(format!("{base}/v2/nosuch/repo/tags/list")).send().await.expect("tags");
+    let r = c
+        .get(format!("{base}/v2/nosuch/repo/tags/list"))
+        .send()
+        .await
+        .expect("tags");
     assert_eq!(r.status(), 404);
-    assert_error_body(&r.bytes().await.expect("body"), "NAME_UNKNOWN", "unknown repository");
-    let r = c.get(format!("{base}/v2/nosuch.example/a/manifests/v1")).send().await.expect("host");
+    assert_error_body(
+        &r.bytes().await.expect("body"),
+        "NAME_UNKNOWN",
+        "unknown repository",
+    );
+    let r = c
+        .get(format!("{base}/v2/nosuch.example/a/manifests/v1"))
+        .send()
+        .await
+        .expect("host");
     assert_eq!(r.status(), 404);
-    assert_error_body(&r.bytes().await.expect("body"), "NAME_UNKNOWN", "unknown upstream");
-    let r = c.get(format!("{base}/v2/a/b/nothing")).send().await.expect("no endpoint");
+    assert_error_body(
+        &r.bytes().await.expect("body"),
+        "NAME_UNKNOWN",
+        "unknown upstream",
+    );
+    let r = c
+        .get(format!("{base}/v2/a/b/nothing"))
+        .send()
+        .await
+        .expect("no endpoint");
     assert_eq!(r.status(), 404);
-    assert_error_body(&r.bytes().await.expect("body"), "UNSUPPORTED", "no such endpoint");
-    let r = c.delete(format!("{base}/v2/busybox/manifests/v1")).send().await.expect("delete");
+    assert_error_body(
+        &r.bytes().await.expect("body"),
+        "UNSUPPORTED",
+        "no such endpoint",
+    );
+    let r = c
+        .delete(format!("{base}/v2/busybox/manifests/v1"))
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(r.status(), 405);
     assert_error_body(&r.bytes().await.expect("body"), "UNSUPPORTED", "read-only");
 
     // The upstream down, nothing cached: 503, still a code from the table.
     drop(reg);
-    let r = c.get(format!("{base}/v2/busybox/manifests/other")).send().await.expect("down");
+    let r = c
+        .get(format!("{base}/v2/busybox/manifests/other"))
+        .send()
+        .await
+        .expect("down");
     assert_eq!(r.status(), 503);
-    assert_error_body(&r.bytes().await.expect("body"), "MANIFEST_UNKNOWN", "upstream down");
+    assert_error_body(
+        &r.bytes().await.expect("body"),
+        "MANIFEST_UNKNOWN",
+        "upstream down",
+    );
 }
 
 /// "Listing Tags": `name` is `<name>`, tags in lexical order; `n` limits the answer and a
@@ -282,7 +369,8 @@ async fn tags_list_name_n_last_link_and_stale() {
     let tags = ["a1", "b2", "c3", "d4", "v1"];
     for repo in ["library/busybox", "team/app"] {
         for t in &tags[..4] {
-            reg.push_manifest(repo, t, OCI_MANIFEST, &image.manifest).await;
+            reg.push_manifest(repo, t, OCI_MANIFEST, &image.manifest)
+                .await;
         }
     }
     let edge = Edge::start(&edge_config(&reg, "10m"));
@@ -291,7 +379,10 @@ async fn tags_list_name_n_last_link_and_stale() {
         let l = form.label;
         let r = c.get(form.url("tags/list")).send().await.expect("tags");
         assert_eq!(r.status(), 200, "{l}");
-        assert!(r.headers().get("link").is_none(), "{l}: whole list, no Link");
+        assert!(
+            r.headers().get("link").is_none(),
+            "{l}: whole list, no Link"
+        );
         let v: serde_json::Value = json(r).await;
         assert_eq!(v["name"], form.name, "{l}: name as the client wrote it");
         assert_eq!(v["tags"], serde_json::json!(tags), "{l}");
@@ -320,7 +411,11 @@ async fn tags_list_name_n_last_link_and_stale() {
                 "{l}: Link in the client's form: {target}"
             );
             if !form.query.is_empty() {
-                assert!(target.contains(form.query), "{l}: keeps {}: {target}", form.query);
+                assert!(
+                    target.contains(form.query),
+                    "{l}: keeps {}: {target}",
+                    form.query
+                );
             }
             url = format!("{}{target}", form.base);
         }
@@ -343,13 +438,26 @@ async fn tags_list_name_n_last_link_and_stale() {
             .await
             .expect("last");
         let v = json(v).await;
-        assert_eq!(v["tags"], serde_json::json!(["c3", "d4", "v1"]), "{l}: last");
+        assert_eq!(
+            v["tags"],
+            serde_json::json!(["c3", "d4", "v1"]),
+            "{l}: last"
+        );
     }
 
     reg.stop();
     for form in forms(&edge) {
-        let r = c.get(form.url("tags/list?n=2")).send().await.expect("stale");
-        assert_eq!(r.status(), 200, "{}: served from the last answer", form.label);
+        let r = c
+            .get(form.url("tags/list?n=2"))
+            .send()
+            .await
+            .expect("stale");
+        assert_eq!(
+            r.status(),
+            200,
+            "{}: served from the last answer",
+            form.label
+        );
         assert_eq!(r.headers()["x-cache"], "STALE", "{}", form.label);
         assert!(r.headers().get("warning").is_some(), "{}", form.label);
         let v: serde_json::Value = json(r).await;
@@ -365,14 +473,20 @@ async fn upstream_tag_pages_are_followed_and_links_are_the_edges() {
     let up = FaultUpstream::start().await;
     up.state.lock().expect("lock").tags = ["t5", "t1", "t3", "t2", "t4"].map(String::from).to_vec();
     let edge = edge_for(&up);
-    let r = reqwest::get(edge.url("/v2/team/app/tags/list?n=3")).await.expect("tags");
+    let r = reqwest::get(edge.url("/v2/team/app/tags/list?n=3"))
+        .await
+        .expect("tags");
     assert_eq!(r.status(), 200);
     let link = r.headers()["link"].to_str().expect("link").to_string();
     assert_eq!(link, "</v2/team/app/tags/list?n=3&last=t3>; rel=\"next\"");
     let v: serde_json::Value = json(r).await;
     assert_eq!(v["name"], "team/app");
     assert_eq!(v["tags"], serde_json::json!(["t1", "t2", "t3"]));
-    assert_eq!(up.requests("/tags/list").len(), 3, "all three upstream pages read");
+    assert_eq!(
+        up.requests("/tags/list").len(),
+        3,
+        "all three upstream pages read"
+    );
 }
 
 fn index_of(descriptors: serde_json::Value) -> Vec<u8> {
@@ -403,7 +517,11 @@ async fn referrers_from_an_upstream_with_the_api() {
     );
     let edge = edge_for(&up);
     let c = client();
-    let r = c.get(edge.url(&format!("/v2/team/app/referrers/{subject}"))).send().await.expect("referrers");
+    let r = c
+        .get(edge.url(&format!("/v2/team/app/referrers/{subject}")))
+        .send()
+        .await
+        .expect("referrers");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], OCI_INDEX);
     assert!(r.headers().get("oci-filters-applied").is_none());
@@ -425,19 +543,33 @@ async fn referrers_from_an_upstream_with_the_api() {
 
     // A subject without referrers: an empty index, never 404.
     let other = format!("sha256:{}", "d".repeat(64));
-    let r = c.get(edge.url(&format!("/v2/team/app/referrers/{other}"))).send().await.expect("none");
+    let r = c
+        .get(edge.url(&format!("/v2/team/app/referrers/{other}")))
+        .send()
+        .await
+        .expect("none");
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = json(r).await;
     assert_eq!(v["manifests"], serde_json::json!([]));
 
-    let r = c.get(edge.url("/v2/team/app/referrers/sha256:xyz")).send().await.expect("bad");
+    let r = c
+        .get(edge.url("/v2/team/app/referrers/sha256:xyz"))
+        .send()
+        .await
+        .expect("bad");
     assert_eq!(r.status(), 400);
-    assert_error_body(&r.bytes().await.expect("body"), "DIGEST_INVALID", "bad subject");
+    assert_error_body(
+        &r.bytes().await.expect("body"),
+        "DIGEST_INVALID",
+        "bad subject",
+    );
 
     // Upstream failing (tag_ttl is 0 in edge_for, so every request revalidates): stale.
     up.state.lock().expect("lock").manifest_mode = ManifestMode::Status(503);
     let r = c
-        .get(edge.url(&format!("/v2/team/app/referrers/{subject}?artifactType=application/vnd.example.sbom")))
+        .get(edge.url(&format!(
+            "/v2/team/app/referrers/{subject}?artifactType=application/vnd.example.sbom"
+        )))
         .send()
         .await
         .expect("stale");
@@ -446,7 +578,11 @@ async fn referrers_from_an_upstream_with_the_api() {
     assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
     let v: serde_json::Value = json(r).await;
     assert_eq!(v["manifests"][0]["digest"], sbom.as_str());
-    let r = c.get(edge.url(&format!("/v2/team/app/referrers/{other}x"))).send().await.expect("x");
+    let r = c
+        .get(edge.url(&format!("/v2/team/app/referrers/{other}x")))
+        .send()
+        .await
+        .expect("x");
     assert_eq!(r.status(), 400, "still parsed before anything else");
 }
 
@@ -471,7 +607,15 @@ print(r.status_code)
         oci = OCI_MANIFEST,
         file = file.display(),
     );
-    let out = std::process::Command::new("python3")
+    // scripts/test installs oras into target/test-venv; else the system python3 must have it.
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python3");
+    let python = if venv.exists() {
+        venv.display().to_string()
+    } else {
+        "python3".to_string()
+    };
+    let out = std::process::Command::new(python)
         .arg("-c")
         .arg(&script)
         .output()
@@ -501,7 +645,11 @@ async fn referrers_with_registry2_and_oras() {
     let subject = image.manifest_digest.clone();
     let forms = forms(&edge);
     for form in &forms {
-        let r = c.get(form.url(&format!("referrers/{subject}"))).send().await.expect("referrers");
+        let r = c
+            .get(form.url(&format!("referrers/{subject}")))
+            .send()
+            .await
+            .expect("referrers");
         assert_eq!(r.status(), 200, "{}: no referrers yet", form.label);
         assert_eq!(r.headers()["content-type"], OCI_INDEX);
         let v: serde_json::Value = json(r).await;
@@ -524,7 +672,11 @@ async fn referrers_with_registry2_and_oras() {
         .await
         .expect("artifact bytes");
     let artifact_json: serde_json::Value = serde_json::from_slice(&artifact).expect("manifest");
-    assert_eq!(artifact_json["subject"]["digest"], subject.as_str(), "oras set the subject");
+    assert_eq!(
+        artifact_json["subject"]["digest"],
+        subject.as_str(),
+        "oras set the subject"
+    );
     let artifact_digest = sha256_digest(&artifact);
     let artifact_type = artifact_json["artifactType"]
         .as_str()
@@ -543,10 +695,19 @@ async fn referrers_with_registry2_and_oras() {
     .await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // past tag_ttl
     for form in &forms[1..] {
-        let r = c.get(form.url(&format!("referrers/{subject}"))).send().await.expect("referrers");
+        let r = c
+            .get(form.url(&format!("referrers/{subject}")))
+            .send()
+            .await
+            .expect("referrers");
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = json(r).await;
-        assert_eq!(v["manifests"][0]["digest"], artifact_digest.as_str(), "{}: {v}", form.label);
+        assert_eq!(
+            v["manifests"][0]["digest"],
+            artifact_digest.as_str(),
+            "{}: {v}",
+            form.label
+        );
 
         let r = c
             .get(form.url(&format!(
@@ -558,9 +719,16 @@ async fn referrers_with_registry2_and_oras() {
             .expect("filtered");
         assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
         let v: serde_json::Value = json(r).await;
-        assert_eq!(v["manifests"].as_array().map(Vec::len), Some(1), "{}", form.label);
+        assert_eq!(
+            v["manifests"].as_array().map(Vec::len),
+            Some(1),
+            "{}",
+            form.label
+        );
         let r = c
-            .get(form.url(&format!("referrers/{subject}?artifactType=application/other")))
+            .get(form.url(&format!(
+                "referrers/{subject}?artifactType=application/other"
+            )))
             .send()
             .await
             .expect("filtered out");

@@ -205,10 +205,7 @@ async fn fetch_referrers(
         .manifest(&target.repo, &Reference::Tag(tag), &accept, false)
         .await
     {
-        Ok(m) => Ok(m
-            .body
-            .filter(|b| is_index(b))
-            .unwrap_or_else(empty_index)),
+        Ok(m) => Ok(m.body.filter(|b| is_index(b)).unwrap_or_else(empty_index)),
         Err(UpstreamError::NotFound) => Ok(empty_index()),
         Err(e) => Err(e),
     }
@@ -230,9 +227,11 @@ mod tests {
             ]
         })
         .to_string();
-        let v: serde_json::Value =
-            serde_json::from_slice(&filter_index(body.as_bytes(), "application/vnd.example.sig"))
-                .expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&filter_index(
+            body.as_bytes(),
+            "application/vnd.example.sig",
+        ))
+        .expect("json");
         assert_eq!(v["manifests"].as_array().map(Vec::len), Some(1));
         assert_eq!(v["manifests"][0]["digest"], "sha256:b");
         assert!(is_index(&empty_index()));

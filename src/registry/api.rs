@@ -5,7 +5,9 @@ use super::body::{self, ResponseBody};
 use super::error::{OciError, Subject};
 use super::route::{decoded_query_param, route, ApiRoute, RequestParts, UpstreamTable};
 use crate::access::{Access, Action, Decision, DenyReason, Identity, BASIC_REALM, SERVICE};
-use crate::cache::{BlobAnswer, Cache, CacheError, ManifestAnswer, ReferrersAnswer, REFERRERS_MEDIA_TYPE};
+use crate::cache::{
+    BlobAnswer, Cache, CacheError, ManifestAnswer, ReferrersAnswer, REFERRERS_MEDIA_TYPE,
+};
 use crate::oci::{ByteRangeSpec, RepoKey, RepoTarget};
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use std::net::SocketAddr;
@@ -149,10 +151,7 @@ impl RegistryApi {
             // Without anonymous access, nothing but a challenge for those without credentials.
             Err(_) if who == Identity::Anonymous && !self.access.anonymous_allowed() => {
                 self.access.count_denial(DenyReason::NoCredentials);
-                let e = OciError::unauthorized(
-                    LOGIN_REQUIRED,
-                    self.challenges(host, client, None),
-                );
+                let e = OciError::unauthorized(LOGIN_REQUIRED, self.challenges(host, client, None));
                 return refused(e, head, "auth");
             }
             Err(e) => {
@@ -289,7 +288,11 @@ impl RegistryApi {
             .iter()
             .filter(|t| last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
             .collect();
-        let page: Vec<&String> = after.iter().copied().take(n.unwrap_or(usize::MAX)).collect();
+        let page: Vec<&String> = after
+            .iter()
+            .copied()
+            .take(n.unwrap_or(usize::MAX))
+            .collect();
         let more = n.is_some_and(|n| n > 0 && after.len() > n);
         let body = serde_json::json!({ "name": client_name, "tags": page }).to_string();
         let mut response = json_response(StatusCode::OK, body.into(), head);
