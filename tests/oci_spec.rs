@@ -758,3 +758,102 @@ async fn referrers_with_registry2_and_oras() {
     let v: serde_json::Value = json(r).await;
     assert_eq!(v["manifests"][0]["digest"], artifact_digest.as_str());
 }
+
+/// "Pulling blobs" / "Pulling manifests": content is addressed by `<name>` *and* digest, and
+/// content not in the repository MUST be 404. Bytes cached under one repository are served
+/// under another only after the upstream confirms that repository has them (a HEAD); the
+/// bytes themselves are not fetched twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_by_digest_only_under_a_repository_that_has_it() {
+    let reg = Registry2::start();
+    let image = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Oci,
+        9,
+        "amd64",
+        &[4000],
+    )
+    .await;
+    let edge = Edge::start(&edge_config(&reg, "10m"));
+    let c = client();
+    let base = format!("http://{}/v2/{LAN}", edge.http[0]);
+    let (layer, _) = &image.blobs[1];
+    let manifest = &image.manifest_digest;
+    for path in [
+        format!("team/app/blobs/{layer}"),
+        format!("team/app/manifests/{manifest}"),
+    ] {
+        let r = c
+            .get(format!("{base}/{path}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("first pull");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    for (path, code) in [
+        (format!("team/other/blobs/{layer}"), "BLOB_UNKNOWN"),
+        (
+            format!("team/other/manifests/{manifest}"),
+            "MANIFEST_UNKNOWN",
+        ),
+    ] {
+        let r = c
+            .get(format!("{base}/{path}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("other repository");
+        assert_eq!(
+            r.status(),
+            404,
+            "{path}: the upstream's team/other does not have it"
+        );
+        assert_error_body(&r.bytes().await.expect("body"), code, &path);
+    }
+    // Now team/other has the same image upstream: served from the cache after a HEAD.
+    push_image(
+        &reg,
+        "team/other",
+        Some("v1"),
+        Format::Oci,
+        9,
+        "amd64",
+        &[4000],
+    )
+    .await;
+    let r = c
+        .get(format!("{base}/team/other/blobs/{layer}"))
+        .send()
+        .await
+        .expect("confirmed");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(sha256_digest(&r.bytes().await.expect("body")), *layer);
+    assert_eq!(
+        reg.count_requests("GET", &format!("/blobs/{layer}")),
+        1,
+        "the layer's bytes crossed from the upstream once"
+    );
+    assert!(reg.count_requests("HEAD", &format!("team/other/blobs/{layer}")) >= 1);
+    // Seen now: the next request asks nobody.
+    let heads = reg.count_requests("HEAD", &format!("team/other/blobs/{layer}"));
+    let r = c
+        .get(format!("{base}/team/other/blobs/{layer}"))
+        .send()
+        .await
+        .expect("seen");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        reg.count_requests("HEAD", &format!("team/other/blobs/{layer}")),
+        heads
+    );
+    assert_eq!(
+        edge.metric("sparkcr_edge_repo_confirmations_total{kind=\"blob\"}")
+            .await,
+        2.0,
+        "one HEAD for the 404, one for the confirmation"
+    );
+}

@@ -69,6 +69,20 @@ impl Cache {
             .await?
             .filter(|m| self.visible_through(&m.repos, target));
         if let Some(m) = hit {
+            if !Self::seen_under(&m.repos, target) {
+                // Stored, but never seen under this repository: only once the upstream
+                // says the repository has it.
+                self.metrics
+                    .repo_confirmations
+                    .with_label_values(&["manifest"])
+                    .inc();
+                self.upstream(target)?
+                    .manifest(&target.repo, &Reference::Digest(*d), accept, true)
+                    .await
+                    .map_err(|e| {
+                        self.fetch_failure(target, e, CacheError::ManifestUnknown(d.to_string()))
+                    })?;
+            }
             self.metrics
                 .cache_hits
                 .with_label_values(&["manifest"])

@@ -168,6 +168,9 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     /// Blob fills under way, by digest (and upstream, for private ones): single-flight.
     fills: fill::Fills,
+    /// The repository each running fill is for: a request for another repository joins it
+    /// only after the upstream confirms that repository has the blob.
+    filling_under: blobs::FillingUnder,
     /// One revalidation at a time per tag; waiters then read the fresh record.
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -200,6 +203,7 @@ impl Cache {
             settings,
             metrics,
             fills: Default::default(),
+            filling_under: Default::default(),
             tag_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -230,9 +234,15 @@ impl Cache {
         visible
     }
 
+    /// Content recorded under `target`'s repository of that upstream (`upstream/repo`).
+    pub(crate) fn seen_under(repos: &[String], target: &RepoTarget) -> bool {
+        let key = target.key();
+        repos.iter().any(|r| key == *r)
+    }
+
     fn upstream(&self, target: &RepoTarget) -> Result<&Upstream, CacheError> {
         self.upstreams.get(&target.upstream).ok_or_else(|| {
-            CacheError::NameUnknown(format!("upstream {:?} is not configured", target.upstream))
+            CacheError::NameUnknown(format!("upstream {} is not configured", target.upstream))
         })
     }
 
