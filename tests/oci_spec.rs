@@ -857,3 +857,70 @@ async fn content_by_digest_only_under_a_repository_that_has_it() {
         "one HEAD for the 404, one for the confirmation"
     );
 }
+
+/// Routing: an upstream whose name has a port is reachable in the path-prefix form through
+/// its path alias (`EDGE/lan/team/app`, a reference containers/image accepts; skopeo pulls
+/// it), and with `server.strict_host` a `Host` that names neither the edge nor one of its
+/// alias hosts is 404 NAME_UNKNOWN ("Pulling manifests": `<name>` unknown to the registry)
+/// instead of being answered by the default upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_alias_and_strict_host() {
+    let reg = Registry2::start();
+    let image = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Oci,
+        11,
+        "amd64",
+        &[2000],
+    )
+    .await;
+    let edge = Edge::start(&format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n[storage]\npath = \"{{dir}}/data\"\n\
+         [[upstream]]\nname = \"registry.lan:5000\"\nurl = \"{url}\"\naliases = [\"lan\"]\npath_aliases = [\"lan\"]\ndefault = true\n",
+        url = reg.url()
+    ));
+    let c = client();
+    let e = edge.http[0];
+    let r = c
+        .get(format!("http://{e}/v2/lan/team/app/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("path alias");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        image.manifest_digest.as_str()
+    );
+    let (ok, out) = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{e}/lan/team/app:v1"),
+    ]);
+    assert!(
+        ok,
+        "skopeo (containers/image) accepts EDGE/lan/team/app: {out}"
+    );
+    for (host, status) in [
+        ("edge.test", 200),
+        ("lan.edge.test:5000", 200),
+        ("localhost", 200),
+        ("nosuch.edge.test", 404),
+        ("elsewhere.example", 404),
+    ] {
+        let r = c
+            .get(format!("http://{e}/v2/team/app/manifests/v1"))
+            .header("host", host)
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("host");
+        assert_eq!(r.status(), status, "Host: {host}");
+        if status == 404 {
+            assert_error_body(&r.bytes().await.expect("body"), "NAME_UNKNOWN", host);
+        }
+    }
+}
