@@ -1,5 +1,6 @@
 //! Cache policy between the API and the bytes: hit or miss, tag TTL and revalidation,
-//! serve-stale, and single-flight blob fills that stream to every waiting client at its
+//! serve-stale (manifests, tag lists, referrers), which repositories may see content stored
+//! by digest, and single-flight blob fills that stream to every waiting client at its
 //! own pace.
 //!
 //! Owns: deciding whether an answer comes from the [`Store`] or an [`Upstream`], keeping
