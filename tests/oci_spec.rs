@@ -838,6 +838,26 @@ async fn content_by_digest_only_under_a_repository_that_has_it() {
         "the layer's bytes crossed from the upstream once"
     );
     assert!(reg.count_requests("HEAD", &format!("team/other/blobs/{layer}")) >= 1);
+    let r = c
+        .get(format!("{base}/team/other/manifests/{manifest}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("manifest confirmed");
+    assert_eq!(
+        r.status(),
+        200,
+        "manifest by digest after the upstream confirmed it"
+    );
+    assert_eq!(
+        r.bytes().await.expect("body").as_ref(),
+        image.manifest.as_slice()
+    );
+    assert_eq!(
+        edge.metric("sparkcr_edge_repo_confirmations_total{kind=\"manifest\"}")
+            .await,
+        2.0
+    );
     // Seen now: the next request asks nobody.
     let heads = reg.count_requests("HEAD", &format!("team/other/blobs/{layer}"));
     let r = c
