@@ -746,8 +746,23 @@ async fn referrers_with_registry2_and_oras() {
         assert_eq!(r.bytes().await.expect("bytes"), artifact, "{}", form.label);
     }
 
+    let r = c
+        .get(forms[2].url("manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("tag");
+    assert_eq!(r.headers()["x-cache"], "MISS");
     reg.stop();
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = c
+        .get(forms[2].url("manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("stale tag");
+    assert_eq!(r.status(), 200, "a tag past its TTL is served stale");
+    assert_eq!(r.headers()["x-cache"], "STALE");
     let r = c
         .get(forms[2].url(&format!("referrers/{subject}")))
         .send()

@@ -43,6 +43,7 @@ impl Cache {
             size: m.bytes.len() as u64,
             bytes: (!head).then_some(m.bytes),
             from_cache: true,
+            stale: false,
         }
     }
 
@@ -119,6 +120,7 @@ impl Cache {
             size: body.len() as u64,
             bytes: (!head).then_some(body),
             from_cache: false,
+            stale: false,
         })
     }
 
@@ -328,6 +330,7 @@ impl Cache {
                     size: body.len() as u64,
                     bytes: (!head).then_some(body),
                     from_cache: false,
+                    stale: false,
                 })
             }
             Err(e) => self.serve_stale_or_fail(target, key, e, stale, head),
@@ -349,7 +352,9 @@ impl Cache {
                     .with_label_values(&["manifest"])
                     .inc();
                 tracing::warn!(upstream = %target.upstream, repo = %key.repo, tag = %key.tag, error = %e, "upstream failed; serving the cached manifest (stale)");
-                Ok(Self::answer(rec.digest, m, head))
+                let mut answer = Self::answer(rec.digest, m, head);
+                answer.stale = true;
+                Ok(answer)
             }
             _ => Err(self.fetch_failure(
                 target,

@@ -49,6 +49,8 @@ pub struct ManifestAnswer {
     pub bytes: Option<Bytes>,
     /// Answered from the store without fetching it from the upstream.
     pub from_cache: bool,
+    /// Served from the store because the upstream could not be asked (tag past its TTL).
+    pub stale: bool,
 }
 
 pub struct BlobAnswer {

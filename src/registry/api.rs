@@ -464,11 +464,16 @@ fn manifest_response(a: ManifestAnswer, head: bool) -> Response<ResponseBody> {
         .header(header::ETAG, format!("\"{}\"", a.digest))
         .header(X_CACHE, cache_status(a.from_cache))
         .header(header::CONTENT_LENGTH, len);
+    let stale = a.stale;
     let body = match (head, a.bytes) {
         (false, Some(bytes)) => body::full(bytes),
         _ => body::empty(),
     };
-    finish(b, body)
+    let mut response = finish(b, body);
+    if stale {
+        mark_stale(response.headers_mut());
+    }
+    response
 }
 
 fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
