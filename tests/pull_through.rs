@@ -401,7 +401,7 @@ async fn serves_stale_when_upstream_is_down_and_after_restart() {
     assert_eq!(r.status(), 503, "uncached content with the upstream down");
     let v: serde_json::Value =
         serde_json::from_slice(&r.bytes().await.expect("body")).expect("OCI error");
-    assert_eq!(v["errors"][0]["code"], "UNAVAILABLE", "{v}");
+    assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN", "{v}");
     let r = client
         .get(format!(
             "http://{}/v2/team/other/blobs/{}?ns={LAN}",
