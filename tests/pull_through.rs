@@ -417,7 +417,9 @@ async fn serves_stale_when_upstream_is_down_and_after_restart() {
         "stale answers counted"
     );
 
-    // Restart the edge with the upstream still down: the cache still serves.
+    // Restart the edge with the upstream still down: the cache still serves. (Killed, so
+    // first wait until the last fill committed its blob.)
+    edge.wait_fills_settled().await;
     drop(edge);
     let edge = Edge::start(&config);
     assert!(

@@ -19,7 +19,9 @@ use std::sync::Arc;
 /// The repository (`upstream/repo`) each running fill was started for.
 pub(super) type FillingUnder = Arc<std::sync::Mutex<HashMap<FillKey, String>>>;
 
-fn lock_filling(m: &FillingUnder) -> std::sync::MutexGuard<'_, HashMap<FillKey, String>> {
+pub(super) fn lock_filling(
+    m: &FillingUnder,
+) -> std::sync::MutexGuard<'_, HashMap<FillKey, String>> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -211,6 +211,27 @@ impl Cache {
         }
     }
 
+    /// Blob fills still running (receiving, or making a verified blob durable).
+    pub fn fills_running(&self) -> usize {
+        blobs::lock_filling(&self.filling_under).len()
+    }
+
+    /// Waits, at most `limit`, until no blob fill is running, so that a stop does not
+    /// throw away blobs whose bytes all arrived but that are not committed yet. Returns
+    /// whether every fill ended in time.
+    pub async fn fills_settled(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.fills_running() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
