@@ -43,7 +43,7 @@ pub enum UpstreamError {
     #[error("upstream refused our credentials (HTTP {status})")]
     Unauthorized { status: u16 },
     /// 429.
-    #[error("upstream rate limit hit (retry after {retry_after:?})")]
+    #[error("upstream rate limit hit{}", retry_after.map(|d| format!(" (retry after {} s)", d.as_secs())).unwrap_or_default())]
     RateLimited { retry_after: Option<Duration> },
     /// Any other unexpected status.
     #[error("upstream answered HTTP {status}: {message}")]

@@ -299,6 +299,16 @@ impl Upstream {
         repo: &RepositoryName,
         query: Option<&str>,
     ) -> Result<Bytes, UpstreamError> {
+        Ok(self.tags_list_page(repo, query).await?.body)
+    }
+
+    /// One page of `GET /v2/<repo>/tags/list[?query]`, with the query of the next page when
+    /// the upstream sent a `Link: <...>; rel="next"` header.
+    pub async fn tags_list_page(
+        &self,
+        repo: &RepositoryName,
+        query: Option<&str>,
+    ) -> Result<TagsPage, UpstreamError> {
         let mut url = self.url(&format!("v2/{repo}/tags/list"))?;
         if let Some(query) = query.filter(|q| !q.is_empty()) {
             url.set_query(Some(query));
@@ -307,7 +317,39 @@ impl Upstream {
             .send(RequestKind::Tags, Method::GET, url, repo, HeaderMap::new())
             .await?;
         let response = success_or_error(response).await?;
-        read_limited(response, MAX_TAGS_LIST_SIZE, self.inner.metrics.bytes()).await
+        let next_query = next_link_query(response.headers());
+        let body = read_limited(response, MAX_TAGS_LIST_SIZE, self.inner.metrics.bytes()).await?;
+        Ok(TagsPage { body, next_query })
+    }
+
+    /// `GET /v2/<repo>/referrers/<digest>[?artifactType=]` (distribution-spec 1.1). A 404
+    /// (the upstream has no referrers API) is [`UpstreamError::NotFound`].
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<ReferrersResponse, UpstreamError> {
+        let mut url = self.url(&format!("v2/{repo}/referrers/{subject}"))?;
+        if let Some(t) = artifact_type {
+            url.query_pairs_mut().append_pair("artifactType", t);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        );
+        let response = self
+            .send(RequestKind::Manifest, Method::GET, url, repo, headers)
+            .await?;
+        let response = success_or_error(response).await?;
+        let filtered = response
+            .headers()
+            .get("OCI-Filters-Applied")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|f| f.trim() == "artifactType"));
+        let body = read_limited(response, MAX_MANIFEST_SIZE, self.inner.metrics.bytes()).await?;
+        Ok(ReferrersResponse { body, filtered })
     }
 
     /// `GET /v2/`: whether the upstream answers at all. 200 and 401 both count as up (no
@@ -430,6 +472,35 @@ fn accept_header(accept: &[String]) -> HeaderValue {
 }
 
 /// The response if its status is 2xx, else its error.
+/// One page of a tag list.
+pub struct TagsPage {
+    pub body: Bytes,
+    /// The query (`n=..&last=..`) of the next page, from the upstream's `Link` header.
+    pub next_query: Option<String>,
+}
+
+/// An upstream's referrers answer (an OCI image index).
+pub struct ReferrersResponse {
+    pub body: Bytes,
+    /// The upstream applied the `artifactType` filter (`OCI-Filters-Applied`).
+    pub filtered: bool,
+}
+
+/// The query of a `Link: <url?query>; rel="next"` header (RFC 8288), if any.
+fn next_link_query(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find(|link| link.contains("rel=\"next\"") || link.contains("rel=next"))
+        .and_then(|link| {
+            let target = link.trim().strip_prefix('<')?.split('>').next()?;
+            let query = target.split_once('?')?.1;
+            (!query.is_empty()).then(|| query.to_string())
+        })
+}
+
 async fn success_or_error(response: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
     if response.status().is_success() {
         Ok(response)
