@@ -42,6 +42,7 @@
 //! - [`prefetch`]: warms a running edge through its own registry API (`sparkcr-edge prefetch`).
 //! - [`bundle`]: OCI image layout tars for air-gapped sites (`export` over the API, `import`
 //!   into a stopped daemon's store).
+//! - [`logging`]: the command's tracing subscriber, with journald priorities under systemd.
 //! - [`setup`]: client configuration snippets (`client-config`) and self-signed
 //!   certificates (`tls self-signed`).
 
@@ -50,6 +51,7 @@ pub mod bundle;
 pub mod cache;
 pub mod config;
 pub mod daemon;
+pub mod logging;
 pub mod mapped;
 pub mod metrics;
 pub mod oci;

@@ -6,8 +6,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sparkcr_edge::access;
 use sparkcr_edge::bundle;
-use sparkcr_edge::config::{self, Config, LogFormat};
+use sparkcr_edge::config::{self, Config};
 use sparkcr_edge::daemon::{self, DaemonError};
+use sparkcr_edge::logging;
 use sparkcr_edge::metrics::Metrics;
 use sparkcr_edge::prefetch::{self, edge_client::PlatformChoice};
 use sparkcr_edge::server;
@@ -39,8 +40,15 @@ struct ConfigArg {
 enum Command {
     /// Run the daemon.
     Serve(ConfigArg),
-    /// Check the config and print the effective config (secrets redacted).
-    CheckConfig(ConfigArg),
+    /// Check the config (and the certificate pair it names) and print the effective config
+    /// (secrets redacted).
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print nothing unless something is wrong (for systemd's ExecStartPre=).
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
     /// Inspect or maintain the store of a stopped daemon.
     Cache {
         #[command(subcommand)]
@@ -203,7 +211,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(a) => serve(&a),
-        Command::CheckConfig(a) => check_config(&a),
+        Command::CheckConfig { config, quiet } => check_config(&config, quiet),
         Command::Cache { command } => cache_command(command),
         Command::Tls { command } => tls_command(command),
         Command::Prefetch {
@@ -234,13 +242,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {
-            eprintln!("sparkcr-edge: {msg}");
+            eprintln!("{}sparkcr-edge: {msg}", error_prefix());
             ExitCode::from(2)
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("sparkcr-edge: {e:#}");
+            eprintln!("{}sparkcr-edge: {e:#}", error_prefix());
             ExitCode::from(1)
         }
+    }
+}
+
+/// `<3>` (error priority) when stderr is the journal, so `journalctl -p err` shows why the
+/// command failed.
+fn error_prefix() -> &'static str {
+    if logging::stderr_is_journal() {
+        "<3>"
+    } else {
+        ""
     }
 }
 
@@ -248,7 +266,7 @@ fn load_config(a: &ConfigArg) -> Result<config::LoadedConfig, Failure> {
     config::load(a.config.as_deref()).map_err(|e| Failure::Config(e.to_string()))
 }
 
-fn check_config(a: &ConfigArg) -> Result<(), Failure> {
+fn check_config(a: &ConfigArg, quiet: bool) -> Result<(), Failure> {
     let loaded = load_config(a)?;
     let c = &loaded.config;
     if !c.server.tls_listen.is_empty() {
@@ -259,8 +277,10 @@ fn check_config(a: &ConfigArg) -> Result<(), Failure> {
             ))
         })?;
     }
-    print!("{}", c.to_redacted_toml());
-    eprintln!("config OK ({})", loaded.origin);
+    if !quiet {
+        print!("{}", c.to_redacted_toml());
+        eprintln!("config OK ({})", loaded.origin);
+    }
     Ok(())
 }
 
@@ -530,19 +550,7 @@ fn cache_command(cmd: CacheCommand) -> Result<(), Failure> {
 }
 
 fn init_logging(c: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(&c.log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match c.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-    };
+    logging::init(&c.log);
 }
 
 fn serve(a: &ConfigArg) -> Result<(), Failure> {
@@ -559,7 +567,14 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
     runtime.block_on(async move {
         let daemon = daemon::start(&c, &origin).await.map_err(|e| match e {
             DaemonError::Config(m) => Failure::Config(m),
-            other => Failure::Runtime(other.into()),
+            other => {
+                let hint = read_only_hint(&other, &c.storage.path);
+                let e = anyhow::Error::new(other);
+                Failure::Runtime(match hint {
+                    Some(h) => e.context(h),
+                    None => e,
+                })
+            }
         })?;
         for (kind, addr) in daemon.local_addrs() {
             let scheme = match kind {
@@ -575,4 +590,34 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
         tracing::info!(clean, "stopped");
         Ok(())
     })
+}
+
+/// When the store failed on a read-only file system under systemd, the unit's sandbox
+/// (`ProtectSystem=strict`) is the likely cause: say so and how to fix it.
+fn read_only_hint(e: &(dyn std::error::Error + 'static), path: &std::path::Path) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut read_only = false;
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            read_only |= io.raw_os_error() == Some(libc::EROFS);
+        }
+        cur = err.source();
+    }
+    if !read_only {
+        return None;
+    }
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+    let why = if under_systemd {
+        "the systemd unit's sandbox (ProtectSystem=strict) lets the daemon write only its \
+         state directory /var/lib/sparkcr-edge"
+    } else {
+        "the file system is mounted read-only"
+    };
+    Some(format!(
+        "storage.path {} is on a read-only file system: {why}; to keep the cache there, add a \
+         drop-in with `systemctl edit sparkcr-edge` containing \"[Service]\" and \
+         \"ReadWritePaths={}\", then `systemctl restart sparkcr-edge`",
+        path.display(),
+        path.display()
+    ))
 }

@@ -350,14 +350,20 @@ pub async fn serve_until_signalled(server: Server, grace: Duration) -> std::io::
                         reloading.push(now);
                     }
                     notify_systemd(&reloading);
-                    reload_target.reload();
-                    notify_systemd(&[sd_notify::NotifyState::Ready]);
+                    let status = reload_target.reload();
+                    notify_systemd(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status(&status),
+                    ]);
                 }
                 _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT received"); break; }
             }
         }
-        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        notify_systemd(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("stopping: finishing in-flight responses"),
+        ]);
     };
     Ok(server.serve(shutdown, grace).await)
 }
@@ -375,10 +381,11 @@ struct ReloadHandle {
 }
 
 impl ReloadHandle {
-    fn reload(&self) {
+    /// Reloads the certificate; returns the `STATUS=` line for systemd.
+    fn reload(&self) -> String {
         let Some(cert) = &self.tls else {
             tracing::info!("SIGHUP received; no HTTPS listener, nothing to reload");
-            return;
+            return "serving".into();
         };
         match cert.reload() {
             Ok(()) => {
@@ -388,6 +395,7 @@ impl ReloadHandle {
                     .with_label_values(&["ok"])
                     .inc();
                 tracing::info!("SIGHUP: certificate and key reloaded");
+                "serving (certificate reloaded)".into()
             }
             Err(e) => {
                 self.app
@@ -396,6 +404,7 @@ impl ReloadHandle {
                     .with_label_values(&["error"])
                     .inc();
                 tracing::error!(error = %e, "SIGHUP: new certificate refused; still serving the previous one");
+                format!("serving the previous certificate: the new one was refused: {e}")
             }
         }
     }
