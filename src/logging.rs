@@ -59,11 +59,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(
-            writer,
-            "<{}>",
-            journal_priority(*event.metadata().level())
-        )?;
+        write!(writer, "<{}>", journal_priority(*event.metadata().level()))?;
         self.0.format_event(ctx, writer, event)
     }
 }
