@@ -89,38 +89,42 @@ enum Command {
         command: TokenCommand,
     },
     /// Print (or write) the client configuration for this edge.
-    ClientConfig {
-        #[arg(value_enum)]
-        client: client_config::Client,
-        #[command(flatten)]
-        config: ConfigArg,
-        /// How clients reach the edge [default: from the config's hostname and listeners]
-        #[arg(long, value_name = "URL")]
-        edge: Option<String>,
-        /// Upstreams to configure (repeatable) [default: all configured]
-        #[arg(long = "upstream", value_name = "NAME")]
-        upstreams: Vec<String>,
-        #[arg(long, value_enum, default_value = "path")]
-        mode: client_config::Mode,
-        /// Write the files to their standard paths (existing files are backed up).
-        #[arg(long)]
-        write: bool,
-        /// docker: an edge token's secret; adds the ~/.docker/config.json `auths` entries
-        /// that make Docker send it (to the mirror and to the edge's own host)
-        #[arg(
-            long,
-            env = "SPARKCR_EDGE_TOKEN",
-            hide_env_values = true,
-            value_name = "SECRET"
-        )]
-        token: Option<String>,
-        /// docker: the user name sent with --token (any name works; it shows in the edge's logs)
-        #[arg(long, default_value = "sparkcr-edge", requires = "token")]
-        token_user: String,
-        /// Prefix for --write paths (for testing and staging).
-        #[arg(long, hide = true, default_value = "/")]
-        root: PathBuf,
-    },
+    ClientConfig(ClientConfigArgs),
+}
+
+/// `client-config` arguments.
+#[derive(clap::Args)]
+struct ClientConfigArgs {
+    #[arg(value_enum)]
+    client: client_config::Client,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// How clients reach the edge [default: from the config's hostname and listeners]
+    #[arg(long, value_name = "URL")]
+    edge: Option<String>,
+    /// Upstreams to configure (repeatable) [default: all configured]
+    #[arg(long = "upstream", value_name = "NAME")]
+    upstreams: Vec<String>,
+    #[arg(long, value_enum, default_value = "path")]
+    mode: client_config::Mode,
+    /// Write the files to their standard paths (existing files are backed up).
+    #[arg(long)]
+    write: bool,
+    /// docker: an edge token's secret; adds the ~/.docker/config.json `auths` entries
+    /// that make Docker send it (to the mirror and to the edge's own host)
+    #[arg(
+        long,
+        env = "SPARKCR_EDGE_TOKEN",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    token: Option<String>,
+    /// docker: the user name sent with --token (any name works; it shows in the edge's logs)
+    #[arg(long, default_value = "sparkcr-edge", requires = "token")]
+    token_user: String,
+    /// Prefix for --write paths (for testing and staging).
+    #[arg(long, hide = true, default_value = "/")]
+    root: PathBuf,
 }
 
 /// Which images, and how to reach the edge (prefetch and export).
@@ -246,26 +250,7 @@ fn main() -> ExitCode {
         Command::Export { images, out } => export_command(&images, &out),
         Command::Import { config, bundle } => import_command(&config, &bundle),
         Command::Token { command } => token_command(command),
-        Command::ClientConfig {
-            client,
-            config,
-            edge,
-            upstreams,
-            mode,
-            write,
-            token,
-            token_user,
-            root,
-        } => client_config_command(
-            client,
-            &config,
-            edge.as_deref(),
-            &upstreams,
-            mode,
-            write,
-            token.as_deref().map(|t| (token_user.as_str(), t)),
-            &root,
-        ),
+        Command::ClientConfig(args) => client_config_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -548,16 +533,17 @@ fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn client_config_command(
-    client: client_config::Client,
-    config: &ConfigArg,
-    edge: Option<&str>,
-    upstreams: &[String],
-    mode: client_config::Mode,
-    write: bool,
-    token: Option<(&str, &str)>,
-    root: &std::path::Path,
-) -> Result<(), Failure> {
+fn client_config_command(args: &ClientConfigArgs) -> Result<(), Failure> {
+    let client = args.client;
+    let edge = args.edge.as_deref();
+    let token = args.token.as_deref().map(|t| (args.token_user.as_str(), t));
+    let (config, upstreams, mode, write, root) = (
+        &args.config,
+        &args.upstreams,
+        args.mode,
+        args.write,
+        &args.root,
+    );
     let loaded = load_config(config)?;
     let c = &loaded.config;
     let edge = match edge {

@@ -299,9 +299,9 @@ mod tests {
         verifies(&fresh.ca, &fresh.cert, "edge.lan").expect("new CA trusts it");
         // A CA without its key (an older install) cannot be reused, and says what to do.
         std::fs::remove_file(dir.path().join("ca-key.pem")).expect("rm");
-        let err = generate(dir.path(), &names, Replace::ServerCertificate)
-            .err()
-            .expect("no key");
+        let Err(err) = generate(dir.path(), &names, Replace::ServerCertificate) else {
+            panic!("a CA without its key was reused");
+        };
         assert!(err.to_string().contains("--new-ca"), "{err}");
     }
 }

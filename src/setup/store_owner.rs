@@ -84,7 +84,7 @@ mod tests {
         if owner == 0 {
             assert!(result.is_ok());
         } else {
-            let msg = result.err().expect("refused");
+            let msg = result.expect_err("refused");
             assert!(msg.contains("sudo -u"), "{msg}");
         }
     }
