@@ -108,12 +108,19 @@ fn every_readme_command_names_real_subcommands_and_flags() {
             }
         }
         let text = text.unwrap_or_else(|| panic!("README command {cmd:?}: no such subcommand"));
-        for flag in words.iter().filter(|w| w.starts_with("--")) {
-            let flag: String = flag
-                .trim_start_matches('(')
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect();
+        // Flags, also inside `[--flag X]`, `(--a \| --b)` and `--force|--new-ca`.
+        let flags: Vec<String> = words
+            .iter()
+            .flat_map(|w| w.split('|'))
+            .filter_map(|w| w.find("--").map(|at| &w[at..]))
+            .map(|f| {
+                f.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect()
+            })
+            .filter(|f: &String| f.len() > 2)
+            .collect();
+        for flag in flags {
             assert!(
                 text.contains(&format!("{flag} "))
                     || text.contains(&format!("{flag}\n"))
