@@ -710,14 +710,12 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
     runtime.block_on(async move {
         let daemon = daemon::start(&c, &origin).await.map_err(|e| match e {
             DaemonError::Config(m) => Failure::Config(m),
-            other => {
-                let hint = read_only_hint(&other, &c.storage.path);
-                let e = anyhow::Error::new(other);
-                Failure::Runtime(match hint {
-                    Some(h) => e.context(h),
-                    None => e,
-                })
-            }
+            // A sandbox that keeps the store read-only is a setup mistake, like a config
+            // error: exit 2, which the unit does not restart.
+            other => match read_only_hint(&other, &c.storage.path) {
+                Some(hint) => Failure::Config(format!("{hint} ({other})")),
+                None => Failure::Runtime(other.into()),
+            },
         })?;
         for (kind, addr) in daemon.local_addrs() {
             let scheme = match kind {
