@@ -489,6 +489,7 @@ fn env_overrides_express_lists_and_tables_and_name_the_variable() {
         ("SPARKCR_EDGE__CACHE__TTL", "soon"),
         ("SPARKCR_EDGE__AUTH__ALLOW_CIDRS", "10.0.0.0/33"),
         ("SPARKCR_EDGE__UPSTREAM", "registry.lan"),
+        ("SPARKCR_EDGE__SERVER__LISTEN", ""),
         (
             "SPARKCR_EDGE__UPSTREAM",
             r#"[{name = "x.lan", url = "x.lan"}]"#,

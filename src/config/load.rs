@@ -158,15 +158,14 @@ fn load_from_checked(
     for fragment in &env.tables {
         builder = builder.add_source(File::from_str(fragment, FileFormat::Toml));
     }
-    let blame = |e: ConfigError| env.blame(e);
     let raw = builder
         .build()
-        .map_err(|e| blame(from_config_error(&origin, e)))?;
+        .map_err(|e| blame_env(from_config_error(&origin, e)))?;
     let mut config: Config = raw
         .try_deserialize()
-        .map_err(|e| blame(from_config_error(&origin, e)))?;
+        .map_err(|e| blame_env(from_config_error(&origin, e)))?;
     add_builtin_upstreams(&mut config);
-    validate(&config, &origin, checks).map_err(blame)?;
+    validate(&config, &origin, checks).map_err(blame_env)?;
     Ok(LoadedConfig { config, origin })
 }
 
@@ -231,24 +230,21 @@ impl EnvOverrides {
         }
         Ok(EnvOverrides { plain, tables })
     }
+}
 
-    /// Names the variable that set the key an error is about, if one did.
-    fn blame(&self, mut e: ConfigError) -> ConfigError {
-        let key = e.key.split('[').next().unwrap_or_default();
-        let mut parts: Vec<&str> = key.split('.').filter(|p| !p.is_empty()).collect();
-        while !parts.is_empty() {
-            let var = env_var_for(&parts.join("."));
-            let set = self.plain.contains_key(&var)
-                || (TABLE_ARRAYS.iter().any(|(k, _)| env_var_for(k) == var)
-                    && std::env::var_os(&var).is_some());
-            if set {
-                e.origin = format!("environment variable {var}");
-                return e;
-            }
-            parts.pop();
+/// Names the variable that set the key an error is about (or a table above it), if one did.
+fn blame_env(mut e: ConfigError) -> ConfigError {
+    let key = e.key.split('[').next().unwrap_or_default();
+    let mut parts: Vec<&str> = key.split('.').filter(|p| !p.is_empty()).collect();
+    while !parts.is_empty() {
+        let var = env_var_for(&parts.join("."));
+        if std::env::var_os(&var).is_some() {
+            e.origin = format!("environment variable {var}");
+            return e;
         }
-        e
+        parts.pop();
     }
+    e
 }
 
 /// Loads config text that is known to be valid (tests of other modules).
