@@ -46,6 +46,7 @@
 //!   into a stopped daemon's store).
 //! - [`doctor`]: checks a client machine's runtime configs, logins and reach of the edge
 //!   (`sparkcr-edge doctor`); reads only.
+//! - [`logging`]: the command's tracing subscriber, with journald priorities under systemd.
 //! - [`setup`]: client configuration snippets (`client-config`) and self-signed
 //!   certificates (`tls self-signed`).
 
@@ -55,6 +56,7 @@ pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
+pub mod logging;
 pub mod mapped;
 pub mod metrics;
 pub mod oci;

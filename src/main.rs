@@ -6,11 +6,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sparkcr_edge::access;
 use sparkcr_edge::bundle;
-use sparkcr_edge::config::{self, Config, LogFormat};
+use sparkcr_edge::config::{self, Config};
 use sparkcr_edge::daemon::{self, DaemonError};
+use sparkcr_edge::logging;
 use sparkcr_edge::metrics::Metrics;
 use sparkcr_edge::prefetch::{self, edge_client::PlatformChoice};
 use sparkcr_edge::server;
+use sparkcr_edge::setup::store_owner;
 use sparkcr_edge::setup::{client_config, self_signed};
 use sparkcr_edge::store::{Store, StoreError, StoreOptions};
 use std::path::PathBuf;
@@ -39,8 +41,15 @@ struct ConfigArg {
 enum Command {
     /// Run the daemon.
     Serve(ConfigArg),
-    /// Check the config and print the effective config (secrets redacted).
-    CheckConfig(ConfigArg),
+    /// Check the config (and the certificate pair it names) and print the effective config
+    /// (secrets redacted).
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print nothing unless something is wrong (for systemd's ExecStartPre=).
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
     /// Inspect or maintain the store of a stopped daemon.
     Cache {
         #[command(subcommand)]
@@ -80,26 +89,7 @@ enum Command {
         command: TokenCommand,
     },
     /// Print (or write) the client configuration for this edge.
-    ClientConfig {
-        #[arg(value_enum)]
-        client: client_config::Client,
-        #[command(flatten)]
-        config: ConfigArg,
-        /// How clients reach the edge [default: from the config's hostname and listeners]
-        #[arg(long, value_name = "URL")]
-        edge: Option<String>,
-        /// Upstreams to configure (repeatable) [default: all configured]
-        #[arg(long = "upstream", value_name = "NAME")]
-        upstreams: Vec<String>,
-        #[arg(long, value_enum, default_value = "path")]
-        mode: client_config::Mode,
-        /// Write the files to their standard paths (existing files are backed up).
-        #[arg(long)]
-        write: bool,
-        /// Prefix for --write paths (for testing and staging).
-        #[arg(long, hide = true, default_value = "/")]
-        root: PathBuf,
-    },
+    ClientConfig(ClientConfigArgs),
     /// Man pages or shell completions from these definitions (run by scripts/package).
     #[command(hide = true)]
     Generate {
@@ -138,6 +128,41 @@ enum Generated {
     Completions,
 }
 
+/// `client-config` arguments.
+#[derive(clap::Args)]
+struct ClientConfigArgs {
+    #[arg(value_enum)]
+    client: client_config::Client,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// How clients reach the edge [default: from the config's hostname and listeners]
+    #[arg(long, value_name = "URL")]
+    edge: Option<String>,
+    /// Upstreams to configure (repeatable) [default: all configured]
+    #[arg(long = "upstream", value_name = "NAME")]
+    upstreams: Vec<String>,
+    #[arg(long, value_enum, default_value = "path")]
+    mode: client_config::Mode,
+    /// Write the files to their standard paths (existing files are backed up).
+    #[arg(long)]
+    write: bool,
+    /// docker: an edge token's secret; adds the ~/.docker/config.json `auths` entries
+    /// that make Docker send it (to the mirror and to the edge's own host)
+    #[arg(
+        long,
+        env = "SPARKCR_EDGE_TOKEN",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    token: Option<String>,
+    /// docker: the user name sent with --token (any name works; it shows in the edge's logs)
+    #[arg(long, default_value = "sparkcr-edge", requires = "token")]
+    token_user: String,
+    /// Prefix for --write paths (for testing and staging).
+    #[arg(long, hide = true, default_value = "/")]
+    root: PathBuf,
+}
+
 /// Which images, and how to reach the edge (prefetch and export).
 #[derive(clap::Args)]
 struct ImageSelection {
@@ -155,6 +180,10 @@ struct ImageSelection {
     /// Every platform of multi-platform images
     #[arg(long)]
     all_platforms: bool,
+    /// Extra CA certificate(s), PEM, for an HTTPS edge (besides the system's trust store),
+    /// e.g. /etc/sparkcr-edge/tls/ca.pem
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Image references (nginx:1.27, ghcr.io/org/img@sha256:...)
     #[arg(value_name = "REF")]
     refs: Vec<String>,
@@ -192,9 +221,13 @@ enum TlsCommand {
         /// Extra DNS names or IP addresses (repeatable)
         #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
-        /// Replace existing files
+        /// Replace the server certificate and key, issued from the existing CA (clients
+        /// that trust ca.pem need no change)
         #[arg(long)]
         force: bool,
+        /// Make a new CA as well (every client must then trust the new ca.pem)
+        #[arg(long)]
+        new_ca: bool,
     },
 }
 
@@ -211,9 +244,13 @@ enum CacheCommand {
         /// Only content not accessed for this long (e.g. 30d, 12h).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         older_than: Option<std::time::Duration>,
-        /// Only this repository: `<upstream>/<repo>` (e.g. docker.io/library/nginx) or `<repo>`.
+        /// Only this repository: `<upstream>/<repo>` (e.g. docker.io/library/nginx) or `<repo>`
+        /// (any upstream; a one-word name also matches Docker Hub's library/<name>).
         #[arg(long, value_name = "REPO")]
         repo: Option<String>,
+        /// Everything (required when neither --older-than nor --repo is given).
+        #[arg(long, conflicts_with_all = ["older_than", "repo"])]
+        all: bool,
     },
 }
 
@@ -239,7 +276,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(a) => serve(&a),
-        Command::CheckConfig(a) => check_config(&a),
+        Command::CheckConfig { config, quiet } => check_config(&config, quiet),
         Command::Cache { command } => cache_command(command),
         Command::Tls { command } => tls_command(command),
         Command::Prefetch {
@@ -249,23 +286,7 @@ fn main() -> ExitCode {
         Command::Export { images, out } => export_command(&images, &out),
         Command::Import { config, bundle } => import_command(&config, &bundle),
         Command::Token { command } => token_command(command),
-        Command::ClientConfig {
-            client,
-            config,
-            edge,
-            upstreams,
-            mode,
-            write,
-            root,
-        } => client_config_command(
-            client,
-            &config,
-            edge.as_deref(),
-            &upstreams,
-            mode,
-            write,
-            &root,
-        ),
+        Command::ClientConfig(args) => client_config_command(&args),
         Command::Generate { what, out } => generate_command(what, &out),
         Command::Doctor {
             edge,
@@ -278,11 +299,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {
-            eprintln!("sparkcr-edge: {msg}");
+            eprintln!("{}sparkcr-edge: {msg}", error_prefix());
             ExitCode::from(2)
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("sparkcr-edge: {e:#}");
+            eprintln!("{}sparkcr-edge: {e:#}", error_prefix());
             ExitCode::from(1)
         }
     }
@@ -342,11 +363,21 @@ fn doctor_command(
     Ok(())
 }
 
+/// `<3>` (error priority) when stderr is the journal, so `journalctl -p err` shows why the
+/// command failed.
+fn error_prefix() -> &'static str {
+    if logging::stderr_is_journal() {
+        "<3>"
+    } else {
+        ""
+    }
+}
+
 fn load_config(a: &ConfigArg) -> Result<config::LoadedConfig, Failure> {
     config::load(a.config.as_deref()).map_err(|e| Failure::Config(e.to_string()))
 }
 
-fn check_config(a: &ConfigArg) -> Result<(), Failure> {
+fn check_config(a: &ConfigArg, quiet: bool) -> Result<(), Failure> {
     let loaded = load_config(a)?;
     let c = &loaded.config;
     if !c.server.tls_listen.is_empty() {
@@ -357,8 +388,10 @@ fn check_config(a: &ConfigArg) -> Result<(), Failure> {
             ))
         })?;
     }
-    print!("{}", c.to_redacted_toml());
-    eprintln!("config OK ({})", loaded.origin);
+    if !quiet {
+        print!("{}", c.to_redacted_toml());
+        eprintln!("config OK ({})", loaded.origin);
+    }
     Ok(())
 }
 
@@ -412,6 +445,31 @@ fn platforms(sel: &ImageSelection) -> Result<PlatformChoice, Failure> {
     }
 }
 
+/// Which platforms of multi-platform images a command takes, in words.
+fn platform_note(sel: &ImageSelection, choice: &PlatformChoice) -> String {
+    match choice {
+        PlatformChoice::All => "platforms: all of each multi-platform image".into(),
+        PlatformChoice::Some(list) => {
+            let names: Vec<String> = list
+                .iter()
+                .map(|(os, arch, variant)| match variant {
+                    Some(v) => format!("{os}/{arch}/{v}"),
+                    None => format!("{os}/{arch}"),
+                })
+                .collect();
+            let whose = if sel.platform.is_some() {
+                "as asked"
+            } else {
+                "this machine's; --platform or --all-platforms for others"
+            };
+            format!(
+                "platforms: {} ({whose}) of each multi-platform image",
+                names.join(", ")
+            )
+        }
+    }
+}
+
 fn small_runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -427,6 +485,7 @@ fn prefetch_command(sel: &ImageSelection, concurrency: usize) -> Result<(), Fail
         edge,
         platforms: platforms(sel)?,
         concurrency,
+        ca: sel.ca.clone(),
         progress: std::io::stderr().is_terminal(),
     };
     let summary = small_runtime()?
@@ -445,8 +504,9 @@ fn export_command(sel: &ImageSelection, out: &std::path::Path) -> Result<(), Fai
     let edge = edge_url(sel)?;
     let list = requested_images(sel)?;
     let choice = platforms(sel)?;
+    println!("{}", platform_note(sel, &choice));
     let report = small_runtime()?
-        .block_on(bundle::export(list, &edge, &choice, out))
+        .block_on(bundle::export(list, &edge, &choice, sel.ca.as_deref(), out))
         .map_err(|e| Failure::Runtime(e.into()))?;
     for (image, error) in &report.images {
         match error {
@@ -471,6 +531,7 @@ fn export_command(sel: &ImageSelection, out: &std::path::Path) -> Result<(), Fai
 fn import_command(a: &ConfigArg, bundle_path: &std::path::Path) -> Result<(), Failure> {
     let loaded = load_config(a)?;
     init_logging(&loaded.config);
+    store_owner::check(&loaded.config.storage.path, "import").map_err(Failure::Config)?;
     let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
     let report = bundle::import(&store, bundle_path).map_err(|e| Failure::Runtime(e.into()))?;
     print!("{report}");
@@ -522,6 +583,7 @@ fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
         out,
         names,
         force,
+        new_ca,
     } = cmd;
     // The certificate this makes may be the one the config names: do not require it yet.
     let loaded = config::load_checked(config.config.as_deref(), config::FileChecks::AllButTlsPair)
@@ -530,10 +592,16 @@ fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
     let host = hostname.unwrap_or_else(|| c.server.hostname.clone());
     let aliases: Vec<String> = c.upstream.iter().flat_map(|u| u.aliases.clone()).collect();
     let all = self_signed::names_for(&host, &aliases, &names);
-    let made = self_signed::generate(&out, &all, force).map_err(|e| match e {
-        self_signed::SelfSignedError::Exists(_) | self_signed::SelfSignedError::BadName(_) => {
-            Failure::Config(e.to_string())
-        }
+    let replace = match (force, new_ca) {
+        (_, true) => self_signed::Replace::Everything,
+        (true, false) => self_signed::Replace::ServerCertificate,
+        (false, false) => self_signed::Replace::Nothing,
+    };
+    let made = self_signed::generate(&out, &all, replace).map_err(|e| match e {
+        self_signed::SelfSignedError::Exists(_)
+        | self_signed::SelfSignedError::BadName(_)
+        | self_signed::SelfSignedError::NoCaKey(_)
+        | self_signed::SelfSignedError::BadCa(..) => Failure::Config(e.to_string()),
         other => Failure::Runtime(other.into()),
     })?;
     println!(
@@ -548,6 +616,14 @@ fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
         made.cert.display(),
         made.key.display()
     );
+    if !made.new_ca {
+        println!(
+            "issued from the existing CA {}: clients that trust it need no change; \
+             `systemctl reload sparkcr-edge` makes the daemon use the new certificate",
+            made.ca.display()
+        );
+        return Ok(());
+    }
     let hosts: Vec<String> = std::iter::once(host.clone())
         .chain(aliases.iter().map(|a| format!("{a}.{host}")))
         .collect();
@@ -559,15 +635,17 @@ fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn client_config_command(
-    client: client_config::Client,
-    config: &ConfigArg,
-    edge: Option<&str>,
-    upstreams: &[String],
-    mode: client_config::Mode,
-    write: bool,
-    root: &std::path::Path,
-) -> Result<(), Failure> {
+fn client_config_command(args: &ClientConfigArgs) -> Result<(), Failure> {
+    let client = args.client;
+    let edge = args.edge.as_deref();
+    let token = args.token.as_deref().map(|t| (args.token_user.as_str(), t));
+    let (config, upstreams, mode, write, root) = (
+        &args.config,
+        &args.upstreams,
+        args.mode,
+        args.write,
+        &args.root,
+    );
     let loaded = load_config(config)?;
     let c = &loaded.config;
     let edge = match edge {
@@ -578,8 +656,23 @@ fn client_config_command(
     };
     let ups =
         client_config::upstreams_for(c, upstreams).map_err(|e| Failure::Config(e.to_string()))?;
-    let setup = client_config::generate(client, &edge, &ups, mode, root)
+    let mut setup = client_config::generate(client, &edge, &ups, mode, root)
         .map_err(|e| Failure::Config(e.to_string()))?;
+    if let Some((user, secret)) = token {
+        if client != client_config::Client::Docker {
+            return Err(Failure::Config(
+                "--token is for `client-config docker`; containerd, Podman and CRI-O take \
+                 credentials with `ctr --user`, `podman login` and auth.json"
+                    .into(),
+            ));
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
+        setup
+            .files
+            .push(client_config::docker_auth(&edge, user, secret, root, &home));
+    }
     if write {
         for line in client_config::write(&setup).map_err(|e| Failure::Runtime(e.into()))? {
             println!("{line}");
@@ -609,21 +702,61 @@ fn cache_command(cmd: CacheCommand) -> Result<(), Failure> {
         CacheCommand::Verify(a) => (a, "verify"),
         CacheCommand::Purge { config, .. } => (config, "purge"),
     };
+    if let CacheCommand::Purge {
+        older_than: None,
+        repo: None,
+        all: false,
+        ..
+    } = &cmd
+    {
+        return Err(Failure::Config(
+            "cache purge: say what to remove: --older-than DURATION, --repo NAME, or --all for \
+             the whole cache"
+                .into(),
+        ));
+    }
     let loaded = load_config(a)?;
     init_logging(&loaded.config);
+    store_owner::check(&loaded.config.storage.path, action).map_err(Failure::Config)?;
     let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
     match cmd {
         CacheCommand::Stats(_) => print!("{}", store.stats().context("cannot read store stats")?),
         CacheCommand::Verify(_) => {
             let report = store.verify().context("verify failed")?;
             print!("{report}");
+            if !report.is_clean() {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "verify found corrupt content (listed above); what was dropped is fetched \
+                     again on the next pull"
+                )));
+            }
         }
         CacheCommand::Purge {
             older_than, repo, ..
         } => {
-            let report = store
-                .purge(older_than, repo.as_deref())
-                .context("purge failed")?;
+            let filters = match &repo {
+                Some(r) => purge_filters(r),
+                None => vec![],
+            };
+            let report = if filters.is_empty() {
+                store.purge(older_than, None).context("purge failed")?
+            } else {
+                let mut total = sparkcr_edge::store::PurgeReport::default();
+                for f in &filters {
+                    let r = store.purge(older_than, Some(f)).context("purge failed")?;
+                    total.blobs += r.blobs;
+                    total.manifests += r.manifests;
+                    total.tags += r.tags;
+                    total.tag_lists += r.tag_lists;
+                    total.bytes += r.bytes;
+                    total.detached += r.detached;
+                    total.skipped_in_use += r.skipped_in_use;
+                }
+                total
+            };
+            if !filters.is_empty() {
+                println!("  matching {}", filters.join(" or "));
+            }
             print!("{report}");
         }
     }
@@ -631,20 +764,38 @@ fn cache_command(cmd: CacheCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn init_logging(c: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(&c.log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match c.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
+/// The store's names for a `--repo` filter, normalised the way routing names them: Docker
+/// Hub's one-word names live under `library/`, its aliases are `docker.io`.
+fn purge_filters(repo: &str) -> Vec<String> {
+    let repo = repo.trim().trim_matches('/');
+    let (first, rest) = match repo.split_once('/') {
+        Some((f, r)) => (f, Some(r)),
+        None => (repo, None),
     };
+    let is_host = first.contains('.') || first.contains(':') || first == "localhost";
+    match rest {
+        Some(r) if is_host => {
+            let host = match first {
+                "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+                    "docker.io"
+                }
+                h => h,
+            };
+            if host == "docker.io" && !r.contains('/') {
+                vec![format!("docker.io/library/{r}")]
+            } else {
+                vec![format!("{host}/{r}")]
+            }
+        }
+        // `library/nginx`, `org/img`: that repository under any upstream.
+        Some(_) => vec![repo.to_string()],
+        // `nginx`: a one-word repository anywhere, and Docker Hub's library/nginx.
+        None => vec![repo.to_string(), format!("docker.io/library/{repo}")],
+    }
+}
+
+fn init_logging(c: &Config) {
+    logging::init(&c.log);
 }
 
 fn serve(a: &ConfigArg) -> Result<(), Failure> {
@@ -661,7 +812,12 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
     runtime.block_on(async move {
         let daemon = daemon::start(&c, &origin).await.map_err(|e| match e {
             DaemonError::Config(m) => Failure::Config(m),
-            other => Failure::Runtime(other.into()),
+            // A sandbox that keeps the store read-only is a setup mistake, like a config
+            // error: exit 2, which the unit does not restart.
+            other => match read_only_hint(&other, &c.storage.path) {
+                Some(hint) => Failure::Config(format!("{hint} ({other})")),
+                None => Failure::Runtime(other.into()),
+            },
         })?;
         for (kind, addr) in daemon.local_addrs() {
             let scheme = match kind {
@@ -677,4 +833,34 @@ fn serve(a: &ConfigArg) -> Result<(), Failure> {
         tracing::info!(clean, "stopped");
         Ok(())
     })
+}
+
+/// When the store failed on a read-only file system under systemd, the unit's sandbox
+/// (`ProtectSystem=strict`) is the likely cause: say so and how to fix it.
+fn read_only_hint(e: &(dyn std::error::Error + 'static), path: &std::path::Path) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut read_only = false;
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            read_only |= io.raw_os_error() == Some(libc::EROFS);
+        }
+        cur = err.source();
+    }
+    if !read_only {
+        return None;
+    }
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+    let why = if under_systemd {
+        "the systemd unit's sandbox (ProtectSystem=strict) lets the daemon write only its \
+         state directory /var/lib/sparkcr-edge"
+    } else {
+        "the file system is mounted read-only"
+    };
+    Some(format!(
+        "storage.path {} is on a read-only file system: {why}; to keep the cache there, add a \
+         drop-in with `systemctl edit sparkcr-edge` containing \"[Service]\" and \
+         \"ReadWritePaths={}\", then `systemctl restart sparkcr-edge`",
+        path.display(),
+        path.display()
+    ))
 }

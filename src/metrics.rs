@@ -150,7 +150,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        Metrics {
+        let m = Metrics {
             http_requests: counter_vec(
                 &r,
                 "http_requests_total",
@@ -324,7 +324,53 @@ impl Metrics {
             build_info,
             activity: activity::Activity::default(),
             registry: r,
-        }
+        };
+        m.register_known_labels();
+        m
+    }
+
+    /// Every label value the code is known to use, created at zero, so that a fresh
+    /// daemon's `/metrics` lists each series (dashboards, alerts and `grep` find them
+    /// before the first event). Keep in step with the callers' label values.
+    fn register_known_labels(&self) {
+        let zero = |v: &IntCounterVec, values: &[&str]| {
+            for value in values {
+                v.with_label_values(&[value]).inc_by(0);
+            }
+        };
+        zero(&self.connections_total, &["http", "https"]);
+        zero(&self.tls_reloads, &["ok", "error"]);
+        zero(&self.connections_rejected, &["limit"]);
+        zero(
+            &self.auth_denials,
+            &[
+                "network",
+                "no_credentials",
+                "bad_credentials",
+                "scope",
+                "rate_limited",
+            ],
+        );
+        zero(&self.store_expired, &["blob", "manifest", "tag"]);
+        zero(
+            &self.store_errors,
+            &[
+                "open",
+                "read",
+                "put_manifest",
+                "put_tag",
+                "corrupt_record",
+                "verify_corrupt",
+            ],
+        );
+        zero(&self.cache_hits, &["blob", "manifest"]);
+        zero(&self.cache_misses, &["blob", "manifest"]);
+        zero(&self.served_bytes, &["cache", "upstream"]);
+        zero(&self.stale_served, &["manifest", "tags"]);
+        zero(
+            &self.fills_ended,
+            &["stored", "spooled", "memory", "failed"],
+        );
     }
 
     /// The counters the status page charts, summed over their labels, now.
@@ -478,5 +524,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sparkcr_edge_build_info{version="));
+    }
+
+    #[test]
+    fn counters_of_rare_events_exist_at_zero() {
+        let text = super::Metrics::new().render();
+        for series in [
+            "sparkcr_edge_stale_served_total{kind=\"manifest\"} 0",
+            "sparkcr_edge_auth_denials_total{reason=\"bad_credentials\"} 0",
+            "sparkcr_edge_connections_rejected_total{reason=\"limit\"} 0",
+            "sparkcr_edge_tls_reloads_total{result=\"error\"} 0",
+            "sparkcr_edge_fills_ended_total{kept=\"failed\"} 0",
+            "sparkcr_edge_private_content_refusals_total 0",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
     }
 }

@@ -279,11 +279,17 @@ async fn anonymous_off_basic_and_bearer_flow() {
         .await
         .expect("text");
     assert!(
-        metrics.contains("sparkcr_edge_auth_denials_total{reason=\"no_credentials\"}"),
+        metric(
+            &metrics,
+            "sparkcr_edge_auth_denials_total{reason=\"no_credentials\"}"
+        ) >= 1.0,
         "{metrics}"
     );
     assert!(
-        metrics.contains("sparkcr_edge_auth_denials_total{reason=\"bad_credentials\"}"),
+        metric(
+            &metrics,
+            "sparkcr_edge_auth_denials_total{reason=\"bad_credentials\"}"
+        ) >= 1.0,
         "{metrics}"
     );
     assert!(
@@ -478,7 +484,10 @@ async fn private_upstream_content_stays_private() {
         .await
         .expect("t");
     assert!(
-        metrics.contains("sparkcr_edge_auth_denials_total{reason=\"scope\"}"),
+        metric(
+            &metrics,
+            "sparkcr_edge_auth_denials_total{reason=\"scope\"}"
+        ) >= 1.0,
         "{metrics}"
     );
     assert!(

@@ -81,7 +81,10 @@ async fn connections_over_the_cap_get_503_and_the_cap_frees_up() {
     }
     let metrics = edge.metrics_text().await;
     assert!(
-        metrics.contains("sparkcr_edge_connections_rejected_total{reason=\"limit\"}"),
+        metric(
+            &metrics,
+            "sparkcr_edge_connections_rejected_total{reason=\"limit\"}"
+        ) >= 1.0,
         "{metrics}"
     );
 }

@@ -362,7 +362,8 @@ fn sigterm_exits_zero() {
 
 /// The daemon speaks systemd's notify protocol (`Type=notify`): READY=1 once listeners and
 /// the store are up, RELOADING=1 (with MONOTONIC_USEC) and READY=1 around a SIGHUP reload,
-/// STOPPING=1 on SIGTERM. The test plays systemd's part on a datagram socket.
+/// STOPPING=1 on SIGTERM, each with a STATUS= line (a refused certificate says so). The
+/// test plays systemd's part on a datagram socket.
 #[test]
 fn systemd_notifications() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -389,8 +390,25 @@ fn systemd_notifications() {
         reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
         "{reloading}"
     );
-    assert!(recv().contains("READY=1"));
+    let reloaded = recv();
+    assert!(
+        reloaded.contains("READY=1") && reloaded.contains("STATUS=serving (certificate reloaded)"),
+        "{reloaded}"
+    );
+    // A refused certificate is said in STATUS= (systemctl status shows it).
+    std::fs::write(&c, "not a certificate").expect("break cert");
+    edge.signal(libc::SIGHUP);
+    let _ = recv(); // RELOADING=1
+    let refused = recv();
+    assert!(
+        refused.contains("READY=1") && refused.contains("STATUS=serving the previous certificate"),
+        "{refused}"
+    );
     edge.signal(libc::SIGTERM);
-    assert!(recv().contains("STOPPING=1"));
+    let stopping = recv();
+    assert!(
+        stopping.contains("STOPPING=1") && stopping.contains("STATUS=stopping"),
+        "{stopping}"
+    );
     assert_eq!(edge.wait_exit(Duration::from_secs(10)), Some(0));
 }

@@ -61,9 +61,10 @@ pub async fn export(
     requested: Vec<RequestedImage>,
     edge: &str,
     platforms: &PlatformChoice,
+    ca: Option<&Path>,
     out: &Path,
 ) -> Result<ExportReport, BundleError> {
-    let client = EdgeClient::new(edge)?;
+    let client = EdgeClient::new(edge, ca)?;
     let tmp_path = PathBuf::from(format!("{}.partial", out.display()));
     let file = std::fs::File::create(&tmp_path).map_err(io_err(&tmp_path))?;
     let mut tar = tar::Builder::new(file);
@@ -201,6 +202,26 @@ struct BundleManifest {
     bytes: Vec<u8>,
 }
 
+/// The media type of a JSON document that is a manifest: its `mediaType`, or, when that is
+/// absent (valid OCI; umoci writes such manifests), inferred as clients do: `manifests`
+/// makes an OCI index, `config` plus `layers` an OCI image manifest. `None`: not a manifest
+/// (an image config, say).
+fn manifest_type_of(doc: &serde_json::Value) -> Option<String> {
+    if let Some(mt) = doc["mediaType"].as_str().filter(|t| !t.is_empty()) {
+        return Some(mt.to_string());
+    }
+    if doc["schemaVersion"].as_u64() != Some(2) {
+        return None;
+    }
+    if doc["manifests"].is_array() {
+        Some("application/vnd.oci.image.index.v1+json".into())
+    } else if doc["config"].is_object() && doc["layers"].is_array() {
+        Some("application/vnd.oci.image.manifest.v1+json".into())
+    } else {
+        None
+    }
+}
+
 fn entry_digest(path: &str) -> Option<Digest> {
     path.trim_start_matches("./")
         .strip_prefix("blobs/sha256/")
@@ -237,7 +258,7 @@ pub fn import(store: &Store, bundle: &Path) -> Result<ImportReport, BundleError>
                 let mut bytes = Vec::new();
                 entry.read_to_end(&mut bytes).map_err(io_err(bundle))?;
                 if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    let mt = doc["mediaType"].as_str().unwrap_or_default().to_string();
+                    let mt = manifest_type_of(&doc).unwrap_or_default();
                     if is_manifest_media_type(&mt) {
                         manifests.insert(
                             d,
@@ -255,19 +276,40 @@ pub fn import(store: &Store, bundle: &Path) -> Result<ImportReport, BundleError>
     // Which repository each manifest and blob belongs to, from the index's references.
     let mut repo_of: HashMap<Digest, String> = HashMap::new();
     let mut tags: Vec<(crate::prefetch::image_ref::ImageRef, Digest, String)> = Vec::new();
-    for desc in index["manifests"].as_array().into_iter().flatten() {
+    let mut report = ImportReport::default();
+    for (i, desc) in index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let Some(d) = desc["digest"]
             .as_str()
             .and_then(|s| s.parse::<Digest>().ok())
         else {
+            report
+                .failures
+                .push(format!("index.json manifests[{i}]: no valid digest"));
             continue;
         };
         let Some(name) = desc["annotations"][REF_NAME].as_str() else {
+            report.failures.push(format!(
+                "index.json manifests[{i}] ({d}): no {REF_NAME} annotation, so no image name to file it under"
+            ));
             continue;
         };
         let Ok(image) = crate::prefetch::image_ref::ImageRef::parse(name) else {
+            report.failures.push(format!(
+                "index.json manifests[{i}] ({d}): {name:?} is not an image reference"
+            ));
             continue;
         };
+        if !manifests.contains_key(&d) {
+            report.failures.push(format!(
+                "{name}: its manifest {d} is not in the bundle (or is not a manifest); not imported"
+            ));
+            continue;
+        }
         let repo_key = format!("{}/{}", image.registry, image.repo);
         let mut stack = vec![d];
         while let Some(m) = stack.pop() {
@@ -296,11 +338,14 @@ pub fn import(store: &Store, bundle: &Path) -> Result<ImportReport, BundleError>
             .unwrap_or_else(|| desc["mediaType"].as_str().unwrap_or_default().to_string());
         tags.push((image, d, media_type));
     }
-    let mut report = ImportReport::default();
+    let mut stored: HashSet<Digest> = HashSet::new();
     for (d, m) in &manifests {
         let repo = repo_of.get(d).cloned().unwrap_or_default();
         match store.put_manifest(d, &m.media_type, &m.bytes, &repo) {
-            Ok(()) => report.manifests += 1,
+            Ok(()) => {
+                report.manifests += 1;
+                stored.insert(*d);
+            }
             Err(e) => report.failures.push(format!("manifest {d}: {e}")),
         }
     }
@@ -353,8 +398,29 @@ pub fn import(store: &Store, bundle: &Path) -> Result<ImportReport, BundleError>
             Err(e) => report.failures.push(format!("blob {d}: {e}")),
         }
     }
+    // Every image manifest imported must have its config and layers, from the bundle or
+    // already in the store (an index's children for platforms not exported may be absent).
+    for (d, m) in &manifests {
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&m.bytes) else {
+            continue;
+        };
+        let blobs =
+            std::iter::once(&doc["config"]).chain(doc["layers"].as_array().into_iter().flatten());
+        for b in blobs {
+            if let Some(bd) = b["digest"].as_str().and_then(|s| s.parse::<Digest>().ok()) {
+                if store.blob(&bd)?.is_none() {
+                    report.failures.push(format!(
+                        "manifest {d}: blob {bd} is neither in the bundle nor in the store"
+                    ));
+                }
+            }
+        }
+    }
     let now = std::time::SystemTime::now();
     for (image, digest, media_type) in tags {
+        if !stored.contains(&digest) {
+            continue; // its manifest failed, and says so above
+        }
         if let Reference::Tag(tag) = &image.reference {
             let key = TagKey {
                 upstream: image.registry.clone(),

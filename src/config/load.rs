@@ -134,24 +134,122 @@ fn load_from_checked(
         }
         builder = builder.add_source(File::from_str(text, FileFormat::Toml));
     }
-    builder = builder.add_source(
-        Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("server.listen")
-            .with_list_parse_key("server.tls_listen")
-            .with_list_parse_key("auth.allow_cidrs")
-            .with_list_parse_key("auth.admin_cidrs"),
-    );
-    let raw = builder.build().map_err(|e| from_config_error(&origin, e))?;
+    let env = EnvOverrides::from_process()?;
+    let mut plain = env.plain.clone();
+    let mut environment = Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",");
+    for key in LIST_KEYS {
+        environment = environment.with_list_parse_key(key);
+        // An empty value is an empty list (the crate would make it `[""]`).
+        if let Some(v) = plain.remove(&env_var_for(key)) {
+            if v.trim().is_empty() {
+                builder = builder
+                    .set_override(*key, Vec::<String>::new())
+                    .map_err(|e| from_config_error(&origin, e))?;
+            } else {
+                plain.insert(env_var_for(key), v);
+            }
+        }
+    }
+    builder = builder.add_source(environment.source(Some(plain)));
+    for fragment in &env.tables {
+        builder = builder.add_source(File::from_str(fragment, FileFormat::Toml));
+    }
+    let raw = builder
+        .build()
+        .map_err(|e| blame_env(from_config_error(&origin, e)))?;
     let mut config: Config = raw
         .try_deserialize()
-        .map_err(|e| from_config_error(&origin, e))?;
+        .map_err(|e| blame_env(from_config_error(&origin, e)))?;
     add_builtin_upstreams(&mut config);
-    validate(&config, &origin, checks)?;
+    validate(&config, &origin, checks).map_err(blame_env)?;
     Ok(LoadedConfig { config, origin })
+}
+
+/// Keys whose environment value is a comma-separated list (empty: an empty list).
+const LIST_KEYS: &[&str] = &[
+    "server.listen",
+    "server.tls_listen",
+    "auth.allow_cidrs",
+    "auth.admin_cidrs",
+];
+/// Arrays of tables, whose environment value is a TOML inline array:
+/// `SPARKCR_EDGE__UPSTREAM='[{name = "registry.lan", url = "https://registry.lan"}]'`.
+const TABLE_ARRAYS: &[(&str, &str)] = &[
+    ("upstream", "upstream = "),
+    ("auth.token", "[auth]\ntoken = "),
+];
+
+/// The variable that overrides `key`: `server.tls_listen` -> `SPARKCR_EDGE__SERVER__TLS_LISTEN`.
+pub fn env_var_for(key: &str) -> String {
+    format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_uppercase())
+}
+
+/// The process's `SPARKCR_EDGE__*` variables, split into plain values and arrays of tables
+/// (TOML fragments).
+struct EnvOverrides {
+    plain: config::Map<String, String>,
+    tables: Vec<String>,
+}
+
+impl EnvOverrides {
+    fn from_process() -> Result<Self, ConfigError> {
+        let prefix = format!("{ENV_PREFIX}__");
+        let mut plain = config::Map::new();
+        let mut tables = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str().filter(|n| n.starts_with(&prefix)) else {
+                continue;
+            };
+            let value = value.into_string().map_err(|_| ConfigError {
+                origin: format!("environment variable {name}"),
+                key: String::new(),
+                message: "the value is not valid UTF-8".into(),
+            })?;
+            match TABLE_ARRAYS
+                .iter()
+                .find(|(key, _)| env_var_for(key) == name)
+            {
+                Some((key, head)) => {
+                    let text = format!("{head}{value}\n");
+                    if let Err(e) = text.parse::<toml::Table>() {
+                        return Err(ConfigError {
+                            origin: format!("environment variable {name}"),
+                            key: (*key).to_string(),
+                            message: format!(
+                                "expected a TOML inline array of tables such as \
+                                 [{{name = \"registry.lan\", url = \"https://registry.lan\"}}]: {}",
+                                one_line(e.message())
+                            ),
+                        });
+                    }
+                    tables.push(text);
+                }
+                None => {
+                    plain.insert(name.to_string(), value);
+                }
+            }
+        }
+        Ok(EnvOverrides { plain, tables })
+    }
+}
+
+/// Names the variable that set the key an error is about (or a table above it), if one did.
+fn blame_env(mut e: ConfigError) -> ConfigError {
+    let key = e.key.split('[').next().unwrap_or_default();
+    let mut parts: Vec<&str> = key.split('.').filter(|p| !p.is_empty()).collect();
+    while !parts.is_empty() {
+        let var = env_var_for(&parts.join("."));
+        if std::env::var_os(&var).is_some() {
+            e.origin = format!("environment variable {var}");
+            return e;
+        }
+        parts.pop();
+    }
+    e
 }
 
 /// Loads config text that is known to be valid (tests of other modules).

@@ -6,6 +6,10 @@ use super::image_ref::ImageRef;
 use crate::oci::{Digest, MANIFEST_MEDIA_TYPES};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::CertificateDer;
+use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeClientError {
@@ -108,15 +112,20 @@ pub struct EdgeClient {
 }
 
 impl EdgeClient {
-    pub fn new(base: &str) -> Result<Self, EdgeClientError> {
+    /// A client of the edge at `base`. HTTPS certificates are checked against the system's
+    /// trust store plus the PEM certificates in `ca` (the CA `tls self-signed` made).
+    pub fn new(base: &str, ca: Option<&Path>) -> Result<Self, EdgeClientError> {
+        let setup_error = |reason: String| EdgeClientError::Unreachable {
+            url: base.into(),
+            reason,
+        };
+        let tls = tls_config(ca).map_err(setup_error)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("sparkcr-edge-prefetch/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
+            .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| EdgeClientError::Unreachable {
-                url: base.into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| setup_error(e.to_string()))?;
         Ok(EdgeClient {
             base: base.trim_end_matches('/').to_string(),
             http,
@@ -124,9 +133,17 @@ impl EdgeClient {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> EdgeClientError {
+        let reason = match certificate_problem(&e) {
+            Some(tls) => format!(
+                "the edge's TLS certificate was refused ({tls}); if the edge uses the CA that \
+                 `sparkcr-edge tls self-signed` made, pass --ca /etc/sparkcr-edge/tls/ca.pem \
+                 (or trust that CA system-wide)"
+            ),
+            None => e.to_string(),
+        };
         EdgeClientError::Unreachable {
             url: self.base.clone(),
-            reason: e.to_string(),
+            reason,
         }
     }
 
@@ -302,4 +319,54 @@ fn parse_json(m: &FetchedManifest) -> Result<serde_json::Value, EdgeClientError>
     serde_json::from_slice(&m.bytes).map_err(|e| {
         EdgeClientError::BadManifest(format!("manifest {} is not JSON: {e}", m.digest))
     })
+}
+
+/// rustls with the platform verifier (the system's trust store) plus the roots in `ca`.
+fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let extra_roots = match ca {
+        None => Vec::new(),
+        Some(path) => {
+            let bad = |e: &dyn std::fmt::Display| format!("--ca {}: {e}", path.display());
+            let roots = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(&e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(&e))?;
+            if roots.is_empty() {
+                return Err(bad(&"no PEM CERTIFICATE blocks found"));
+            }
+            roots
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+            .map_err(|e| format!("TLS setup: {e}"))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The rustls error anywhere in `err`'s chain (hyper wraps it in an `io::Error`, whose
+/// `source()` skips it, so look inside those too).
+fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| certificate_problem(inner))
+        {
+            return Some(inner);
+        }
+        current = e.source();
+    }
+    None
 }

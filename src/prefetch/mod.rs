@@ -126,6 +126,8 @@ pub struct PrefetchOptions {
     pub edge: String,
     pub platforms: PlatformChoice,
     pub concurrency: usize,
+    /// Extra CA certificates (PEM) for an HTTPS edge.
+    pub ca: Option<std::path::PathBuf>,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
 }
@@ -135,7 +137,7 @@ pub async fn run(
     requested: Vec<RequestedImage>,
     opts: &PrefetchOptions,
 ) -> Result<PrefetchSummary, edge_client::EdgeClientError> {
-    let client = EdgeClient::new(&opts.edge)?;
+    let client = EdgeClient::new(&opts.edge, opts.ca.as_deref())?;
     let multi = if opts.progress {
         MultiProgress::new()
     } else {

@@ -380,14 +380,20 @@ pub async fn serve_until_signalled(server: Server, grace: Duration) -> std::io::
                         reloading.push(now);
                     }
                     notify_systemd(&reloading);
-                    reload_target.reload();
-                    notify_systemd(&[sd_notify::NotifyState::Ready]);
+                    let status = reload_target.reload();
+                    notify_systemd(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status(&status),
+                    ]);
                 }
                 _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT received"); break; }
             }
         }
-        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        notify_systemd(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("stopping: finishing in-flight responses"),
+        ]);
     };
     Ok(server.serve(shutdown, grace).await)
 }
@@ -405,10 +411,11 @@ struct ReloadHandle {
 }
 
 impl ReloadHandle {
-    fn reload(&self) {
+    /// Reloads the certificate; returns the `STATUS=` line for systemd.
+    fn reload(&self) -> String {
         let Some(cert) = &self.tls else {
             tracing::info!("SIGHUP received; no HTTPS listener, nothing to reload");
-            return;
+            return "serving".into();
         };
         match cert.reload() {
             Ok(()) => {
@@ -419,6 +426,7 @@ impl ReloadHandle {
                     .inc();
                 tracing::info!("SIGHUP: certificate and key reloaded");
                 warn_if_expiring(&self.app);
+                "serving (certificate reloaded)".into()
             }
             Err(e) => {
                 self.app
@@ -427,6 +435,7 @@ impl ReloadHandle {
                     .with_label_values(&["error"])
                     .inc();
                 tracing::error!(error = %e, "SIGHUP: new certificate refused; still serving the previous one");
+                format!("serving the previous certificate: the new one was refused: {e}")
             }
         }
     }

@@ -378,8 +378,61 @@ fn registries_conf(
     })
 }
 
-/// Writes each file, backing up an existing one to `<file>.bak.<unix time>`. Docker's
-/// daemon.json is merged: existing keys are kept, ours set.
+/// The path of Docker's per-user client config (`~/.docker/config.json`) under `root`.
+pub fn docker_client_config_path(root: &Path, home: &Path) -> PathBuf {
+    root.join(home.strip_prefix("/").unwrap_or(home))
+        .join(".docker/config.json")
+}
+
+/// The `~/.docker/config.json` entries that make Docker send the edge token: under
+/// `https://index.docker.io/v1/` (Docker sends those credentials to its `registry-mirrors`
+/// and nothing else) and under the edge's own host (for `EDGE/<upstream>/...` pulls).
+pub fn docker_auth(
+    edge: &EdgeAddress,
+    user: &str,
+    secret: &str,
+    root: &Path,
+    home: &Path,
+) -> Snippet {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
+    let json = serde_json::json!({ "auths": {
+        "https://index.docker.io/v1/": { "auth": auth },
+        edge.authority.clone(): { "auth": auth },
+    }});
+    Snippet {
+        path: docker_client_config_path(root, home),
+        content: serde_json::to_string_pretty(&json).unwrap_or_default() + "\n",
+    }
+}
+
+/// A backup path that does not exist yet: `<file>.bak.<unix time>`, then `.1`, `.2`, ...
+/// (created empty here, so two runs in one second never share one).
+fn fresh_backup(path: &Path, stamp: u64) -> std::io::Result<PathBuf> {
+    let base = format!("{}.bak.{stamp}", path.display());
+    for n in 0..1000u32 {
+        let candidate = if n == 0 {
+            PathBuf::from(&base)
+        } else {
+            PathBuf::from(format!("{base}.{n}"))
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
+            Ok(_) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("1000 backups in one second"))
+}
+
+/// Writes each file, backing up an existing one to a new `<file>.bak.<unix time>[.N]`
+/// (never over an earlier backup). JSON files (Docker's daemon.json and config.json) are
+/// merged: existing keys are kept, ours set, one level deep (other `auths` entries stay).
+/// `~/.docker/config.json` holds credentials and is written mode 0600.
 pub fn write(setup: &ClientSetup) -> Result<Vec<String>, ClientConfigError> {
     let mut done = Vec::new();
     let stamp = std::time::SystemTime::now()
@@ -392,10 +445,11 @@ pub fn write(setup: &ClientSetup) -> Result<Vec<String>, ClientConfigError> {
             source,
         };
         let mut content = s.content.clone();
+        let is_json = s.path.extension().is_some_and(|e| e == "json");
         if s.path.exists() {
-            let backup = PathBuf::from(format!("{}.bak.{stamp}", s.path.display()));
+            let backup = fresh_backup(&s.path, stamp).map_err(werr)?;
             std::fs::copy(&s.path, &backup).map_err(werr)?;
-            if s.path.file_name().is_some_and(|n| n == "daemon.json") {
+            if is_json {
                 content = merge_json(&s.path, &s.content)?;
             }
             done.push(format!(
@@ -407,7 +461,23 @@ pub fn write(setup: &ClientSetup) -> Result<Vec<String>, ClientConfigError> {
         if let Some(dir) = s.path.parent() {
             std::fs::create_dir_all(dir).map_err(werr)?;
         }
-        std::fs::write(&s.path, content).map_err(werr)?;
+        let secret = s.path.ends_with(".docker/config.json");
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            use std::os::unix::fs::PermissionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(if secret { 0o600 } else { 0o644 })
+                .open(&s.path)
+                .map_err(werr)?;
+            if secret {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .map_err(werr)?;
+            }
+            std::io::Write::write_all(&mut f, content.as_bytes()).map_err(werr)?;
+        }
         done.push(format!("wrote {}", s.path.display()));
     }
     Ok(done)
@@ -429,7 +499,19 @@ fn merge_json(path: &Path, ours: &str) -> Result<String, ClientConfigError> {
         return Err(bad("the top level is not an object".into()));
     };
     for (k, v) in new {
-        obj.insert(k.clone(), v.clone());
+        match (
+            obj.get_mut(k).and_then(|e| e.as_object_mut()),
+            v.as_object(),
+        ) {
+            (Some(existing_inner), Some(inner)) => {
+                for (ik, iv) in inner {
+                    existing_inner.insert(ik.clone(), iv.clone());
+                }
+            }
+            _ => {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
     }
     Ok(serde_json::to_string_pretty(&existing).unwrap_or_default() + "\n")
 }

@@ -8,8 +8,17 @@ use std::path::{Path, PathBuf};
 pub enum SelfSignedError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("{0} already exists; pass --force to replace it")]
+    #[error("{0} already exists; pass --force to issue a new server certificate from the existing CA (clients keep trusting it), or --new-ca to replace the CA too")]
     Exists(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is missing (the CA was made by an older sparkcr-edge or elsewhere), so no certificate can be issued from it; pass --new-ca to make a new CA (every client must then trust the new ca.pem)")]
+    NoCaKey(PathBuf),
+    #[error("{0}: not a usable CA certificate or key ({1}); pass --new-ca to make a new CA")]
+    BadCa(PathBuf, rcgen::Error),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -25,6 +34,8 @@ pub struct SelfSigned {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub names: Vec<String>,
+    /// Whether the CA is new (clients must trust it) or the existing one was reused.
+    pub new_ca: bool,
 }
 
 /// The names the certificate must cover: the host, `*.host`, and each alias host.
@@ -52,27 +63,66 @@ fn valid_from_now(params: &mut rcgen::CertificateParams, days: u64) {
     params.not_after = epoch + now + std::time::Duration::from_secs(days * 86_400);
 }
 
-pub fn generate(out: &Path, names: &[String], force: bool) -> Result<SelfSigned, SelfSignedError> {
+/// What to do when the files exist already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// Refuse ([`SelfSignedError::Exists`]).
+    Nothing,
+    /// Issue a new server certificate and key from the existing CA (`--force`): clients
+    /// that trust the CA need no change.
+    ServerCertificate,
+    /// A new CA as well (`--new-ca`): every client must trust the new `ca.pem`.
+    Everything,
+}
+
+pub fn generate(
+    out: &Path,
+    names: &[String],
+    replace: Replace,
+) -> Result<SelfSigned, SelfSignedError> {
     let ca_path = out.join("ca.pem");
+    let ca_key_path = out.join("ca-key.pem");
     let cert_path = out.join("cert.pem");
     let key_path = out.join("key.pem");
-    for p in [&ca_path, &cert_path, &key_path] {
-        if p.exists() && !force {
-            return Err(SelfSignedError::Exists(p.clone()));
+    if replace == Replace::Nothing {
+        for p in [&ca_path, &cert_path, &key_path] {
+            if p.exists() {
+                return Err(SelfSignedError::Exists(p.clone()));
+            }
         }
     }
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("sparkcr-edge CA for {}", names.first().map_or("", |s| s)),
-    );
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    valid_from_now(&mut ca_params, CA_VALID_DAYS);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+    let reuse_ca = replace == Replace::ServerCertificate && ca_path.exists();
+    let (ca_pem, ca_key) = if reuse_ca {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| SelfSignedError::Read {
+                path: p.into(),
+                source,
+            })
+        };
+        if !ca_key_path.exists() {
+            return Err(SelfSignedError::NoCaKey(ca_key_path));
+        }
+        let key = rcgen::KeyPair::from_pem(&read(&ca_key_path)?)
+            .map_err(|e| SelfSignedError::BadCa(ca_key_path.clone(), e))?;
+        (read(&ca_path)?, key)
+    } else {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        ca_params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("sparkcr-edge CA for {}", names.first().map_or("", |s| s)),
+        );
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        valid_from_now(&mut ca_params, CA_VALID_DAYS);
+        let key = rcgen::KeyPair::generate()?;
+        let ca = ca_params.self_signed(&key)?;
+        (ca.pem(), key)
+    };
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, &ca_key)
+        .map_err(|e| SelfSignedError::BadCa(ca_path.clone(), e))?;
 
     let mut sans = Vec::new();
     for n in names {
@@ -95,7 +145,7 @@ pub fn generate(out: &Path, names: &[String], force: bool) -> Result<SelfSigned,
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     valid_from_now(&mut leaf, LEAF_VALID_DAYS);
     let key = rcgen::KeyPair::generate()?;
-    let cert = leaf.signed_by(&key, &ca)?;
+    let cert = leaf.signed_by(&key, &issuer)?;
 
     std::fs::create_dir_all(out).map_err(|source| SelfSignedError::Write {
         path: out.into(),
@@ -116,14 +166,19 @@ pub fn generate(out: &Path, names: &[String], force: bool) -> Result<SelfSigned,
             .map_err(werr)?;
         std::io::Write::write_all(&mut f, text.as_bytes()).map_err(werr)
     };
-    write(&ca_path, ca.pem(), 0o644)?;
-    write(&cert_path, format!("{}{}", cert.pem(), ca.pem()), 0o644)?;
+    if !reuse_ca {
+        // The CA's key stays beside it (root only) so that `--force` can reissue.
+        write(&ca_key_path, ca_key.serialize_pem(), 0o600)?;
+        write(&ca_path, ca_pem.clone(), 0o644)?;
+    }
+    write(&cert_path, format!("{}{}", cert.pem(), ca_pem), 0o644)?;
     write(&key_path, key.serialize_pem(), 0o600)?;
     Ok(SelfSigned {
         ca: ca_path,
         cert: cert_path,
         key: key_path,
         names: names.to_vec(),
+        new_ca: !reuse_ca,
     })
 }
 
@@ -197,7 +252,7 @@ mod tests {
             &["docker".into(), "ghcr".into()],
             &["127.0.0.1".into()],
         );
-        let out = generate(dir.path(), &names, false).expect("generate");
+        let out = generate(dir.path(), &names, Replace::Nothing).expect("generate");
         // The pair loads as a serving certificate.
         crate::server::tls::load_certified_key(&out.cert, &out.key).expect("usable");
         // And verifies for an alias host against the CA.
@@ -243,7 +298,7 @@ mod tests {
             assert!((until - want).abs() < 120, "{until} vs {want}");
         }
         assert!(matches!(
-            generate(dir.path(), &names, false),
+            generate(dir.path(), &names, Replace::Nothing),
             Err(SelfSignedError::Exists(_))
         ));
         use std::os::unix::fs::PermissionsExt;
@@ -255,5 +310,66 @@ mod tests {
                 & 0o777,
             0o600
         );
+    }
+
+    /// The chain in `cert` verifies for `host` against the roots in `ca`.
+    fn verifies(ca: &Path, cert: &Path, host: &str) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
+            roots.add(c.expect("pem")).expect("add");
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
+            .build()
+            .expect("verifier");
+        let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+            .expect("read")
+            .map(|c| c.expect("pem"))
+            .collect();
+        let name = rustls_pki_types::ServerName::try_from(host.to_string()).expect("name");
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &name,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
+            .map(|_| ())
+    }
+
+    #[test]
+    fn force_reissues_from_the_same_ca_and_new_ca_replaces_it() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = generate(
+            dir.path(),
+            &names_for("edge.lan", &[], &[]),
+            Replace::Nothing,
+        )
+        .expect("first");
+        assert!(first.new_ca);
+        let ca_before = std::fs::read(&first.ca).expect("ca");
+        let old_trust = dir.path().join("old-ca.pem");
+        std::fs::write(&old_trust, &ca_before).expect("copy");
+        // --force with a new name: same CA, new leaf covering it.
+        let names = names_for("edge.lan", &[], &["cache.lan".into()]);
+        let again = generate(dir.path(), &names, Replace::ServerCertificate).expect("reissue");
+        assert!(!again.new_ca);
+        assert_eq!(std::fs::read(&again.ca).expect("ca"), ca_before);
+        verifies(&old_trust, &again.cert, "cache.lan").expect("old CA trusts the new cert");
+        // --new-ca: a different CA the old trust does not cover.
+        let fresh = generate(dir.path(), &names, Replace::Everything).expect("new ca");
+        assert!(fresh.new_ca);
+        assert_ne!(std::fs::read(&fresh.ca).expect("ca"), ca_before);
+        assert!(verifies(&old_trust, &fresh.cert, "edge.lan").is_err());
+        verifies(&fresh.ca, &fresh.cert, "edge.lan").expect("new CA trusts it");
+        // A CA without its key (an older install) cannot be reused, and says what to do.
+        std::fs::remove_file(dir.path().join("ca-key.pem")).expect("rm");
+        let Err(err) = generate(dir.path(), &names, Replace::ServerCertificate) else {
+            panic!("a CA without its key was reused");
+        };
+        assert!(err.to_string().contains("--new-ca"), "{err}");
     }
 }

@@ -1,0 +1,535 @@
+//! The commands an admin runs beside the daemon, through the real binary: `import` of a
+//! hand-made (umoci-style) bundle, `cache purge`/`verify`, store ownership when run as
+//! root, `client-config --write` backups and Docker auths, `tls self-signed --force`,
+//! `prefetch`/`export --ca` against an HTTPS edge in front of a real registry:2, the
+//! environment overrides, `check-config --quiet` and journald priorities.
+
+mod common;
+use common::images::*;
+use common::registry2::*;
+use common::*;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+/// An OCI image layout tar as umoci writes one: the manifest has no top-level
+/// `mediaType`. Returns the bundle path and the layer's digest.
+fn umoci_bundle(dir: &Path, name: &str, reference: &str, with_layer: bool) -> (PathBuf, String) {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = pseudo_random(91, 50_000);
+    let (config_d, layer_d) = (sha256_digest(config), sha256_digest(&layer));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "config": { "mediaType": OCI_CONFIG, "digest": config_d, "size": config.len() },
+        "layers": [ { "mediaType": OCI_LAYER, "digest": layer_d, "size": layer.len() } ],
+    })
+    .to_string();
+    let manifest_d = sha256_digest(manifest.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [ {
+            "mediaType": OCI_MANIFEST, "digest": manifest_d, "size": manifest.len(),
+            "annotations": { "org.opencontainers.image.ref.name": reference },
+        } ],
+    })
+    .to_string();
+    let path = dir.join(name);
+    let mut tar = tar::Builder::new(std::fs::File::create(&path).expect("bundle"));
+    let mut add = |name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, bytes).expect("append");
+    };
+    let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add("index.json", index.as_bytes());
+    add(&blob(&manifest_d), manifest.as_bytes());
+    add(&blob(&config_d), config);
+    if with_layer {
+        add(&blob(&layer_d), &layer);
+    }
+    tar.finish().expect("finish");
+    (path, layer_d)
+}
+
+/// A config file in `dir` for a store at `dir/store`, with an upstream that is never up.
+fn store_config(dir: &Path) -> String {
+    let p = dir.join("config.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n[storage]\npath = \"{}\"\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:9\"\nconnect_timeout = \"1s\"\n",
+            dir.join("store").display()
+        ),
+    )
+    .expect("config");
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn umoci_style_bundle_imports_and_serves_offline() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = store_config(d.path());
+    let (bundle, _) = umoci_bundle(d.path(), "b.tar", "docker.io/library/multi:v1", true);
+    let (code, out, err) = run_cli(
+        &["import", "--config", &cfg, bundle.to_str().expect("p")],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("manifests imported   1"), "{out}");
+    assert!(out.contains("docker.io/library/multi:v1"), "{out}");
+    // Pulled by tag with the upstream down: the manifest comes from the store.
+    let edge = Edge::start(&std::fs::read_to_string(&cfg).expect("cfg"));
+    let r = reqwest::Client::new()
+        .get(edge.url("/v2/library/multi/manifests/v1"))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().expect("ct"),
+        OCI_MANIFEST
+    );
+    // Counters of rare events are there at zero on a fresh daemon.
+    let metrics = edge.metrics_text().await;
+    for series in [
+        "stale_served_total",
+        "auth_denials_total",
+        "tls_reloads_total",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+}
+
+#[test]
+fn import_fails_loudly_on_what_it_cannot_import() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = store_config(d.path());
+    let (bundle, layer) = umoci_bundle(d.path(), "b.tar", "docker.io/library/multi:v1", false);
+    let (code, out, err) = run_cli(
+        &["import", "--config", &cfg, bundle.to_str().expect("p")],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!("blob {layer} is neither in the bundle")),
+        "{out}"
+    );
+    // An index entry whose manifest is not in the bundle is named, and its tag not kept.
+    let text = r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2,"annotations":{"org.opencontainers.image.ref.name":"docker.io/library/ghost:v1"}}]}"#;
+    let path = d.path().join("ghost.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&path).expect("bundle"));
+    let mut h = tar::Header::new_gnu();
+    h.set_size(text.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "index.json", text.as_bytes())
+        .expect("append");
+    tar.finish().expect("finish");
+    drop(tar);
+    let (code, out, _) = run_cli(
+        &["import", "--config", &cfg, path.to_str().expect("p")],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("docker.io/library/ghost:v1: its manifest"),
+        "{out}"
+    );
+    assert!(out.contains("tags                 0"), "{out}");
+}
+
+/// The number at the end of the report line starting with `label`.
+fn count(report: &str, label: &str) -> u64 {
+    report
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} line in:\n{report}"))
+}
+
+#[test]
+fn purge_needs_a_filter_or_all_and_normalises_docker_hub_names() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = store_config(d.path());
+    let (bundle, _) = umoci_bundle(d.path(), "b.tar", "docker.io/library/multi:v1", true);
+    let (code, out, err) = run_cli(
+        &["import", "--config", &cfg, bundle.to_str().expect("p")],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run_cli(&["cache", "purge", "--config", &cfg], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--all"), "{err}");
+    let (_, stats, _) = run_cli(&["cache", "stats", "--config", &cfg], &[]);
+    // The one-word Docker Hub name finds docker.io/library/multi.
+    let (code, out, err) = run_cli(
+        &["cache", "purge", "--config", &cfg, "--repo", "multi"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(count(&out, "manifests removed"), 1, "{out}");
+    assert_eq!(count(&out, "tags removed"), 1, "{out}");
+    let (_, after, _) = run_cli(&["cache", "stats", "--config", &cfg], &[]);
+    assert_ne!(stats, after);
+    let (code, out, _) = run_cli(&["cache", "purge", "--config", &cfg, "--all"], &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn verify_exits_non_zero_and_names_what_it_dropped() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = store_config(d.path());
+    let (bundle, layer) = umoci_bundle(d.path(), "b.tar", "docker.io/library/multi:v1", true);
+    let (code, out, err) = run_cli(
+        &["import", "--config", &cfg, bundle.to_str().expect("p")],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run_cli(&["cache", "verify", "--config", &cfg], &[]);
+    assert_eq!(code, 0, "clean store: {out}");
+    // Flip a byte in the largest chunk file (the layer's).
+    let mut files = Vec::new();
+    let mut stack = vec![d.path().join("store")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !p.components().any(|c| c.as_os_str() == "index") {
+                files.push((std::fs::metadata(&p).expect("meta").len(), p));
+            }
+        }
+    }
+    files.sort();
+    let (_, chunk) = files.last().expect("a chunk file");
+    let mut bytes = std::fs::read(chunk).expect("read");
+    bytes[100] ^= 0xff;
+    std::fs::write(chunk, bytes).expect("write");
+    let (code, out, err) = run_cli(&["cache", "verify", "--config", &cfg], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains(&format!("dropped blob {layer}")), "{out}");
+    assert!(err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn root_on_the_service_users_store_is_sent_to_that_user() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root (it chowns the store to nobody)");
+        return;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let cfg = store_config(d.path());
+    let store = d.path().join("store");
+    std::fs::create_dir(&store).expect("store dir");
+    std::os::unix::fs::chown(&store, Some(65534), Some(65534)).expect("chown");
+    let (bundle, _) = umoci_bundle(d.path(), "b.tar", "docker.io/library/multi:v1", true);
+    let b = bundle.to_str().expect("p");
+    let (code, out, err) = run_cli(&["import", "--config", &cfg, b], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "sudo -u nobody sparkcr-edge import --config {cfg} {b}"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&store).expect("dir").count(),
+        0,
+        "root wrote nothing"
+    );
+    // As the store's owner it works, and every file it made is that user's.
+    let as_nobody = |args: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(args)
+            .output()
+            .expect("setpriv");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = as_nobody(&["import", "--config", &cfg, b]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = as_nobody(&["cache", "verify", "--config", &cfg]);
+    assert_eq!(code, Some(0), "{out}");
+    let mut stack = vec![store];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("dir").flatten() {
+            let m = e.metadata().expect("meta");
+            assert_eq!(m.uid(), 65534, "{} is not nobody's", e.path().display());
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+#[test]
+fn client_config_write_keeps_every_backup_and_docker_gets_auths() {
+    use base64::Engine as _;
+    let root = tempfile::tempdir().expect("root");
+    let r = root.path().to_str().expect("p");
+    let daemon_json = root.path().join("etc/docker/daemon.json");
+    std::fs::create_dir_all(daemon_json.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&daemon_json, "{\"log-level\": \"warn\"}\n").expect("original");
+    let docker_cfg = root.path().join("home/admin/.docker/config.json");
+    std::fs::create_dir_all(docker_cfg.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &docker_cfg,
+        r#"{"auths":{"ghcr.io":{"auth":"b3RoZXI6bG9naW4="}}}"#,
+    )
+    .expect("existing");
+    let cfg_dir = tempfile::tempdir().expect("cfg");
+    let cfg = store_config(cfg_dir.path());
+    let args = [
+        "client-config",
+        "docker",
+        "--config",
+        &cfg,
+        "--edge",
+        "http://edge.lan:5000",
+        "--write",
+        "--root",
+        r,
+        "--token",
+        "s3cret",
+    ];
+    for _ in 0..2 {
+        let (code, out, err) = run_cli(&args, &[("HOME", "/home/admin")]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let backups: Vec<String> = std::fs::read_dir(daemon_json.parent().expect("p"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("daemon.json.bak."))
+        .collect();
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    let originals = backups
+        .iter()
+        .filter(|b| {
+            std::fs::read_to_string(daemon_json.with_file_name(b))
+                .expect("backup")
+                .contains("log-level")
+                && !std::fs::read_to_string(daemon_json.with_file_name(b))
+                    .expect("backup")
+                    .contains("registry-mirrors")
+        })
+        .count();
+    assert_eq!(
+        originals, 1,
+        "the original survives in one backup: {backups:?}"
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&docker_cfg).expect("config.json"))
+            .expect("json");
+    let want = base64::engine::general_purpose::STANDARD.encode("sparkcr-edge:s3cret");
+    assert_eq!(
+        written["auths"]["https://index.docker.io/v1/"]["auth"],
+        want.as_str()
+    );
+    assert_eq!(written["auths"]["edge.lan:5000"]["auth"], want.as_str());
+    assert_eq!(
+        written["auths"]["ghcr.io"]["auth"], "b3RoZXI6bG9naW4=",
+        "other logins kept"
+    );
+    assert_eq!(
+        std::fs::metadata(&docker_cfg).expect("meta").mode() & 0o777,
+        0o600
+    );
+    // Without --write the entry is printed.
+    let print = [
+        "client-config",
+        "docker",
+        "--config",
+        &cfg,
+        "--edge",
+        "http://edge.lan:5000",
+    ];
+    let (code, out, _) = run_cli(
+        &print,
+        &[("HOME", "/home/admin"), ("SPARKCR_EDGE_TOKEN", "s3cret")],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("https://index.docker.io/v1/") && out.contains(&want),
+        "{out}"
+    );
+}
+
+#[test]
+fn tls_force_keeps_the_ca_and_new_ca_replaces_it() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = store_config(d.path());
+    let out_dir = d.path().join("tls");
+    let o = out_dir.to_str().expect("p");
+    let base = [
+        "tls",
+        "self-signed",
+        "--config",
+        &cfg,
+        "--hostname",
+        "edge.lan",
+        "--out",
+        o,
+    ];
+    let (code, out, err) = run_cli(&base, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let ca = std::fs::read(out_dir.join("ca.pem")).expect("ca");
+    let cert = std::fs::read(out_dir.join("cert.pem")).expect("cert");
+    let (code, _, err) = run_cli(&base, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--force") && err.contains("--new-ca"), "{err}");
+    let mut force = base.to_vec();
+    force.push("--force");
+    let (code, out, err) = run_cli(&force, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("need no change"), "{out}");
+    assert_eq!(std::fs::read(out_dir.join("ca.pem")).expect("ca"), ca);
+    assert_ne!(std::fs::read(out_dir.join("cert.pem")).expect("cert"), cert);
+    let mut new_ca = base.to_vec();
+    new_ca.push("--new-ca");
+    let (code, out, err) = run_cli(&new_ca, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_ne!(std::fs::read(out_dir.join("ca.pem")).expect("ca"), ca);
+    assert!(out.contains("trust it"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_and_export_through_an_https_edge_with_ca() {
+    let reg = Registry2::start();
+    push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Oci,
+        71,
+        "amd64",
+        &[20_000],
+    )
+    .await;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ca.write_leaf(dir.path(), &["localhost", "127.0.0.1"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("ca");
+    let edge = Edge::start(&format!(
+        "builtin_upstreams = false\n[server]\nlisten = []\ntls_listen = [\"127.0.0.1:0\"]\n\
+         tls_cert = \"{}\"\ntls_key = \"{}\"\n[storage]\npath = \"{{dir}}/data\"\n\
+         [[upstream]]\nname = \"admin.test\"\nurl = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        reg.url()
+    ));
+    let url = format!("https://127.0.0.1:{}", edge.https[0].port());
+    let image = "admin.test/team/app:v1";
+    let (code, out, err) = run_cli(&["prefetch", "--edge", &url, image], &[]);
+    assert_ne!(code, 0, "an unknown CA is refused: {out}{err}");
+    let all = format!("{out}{err}");
+    assert!(all.contains("certificate") && all.contains("--ca"), "{all}");
+    let c = ca_file.to_str().expect("p");
+    let (code, out, err) = run_cli(&["prefetch", "--edge", &url, "--ca", c, image], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let bundle = dir.path().join("b.tar");
+    let (code, out, err) = run_cli(
+        &[
+            "export",
+            "--edge",
+            &url,
+            "--ca",
+            c,
+            "--out",
+            bundle.to_str().expect("p"),
+            image,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("platforms: linux/"), "{out}");
+    assert!(out.contains("--all-platforms"), "{out}");
+    assert!(bundle.exists());
+}
+
+#[test]
+fn env_overrides_express_lists_and_tables_and_name_the_variable() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = d.path().join("config.toml");
+    std::fs::write(
+        &p,
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:5000\"]\ntls_listen = [\"127.0.0.1:5443\"]\n\
+         tls_cert = \"/nonexistent/cert.pem\"\n",
+    )
+    .expect("write");
+    let p = p.to_str().expect("p");
+    let ups = r#"[{name = "registry.lan:5000", url = "https://registry.lan:5000"}]"#;
+    let (code, out, err) = run_cli(
+        &["check-config", "--config", p],
+        &[
+            ("SPARKCR_EDGE__SERVER__TLS_LISTEN", ""),
+            ("SPARKCR_EDGE__UPSTREAM", ups),
+        ],
+    );
+    assert_eq!(code, 0, "an empty list drops the TLS listener: {err}");
+    assert!(out.contains("tls_listen = []"), "{out}");
+    assert!(out.contains("registry.lan:5000"), "{out}");
+    for (var, value) in [
+        ("SPARKCR_EDGE__CACHE__TTL", "soon"),
+        ("SPARKCR_EDGE__AUTH__ALLOW_CIDRS", "10.0.0.0/33"),
+        ("SPARKCR_EDGE__UPSTREAM", "registry.lan"),
+        ("SPARKCR_EDGE__SERVER__LISTEN", ""),
+        (
+            "SPARKCR_EDGE__UPSTREAM",
+            r#"[{name = "x.lan", url = "x.lan"}]"#,
+        ),
+    ] {
+        let (code, _, err) = run_cli(
+            &["check-config", "--config", p],
+            &[("SPARKCR_EDGE__SERVER__TLS_LISTEN", ""), (var, value)],
+        );
+        assert_eq!(code, 2, "{var}={value}: {err}");
+        assert!(
+            err.contains(&format!("environment variable {var}")),
+            "{var}={value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_config_quiet_and_journal_priorities() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let cfg = store_config(d.path());
+    let (code, out, err) = run_cli(&["check-config", "--quiet", "--config", &cfg], &[]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    // With stderr a journal stream ($JOURNAL_STREAM names its device and inode), an error
+    // carries the `<3>` prefix journald turns into priority err; elsewhere it does not.
+    let log = d.path().join("stderr");
+    let file = std::fs::File::create(&log).expect("log");
+    let m = file.metadata().expect("meta");
+    let status = std::process::Command::new(BIN)
+        .args(["check-config", "--quiet", "--config", "/nonexistent.toml"])
+        .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+        .stderr(file)
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(2));
+    let text = std::fs::read_to_string(&log).expect("read");
+    assert!(text.starts_with("<3>sparkcr-edge: "), "{text}");
+    let (_, _, plain) = run_cli(
+        &["check-config", "--config", "/nonexistent.toml"],
+        &[("JOURNAL_STREAM", "1:2")],
+    );
+    assert!(plain.starts_with("sparkcr-edge: "), "{plain}");
+}
