@@ -204,7 +204,8 @@ async fn password_file_is_used_for_basic() {
         .expect("password from file");
 
     cfg.password_file = Some("/nonexistent/sparkcr-password".into());
-    let err = Upstream::from_config(&cfg, Arc::new(Metrics::new())).expect_err("unreadable");
+    let err = Upstream::from_config(&cfg, &Default::default(), Arc::new(Metrics::new()))
+        .expect_err("unreadable");
     assert!(
         err.to_string().contains("/nonexistent/sparkcr-password"),
         "{err}"

@@ -142,7 +142,8 @@ fn load_from_checked(
             .list_separator(",")
             .with_list_parse_key("server.listen")
             .with_list_parse_key("server.tls_listen")
-            .with_list_parse_key("auth.allow_cidrs"),
+            .with_list_parse_key("auth.allow_cidrs")
+            .with_list_parse_key("outbound.no_proxy"),
     );
     let raw = builder.build().map_err(|e| from_config_error(&origin, e))?;
     let mut config: Config = raw
@@ -366,6 +367,14 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
         );
     }
     validate_auth(c, origin)?;
+    for (i, host) in c.outbound.no_proxy.iter().enumerate() {
+        if host.is_empty() || host.contains(|c: char| c == ',' || c.is_whitespace()) {
+            return err(
+                &format!("outbound.no_proxy[{i}]"),
+                format!("expected one host name, IP address, CIDR network or \"*\" per entry, got {host:?}"),
+            );
+        }
+    }
     let mut defaults = 0;
     for (i, u) in c.upstream.iter().enumerate() {
         let key = |field: &str| format!("upstream[{i}].{field} ({})", u.name);
@@ -567,6 +576,46 @@ mod tests {
 
         let e = from_text("[server\n").expect_err("bad toml").to_string();
         assert!(e.contains("/t/config.toml:1"), "{e}");
+    }
+
+    #[test]
+    fn proxies() {
+        let c = from_text(
+            "[outbound]\nproxy = \"http://alice:hunter2@proxy.lan:3128\"\nno_proxy = [\"registry.lan\", \"10.0.0.0/8\"]\n[[upstream]]\nname = \"registry.lan\"\nurl = \"http://registry.lan\"\nproxy = \"none\"\n",
+        )
+        .expect("valid proxies");
+        assert_eq!(c.outbound.no_proxy.len(), 2);
+        assert_eq!(
+            c.upstream[0].proxy,
+            Some(crate::config::ProxySetting::Direct)
+        );
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("http://alice:<redacted>@proxy.lan:3128"),
+            "{shown}"
+        );
+        assert_eq!(
+            c.outbound.max_rate_limit_wait.get(),
+            std::time::Duration::from_secs(5)
+        );
+
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\nproxy = \"ftp://u:secret@p:21\"\n")
+            .expect_err("unknown scheme")
+            .to_string();
+        assert!(e.starts_with("/t/config.toml"), "{e}");
+        assert!(e.contains("upstream[0].proxy"), "{e}");
+        assert!(e.contains("unknown scheme \"ftp\""), "{e}");
+        assert!(!e.contains("secret") && !e.contains('\n'), "{e}");
+
+        let e = from_text("[outbound]\nproxy = \"gopher://p\"\n")
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("outbound.proxy"), "{e}");
+        let e = from_text("[outbound]\nno_proxy = [\"a b\"]\n")
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("outbound.no_proxy[0]"), "{e}");
     }
 
     const HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";

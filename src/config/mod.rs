@@ -2,7 +2,7 @@
 //! follow before the daemon will start on it.
 //!
 //! Owns: the TOML schema (`[server]`, `[storage]`, `[cache]`, `[log]`, `[auth]` (see
-//! [`auth`]), `[[upstream]]`), the
+//! [`auth`]), `[outbound]` (see [`outbound`]), `[[upstream]]`), the
 //! built-in upstream table, and loading (file, embedded default, `SPARKCR_EDGE__*`
 //! environment overrides; see [`load()`]). Every mistake becomes one [`ConfigError`] line
 //! naming the file, the key and what was expected.
@@ -11,12 +11,14 @@
 
 pub mod auth;
 pub mod load;
+pub mod outbound;
 pub mod units;
 
 pub use auth::{AuthConfig, Cidr, RateConfig, Scope, TokenConfig, TokenHash};
 pub use load::{
     load, load_checked, ConfigError, ConfigOrigin, FileChecks, LoadedConfig, DEFAULT_CONFIG_PATH,
 };
+pub use outbound::{OutboundConfig, ProxySetting, ProxyUrl};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// How upstreams are reached: daemon-wide proxy, rate-limit waits.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
     #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
 }
@@ -181,6 +186,10 @@ pub struct UpstreamConfig {
     /// served through another upstream's name.
     #[serde(default)]
     pub private: bool,
+    /// Outbound proxy for this upstream (`"none"`: direct); wins over `[outbound] proxy`
+    /// and the environment.
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -224,6 +233,7 @@ impl UpstreamConfig {
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
             private: false,
+            proxy: None,
         }
     }
 }

@@ -7,7 +7,8 @@
 //! of answers to [`ManifestResponse`], [`BlobResponse`] or an [`UpstreamError`] the cache
 //! can act on (`is_unavailable` → serve stale, `is_not_found`).
 //!
-//! Submodules: `client` (reqwest + rustls construction), `auth` (credentials, tokens),
+//! Submodules: `client` (reqwest + rustls construction), [`proxy`] (which outbound proxy,
+//! and its precedence), `auth` (credentials, tokens),
 //! [`challenge`] (`WWW-Authenticate` parsing), `transport` (one measured exchange, bounded
 //! bodies), `error`.
 //!
@@ -18,12 +19,13 @@ mod auth;
 pub mod challenge;
 mod client;
 mod error;
+pub mod proxy;
 mod transport;
 
 pub use client::{MAX_REDIRECTS, USER_AGENT};
 pub use error::UpstreamError;
 
-use crate::config::UpstreamConfig;
+use crate::config::{OutboundConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepositoryName, MANIFEST_MEDIA_TYPES};
 use auth::{Authenticator, Credentials};
@@ -128,13 +130,17 @@ impl fmt::Debug for BlobBody {
 
 impl Upstream {
     /// The client for `cfg`: reads `password_file` and `ca_file` now; errors name them.
+    /// The proxy follows `cfg`, then `outbound`, then the process environment.
     pub fn from_config(
         cfg: &UpstreamConfig,
+        outbound: &OutboundConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, UpstreamError> {
         let base_url = parse_base_url(cfg)?;
         let credentials = Credentials::from_config(cfg)?;
-        let client = client::build_http_client(cfg)?;
+        let proxy = proxy::ProxyChoice::choose(cfg, outbound, &proxy::ProxyEnv::from_process());
+        let client = client::build_http_client(cfg, &proxy)?;
+        tracing::info!(upstream = %cfg.name, url = %base_url, "outbound: {}", proxy.describe());
         let metrics = UpstreamMetrics::new(metrics, &cfg.name);
         Ok(Upstream {
             inner: Arc::new(Inner {

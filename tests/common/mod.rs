@@ -6,6 +6,7 @@
 
 pub mod fault_upstream;
 pub mod images;
+pub mod proxies;
 pub mod pull;
 pub mod registry2;
 pub mod token;

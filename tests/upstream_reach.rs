@@ -1,0 +1,224 @@
+//! Reaching upstreams from behind a firewall, with real parts: Debian's `squid` (HTTP
+//! proxy) and `dante-server` (SOCKS5) on 127.0.0.1 in front of Debian's `docker-registry`
+//! (registry:2). The upstream is addressed by a host name only squid resolves, or the
+//! proxy's own access log shows the edge's requests went through it, or the proxy is
+//! stopped and the pull must fail.
+
+mod common;
+use common::images::*;
+use common::proxies::*;
+use common::pull::*;
+use common::registry2::*;
+use common::*;
+
+fn edge_head() -> String {
+    "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n\
+     [storage]\npath = \"{dir}/data\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n"
+        .to_string()
+}
+
+fn upstream(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\nconnect_timeout = \"2s\"\nread_timeout = \"10s\"\n{extra}\n"
+    )
+}
+
+fn route(edge: &Edge, upstream: &str, repo: &str) -> Route {
+    Route {
+        name: "path prefix",
+        template: format!("http://{}/v2/{upstream}/{repo}/{{rest}}", edge.http[0]),
+        host: None,
+    }
+}
+
+async fn seed(reg: &Registry2, repo: &str, seed: u64) -> PushedImage {
+    push_image(reg, repo, Some("v1"), Format::Oci, seed, "amd64", &[40_000]).await
+}
+
+/// Polls `count` until it reaches `want` or 5 s pass (access logs arrive through pipes).
+async fn wait_count(count: impl Fn() -> usize, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = count();
+        if n >= want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The edge's status for a manifest, without asserting success.
+async fn manifest_status(client: &reqwest::Client, r: &Route) -> u16 {
+    client
+        .get(r.url("manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .map(|resp| resp.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// The environment form (`HTTP_PROXY` + `NO_PROXY`, as a systemd drop-in would set them):
+/// an upstream only squid can resolve is pulled through squid; an upstream in `NO_PROXY`
+/// goes direct and never shows up in squid's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_proxy_and_no_proxy() {
+    let reg = Registry2::start();
+    let squid = ProxyProcess::squid();
+    let behind = seed(&reg, "team/behind", 1).await;
+    let lan = seed(&reg, "team/lan", 2).await;
+    let hidden_url = format!("http://{PROXY_ONLY_HOST}:{}", reg.port);
+    let config = format!(
+        "{}{}{}",
+        edge_head(),
+        upstream("behind.test", &hidden_url, ""),
+        upstream("lan.test", &reg.url(), "")
+    );
+    let proxy = squid.url("http");
+    let edge = Edge::start_with_env(
+        &config,
+        &[
+            ("HTTP_PROXY", proxy.as_str()),
+            ("NO_PROXY", "127.0.0.1,localhost"),
+        ],
+    );
+    edge.wait_for_log("outbound: http:// requests via http://127.0.0.1")
+        .await;
+    let client = reqwest::Client::new();
+
+    let pulled = pull(&client, &route(&edge, "behind.test", "team/behind"), "v1").await;
+    assert_eq!(pulled[0].manifest_digest, behind.manifest_digest);
+    let needle = format!("{PROXY_ONLY_HOST}:{}/v2/team/behind", reg.port);
+    let through_squid = wait_count(|| squid.log_lines_with(&needle), 3).await;
+    assert!(
+        through_squid >= 3,
+        "manifest, config and layer through squid; squid log:\n{}",
+        squid.log_text()
+    );
+    assert!(
+        squid.log_text().contains("TCP_MISS/200"),
+        "{}",
+        squid.log_text()
+    );
+
+    let pulled = pull(&client, &route(&edge, "lan.test", "team/lan"), "v1").await;
+    assert_eq!(pulled[0].manifest_digest, lan.manifest_digest);
+    assert_eq!(
+        squid.log_lines_with("team/lan"),
+        0,
+        "NO_PROXY upstream went through squid:\n{}",
+        squid.log_text()
+    );
+    let direct = wait_count(|| reg.count_requests("GET", "/v2/team/lan/blobs/"), 2).await;
+    assert!(direct >= 2, "registry log:\n{}", reg.log_text());
+}
+
+/// The config form: `[outbound] proxy` (squid) for every upstream, one upstream with its
+/// own `proxy = "socks5h://…"` (dante), one with `proxy = "none"`. With dante stopped the
+/// SOCKS upstream fails (no silent direct fallback) while the others keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_proxies_http_socks_and_none() {
+    let reg = Registry2::start();
+    let squid = ProxyProcess::squid();
+    let mut dante = ProxyProcess::dante();
+    let behind = seed(&reg, "team/behind", 3).await;
+    let socks = seed(&reg, "team/socks", 4).await;
+    let direct = seed(&reg, "team/direct", 5).await;
+    let late = seed(&reg, "team/late", 6).await;
+    let config = format!(
+        "{}[outbound]\nproxy = \"{}\"\n{}{}{}",
+        edge_head(),
+        squid.url("http"),
+        upstream(
+            "behind.test",
+            &format!("http://{PROXY_ONLY_HOST}:{}", reg.port),
+            ""
+        ),
+        upstream(
+            "socks.test",
+            &format!("http://localhost:{}", reg.port),
+            &format!("proxy = \"{}\"", dante.url("socks5h"))
+        ),
+        upstream("direct.test", &reg.url(), "proxy = \"none\""),
+    );
+    // An environment proxy that would break everything: the config must win over it.
+    let edge = Edge::start_with_env(&config, &[("HTTP_PROXY", "http://127.0.0.1:9")]);
+    let client = reqwest::Client::new();
+
+    let p = pull(&client, &route(&edge, "behind.test", "team/behind"), "v1").await;
+    assert_eq!(p[0].manifest_digest, behind.manifest_digest);
+    let through_squid = wait_count(|| squid.log_lines_with("/v2/team/behind/"), 3).await;
+    assert!(through_squid >= 3, "{}", squid.log_text());
+
+    let p = pull(&client, &route(&edge, "socks.test", "team/socks"), "v1").await;
+    assert_eq!(p[0].manifest_digest, socks.manifest_digest);
+    let needle = format!("127.0.0.1.{}", reg.port);
+    let dante_connects = wait_count(|| dante.log_lines_with(&needle), 1).await;
+    assert!(dante_connects >= 1, "dante log:\n{}", dante.log_text());
+    assert_eq!(
+        squid.log_lines_with("team/socks"),
+        0,
+        "{}",
+        squid.log_text()
+    );
+
+    let p = pull(&client, &route(&edge, "direct.test", "team/direct"), "v1").await;
+    assert_eq!(p[0].manifest_digest, direct.manifest_digest);
+    assert_eq!(
+        squid.log_lines_with("team/direct"),
+        0,
+        "{}",
+        squid.log_text()
+    );
+
+    dante.stop();
+    let status = manifest_status(&client, &route(&edge, "socks.test", "team/late")).await;
+    assert_eq!(status, 503, "the SOCKS upstream with its proxy down");
+    assert_eq!(reg.count_requests("GET", "/v2/team/late/"), 0);
+    let p = pull(&client, &route(&edge, "direct.test", "team/late"), "v1").await;
+    assert_eq!(p[0].manifest_digest, late.manifest_digest);
+}
+
+/// `check-config` shows proxy passwords redacted and refuses an unknown scheme with one
+/// line naming the file and the key.
+#[test]
+fn check_config_redacts_and_rejects_proxies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    let path_text = path.display().to_string();
+    let write = |text: &str| std::fs::write(&path, text).expect("write config");
+    let base = format!(
+        "[storage]\npath = \"{}\"\n",
+        dir.path().join("data").display()
+    );
+    write(&format!(
+        "{base}[outbound]\nproxy = \"http://alice:hunter2@proxy.corp:3128\"\nno_proxy = [\"registry.lan\"]\n\
+         [[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nproxy = \"socks5h://bob:swordfish@socks.corp:1080\"\n"
+    ));
+    let (code, out, err) = run_cli(&["check-config", "--config", &path_text], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains("hunter2") && !out.contains("swordfish"),
+        "{out}"
+    );
+    assert!(
+        out.contains("http://alice:<redacted>@proxy.corp:3128"),
+        "{out}"
+    );
+    assert!(
+        out.contains("socks5h://bob:<redacted>@socks.corp:1080"),
+        "{out}"
+    );
+
+    write(&format!(
+        "{base}[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nproxy = \"socks4://u:secret@socks.corp:1080\"\n"
+    ));
+    let (code, out, err) = run_cli(&["check-config", "--config", &path_text], &[]);
+    assert_ne!(code, 0, "{out}{err}");
+    let line = err.trim();
+    assert_eq!(line.lines().count(), 1, "{err}");
+    assert!(line.contains(&path_text), "{line}");
+    assert!(line.contains("upstream[0].proxy"), "{line}");
+    assert!(line.contains("unknown scheme \"socks4\""), "{line}");
+    assert!(!line.contains("secret"), "{line}");
+}
