@@ -53,6 +53,7 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
     pub upstream_token_fetches: IntCounterVec,
+    pub upstream_rate_limit_waits: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -283,6 +284,12 @@ impl Metrics {
                 "upstream_token_fetches_total",
                 "Bearer tokens fetched from upstream auth servers, by result.",
                 &["upstream", "result"],
+            ),
+            upstream_rate_limit_waits: counter_vec(
+                &r,
+                "upstream_rate_limit_waits_total",
+                "Upstream 429s (and 503s with Retry-After) waited out and retried, by upstream.",
+                &["upstream"],
             ),
             build_info,
             registry: r,

@@ -343,7 +343,7 @@ async fn statuses_map_to_errors_the_cache_can_act_on() {
 
     let err = get("limited").await.expect_err("429");
     assert!(
-        matches!(err, UpstreamError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(7)),
+        matches!(err, UpstreamError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(7)),
         "{err:?}"
     );
     assert!(err.is_unavailable() && !err.is_not_found());

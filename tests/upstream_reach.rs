@@ -2,9 +2,11 @@
 //! proxy) and `dante-server` (SOCKS5) on 127.0.0.1 in front of Debian's `docker-registry`
 //! (registry:2). The upstream is addressed by a host name only squid resolves, or the
 //! proxy's own access log shows the edge's requests went through it, or the proxy is
-//! stopped and the pull must fail.
+//! stopped and the pull must fail. Rate limits (429, 503 with `Retry-After`) come from the
+//! fault-injecting fake upstream.
 
 mod common;
+use common::fault_upstream::*;
 use common::images::*;
 use common::proxies::*;
 use common::pull::*;
@@ -221,4 +223,97 @@ fn check_config_redacts_and_rejects_proxies() {
     assert!(line.contains("upstream[0].proxy"), "{line}");
     assert!(line.contains("unknown scheme \"socks4\""), "{line}");
     assert!(!line.contains("secret"), "{line}");
+}
+
+/// A short `Retry-After` (seconds or HTTP-date) is waited out and the pull succeeds; a
+/// long one reaches the client as 429 TOOMANYREQUESTS with the same `Retry-After`, for
+/// manifests and blobs alike, with a plain-sentence detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_waited_out_or_passed_on() {
+    use std::time::{Duration, Instant, SystemTime};
+    let up = FaultUpstream::start().await;
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec();
+    for tag in ["v1", "v2", "v3"] {
+        up.state
+            .lock()
+            .expect("lock")
+            .manifests
+            .insert(tag.into(), manifest.clone());
+    }
+    let limited_blob = up.add_blob(pseudo_random(9, 10_000), BlobMode::TooManyRequests);
+    let edge = edge_for(&up);
+    let client = reqwest::Client::new();
+    let get = |path: String| client.get(edge.url(&path)).send();
+    let set_mode = |status: u16, retry_after: String, times: usize| {
+        up.state.lock().expect("lock").manifest_mode = ManifestMode::RateLimited {
+            status,
+            retry_after,
+            times,
+        };
+    };
+
+    // 429, Retry-After: 1 → waited out.
+    set_mode(429, "1".into(), 1);
+    let t = Instant::now();
+    let r = get("/v2/team/app/manifests/v1".into()).await.expect("get");
+    assert_eq!(r.status(), 200);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(4),
+        "waited {took:?}"
+    );
+    assert_eq!(up.requests("/manifests/v1").len(), 2, "one retry");
+
+    // 503 with an HTTP-date two seconds ahead → waited out too.
+    let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
+    set_mode(503, when, 1);
+    let t = Instant::now();
+    let r = get("/v2/team/app/manifests/v2".into()).await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(up.requests("/manifests/v2").len(), 2);
+
+    // Retry-After: 3600 → the client gets 429 at once, with the upstream's delay.
+    set_mode(429, "3600".into(), 100);
+    let t = Instant::now();
+    let r = get("/v2/team/app/manifests/v3".into()).await.expect("get");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "no wait: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "3600");
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("OCI error JSON");
+    let error = &body["errors"][0];
+    assert_eq!(error["code"], "TOOMANYREQUESTS");
+    let detail = error["detail"].to_string();
+    assert!(detail.contains("asked us to wait 3600 seconds"), "{body}");
+    assert!(
+        !detail.contains("Some(") && !detail.contains("unreachable"),
+        "{body}"
+    );
+    up.state.lock().expect("lock").manifest_mode = ManifestMode::Ok;
+
+    // A blob fill that meets a long rate limit: 429 with Retry-After too.
+    let r = get(format!("/v2/team/app/blobs/{limited_blob}"))
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "3600");
+
+    let metrics = edge.metrics_text().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "sparkcr_edge_upstream_rate_limit_waits_total{upstream=\"fault.test\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
 }

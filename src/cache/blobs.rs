@@ -86,6 +86,14 @@ impl Cache {
                 upstream: target.upstream.clone(),
                 detail: m,
             },
+            FillFailure::RateLimited {
+                retry_after,
+                detail,
+            } => CacheError::RateLimited {
+                upstream: target.upstream.clone(),
+                retry_after,
+                detail,
+            },
         }
     }
 

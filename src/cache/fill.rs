@@ -31,6 +31,11 @@ pub(super) const RESUME_TRIES: u32 = 4;
 pub(super) enum FillFailure {
     NotFound,
     Unavailable(String),
+    /// The upstream is rate-limiting us (429, or 503 with `Retry-After`).
+    RateLimited {
+        retry_after: Option<Duration>,
+        detail: String,
+    },
 }
 
 /// What a fill is shared by: the digest, plus the upstream when it is private.
@@ -68,6 +73,11 @@ pub(super) struct FillJob {
 pub(super) fn map_upstream(e: &UpstreamError) -> FillFailure {
     if e.is_not_found() {
         FillFailure::NotFound
+    } else if let Some(retry_after) = e.rate_limit_wait() {
+        FillFailure::RateLimited {
+            retry_after,
+            detail: e.to_string(),
+        }
     } else {
         FillFailure::Unavailable(e.to_string())
     }

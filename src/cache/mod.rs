@@ -71,6 +71,14 @@ pub enum CacheError {
     RangeNotSatisfiable { size: u64 },
     #[error("upstream {upstream} is unreachable: {detail}")]
     Unavailable { upstream: String, detail: String },
+    /// The upstream is rate-limiting us for longer than we wait; `retry_after` is what it
+    /// asked for, to pass on to the client.
+    #[error("upstream {upstream} is rate-limiting this edge: {detail}")]
+    RateLimited {
+        upstream: String,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
     #[error("upstream {upstream} sent bad content: {detail}")]
     BadUpstreamContent { upstream: String, detail: String },
     #[error("{0}")]
@@ -79,6 +87,24 @@ pub enum CacheError {
     Store(#[from] StoreError),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl CacheError {
+    /// An upstream failure that may pass (`RateLimited` when the upstream asked us to
+    /// wait, else `Unavailable`).
+    fn unavailable(upstream: &str, e: &UpstreamError) -> Self {
+        match e.rate_limit_wait() {
+            Some(retry_after) => CacheError::RateLimited {
+                upstream: upstream.to_string(),
+                retry_after,
+                detail: e.to_string(),
+            },
+            None => CacheError::Unavailable {
+                upstream: upstream.to_string(),
+                detail: e.to_string(),
+            },
+        }
+    }
 }
 
 /// Settings the cache reads from the config.
@@ -178,10 +204,7 @@ impl Cache {
         if e.is_not_found() {
             unknown
         } else if e.is_unavailable() {
-            CacheError::Unavailable {
-                upstream: target.upstream.clone(),
-                detail: e.to_string(),
-            }
+            CacheError::unavailable(&target.upstream, &e)
         } else {
             CacheError::BadUpstreamContent {
                 upstream: target.upstream.clone(),
@@ -226,10 +249,7 @@ impl Cache {
                         tracing::warn!(upstream = %target.upstream, repo = %target.repo, error = %e, "upstream down; serving the cached tag list");
                         Ok(cached)
                     }
-                    None => Err(CacheError::Unavailable {
-                        upstream: target.upstream.clone(),
-                        detail: e.to_string(),
-                    }),
+                    None => Err(CacheError::unavailable(&target.upstream, &e)),
                 }
             }
             Err(e) => Err(self.upstream_failure(

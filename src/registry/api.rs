@@ -405,6 +405,15 @@ fn map_cache_error(e: CacheError, kind: &str) -> OciError {
         CacheError::Unavailable { upstream, detail } => {
             OciError::upstream_unavailable(&upstream, detail)
         }
+        CacheError::RateLimited {
+            upstream,
+            retry_after,
+            detail,
+        } => OciError::upstream_rate_limited(
+            &upstream,
+            retry_after.map(crate::upstream::retry_after_seconds),
+            detail,
+        ),
         CacheError::Denied(m) => OciError::new(StatusCode::FORBIDDEN, super::ErrorCode::Denied, m),
         CacheError::BadUpstreamContent { upstream, detail } => OciError::new(
             StatusCode::BAD_GATEWAY,

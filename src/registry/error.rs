@@ -155,6 +155,23 @@ impl OciError {
         .with_detail(detail)
     }
 
+    /// 429 because the upstream is rate-limiting this edge; `Retry-After` passed on when
+    /// the upstream said how long.
+    pub fn upstream_rate_limited(
+        upstream: &str,
+        retry_after_secs: Option<u64>,
+        detail: impl Into<String>,
+    ) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            format!("upstream {upstream} is rate-limiting this edge and this content is not cached; try again later"),
+        )
+        .with_detail(detail);
+        e.retry_after = retry_after_secs.map(|s| s.max(1));
+        e
+    }
+
     pub fn range_invalid(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::RANGE_NOT_SATISFIABLE,

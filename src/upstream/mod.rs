@@ -3,7 +3,8 @@
 //!
 //! Owns: [`Upstream`] (one per configured upstream; cheap to clone) and its requests for
 //! manifests, blobs (streamed, with `Range`), blob sizes and tag lists; the auth flow
-//! around each request (proactive credentials, one retry after a 401 challenge); mapping
+//! around each request (proactive credentials, one retry after a 401 challenge); short
+//! upstream rate limits (429, 503 with `Retry-After`) waited out and retried; mapping
 //! of answers to [`ManifestResponse`], [`BlobResponse`] or an [`UpstreamError`] the cache
 //! can act on (`is_unavailable` → serve stale, `is_not_found`).
 //!
@@ -23,7 +24,7 @@ pub mod proxy;
 mod transport;
 
 pub use client::{MAX_REDIRECTS, USER_AGENT};
-pub use error::UpstreamError;
+pub use error::{retry_after_seconds, UpstreamError};
 
 use crate::config::{OutboundConfig, UpstreamConfig};
 use crate::metrics::Metrics;
@@ -40,12 +41,15 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use transport::{content_length, read_limited, RequestKind, UpstreamMetrics};
 
 /// Largest manifest accepted from an upstream.
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 /// Largest tag list accepted from an upstream.
 pub const MAX_TAGS_LIST_SIZE: usize = 16 * 1024 * 1024;
+/// Most rate-limit waits for one request (a `Retry-After` of 0 must not spin).
+pub const MAX_RATE_LIMIT_RETRIES: u32 = 3;
 
 /// One configured upstream registry. Clones share the HTTP connection pool and the token
 /// cache.
@@ -61,6 +65,8 @@ struct Inner {
     client: reqwest::Client,
     auth: Authenticator,
     metrics: UpstreamMetrics,
+    /// `[outbound] max_rate_limit_wait`: the most one request waits out `Retry-After`s.
+    max_rate_limit_wait: Duration,
 }
 
 impl fmt::Debug for Upstream {
@@ -149,6 +155,7 @@ impl Upstream {
                 client,
                 auth: Authenticator::new(credentials, metrics.clone()),
                 metrics,
+                max_rate_limit_wait: outbound.max_rate_limit_wait.get(),
             }),
         })
     }
@@ -335,9 +342,10 @@ impl Upstream {
             .map_err(|e| UpstreamError::BadResponse(format!("cannot build URL for {path}: {e}")))
     }
 
-    /// Sends a request with whatever auth this upstream is known to want; on a 401 with a
-    /// challenge we can answer, retries once with fresh credentials. Returns the final
-    /// response whatever its status (a second 401 becomes `Unauthorized`).
+    /// Sends a request (see [`Upstream::send_authorized`]); a 429, or a 503 with
+    /// `Retry-After`, is waited out and retried while the waits add up to no more than
+    /// `[outbound] max_rate_limit_wait` (at most [`MAX_RATE_LIMIT_RETRIES`] times). Returns
+    /// the final response whatever its status.
     async fn send(
         &self,
         kind: RequestKind,
@@ -346,11 +354,54 @@ impl Upstream {
         repo: &RepositoryName,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
+        let mut waited = Duration::ZERO;
+        let mut retries = 0;
+        loop {
+            let response = self
+                .send_authorized(kind, &method, &url, repo, &headers)
+                .await?;
+            let status = response.status();
+            if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE
+            {
+                return Ok(response);
+            }
+            let Some(wait) = error::retry_after(response.headers()) else {
+                return Ok(response);
+            };
+            if retries == MAX_RATE_LIMIT_RETRIES || waited + wait > self.inner.max_rate_limit_wait {
+                return Ok(response);
+            }
+            drop(response);
+            tracing::info!(
+                upstream = %self.inner.name,
+                %repo,
+                status = status.as_u16(),
+                "upstream asked us to wait {} ms; retrying after the wait",
+                wait.as_millis()
+            );
+            self.inner.metrics.rate_limit_wait();
+            tokio::time::sleep(wait).await;
+            waited += wait;
+            retries += 1;
+        }
+    }
+
+    /// Sends a request with whatever auth this upstream is known to want; on a 401 with a
+    /// challenge we can answer, retries once with fresh credentials. Returns the final
+    /// response whatever its status (a second 401 becomes `Unauthorized`).
+    async fn send_authorized(
+        &self,
+        kind: RequestKind,
+        method: &Method,
+        url: &Url,
+        repo: &RepositoryName,
+        headers: &HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let inner = &*self.inner;
         let scope = format!("repository:{repo}:pull");
         let proactive = inner.auth.proactive(&inner.client, &scope).await?;
         let first = self
-            .attempt(kind, &method, &url, &headers, proactive.as_ref())
+            .attempt(kind, method, url, headers, proactive.as_ref())
             .await?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
@@ -368,7 +419,7 @@ impl Upstream {
             .answer(&inner.client, &challenges, &scope, proactive.as_ref())
             .await?;
         let second = self
-            .attempt(kind, &method, &url, &headers, Some(&retry_auth))
+            .attempt(kind, method, url, headers, Some(&retry_auth))
             .await?;
         if second.status() == StatusCode::UNAUTHORIZED {
             tracing::debug!(upstream = %inner.name, %repo, "upstream refused fresh credentials");
