@@ -33,7 +33,7 @@ fn route(edge: &Edge, upstream: &str, repo: &str) -> Route {
     }
 }
 
-async fn seed(reg: &Registry2, repo: &str, seed: u64) -> PushedImage {
+async fn seed_image(reg: &Registry2, repo: &str, seed: u64) -> PushedImage {
     push_image(reg, repo, Some("v1"), Format::Oci, seed, "amd64", &[40_000]).await
 }
 
@@ -67,8 +67,8 @@ async fn manifest_status(client: &reqwest::Client, r: &Route) -> u16 {
 async fn environment_proxy_and_no_proxy() {
     let reg = Registry2::start();
     let squid = ProxyProcess::squid();
-    let behind = seed(&reg, "team/behind", 1).await;
-    let lan = seed(&reg, "team/lan", 2).await;
+    let behind = seed_image(&reg, "team/behind", 1).await;
+    let lan = seed_image(&reg, "team/lan", 2).await;
     let hidden_url = format!("http://{PROXY_ONLY_HOST}:{}", reg.port);
     let config = format!(
         "{}{}{}",
@@ -123,10 +123,10 @@ async fn config_proxies_http_socks_and_none() {
     let reg = Registry2::start();
     let squid = ProxyProcess::squid();
     let mut dante = ProxyProcess::dante();
-    let behind = seed(&reg, "team/behind", 3).await;
-    let socks = seed(&reg, "team/socks", 4).await;
-    let direct = seed(&reg, "team/direct", 5).await;
-    let late = seed(&reg, "team/late", 6).await;
+    let behind = seed_image(&reg, "team/behind", 3).await;
+    let socks = seed_image(&reg, "team/socks", 4).await;
+    let direct = seed_image(&reg, "team/direct", 5).await;
+    let late = seed_image(&reg, "team/late", 6).await;
     let config = format!(
         "{}[outbound]\nproxy = \"{}\"\n{}{}{}",
         edge_head(),
@@ -315,5 +315,81 @@ async fn rate_limits_waited_out_or_passed_on() {
         ),
         2.0,
         "{metrics}"
+    );
+}
+
+/// `urls = [a, b]`: everything from `a` while it is up; with `a` stopped, pulls keep
+/// working through `b` at once; when `a` is back, the background probe puts it back in
+/// use and pulls go to `a` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_endpoints_fail_over_and_come_back() {
+    use std::time::{Duration, Instant};
+    let mut a = Registry2::start();
+    let b = Registry2::start();
+    let mut pushed = Vec::new();
+    for (seed, repo) in [(7, "team/one"), (8, "team/two"), (9, "team/three")] {
+        let on_a = seed_image(&a, repo, seed).await;
+        let on_b = seed_image(&b, repo, seed).await;
+        assert_eq!(
+            on_a.manifest_digest, on_b.manifest_digest,
+            "same image on both"
+        );
+        pushed.push(on_a);
+    }
+    let config = format!(
+        "{}[outbound]\nendpoint_backoff = \"300ms\"\n[[upstream]]\nname = \"mirrored.test\"\nurls = [\"{}\", \"{}\"]\nconnect_timeout = \"2s\"\nread_timeout = \"10s\"\n",
+        edge_head(),
+        a.url(),
+        b.url()
+    );
+    let edge = Edge::start(&config);
+    let client = reqwest::Client::new();
+    let up_metric = |reg: &Registry2| {
+        format!(
+            "sparkcr_edge_upstream_endpoint_up{{endpoint=\"{}\",upstream=\"mirrored.test\"}}",
+            reg.url()
+        )
+    };
+
+    let p = pull(&client, &route(&edge, "mirrored.test", "team/one"), "v1").await;
+    assert_eq!(p[0].manifest_digest, pushed[0].manifest_digest);
+    assert!(wait_count(|| a.count_requests("GET", "/v2/team/one/blobs/"), 2).await >= 2);
+    assert_eq!(
+        b.count_requests("GET", "/v2/team/one/"),
+        0,
+        "b unused while a is up"
+    );
+
+    a.stop();
+    let t = Instant::now();
+    let p = pull(&client, &route(&edge, "mirrored.test", "team/two"), "v1").await;
+    assert_eq!(p[0].manifest_digest, pushed[1].manifest_digest);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "failed over within one request timeout: {:?}",
+        t.elapsed()
+    );
+    assert!(wait_count(|| b.count_requests("GET", "/v2/team/two/blobs/"), 2).await >= 2);
+    let metrics = edge.metrics_text().await;
+    assert_eq!(metric(&metrics, &up_metric(&a)), 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, &up_metric(&b)), 1.0, "{metrics}");
+    assert!(
+        edge.log_lines_with("upstream endpoint is down") >= 1,
+        "the log says which endpoint is down"
+    );
+
+    a.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&edge.metrics_text().await, &up_metric(&a)) != 1.0 {
+        assert!(Instant::now() < deadline, "a was not probed back into use");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = pull(&client, &route(&edge, "mirrored.test", "team/three"), "v1").await;
+    assert_eq!(p[0].manifest_digest, pushed[2].manifest_digest);
+    assert!(wait_count(|| a.count_requests("GET", "/v2/team/three/blobs/"), 2).await >= 2);
+    assert_eq!(
+        b.count_requests("GET", "/v2/team/three/"),
+        0,
+        "a is used again"
     );
 }

@@ -149,6 +149,7 @@ fn load_from_checked(
     let mut config: Config = raw
         .try_deserialize()
         .map_err(|e| from_config_error(&origin, e))?;
+    fill_in_first_urls(&mut config);
     add_builtin_upstreams(&mut config);
     validate(&config, &origin, checks)?;
     Ok(LoadedConfig { config, origin })
@@ -235,6 +236,17 @@ fn dotted_key(k: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// `urls` without `url`: the first of them is `url`.
+fn fill_in_first_urls(config: &mut Config) {
+    for u in &mut config.upstream {
+        if u.url.is_empty() {
+            if let Some(first) = u.urls.first() {
+                u.url = first.clone();
+            }
+        }
+    }
 }
 
 fn add_builtin_upstreams(config: &mut Config) {
@@ -387,19 +399,36 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 format!("upstream {:?} is defined twice", u.name),
             );
         }
-        match reqwest::Url::parse(&u.url) {
-            Ok(url)
-                if (url.scheme() == "http" || url.scheme() == "https")
-                    && url.host().is_some()
-                    && url.query().is_none() => {}
-            _ => {
-                return err(
-                    &key("url"),
-                    format!(
-                        "expected an http:// or https:// URL such as \"https://ghcr.io\", got {:?}",
-                        u.url
-                    ),
-                )
+        if u.url.is_empty() {
+            return err(
+                &key("url"),
+                "expected url = \"https://…\" or urls = [\"https://mirror…\", \"https://origin…\"]"
+                    .into(),
+            );
+        }
+        for (j, endpoint) in std::iter::once(&u.url).chain(&u.urls).enumerate() {
+            // `url` may have been filled in from `urls[0]`: name the key the user wrote.
+            let which = match (j, u.urls.first() == Some(&u.url)) {
+                (0, false) => key("url"),
+                (0, true) => key("urls[0]"),
+                _ => key(&format!("urls[{}]", j - 1)),
+            };
+            match reqwest::Url::parse(endpoint) {
+                Ok(url)
+                    if (url.scheme() == "http" || url.scheme() == "https")
+                        && url.host().is_some()
+                        && url.query().is_none()
+                        && url.username().is_empty()
+                        && url.password().is_none() => {}
+                _ => {
+                    return err(
+                        &which,
+                        format!(
+                            "expected an http:// or https:// URL without user info or query, such as \"https://ghcr.io\", got {:?}",
+                            crate::config::outbound::redacted_url(endpoint)
+                        ),
+                    )
+                }
             }
         }
         for a in &u.aliases {
@@ -616,6 +645,38 @@ mod tests {
             .expect_err("bad")
             .to_string();
         assert!(e.contains("outbound.no_proxy[0]"), "{e}");
+    }
+
+    #[test]
+    fn ordered_endpoints() {
+        let c = from_text(
+            "[[upstream]]\nname = \"a.io\"\nurls = [\"http://mirror.lan\", \"https://a.io\"]\n",
+        )
+        .expect("urls without url");
+        assert_eq!(
+            c.upstream[0].endpoints(),
+            vec!["http://mirror.lan", "https://a.io"]
+        );
+        let again = from_text(&c.to_redacted_toml()).expect("check-config output loads again");
+        assert_eq!(again.upstream[0].endpoints(), c.upstream[0].endpoints());
+        let c = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"http://mirror.lan\"\nurls = [\"https://a.io\"]\n")
+            .expect("url and urls");
+        assert_eq!(
+            c.upstream[0].endpoints(),
+            vec!["http://mirror.lan", "https://a.io"]
+        );
+        let e =
+            from_text("[[upstream]]\nname = \"a.io\"\nurls = [\"https://a.io\", \"ftp://b\"]\n")
+                .expect_err("bad second url")
+                .to_string();
+        assert!(e.contains("upstream[0].urls[1]"), "{e}");
+        let e = from_text("[[upstream]]\nname = \"a.io\"\n")
+            .expect_err("no url")
+            .to_string();
+        assert!(
+            e.contains("upstream[0].url") && e.contains("urls = ["),
+            "{e}"
+        );
     }
 
     const HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";

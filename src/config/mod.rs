@@ -159,8 +159,14 @@ pub enum LogFormat {
 pub struct UpstreamConfig {
     /// The registry host clients name (`docker.io`, `ghcr.io`, `registry.example:5000`).
     pub name: String,
-    /// Where the registry's API lives (`https://registry-1.docker.io`).
+    /// Where the registry's API lives (`https://registry-1.docker.io`): the first
+    /// endpoint. May be left out when `urls` is given (it is then `urls[0]`).
+    #[serde(default)]
     pub url: String,
+    /// More endpoints serving the same content, tried in order after `url` when it fails
+    /// (connect error, timeout, 5xx, 429): mirrors first, the origin last.
+    #[serde(default)]
+    pub urls: Vec<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
     /// Bare `/v2/<repo>` requests (Docker `registry-mirrors`) go to the default upstream.
@@ -223,6 +229,7 @@ impl UpstreamConfig {
         UpstreamConfig {
             name: name.to_string(),
             url: url.to_string(),
+            urls: Vec::new(),
             aliases: vec![alias.to_string()],
             default: false,
             username: None,
@@ -235,6 +242,19 @@ impl UpstreamConfig {
             private: false,
             proxy: None,
         }
+    }
+}
+
+impl UpstreamConfig {
+    /// Every endpoint in the order they are tried: `url`, then those of `urls` that differ.
+    pub fn endpoints(&self) -> Vec<&str> {
+        let mut out = vec![self.url.as_str()];
+        for u in &self.urls {
+            if !out.contains(&u.as_str()) {
+                out.push(u);
+            }
+        }
+        out
     }
 }
 

@@ -1,5 +1,5 @@
 //! How the edge reaches its upstreams: the `[outbound]` section (daemon-wide proxy,
-//! `no_proxy` list, longest rate-limit wait) and the typed `proxy` value that both it and
+//! `no_proxy` list, longest rate-limit wait, endpoint back-off) and the typed `proxy` value that both it and
 //! `[[upstream]]` accept.
 //!
 //! Owns: [`ProxySetting`] (`"none"` or a proxy URL with an http, https, socks5 or socks5h
@@ -32,6 +32,9 @@ pub struct OutboundConfig {
     /// retried once; a longer one goes to the client as 429 with the same `Retry-After`.
     /// `0` never waits.
     pub max_rate_limit_wait: HumanDuration,
+    /// An endpoint of an upstream with several `urls` that fails is skipped this long,
+    /// then probed in the background until it answers again.
+    pub endpoint_backoff: HumanDuration,
 }
 
 impl Default for OutboundConfig {
@@ -40,6 +43,7 @@ impl Default for OutboundConfig {
             proxy: None,
             no_proxy: Vec::new(),
             max_rate_limit_wait: HumanDuration(Duration::from_secs(5)),
+            endpoint_backoff: HumanDuration(Duration::from_secs(30)),
         }
     }
 }

@@ -91,6 +91,15 @@ impl UpstreamError {
         }
     }
 
+    /// The endpoint itself failed (no connection, timeout, TLS): another endpoint of the
+    /// same upstream may do better.
+    pub fn is_endpoint_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Tls(_)
+        )
+    }
+
     /// The upstream could not give a usable answer right now (network, TLS, auth, rate
     /// limit, server error, broken or malformed response): the cache may serve stale.
     pub fn is_unavailable(&self) -> bool {

@@ -19,6 +19,7 @@
 mod auth;
 pub mod challenge;
 mod client;
+mod endpoints;
 mod error;
 pub mod proxy;
 mod transport;
@@ -31,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepositoryName, MANIFEST_MEDIA_TYPES};
 use auth::{Authenticator, Credentials};
 use bytes::Bytes;
+use endpoints::Endpoints;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{
     HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE,
@@ -60,8 +62,8 @@ pub struct Upstream {
 
 struct Inner {
     name: String,
-    /// The registry's API root, without a trailing slash (`https://registry-1.docker.io`).
-    base_url: Url,
+    /// The registry's API roots in the order they are tried (`url`, then `urls`).
+    endpoints: Endpoints,
     client: reqwest::Client,
     auth: Authenticator,
     metrics: UpstreamMetrics,
@@ -73,7 +75,7 @@ impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.inner.name)
-            .field("url", &self.inner.base_url.as_str())
+            .field("url", &self.base_url())
             .finish_non_exhaustive()
     }
 }
@@ -142,22 +144,60 @@ impl Upstream {
         outbound: &OutboundConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, UpstreamError> {
-        let base_url = parse_base_url(cfg)?;
+        let urls = cfg
+            .endpoints()
+            .into_iter()
+            .map(|url| parse_base_url(&cfg.name, url))
+            .collect::<Result<Vec<_>, _>>()?;
         let credentials = Credentials::from_config(cfg)?;
         let proxy = proxy::ProxyChoice::choose(cfg, outbound, &proxy::ProxyEnv::from_process());
         let client = client::build_http_client(cfg, &proxy)?;
-        tracing::info!(upstream = %cfg.name, url = %base_url, "outbound: {}", proxy.describe());
+        let endpoints = Endpoints::new(&cfg.name, urls, &metrics);
         let metrics = UpstreamMetrics::new(metrics, &cfg.name);
-        Ok(Upstream {
+        tracing::info!(upstream = %cfg.name, endpoints = %cfg.endpoints().join(" "), "outbound: {}", proxy.describe());
+        let upstream = Upstream {
             inner: Arc::new(Inner {
                 name: cfg.name.clone(),
-                base_url,
+                endpoints,
                 client,
                 auth: Authenticator::new(credentials, metrics.clone()),
                 metrics,
                 max_rate_limit_wait: outbound.max_rate_limit_wait.get(),
             }),
-        })
+        };
+        if upstream.inner.endpoints.len() > 1 {
+            upstream.spawn_prober(outbound.endpoint_backoff.get());
+        }
+        Ok(upstream)
+    }
+
+    /// Every `backoff`, pings the endpoints that are down and puts back those that answer.
+    /// Runs while any clone of this upstream lives (and only inside a tokio runtime).
+    fn spawn_prober(&self, backoff: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let backoff = backoff.max(Duration::from_millis(100));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(backoff).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let upstream = Upstream { inner };
+                for i in 0..upstream.inner.endpoints.len() {
+                    if upstream.inner.endpoints.is_down(i)
+                        && upstream.ping_endpoint(i).await.is_ok()
+                    {
+                        upstream.inner.endpoints.mark_up(i, "it answered a probe");
+                    }
+                }
+            }
+        });
+    }
+
+    /// The endpoints skipped now after failures (empty when all are in use).
+    pub fn endpoints_down(&self) -> Vec<String> {
+        self.inner.endpoints.down()
     }
 
     /// The upstream's configured name (`docker.io`).
@@ -167,7 +207,7 @@ impl Upstream {
 
     /// The API root requests go to.
     pub fn base_url(&self) -> &str {
-        self.inner.base_url.as_str()
+        self.inner.endpoints.get(0).url.as_str()
     }
 
     /// `GET` (or `HEAD` when `head_only`) `/v2/<repo>/manifests/<reference>`. An empty
@@ -179,12 +219,19 @@ impl Upstream {
         accept: &[String],
         head_only: bool,
     ) -> Result<ManifestResponse, UpstreamError> {
-        let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
+        let path = format!("v2/{repo}/manifests/{reference}");
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, accept_header(accept));
         let method = if head_only { Method::HEAD } else { Method::GET };
-        let response = self
-            .send(RequestKind::Manifest, method, url, repo, headers)
+        let (response, _) = self
+            .send(
+                RequestKind::Manifest,
+                method,
+                (&path, None),
+                repo,
+                headers,
+                None,
+            )
             .await?;
         let response = success_or_error(response).await?;
         let digest = response
@@ -236,7 +283,7 @@ impl Upstream {
         digest: &Digest,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<BlobResponse, UpstreamError> {
-        let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
+        let path = format!("v2/{repo}/blobs/{digest}");
         let mut headers = HeaderMap::new();
         if let Some((start, end)) = range {
             if end.is_some_and(|end| end < start) {
@@ -253,10 +300,20 @@ impl Upstream {
                 HeaderValue::from_str(&value).expect("digits and dashes are a valid header value"),
             );
         }
-        let response = self
-            .send(RequestKind::Blob, Method::GET, url, repo, headers)
+        // A resume goes first to the endpoint that sent the start of the blob.
+        let prefer = range.and_then(|_| self.inner.endpoints.pinned(digest));
+        let (response, endpoint) = self
+            .send(
+                RequestKind::Blob,
+                Method::GET,
+                (&path, None),
+                repo,
+                headers,
+                prefer,
+            )
             .await?;
         let response = success_or_error(response).await?;
+        self.inner.endpoints.pin(digest, endpoint);
         let (start, size) = if response.status() == StatusCode::PARTIAL_CONTENT {
             let (start, total) = response
                 .headers()
@@ -297,9 +354,16 @@ impl Upstream {
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
-        let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
-        let response = self
-            .send(RequestKind::Blob, Method::HEAD, url, repo, HeaderMap::new())
+        let path = format!("v2/{repo}/blobs/{digest}");
+        let (response, _) = self
+            .send(
+                RequestKind::Blob,
+                Method::HEAD,
+                (&path, None),
+                repo,
+                HeaderMap::new(),
+                None,
+            )
             .await?;
         let response = success_or_error(response).await?;
         Ok(content_length(response.headers()))
@@ -312,21 +376,38 @@ impl Upstream {
         repo: &RepositoryName,
         query: Option<&str>,
     ) -> Result<Bytes, UpstreamError> {
-        let mut url = self.url(&format!("v2/{repo}/tags/list"))?;
-        if let Some(query) = query.filter(|q| !q.is_empty()) {
-            url.set_query(Some(query));
-        }
-        let response = self
-            .send(RequestKind::Tags, Method::GET, url, repo, HeaderMap::new())
+        let path = format!("v2/{repo}/tags/list");
+        let query = query.filter(|q| !q.is_empty());
+        let (response, _) = self
+            .send(
+                RequestKind::Tags,
+                Method::GET,
+                (&path, query),
+                repo,
+                HeaderMap::new(),
+                None,
+            )
             .await?;
         let response = success_or_error(response).await?;
         read_limited(response, MAX_TAGS_LIST_SIZE, self.inner.metrics.bytes()).await
     }
 
-    /// `GET /v2/`: whether the upstream answers at all. 200 and 401 both count as up (no
-    /// credentials are sent or tokens fetched).
+    /// `GET /v2/` at each endpoint in order until one answers: whether the upstream
+    /// answers at all. 200 and 401 both count as up (no credentials are sent or tokens
+    /// fetched).
     pub async fn ping(&self) -> Result<(), UpstreamError> {
-        let url = self.url("v2/")?;
+        let mut last = None;
+        for i in self.inner.endpoints.order(None) {
+            match self.ping_endpoint(i).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| UpstreamError::Config("no endpoints".into())))
+    }
+
+    async fn ping_endpoint(&self, i: usize) -> Result<(), UpstreamError> {
+        let url = self.url_at(i, "v2/", None)?;
         let request = self.inner.client.get(url);
         let response = transport::send(&self.inner.metrics, RequestKind::Ping, request).await?;
         if response.status().is_success() || response.status() == StatusCode::UNAUTHORIZED {
@@ -335,41 +416,47 @@ impl Upstream {
         Err(UpstreamError::from_response(response).await)
     }
 
-    fn url(&self, path: &str) -> Result<Url, UpstreamError> {
-        self.inner
-            .base_url
-            .join(path)
-            .map_err(|e| UpstreamError::BadResponse(format!("cannot build URL for {path}: {e}")))
+    fn url_at(&self, i: usize, path: &str, query: Option<&str>) -> Result<Url, UpstreamError> {
+        let mut url =
+            self.inner.endpoints.get(i).url.join(path).map_err(|e| {
+                UpstreamError::BadResponse(format!("cannot build URL for {path}: {e}"))
+            })?;
+        if query.is_some() {
+            url.set_query(query);
+        }
+        Ok(url)
     }
 
-    /// Sends a request (see [`Upstream::send_authorized`]); a 429, or a 503 with
-    /// `Retry-After`, is waited out and retried while the waits add up to no more than
-    /// `[outbound] max_rate_limit_wait` (at most [`MAX_RATE_LIMIT_RETRIES`] times). Returns
-    /// the final response whatever its status.
+    /// Sends a request to the endpoints in turn (see [`Upstream::send_to_endpoints`]); a
+    /// 429, or a 503 with `Retry-After`, from the last one tried is waited out and retried
+    /// while the waits add up to no more than `[outbound] max_rate_limit_wait` (at most
+    /// [`MAX_RATE_LIMIT_RETRIES`] times). Returns the final response whatever its status,
+    /// and the index of the endpoint that sent it.
     async fn send(
         &self,
         kind: RequestKind,
         method: Method,
-        url: Url,
+        (path, query): (&str, Option<&str>),
         repo: &RepositoryName,
         headers: HeaderMap,
-    ) -> Result<reqwest::Response, UpstreamError> {
+        prefer: Option<usize>,
+    ) -> Result<(reqwest::Response, usize), UpstreamError> {
         let mut waited = Duration::ZERO;
         let mut retries = 0;
         loop {
-            let response = self
-                .send_authorized(kind, &method, &url, repo, &headers)
+            let (response, endpoint) = self
+                .send_to_endpoints(kind, &method, (path, query), repo, &headers, prefer)
                 .await?;
             let status = response.status();
             if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE
             {
-                return Ok(response);
+                return Ok((response, endpoint));
             }
             let Some(wait) = error::retry_after(response.headers()) else {
-                return Ok(response);
+                return Ok((response, endpoint));
             };
             if retries == MAX_RATE_LIMIT_RETRIES || waited + wait > self.inner.max_rate_limit_wait {
-                return Ok(response);
+                return Ok((response, endpoint));
             }
             drop(response);
             tracing::info!(
@@ -384,6 +471,57 @@ impl Upstream {
             waited += wait;
             retries += 1;
         }
+    }
+
+    /// Sends a request to each endpoint in use, in order, until one gives an answer that
+    /// is not an endpoint failure (connect error, timeout, TLS failure, 5xx, 429); each
+    /// failure marks its endpoint down. The last endpoint's answer is returned as it is.
+    async fn send_to_endpoints(
+        &self,
+        kind: RequestKind,
+        method: &Method,
+        (path, query): (&str, Option<&str>),
+        repo: &RepositoryName,
+        headers: &HeaderMap,
+        prefer: Option<usize>,
+    ) -> Result<(reqwest::Response, usize), UpstreamError> {
+        let endpoints = &self.inner.endpoints;
+        let order = endpoints.order(prefer);
+        let last = order.len() - 1;
+        for (n, &i) in order.iter().enumerate() {
+            let url = self.url_at(i, path, query)?;
+            let result = self
+                .send_authorized(kind, method, &url, repo, headers)
+                .await;
+            let failure = match &result {
+                Ok(r)
+                    if r.status().is_server_error()
+                        || r.status() == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    Some(format!("it answered HTTP {}", r.status().as_u16()))
+                }
+                Ok(_) => None,
+                Err(e) if e.is_endpoint_failure() => Some(e.to_string()),
+                Err(_) => None,
+            };
+            match failure {
+                None => {
+                    endpoints.succeeded(i);
+                    return result.map(|r| (r, i));
+                }
+                Some(why) => {
+                    endpoints.failed(i, &why);
+                    if n == last {
+                        return result.map(|r| (r, i));
+                    }
+                    tracing::debug!(upstream = %self.inner.name, endpoint = %endpoints.get(i).url, "{why}; trying the next endpoint");
+                }
+            }
+        }
+        Err(UpstreamError::Config(format!(
+            "upstream {:?} has no endpoints",
+            self.inner.name
+        )))
     }
 
     /// Sends a request with whatever auth this upstream is known to want; on a 401 with a
@@ -448,12 +586,10 @@ impl Upstream {
     }
 }
 
-/// The configured URL as an API root: http(s), ending in `/` so paths join under it.
-fn parse_base_url(cfg: &UpstreamConfig) -> Result<Url, UpstreamError> {
-    let bad = |why: &str| {
-        UpstreamError::Config(format!("upstream {:?}: url {:?} {why}", cfg.name, cfg.url))
-    };
-    let mut url = Url::parse(&cfg.url).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+/// A configured endpoint URL as an API root: http(s), ending in `/` so paths join under it.
+fn parse_base_url(name: &str, text: &str) -> Result<Url, UpstreamError> {
+    let bad = |why: &str| UpstreamError::Config(format!("upstream {name:?}: url {text:?} {why}"));
+    let mut url = Url::parse(text).map_err(|e| bad(&format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("must start with http:// or https://"));
     }
@@ -548,20 +684,20 @@ mod tests {
 
     #[test]
     fn base_urls() {
-        let cfg = |url: &str| UpstreamConfig::builtin("x", url, "x");
-        let url = parse_base_url(&cfg("https://registry-1.docker.io")).expect("valid");
+        let cfg = |url: &'static str| url;
+        let url = parse_base_url("x", cfg("https://registry-1.docker.io")).expect("valid");
         assert_eq!(
             url.join("v2/a/b").expect("joins").as_str(),
             "https://registry-1.docker.io/v2/a/b"
         );
-        let url = parse_base_url(&cfg("http://127.0.0.1:5000/mirror")).expect("valid");
+        let url = parse_base_url("x", cfg("http://127.0.0.1:5000/mirror")).expect("valid");
         assert_eq!(
             url.join("v2/").expect("joins").as_str(),
             "http://127.0.0.1:5000/mirror/v2/"
         );
-        assert!(parse_base_url(&cfg("ftp://x")).is_err());
-        assert!(parse_base_url(&cfg("registry.example")).is_err());
-        assert!(parse_base_url(&cfg("https://u:p@r.example")).is_err());
+        assert!(parse_base_url("x", cfg("ftp://x")).is_err());
+        assert!(parse_base_url("x", cfg("registry.example")).is_err());
+        assert!(parse_base_url("x", cfg("https://u:p@r.example")).is_err());
     }
 
     #[test]
