@@ -377,6 +377,20 @@ async fn ordered_endpoints_fail_over_and_come_back() {
         edge.log_lines_with("upstream endpoint is down") >= 1,
         "the log says which endpoint is down"
     );
+    let readyz = reqwest::get(edge.url("/readyz")).await.expect("readyz");
+    assert_eq!(
+        readyz.status(),
+        200,
+        "a down endpoint does not make the edge unready"
+    );
+    let readyz = readyz.text().await.expect("readyz text");
+    assert!(
+        readyz.contains(&format!(
+            "upstream mirrored.test: endpoint {} is down",
+            a.url()
+        )),
+        "{readyz}"
+    );
 
     a.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -384,6 +398,8 @@ async fn ordered_endpoints_fail_over_and_come_back() {
         assert!(Instant::now() < deadline, "a was not probed back into use");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let readyz = reqwest::get(edge.url("/readyz")).await.expect("readyz");
+    assert_eq!(readyz.text().await.expect("readyz text"), "ready\n");
     let p = pull(&client, &route(&edge, "mirrored.test", "team/three"), "v1").await;
     assert_eq!(p[0].manifest_digest, pushed[2].manifest_digest);
     assert!(wait_count(|| a.count_requests("GET", "/v2/team/three/blobs/"), 2).await >= 2);

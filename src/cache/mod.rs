@@ -166,6 +166,17 @@ impl Cache {
         &self.store
     }
 
+    /// Upstream endpoints skipped now after failures, as (upstream, endpoint URL), sorted.
+    pub fn endpoints_down(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .upstreams
+            .iter()
+            .flat_map(|(name, up)| up.endpoints_down().into_iter().map(|e| (name.clone(), e)))
+            .collect();
+        out.sort();
+        out
+    }
+
     pub(crate) fn is_private(&self, upstream: &str) -> bool {
         self.settings.private_upstreams.contains(upstream)
     }

@@ -75,6 +75,11 @@ impl RegistryApi {
         &self.access
     }
 
+    /// Upstream endpoints skipped now after failures, as (upstream, endpoint URL).
+    pub fn endpoints_down(&self) -> Vec<(String, String)> {
+        self.cache.endpoints_down()
+    }
+
     /// The `WWW-Authenticate` challenges: the bearer flow against this edge's `/token`
     /// first, then Basic (`docker login` with the token secret as password).
     fn challenges(

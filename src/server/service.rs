@@ -84,12 +84,19 @@ impl App {
                     (text(StatusCode::OK, "text/plain", "ok\n".into()), "healthz")
                 }
                 ("GET" | "HEAD", "/readyz") => {
-                    let (status, msg) = if self.is_ready() {
-                        (StatusCode::OK, "ready\n")
+                    let (status, mut msg) = if self.is_ready() {
+                        (StatusCode::OK, "ready\n".to_string())
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
                     };
-                    (text(status, "text/plain", msg.into()), "readyz")
+                    // A down endpoint does not make the edge unready (others, or the
+                    // cache, still answer), but an operator looking here should see it.
+                    for (upstream, endpoint) in self.api.endpoints_down() {
+                        msg.push_str(&format!(
+                            "upstream {upstream}: endpoint {endpoint} is down (skipped; probed in the background)\n"
+                        ));
+                    }
+                    (text(status, "text/plain", msg), "readyz")
                 }
                 _ => {
                     let client = ClientInfo {
