@@ -79,7 +79,8 @@ async fn child_edge_through_parent_edge_every_form() {
     assert_eq!(p[0].manifest_digest, lan.manifest_digest);
     // The parent filled from the origin; the child from the parent.
     for (d, _) in hub.blobs.iter().chain(&lan.blobs) {
-        assert_eq!(reg.count_requests("GET", &format!("/blobs/{d}")), 1, "{d}");
+        let n = reg.wait_requests("GET", &format!("/blobs/{d}"), 1).await;
+        assert_eq!(n, 1, "{d}");
     }
 
     // skopeo through the child, in the registry-mirrors and path forms.
@@ -141,7 +142,7 @@ async fn thirty_two_clients_over_two_tiers_one_origin_get() {
         );
     }
     assert_eq!(
-        reg.count_requests("GET", &format!("/blobs/{digest}")),
+        reg.wait_requests("GET", &format!("/blobs/{digest}"), 1).await,
         1,
         "exactly one GET at the origin:\n{}",
         reg.log_text()
