@@ -142,7 +142,8 @@ async fn thirty_two_clients_over_two_tiers_one_origin_get() {
         );
     }
     assert_eq!(
-        reg.wait_requests("GET", &format!("/blobs/{digest}"), 1).await,
+        reg.wait_requests("GET", &format!("/blobs/{digest}"), 1)
+            .await,
         1,
         "exactly one GET at the origin:\n{}",
         reg.log_text()

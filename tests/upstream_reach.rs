@@ -409,3 +409,50 @@ async fn ordered_endpoints_fail_over_and_come_back() {
         "a is used again"
     );
 }
+
+/// `[[upstream.endpoint]]` settings of its own: the first endpoint (`url`) is a host only
+/// squid resolves, through squid; the second is another registry:2 reached directly
+/// (`proxy = "none"` beats a dead `[outbound] proxy`) with HTTP Basic credentials only it
+/// gets. With the first stopped, pulls go to the second with its credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_tables_have_their_own_proxy_and_credentials() {
+    let mut a = Registry2::start();
+    let b = Registry2::start_with(Some(("puller", "s3cret")));
+    let squid = ProxyProcess::squid();
+    for (seed, repo) in [(11, "team/one"), (12, "team/two")] {
+        let on_a = seed_image(&a, repo, seed).await;
+        let on_b = seed_image(&b, repo, seed).await;
+        assert_eq!(on_a.manifest_digest, on_b.manifest_digest);
+    }
+    let config = format!(
+        "{}[outbound]\nproxy = \"http://127.0.0.1:9\"\nendpoint_backoff = \"1h\"\n\
+         [[upstream]]\nname = \"split.test\"\nurl = \"http://{PROXY_ONLY_HOST}:{}\"\nproxy = \"{}\"\nconnect_timeout = \"2s\"\n\
+         [[upstream.endpoint]]\nurl = \"{}\"\nproxy = \"none\"\nusername = \"puller\"\npassword = \"s3cret\"\n",
+        edge_head(),
+        a.port,
+        squid.url("http"),
+        b.url()
+    );
+    let edge = Edge::start(&config);
+    let client = reqwest::Client::new();
+    pull(&client, &route(&edge, "split.test", "team/one"), "v1").await;
+    assert!(
+        wait_count(|| squid.log_lines_with("/v2/team/one/"), 3).await >= 3,
+        "{}",
+        squid.log_text()
+    );
+    assert_eq!(b.count_requests("GET", "/v2/team/one/"), 0);
+
+    a.stop();
+    pull(&client, &route(&edge, "split.test", "team/two"), "v1").await;
+    let on_b = b.wait_requests("GET", "/v2/team/two/blobs/", 2).await;
+    assert!(on_b >= 2, "{}", b.log_text());
+    // b requires HTTP Basic: the pull working at all shows its own credentials were sent.
+    let b_via_squid = format!("127.0.0.1:{}/", b.port);
+    assert_eq!(
+        squid.log_lines_with(&b_via_squid),
+        0,
+        "{}",
+        squid.log_text()
+    );
+}

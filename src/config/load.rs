@@ -406,13 +406,25 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                     .into(),
             );
         }
-        for (j, endpoint) in std::iter::once(&u.url).chain(&u.urls).enumerate() {
+        let tables = u.endpoint.iter().map(|e| &e.url);
+        for (j, endpoint) in std::iter::once(&u.url)
+            .chain(&u.urls)
+            .chain(tables)
+            .enumerate()
+        {
             // `url` may have been filled in from `urls[0]`: name the key the user wrote.
             let which = match (j, u.urls.first() == Some(&u.url)) {
                 (0, false) => key("url"),
                 (0, true) => key("urls[0]"),
-                _ => key(&format!("urls[{}]", j - 1)),
+                _ if j <= u.urls.len() => key(&format!("urls[{}]", j - 1)),
+                _ => key(&format!("endpoint[{}].url", j - 1 - u.urls.len())),
             };
+            if j > u.urls.len() && (endpoint == &u.url || u.urls.contains(endpoint)) {
+                return err(
+                    &which,
+                    format!("{endpoint:?} is also in url or urls; give each endpoint once"),
+                );
+            }
             match reqwest::Url::parse(endpoint) {
                 Ok(url)
                     if (url.scheme() == "http" || url.scheme() == "https")
@@ -459,20 +471,32 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 );
             }
         }
-        if u.password.is_some() && u.password_file.is_some() {
-            return err(
-                &key("password_file"),
-                "give password or password_file, not both".into(),
-            );
-        }
-        if (u.password.is_some() || u.password_file.is_some()) && u.username.is_none() {
-            return err(&key("username"), "a password needs a username".into());
-        }
-        if let Some(p) = &u.password_file {
-            readable(origin, &key("password_file"), p)?;
-        }
-        if let Some(p) = &u.ca_file {
-            readable(origin, &key("ca_file"), p)?;
+        // The upstream's own settings, then each [[upstream.endpoint]]'s.
+        let configs = u.endpoint_configs();
+        let first_table = configs.len() - u.endpoint.len();
+        for (j, e) in configs.iter().enumerate() {
+            if j > 0 && j < first_table {
+                continue; // urls entries: the same settings as url, checked at j = 0
+            }
+            let key = |field: &str| match j.checked_sub(first_table) {
+                Some(k) => key(&format!("endpoint[{k}].{field}")),
+                None => key(field),
+            };
+            if e.password.is_some() && e.password_file.is_some() {
+                return err(
+                    &key("password_file"),
+                    "give password or password_file, not both".into(),
+                );
+            }
+            if (e.password.is_some() || e.password_file.is_some()) && e.username.is_none() {
+                return err(&key("username"), "a password needs a username".into());
+            }
+            if let Some(p) = &e.password_file {
+                readable(origin, &key("password_file"), p)?;
+            }
+            if let Some(p) = &e.ca_file {
+                readable(origin, &key("ca_file"), p)?;
+            }
         }
     }
     Ok(())
@@ -670,6 +694,40 @@ mod tests {
                 .expect_err("bad second url")
                 .to_string();
         assert!(e.contains("upstream[0].urls[1]"), "{e}");
+        let c = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"http://mirror.lan\"\nproxy = \"none\"\n\
+             [[upstream.endpoint]]\nurl = \"https://a.io\"\nproxy = \"http://proxy.lan:3128\"\nusername = \"bot\"\npassword = \"hunter2\"\n")
+            .expect("endpoint tables");
+        let configs = c.upstream[0].endpoint_configs();
+        assert_eq!(configs.len(), 2);
+        assert_eq!(
+            (configs[0].url.as_str(), configs[0].username.as_deref()),
+            ("http://mirror.lan", None)
+        );
+        assert_eq!(configs[0].proxy, Some(crate::config::ProxySetting::Direct));
+        assert_eq!(
+            (configs[1].url.as_str(), configs[1].username.as_deref()),
+            ("https://a.io", Some("bot"))
+        );
+        assert_eq!(
+            configs[1].proxy.as_ref().map(|p| p.to_string()),
+            Some("http://proxy.lan:3128/".to_string())
+        );
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("[[upstream.endpoint]]"),
+            "{shown}"
+        );
+        let again =
+            from_text(&shown.replace("<redacted>", "x")).expect("check-config output loads again");
+        assert_eq!(again.upstream[0].endpoints(), c.upstream[0].endpoints());
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n[[upstream.endpoint]]\nurl = \"https://b.io\"\npassword = \"x\"\n")
+            .expect_err("password without username")
+            .to_string();
+        assert!(e.contains("upstream[0].endpoint[0].username (a.io)"), "{e}");
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n[[upstream.endpoint]]\nurl = \"https://a.io\"\n")
+            .expect_err("twice")
+            .to_string();
+        assert!(e.contains("upstream[0].endpoint[0].url"), "{e}");
         let e = from_text("[[upstream]]\nname = \"a.io\"\n")
             .expect_err("no url")
             .to_string();

@@ -196,6 +196,31 @@ pub struct UpstreamConfig {
     /// and the environment.
     #[serde(default)]
     pub proxy: Option<ProxySetting>,
+    /// Endpoints tried after `url` and `urls`, each with settings of its own
+    /// (`[[upstream.endpoint]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint: Vec<EndpointConfig>,
+}
+
+/// One `[[upstream.endpoint]]`: an endpoint with its own settings. `proxy`, `ca_file` and
+/// `insecure_skip_verify` fall back to the upstream's; credentials never do (a mirror must
+/// not receive the origin's password, nor the other way round).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub url: String,
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default, serialize_with = "redact")]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -241,20 +266,60 @@ impl UpstreamConfig {
             read_timeout: default_read_timeout(),
             private: false,
             proxy: None,
+            endpoint: Vec::new(),
         }
     }
 }
 
 impl UpstreamConfig {
-    /// Every endpoint in the order they are tried: `url`, then those of `urls` that differ.
+    /// Every endpoint in the order they are tried: `url`, those of `urls` that differ,
+    /// then each `[[upstream.endpoint]]`.
     pub fn endpoints(&self) -> Vec<&str> {
         let mut out = vec![self.url.as_str()];
-        for u in &self.urls {
+        for u in self.urls.iter().chain(self.endpoint.iter().map(|e| &e.url)) {
             if !out.contains(&u.as_str()) {
                 out.push(u);
             }
         }
         out
+    }
+
+    /// The settings each endpoint is reached with, in [`UpstreamConfig::endpoints`] order:
+    /// this upstream's with `url` set to the endpoint's (and, for an
+    /// `[[upstream.endpoint]]`, its own settings applied). `urls` and `endpoint` are empty.
+    pub fn endpoint_configs(&self) -> Vec<UpstreamConfig> {
+        let one = |url: &str| UpstreamConfig {
+            url: url.to_string(),
+            urls: Vec::new(),
+            endpoint: Vec::new(),
+            ..self.clone()
+        };
+        self.endpoints()
+            .into_iter()
+            .map(|url| {
+                match self.endpoint.iter().find(|e| {
+                    e.url == url && url != self.url && !self.urls.iter().any(|u| u == url)
+                }) {
+                    None => one(url),
+                    Some(e) => {
+                        let mut c = one(url);
+                        if e.proxy.is_some() {
+                            c.proxy = e.proxy.clone();
+                        }
+                        if e.ca_file.is_some() {
+                            c.ca_file = e.ca_file.clone();
+                        }
+                        if let Some(skip) = e.insecure_skip_verify {
+                            c.insecure_skip_verify = skip;
+                        }
+                        c.username = e.username.clone();
+                        c.password = e.password.clone();
+                        c.password_file = e.password_file.clone();
+                        c
+                    }
+                }
+            })
+            .collect()
     }
 }
 

@@ -64,11 +64,17 @@ struct Inner {
     name: String,
     /// The registry's API roots in the order they are tried (`url`, then `urls`).
     endpoints: Endpoints,
-    client: reqwest::Client,
-    auth: Authenticator,
+    /// How each endpoint is reached, by the same index as `endpoints`.
+    reach: Vec<Reach>,
     metrics: UpstreamMetrics,
     /// `[outbound] max_rate_limit_wait`: the most one request waits out `Retry-After`s.
     max_rate_limit_wait: Duration,
+}
+
+/// The HTTP client (TLS and proxy settings) and credentials of one endpoint.
+struct Reach {
+    client: reqwest::Client,
+    auth: Authenticator,
 }
 
 impl fmt::Debug for Upstream {
@@ -138,30 +144,36 @@ impl fmt::Debug for BlobBody {
 
 impl Upstream {
     /// The client for `cfg`: reads `password_file` and `ca_file` now; errors name them.
-    /// The proxy follows `cfg`, then `outbound`, then the process environment.
+    /// Each endpoint gets its own HTTP client and credentials (see
+    /// [`UpstreamConfig::endpoint_configs`]); its proxy follows its settings, then
+    /// `outbound`, then the process environment.
     pub fn from_config(
         cfg: &UpstreamConfig,
         outbound: &OutboundConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, UpstreamError> {
-        let urls = cfg
-            .endpoints()
-            .into_iter()
-            .map(|url| parse_base_url(&cfg.name, url))
-            .collect::<Result<Vec<_>, _>>()?;
-        let credentials = Credentials::from_config(cfg)?;
-        let proxy = proxy::ProxyChoice::choose(cfg, outbound, &proxy::ProxyEnv::from_process());
-        let client = client::build_http_client(cfg, &proxy)?;
+        let env = proxy::ProxyEnv::from_process();
+        let upstream_metrics = UpstreamMetrics::new(metrics.clone(), &cfg.name);
+        let mut urls = Vec::new();
+        let mut reach = Vec::new();
+        for endpoint in cfg.endpoint_configs() {
+            urls.push(parse_base_url(&cfg.name, &endpoint.url)?);
+            let credentials = Credentials::from_config(&endpoint)?;
+            let proxy = proxy::ProxyChoice::choose(&endpoint, outbound, &env);
+            let client = client::build_http_client(&endpoint, &proxy)?;
+            tracing::info!(upstream = %cfg.name, endpoint = %endpoint.url, "outbound: {}", proxy.describe());
+            reach.push(Reach {
+                client,
+                auth: Authenticator::new(credentials, upstream_metrics.clone()),
+            });
+        }
         let endpoints = Endpoints::new(&cfg.name, urls, &metrics);
-        let metrics = UpstreamMetrics::new(metrics, &cfg.name);
-        tracing::info!(upstream = %cfg.name, endpoints = %cfg.endpoints().join(" "), "outbound: {}", proxy.describe());
         let upstream = Upstream {
             inner: Arc::new(Inner {
                 name: cfg.name.clone(),
                 endpoints,
-                client,
-                auth: Authenticator::new(credentials, metrics.clone()),
-                metrics,
+                reach,
+                metrics: upstream_metrics,
                 max_rate_limit_wait: outbound.max_rate_limit_wait.get(),
             }),
         };
@@ -408,7 +420,7 @@ impl Upstream {
 
     async fn ping_endpoint(&self, i: usize) -> Result<(), UpstreamError> {
         let url = self.url_at(i, "v2/", None)?;
-        let request = self.inner.client.get(url);
+        let request = self.inner.reach[i].client.get(url);
         let response = transport::send(&self.inner.metrics, RequestKind::Ping, request).await?;
         if response.status().is_success() || response.status() == StatusCode::UNAUTHORIZED {
             return Ok(());
@@ -491,7 +503,7 @@ impl Upstream {
         for (n, &i) in order.iter().enumerate() {
             let url = self.url_at(i, path, query)?;
             let result = self
-                .send_authorized(kind, method, &url, repo, headers)
+                .send_authorized(i, kind, method, &url, repo, headers)
                 .await;
             let failure = match &result {
                 Ok(r)
@@ -529,6 +541,7 @@ impl Upstream {
     /// response whatever its status (a second 401 becomes `Unauthorized`).
     async fn send_authorized(
         &self,
+        endpoint: usize,
         kind: RequestKind,
         method: &Method,
         url: &Url,
@@ -536,10 +549,11 @@ impl Upstream {
         headers: &HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
         let inner = &*self.inner;
+        let reach = &inner.reach[endpoint];
         let scope = format!("repository:{repo}:pull");
-        let proactive = inner.auth.proactive(&inner.client, &scope).await?;
+        let proactive = reach.auth.proactive(&reach.client, &scope).await?;
         let first = self
-            .attempt(kind, method, url, headers, proactive.as_ref())
+            .attempt(reach, kind, method, url, headers, proactive.as_ref())
             .await?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
@@ -552,12 +566,12 @@ impl Upstream {
             .flat_map(challenge::parse_www_authenticate)
             .collect();
         drop(first);
-        let retry_auth = inner
+        let retry_auth = reach
             .auth
-            .answer(&inner.client, &challenges, &scope, proactive.as_ref())
+            .answer(&reach.client, &challenges, &scope, proactive.as_ref())
             .await?;
         let second = self
-            .attempt(kind, method, url, headers, Some(&retry_auth))
+            .attempt(reach, kind, method, url, headers, Some(&retry_auth))
             .await?;
         if second.status() == StatusCode::UNAUTHORIZED {
             tracing::debug!(upstream = %inner.name, %repo, "upstream refused fresh credentials");
@@ -568,14 +582,14 @@ impl Upstream {
 
     async fn attempt(
         &self,
+        reach: &Reach,
         kind: RequestKind,
         method: &Method,
         url: &Url,
         headers: &HeaderMap,
         authorization: Option<&HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self
-            .inner
+        let mut request = reach
             .client
             .request(method.clone(), url.clone())
             .headers(headers.clone());
