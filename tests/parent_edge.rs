@@ -153,4 +153,18 @@ async fn thirty_two_clients_over_two_tiers_one_origin_get() {
         "sparkcr_edge_upstream_requests_total{kind=\"blob\",status=\"200\",upstream=\"registry.test\"}",
     );
     assert_eq!(child_fetches, 1.0, "the child asked the parent once");
+    // The child answers from its own cache now and says so in its own X-Cache; the
+    // parent's hint on the fill response did not leak into the child's answers.
+    let r = reqwest::get(&urls[0]).await.expect("hit through the child");
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(sha256_digest(&r.bytes().await.expect("body")), digest);
+    let child_metrics = child.metrics_text().await;
+    assert_eq!(
+        metric(
+            &child_metrics,
+            "sparkcr_edge_upstream_requests_total{kind=\"blob\",status=\"200\",upstream=\"registry.test\"}"
+        ),
+        1.0,
+        "a hit asks nobody"
+    );
 }
