@@ -5,75 +5,12 @@
 //! containerd runs privately (own root, state and socket under a temp dir); it needs root.
 
 mod common;
+use common::containerd::*;
 use common::images::*;
 use common::registry2::*;
 use common::*;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 const LAN: &str = "registry.test:5000";
-
-struct Containerd {
-    child: Child,
-    sock: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_containerd() -> Option<Containerd> {
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/containerd").exists() {
-        eprintln!("SKIPPED: containerd needs root and Debian's containerd package");
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().display().to_string();
-    let sock = format!("{d}/containerd.sock");
-    let config = format!(
-        "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n[debug]\n  level = \"warn\"\n"
-    );
-    std::fs::write(dir.path().join("config.toml"), config).expect("config");
-    let child = Command::new("containerd")
-        .arg("--config")
-        .arg(dir.path().join("config.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start containerd");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !Path::new(&sock).exists() {
-        assert!(Instant::now() < deadline, "containerd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Containerd {
-        child,
-        sock,
-        _dir: dir,
-    })
-}
-
-fn ctr(c: &Containerd, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(&c.sock)
-        .args(args)
-        .output()
-        .expect("run ctr");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctr_pulls_through_every_hosts_toml_form() {

@@ -1,10 +1,11 @@
 //! Two tiers: a child edge whose upstreams are a parent sparkcr-edge, which pulls from
 //! Debian's `docker-registry` (registry:2). The child reaches the parent in both routing
 //! forms (`url = "http://parent"` for the default upstream, `url =
-//! "http://parent/<host>"` for others); skopeo pulls through the child; 32 clients on one
-//! cold blob, 16 on each edge, make exactly one GET at the origin.
+//! "http://parent/<host>"` for others); skopeo and containerd's `ctr` pull through the
+//! child; 32 clients on one cold blob, 16 on each edge, make exactly one GET at the origin.
 
 mod common;
+use common::containerd::*;
 use common::images::*;
 use common::pull::*;
 use common::registry2::*;
@@ -105,6 +106,40 @@ async fn child_edge_through_parent_edge_every_form() {
     }
     let m = std::fs::read(out.path().join("s0/manifest.json")).expect("skopeo manifest");
     assert_eq!(sha256_digest(&m), hub.manifest_digest);
+
+    // containerd through the child, hosts.toml in the `/<host>` form. The real host does
+    // not resolve: success proves the child (and through it the parent) served it.
+    let Some(ctrd) = start_containerd() else {
+        return;
+    };
+    let hosts = tempfile::tempdir().expect("hosts dir");
+    std::fs::create_dir_all(hosts.path().join(LAN)).expect("mkdir");
+    std::fs::write(
+        hosts.path().join(LAN).join("hosts.toml"),
+        format!(
+            "server = \"https://{LAN}\"\n\n[host.\"http://{}/{LAN}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            child.http[0]
+        ),
+    )
+    .expect("hosts.toml");
+    let reference = format!("{LAN}/team/app:v1");
+    let (ok, log) = ctr(
+        &ctrd,
+        &[
+            "-n",
+            "two-tier",
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts.path().to_str().expect("path"),
+            "--snapshotter",
+            "native",
+            &reference,
+        ],
+    );
+    assert!(ok, "ctr pull {reference} through the child: {log}");
+    let (_, list) = ctr(&ctrd, &["-n", "two-tier", "images", "ls"]);
+    assert!(list.contains(lan.manifest_digest.as_str()), "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

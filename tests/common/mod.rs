@@ -4,6 +4,7 @@
 //! certificate a connection got.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod fault_upstream;
 pub mod images;
 pub mod proxies;

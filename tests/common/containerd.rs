@@ -1,0 +1,69 @@
+//! A private containerd for the tests that pull with a real `ctr`: its own root, state and
+//! socket under a temp dir, the CRI plugin off. Needs root and Debian's containerd package;
+//! without them [`start_containerd`] says SKIPPED and gives `None`.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Containerd {
+    child: Child,
+    pub sock: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_containerd() -> Option<Containerd> {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/containerd").exists() {
+        eprintln!("SKIPPED: containerd needs root and Debian's containerd package");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display().to_string();
+    let sock = format!("{d}/containerd.sock");
+    let config = format!(
+        "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n[debug]\n  level = \"warn\"\n"
+    );
+    std::fs::write(dir.path().join("config.toml"), config).expect("config");
+    let child = Command::new("containerd")
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start containerd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Path::new(&sock).exists() {
+        assert!(Instant::now() < deadline, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Containerd {
+        child,
+        sock,
+        _dir: dir,
+    })
+}
+
+pub fn ctr(c: &Containerd, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ctr")
+        .arg("-a")
+        .arg(&c.sock)
+        .args(args)
+        .output()
+        .expect("run ctr");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
