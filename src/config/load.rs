@@ -419,10 +419,16 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 _ if j <= u.urls.len() => key(&format!("urls[{}]", j - 1)),
                 _ => key(&format!("endpoint[{}].url", j - 1 - u.urls.len())),
             };
-            if j > u.urls.len() && (endpoint == &u.url || u.urls.contains(endpoint)) {
+            let earlier_tables =
+                &u.endpoint[..j.saturating_sub(1 + u.urls.len()).min(u.endpoint.len())];
+            if j > u.urls.len()
+                && (endpoint == &u.url
+                    || u.urls.contains(endpoint)
+                    || earlier_tables.iter().any(|e| &e.url == endpoint))
+            {
                 return err(
                     &which,
-                    format!("{endpoint:?} is also in url or urls; give each endpoint once"),
+                    format!("{endpoint:?} is given twice; give each endpoint once"),
                 );
             }
             match reqwest::Url::parse(endpoint) {
@@ -728,6 +734,10 @@ mod tests {
             .expect_err("twice")
             .to_string();
         assert!(e.contains("upstream[0].endpoint[0].url"), "{e}");
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n[[upstream.endpoint]]\nurl = \"https://b.io\"\n[[upstream.endpoint]]\nurl = \"https://b.io\"\n")
+            .expect_err("twice")
+            .to_string();
+        assert!(e.contains("upstream[0].endpoint[1].url"), "{e}");
         let e = from_text("[[upstream]]\nname = \"a.io\"\n")
             .expect_err("no url")
             .to_string();

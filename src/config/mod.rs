@@ -275,8 +275,15 @@ impl UpstreamConfig {
     /// Every endpoint in the order they are tried: `url`, those of `urls` that differ,
     /// then each `[[upstream.endpoint]]`.
     pub fn endpoints(&self) -> Vec<&str> {
+        let mut out = self.shared_endpoints();
+        out.extend(self.endpoint.iter().map(|e| e.url.as_str()));
+        out
+    }
+
+    /// `url`, then those of `urls` that differ: the endpoints with this upstream's settings.
+    fn shared_endpoints(&self) -> Vec<&str> {
         let mut out = vec![self.url.as_str()];
-        for u in self.urls.iter().chain(self.endpoint.iter().map(|e| &e.url)) {
+        for u in &self.urls {
             if !out.contains(&u.as_str()) {
                 out.push(u);
             }
@@ -294,32 +301,24 @@ impl UpstreamConfig {
             endpoint: Vec::new(),
             ..self.clone()
         };
-        self.endpoints()
-            .into_iter()
-            .map(|url| {
-                match self.endpoint.iter().find(|e| {
-                    e.url == url && url != self.url && !self.urls.iter().any(|u| u == url)
-                }) {
-                    None => one(url),
-                    Some(e) => {
-                        let mut c = one(url);
-                        if e.proxy.is_some() {
-                            c.proxy = e.proxy.clone();
-                        }
-                        if e.ca_file.is_some() {
-                            c.ca_file = e.ca_file.clone();
-                        }
-                        if let Some(skip) = e.insecure_skip_verify {
-                            c.insecure_skip_verify = skip;
-                        }
-                        c.username = e.username.clone();
-                        c.password = e.password.clone();
-                        c.password_file = e.password_file.clone();
-                        c
-                    }
-                }
-            })
-            .collect()
+        let shared = self.shared_endpoints().into_iter().map(one);
+        let own = self.endpoint.iter().map(|e| {
+            let mut c = one(&e.url);
+            if e.proxy.is_some() {
+                c.proxy = e.proxy.clone();
+            }
+            if e.ca_file.is_some() {
+                c.ca_file = e.ca_file.clone();
+            }
+            if let Some(skip) = e.insecure_skip_verify {
+                c.insecure_skip_verify = skip;
+            }
+            c.username = e.username.clone();
+            c.password = e.password.clone();
+            c.password_file = e.password_file.clone();
+            c
+        });
+        shared.chain(own).collect()
     }
 }
 
