@@ -45,7 +45,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REGISTRY_BIN = "/usr/bin/docker-registry"
 PACE_PROXY = Path(__file__).resolve().parent / "pace_proxy.py"
-PACE_READ = 256 * KiB  # the pacing proxy's read size
+PACE_READ = 1024 * KiB  # the pacing proxy's read size
 TOOLS = ("wrk", "nginx", "curl", "h2load", "openssl", REGISTRY_BIN)
 PACKAGES = "docker-registry nginx wrk curl nghttp2-client openssl"
 
@@ -1227,10 +1227,11 @@ def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> 
              "first `/readyz` 200.")
     rate, burst = p["paced_rate"], pacer_burst(p["paced_rate"])
     L.append(f"7. As 3, with a fresh edge and a fresh registry:2 proxy whose upstream is `benches/pace_proxy.py` in "
-             f"front of the upstream registry:2, and the direct pulls through the same proxy. The proxy (Python asyncio, "
-             f"{PACE_READ >> 10} KiB reads) paces the upstream → client bytes of all its connections together with one "
+             f"front of the upstream registry:2, and the direct pulls through the same proxy. The proxy (Python threads moving "
+             f"the bytes socket → pipe → socket with `splice(2)`, never through user space; {PACE_READ >> 10} KiB "
+             "splices) paces the upstream → client bytes of all its connections together with one "
              f"token bucket: {rate / 1e6:,.0f} MB/s, {burst / 1e6:g} MB burst, sleep-based. The first row is the proxy "
-             "alone: one curl of a file nginx serves, through a second such proxy (what Python can pace on this machine; "
+             "alone: one curl of a file nginx serves, through a second such proxy (what it can pace on this machine; "
              "\"direct reached\" is the same for the registry:2 upstream).")
     L.append(f"8. The cached blob over HTTPS, TLS 1.3 only, one self-signed P-256 certificate (`openssl req -x509`) for "
              f"both: an edge with `tls_listen` (warmed by two full GETs) and an nginx with `listen … ssl http2` "

@@ -10,10 +10,9 @@ use sparkcr_edge::access::{Access, Identity};
 use sparkcr_edge::config::load::load_from_text_for_tests;
 use sparkcr_edge::config::ConfigOrigin;
 use sparkcr_edge::metrics::Metrics;
+use sparkcr_edge::oci::ByteRangeSpec;
 use sparkcr_edge::oci::{self, Digest, Reference, RepositoryName, Tag};
-use sparkcr_edge::registry::range::ByteRangeSpec;
 use sparkcr_edge::registry::route::{route as route_request, RequestParts, UpstreamTable};
-use sparkcr_edge::registry::ApiRoute;
 use sparkcr_edge::upstream::challenge::parse_www_authenticate;
 use std::sync::{Arc, OnceLock};
 
@@ -147,11 +146,8 @@ pub fn route(data: &[u8]) {
         return;
     };
     assert!(matches!(*method, http::Method::GET | http::Method::HEAD));
-    let target = match routed {
-        ApiRoute::Ping | ApiRoute::Catalog => return,
-        ApiRoute::Manifest { target, .. }
-        | ApiRoute::Blob { target, .. }
-        | ApiRoute::TagsList { target } => target,
+    let Some(target) = routed.target().cloned() else {
+        return;
     };
     assert!(table().names().any(|n| n == target.upstream), "{target:?}");
     let repo = target.repo.to_string();

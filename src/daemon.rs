@@ -46,6 +46,7 @@ pub enum DaemonError {
 pub struct Daemon {
     server: Server,
     app: Arc<App>,
+    cache: Arc<Cache>,
     store: Store,
     upkeep: Upkeep,
     grace: Duration,
@@ -108,7 +109,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
         metrics.clone(),
     ));
     let upkeep = store.spawn_upkeep();
-    let api = RegistryApi::new(UpstreamTable::from_config(config), cache, access);
+    let api = RegistryApi::new(UpstreamTable::from_config(config), cache.clone(), access);
     let app = Arc::new(App::new(api, metrics));
     let server = Server::bind(&config.server, app.clone())
         .await
@@ -121,6 +122,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
     Ok(Daemon {
         server,
         app,
+        cache,
         store,
         upkeep,
         grace: config.server.shutdown_grace.get(),
@@ -143,13 +145,14 @@ impl Daemon {
         let Daemon {
             server,
             app,
+            cache,
             store,
             upkeep,
             grace,
         } = self;
         app.set_ready(true);
         let clean = server.serve(shutdown, grace).await;
-        Self::stop_store(store, upkeep).await;
+        Self::stop_store(&cache, store, upkeep, grace).await;
         clean
     }
 
@@ -163,12 +166,34 @@ impl Daemon {
         ]);
         tracing::info!("ready to serve");
         let clean = server::serve_until_signalled(self.server, self.grace).await?;
-        let Daemon { store, upkeep, .. } = self;
-        Self::stop_store(store, upkeep).await;
+        let Daemon {
+            cache,
+            store,
+            upkeep,
+            grace,
+            ..
+        } = self;
+        Self::stop_store(&cache, store, upkeep, grace).await;
         Ok(clean)
     }
 
-    async fn stop_store(store: Store, upkeep: Upkeep) {
+    /// After the connections drained: lets running blob fills finish (a blob whose bytes
+    /// all arrived is committed, not thrown away; at most `grace` more), then stops the
+    /// store's upkeep and flushes recency.
+    async fn stop_store(cache: &Cache, store: Store, upkeep: Upkeep, grace: Duration) {
+        let running = cache.fills_running();
+        if running > 0 {
+            tracing::info!(
+                fills = running,
+                "waiting for blob fills to finish before stopping"
+            );
+            if !cache.fills_settled(grace).await {
+                tracing::warn!(
+                    fills = cache.fills_running(),
+                    "blob fills still running at the end of shutdown_grace; their blobs are not kept"
+                );
+            }
+        }
         drop(upkeep);
         let _ = tokio::task::spawn_blocking(move || store.flush_access()).await;
     }

@@ -21,8 +21,9 @@
 //! - [`access`]: who may use the edge: client networks, token secrets (HTTP Basic) and
 //!   the edge's own bearer tokens, scopes (`pull:public`, `pull:private`), the anonymous
 //!   per-address quota. Used by `server` (networks) and `registry` (everything else).
-//! - [`registry`]: the OCI distribution read API: routing of every client's URL form to an
-//!   upstream and repository, references, OCI error JSON.
+//! - [`registry`]: the OCI distribution read API (spec 1.1: manifests, blobs, tag lists,
+//!   referrers): routing of every client's URL form to an upstream and repository,
+//!   references, OCI error JSON.
 //! - [`cache`]: policy between the API and the bytes: hit or miss, tag TTL and revalidation,
 //!   serve-stale, single-flight blob fills that stream to every waiting client, and which
 //!   routes may see content fetched through a private upstream.
@@ -33,7 +34,8 @@
 //!   failover, short rate limits waited out.
 //! - [`config`]: the TOML schema, defaults, environment overrides, validation.
 //! - [`metrics`]: every Prometheus metric, in one registry per daemon.
-//! - [`oci`]: digests, repository names, tags, references, media types.
+//! - [`oci`]: digests, repository names, tags, references, media types, routing targets
+//!   (upstream + repository) and their store keys, byte ranges.
 //! - [`mapped`]: file-backed `Bytes` frames (read-only mappings of chunk files) and the
 //!   lookup that lets plain-HTTP connections send them with `sendfile(2)`.
 //!

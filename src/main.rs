@@ -453,7 +453,11 @@ fn tls_command(cmd: TlsCommand) -> Result<(), Failure> {
     let hosts: Vec<String> = std::iter::once(host.clone())
         .chain(aliases.iter().map(|a| format!("{a}.{host}")))
         .collect();
-    print!("{}", self_signed::trust_instructions(&made.ca, &hosts));
+    let tls_port = c.server.tls_listen.first().map(|a| a.port());
+    print!(
+        "{}",
+        self_signed::trust_instructions(&made.ca, &hosts, tls_port)
+    );
     Ok(())
 }
 

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub served_bytes: IntCounterVec,
     pub singleflight_joins: IntCounter,
     pub stale_served: IntCounterVec,
+    pub repo_confirmations: IntCounterVec,
     pub digest_mismatches: IntCounter,
     pub fills_in_flight: IntGauge,
     pub fill_resumes: IntCounter,
@@ -248,6 +249,12 @@ impl Metrics {
                 &r,
                 "stale_served_total",
                 "Answers served from cache because the upstream failed, by kind.",
+                &["kind"],
+            ),
+            repo_confirmations: counter_vec(
+                &r,
+                "repo_confirmations_total",
+                "Stored content requested under a repository it was never seen under, checked with the upstream first, by kind.",
                 &["kind"],
             ),
             digest_mismatches: counter(

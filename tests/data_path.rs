@@ -736,6 +736,68 @@ async fn sigkill_while_holding_commits_leaves_nothing_partial() {
     );
 }
 
+/// A stop (SIGTERM) between the clients' last byte and the commit keeps the blobs: the
+/// daemon lets running fills commit (within `shutdown_grace`) before it exits, so the next
+/// start serves them as hits without asking the upstream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_holding_commits_keeps_every_verified_blob() {
+    let mut reg = Registry2::start();
+    let mut blobs = Vec::new();
+    for i in 0..4 {
+        let bytes = pseudo_random(80 + i as u64, (6 + i) * MIB);
+        let d = reg.push_blob("team/kept", &bytes).await;
+        blobs.push((d, bytes.len()));
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let config = edge_config(&reg.url(), &data.path().display().to_string(), "2GiB");
+    let mut edge = Edge::start_with_env(&config, &[("SPARKCR_EDGE_TEST_HOLD_COMMIT_MS", "1500")]);
+    let url = |edge: &Edge, d: &str| edge.url(&format!("/v2/team/kept/blobs/{d}"));
+    let mut tasks = Vec::new();
+    for (i, (d, _)) in blobs.iter().enumerate() {
+        let u = url(&edge, d);
+        tasks.push(tokio::spawn(async move {
+            fetch(&format!("blob{i}"), &u, None).await
+        }));
+    }
+    for (t, (d, size)) in tasks.into_iter().zip(&blobs) {
+        assert_whole(&t.await.expect("client task"), d, *size);
+    }
+    let holding = edge
+        .wait_for_log_lines("holding the commit", 4, Duration::from_secs(15))
+        .await;
+    assert_eq!(holding, 4, "every fill is holding its commit");
+    assert_eq!(edge.metric("sparkcr_edge_store_blobs ").await, 0.0);
+    let pid = edge.child.id() as i32;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
+    let status = edge.child.wait().expect("reap the daemon");
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        edge.log_text()
+    );
+    assert!(
+        edge.log_text().contains("waiting for blob fills to finish"),
+        "the stop waited for the fills:\n{}",
+        edge.log_text()
+    );
+    drop(edge);
+
+    // The upstream is gone: only the store can answer now.
+    reg.stop();
+    let edge = Edge::start(&config);
+    assert_eq!(
+        edge.metric("sparkcr_edge_store_blobs ").await,
+        4.0,
+        "all four kept"
+    );
+    for (d, size) in &blobs {
+        let got = fetch("hit after restart", &url(&edge, d), None).await;
+        assert_whole(&got, d, *size);
+        assert_eq!(got.x_cache.as_deref(), Some("HIT"), "{got:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_beside_fast_ones_on_a_cached_blob() {
     let reg = Registry2::start();

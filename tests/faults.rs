@@ -77,6 +77,9 @@ async fn wrong_bytes_abort_the_client_and_store_nothing() {
         2,
         "nothing was stored, so the second GET asked again"
     );
+    // The fill counts the mismatch and removes its chunk files after the client was
+    // aborted.
+    edge.wait_fills_settled().await;
     assert!(
         metric(
             &edge.metrics_text().await,

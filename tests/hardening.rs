@@ -175,8 +175,8 @@ fn oversized_heads_targets_and_bad_names_are_refused() {
         ),
         (
             format!("/v2/a/manifests/{}", "t".repeat(129)),
-            "400",
-            "TAG_INVALID",
+            "404",
+            "MANIFEST_UNKNOWN",
         ),
         ("/v2/a/manifests/..".into(), "400", "NAME_INVALID"),
         (format!("/v2/a/blobs/sha256:{d}0"), "400", "DIGEST_INVALID"),

@@ -401,7 +401,7 @@ async fn serves_stale_when_upstream_is_down_and_after_restart() {
     assert_eq!(r.status(), 503, "uncached content with the upstream down");
     let v: serde_json::Value =
         serde_json::from_slice(&r.bytes().await.expect("body")).expect("OCI error");
-    assert_eq!(v["errors"][0]["code"], "UNAVAILABLE", "{v}");
+    assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN", "{v}");
     let r = client
         .get(format!(
             "http://{}/v2/team/other/blobs/{}?ns={LAN}",
@@ -417,7 +417,9 @@ async fn serves_stale_when_upstream_is_down_and_after_restart() {
         "stale answers counted"
     );
 
-    // Restart the edge with the upstream still down: the cache still serves.
+    // Restart the edge with the upstream still down: the cache still serves. (Killed, so
+    // first wait until the last fill committed its blob.)
+    edge.wait_fills_settled().await;
     drop(edge);
     let edge = Edge::start(&config);
     assert!(

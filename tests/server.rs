@@ -123,7 +123,7 @@ async fn oci_errors_have_the_right_code_and_status() {
             reqwest::Method::GET,
             "/v2/nothing/here".into(),
             404,
-            "NOT_FOUND",
+            "UNSUPPORTED",
         ),
         (
             reqwest::Method::GET,
@@ -146,8 +146,8 @@ async fn oci_errors_have_the_right_code_and_status() {
         (
             reqwest::Method::GET,
             "/v2/library/nginx/manifests/md5:abc".into(),
-            400,
-            "DIGEST_INVALID",
+            404,
+            "MANIFEST_UNKNOWN",
         ),
         (
             reqwest::Method::GET,

@@ -7,14 +7,31 @@
 //! Ranges of stored blobs are immediate.
 
 use super::blob_stream::{self, Refetch};
-use super::fill::{self, FillFailure, FillJob, FillKey};
+use super::fill::{self, FillJob, FillKey};
 use super::flight::{Claim, Landing};
-use super::{BlobAnswer, Cache, CacheError};
+use super::{BlobAnswer, Cache, CacheError, FetchFailure};
 use crate::oci::Digest;
-use crate::registry::range::ByteRangeSpec;
-use crate::registry::RepoTarget;
-use crate::store::{GrowingBlob, GrowthFailure};
+use crate::oci::{ByteRangeSpec, RepoTarget};
+use crate::store::GrowingBlob;
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The repository (`upstream/repo`) each running fill was started for.
+pub(super) type FillingUnder = Arc<std::sync::Mutex<HashMap<FillKey, String>>>;
+
+pub(super) fn lock_filling(
+    m: &FillingUnder,
+) -> std::sync::MutexGuard<'_, HashMap<FillKey, String>> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the store has for a blob request.
+enum Hit {
+    Served(Box<BlobAnswer>),
+    /// Stored, but not recorded under the requested repository of that upstream.
+    Unseen,
+    Miss,
+}
 
 /// How often a request re-claims a fill whose leader died before it started.
 const ABANDONED_RETRIES: u32 = 2;
@@ -27,10 +44,32 @@ impl Cache {
         range: Option<ByteRangeSpec>,
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
-        match self.blob_hit(target, digest, range, head)? {
-            Some(answer) => Ok(answer),
-            None => self.blob_miss(target, digest, range, head).await,
+        match self.blob_hit(target, digest, range, head, false)? {
+            Hit::Served(answer) => Ok(*answer),
+            Hit::Miss => self.blob_miss(target, digest, range, head).await,
+            Hit::Unseen => {
+                // Stored, but never seen under this repository: only once the upstream
+                // says the repository has it (bytes stay shared across repositories).
+                self.confirm_blob(target, digest).await?;
+                match self.blob_hit(target, digest, range, head, true)? {
+                    Hit::Served(answer) => Ok(*answer),
+                    Hit::Miss | Hit::Unseen => self.blob_miss(target, digest, range, head).await,
+                }
+            }
         }
+    }
+
+    /// A HEAD to the upstream: does `target`'s repository have this blob?
+    async fn confirm_blob(&self, target: &RepoTarget, digest: &Digest) -> Result<(), CacheError> {
+        self.metrics
+            .repo_confirmations
+            .with_label_values(&["blob"])
+            .inc();
+        self.upstream(target)?
+            .blob_head(&target.repo, digest)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fetch_failure(target, e, CacheError::BlobUnknown(*digest)))
     }
 
     fn blob_hit(
@@ -39,14 +78,18 @@ impl Cache {
         digest: &Digest,
         range: Option<ByteRangeSpec>,
         head: bool,
-    ) -> Result<Option<BlobAnswer>, CacheError> {
+        confirmed: bool,
+    ) -> Result<Hit, CacheError> {
         let Some(info) = self
             .store
             .blob(digest)?
             .filter(|info| self.visible_through(&info.repos, target))
         else {
-            return Ok(None);
+            return Ok(Hit::Miss);
         };
+        if !confirmed && !Self::seen_under(&info.repos, target) {
+            return Ok(Hit::Unseen);
+        }
         let (start, end, partial) = resolve(range, info.size)?;
         let body = if head {
             None
@@ -54,59 +97,28 @@ impl Cache {
             match self.store.read_blob(digest, start, end)? {
                 Some(reader) => Some(blob_stream::from_store(reader, self.metrics.clone())),
                 // Evicted between the two lookups.
-                None => return Ok(None),
+                None => return Ok(Hit::Miss),
             }
         };
         self.metrics.cache_hits.with_label_values(&["blob"]).inc();
         self.note_blob_repo(digest, &info.repos, target);
-        Ok(Some(BlobAnswer {
+        Ok(Hit::Served(Box::new(BlobAnswer {
             digest: *digest,
             size: Some(info.size),
             range: (start, end),
             partial,
             body,
             from_cache: true,
-        }))
+        })))
     }
 
     fn note_blob_repo(&self, d: &Digest, repos: &[String], target: &RepoTarget) {
         let key = target.key();
-        if repos.contains(&key) {
+        if repos.iter().any(|r| key == *r) {
             return;
         }
-        if let Err(e) = self.store.add_repo(d, &key) {
+        if let Err(e) = self.store.add_repo(d, key.as_str()) {
             tracing::debug!(error = %e, "cannot record repository for blob {d}");
-        }
-    }
-
-    fn fill_failure(&self, target: &RepoTarget, digest: &Digest, f: FillFailure) -> CacheError {
-        match f {
-            FillFailure::NotFound => CacheError::BlobUnknown(*digest),
-            FillFailure::Unavailable(m) => CacheError::Unavailable {
-                upstream: target.upstream.clone(),
-                detail: m,
-            },
-            FillFailure::RateLimited {
-                retry_after,
-                detail,
-            } => CacheError::RateLimited {
-                upstream: target.upstream.clone(),
-                retry_after,
-                detail,
-            },
-        }
-    }
-
-    fn growth_failure(&self, target: &RepoTarget, f: GrowthFailure) -> CacheError {
-        match f {
-            GrowthFailure::Mismatch(m) => CacheError::BadUpstreamContent {
-                upstream: target.upstream.clone(),
-                detail: m,
-            },
-            other => CacheError::Unavailable {
-                upstream: target.upstream.clone(),
-                detail: other.to_string(),
-            },
         }
     }
 
@@ -129,26 +141,45 @@ impl Cache {
                         upstream: upstream.clone(),
                         repo: target.repo.clone(),
                         digest: *digest,
-                        repo_key: target.key(),
+                        repo_key: target.key().to_string(),
                         metrics: self.metrics.clone(),
                         hold_commit: self.settings.hold_commit,
                     };
-                    tokio::spawn(fill::run(job, leader));
+                    // Which repository this fill is for, while it runs (see the follower arm).
+                    let filling = self.filling_under.clone();
+                    lock_filling(&filling).insert(key.clone(), target.key().to_string());
+                    let done_key = key.clone();
+                    tokio::spawn(async move {
+                        fill::run(job, leader).await;
+                        lock_filling(&filling).remove(&done_key);
+                    });
                     follower
                 }
                 Claim::Follower(f) => {
                     self.metrics.singleflight_joins.inc();
+                    // A fill for another repository: join it only if the upstream says this
+                    // repository has the blob too.
+                    let same_repo = lock_filling(&self.filling_under)
+                        .get(key)
+                        .is_some_and(|k| target.key() == *k);
+                    if !same_repo {
+                        self.confirm_blob(target, digest).await?;
+                    }
                     f
                 }
             };
             match follower.landing().await {
                 Landing::Started(blob) => return Ok(blob),
-                Landing::Failed(f) => return Err(self.fill_failure(target, digest, f)),
+                Landing::Failed(f) => {
+                    return Err(self.fetch_failure(target, f, CacheError::BlobUnknown(*digest)))
+                }
                 Landing::Abandoned if tries < ABANDONED_RETRIES => tries += 1,
                 Landing::Abandoned => {
                     return Err(CacheError::Unavailable {
                         upstream: target.upstream.clone(),
-                        detail: "the blob fill stopped before it started; retry".into(),
+                        source: FetchFailure::Fill(
+                            "the blob fill stopped before it started; retry".into(),
+                        ),
                     })
                 }
             }
@@ -169,10 +200,12 @@ impl Cache {
             let size = upstream
                 .blob_head(&target.repo, digest)
                 .await
-                .map_err(|e| self.upstream_failure(target, e, CacheError::BlobUnknown(*digest)))?
+                .map_err(|e| self.fetch_failure(target, e, CacheError::BlobUnknown(*digest)))?
                 .ok_or_else(|| CacheError::BadUpstreamContent {
                     upstream: target.upstream.clone(),
-                    detail: "HEAD answer without Content-Length".into(),
+                    source: FetchFailure::Content(
+                        "the upstream answered HEAD without a Content-Length".into(),
+                    ),
                 })?;
             let (start, end, partial) = resolve(range, size)?;
             return Ok(BlobAnswer {
@@ -189,7 +222,7 @@ impl Cache {
             // Only verified bytes answer a range: wait for the whole blob.
             blob.verified()
                 .await
-                .map_err(|f| self.growth_failure(target, f))?;
+                .map_err(|f| self.fetch_failure(target, f, CacheError::BlobUnknown(*digest)))?;
         }
         // Without a size (no Content-Length upstream) the whole blob is streamed.
         let (start, end, partial, size) = match blob.size() {

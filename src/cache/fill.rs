@@ -2,8 +2,8 @@
 //! its own (a client that disconnects does not cancel it).
 //!
 //! It asks the upstream once, hands the store's [`GrowingBlob`] to every follower, and
-//! pumps the body into it: each frame is pushed to the readers (and hashed) the moment it
-//! arrives and queued for a blocking writer thread that puts it on disk with buffered
+//! pumps the body into it: each frame is pushed to the readers the moment it arrives (and
+//! handed to the input's hash thread) and queued for a blocking writer thread that puts it on disk with buffered
 //! writes. The input waits only when the writer is far behind (bounded memory). A broken
 //! upstream body is resumed with `Range` from the bytes received (a few tries with
 //! backoff). At the end the input verifies the digest, which releases the last byte to
@@ -33,8 +33,8 @@ pub(super) enum FillFailure {
     Unavailable(String),
     /// The upstream is rate-limiting us (429, or 503 with `Retry-After`).
     RateLimited {
+        status: u16,
         retry_after: Option<Duration>,
-        detail: String,
     },
 }
 
@@ -73,10 +73,14 @@ pub(super) struct FillJob {
 pub(super) fn map_upstream(e: &UpstreamError) -> FillFailure {
     if e.is_not_found() {
         FillFailure::NotFound
-    } else if let Some(retry_after) = e.rate_limit_wait() {
+    } else if let UpstreamError::RateLimited {
+        status,
+        retry_after,
+    } = e
+    {
         FillFailure::RateLimited {
-            retry_after,
-            detail: e.to_string(),
+            status: *status,
+            retry_after: *retry_after,
         }
     } else {
         FillFailure::Unavailable(e.to_string())
@@ -125,7 +129,10 @@ pub(super) async fn run(job: FillJob, leader: FillLeader) {
     let pumped = pump(&job, &mut input, first, &mut queue).await;
     queue.flush();
     let ended = match pumped {
-        Ok(()) => input.finish(),
+        Ok(()) => {
+            input.hashed_all().await;
+            input.finish()
+        }
         Err(f) => {
             input.fail(f.clone());
             Err(f)

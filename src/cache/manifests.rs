@@ -4,9 +4,9 @@
 //! collapse into one upstream request. When the upstream fails, a cached answer is served
 //! (stale) and counted; with nothing cached the answer is 503.
 
-use super::{blocking, Cache, CacheError, ManifestAnswer};
+use super::{blocking, Cache, CacheError, FetchFailure, ManifestAnswer};
+use crate::oci::RepoTarget;
 use crate::oci::{Digest, Reference, Tag};
-use crate::registry::RepoTarget;
 use crate::store::{StoredManifest, TagKey, TagRecord};
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
@@ -23,6 +23,10 @@ impl Cache {
     ) -> Result<ManifestAnswer, CacheError> {
         match reference {
             Reference::Digest(d) => self.manifest_by_digest(target, d, accept, head).await,
+            // The edge's own referrers records are not tags of the repository.
+            Reference::Tag(t) if super::referrers::is_cache_tag(t) => {
+                Err(CacheError::ManifestUnknown(t.to_string()))
+            }
             Reference::Tag(t) => self.manifest_by_tag(target, t, accept, head).await,
         }
     }
@@ -39,16 +43,17 @@ impl Cache {
             size: m.bytes.len() as u64,
             bytes: (!head).then_some(m.bytes),
             from_cache: true,
+            stale: false,
         }
     }
 
     /// Records that `target` also names this content (for the catalog and `purge --repo`).
     async fn note_repo(&self, d: &Digest, repos: &[String], target: &RepoTarget) {
         let key = target.key();
-        if repos.contains(&key) {
+        if repos.iter().any(|r| key == *r) {
             return;
         }
-        if let Err(e) = self.store.add_repo(d, &key) {
+        if let Err(e) = self.store.add_repo(d, key.as_str()) {
             tracing::debug!(error = %e, "cannot record repository for {d}");
         }
     }
@@ -65,6 +70,20 @@ impl Cache {
             .await?
             .filter(|m| self.visible_through(&m.repos, target));
         if let Some(m) = hit {
+            if !Self::seen_under(&m.repos, target) {
+                // Stored, but never seen under this repository: only once the upstream
+                // says the repository has it.
+                self.metrics
+                    .repo_confirmations
+                    .with_label_values(&["manifest"])
+                    .inc();
+                self.upstream(target)?
+                    .manifest(&target.repo, &Reference::Digest(*d), accept, true)
+                    .await
+                    .map_err(|e| {
+                        self.fetch_failure(target, e, CacheError::ManifestUnknown(d.to_string()))
+                    })?;
+            }
             self.metrics
                 .cache_hits
                 .with_label_values(&["manifest"])
@@ -83,7 +102,7 @@ impl Cache {
             .manifest(&target.repo, &reference, accept, false)
             .await
             .map_err(|e| {
-                self.upstream_failure(target, e, CacheError::ManifestUnknown(d.to_string()))
+                self.fetch_failure(target, e, CacheError::ManifestUnknown(d.to_string()))
             })?;
         let body = resp.body.unwrap_or_default();
         let actual = Digest::of(&body);
@@ -91,7 +110,7 @@ impl Cache {
             self.metrics.digest_mismatches.inc();
             return Err(CacheError::BadUpstreamContent {
                 upstream: target.upstream.clone(),
-                detail: format!("manifest {d} arrived with digest {actual}"),
+                source: FetchFailure::Content(format!("manifest {d} arrived with digest {actual}")),
             });
         }
         self.put_manifest(target, d, &resp.media_type, &body).await;
@@ -101,6 +120,7 @@ impl Cache {
             size: body.len() as u64,
             bytes: (!head).then_some(body),
             from_cache: false,
+            stale: false,
         })
     }
 
@@ -112,7 +132,7 @@ impl Cache {
             body.clone(),
             target.key(),
         );
-        if let Err(e) = blocking(move || store.put_manifest(&d2, &mt, &b, &key)).await {
+        if let Err(e) = blocking(move || store.put_manifest(&d2, &mt, &b, key.as_str())).await {
             // Still answer the client: the bytes are verified, only caching failed.
             self.metrics
                 .store_errors
@@ -279,10 +299,10 @@ impl Cache {
                         self.metrics.digest_mismatches.inc();
                         return Err(CacheError::BadUpstreamContent {
                             upstream: target.upstream.clone(),
-                            detail: format!(
+                            source: FetchFailure::Content(format!(
                                 "tag {} claimed {claimed} but the manifest hashes to {digest}",
                                 key.tag
-                            ),
+                            )),
                         });
                     }
                 }
@@ -310,6 +330,7 @@ impl Cache {
                     size: body.len() as u64,
                     bytes: (!head).then_some(body),
                     from_cache: false,
+                    stale: false,
                 })
             }
             Err(e) => self.serve_stale_or_fail(target, key, e, stale, head),
@@ -331,9 +352,11 @@ impl Cache {
                     .with_label_values(&["manifest"])
                     .inc();
                 tracing::warn!(upstream = %target.upstream, repo = %key.repo, tag = %key.tag, error = %e, "upstream failed; serving the cached manifest (stale)");
-                Ok(Self::answer(rec.digest, m, head))
+                let mut answer = Self::answer(rec.digest, m, head);
+                answer.stale = true;
+                Ok(answer)
             }
-            _ => Err(self.upstream_failure(
+            _ => Err(self.fetch_failure(
                 target,
                 e,
                 CacheError::ManifestUnknown(format!("{}:{}", key.repo, key.tag)),

@@ -1,5 +1,6 @@
 //! Cache policy between the API and the bytes: hit or miss, tag TTL and revalidation,
-//! serve-stale, and single-flight blob fills that stream to every waiting client at its
+//! serve-stale (manifests, tag lists, referrers), which repositories may see content stored
+//! by digest, and single-flight blob fills that stream to every waiting client at its
 //! own pace.
 //!
 //! Owns: deciding whether an answer comes from the [`Store`] or an [`Upstream`], keeping
@@ -21,11 +22,15 @@ mod blobs;
 mod fill;
 mod flight;
 mod manifests;
+mod referrers;
+mod tags;
+
+pub use referrers::{ReferrersAnswer, INDEX_MEDIA_TYPE as REFERRERS_MEDIA_TYPE};
+pub use tags::TagList;
 
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepositoryName};
-use crate::registry::RepoTarget;
-use crate::store::{Store, StoreError};
+use crate::oci::{Digest, RepoKey, RepoTarget, RepositoryName};
+use crate::store::{GrowthFailure, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -44,6 +49,8 @@ pub struct ManifestAnswer {
     pub bytes: Option<Bytes>,
     /// Answered from the store without fetching it from the upstream.
     pub from_cache: bool,
+    /// Served from the store because the upstream could not be asked (tag past its TTL).
+    pub stale: bool,
 }
 
 pub struct BlobAnswer {
@@ -69,40 +76,99 @@ pub enum CacheError {
     NameUnknown(String),
     #[error("range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
-    #[error("upstream {upstream} is unreachable: {detail}")]
-    Unavailable { upstream: String, detail: String },
+    #[error("upstream {upstream} is unreachable")]
+    Unavailable {
+        upstream: String,
+        #[source]
+        source: FetchFailure,
+    },
     /// The upstream is rate-limiting us for longer than we wait; `retry_after` is what it
     /// asked for, to pass on to the client.
-    #[error("upstream {upstream} is rate-limiting this edge: {detail}")]
+    #[error("upstream {upstream} is rate-limiting this edge")]
     RateLimited {
         upstream: String,
         retry_after: Option<Duration>,
-        detail: String,
+        #[source]
+        source: FetchFailure,
     },
-    #[error("upstream {upstream} sent bad content: {detail}")]
-    BadUpstreamContent { upstream: String, detail: String },
+    #[error("upstream {upstream} sent content this edge will not serve")]
+    BadUpstreamContent {
+        upstream: String,
+        #[source]
+        source: FetchFailure,
+    },
     #[error("{0}")]
     Denied(String),
-    #[error("store: {0}")]
+    #[error("the cache store failed")]
     Store(#[from] StoreError),
     #[error("internal: {0}")]
     Internal(String),
 }
 
-impl CacheError {
-    /// An upstream failure that may pass (`RateLimited` when the upstream asked us to
-    /// wait, else `Unavailable`).
-    fn unavailable(upstream: &str, e: &UpstreamError) -> Self {
-        match e.rate_limit_wait() {
-            Some(retry_after) => CacheError::RateLimited {
-                upstream: upstream.to_string(),
+/// Why content could not be fetched through an upstream: the source carried by
+/// [`CacheError::Unavailable`] and [`CacheError::BadUpstreamContent`]. Upstream, fill and
+/// store-growth failures all become this one type, and [`Cache::fetch_failure`] turns it
+/// into a [`CacheError`] in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchFailure {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The blob fill this request joined could not start or stopped.
+    #[error("{0}")]
+    Fill(String),
+    /// The fill's bytes failed verification or their source broke.
+    #[error("{0}")]
+    Growth(GrowthFailure),
+    /// The upstream's answer was well-formed HTTP but wrong content (digest mismatch,
+    /// missing length).
+    #[error("{0}")]
+    Content(String),
+}
+
+/// What a [`FetchFailure`] means for the client.
+enum FailureKind {
+    NotFound,
+    /// Rate-limited, with the delay the upstream asked for.
+    RateLimited(Option<Duration>),
+    Unavailable,
+    BadContent,
+}
+
+impl FetchFailure {
+    fn kind(&self) -> FailureKind {
+        match self {
+            FetchFailure::Upstream(e) if e.is_not_found() => FailureKind::NotFound,
+            FetchFailure::Upstream(UpstreamError::RateLimited { retry_after, .. }) => {
+                FailureKind::RateLimited(*retry_after)
+            }
+            FetchFailure::Upstream(e) if e.is_unavailable() => FailureKind::Unavailable,
+            FetchFailure::Upstream(_) => FailureKind::BadContent,
+            FetchFailure::Fill(_) => FailureKind::Unavailable,
+            FetchFailure::Growth(GrowthFailure::Mismatch(_)) => FailureKind::BadContent,
+            FetchFailure::Growth(_) => FailureKind::Unavailable,
+            FetchFailure::Content(_) => FailureKind::BadContent,
+        }
+    }
+}
+
+impl From<GrowthFailure> for FetchFailure {
+    fn from(f: GrowthFailure) -> Self {
+        FetchFailure::Growth(f)
+    }
+}
+
+impl From<fill::FillFailure> for FetchFailure {
+    fn from(f: fill::FillFailure) -> Self {
+        match f {
+            fill::FillFailure::NotFound => FetchFailure::Upstream(UpstreamError::NotFound),
+            fill::FillFailure::Unavailable(m) => FetchFailure::Fill(m),
+            fill::FillFailure::RateLimited {
+                status,
                 retry_after,
-                detail: e.to_string(),
-            },
-            None => CacheError::Unavailable {
-                upstream: upstream.to_string(),
-                detail: e.to_string(),
-            },
+            } => FetchFailure::Upstream(UpstreamError::RateLimited {
+                status,
+                retry_after,
+            }),
         }
     }
 }
@@ -126,6 +192,9 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     /// Blob fills under way, by digest (and upstream, for private ones): single-flight.
     fills: fill::Fills,
+    /// The repository each running fill is for: a request for another repository joins it
+    /// only after the upstream confirms that repository has the blob.
+    filling_under: blobs::FillingUnder,
     /// One revalidation at a time per tag; waiters then read the fresh record.
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -158,23 +227,34 @@ impl Cache {
             settings,
             metrics,
             fills: Default::default(),
+            filling_under: Default::default(),
             tag_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Blob fills still running (receiving, or making a verified blob durable).
+    pub fn fills_running(&self) -> usize {
+        blobs::lock_filling(&self.filling_under).len()
+    }
+
+    /// Waits, at most `limit`, until no blob fill is running, so that a stop does not
+    /// throw away blobs whose bytes all arrived but that are not committed yet. Returns
+    /// whether every fill ended in time.
+    pub async fn fills_settled(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.fills_running() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// Upstream endpoints skipped now after failures, as (upstream, endpoint URL), sorted.
-    pub fn endpoints_down(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .upstreams
-            .iter()
-            .flat_map(|(name, up)| up.endpoints_down().into_iter().map(|e| (name.clone(), e)))
-            .collect();
-        out.sort();
-        out
     }
 
     pub(crate) fn is_private(&self, upstream: &str) -> bool {
@@ -189,8 +269,8 @@ impl Cache {
             return true;
         }
         let visible = repos.iter().any(|r| {
-            let upstream = r.split_once('/').map_or(r.as_str(), |(u, _)| u);
-            upstream == target.upstream || !self.is_private(upstream)
+            let key = RepoKey::from_stored(r.as_str());
+            key.upstream() == target.upstream || !self.is_private(key.upstream())
         });
         if !visible {
             self.metrics.private_content_refusals.inc();
@@ -199,79 +279,49 @@ impl Cache {
         visible
     }
 
+    /// Content recorded under `target`'s repository of that upstream (`upstream/repo`).
+    pub(crate) fn seen_under(repos: &[String], target: &RepoTarget) -> bool {
+        let key = target.key();
+        repos.iter().any(|r| key == *r)
+    }
+
     fn upstream(&self, target: &RepoTarget) -> Result<&Upstream, CacheError> {
         self.upstreams.get(&target.upstream).ok_or_else(|| {
-            CacheError::NameUnknown(format!("upstream {:?} is not configured", target.upstream))
+            CacheError::NameUnknown(format!("upstream {} is not configured", target.upstream))
         })
     }
 
-    /// Maps an upstream failure for content we do not have.
-    fn upstream_failure(
+    /// The one conversion of a fetch failure for content we do not have: `unknown` when
+    /// the upstream says it does not exist, else unavailable or bad content.
+    pub(crate) fn fetch_failure(
         &self,
         target: &RepoTarget,
-        e: UpstreamError,
+        failure: impl Into<FetchFailure>,
         unknown: CacheError,
     ) -> CacheError {
-        if e.is_not_found() {
-            unknown
-        } else if e.is_unavailable() {
-            CacheError::unavailable(&target.upstream, &e)
-        } else {
-            CacheError::BadUpstreamContent {
-                upstream: target.upstream.clone(),
-                detail: e.to_string(),
-            }
+        let source = failure.into();
+        let upstream = target.upstream.clone();
+        match source.kind() {
+            FailureKind::NotFound => unknown,
+            FailureKind::RateLimited(retry_after) => CacheError::RateLimited {
+                upstream,
+                retry_after,
+                source,
+            },
+            FailureKind::Unavailable => CacheError::Unavailable { upstream, source },
+            FailureKind::BadContent => CacheError::BadUpstreamContent { upstream, source },
         }
     }
 
-    /// `/v2/<name>/tags/list`: proxied; the last answer is kept and served when the
-    /// upstream is down.
-    pub async fn tags_list(
-        &self,
-        target: &RepoTarget,
-        query: Option<&str>,
-    ) -> Result<Bytes, CacheError> {
-        let upstream = self.upstream(target)?;
-        let query = query.filter(|q| !q.is_empty());
-        match upstream.tags_list(&target.repo, query).await {
-            Ok(body) => {
-                if query.is_none() {
-                    let (store, up, repo, b) = (
-                        self.store.clone(),
-                        target.upstream.clone(),
-                        target.repo.clone(),
-                        body.clone(),
-                    );
-                    if let Err(e) = blocking(move || store.put_tag_list(&up, &repo, &b)).await {
-                        tracing::warn!(error = %e, "cannot keep the tag list");
-                    }
-                }
-                Ok(body)
-            }
-            Err(e) if e.is_unavailable() => {
-                let (store, up, repo) = (
-                    self.store.clone(),
-                    target.upstream.clone(),
-                    target.repo.clone(),
-                );
-                match blocking(move || store.tag_list(&up, &repo)).await? {
-                    Some(cached) => {
-                        self.metrics.stale_served.with_label_values(&["tags"]).inc();
-                        tracing::warn!(upstream = %target.upstream, repo = %target.repo, error = %e, "upstream down; serving the cached tag list");
-                        Ok(cached)
-                    }
-                    None => Err(CacheError::unavailable(&target.upstream, &e)),
-                }
-            }
-            Err(e) => Err(self.upstream_failure(
-                target,
-                e,
-                CacheError::NameUnknown(format!(
-                    "repository {} is unknown to {}",
-                    target.repo, target.upstream
-                )),
-            )),
-        }
+    /// Upstream endpoints skipped now after failures, as (upstream, endpoint URL), sorted.
+    pub fn endpoints_down(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .upstreams
+            .iter()
+            .flat_map(|(name, up)| up.endpoints_down().into_iter().map(|e| (name.clone(), e)))
+            .collect();
+        out.sort();
+        out
     }
 
     /// `/v2/_catalog`: the repositories this edge has cached, as `<upstream>/<repo>`.

@@ -468,6 +468,31 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 );
             }
         }
+        for a in &u.path_aliases {
+            let component_ok = !a.is_empty()
+                && a.len() <= 63
+                && a.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !a.starts_with('-')
+                && !a.ends_with('-');
+            if !component_ok || a == "library" || a == "v2" {
+                return err(
+                    &key("path_aliases"),
+                    format!("expected a lowercase path segment such as \"lan\" (not \"library\" or \"v2\"), got \"{a}\""),
+                );
+            }
+            let dup = c
+                .upstream
+                .iter()
+                .enumerate()
+                .any(|(j, o)| (j != i && o.path_aliases.contains(a)) || o.name == *a);
+            if dup {
+                return err(
+                    &key("path_aliases"),
+                    format!("path alias \"{a}\" is used twice (or is an upstream's name); give each upstream its own"),
+                );
+            }
+        }
         if u.default {
             defaults += 1;
             if defaults > 1 {

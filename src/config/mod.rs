@@ -70,6 +70,16 @@ pub struct ServerConfig {
     /// Largest request head (request line and headers; h2: header list).
     #[serde(default = "default_max_header_size")]
     pub max_header_size: ByteSize,
+    /// Answer only requests whose `Host` is the edge itself: `hostname`, an alias host
+    /// `<alias>.<hostname>`, `localhost` or an IP address. Any other name is refused with
+    /// `NAME_UNKNOWN` instead of being served by the default upstream. `false` serves every
+    /// `Host` (for setups behind proxies that rewrite it).
+    #[serde(default = "default_true")]
+    pub strict_host: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_connections() -> usize {
@@ -169,6 +179,11 @@ pub struct UpstreamConfig {
     pub urls: Vec<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Names usable as the first path segment instead of the upstream's name
+    /// (`EDGE/lan/team/app` for `registry.lan:5000`): for upstreams whose name has a port,
+    /// which Podman/CRI-O cannot put in an image reference's path.
+    #[serde(default)]
+    pub path_aliases: Vec<String>,
     /// Bare `/v2/<repo>` requests (Docker `registry-mirrors`) go to the default upstream.
     #[serde(default)]
     pub default: bool,
@@ -256,6 +271,7 @@ impl UpstreamConfig {
             url: url.to_string(),
             urls: Vec::new(),
             aliases: vec![alias.to_string()],
+            path_aliases: Vec::new(),
             default: false,
             username: None,
             password: None,

@@ -11,11 +11,11 @@ pub struct Digest([u8; 32]);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
-    #[error("digest {0:?} has no algorithm prefix (expected sha256:<64 hex>)")]
+    #[error("digest \"{0}\" has no algorithm prefix (expected sha256:<64 hex>)")]
     MissingAlgorithm(String),
-    #[error("digest algorithm {0:?} is not supported (only sha256)")]
+    #[error("digest algorithm \"{0}\" is not supported (only sha256)")]
     UnsupportedAlgorithm(String),
-    #[error("digest {0:?} is not 64 lowercase hex characters after sha256:")]
+    #[error("digest \"{0}\" is not 64 lowercase hex characters after sha256:")]
     BadEncoding(String),
 }
 

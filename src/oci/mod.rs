@@ -1,5 +1,6 @@
 //! OCI value types shared by every layer: content digests, repository names, tags and
-//! references, and the manifest media types we recognise.
+//! references, the manifest media types we recognise, routing targets (upstream +
+//! repository) with their store key, and byte ranges.
 //!
 //! Raw strings from the network, the disk or the user become these types at the edge
 //! ("parse, don't validate"); once you hold a [`Digest`] or a [`RepositoryName`] it is
@@ -9,7 +10,11 @@
 mod digest;
 mod media;
 mod name;
+mod range;
+mod target;
 
 pub use digest::{Digest, DigestError, Sha256Verifier};
 pub use media::{is_manifest_media_type, manifest_media_type, MANIFEST_MEDIA_TYPES};
 pub use name::{NameError, Reference, RepositoryName, Tag};
+pub use range::{ByteRangeSpec, Unsatisfiable};
+pub use target::{RepoKey, RepoTarget};

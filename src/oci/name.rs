@@ -20,9 +20,9 @@ pub enum NameError {
     Empty,
     #[error("repository name is longer than {MAX_NAME_LEN} characters")]
     TooLong,
-    #[error("repository name {0:?} does not match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*(/...)*")]
+    #[error("repository name \"{0}\" does not match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*(/...)*")]
     BadName(String),
-    #[error("tag {0:?} does not match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
+    #[error("tag \"{0}\" does not match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
     BadTag(String),
     #[error(transparent)]
     Digest(#[from] DigestError),

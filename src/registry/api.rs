@@ -2,11 +2,13 @@
 
 use super::accept::accepted_media_types;
 use super::body::{self, ResponseBody};
-use super::error::OciError;
-use super::range::ByteRangeSpec;
-use super::route::{route, ApiRoute, RequestParts, UpstreamTable};
+use super::error::{OciError, Subject};
+use super::route::{decoded_query_param, route, ApiRoute, RequestParts, UpstreamTable};
 use crate::access::{Access, Action, Decision, DenyReason, Identity, BASIC_REALM, SERVICE};
-use crate::cache::{BlobAnswer, Cache, CacheError, ManifestAnswer};
+use crate::cache::{
+    BlobAnswer, Cache, CacheError, ManifestAnswer, ReferrersAnswer, REFERRERS_MEDIA_TYPE,
+};
+use crate::oci::{ByteRangeSpec, RepoKey, RepoTarget};
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,10 @@ use std::sync::Arc;
 const API_VERSION: &str = "registry/2.0";
 /// Whether an answer came from the store (`HIT`) or the upstream (`MISS`).
 const X_CACHE: &str = "X-Cache";
+
+/// The 401 message when credentials are needed and none were sent.
+const LOGIN_REQUIRED: &str =
+    "authentication required: this edge does not allow anonymous pulls; log in (docker login / podman login) with a token secret as the password";
 
 fn cache_status(from_cache: bool) -> &'static str {
     if from_cache {
@@ -80,8 +86,12 @@ impl RegistryApi {
         self.cache.endpoints_down()
     }
 
-    /// The `WWW-Authenticate` challenges: the bearer flow against this edge's `/token`
-    /// first, then Basic (`docker login` with the token secret as password).
+    /// The `WWW-Authenticate` challenge: the bearer flow against this edge's `/token`, and
+    /// only that (as Docker Hub does). Docker's client tries every challenged scheme; a Basic
+    /// challenge next to it makes an anonymous `docker pull` fail with "no basic auth
+    /// credentials" although it already holds an anonymous bearer token. Basic credentials
+    /// are still accepted on every request, so `docker login` (token endpoint) and clients
+    /// that send Basic to `/v2/` both work.
     fn challenges(
         &self,
         host: Option<&str>,
@@ -95,7 +105,7 @@ impl RegistryApi {
         if let Some(scope) = scope {
             bearer.push_str(&format!(",scope=\"{scope}\""));
         }
-        vec![bearer, format!("Basic realm=\"{BASIC_REALM}\"")]
+        vec![bearer]
     }
 
     pub async fn handle(&self, req: &http::request::Parts, client: ClientInfo) -> ApiResponse {
@@ -118,7 +128,10 @@ impl RegistryApi {
                 } else {
                     self.challenges(host, client, None)
                 };
-                let e = OciError::unauthorized("invalid credentials", challenges);
+                let e = OciError::unauthorized(
+                    "invalid credentials: log in again with a valid token secret as the password",
+                    challenges,
+                );
                 return refused(e, head, "auth");
             }
         };
@@ -143,10 +156,7 @@ impl RegistryApi {
             // Without anonymous access, nothing but a challenge for those without credentials.
             Err(_) if who == Identity::Anonymous && !self.access.anonymous_allowed() => {
                 self.access.count_denial(DenyReason::NoCredentials);
-                let e = OciError::unauthorized(
-                    "authentication required",
-                    self.challenges(host, client, None),
-                );
+                let e = OciError::unauthorized(LOGIN_REQUIRED, self.challenges(host, client, None));
                 return refused(e, head, "auth");
             }
             Err(e) => {
@@ -159,26 +169,22 @@ impl RegistryApi {
         let action = match &routed {
             ApiRoute::Ping => Action::Ping,
             ApiRoute::Catalog => Action::Catalog,
-            ApiRoute::Manifest { target, .. }
-            | ApiRoute::Blob { target, .. }
-            | ApiRoute::TagsList { target } => Action::Pull {
-                upstream: &target.upstream,
+            other => match other.target() {
+                Some(target) => Action::Pull {
+                    upstream: &target.upstream,
+                },
+                None => Action::Ping,
             },
         };
         match self.access.decide(&who, action) {
             Decision::Allow => {}
             Decision::Challenge(reason) => {
                 self.access.count_denial(reason);
-                let scope = match &routed {
-                    ApiRoute::Manifest { target, .. }
-                    | ApiRoute::Blob { target, .. }
-                    | ApiRoute::TagsList { target } => {
-                        Some(format!("repository:{}:pull", target.key()))
-                    }
-                    _ => None,
-                };
+                let scope = routed
+                    .target()
+                    .map(|target| format!("repository:{}:pull", target.key()));
                 let e = OciError::unauthorized(
-                    "authentication required",
+                    LOGIN_REQUIRED,
                     self.challenges(host, client, scope.as_deref()),
                 );
                 return refused(e, head, "auth");
@@ -201,13 +207,24 @@ impl RegistryApi {
         let (label, result) = match routed {
             ApiRoute::Ping => ("ping", Ok(json_response(StatusCode::OK, "{}".into(), head))),
             ApiRoute::Catalog => ("catalog", self.catalog(&who, head).await),
-            ApiRoute::TagsList { target } => (
+            ApiRoute::TagsList {
+                target,
+                client_name,
+            } => (
                 "tags",
+                self.tags_list(&target, &client_name, &req.uri, head).await,
+            ),
+            ApiRoute::Referrers {
+                target,
+                subject,
+                artifact_type,
+            } => (
+                "referrers",
                 self.cache
-                    .tags_list(&target, req.uri.query())
+                    .referrers(&target, &subject, artifact_type.as_deref())
                     .await
-                    .map(|b| json_response(StatusCode::OK, b, head))
-                    .map_err(|e| map_cache_error(e, "tags")),
+                    .map(|a| referrers_response(a, head))
+                    .map_err(|e| map_cache_error(e, Subject::Repository)),
             ),
             ApiRoute::Manifest { target, reference } => {
                 let accept = accepted_media_types(&req.headers);
@@ -219,7 +236,7 @@ impl RegistryApi {
                     "manifest",
                     answer
                         .map(|a| manifest_response(a, head))
-                        .map_err(|e| map_cache_error(e, "manifest")),
+                        .map_err(|e| map_cache_error(e, Subject::Manifest)),
                 )
             }
             ApiRoute::Blob { target, digest } => {
@@ -233,7 +250,7 @@ impl RegistryApi {
                     "blob",
                     answer
                         .map(blob_response)
-                        .map_err(|e| map_cache_error(e, "blob")),
+                        .map_err(|e| map_cache_error(e, Subject::Blob)),
                 )
             }
         };
@@ -242,6 +259,62 @@ impl RegistryApi {
             response,
             route: label,
         }
+    }
+
+    /// `tags/list` as the spec's "Listing Tags" asks: `name` as the client wrote it, sorted
+    /// tags, `n` and `last` applied here on the complete list, and a `Link` to the next
+    /// page in the client's own URL form (its path, and its `ns` parameter if it sent one).
+    async fn tags_list(
+        &self,
+        target: &RepoTarget,
+        client_name: &str,
+        uri: &http::Uri,
+        head: bool,
+    ) -> Result<Response<ResponseBody>, OciError> {
+        let query = uri.query();
+        let n = match decoded_query_param(query, "n").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(v.parse::<usize>().map_err(|_| {
+                OciError::new(
+                    StatusCode::BAD_REQUEST,
+                    super::ErrorCode::Unsupported,
+                    "the n parameter of tags/list must be a non-negative integer",
+                )
+            })?),
+        };
+        let last = decoded_query_param(query, "last").filter(|v| !v.is_empty());
+        let list = self
+            .cache
+            .tags_list(target)
+            .await
+            .map_err(|e| map_cache_error(e, Subject::Repository))?;
+        let after: Vec<&String> = list
+            .tags
+            .iter()
+            .filter(|t| last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
+            .collect();
+        let page: Vec<&String> = after
+            .iter()
+            .copied()
+            .take(n.unwrap_or(usize::MAX))
+            .collect();
+        let more = n.is_some_and(|n| n > 0 && after.len() > n);
+        let body = serde_json::json!({ "name": client_name, "tags": page }).to_string();
+        let mut response = json_response(StatusCode::OK, body.into(), head);
+        let headers = response.headers_mut();
+        if let (true, Some(n), Some(last_tag)) = (more, n, page.last()) {
+            let mut next = format!("{}?n={n}&last={last_tag}", uri.path());
+            if let Some(ns) = decoded_query_param(query, "ns").filter(|v| !v.is_empty()) {
+                next.push_str(&format!("&ns={ns}"));
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
+                headers.insert(header::LINK, v);
+            }
+        }
+        if list.stale {
+            mark_stale(headers);
+        }
+        Ok(response)
     }
 
     /// `GET /token`: a short-lived bearer token for the credentials presented (Basic with
@@ -284,11 +357,11 @@ impl RegistryApi {
             .cache
             .catalog()
             .await
-            .map_err(|e| map_cache_error(e, "catalog"))?;
+            .map_err(|e| map_cache_error(e, Subject::Repository))?;
         // Only what this client could pull: private repository names stay private.
         repos.retain(|r| {
-            r.split_once('/')
-                .is_some_and(|(upstream, _)| self.access.may_pull(who, upstream))
+            let key = RepoKey::from_stored(r.as_str());
+            !key.repo().is_empty() && self.access.may_pull(who, key.upstream())
         });
         let body = serde_json::json!({ "repositories": repos }).to_string();
         Ok(json_response(StatusCode::OK, body.into(), head))
@@ -344,10 +417,44 @@ pub fn error_response(e: &OciError, head: bool) -> Response<ResponseBody> {
 fn finish(b: http::response::Builder, body: ResponseBody) -> Response<ResponseBody> {
     b.body(body).unwrap_or_else(|e| {
         // Only reachable with an invalid header value, which we never build from input.
-        let mut r = Response::new(body::full(OciError::internal(e.to_string()).body()));
+        let mut r = Response::new(body::full(
+            OciError::internal(Subject::Repository, e.to_string()).body(),
+        ));
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         r
     })
+}
+
+/// Marks an answer served from the cache because the upstream could not be asked.
+fn mark_stale(headers: &mut http::HeaderMap) {
+    headers.insert(X_CACHE, HeaderValue::from_static("STALE"));
+    headers.insert(
+        header::WARNING,
+        HeaderValue::from_static("110 sparkcr-edge \"Response is Stale\""),
+    );
+}
+
+/// An image index of referrers (spec, "Listing Referrers").
+fn referrers_response(a: ReferrersAnswer, head: bool) -> Response<ResponseBody> {
+    let len = a.body.len();
+    let mut b = base_response(StatusCode::OK)
+        .header(header::CONTENT_TYPE, REFERRERS_MEDIA_TYPE)
+        .header(header::CONTENT_LENGTH, len);
+    if a.filtered {
+        b = b.header("OCI-Filters-Applied", "artifactType");
+    }
+    let mut response = finish(
+        b,
+        if head {
+            body::empty()
+        } else {
+            body::full(a.body)
+        },
+    );
+    if a.stale {
+        mark_stale(response.headers_mut());
+    }
+    response
 }
 
 fn manifest_response(a: ManifestAnswer, head: bool) -> Response<ResponseBody> {
@@ -362,11 +469,16 @@ fn manifest_response(a: ManifestAnswer, head: bool) -> Response<ResponseBody> {
         .header(header::ETAG, format!("\"{}\"", a.digest))
         .header(X_CACHE, cache_status(a.from_cache))
         .header(header::CONTENT_LENGTH, len);
+    let stale = a.stale;
     let body = match (head, a.bytes) {
         (false, Some(bytes)) => body::full(bytes),
         _ => body::empty(),
     };
-    finish(b, body)
+    let mut response = finish(b, body);
+    if stale {
+        mark_stale(response.headers_mut());
+    }
+    response
 }
 
 fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
@@ -398,37 +510,50 @@ fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
     finish(b, body)
 }
 
-/// The one place cache-layer errors become what clients see.
-fn map_cache_error(e: CacheError, kind: &str) -> OciError {
+/// The one place cache-layer errors become what clients see: the code and status from the
+/// spec's table, a plain-sentence message, and the error's source chain as `detail`.
+fn map_cache_error(e: CacheError, subject: Subject) -> OciError {
     match e {
         CacheError::ManifestUnknown(r) => OciError::manifest_unknown(r),
         CacheError::BlobUnknown(d) => OciError::blob_unknown(d),
         CacheError::NameUnknown(m) => OciError::name_unknown(m),
-        CacheError::RangeNotSatisfiable { size } => {
-            OciError::range_invalid(format!("the blob has {size} bytes")).with_content_range(size)
-        }
-        CacheError::Unavailable { upstream, detail } => {
-            OciError::upstream_unavailable(&upstream, detail)
+        CacheError::RangeNotSatisfiable { size } => OciError::range_not_satisfiable(size),
+        CacheError::Unavailable { upstream, source } => {
+            OciError::upstream_unavailable(subject, &upstream, source_chain(&source))
         }
         CacheError::RateLimited {
             upstream,
             retry_after,
-            detail,
+            source,
         } => OciError::upstream_rate_limited(
+            subject,
             &upstream,
             retry_after.map(crate::upstream::retry_after_seconds),
-            detail,
+            source_chain(&source),
         ),
-        CacheError::Denied(m) => OciError::new(StatusCode::FORBIDDEN, super::ErrorCode::Denied, m),
-        CacheError::BadUpstreamContent { upstream, detail } => OciError::new(
-            StatusCode::BAD_GATEWAY,
-            super::ErrorCode::Unavailable,
-            format!("upstream {upstream} sent content this edge will not serve"),
-        )
-        .with_detail(detail),
+        CacheError::Denied(m) => OciError::denied(m),
+        CacheError::BadUpstreamContent { upstream, source } => {
+            OciError::bad_upstream_content(subject, &upstream, source_chain(&source))
+        }
         other => {
-            tracing::error!(kind, error = %other, "request failed");
-            OciError::internal(other.to_string())
+            let detail = source_chain(&other);
+            tracing::error!(?subject, error = %detail, "request failed");
+            OciError::internal(subject, detail)
         }
     }
+}
+
+/// `error: cause: cause`, each level's `Display` (plain sentences, never `Debug`).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        next = cause.source();
+    }
+    text
 }

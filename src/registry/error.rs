@@ -3,7 +3,10 @@
 
 use http::StatusCode;
 
-/// Error codes from the OCI distribution spec (plus Docker's `TOOMANYREQUESTS`).
+/// The error codes of the OCI distribution spec v1.1 ("Error Codes" table, code-1 to
+/// code-14); the edge answers with no other. Failures that have no code of their own in the
+/// table (an unreachable upstream, an internal error, an unsatisfiable range) carry the code
+/// of what could not be served, with the HTTP status that says why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     BlobUnknown,
@@ -15,13 +18,6 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
-    RangeInvalid,
-    TagInvalid,
-    /// Not in the spec's list; used with 503 when the upstream cannot be reached.
-    Unavailable,
-    /// Not in the spec's list; used with 500.
-    Unknown,
-    NotFound,
 }
 
 impl ErrorCode {
@@ -36,11 +32,33 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
-            ErrorCode::RangeInvalid => "RANGE_INVALID",
-            ErrorCode::TagInvalid => "TAG_INVALID",
-            ErrorCode::Unavailable => "UNAVAILABLE",
-            ErrorCode::Unknown => "UNKNOWN",
-            ErrorCode::NotFound => "NOT_FOUND",
+        }
+    }
+}
+
+/// What a request asked for: decides the code of failures that have none of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Manifest,
+    Blob,
+    /// Tag lists, referrers, the catalog: about a repository as a whole.
+    Repository,
+}
+
+impl Subject {
+    pub fn unknown_code(self) -> ErrorCode {
+        match self {
+            Subject::Manifest => ErrorCode::ManifestUnknown,
+            Subject::Blob => ErrorCode::BlobUnknown,
+            Subject::Repository => ErrorCode::NameUnknown,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Subject::Manifest => "manifest",
+            Subject::Blob => "blob",
+            Subject::Repository => "repository content",
         }
     }
 }
@@ -83,10 +101,11 @@ impl OciError {
         self
     }
 
+    /// 404 for a path that is no endpoint of the read API.
     pub fn not_found_route() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
+            ErrorCode::Unsupported,
             "no such endpoint on this registry",
         )
     }
@@ -109,15 +128,6 @@ impl OciError {
             StatusCode::BAD_REQUEST,
             ErrorCode::DigestInvalid,
             "invalid digest",
-        )
-        .with_detail(detail)
-    }
-
-    pub fn tag_invalid(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::TagInvalid,
-            "invalid tag",
         )
         .with_detail(detail)
     }
@@ -146,18 +156,10 @@ impl OciError {
         )
     }
 
-    pub fn upstream_unavailable(upstream: &str, detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            format!("upstream {upstream} is unreachable and this content is not cached"),
-        )
-        .with_detail(detail)
-    }
-
-    /// 429 because the upstream is rate-limiting this edge; `Retry-After` passed on when
-    /// the upstream said how long.
+    /// 429: the upstream is rate-limiting this edge and the edge has no copy; its
+    /// `Retry-After` is passed on when it gave one.
     pub fn upstream_rate_limited(
+        subject: Subject,
         upstream: &str,
         retry_after_secs: Option<u64>,
         detail: impl Into<String>,
@@ -165,20 +167,59 @@ impl OciError {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooManyRequests,
-            format!("upstream {upstream} is rate-limiting this edge and this content is not cached; try again later"),
+            format!(
+                "upstream {upstream} is rate-limiting this edge and this {} is not cached; try again later",
+                subject.noun()
+            ),
         )
         .with_detail(detail);
         e.retry_after = retry_after_secs.map(|s| s.max(1));
         e
     }
 
-    pub fn range_invalid(detail: impl Into<String>) -> Self {
+    /// 503: the upstream cannot be reached and the edge has no copy.
+    pub fn upstream_unavailable(
+        subject: Subject,
+        upstream: &str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            ErrorCode::RangeInvalid,
-            "invalid Range",
+            StatusCode::SERVICE_UNAVAILABLE,
+            subject.unknown_code(),
+            format!(
+                "upstream {upstream} is unreachable and this {} is not cached",
+                subject.noun()
+            ),
         )
         .with_detail(detail)
+    }
+
+    /// 502: the upstream answered with content the edge will not pass on.
+    pub fn bad_upstream_content(
+        subject: Subject,
+        upstream: &str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            subject.unknown_code(),
+            format!(
+                "upstream {upstream} sent a {} this edge will not serve",
+                subject.noun()
+            ),
+        )
+        .with_detail(detail)
+    }
+
+    /// 416 with `Content-Range: bytes */<size>` (RFC 9110, 15.5.17).
+    pub fn range_not_satisfiable(size: u64) -> Self {
+        Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::Unsupported,
+            "the requested Range is not satisfiable",
+        )
+        .with_detail(format!("the blob has {size} bytes"))
+        .with_content_range(size)
     }
 
     /// 401: credentials are missing or wrong; `challenges` tell the client how to log in.
@@ -204,11 +245,12 @@ impl OciError {
         e
     }
 
-    pub fn internal(detail: impl Into<String>) -> Self {
+    /// 500: the edge itself failed (its store, a task).
+    pub fn internal(subject: Subject, detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Unknown,
-            "internal error",
+            subject.unknown_code(),
+            format!("this edge failed to serve the {}", subject.noun()),
         )
         .with_detail(detail)
     }

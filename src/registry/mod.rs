@@ -5,9 +5,10 @@
 //! registry's answer: byte-exact manifests with `Content-Type`, `Docker-Content-Digest` and
 //! `Content-Length`, streamed blobs with `Range` support, and every error as OCI error
 //! JSON with its status. Cache errors are mapped to OCI errors here, once. It also applies
-//! the [`crate::access`] decisions as the registry protocol wants them: `401` with bearer
-//! and Basic challenges, `403 DENIED`, `429 TOOMANYREQUESTS` with `Retry-After`, the edge's
-//! own `GET /token` endpoint, and a catalog filtered to what the client may pull.
+//! the [`crate::access`] decisions as the registry protocol wants them: `401` with a
+//! Bearer challenge only (Docker fails anonymous pulls when Basic is offered beside it),
+//! `403 DENIED`, `429 TOOMANYREQUESTS` with `Retry-After`, the edge's own `GET /token`
+//! endpoint, and a catalog filtered to what the client may pull.
 //!
 //! Must not: open sockets or listen (that is `server`), or know how content is cached or
 //! fetched (that is `cache`).
@@ -16,9 +17,10 @@ pub mod accept;
 mod api;
 pub mod body;
 pub mod error;
-pub mod range;
 pub mod route;
 
+/// Re-exported for callers that know it from here; it lives in [`crate::oci`].
+pub use crate::oci::RepoTarget;
 pub use api::{error_response, ApiResponse, ClientInfo, RegistryApi, TOKEN_PATH};
 pub use error::{ErrorCode, OciError};
-pub use route::{ApiRoute, RepoTarget, UpstreamTable};
+pub use route::{ApiRoute, UpstreamTable};

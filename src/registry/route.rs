@@ -8,9 +8,14 @@
 //! 1. `/<host>/v2/...` (containerd `hosts.toml` server with a path),
 //! 2. a host-like first repository segment `/v2/<host>/<repo>/...` (Podman/CRI-O mirror
 //!    `location`, containerd `override_path`, `docker pull EDGE/ghcr.io/org/img`),
-//! 3. `?ns=<host>` (containerd),
-//! 4. the `Host` header `<alias>.<server.hostname>`,
-//! 5. the default upstream (Docker `registry-mirrors`).
+//! 3. a configured path alias as the first segment `/v2/<path alias>/<repo>/...` (for
+//!    upstreams whose name has a port, which Podman/CRI-O cannot use in a path),
+//! 4. `?ns=<host>` (containerd),
+//! 5. the `Host` header `<alias>.<server.hostname>`,
+//! 6. the default upstream (Docker `registry-mirrors`).
+//!
+//! With `server.strict_host` (the default), a `Host` that does not name this edge
+//! (hostname, alias host, `localhost`, an IP address) is `NAME_UNKNOWN`.
 //!
 //! A host that names no configured upstream is `NAME_UNKNOWN`: the edge is never an open
 //! proxy. Docker Hub one-component names get `library/`.
@@ -19,7 +24,7 @@
 
 use super::error::OciError;
 use crate::config::Config;
-use crate::oci::{Digest, Reference, RepositoryName, Tag};
+use crate::oci::{Digest, Reference, RepoTarget, RepositoryName, Tag};
 use http::Method;
 
 /// The endpoint of the OCI read API a request is for.
@@ -39,21 +44,27 @@ pub enum ApiRoute {
     },
     TagsList {
         target: RepoTarget,
+        /// `<name>` exactly as the client wrote it in the path (the spec's `name` field).
+        client_name: String,
+    },
+    /// `/v2/<name>/referrers/<digest>[?artifactType=]` (distribution-spec 1.1).
+    Referrers {
+        target: RepoTarget,
+        subject: Digest,
+        artifact_type: Option<String>,
     },
 }
 
-/// A repository on a configured upstream.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RepoTarget {
-    /// The configured upstream's name (`docker.io`, `ghcr.io`, ...).
-    pub upstream: String,
-    pub repo: RepositoryName,
-}
-
-impl RepoTarget {
-    /// `upstream/repo`, the key the store records repositories under.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.upstream, self.repo)
+impl ApiRoute {
+    /// The repository the request is about, if any.
+    pub fn target(&self) -> Option<&RepoTarget> {
+        match self {
+            ApiRoute::Ping | ApiRoute::Catalog => None,
+            ApiRoute::Manifest { target, .. }
+            | ApiRoute::Blob { target, .. }
+            | ApiRoute::TagsList { target, .. }
+            | ApiRoute::Referrers { target, .. } => Some(target),
+        }
     }
 }
 
@@ -63,6 +74,8 @@ struct UpstreamEntry {
     /// Host (and port) of its URL, also accepted as a name (`registry-1.docker.io`).
     url_host: String,
     aliases: Vec<String>,
+    /// First path segments that stand for this upstream (`lan` for `registry.lan:5000`).
+    path_aliases: Vec<String>,
 }
 
 /// The configured upstreams, as routing sees them.
@@ -71,6 +84,8 @@ pub struct UpstreamTable {
     entries: Vec<UpstreamEntry>,
     default: Option<String>,
     hostname: String,
+    /// `server.strict_host`: refuse `Host` names that are not this edge.
+    strict_host: bool,
 }
 
 const DOCKER_HUB: &str = "docker.io";
@@ -99,13 +114,48 @@ impl UpstreamTable {
                     .unwrap_or_default()
                     .to_ascii_lowercase(),
                 aliases: u.aliases.clone(),
+                path_aliases: u.path_aliases.clone(),
             })
             .collect();
         UpstreamTable {
             entries,
             default: c.default_upstream().map(|u| u.name.to_ascii_lowercase()),
             hostname: c.server.hostname.to_ascii_lowercase(),
+            strict_host: c.server.strict_host,
         }
+    }
+
+    /// The upstream a path alias (`lan` in `/v2/lan/team/app`) stands for.
+    fn by_path_alias(&self, segment: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.path_aliases.iter().any(|a| a == segment))
+            .map(|e| e.name.as_str())
+    }
+
+    /// With `server.strict_host`, a `Host` must name this edge: its hostname, an alias
+    /// host of a configured alias, `localhost`, or an IP address (port ignored).
+    fn check_host(&self, host_header: Option<&str>) -> Result<(), OciError> {
+        let Some(raw) = host_header.filter(|_| self.strict_host) else {
+            return Ok(());
+        };
+        let host = strip_port(raw).to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
+        let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+        if is_ip
+            || host == "localhost"
+            || host == self.hostname
+            || self.by_alias_host(raw).is_some()
+        {
+            return Ok(());
+        }
+        Err(OciError::name_unknown(format!(
+            "this edge does not answer for the host name {host}"
+        ))
+        .with_detail(format!(
+            "use {} or <alias>.{} with a configured alias; set server.hostname to the name clients use, or server.strict_host = false to answer every name",
+            self.hostname, self.hostname
+        )))
     }
 
     /// The configured upstream a registry host names, if any.
@@ -190,6 +240,14 @@ fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
     })
 }
 
+/// A query parameter, percent-decoded (`artifactType=application%2Fvnd.example`).
+pub fn decoded_query_param(query: Option<&str>, key: &str) -> Option<String> {
+    let url = reqwest::Url::parse(&format!("http://q/?{}", query?)).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// Routes one request. Only requests under `/v2` (or `/<host>/v2`) reach here.
 pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute, OciError> {
     let path = parts.path;
@@ -224,6 +282,7 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
     let Some(rest) = api_path.strip_prefix("/v2") else {
         return Err(OciError::not_found_route());
     };
+    table.check_host(parts.host)?;
     if !matches!(*parts.method, Method::GET | Method::HEAD) {
         return Err(OciError::unsupported_method(parts.method));
     }
@@ -244,10 +303,13 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
     enum Kind<'s> {
         Manifest(&'s str),
         Blob(&'s str),
+        Referrers(&'s str),
         Tags,
     }
     let (name_segments, kind) = if segments[n - 2] == "tags" && segments[n - 1] == "list" {
         (&segments[..n - 2], Kind::Tags)
+    } else if segments[n - 2] == "referrers" {
+        (&segments[..n - 2], Kind::Referrers(segments[n - 1]))
     } else if segments[n - 2] == "manifests" {
         (&segments[..n - 2], Kind::Manifest(segments[n - 1]))
     } else if segments[n - 2] == "blobs" {
@@ -259,18 +321,31 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
     };
     let target = resolve_target(name_segments, explicit_host, parts, table)?;
     Ok(match kind {
-        Kind::Tags => ApiRoute::TagsList { target },
+        Kind::Tags => ApiRoute::TagsList {
+            target,
+            client_name: name_segments.join("/"),
+        },
+        // Spec, "Listing Referrers": an invalid `<digest>` MUST be 400.
+        Kind::Referrers(d) => ApiRoute::Referrers {
+            target,
+            subject: d
+                .parse()
+                .map_err(|e: crate::oci::DigestError| OciError::digest_invalid(e.to_string()))?,
+            artifact_type: decoded_query_param(parts.query, "artifactType")
+                .filter(|t| !t.is_empty()),
+        },
         Kind::Manifest(r) => {
+            // Spec, "Pulling manifests": `<tag-or-digest>` MUST be a digest or a tag, and a
+            // manifest that is not found MUST be 404. A reference of neither form cannot name
+            // any manifest: 404 MANIFEST_UNKNOWN, without asking the upstream.
             let reference = if r.contains(':') {
-                Reference::Digest(
-                    r.parse::<Digest>()
-                        .map_err(|e| OciError::digest_invalid(e.to_string()))?,
-                )
+                r.parse::<Digest>()
+                    .map(Reference::Digest)
+                    .map_err(|e| OciError::manifest_unknown(r).with_detail(e.to_string()))?
             } else {
-                Reference::Tag(
-                    r.parse::<Tag>()
-                        .map_err(|e| OciError::tag_invalid(e.to_string()))?,
-                )
+                r.parse::<Tag>()
+                    .map(Reference::Tag)
+                    .map_err(|e| OciError::manifest_unknown(r).with_detail(e.to_string()))?
             };
             ApiRoute::Manifest { target, reference }
         }
@@ -290,11 +365,12 @@ fn resolve_target(
     table: &UpstreamTable,
 ) -> Result<RepoTarget, OciError> {
     let unknown = |h: &str| {
-        OciError::name_unknown(format!("upstream {h:?} is not configured on this edge"))
-            .with_detail(format!(
+        OciError::name_unknown(format!("upstream {h} is not configured on this edge")).with_detail(
+            format!(
                 "configured upstreams: {}",
                 table.names().collect::<Vec<_>>().join(", ")
-            ))
+            ),
+        )
     };
     let mut segments = name_segments;
     let upstream: &str = if let Some(h) = explicit_host {
@@ -307,6 +383,12 @@ fn resolve_target(
         let h = segments[0];
         segments = &segments[1..];
         table.find(h).ok_or_else(|| unknown(h))?
+    } else if let Some(up) = (segments.len() > 1)
+        .then(|| table.by_path_alias(segments[0]))
+        .flatten()
+    {
+        segments = &segments[1..];
+        up
     } else if let Some(ns) = query_param(parts.query, "ns").filter(|v| !v.is_empty()) {
         let ns = ns.replace("%3A", ":").replace("%3a", ":");
         table.find(&ns).ok_or_else(|| unknown(&ns))?
@@ -341,9 +423,54 @@ mod tests {
     fn table() -> UpstreamTable {
         let c = load_from_text_for_tests(
             ConfigOrigin::Embedded,
-            "[server]\nhostname = \"edge.lan\"\n[[upstream]]\nname = \"registry.lan:5000\"\nurl = \"http://127.0.0.1:5001\"\naliases = [\"lan\"]\n",
+            "[server]\nhostname = \"edge.lan\"\n[[upstream]]\nname = \"registry.lan:5000\"\nurl = \"http://127.0.0.1:5001\"\naliases = [\"lan\"]\npath_aliases = [\"lan\"]\n",
         );
         UpstreamTable::from_config(&c)
+    }
+
+    #[test]
+    fn path_aliases_and_strict_host() {
+        let t = |u: &str, rp: &str| (u.to_string(), rp.to_string());
+        // Podman/CRI-O: EDGE/lan/team/app for registry.lan:5000
+        assert_eq!(
+            manifest_target("/v2/lan/team/app/manifests/t", None),
+            t("registry.lan:5000", "team/app")
+        );
+        // A one-segment name is a Docker Hub repository, not the alias.
+        assert_eq!(
+            manifest_target("/v2/lan/manifests/t", None),
+            t("docker.io", "library/lan")
+        );
+        for ok in [
+            "edge.lan",
+            "EDGE.LAN:5000",
+            "lan.edge.lan",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "localhost",
+        ] {
+            assert!(r(Method::GET, Some(ok), "/v2/").is_ok(), "{ok}");
+        }
+        for bad in ["nosuch.edge.lan", "other.example", "edge.lan.evil.example"] {
+            let e = r(Method::GET, Some(bad), "/v2/a/manifests/t").expect_err(bad);
+            assert_eq!(e.code, ErrorCode::NameUnknown, "{bad}");
+            assert_eq!(e.status, http::StatusCode::NOT_FOUND);
+        }
+        let lax = load_from_text_for_tests(
+            ConfigOrigin::Embedded,
+            "[server]\nhostname = \"edge.lan\"\nstrict_host = false\n",
+        );
+        let lax = UpstreamTable::from_config(&lax);
+        let parts = RequestParts {
+            method: &Method::GET,
+            host: Some("nosuch.edge.lan"),
+            path: "/v2/a/manifests/t",
+            query: None,
+        };
+        assert!(
+            route(&parts, &lax).is_ok(),
+            "strict_host = false answers any name"
+        );
     }
 
     fn r(method: Method, host: Option<&str>, path_and_query: &str) -> Result<ApiRoute, OciError> {
@@ -477,11 +604,17 @@ mod tests {
         );
         assert_eq!(
             code(Method::GET, "/v2/a/manifests/sha256:xyz"),
-            ErrorCode::DigestInvalid
+            ErrorCode::ManifestUnknown
         );
         assert_eq!(
             code(Method::GET, "/v2/a/manifests/-bad"),
-            ErrorCode::TagInvalid
+            ErrorCode::ManifestUnknown
+        );
+        assert_eq!(
+            r(Method::GET, None, "/v2/a/manifests/.INVALID_MANIFEST_NAME")
+                .expect_err("invalid")
+                .status,
+            http::StatusCode::NOT_FOUND
         );
         assert_eq!(
             code(Method::GET, "/v2/Upper/manifests/t"),
@@ -507,8 +640,11 @@ mod tests {
             code(Method::GET, &format!("/v2/{}/manifests/t", "a".repeat(300))),
             ErrorCode::NameInvalid
         );
-        assert_eq!(code(Method::GET, "/v2/a/nothing/here"), ErrorCode::NotFound);
-        assert_eq!(code(Method::GET, "/other"), ErrorCode::NotFound);
+        assert_eq!(
+            code(Method::GET, "/v2/a/nothing/here"),
+            ErrorCode::Unsupported
+        );
+        assert_eq!(code(Method::GET, "/other"), ErrorCode::Unsupported);
         for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
             assert_eq!(code(m.clone(), "/v2/a/manifests/t"), ErrorCode::Unsupported);
             assert_eq!(

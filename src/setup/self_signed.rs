@@ -111,20 +111,31 @@ pub fn generate(out: &Path, names: &[String], force: bool) -> Result<SelfSigned,
     })
 }
 
-/// How to trust `ca` on each client, for `hosts` (the edge host and alias hosts).
-pub fn trust_instructions(ca: &Path, hosts: &[String]) -> String {
+/// The `certs.d` directory name Docker, Podman and containerd look in for `host`: with the
+/// port whenever the TLS listener is not on 443 (`certs.d/edge.lan:8443/`).
+pub fn certs_d_dir(host: &str, tls_port: Option<u16>) -> String {
+    match tls_port {
+        Some(p) if p != 443 => format!("{host}:{p}"),
+        _ => host.to_string(),
+    }
+}
+
+/// How to trust `ca` on each client, for `hosts` (the edge host and alias hosts) served on
+/// `tls_port` (the first TLS listener's port, if any).
+pub fn trust_instructions(ca: &Path, hosts: &[String], tls_port: Option<u16>) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| certs_d_dir(h, tls_port)).collect();
     let mut s = format!(
         "Copy {ca} to each client, then trust it:\n\n\
          # system-wide (Debian/Ubuntu; also covers containerd, CRI-O, skopeo and curl)\n\
          sudo cp ca.pem /usr/local/share/ca-certificates/sparkcr-edge.crt && sudo update-ca-certificates\n",
         ca = ca.display()
     );
-    s.push_str("\n# Docker (per registry host; no restart needed)\n");
-    for h in hosts {
+    s.push_str("\n# Docker (per registry host and port; no restart needed)\n");
+    for h in &hosts {
         s.push_str(&format!("sudo mkdir -p /etc/docker/certs.d/{h} && sudo cp ca.pem /etc/docker/certs.d/{h}/ca.crt\n"));
     }
     s.push_str("\n# Podman / CRI-O\n");
-    for h in hosts {
+    for h in &hosts {
         s.push_str(&format!("sudo mkdir -p /etc/containers/certs.d/{h} && sudo cp ca.pem /etc/containers/certs.d/{h}/ca.crt\n"));
     }
     s.push_str("\n# containerd: in each certs.d/<upstream>/hosts.toml host block\n#   ca = \"/etc/containerd/certs.d/<upstream>/ca.crt\"   (and copy ca.pem there)\n");
@@ -134,6 +145,30 @@ pub fn trust_instructions(ca: &Path, hosts: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certs_d_paths_carry_the_port_unless_443() {
+        let hosts = vec!["edge.lan".to_string(), "docker.edge.lan".to_string()];
+        let text = trust_instructions(Path::new("/x/ca.pem"), &hosts, Some(8443));
+        assert!(
+            text.contains("/etc/docker/certs.d/edge.lan:8443/ca.crt"),
+            "{text}"
+        );
+        assert!(
+            text.contains("/etc/docker/certs.d/docker.edge.lan:8443/ca.crt"),
+            "{text}"
+        );
+        assert!(
+            text.contains("/etc/containers/certs.d/edge.lan:8443/ca.crt"),
+            "{text}"
+        );
+        let text = trust_instructions(Path::new("/x/ca.pem"), &hosts, Some(443));
+        assert!(
+            text.contains("/etc/docker/certs.d/edge.lan/ca.crt"),
+            "{text}"
+        );
+        assert!(!text.contains(":443"), "{text}");
+    }
 
     #[test]
     fn certificate_serves_and_covers_alias_hosts() {

@@ -4,9 +4,12 @@
 //! in memory.
 //!
 //! One fill has three roles, each its own type:
-//! - [`BlobInput`] (the task receiving the bytes): pushes frames, hashes every byte it
-//!   receives, and ends the blob: verified, or failed. Dropped without an end, the blob
-//!   fails as abandoned, so no reader waits forever.
+//! - [`BlobInput`] (the task receiving the bytes): pushes frames, has every byte it
+//!   receives hashed, and ends the blob: verified, or failed. Dropped without an end, the
+//!   blob fails as abandoned, so no reader waits forever. Past the first MiB the sha256
+//!   runs on a thread of the input's own, so the task that receives the bytes (and the
+//!   readers it feeds) never waits for the hash: receiving runs at the upstream's pace
+//!   and the hash catches up by the end.
 //! - [`BlobWriter`] (a blocking thread): puts the frames on disk. Its sink degrades, never
 //!   fails the blob: chunk files of a blob being stored → a spool file (over budget,
 //!   everything in use, store error) → memory only (no room on disk at all). After the
@@ -30,7 +33,8 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -38,8 +42,12 @@ use tokio::sync::watch;
 const FRONT_KEEP: u64 = 2 << 20;
 /// Frames kept in memory when no file takes the bytes.
 pub const MEMORY_WINDOW: u64 = 32 << 20;
-/// The input waits for the writer when this many bytes are not on file yet.
+/// The input waits for the writer (and the hash) when this many bytes are not on file (or
+/// not hashed) yet.
 const MAX_UNWRITTEN: u64 = 32 << 20;
+/// Bytes hashed on the receiving task before the hash moves to a thread of its own (small
+/// blobs never start a thread).
+const HASH_INLINE: u64 = 1 << 20;
 /// A hash checkpoint is kept at least this often (for readers resuming on their own).
 const CHECKPOINT_EVERY: u64 = 8 << 20;
 /// Largest frame a read returns.
@@ -210,6 +218,12 @@ impl GrowingBlob {
         }
     }
 
+    /// The hash checkpoints kept so far.
+    #[cfg(test)]
+    pub(crate) fn checkpoints(&self) -> Vec<Checkpoint> {
+        self.lock().checkpoints.clone()
+    }
+
     /// A receiver that changes whenever anything about the blob does.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -338,7 +352,9 @@ pub(crate) fn begin(
     });
     let input = BlobInput {
         blob: Arc::clone(&blob),
-        hasher: Sha256Verifier::new(),
+        received: 0,
+        hashing: Hashing::Inline(Sha256Verifier::new()),
+        inline_only: false,
         ended: false,
     };
     let writer = BlobWriter {
@@ -366,10 +382,58 @@ fn spool_or_memory(inner: &StoreInner, start: u64) -> (Sink, Keeping) {
     }
 }
 
+/// Where the input's sha256 runs.
+enum Hashing {
+    /// On the receiving task (the first [`HASH_INLINE`] bytes).
+    Inline(Sha256Verifier),
+    /// On a thread fed frame by frame; it returns the finished state when the channel
+    /// closes, and counts what it hashed on the `hashed` watch.
+    Thread {
+        frames: mpsc::Sender<Bytes>,
+        thread: JoinHandle<Sha256Verifier>,
+        hashed: watch::Receiver<u64>,
+    },
+    /// Handed over for the end (only while finishing).
+    Done,
+}
+
+/// Adds a checkpoint to the blob when one is due after `hasher`'s bytes.
+fn checkpoint(blob: &GrowingBlob, hasher: &Sha256Verifier) {
+    let total = hasher.len();
+    let mut g = blob.lock();
+    let last = g.checkpoints.last().map_or(0, |c| c.offset);
+    if total - last >= CHECKPOINT_EVERY {
+        g.checkpoints.push(Checkpoint {
+            offset: total,
+            hasher: hasher.clone(),
+        });
+    }
+}
+
+/// The hash thread: every frame the input pushes, in order, until the input closes the
+/// channel. Checkpoints need no wake-up (readers look for them only once behind).
+fn hash_frames(
+    blob: Arc<GrowingBlob>,
+    mut hasher: Sha256Verifier,
+    frames: mpsc::Receiver<Bytes>,
+    hashed: watch::Sender<u64>,
+) -> Sha256Verifier {
+    while let Ok(frame) = frames.recv() {
+        hasher.update(&frame);
+        drop(frame);
+        checkpoint(&blob, &hasher);
+        hashed.send_replace(hasher.len());
+    }
+    hasher
+}
+
 /// The receiving side of a growing blob.
 pub struct BlobInput {
     blob: Arc<GrowingBlob>,
-    hasher: Sha256Verifier,
+    received: u64,
+    hashing: Hashing,
+    /// No hash thread could be started: hash on the receiving task to the end.
+    inline_only: bool,
     ended: bool,
 }
 
@@ -379,7 +443,7 @@ impl BlobInput {
     }
 
     pub fn received(&self) -> u64 {
-        self.hasher.len()
+        self.received
     }
 
     /// Adds the next bytes. Fails (and fails the blob) past the announced size.
@@ -387,7 +451,7 @@ impl BlobInput {
         if bytes.is_empty() || self.ended {
             return Ok(());
         }
-        let total = self.hasher.len() + bytes.len() as u64;
+        let total = self.received + bytes.len() as u64;
         if let Some(size) = self.blob.announced {
             if total > size {
                 let f = GrowthFailure::Mismatch(format!(
@@ -397,28 +461,67 @@ impl BlobInput {
                 return Err(f);
             }
         }
-        self.hasher.update(&bytes);
-        let checkpoint = {
-            let g = self.blob.lock();
-            let last = g.checkpoints.last().map_or(0, |c| c.offset);
-            (total - last >= CHECKPOINT_EVERY).then(|| Checkpoint {
-                offset: total,
-                hasher: self.hasher.clone(),
-            })
-        };
+        self.received = total;
+        self.hash(&bytes);
         self.blob.update(|g| {
             g.received = total;
             g.window.push_back(bytes);
-            if let Some(c) = checkpoint {
-                g.checkpoints.push(c);
-            }
             g.trim();
         });
         Ok(())
     }
 
-    /// Waits while the writer is far behind (bounded memory; the disk sets the pace).
+    fn hash(&mut self, bytes: &Bytes) {
+        match &mut self.hashing {
+            Hashing::Inline(h) => {
+                h.update(bytes);
+                checkpoint(&self.blob, h);
+                if h.len() >= HASH_INLINE && !self.inline_only {
+                    let state = h.clone();
+                    self.hand_over(state);
+                }
+            }
+            Hashing::Thread { frames, .. } => {
+                if frames.send(bytes.clone()).is_err() {
+                    self.fail_with(GrowthFailure::Source("the hash thread stopped".into()));
+                }
+            }
+            Hashing::Done => {}
+        }
+    }
+
+    /// Moves the hash, at `state`, to a thread of its own.
+    fn hand_over(&mut self, state: Sha256Verifier) {
+        let (tx, rx) = mpsc::channel();
+        let (hashed_tx, hashed) = watch::channel(state.len());
+        let blob = Arc::clone(&self.blob);
+        let spawned = std::thread::Builder::new()
+            .name("sparkcr-sha256".into())
+            .spawn(move || hash_frames(blob, state, rx, hashed_tx));
+        match spawned {
+            Ok(thread) => {
+                self.hashing = Hashing::Thread {
+                    frames: tx,
+                    thread,
+                    hashed,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a hash thread; hashing on the receiving task");
+                self.inline_only = true;
+            }
+        }
+    }
+
+    /// Waits while the writer or the hash is far behind (bounded memory; the disk and the
+    /// hash set the pace only when they cannot keep up).
     pub async fn writer_caught_up(&self) {
+        if let Hashing::Thread { hashed, .. } = &self.hashing {
+            let mut hashed = hashed.clone();
+            let received = self.received;
+            // An error means the thread ended: `finish` will say why.
+            let _ = hashed.wait_for(|h| received - *h <= MAX_UNWRITTEN).await;
+        }
         let caught_up = || {
             let g = self.blob.lock();
             !g.sink_alive || g.received - g.file_end <= MAX_UNWRITTEN
@@ -438,15 +541,45 @@ impl BlobInput {
         }
     }
 
+    /// Waits until every byte pushed is hashed, so that [`finish`](Self::finish) does not
+    /// block.
+    pub async fn hashed_all(&self) {
+        if let Hashing::Thread { hashed, .. } = &self.hashing {
+            let mut hashed = hashed.clone();
+            let received = self.received;
+            let _ = hashed.wait_for(|h| *h >= received).await;
+        }
+    }
+
+    /// The finished hash of every byte pushed (blocks until the hash thread is done; after
+    /// [`hashed_all`](Self::hashed_all) it is).
+    fn take_hash(&mut self) -> Result<Sha256Verifier, GrowthFailure> {
+        match std::mem::replace(&mut self.hashing, Hashing::Done) {
+            Hashing::Inline(h) => Ok(h),
+            Hashing::Thread { frames, thread, .. } => {
+                drop(frames);
+                thread
+                    .join()
+                    .map_err(|_| GrowthFailure::Source("the hash thread failed".into()))
+            }
+            Hashing::Done => Err(GrowthFailure::Source("the blob was hashed already".into())),
+        }
+    }
+
     /// All bytes are in: checks the size and the digest and ends the blob.
     pub fn finish(mut self) -> Result<(), GrowthFailure> {
-        let received = self.hasher.len();
-        let failure = match self.blob.announced {
-            Some(size) if size != received => Some(GrowthFailure::Mismatch(format!(
+        let received = self.received;
+        let failure = match (self.blob.announced, self.take_hash()) {
+            (_, Err(f)) => Some(f),
+            (_, Ok(h)) if h.len() != received => Some(GrowthFailure::Source(format!(
+                "{} of the {received} bytes received were hashed",
+                h.len()
+            ))),
+            (Some(size), _) if size != received => Some(GrowthFailure::Mismatch(format!(
                 "upstream sent {received} of the {size} bytes it announced"
             ))),
-            _ => {
-                let actual = self.hasher.clone().finish();
+            (_, Ok(h)) => {
+                let actual = h.finish();
                 (actual != self.blob.digest).then(|| {
                     GrowthFailure::Mismatch(format!(
                         "blob {} arrived with digest {actual}",

@@ -388,6 +388,16 @@ impl Upstream {
         repo: &RepositoryName,
         query: Option<&str>,
     ) -> Result<Bytes, UpstreamError> {
+        Ok(self.tags_list_page(repo, query).await?.body)
+    }
+
+    /// One page of `GET /v2/<repo>/tags/list[?query]`, with the query of the next page when
+    /// the upstream sent a `Link: <...>; rel="next"` header.
+    pub async fn tags_list_page(
+        &self,
+        repo: &RepositoryName,
+        query: Option<&str>,
+    ) -> Result<TagsPage, UpstreamError> {
         let path = format!("v2/{repo}/tags/list");
         let query = query.filter(|q| !q.is_empty());
         let (response, _) = self
@@ -401,7 +411,52 @@ impl Upstream {
             )
             .await?;
         let response = success_or_error(response).await?;
-        read_limited(response, MAX_TAGS_LIST_SIZE, self.inner.metrics.bytes()).await
+        let next_query = next_link_query(response.headers());
+        let body = read_limited(response, MAX_TAGS_LIST_SIZE, self.inner.metrics.bytes()).await?;
+        Ok(TagsPage { body, next_query })
+    }
+
+    /// `GET /v2/<repo>/referrers/<digest>[?artifactType=]` (distribution-spec 1.1). A 404
+    /// (the upstream has no referrers API) is [`UpstreamError::NotFound`].
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<ReferrersResponse, UpstreamError> {
+        let path = format!("v2/{repo}/referrers/{subject}");
+        // The query, percent-encoded by the URL parser.
+        let query = match artifact_type {
+            Some(t) => {
+                let mut url = self.url_at(0, &path, None)?;
+                url.query_pairs_mut().append_pair("artifactType", t);
+                url.query().map(str::to_string)
+            }
+            None => None,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        );
+        let (response, _) = self
+            .send(
+                RequestKind::Manifest,
+                Method::GET,
+                (&path, query.as_deref()),
+                repo,
+                headers,
+                None,
+            )
+            .await?;
+        let response = success_or_error(response).await?;
+        let filtered = response
+            .headers()
+            .get("OCI-Filters-Applied")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|f| f.trim() == "artifactType"));
+        let body = read_limited(response, MAX_MANIFEST_SIZE, self.inner.metrics.bytes()).await?;
+        Ok(ReferrersResponse { body, filtered })
     }
 
     /// `GET /v2/` at each endpoint in order until one answers: whether the upstream
@@ -637,6 +692,35 @@ fn accept_header(accept: &[String]) -> HeaderValue {
 }
 
 /// The response if its status is 2xx, else its error.
+/// One page of a tag list.
+pub struct TagsPage {
+    pub body: Bytes,
+    /// The query (`n=..&last=..`) of the next page, from the upstream's `Link` header.
+    pub next_query: Option<String>,
+}
+
+/// An upstream's referrers answer (an OCI image index).
+pub struct ReferrersResponse {
+    pub body: Bytes,
+    /// The upstream applied the `artifactType` filter (`OCI-Filters-Applied`).
+    pub filtered: bool,
+}
+
+/// The query of a `Link: <url?query>; rel="next"` header (RFC 8288), if any.
+fn next_link_query(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find(|link| link.contains("rel=\"next\"") || link.contains("rel=next"))
+        .and_then(|link| {
+            let target = link.trim().strip_prefix('<')?.split('>').next()?;
+            let query = target.split_once('?')?.1;
+            (!query.is_empty()).then(|| query.to_string())
+        })
+}
+
 async fn success_or_error(response: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
     if response.status().is_success() {
         Ok(response)

@@ -46,6 +46,11 @@ pub struct FaultState {
     pub manifest_mode: ManifestMode,
     pub requests: Vec<String>,
     pub resets_done: usize,
+    /// Referrers API: subject digest -> the full image index (unknown subjects get an empty
+    /// index; `manifest_mode` statuses apply here too).
+    pub referrers: HashMap<String, Vec<u8>>,
+    /// Tags for `tags/list`, served two per page with `Link` headers.
+    pub tags: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -64,6 +69,8 @@ impl FaultUpstream {
             manifest_mode: ManifestMode::Ok,
             requests: Vec::new(),
             resets_done: 0,
+            referrers: HashMap::new(),
+            tags: Vec::new(),
         }));
         let st = state.clone();
         tokio::spawn(async move {
@@ -134,6 +141,10 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<FaultState>>) {
             blob(&mut sock, &state, d, &method, range.as_deref()).await
         } else if let Some(tag) = path.split("/manifests/").nth(1) {
             manifest(&mut sock, &state, tag, &method).await
+        } else if let Some(rest) = path.split("/referrers/").nth(1) {
+            referrers(&mut sock, &state, rest, &method).await
+        } else if path.contains("/tags/list") {
+            tags_page(&mut sock, &state, &path, &method).await
         } else {
             respond(
                 &mut sock,
@@ -341,6 +352,74 @@ async fn manifest(
             .await
         }
     }
+}
+
+async fn referrers(
+    sock: &mut TcpStream,
+    state: &Arc<Mutex<FaultState>>,
+    rest: &str,
+    method: &str,
+) -> bool {
+    let (digest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (mode, index) = {
+        let s = state.lock().expect("lock");
+        (s.manifest_mode.clone(), s.referrers.get(digest).cloned())
+    };
+    if let ManifestMode::Status(status) = mode {
+        return respond(sock, status, &[], b"{}", method).await;
+    }
+    let mut index: serde_json::Value = index
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| {
+            serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []})
+        });
+    let mut headers = vec![(
+        "Content-Type",
+        "application/vnd.oci.image.index.v1+json".to_string(),
+    )];
+    if let Some(t) = query.strip_prefix("artifactType=") {
+        let t = t.replace("%2F", "/").replace("%2B", "+");
+        if let Some(list) = index["manifests"].as_array_mut() {
+            list.retain(|d| d["artifactType"].as_str() == Some(t.as_str()));
+        }
+        headers.push(("OCI-Filters-Applied", "artifactType".to_string()));
+    }
+    let body = index.to_string();
+    respond(sock, 200, &headers, body.as_bytes(), method).await
+}
+
+async fn tags_page(
+    sock: &mut TcpStream,
+    state: &Arc<Mutex<FaultState>>,
+    path: &str,
+    method: &str,
+) -> bool {
+    let (mode, mut tags) = {
+        let s = state.lock().expect("lock");
+        (s.manifest_mode.clone(), s.tags.clone())
+    };
+    tags.sort();
+    if let ManifestMode::Status(status) = mode {
+        return respond(sock, status, &[], b"{}", method).await;
+    }
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let last = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("last="))
+        .map(str::to_string);
+    let rest: Vec<&String> = tags
+        .iter()
+        .filter(|t| last.as_ref().is_none_or(|l| *t > l))
+        .collect();
+    let page: Vec<&String> = rest.iter().copied().take(2).collect();
+    let mut headers = vec![("Content-Type", "application/json".to_string())];
+    if rest.len() > 2 {
+        if let Some(l) = page.last() {
+            headers.push(("Link", format!("<{base}?n=2&last={l}>; rel=\"next\"")));
+        }
+    }
+    let body = serde_json::json!({"name": "upstream/name", "tags": page}).to_string();
+    respond(sock, 200, &headers, body.as_bytes(), method).await
 }
 
 /// An edge whose only (and default) upstream is `up`, with short upstream timeouts.

@@ -212,6 +212,20 @@ impl Edge {
             .expect("metrics text")
     }
 
+    /// Waits (at most 30 s) until no blob fill is running: a fill commits its blob after the
+    /// clients got their last byte, so a test that kills the edge right after a pull must
+    /// wait for this to find the blobs stored after a restart.
+    pub async fn wait_fills_settled(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.metric("sparkcr_edge_fills_in_flight").await > 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "blob fills still running after 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// One series from `/metrics` (0 when absent); see [`metric`].
     pub async fn metric(&self, series: &str) -> f64 {
         metric(&self.metrics_text().await, series)

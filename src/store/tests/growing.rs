@@ -242,3 +242,71 @@ fn unknown_size_holds_the_last_byte_until_verified() {
     assert_eq!(writer.finish("r/a", Duration::ZERO), Keeping::Stored);
     assert_eq!(read_range(&store, &d, 0, bytes.len() as u64), bytes);
 }
+
+/// Past the first MiB the hash runs on a thread of its own: the bytes are readable (all but
+/// the last) before they are hashed, checkpoints come from that thread, and the end is
+/// still verified against every byte pushed.
+#[tokio::test]
+async fn a_large_blob_is_hashed_off_the_receiving_task() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path(), 64 << 20, 1 << 20);
+    let bytes = random_bytes(9, 20 << 20);
+    let d = Digest::of(&bytes);
+    let (blob, mut input, mut writer) = store.begin_growing(d, Some(bytes.len() as u64));
+    for f in frames(&bytes, 256 << 10) {
+        input.push(f.clone()).expect("push");
+        writer.write(&f);
+        input.writer_caught_up().await;
+    }
+    let (got, stop) = drain(&blob, 0, bytes.len() as u64);
+    assert_eq!(
+        got.len(),
+        bytes.len() - 1,
+        "readable before the hash is done"
+    );
+    assert!(matches!(stop, BlobRead::Wait));
+    tokio::time::timeout(Duration::from_secs(30), input.hashed_all())
+        .await
+        .expect("the hash thread caught up");
+    input.finish().expect("verified");
+    assert_eq!(writer.finish("r/a", Duration::ZERO), Keeping::Stored);
+    assert_eq!(read_range(&store, &d, 0, bytes.len() as u64), bytes);
+    // The thread's checkpoints are true states of the blob's prefix.
+    let cps = blob.checkpoints();
+    assert!(
+        cps.iter().any(|c| c.offset >= 16 << 20),
+        "checkpoints from the thread: {cps:?}"
+    );
+    for c in cps {
+        let mut h = c.hasher;
+        h.update(&bytes[c.offset as usize..]);
+        assert_eq!(
+            h.finish(),
+            d,
+            "checkpoint at {} + the rest = the digest",
+            c.offset
+        );
+    }
+}
+
+#[test]
+fn a_large_blob_with_the_wrong_digest_fails_after_the_hash_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path(), 64 << 20, 1 << 20);
+    let mut bytes = random_bytes(10, 6 << 20);
+    let d = Digest::of(&bytes);
+    bytes[5 << 20] ^= 1; // corrupted well past the inline first MiB
+    let (blob, mut input, mut writer) = store.begin_growing(d, Some(bytes.len() as u64));
+    for f in frames(&bytes, 100_000) {
+        input.push(f.clone()).expect("push");
+        writer.write(&f);
+    }
+    // No waiting for the thread first: finish waits for it.
+    assert!(matches!(input.finish(), Err(GrowthFailure::Mismatch(_))));
+    assert!(matches!(
+        blob.read_at(bytes.len() as u64 - 1, 1),
+        BlobRead::Failed(_)
+    ));
+    assert_ne!(writer.finish("r/a", Duration::ZERO), Keeping::Stored);
+    assert!(store.blob(&d).expect("lookup").is_none());
+}
