@@ -50,6 +50,8 @@ pub struct Daemon {
     store: Store,
     upkeep: Upkeep,
     grace: Duration,
+    /// The status page's per-minute counter snapshots; stopped with the daemon.
+    sampler: server::status::Sampler,
 }
 
 /// Raises the soft open-files limit to the hard one (a fill holds one descriptor per chunk
@@ -111,6 +113,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
     let upkeep = store.spawn_upkeep();
     let api = RegistryApi::new(UpstreamTable::from_config(config), cache.clone(), access);
     let app = Arc::new(App::new(api, metrics));
+    let sampler = server::status::spawn_sampler(app.clone());
     let server = Server::bind(&config.server, app.clone())
         .await
         .map_err(|e| match e {
@@ -126,6 +129,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
         store,
         upkeep,
         grace: config.server.shutdown_grace.get(),
+        sampler,
     })
 }
 
@@ -149,9 +153,11 @@ impl Daemon {
             store,
             upkeep,
             grace,
+            sampler,
         } = self;
         app.set_ready(true);
         let clean = server.serve(shutdown, grace).await;
+        drop(sampler);
         Self::stop_store(&cache, store, upkeep, grace).await;
         clean
     }
@@ -171,8 +177,10 @@ impl Daemon {
             store,
             upkeep,
             grace,
+            sampler,
             ..
         } = self;
+        drop(sampler);
         Self::stop_store(&cache, store, upkeep, grace).await;
         Ok(clean)
     }

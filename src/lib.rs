@@ -45,6 +45,8 @@
 //! - [`prefetch`]: warms a running edge through its own registry API (`sparkcr-edge prefetch`).
 //! - [`bundle`]: OCI image layout tars for air-gapped sites (`export` over the API, `import`
 //!   into a stopped daemon's store).
+//! - [`doctor`]: checks a client machine's runtime configs, logins and reach of the edge
+//!   (`sparkcr-edge doctor`); reads only.
 //! - [`setup`]: client configuration snippets (`client-config`) and self-signed
 //!   certificates (`tls self-signed`).
 
@@ -53,6 +55,7 @@ pub mod bundle;
 pub mod cache;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod mapped;
 pub mod metrics;
 pub mod oci;

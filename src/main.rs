@@ -100,6 +100,42 @@ enum Command {
         #[arg(long, hide = true, default_value = "/")]
         root: PathBuf,
     },
+    /// Man pages or shell completions from these definitions (run by scripts/package).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+        /// Directory to write into (created if missing)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// On a client machine: check that Docker, containerd, Podman and CRI-O pull through
+    /// the edge (configs, restarts, logins, certificate, a manifest); reads only.
+    Doctor {
+        /// The edge as clients reach it, e.g. https://edge.lan or http://10.0.0.5:5000
+        #[arg(long, value_name = "URL")]
+        edge: String,
+        /// An image whose manifest must resolve through the edge, e.g. busybox:latest
+        #[arg(long, value_name = "REF")]
+        image: Option<String>,
+        /// Extra CA certificate (PEM) to trust for the edge (repeatable)
+        #[arg(long = "ca", value_name = "FILE")]
+        ca: Vec<PathBuf>,
+        /// Only the files; do not contact the edge
+        #[arg(long)]
+        offline: bool,
+        /// Where the client's file system starts (for checking a copy or a fixture)
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    /// sparkcr-edge.1 and one page per subcommand (sparkcr-edge-serve.1, ...)
+    Man,
+    /// bash (sparkcr-edge), zsh (_sparkcr-edge) and fish (sparkcr-edge.fish)
+    Completions,
 }
 
 /// Which images, and how to reach the edge (prefetch and export).
@@ -131,7 +167,7 @@ enum TokenCommand {
         /// Who holds it (shown in logs): letters, digits, '.', '_', '-', '@'
         #[arg(long)]
         name: String,
-        /// Comma-separated: pull:public, pull:private
+        /// Comma-separated: pull:public, pull:private, admin (the status page)
         #[arg(long, value_delimiter = ',', default_value = "pull:public", value_parser = parse_scope)]
         scopes: Vec<config::Scope>,
     },
@@ -230,6 +266,14 @@ fn main() -> ExitCode {
             write,
             &root,
         ),
+        Command::Generate { what, out } => generate_command(what, &out),
+        Command::Doctor {
+            edge,
+            image,
+            ca,
+            offline,
+            root,
+        } => doctor_command(&edge, image.as_deref(), ca, offline, root),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -242,6 +286,60 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn generate_command(what: Generated, out: &std::path::Path) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cmd = Cli::command();
+    match what {
+        Generated::Man => clap_mangen::generate_to(cmd, out)
+            .with_context(|| format!("cannot write man pages into {}", out.display()))?,
+        Generated::Completions => {
+            use clap_complete::Shell;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut Cli::command(), "sparkcr-edge", out)
+                    .with_context(|| {
+                        format!("cannot write {shell} completions into {}", out.display())
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn doctor_command(
+    edge: &str,
+    image: Option<&str>,
+    ca_files: Vec<PathBuf>,
+    offline: bool,
+    root: PathBuf,
+) -> Result<(), Failure> {
+    let opts = sparkcr_edge::doctor::DoctorOptions {
+        edge: sparkcr_edge::doctor::EdgeUrl::parse(edge).map_err(Failure::Config)?,
+        root,
+        image: image
+            .map(prefetch::image_ref::ImageRef::parse)
+            .transpose()
+            .map_err(|e| Failure::Config(e.to_string()))?,
+        ca_files,
+        offline,
+    };
+    let checks = small_runtime()?.block_on(sparkcr_edge::doctor::run(&opts));
+    for c in &checks {
+        println!("{c}");
+    }
+    if sparkcr_edge::doctor::has_problem(&checks) {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{} problem(s) found; fix them in the order shown",
+            checks
+                .iter()
+                .filter(|c| c.verdict == sparkcr_edge::doctor::Verdict::Problem)
+                .count()
+        )));
+    }
+    println!("no problems found");
+    Ok(())
 }
 
 fn load_config(a: &ConfigArg) -> Result<config::LoadedConfig, Failure> {

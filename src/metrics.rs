@@ -5,6 +5,9 @@
 //! state), so tests can run several daemons in one process.
 //!
 //! Must not: import any other module of this crate; layers record into these handles.
+//! [`activity`] keeps what the status page needs beyond counters.
+
+pub mod activity;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -57,7 +60,20 @@ pub struct Metrics {
     pub upstream_rate_limit_waits: IntCounterVec,
     pub upstream_endpoint_requests: IntCounterVec,
     pub upstream_endpoint_up: IntGaugeVec,
+    pub upstream_duration: HistogramVec,
     pub build_info: IntGaugeVec,
+    /// Upstream health, recent errors, bytes per repository, per-minute snapshots.
+    pub activity: activity::Activity,
+}
+
+/// The sum of a counter over all its label values.
+fn sum_of(c: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    c.collect()
+        .iter()
+        .flat_map(|mf| mf.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -128,6 +144,19 @@ impl Metrics {
         )
         .expect("valid gauge");
         r.register(Box::new(build_info.clone())).expect("unique");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_request_duration_seconds",
+                "Time from sending a request to an upstream to its response head, by upstream.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["upstream"],
+        )
+        .expect("valid histogram");
+        r.register(Box::new(upstream_duration.clone()))
+            .expect("unique");
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -166,7 +195,7 @@ impl Metrics {
             connections_rejected: counter_vec(
                 &r,
                 "connections_rejected_total",
-                "Client connections closed at once, by reason (limit: server.max_connections).",
+                "Client connections closed early, by reason (limit: server.max_connections; silent: nothing received within server.header_read_timeout).",
                 &["reason"],
             ),
             auth_denials: counter_vec(
@@ -319,8 +348,22 @@ impl Metrics {
                 "1 while an upstream endpoint is in use, 0 while it is skipped after a failure (probed in the background).",
                 &["upstream", "endpoint"],
             ),
+            upstream_duration,
             build_info,
+            activity: activity::Activity::default(),
             registry: r,
+        }
+    }
+
+    /// The counters the status page charts, summed over their labels, now.
+    pub fn counter_sample(&self) -> activity::CounterSample {
+        activity::CounterSample {
+            at: activity::unix_now(),
+            hits: sum_of(&self.cache_hits),
+            misses: sum_of(&self.cache_misses),
+            served_cache_bytes: self.served_bytes.with_label_values(&["cache"]).get(),
+            served_upstream_bytes: self.served_bytes.with_label_values(&["upstream"]).get(),
+            upstream_bytes: sum_of(&self.upstream_bytes),
         }
     }
 
@@ -333,10 +376,122 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+
+    /// Every metric family name exported (with the `sparkcr_edge_` prefix), including
+    /// labelled families that have no series yet.
+    pub fn family_names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: Vec<&dyn Collector> = vec![
+            &self.http_requests,
+            &self.http_duration,
+            &self.http_response_bytes,
+            &self.connections_open,
+            &self.connections_total,
+            &self.tls_handshake_failures,
+            &self.tls_reloads,
+            &self.connections_rejected,
+            &self.auth_denials,
+            &self.private_content_refusals,
+            &self.store_bytes,
+            &self.store_budget_bytes,
+            &self.store_blobs,
+            &self.store_manifests,
+            &self.store_chunks,
+            &self.store_tags,
+            &self.store_evictions,
+            &self.store_evicted_bytes,
+            &self.store_expired,
+            &self.store_expired_bytes,
+            &self.store_errors,
+            &self.store_chunk_write_seconds,
+            &self.cache_hits,
+            &self.cache_misses,
+            &self.served_bytes,
+            &self.singleflight_joins,
+            &self.stale_served,
+            &self.digest_mismatches,
+            &self.fills_in_flight,
+            &self.fill_resumes,
+            &self.fills_ended,
+            &self.reader_refetches,
+            &self.upstream_requests,
+            &self.upstream_bytes,
+            &self.upstream_token_fetches,
+            &self.upstream_duration,
+            &self.build_info,
+        ];
+        let mut names: Vec<String> = collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| format!("sparkcr_edge_{}", d.fq_name))
+            .chain(
+                self.registry
+                    .gather()
+                    .iter()
+                    .map(|mf| mf.name().to_string()),
+            )
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    /// Every `expr` in the shipped Grafana dashboard.
+    fn dashboard_queries() -> Vec<String> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                            _ => walk(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../grafana/sparkcr-edge.json"))
+                .expect("the dashboard is JSON");
+        let mut out = Vec::new();
+        walk(&dash, &mut out);
+        out
+    }
+
+    #[test]
+    fn every_metric_in_the_dashboard_is_exported() {
+        let names = super::Metrics::new().family_names();
+        let queries = dashboard_queries();
+        assert!(queries.len() >= 15, "{queries:?}");
+        let mut used = 0;
+        for q in &queries {
+            let mut rest = q.as_str();
+            while let Some(i) = rest.find("sparkcr_edge_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let name = &tail[..end];
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|base| names.iter().any(|n| n == base))
+                    .unwrap_or(name);
+                assert!(
+                    names.iter().any(|n| n == family),
+                    "the dashboard query {q:?} uses {name}, which the daemon does not export"
+                );
+                used += 1;
+                rest = &tail[end..];
+            }
+        }
+        assert!(used >= queries.len());
+    }
     #[test]
     fn renders_with_prefix_and_build_info() {
         let m = super::Metrics::new();

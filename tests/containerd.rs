@@ -5,7 +5,7 @@
 //! containerd runs privately (own root, state and socket under a temp dir); it needs root.
 
 mod common;
-use common::containerd::*;
+use common::containerd::{ctr, start_containerd};
 use common::images::*;
 use common::registry2::*;
 use common::*;

@@ -102,6 +102,29 @@ async fn slow_headers_and_idle_connections_are_closed() {
     assert!(closed, "a request whose headers never end is cut off");
     assert!(started.elapsed() < Duration::from_secs(6));
 
+    // A connection that never sends a byte: closed after header_read_timeout (1 s), not
+    // kept until some longer timeout.
+    let quiet = Edge::start(&config(
+        "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"",
+        "",
+    ));
+    let started = Instant::now();
+    let mut s = TcpStream::connect(quiet.http[0]).expect("connect");
+    let (answer, closed) = read_until_close(&mut s, Duration::from_secs(10));
+    assert!(
+        closed && answer.is_empty(),
+        "a silent connection is closed without an answer"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}, expected header_read_timeout (1 s)"
+    );
+    assert!(quiet
+        .metrics_text()
+        .await
+        .contains("sparkcr_edge_connections_rejected_total{reason=\"silent\"} 1"));
+
     // HTTP/1.1 keep-alive: one request, then silence.
     let mut s = TcpStream::connect(addr).expect("connect");
     s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: edge.test\r\n\r\n")

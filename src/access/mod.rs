@@ -165,6 +165,7 @@ impl AnonymousQuota {
 pub struct Access {
     anonymous: bool,
     allow: Vec<Cidr>,
+    admin: Vec<Cidr>,
     tokens: Vec<ConfiguredToken>,
     private_upstreams: HashSet<String>,
     signer: Signer,
@@ -188,6 +189,7 @@ impl Access {
         Ok(Access {
             anonymous: c.auth.anonymous,
             allow: c.auth.allow_cidrs.clone(),
+            admin: c.auth.admin_cidrs.clone(),
             tokens,
             private_upstreams: c
                 .upstream
@@ -212,6 +214,23 @@ impl Access {
     /// Whether a client at `ip` may talk to the edge at all.
     pub fn peer_allowed(&self, ip: IpAddr) -> bool {
         self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip))
+    }
+
+    /// Whether a client at `ip` sending `authorization` may read the operator's pages:
+    /// from `auth.admin_cidrs`, or with a token that has the `admin` scope.
+    pub fn admin_allowed(
+        &self,
+        ip: IpAddr,
+        authorization: Option<&[u8]>,
+    ) -> Result<(), DenyReason> {
+        if self.admin.iter().any(|c| c.contains(ip)) {
+            return Ok(());
+        }
+        match self.authenticate(authorization)? {
+            who if who.has(Scope::Admin) => Ok(()),
+            Identity::Anonymous => Err(DenyReason::NoCredentials),
+            Identity::Token { .. } => Err(DenyReason::Scope),
+        }
     }
 
     pub fn anonymous_allowed(&self) -> bool {

@@ -132,8 +132,15 @@ impl Cache {
         let upstream = self.upstream(target)?;
         let mut tries = 0;
         loop {
+            let mut led = false;
             let follower = match self.fills.claim(key) {
                 Claim::Leader(leader) => {
+                    led = true;
+                    self.progress.led(
+                        key,
+                        (*digest, &target.upstream, target.repo.as_str()),
+                        &|k| self.fills.contains(k),
+                    );
                     self.metrics.cache_misses.with_label_values(&["blob"]).inc();
                     let follower = leader.follower();
                     let job = FillJob {
@@ -165,10 +172,18 @@ impl Cache {
                     if !same_repo {
                         self.confirm_blob(target, digest).await?;
                     }
+                    self.progress.joined(key);
                     f
                 }
             };
-            match follower.landing().await {
+            let landing = follower.landing().await;
+            if led {
+                match &landing {
+                    Landing::Started(blob) => self.progress.started(key, blob),
+                    _ => self.progress.ended(key),
+                }
+            }
+            match landing {
                 Landing::Started(blob) => return Ok(blob),
                 Landing::Failed(f) => {
                     return Err(self.fetch_failure(target, f, CacheError::BlobUnknown(*digest)))

@@ -22,9 +22,11 @@ mod blobs;
 mod fill;
 mod flight;
 mod manifests;
+mod progress;
 mod referrers;
 mod tags;
 
+pub use progress::FillProgress;
 pub use referrers::{ReferrersAnswer, INDEX_MEDIA_TYPE as REFERRERS_MEDIA_TYPE};
 pub use tags::TagList;
 
@@ -192,6 +194,8 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     /// Blob fills under way, by digest (and upstream, for private ones): single-flight.
     fills: fill::Fills,
+    /// The fills under way as the status page shows them.
+    progress: progress::FillBoard,
     /// The repository each running fill is for: a request for another repository joins it
     /// only after the upstream confirms that repository has the blob.
     filling_under: blobs::FillingUnder,
@@ -227,6 +231,7 @@ impl Cache {
             settings,
             metrics,
             fills: Default::default(),
+            progress: Default::default(),
             filling_under: Default::default(),
             tag_locks: Mutex::new(HashMap::new()),
         }
@@ -255,6 +260,22 @@ impl Cache {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The blob fills under way (for the status page).
+    pub fn fills_in_progress(&self) -> Vec<FillProgress> {
+        self.progress.snapshot(&|k| self.fills.contains(k))
+    }
+
+    /// The configured upstreams: name and base URL, by name.
+    pub fn upstream_urls(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .upstreams
+            .values()
+            .map(|u| (u.name().to_string(), u.base_url().to_string()))
+            .collect();
+        all.sort();
+        all
     }
 
     pub(crate) fn is_private(&self, upstream: &str) -> bool {

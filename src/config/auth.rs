@@ -19,15 +19,18 @@ pub enum Scope {
     PullPublic,
     /// Pull through upstreams marked `private = true`.
     PullPrivate,
+    /// Read the operator's pages (`/status`, `/status.json`) from any allowed network.
+    Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 2] = [Scope::PullPublic, Scope::PullPrivate];
+    pub const ALL: [Scope; 3] = [Scope::PullPublic, Scope::PullPrivate, Scope::Admin];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::PullPublic => "pull:public",
             Scope::PullPrivate => "pull:private",
+            Scope::Admin => "admin",
         }
     }
 
@@ -35,7 +38,9 @@ impl Scope {
         Scope::ALL
             .into_iter()
             .find(|sc| sc.as_str() == s.trim())
-            .ok_or_else(|| format!("expected one of \"pull:public\" \"pull:private\", got {s:?}"))
+            .ok_or_else(|| {
+                format!("expected one of \"pull:public\" \"pull:private\" \"admin\", got {s:?}")
+            })
     }
 }
 
@@ -177,6 +182,10 @@ pub struct AuthConfig {
     /// Client networks allowed to connect; empty = everyone.
     #[serde(default)]
     pub allow_cidrs: Vec<Cidr>,
+    /// Networks whose clients may read `/status` and `/status.json` without a token
+    /// (others need one with the `admin` scope); default: loopback only.
+    #[serde(default = "loopback")]
+    pub admin_cidrs: Vec<Cidr>,
     /// Per-address quota of anonymous clients; absent = unlimited.
     #[serde(default)]
     pub anonymous_rate: Option<RateConfig>,
@@ -188,11 +197,24 @@ fn yes() -> bool {
     true
 }
 
+/// `127.0.0.0/8` and `::1`.
+pub fn loopback() -> Vec<Cidr> {
+    let v4 = ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)
+        .expect("8 is a valid IPv4 prefix length");
+    vec![
+        Cidr(ipnet::IpNet::V4(v4)),
+        Cidr(ipnet::IpNet::from(std::net::IpAddr::V6(
+            std::net::Ipv6Addr::LOCALHOST,
+        ))),
+    ]
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             anonymous: true,
             allow_cidrs: Vec::new(),
+            admin_cidrs: loopback(),
             anonymous_rate: None,
             token: Vec::new(),
         }

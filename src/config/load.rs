@@ -143,7 +143,8 @@ fn load_from_checked(
             .with_list_parse_key("server.listen")
             .with_list_parse_key("server.tls_listen")
             .with_list_parse_key("auth.allow_cidrs")
-            .with_list_parse_key("outbound.no_proxy"),
+            .with_list_parse_key("outbound.no_proxy")
+            .with_list_parse_key("auth.admin_cidrs"),
     );
     let raw = builder.build().map_err(|e| from_config_error(&origin, e))?;
     let mut config: Config = raw
@@ -295,9 +296,22 @@ fn is_registry_host(s: &str) -> bool {
 }
 
 fn readable(origin: &ConfigOrigin, key: &str, path: &Path) -> Result<(), ConfigError> {
-    std::fs::File::open(path)
-        .map(|_| ())
-        .map_err(|e| ConfigError::at(origin, key, format!("cannot read {}: {e}", path.display())))
+    std::fs::File::open(path).map(|_| ()).map_err(|e| {
+        let fix = if key.starts_with("server.tls_") {
+            " — run \"sparkcr-edge tls self-signed\" or put your own cert.pem/key.pem there"
+        } else {
+            ""
+        };
+        let what = match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{} does not exist{fix}", path.display()),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "cannot read {}: permission denied — the daemon's user (sparkcr-edge) must be able to read it",
+                path.display()
+            ),
+            _ => format!("cannot read {}: {e}", path.display()),
+        };
+        ConfigError::at(origin, key, what)
+    })
 }
 
 fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(), ConfigError> {
@@ -806,6 +820,8 @@ mod tests {
             ("[server]\nmax_connections = 0\n", "server.max_connections", "at least 1"),
             ("[server]\nidle_timeout = \"0\"\n", "server.idle_timeout", "above 0"),
             ("[server]\nmax_header_size = \"10MiB\"\n", "server.max_header_size", "1MiB"),
+            ("[server]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"/nonexistent/cert.pem\"\n", "server.tls_cert", "/nonexistent/cert.pem does not exist — run \"sparkcr-edge tls self-signed\" or put your own cert.pem/key.pem there"),
+            ("[auth]\nadmin_cidrs = [\"localhost\"]\n", "auth.admin_cidrs", "expected a network"),
         ];
         for (text, key, want) in cases {
             let e = from_text(text).expect_err(text).to_string();

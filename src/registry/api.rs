@@ -68,6 +68,11 @@ fn safe_host(h: &str) -> Option<&str> {
     .then_some(h)
 }
 
+/// In a manifest or blob response's extensions: the `upstream/repo` it is of (for the
+/// status page's bytes served per repository).
+#[derive(Clone, Debug)]
+pub struct ServedRepo(pub String);
+
 impl RegistryApi {
     pub fn new(table: UpstreamTable, cache: Arc<Cache>, access: Arc<Access>) -> Self {
         RegistryApi {
@@ -84,6 +89,11 @@ impl RegistryApi {
     /// Upstream endpoints skipped now after failures, as (upstream, endpoint URL).
     pub fn endpoints_down(&self) -> Vec<(String, String)> {
         self.cache.endpoints_down()
+    }
+
+    /// The cache behind the API (read by the status page).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// The `WWW-Authenticate` challenge: the bearer flow against this edge's `/token`, and
@@ -204,6 +214,12 @@ impl RegistryApi {
                 return refused(OciError::denied(what), head, "auth");
             }
         }
+        let served_repo = match &routed {
+            ApiRoute::Manifest { target, .. } | ApiRoute::Blob { target, .. } => {
+                Some(ServedRepo(target.key().to_string()))
+            }
+            _ => None,
+        };
         let (label, result) = match routed {
             ApiRoute::Ping => ("ping", Ok(json_response(StatusCode::OK, "{}".into(), head))),
             ApiRoute::Catalog => ("catalog", self.catalog(&who, head).await),
@@ -254,7 +270,10 @@ impl RegistryApi {
                 )
             }
         };
-        let response = result.unwrap_or_else(|e| error_response(&e, head));
+        let mut response = result.unwrap_or_else(|e| error_response(&e, head));
+        if let Some(repo) = served_repo {
+            response.extensions_mut().insert(repo);
+        }
         ApiResponse {
             response,
             route: label,

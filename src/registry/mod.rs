@@ -21,6 +21,6 @@ pub mod route;
 
 /// Re-exported for callers that know it from here; it lives in [`crate::oci`].
 pub use crate::oci::RepoTarget;
-pub use api::{error_response, ApiResponse, ClientInfo, RegistryApi, TOKEN_PATH};
+pub use api::{error_response, ApiResponse, ClientInfo, RegistryApi, ServedRepo, TOKEN_PATH};
 pub use error::{ErrorCode, OciError};
 pub use route::{ApiRoute, UpstreamTable};

@@ -2,6 +2,7 @@
 //! dropped (client gone), writes the request's log line and records its metrics. This is
 //! how one line per request carries the bytes actually sent and the full duration.
 
+use crate::metrics::activity::{unix_now, RecentError};
 use crate::metrics::Metrics;
 use crate::registry::body::ResponseBody;
 use bytes::Bytes;
@@ -25,6 +26,8 @@ pub struct RequestRecord {
     pub content_length: Option<u64>,
     /// Keeps the connection from counting as idle until the body is done.
     pub in_flight: Option<super::limits::InFlight>,
+    /// The `upstream/repo` of a manifest or blob answer.
+    pub repo: Option<String>,
 }
 
 pub struct LoggedBody {
@@ -100,6 +103,19 @@ impl Drop for LoggedBody {
         m.http_response_bytes
             .with_label_values(&[r.route])
             .inc_by(self.sent);
+        if let Some(repo) = r.repo.as_ref().filter(|_| r.status < 300) {
+            m.activity.served(repo, self.sent);
+        }
+        if r.status >= 400 {
+            m.activity.request_failed(RecentError {
+                at: unix_now(),
+                method: r.method.to_string(),
+                path: r.path.clone(),
+                status: r.status,
+                route: r.route.to_string(),
+                client: r.peer.ip().to_string(),
+            });
+        }
         tracing::info!(
             target: "sparkcr_edge::access",
             method = %r.method,

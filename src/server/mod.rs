@@ -8,10 +8,13 @@
 //! file-backed frames with `sendfile(2)` (`sendfile.rs`).
 //! Must not: interpret registry paths (that is `registry`) or touch the store.
 
+pub(crate) mod cert_expiry;
 mod limits;
 mod logged_body;
 mod sendfile;
 mod service;
+pub mod status;
+mod status_page;
 pub mod tls;
 
 pub use service::{App, ConnInfo, MAX_REQUEST_TARGET};
@@ -95,6 +98,8 @@ impl Server {
             None
         } else {
             let cert = Arc::new(ReloadableCert::load(&cfg.tls_cert, &cfg.tls_key)?);
+            app.set_tls(cert.clone());
+            warn_if_expiring(&app);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(cert.clone())?);
             Some((cert, acceptor))
         };
@@ -232,6 +237,23 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             app.metrics.connections_open.inc();
+            // A client that connects and never sends a byte (no TLS hello, no request
+            // line) is closed after header_read_timeout, like one whose head stalls.
+            // (peek waits for a byte without taking it; readable() may wake at once.)
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first))
+                .await
+                .is_err()
+            {
+                app.metrics
+                    .connections_rejected
+                    .with_label_values(&["silent"])
+                    .inc();
+                tracing::debug!(client = %peer, "nothing received within header_read_timeout; closed");
+                app.metrics.connections_open.dec();
+                drop(alive);
+                return;
+            }
             match (kind, acceptor) {
                 (ListenerKind::Https, Some(acceptor)) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
@@ -331,6 +353,14 @@ fn log_conn_end(peer: SocketAddr, r: Result<(), Box<dyn std::error::Error + Send
     }
 }
 
+/// Logs a warning when the served certificate expires within
+/// [`status::CERT_WARN_DAYS`] (at start, on every reload, and once a day).
+pub(crate) fn warn_if_expiring(app: &App) {
+    if let Some(w) = app.cert_status().and_then(|c| c.warning()) {
+        tracing::warn!(cert = %app.tls_cert_path().unwrap_or_default(), "{w}");
+    }
+}
+
 /// Serves until SIGTERM or SIGINT, reloading the certificate on SIGHUP.
 pub async fn serve_until_signalled(server: Server, grace: Duration) -> std::io::Result<bool> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -388,6 +418,7 @@ impl ReloadHandle {
                     .with_label_values(&["ok"])
                     .inc();
                 tracing::info!("SIGHUP: certificate and key reloaded");
+                warn_if_expiring(&self.app);
             }
             Err(e) => {
                 self.app

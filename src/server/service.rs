@@ -4,14 +4,17 @@
 
 use super::limits::ConnActivity;
 use super::logged_body::{LoggedBody, RequestRecord};
+use super::status::CertStatus;
+use super::tls::ReloadableCert;
 use crate::access::DenyReason;
+use crate::metrics::activity::unix_now;
 use crate::metrics::Metrics;
 use crate::registry::body;
 use crate::registry::{error_response, ClientInfo, ErrorCode, OciError, RegistryApi};
 use http::{header, Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Longest request target (path and query) accepted; names are at most 255 bytes, so a
@@ -26,11 +29,13 @@ pub struct ConnInfo {
     pub activity: Option<Arc<ConnActivity>>,
 }
 
-/// What every connection shares: the API, the metrics, and readiness.
+/// What every connection shares: the API, the metrics, readiness, and the served
+/// certificate (for its expiry).
 pub struct App {
     pub api: RegistryApi,
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
+    tls: OnceLock<Arc<ReloadableCert>>,
 }
 
 impl App {
@@ -39,7 +44,28 @@ impl App {
             api,
             metrics,
             ready: AtomicBool::new(false),
+            tls: OnceLock::new(),
         }
+    }
+
+    /// The certificate the HTTPS listeners serve.
+    pub fn set_tls(&self, cert: Arc<ReloadableCert>) {
+        let _ = self.tls.set(cert);
+    }
+
+    /// The served certificate's file, when there is an HTTPS listener.
+    pub fn tls_cert_path(&self) -> Option<String> {
+        Some(self.tls.get()?.cert_path().display().to_string())
+    }
+
+    /// The served certificate's expiry, when there is an HTTPS listener.
+    pub fn cert_status(&self) -> Option<CertStatus> {
+        let not_after = self.tls.get()?.not_after()?;
+        let now = unix_now() as i64;
+        Some(CertStatus {
+            not_after,
+            days_left: (not_after - now).div_euclid(86_400),
+        })
     }
 
     /// Listeners are up and the store is open.
@@ -85,18 +111,24 @@ impl App {
                 }
                 ("GET" | "HEAD", "/readyz") => {
                     let (status, mut msg) = if self.is_ready() {
-                        (StatusCode::OK, "ready\n".to_string())
+                        (StatusCode::OK, String::from("ready\n"))
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
+                        (StatusCode::SERVICE_UNAVAILABLE, String::from("not ready\n"))
                     };
-                    // A down endpoint does not make the edge unready (others, or the
-                    // cache, still answer), but an operator looking here should see it.
+                    // Still ready: warnings are for the operator, not the load balancer (a down
+                    // endpoint: others, or the cache, still answer).
                     for (upstream, endpoint) in self.api.endpoints_down() {
                         msg.push_str(&format!(
                             "upstream {upstream}: endpoint {endpoint} is down (skipped; probed in the background)\n"
                         ));
                     }
+                    if let Some(w) = self.cert_status().and_then(|c| c.warning()) {
+                        msg.push_str(&format!("warning: {w}\n"));
+                    }
                     (text(status, "text/plain", msg), "readyz")
+                }
+                ("GET" | "HEAD", "/status" | "/status.json") => {
+                    (self.status(&parts, peer), "status")
                 }
                 _ => {
                     let client = ClientInfo {
@@ -108,7 +140,11 @@ impl App {
                 }
             }
         };
-        let (head, body) = response.into_parts();
+        let (mut head, body) = response.into_parts();
+        let repo = head
+            .extensions
+            .remove::<crate::registry::ServedRepo>()
+            .map(|r| r.0);
         let body = if parts.method == http::Method::HEAD && route != "blob" && route != "manifest" {
             body::empty()
         } else {
@@ -130,8 +166,59 @@ impl App {
             started,
             metrics: self.metrics.clone(),
             in_flight,
+            repo,
         };
         Response::from_parts(head, LoggedBody::new(body, record))
+    }
+}
+
+impl App {
+    /// `/status` (HTML) or `/status.json`, for `auth.admin_cidrs` or an `admin` token.
+    fn status(
+        &self,
+        parts: &http::request::Parts,
+        peer: SocketAddr,
+    ) -> Response<body::ResponseBody> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if let Err(reason) = self.api.access().admin_allowed(peer.ip(), authorization) {
+            self.api.access().count_denial(reason);
+            let mut r = text(
+                if reason == DenyReason::NoCredentials {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::FORBIDDEN
+                },
+                "text/plain; charset=utf-8",
+                "the status page is for auth.admin_cidrs or a token with the admin scope\n".into(),
+            );
+            if reason == DenyReason::NoCredentials {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Basic realm=\"sparkcr-edge admin\""),
+                );
+            }
+            return r;
+        }
+        let report = self.status_report();
+        let mut r = if parts.uri.path() == "/status.json" {
+            let json = serde_json::to_string_pretty(&report)
+                .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode the status: {e}\"}}"));
+            text(StatusCode::OK, "application/json", json)
+        } else {
+            text(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                super::status_page::render(&report),
+            )
+        };
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        r
     }
 }
 

@@ -12,11 +12,11 @@ use std::sync::{Arc, RwLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read certificate chain {path}: {reason}")]
+    #[error("cannot read certificate chain {path}: {reason} — it must be PEM (-----BEGIN CERTIFICATE-----), the server certificate first; \"sparkcr-edge tls self-signed\" makes one")]
     Cert { path: PathBuf, reason: String },
-    #[error("cannot read private key {path}: {reason}")]
+    #[error("cannot read private key {path}: {reason} — it must be a PEM private key (PKCS#8, PKCS#1 or SEC1) the sparkcr-edge user can read")]
     Key { path: PathBuf, reason: String },
-    #[error("{cert} and {key} do not belong together: {reason}")]
+    #[error("{cert} and {key} do not belong together: {reason} — put the key made with this certificate in server.tls_key")]
     Mismatch {
         cert: PathBuf,
         key: PathBuf,
@@ -93,6 +93,16 @@ impl ReloadableCert {
         Ok(())
     }
 
+    /// The certificate file served.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// The end of the served certificate's validity, in Unix seconds.
+    pub fn not_after(&self) -> Option<i64> {
+        super::cert_expiry::not_after(self.current().cert.first()?.as_ref())
+    }
+
     fn current(&self) -> Arc<CertifiedKey> {
         match self.current.read() {
             Ok(g) => g.clone(),
@@ -118,4 +128,44 @@ pub fn server_config(cert: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConf
     .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mistakes_say_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let params = rcgen::CertificateParams::new(vec!["edge.lan".to_string()]).expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let other = rcgen::KeyPair::generate().expect("other key");
+        let cert = params.self_signed(&key).expect("cert");
+        let (c, k, junk) = (
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("junk.pem"),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, other.serialize_pem()).expect("write");
+        std::fs::write(&junk, "not pem").expect("write");
+        let e = load_certified_key(&c, &k)
+            .expect_err("mismatch")
+            .to_string();
+        assert!(
+            e.contains("do not belong together") && e.contains("server.tls_key"),
+            "{e}"
+        );
+        let e = load_certified_key(&junk, &k)
+            .expect_err("no PEM")
+            .to_string();
+        assert!(
+            e.contains("BEGIN CERTIFICATE") && e.contains("tls self-signed"),
+            "{e}"
+        );
+        let e = load_certified_key(&c, &junk)
+            .expect_err("no key")
+            .to_string();
+        assert!(e.contains("PEM private key"), "{e}");
+    }
 }

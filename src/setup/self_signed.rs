@@ -36,6 +36,22 @@ pub fn names_for(hostname: &str, aliases: &[String], extra: &[String]) -> Vec<St
     names
 }
 
+/// How long the CA is valid from now: ten years.
+pub const CA_VALID_DAYS: u64 = 3652;
+/// How long a server certificate is valid from now: 825 days, the most Apple's clients
+/// accept for certificates from private CAs.
+pub const LEAF_VALID_DAYS: u64 = 825;
+
+/// Valid from an hour ago (for clients whose clocks run behind) until `days` from now.
+fn valid_from_now(params: &mut rcgen::CertificateParams, days: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + now.saturating_sub(std::time::Duration::from_secs(3600));
+    params.not_after = epoch + now + std::time::Duration::from_secs(days * 86_400);
+}
+
 pub fn generate(out: &Path, names: &[String], force: bool) -> Result<SelfSigned, SelfSignedError> {
     let ca_path = out.join("ca.pem");
     let cert_path = out.join("cert.pem");
@@ -55,7 +71,7 @@ pub fn generate(out: &Path, names: &[String], force: bool) -> Result<SelfSigned,
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
-    ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    valid_from_now(&mut ca_params, CA_VALID_DAYS);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
 
     let mut sans = Vec::new();
@@ -77,7 +93,7 @@ pub fn generate(out: &Path, names: &[String], force: bool) -> Result<SelfSigned,
         names.first().cloned().unwrap_or_default(),
     );
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.not_after = rcgen::date_time_ymd(2030, 1, 1);
+    valid_from_now(&mut leaf, LEAF_VALID_DAYS);
     let key = rcgen::KeyPair::generate()?;
     let cert = leaf.signed_by(&key, &ca)?;
 
@@ -208,6 +224,23 @@ mod tests {
                     rustls_pki_types::UnixTime::now(),
                 )
                 .unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        // Valid from now: the leaf for 825 days, the CA for ten years.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let ca_der = rustls_pki_types::CertificateDer::pem_slice_iter(&ca_pem)
+            .next()
+            .expect("a CA")
+            .expect("pem");
+        for (der, days) in [
+            (chain[0].as_ref(), LEAF_VALID_DAYS),
+            (ca_der.as_ref(), CA_VALID_DAYS),
+        ] {
+            let until = crate::server::cert_expiry::not_after(der).expect("notAfter");
+            let want = now + days as i64 * 86_400;
+            assert!((until - want).abs() < 120, "{until} vs {want}");
         }
         assert!(matches!(
             generate(dir.path(), &names, false),

@@ -58,6 +58,17 @@ impl UpstreamMetrics {
             .inc();
     }
 
+    /// The time to the response head, and the answer, for the status page's upstream health.
+    fn answered(&self, result: Result<u16, &str>, latency: std::time::Duration) {
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[self.upstream.as_str()])
+            .observe(latency.as_secs_f64());
+        self.metrics
+            .activity
+            .upstream_result(&self.upstream, result, latency);
+    }
+
     pub(crate) fn token_fetch(&self, result: &str) {
         self.metrics
             .upstream_token_fetches
@@ -86,14 +97,17 @@ pub(crate) async fn send(
     kind: RequestKind,
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, UpstreamError> {
+    let started = std::time::Instant::now();
     match request.send().await {
         Ok(response) => {
             metrics.request(kind, response.status().as_str());
+            metrics.answered(Ok(response.status().as_u16()), started.elapsed());
             Ok(response)
         }
         Err(err) => {
             metrics.request(kind, "error");
             let error = UpstreamError::from_transport(&err);
+            metrics.answered(Err(&error.to_string()), started.elapsed());
             tracing::debug!(kind = kind.label(), error = %error, "upstream request failed");
             Err(error)
         }

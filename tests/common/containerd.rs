@@ -1,6 +1,6 @@
-//! A private containerd for the tests that pull with a real `ctr`: its own root, state and
-//! socket under a temp dir, the CRI plugin off. Needs root and Debian's containerd package;
-//! without them [`start_containerd`] says SKIPPED and gives `None`.
+//! A private containerd (Debian's package: own root, state and socket under a temp dir,
+//! CRI disabled) and `ctr` against it. Needs root; `start_containerd` returns `None` (and
+//! says SKIPPED) without it.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -52,18 +52,7 @@ pub fn start_containerd() -> Option<Containerd> {
 }
 
 pub fn ctr(c: &Containerd, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(&c.sock)
-        .args(args)
-        .output()
-        .expect("run ctr");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut cmd = Command::new("ctr");
+    cmd.arg("-a").arg(&c.sock).args(args);
+    super::outcome(cmd, "ctr")
 }

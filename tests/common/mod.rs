@@ -387,10 +387,16 @@ pub fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
 
 /// Runs `skopeo` (Debian's package) and returns (success, stdout + stderr).
 pub fn skopeo(args: &[&str]) -> (bool, String) {
-    let out = Command::new("skopeo")
-        .args(args)
+    let mut cmd = Command::new("skopeo");
+    cmd.args(args);
+    outcome(cmd, "skopeo (apt-get install skopeo)")
+}
+
+/// Runs `cmd` to its end: (success, stdout + stderr).
+pub fn outcome(mut cmd: Command, what: &str) -> (bool, String) {
+    let out = cmd
         .output()
-        .expect("run skopeo (apt-get install skopeo)");
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     (
         out.status.success(),
         format!(

@@ -1,0 +1,214 @@
+//! The shipped Grafana dashboard against a real Prometheus (Debian's `prometheus`, its
+//! own config, port and data directory on loopback, scraping every second): after
+//! traffic that exercises every panel (misses, hits, a joined fill, an upstream 503 and
+//! the stale answer it causes, a certificate reload, a refused credential), every query
+//! in `grafana/sparkcr-edge.json` returns data through Prometheus's HTTP API.
+
+mod common;
+
+use common::fault_upstream::{BlobMode, FaultUpstream, ManifestMode};
+use common::images::pseudo_random;
+use common::registry2::{free_port, sha256_digest};
+use common::{Edge, TestCa};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sparkcr-edge\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("write prometheus.yml");
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus (Debian package `prometheus`)");
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    async fn query(&self, client: &reqwest::Client, q: &str) -> serde_json::Value {
+        let encoded: String = q
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let url = format!(
+            "http://127.0.0.1:{}/api/v1/query?query={encoded}",
+            self.port
+        );
+        let r = client.get(url).send().await.expect("prometheus query");
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("prometheus JSON")
+    }
+}
+
+/// Every `expr` in the dashboard, with Grafana's variables filled in as Grafana would.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/sparkcr-edge.json"),
+    )
+    .expect("read the dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            let q = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m")
+                .replace("$instance", ".*");
+            out.push((panel["title"].as_str().unwrap_or("?").to_string(), q));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    common::install_crypto();
+    let up = FaultUpstream::start().await;
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec();
+    up.state
+        .lock()
+        .expect("lock")
+        .manifests
+        .insert("v1".into(), manifest.clone());
+    let small = up.add_blob(pseudo_random(1, 200_000), BlobMode::Normal);
+    let big = up.add_blob(pseudo_random(2, 8 << 20), BlobMode::Normal);
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ca.write_leaf(dir.path(), &["edge.test", "127.0.0.1"]);
+    let edge = Edge::start_in(
+        dir,
+        &format!(
+            "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+             [storage]\npath = \"{{dir}}/data\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"0\"\n\
+             [[upstream]]\nname = \"fault.test\"\nurl = \"http://{}\"\ndefault = true\nconnect_timeout = \"2s\"\nread_timeout = \"5s\"\n",
+            cert.display(),
+            key.display(),
+            up.addr
+        ),
+        &[("SPARKCR_EDGE_TEST_HOLD_COMMIT_MS", "300")],
+    );
+    let prom = Prometheus::start(&edge.http[0].to_string());
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+
+    // Traffic, twice with a pause, so rate() has two scrapes to compare.
+    for round in 0..2 {
+        let get = |path: String| client.get(edge.url(&path)).send();
+        // Two clients of one fill: one leads, one joins.
+        let (a, b) = tokio::join!(
+            get(format!("/v2/team/app/blobs/{big}")),
+            get(format!("/v2/team/app/blobs/{big}"))
+        );
+        for r in [a, b] {
+            let r = r.expect("blob");
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.bytes().await.expect("body").len(), 8 << 20);
+        }
+        for _ in 0..2 {
+            let r = get(format!("/v2/team/app/blobs/{small}"))
+                .await
+                .expect("blob");
+            assert_eq!(r.bytes().await.expect("body").len(), 200_000);
+        }
+        up.state.lock().expect("lock").manifest_mode = ManifestMode::Ok;
+        let r = get("/v2/team/app/manifests/v1".into())
+            .await
+            .expect("manifest");
+        assert_eq!(r.status(), 200);
+        // The upstream fails: an upstream error, and the cached manifest served stale.
+        up.state.lock().expect("lock").manifest_mode = ManifestMode::Status(503);
+        let r = get("/v2/team/app/manifests/v1".into())
+            .await
+            .expect("manifest");
+        assert_eq!(r.status(), 200, "stale");
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            sha256_digest(&manifest).as_str()
+        );
+        let r = client
+            .get(edge.url("/v2/"))
+            .basic_auth("x", Some("not-a-token"))
+            .send()
+            .await
+            .expect("bad credentials");
+        assert_eq!(r.status(), 401);
+        edge.signal(libc::SIGHUP);
+        if round == 0 {
+            edge.wait_for_log("certificate and key reloaded").await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+
+    // Every query answers with at least one series once Prometheus has scraped it all.
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 15);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut empty = Vec::new();
+        for (title, q) in &queries {
+            let v = prom.query(&client, q).await;
+            let ok = v["status"] == "success"
+                && v["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty());
+            if !ok {
+                empty.push(format!("{title}: {q} -> {v}"));
+            }
+        }
+        if empty.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dashboard queries without data after 30 s:\n{}",
+            empty.join("\n")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The numbers are the edge's: the store size Prometheus has is the edge's gauge.
+    let v = prom.query(&client, "sparkcr_edge_store_bytes").await;
+    let scraped: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("a value");
+    assert_eq!(scraped, edge.metric("sparkcr_edge_store_bytes").await);
+    assert!(scraped >= (8 << 20) as f64);
+}

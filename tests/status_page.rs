@@ -1,0 +1,330 @@
+//! The operator's status page: `/status` in headless Chromium (Debian's chromium and
+//! chromium-driver through python3-selenium) after pulls and during a running fill, its
+//! numbers checked against `/status.json` and `/metrics`, a screenshot saved under
+//! `target/`; and the page refused outside `auth.admin_cidrs` without an `admin` token.
+
+mod common;
+
+use common::fault_upstream::{BlobMode, FaultUpstream};
+use common::images::pseudo_random;
+use common::Edge;
+use sha2::{Digest as _, Sha256};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const ADMIN_SECRET: &str = "spk_status_admin_secret_for_tests_only";
+const PULL_SECRET: &str = "spk_status_pull_secret_for_tests_only";
+
+fn hash(secret: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(secret.as_bytes())))
+}
+
+/// An edge on 127.0.0.1 and 127.0.0.2 whose admin network is 127.0.0.1 only.
+fn edge(up: &FaultUpstream) -> Edge {
+    Edge::start(&format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n\
+         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"0\"\n\
+         [auth]\nadmin_cidrs = [\"127.0.0.1/32\"]\n\
+         [[auth.token]]\nname = \"ops\"\nhash = \"{}\"\nscopes = [\"admin\"]\n\
+         [[auth.token]]\nname = \"ci\"\nhash = \"{}\"\nscopes = [\"pull:public\"]\n\
+         [[upstream]]\nname = \"fault.test\"\nurl = \"http://{}\"\ndefault = true\nconnect_timeout = \"2s\"\nread_timeout = \"120s\"\n",
+        hash(ADMIN_SECRET),
+        hash(PULL_SECRET),
+        up.addr
+    ))
+}
+
+async fn get_bytes(url: &str) -> Vec<u8> {
+    let r = reqwest::get(url).await.expect("request");
+    assert_eq!(r.status(), 200, "{url}");
+    r.bytes().await.expect("body").to_vec()
+}
+
+/// `path` on the edge's 127.0.0.1 listener (the admin network).
+fn admin_url(edge: &Edge, path: &str) -> String {
+    let addr = edge
+        .http
+        .iter()
+        .find(|a| a.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .expect("listener on 127.0.0.1");
+    format!("http://{addr}{path}")
+}
+
+async fn metrics_text(edge: &Edge) -> String {
+    reqwest::get(admin_url(edge, "/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+async fn status_json(edge: &Edge) -> serde_json::Value {
+    let r = reqwest::get(admin_url(edge, "/status.json"))
+        .await
+        .expect("status.json");
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&r.bytes().await.expect("status body")).expect("status json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_in_chromium_matches_json_and_metrics() {
+    let up = FaultUpstream::start().await;
+    let a = up.add_blob(pseudo_random(1, 300_000), BlobMode::Normal);
+    let b = up.add_blob(pseudo_random(2, 200_000), BlobMode::Normal);
+    let stalled = up.add_blob(pseudo_random(3, 4 << 20), BlobMode::Stall);
+    let edge = edge(&up);
+
+    // Pulls: misses of `a` and `b`; once both are stored, hits of `a` by two repositories;
+    // and one 404.
+    for d in [&a, &b] {
+        get_bytes(&admin_url(&edge, &format!("/v2/team/app/blobs/{d}"))).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_json(&edge).await["store"]["blobs"] != 2 {
+        assert!(Instant::now() < deadline, "fills not committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    get_bytes(&admin_url(&edge, &format!("/v2/team/app/blobs/{a}"))).await;
+    get_bytes(&admin_url(&edge, &format!("/v2/team/tools/blobs/{a}"))).await;
+    let missing = reqwest::get(admin_url(&edge, "/v2/team/app/manifests/nope"))
+        .await
+        .expect("manifest request");
+    assert_eq!(missing.status(), 404);
+
+    // A running fill with one request joined: the upstream sends 1 KiB, then stalls.
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        let url = admin_url(&edge, &format!("/v2/team/app/blobs/{stalled}"));
+        pending.push(tokio::spawn(async move {
+            if let Ok(r) = reqwest::get(url).await {
+                let _ = r.bytes().await;
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let s = status_json(&edge).await;
+        let fills = s["fills"].as_array().cloned().unwrap_or_default();
+        if fills.len() == 1 && fills[0]["received"].as_u64() > Some(0) && fills[0]["joined"] == 1 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running fill with a join shown: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // /status.json against /metrics and against what was pulled.
+    let metrics = metrics_text(&edge).await;
+    let m = |series: &str| common::metric(&metrics, series) as u64;
+    assert_eq!(status["fills"][0]["digest"], stalled.as_str());
+    assert_eq!(status["fills"][0]["size"], 4 << 20);
+    assert_eq!(status["fills"][0]["repo"], "team/app");
+    assert_eq!(
+        status["wan_bytes_saved"].as_u64(),
+        Some(m("sparkcr_edge_served_bytes_total{source=\"cache\"}"))
+    );
+    assert_eq!(
+        status["wan_bytes_saved"],
+        300_000 * 2,
+        "a hit twice: once by route, once by another repo"
+    );
+    assert_eq!(status["last_hour"]["hits"], 2);
+    assert_eq!(
+        status["last_hour"]["misses"].as_u64(),
+        Some(
+            m("sparkcr_edge_cache_misses_total{kind=\"blob\"}")
+                + m("sparkcr_edge_cache_misses_total{kind=\"manifest\"}")
+        )
+    );
+    assert_eq!(
+        status["store"]["used_bytes"].as_u64(),
+        Some(m("sparkcr_edge_store_bytes"))
+    );
+    assert_eq!(status["store"]["budget_bytes"], 1u64 << 30);
+    assert!(status["store"]["disk_free_bytes"].as_u64() > Some(0));
+    let upstream = &status["upstreams"][0];
+    assert_eq!(upstream["name"], "fault.test");
+    assert_eq!(upstream["state"], "up");
+    assert!(upstream["avg_latency_ms"].as_f64().is_some());
+    assert_eq!(
+        status["top_repositories"][0]["repository"],
+        "fault.test/team/app"
+    );
+    assert_eq!(
+        status["top_repositories"][0]["bytes"],
+        300_000 * 2 + 200_000
+    );
+    assert_eq!(
+        status["top_repositories"][1]["repository"],
+        "fault.test/team/tools"
+    );
+    let errors = status["recent_errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["status"], 404);
+    assert_eq!(errors[0]["path"], "/v2/team/app/manifests/nope");
+    let html = reqwest::get(admin_url(&edge, "/status"))
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("html");
+    for external in ["<script", "stylesheet", " src=", "url(", "href=\"http"] {
+        assert!(
+            !html.contains(external),
+            "the page must stand alone: {external}"
+        );
+    }
+    assert!(!html.contains(ADMIN_SECRET) && !html.contains(&hash(ADMIN_SECRET)[7..]));
+
+    // The page in a real browser.
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    let shot = target.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/status_page.py"))
+        .arg(admin_url(&edge, ""))
+        .arg(&shot)
+        .arg(&stalled)
+        .output()
+        .expect(
+            "run tests/browser/status_page.py (needs chromium, chromium-driver, python3-selenium)",
+        );
+    assert!(
+        out.status.success(),
+        "browser checks failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&shot).expect("screenshot saved");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
+    for p in pending {
+        p.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_refused_outside_admin_cidrs_without_an_admin_token() {
+    let up = FaultUpstream::start().await;
+    let edge = edge(&up);
+    let other = edge
+        .http
+        .iter()
+        .find(|a| a.ip() == IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .copied()
+        .expect("listener on 127.0.0.2");
+    let from_other = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .no_proxy()
+        .build()
+        .expect("client");
+    for path in ["/status", "/status.json"] {
+        let url = format!("http://{other}{path}");
+        let r = from_other.get(&url).send().await.expect("request");
+        assert_eq!(r.status(), 401, "{path} without credentials");
+        assert!(r
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Basic")));
+        let body = r.text().await.expect("body");
+        assert!(body.contains("admin"), "{body}");
+        assert!(!body.contains("store"), "no data leaks: {body}");
+        let r = from_other
+            .get(&url)
+            .basic_auth("x", Some(PULL_SECRET))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 403, "{path} with a pull-only token");
+        let r = from_other
+            .get(&url)
+            .basic_auth("x", Some(ADMIN_SECRET))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200, "{path} with the admin token");
+    }
+    // The registry API itself answers that network as it answers the admin one.
+    let r = from_other
+        .get(format!("http://{other}/v2/team/app/manifests/latest"))
+        .send()
+        .await
+        .expect("manifest");
+    let local = reqwest::get(admin_url(&edge, "/v2/team/app/manifests/latest"))
+        .await
+        .expect("manifest");
+    assert_eq!(r.status(), local.status());
+    assert_eq!(r.status(), 404);
+    // And the admin network needs no token.
+    let r = reqwest::get(admin_url(&edge, "/status"))
+        .await
+        .expect("status");
+    assert_eq!(r.status(), 200);
+    assert!(
+        common::metric(
+            &metrics_text(&edge).await,
+            "sparkcr_edge_auth_denials_total{reason=\"no_credentials\"}"
+        ) >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_within_30_days_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut params = rcgen::CertificateParams::new(vec!["edge.test".to_string()]).expect("params");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + (now - Duration::from_secs(86_400));
+    params.not_after = epoch + now + Duration::from_secs(10 * 86_400 + 3600);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cp, cert.pem()).expect("cert");
+    std::fs::write(&kp, key.serialize_pem()).expect("key");
+    let edge = Edge::start_in(
+        dir,
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[storage]\npath = \"{{dir}}/data\"\n",
+            cp.display(),
+            kp.display()
+        ),
+        &[],
+    );
+    // The log, at start.
+    edge.wait_for_log("certificate expires in 10 days").await;
+    // /readyz stays 200 but says so.
+    let r = reqwest::get(edge.url("/readyz")).await.expect("readyz");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("text");
+    assert!(text.starts_with("ready\n"), "{text}");
+    assert!(
+        text.contains("warning: the served TLS certificate expires in 10 days"),
+        "{text}"
+    );
+    // The status page and its JSON.
+    let s = status_json(&edge).await;
+    assert_eq!(s["tls"]["days_left"], 10);
+    assert!(
+        s["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("expires in 10 days")),
+        "{s:#}"
+    );
+    let html = reqwest::get(edge.url("/status"))
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("class=\"warn\">the served TLS certificate expires in 10 days"));
+}
