@@ -85,7 +85,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
     };
     let mut upstreams = Vec::new();
     for u in &config.upstream {
-        let up = Upstream::from_config(u, metrics.clone())
+        let up = Upstream::from_config(u, &config.outbound, metrics.clone())
             .map_err(|e| DaemonError::Config(format!("{origin}: upstream {:?}: {e}", u.name)))?;
         upstreams.push(up);
     }

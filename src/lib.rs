@@ -30,7 +30,8 @@
 //! - [`store`]: sled index plus blake3-named chunk files; sha256-verified blobs, LRU byte
 //!   budget, TTL, crash recovery.
 //! - [`upstream`]: HTTP client to upstream registries (reqwest + rustls), token and Basic
-//!   auth, redirects to blob CDNs.
+//!   auth, redirects to blob CDNs, outbound proxies (HTTP, SOCKS5), ordered endpoints with
+//!   failover, short rate limits waited out.
 //! - [`config`]: the TOML schema, defaults, environment overrides, validation.
 //! - [`metrics`]: every Prometheus metric, in one registry per daemon.
 //! - [`oci`]: digests, repository names, tags, references, media types, routing targets

@@ -57,6 +57,9 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
     pub upstream_token_fetches: IntCounterVec,
+    pub upstream_rate_limit_waits: IntCounterVec,
+    pub upstream_endpoint_requests: IntCounterVec,
+    pub upstream_endpoint_up: IntGaugeVec,
     pub upstream_duration: HistogramVec,
     pub build_info: IntGaugeVec,
     /// Upstream health, recent errors, bytes per repository, per-minute snapshots.
@@ -85,6 +88,13 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     r.register(Box::new(c.clone()))
         .expect("metric names are unique");
     c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    r.register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -319,6 +329,24 @@ impl Metrics {
                 "upstream_token_fetches_total",
                 "Bearer tokens fetched from upstream auth servers, by result.",
                 &["upstream", "result"],
+            ),
+            upstream_rate_limit_waits: counter_vec(
+                &r,
+                "upstream_rate_limit_waits_total",
+                "Upstream 429s (and 503s with Retry-After) waited out and retried, by upstream.",
+                &["upstream"],
+            ),
+            upstream_endpoint_requests: counter_vec(
+                &r,
+                "upstream_endpoint_requests_total",
+                "Requests sent to each endpoint of an upstream, by result: ok, or failed (connect error, timeout, TLS, 5xx, 429; the next endpoint was tried when there was one).",
+                &["upstream", "endpoint", "result"],
+            ),
+            upstream_endpoint_up: gauge_vec(
+                &r,
+                "upstream_endpoint_up",
+                "1 while an upstream endpoint is in use, 0 while it is skipped after a failure (probed in the background).",
+                &["upstream", "endpoint"],
             ),
             upstream_duration,
             build_info,

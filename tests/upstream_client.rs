@@ -204,7 +204,8 @@ async fn password_file_is_used_for_basic() {
         .expect("password from file");
 
     cfg.password_file = Some("/nonexistent/sparkcr-password".into());
-    let err = Upstream::from_config(&cfg, Arc::new(Metrics::new())).expect_err("unreadable");
+    let err = Upstream::from_config(&cfg, &Default::default(), Arc::new(Metrics::new()))
+        .expect_err("unreadable");
     assert!(
         err.to_string().contains("/nonexistent/sparkcr-password"),
         "{err}"
@@ -342,7 +343,7 @@ async fn statuses_map_to_errors_the_cache_can_act_on() {
 
     let err = get("limited").await.expect_err("429");
     assert!(
-        matches!(err, UpstreamError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(7)),
+        matches!(err, UpstreamError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(7)),
         "{err:?}"
     );
     assert!(err.is_unavailable() && !err.is_not_found());

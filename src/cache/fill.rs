@@ -31,6 +31,11 @@ pub(super) const RESUME_TRIES: u32 = 4;
 pub(super) enum FillFailure {
     NotFound,
     Unavailable(String),
+    /// The upstream is rate-limiting us (429, or 503 with `Retry-After`).
+    RateLimited {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
 }
 
 /// What a fill is shared by: the digest, plus the upstream when it is private.
@@ -68,6 +73,15 @@ pub(super) struct FillJob {
 pub(super) fn map_upstream(e: &UpstreamError) -> FillFailure {
     if e.is_not_found() {
         FillFailure::NotFound
+    } else if let UpstreamError::RateLimited {
+        status,
+        retry_after,
+    } = e
+    {
+        FillFailure::RateLimited {
+            status: *status,
+            retry_after: *retry_after,
+        }
     } else {
         FillFailure::Unavailable(e.to_string())
     }

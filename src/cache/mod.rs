@@ -84,6 +84,15 @@ pub enum CacheError {
         #[source]
         source: FetchFailure,
     },
+    /// The upstream is rate-limiting us for longer than we wait; `retry_after` is what it
+    /// asked for, to pass on to the client.
+    #[error("upstream {upstream} is rate-limiting this edge")]
+    RateLimited {
+        upstream: String,
+        retry_after: Option<Duration>,
+        #[source]
+        source: FetchFailure,
+    },
     #[error("upstream {upstream} sent content this edge will not serve")]
     BadUpstreamContent {
         upstream: String,
@@ -121,6 +130,8 @@ pub enum FetchFailure {
 /// What a [`FetchFailure`] means for the client.
 enum FailureKind {
     NotFound,
+    /// Rate-limited, with the delay the upstream asked for.
+    RateLimited(Option<Duration>),
     Unavailable,
     BadContent,
 }
@@ -129,6 +140,9 @@ impl FetchFailure {
     fn kind(&self) -> FailureKind {
         match self {
             FetchFailure::Upstream(e) if e.is_not_found() => FailureKind::NotFound,
+            FetchFailure::Upstream(UpstreamError::RateLimited { retry_after, .. }) => {
+                FailureKind::RateLimited(*retry_after)
+            }
             FetchFailure::Upstream(e) if e.is_unavailable() => FailureKind::Unavailable,
             FetchFailure::Upstream(_) => FailureKind::BadContent,
             FetchFailure::Fill(_) => FailureKind::Unavailable,
@@ -150,6 +164,13 @@ impl From<fill::FillFailure> for FetchFailure {
         match f {
             fill::FillFailure::NotFound => FetchFailure::Upstream(UpstreamError::NotFound),
             fill::FillFailure::Unavailable(m) => FetchFailure::Fill(m),
+            fill::FillFailure::RateLimited {
+                status,
+                retry_after,
+            } => FetchFailure::Upstream(UpstreamError::RateLimited {
+                status,
+                retry_after,
+            }),
         }
     }
 }
@@ -303,9 +324,25 @@ impl Cache {
         let upstream = target.upstream.clone();
         match source.kind() {
             FailureKind::NotFound => unknown,
+            FailureKind::RateLimited(retry_after) => CacheError::RateLimited {
+                upstream,
+                retry_after,
+                source,
+            },
             FailureKind::Unavailable => CacheError::Unavailable { upstream, source },
             FailureKind::BadContent => CacheError::BadUpstreamContent { upstream, source },
         }
+    }
+
+    /// Upstream endpoints skipped now after failures, as (upstream, endpoint URL), sorted.
+    pub fn endpoints_down(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .upstreams
+            .iter()
+            .flat_map(|(name, up)| up.endpoints_down().into_iter().map(|e| (name.clone(), e)))
+            .collect();
+        out.sort();
+        out
     }
 
     /// `/v2/_catalog`: the repositories this edge has cached, as `<upstream>/<repo>`.

@@ -164,6 +164,7 @@ fn load_from_checked(
     let mut config: Config = raw
         .try_deserialize()
         .map_err(|e| blame_env(from_config_error(&origin, e)))?;
+    fill_in_first_urls(&mut config);
     add_builtin_upstreams(&mut config);
     validate(&config, &origin, checks).map_err(blame_env)?;
     Ok(LoadedConfig { config, origin })
@@ -175,6 +176,7 @@ const LIST_KEYS: &[&str] = &[
     "server.tls_listen",
     "auth.allow_cidrs",
     "auth.admin_cidrs",
+    "outbound.no_proxy",
 ];
 /// Arrays of tables, whose environment value is a TOML inline array:
 /// `SPARKCR_EDGE__UPSTREAM='[{name = "registry.lan", url = "https://registry.lan"}]'`.
@@ -335,6 +337,17 @@ fn dotted_key(k: &str) -> String {
     out
 }
 
+/// `urls` without `url`: the first of them is `url`.
+fn fill_in_first_urls(config: &mut Config) {
+    for u in &mut config.upstream {
+        if u.url.is_empty() {
+            if let Some(first) = u.urls.first() {
+                u.url = first.clone();
+            }
+        }
+    }
+}
+
 fn add_builtin_upstreams(config: &mut Config) {
     if config.builtin_upstreams {
         for &(name, url, alias) in BUILTIN_UPSTREAMS {
@@ -478,6 +491,14 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
         );
     }
     validate_auth(c, origin)?;
+    for (i, host) in c.outbound.no_proxy.iter().enumerate() {
+        if host.is_empty() || host.contains(|c: char| c == ',' || c.is_whitespace()) {
+            return err(
+                &format!("outbound.no_proxy[{i}]"),
+                format!("expected one host name, IP address, CIDR network or \"*\" per entry, got {host:?}"),
+            );
+        }
+    }
     let mut defaults = 0;
     for (i, u) in c.upstream.iter().enumerate() {
         let key = |field: &str| format!("upstream[{i}].{field} ({})", u.name);
@@ -490,19 +511,54 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 format!("upstream {:?} is defined twice", u.name),
             );
         }
-        match reqwest::Url::parse(&u.url) {
-            Ok(url)
-                if (url.scheme() == "http" || url.scheme() == "https")
-                    && url.host().is_some()
-                    && url.query().is_none() => {}
-            _ => {
+        if u.url.is_empty() {
+            return err(
+                &key("url"),
+                "expected url = \"https://…\" or urls = [\"https://mirror…\", \"https://origin…\"]"
+                    .into(),
+            );
+        }
+        let tables = u.endpoint.iter().map(|e| &e.url);
+        for (j, endpoint) in std::iter::once(&u.url)
+            .chain(&u.urls)
+            .chain(tables)
+            .enumerate()
+        {
+            // `url` may have been filled in from `urls[0]`: name the key the user wrote.
+            let which = match (j, u.urls.first() == Some(&u.url)) {
+                (0, false) => key("url"),
+                (0, true) => key("urls[0]"),
+                _ if j <= u.urls.len() => key(&format!("urls[{}]", j - 1)),
+                _ => key(&format!("endpoint[{}].url", j - 1 - u.urls.len())),
+            };
+            let earlier_tables =
+                &u.endpoint[..j.saturating_sub(1 + u.urls.len()).min(u.endpoint.len())];
+            if j > u.urls.len()
+                && (endpoint == &u.url
+                    || u.urls.contains(endpoint)
+                    || earlier_tables.iter().any(|e| &e.url == endpoint))
+            {
                 return err(
-                    &key("url"),
-                    format!(
-                        "expected an http:// or https:// URL such as \"https://ghcr.io\", got {:?}",
-                        u.url
-                    ),
-                )
+                    &which,
+                    format!("{endpoint:?} is given twice; give each endpoint once"),
+                );
+            }
+            match reqwest::Url::parse(endpoint) {
+                Ok(url)
+                    if (url.scheme() == "http" || url.scheme() == "https")
+                        && url.host().is_some()
+                        && url.query().is_none()
+                        && url.username().is_empty()
+                        && url.password().is_none() => {}
+                _ => {
+                    return err(
+                        &which,
+                        format!(
+                            "expected an http:// or https:// URL without user info or query, such as \"https://ghcr.io\", got {:?}",
+                            crate::config::outbound::redacted_url(endpoint)
+                        ),
+                    )
+                }
             }
         }
         for a in &u.aliases {
@@ -558,20 +614,32 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 );
             }
         }
-        if u.password.is_some() && u.password_file.is_some() {
-            return err(
-                &key("password_file"),
-                "give password or password_file, not both".into(),
-            );
-        }
-        if (u.password.is_some() || u.password_file.is_some()) && u.username.is_none() {
-            return err(&key("username"), "a password needs a username".into());
-        }
-        if let Some(p) = &u.password_file {
-            readable(origin, &key("password_file"), p)?;
-        }
-        if let Some(p) = &u.ca_file {
-            readable(origin, &key("ca_file"), p)?;
+        // The upstream's own settings, then each [[upstream.endpoint]]'s.
+        let configs = u.endpoint_configs();
+        let first_table = configs.len() - u.endpoint.len();
+        for (j, e) in configs.iter().enumerate() {
+            if j > 0 && j < first_table {
+                continue; // urls entries: the same settings as url, checked at j = 0
+            }
+            let key = |field: &str| match j.checked_sub(first_table) {
+                Some(k) => key(&format!("endpoint[{k}].{field}")),
+                None => key(field),
+            };
+            if e.password.is_some() && e.password_file.is_some() {
+                return err(
+                    &key("password_file"),
+                    "give password or password_file, not both".into(),
+                );
+            }
+            if (e.password.is_some() || e.password_file.is_some()) && e.username.is_none() {
+                return err(&key("username"), "a password needs a username".into());
+            }
+            if let Some(p) = &e.password_file {
+                readable(origin, &key("password_file"), p)?;
+            }
+            if let Some(p) = &e.ca_file {
+                readable(origin, &key("ca_file"), p)?;
+            }
         }
     }
     Ok(())
@@ -704,6 +772,116 @@ mod tests {
 
         let e = from_text("[server\n").expect_err("bad toml").to_string();
         assert!(e.contains("/t/config.toml:1"), "{e}");
+    }
+
+    #[test]
+    fn proxies() {
+        let c = from_text(
+            "[outbound]\nproxy = \"http://alice:hunter2@proxy.lan:3128\"\nno_proxy = [\"registry.lan\", \"10.0.0.0/8\"]\n[[upstream]]\nname = \"registry.lan\"\nurl = \"http://registry.lan\"\nproxy = \"none\"\n",
+        )
+        .expect("valid proxies");
+        assert_eq!(c.outbound.no_proxy.len(), 2);
+        assert_eq!(
+            c.upstream[0].proxy,
+            Some(crate::config::ProxySetting::Direct)
+        );
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("http://alice:<redacted>@proxy.lan:3128"),
+            "{shown}"
+        );
+        assert_eq!(
+            c.outbound.max_rate_limit_wait.get(),
+            std::time::Duration::from_secs(5)
+        );
+
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\nproxy = \"ftp://u:secret@p:21\"\n")
+            .expect_err("unknown scheme")
+            .to_string();
+        assert!(e.starts_with("/t/config.toml"), "{e}");
+        assert!(e.contains("upstream[0].proxy"), "{e}");
+        assert!(e.contains("unknown scheme \"ftp\""), "{e}");
+        assert!(!e.contains("secret") && !e.contains('\n'), "{e}");
+
+        let e = from_text("[outbound]\nproxy = \"gopher://p\"\n")
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("outbound.proxy"), "{e}");
+        let e = from_text("[outbound]\nno_proxy = [\"a b\"]\n")
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("outbound.no_proxy[0]"), "{e}");
+    }
+
+    #[test]
+    fn ordered_endpoints() {
+        let c = from_text(
+            "[[upstream]]\nname = \"a.io\"\nurls = [\"http://mirror.lan\", \"https://a.io\"]\n",
+        )
+        .expect("urls without url");
+        assert_eq!(
+            c.upstream[0].endpoints(),
+            vec!["http://mirror.lan", "https://a.io"]
+        );
+        let again = from_text(&c.to_redacted_toml()).expect("check-config output loads again");
+        assert_eq!(again.upstream[0].endpoints(), c.upstream[0].endpoints());
+        let c = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"http://mirror.lan\"\nurls = [\"https://a.io\"]\n")
+            .expect("url and urls");
+        assert_eq!(
+            c.upstream[0].endpoints(),
+            vec!["http://mirror.lan", "https://a.io"]
+        );
+        let e =
+            from_text("[[upstream]]\nname = \"a.io\"\nurls = [\"https://a.io\", \"ftp://b\"]\n")
+                .expect_err("bad second url")
+                .to_string();
+        assert!(e.contains("upstream[0].urls[1]"), "{e}");
+        let c = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"http://mirror.lan\"\nproxy = \"none\"\n\
+             [[upstream.endpoint]]\nurl = \"https://a.io\"\nproxy = \"http://proxy.lan:3128\"\nusername = \"bot\"\npassword = \"hunter2\"\n")
+            .expect("endpoint tables");
+        let configs = c.upstream[0].endpoint_configs();
+        assert_eq!(configs.len(), 2);
+        assert_eq!(
+            (configs[0].url.as_str(), configs[0].username.as_deref()),
+            ("http://mirror.lan", None)
+        );
+        assert_eq!(configs[0].proxy, Some(crate::config::ProxySetting::Direct));
+        assert_eq!(
+            (configs[1].url.as_str(), configs[1].username.as_deref()),
+            ("https://a.io", Some("bot"))
+        );
+        assert_eq!(
+            configs[1].proxy.as_ref().map(|p| p.to_string()),
+            Some("http://proxy.lan:3128/".to_string())
+        );
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("[[upstream.endpoint]]"),
+            "{shown}"
+        );
+        let again =
+            from_text(&shown.replace("<redacted>", "x")).expect("check-config output loads again");
+        assert_eq!(again.upstream[0].endpoints(), c.upstream[0].endpoints());
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n[[upstream.endpoint]]\nurl = \"https://b.io\"\npassword = \"x\"\n")
+            .expect_err("password without username")
+            .to_string();
+        assert!(e.contains("upstream[0].endpoint[0].username (a.io)"), "{e}");
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n[[upstream.endpoint]]\nurl = \"https://a.io\"\n")
+            .expect_err("twice")
+            .to_string();
+        assert!(e.contains("upstream[0].endpoint[0].url"), "{e}");
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n[[upstream.endpoint]]\nurl = \"https://b.io\"\n[[upstream.endpoint]]\nurl = \"https://b.io\"\n")
+            .expect_err("twice")
+            .to_string();
+        assert!(e.contains("upstream[0].endpoint[1].url"), "{e}");
+        let e = from_text("[[upstream]]\nname = \"a.io\"\n")
+            .expect_err("no url")
+            .to_string();
+        assert!(
+            e.contains("upstream[0].url") && e.contains("urls = ["),
+            "{e}"
+        );
     }
 
     const HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";

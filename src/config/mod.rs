@@ -2,7 +2,7 @@
 //! follow before the daemon will start on it.
 //!
 //! Owns: the TOML schema (`[server]`, `[storage]`, `[cache]`, `[log]`, `[auth]` (see
-//! [`auth`]), `[[upstream]]`), the
+//! [`auth`]), `[outbound]` (see [`outbound`]), `[[upstream]]`), the
 //! built-in upstream table, and loading (file, embedded default, `SPARKCR_EDGE__*`
 //! environment overrides; see [`load()`]). Every mistake becomes one [`ConfigError`] line
 //! naming the file, the key and what was expected.
@@ -11,12 +11,14 @@
 
 pub mod auth;
 pub mod load;
+pub mod outbound;
 pub mod units;
 
 pub use auth::{AuthConfig, Cidr, RateConfig, Scope, TokenConfig, TokenHash};
 pub use load::{
     load, load_checked, ConfigError, ConfigOrigin, FileChecks, LoadedConfig, DEFAULT_CONFIG_PATH,
 };
+pub use outbound::{OutboundConfig, ProxySetting, ProxyUrl};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// How upstreams are reached: daemon-wide proxy, rate-limit waits.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
     #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
 }
@@ -164,8 +169,14 @@ pub enum LogFormat {
 pub struct UpstreamConfig {
     /// The registry host clients name (`docker.io`, `ghcr.io`, `registry.example:5000`).
     pub name: String,
-    /// Where the registry's API lives (`https://registry-1.docker.io`).
+    /// Where the registry's API lives (`https://registry-1.docker.io`): the first
+    /// endpoint. May be left out when `urls` is given (it is then `urls[0]`).
+    #[serde(default)]
     pub url: String,
+    /// More endpoints serving the same content, tried in order after `url` when it fails
+    /// (connect error, timeout, 5xx, 429): mirrors first, the origin last.
+    #[serde(default)]
+    pub urls: Vec<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
     /// Names usable as the first path segment instead of the upstream's name
@@ -196,6 +207,35 @@ pub struct UpstreamConfig {
     /// served through another upstream's name.
     #[serde(default)]
     pub private: bool,
+    /// Outbound proxy for this upstream (`"none"`: direct); wins over `[outbound] proxy`
+    /// and the environment.
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
+    /// Endpoints tried after `url` and `urls`, each with settings of its own
+    /// (`[[upstream.endpoint]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint: Vec<EndpointConfig>,
+}
+
+/// One `[[upstream.endpoint]]`: an endpoint with its own settings. `proxy`, `ca_file` and
+/// `insecure_skip_verify` fall back to the upstream's; credentials never do (a mirror must
+/// not receive the origin's password, nor the other way round).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub url: String,
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default, serialize_with = "redact")]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -229,6 +269,7 @@ impl UpstreamConfig {
         UpstreamConfig {
             name: name.to_string(),
             url: url.to_string(),
+            urls: Vec::new(),
             aliases: vec![alias.to_string()],
             path_aliases: Vec::new(),
             default: false,
@@ -240,7 +281,60 @@ impl UpstreamConfig {
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
             private: false,
+            proxy: None,
+            endpoint: Vec::new(),
         }
+    }
+}
+
+impl UpstreamConfig {
+    /// Every endpoint in the order they are tried: `url`, those of `urls` that differ,
+    /// then each `[[upstream.endpoint]]`.
+    pub fn endpoints(&self) -> Vec<&str> {
+        let mut out = self.shared_endpoints();
+        out.extend(self.endpoint.iter().map(|e| e.url.as_str()));
+        out
+    }
+
+    /// `url`, then those of `urls` that differ: the endpoints with this upstream's settings.
+    fn shared_endpoints(&self) -> Vec<&str> {
+        let mut out = vec![self.url.as_str()];
+        for u in &self.urls {
+            if !out.contains(&u.as_str()) {
+                out.push(u);
+            }
+        }
+        out
+    }
+
+    /// The settings each endpoint is reached with, in [`UpstreamConfig::endpoints`] order:
+    /// this upstream's with `url` set to the endpoint's (and, for an
+    /// `[[upstream.endpoint]]`, its own settings applied). `urls` and `endpoint` are empty.
+    pub fn endpoint_configs(&self) -> Vec<UpstreamConfig> {
+        let one = |url: &str| UpstreamConfig {
+            url: url.to_string(),
+            urls: Vec::new(),
+            endpoint: Vec::new(),
+            ..self.clone()
+        };
+        let shared = self.shared_endpoints().into_iter().map(one);
+        let own = self.endpoint.iter().map(|e| {
+            let mut c = one(&e.url);
+            if e.proxy.is_some() {
+                c.proxy = e.proxy.clone();
+            }
+            if e.ca_file.is_some() {
+                c.ca_file = e.ca_file.clone();
+            }
+            if let Some(skip) = e.insecure_skip_verify {
+                c.insecure_skip_verify = skip;
+            }
+            c.username = e.username.clone();
+            c.password = e.password.clone();
+            c.password_file = e.password_file.clone();
+            c
+        });
+        shared.chain(own).collect()
     }
 }
 

@@ -86,6 +86,11 @@ impl RegistryApi {
         &self.access
     }
 
+    /// Upstream endpoints skipped now after failures, as (upstream, endpoint URL).
+    pub fn endpoints_down(&self) -> Vec<(String, String)> {
+        self.cache.endpoints_down()
+    }
+
     /// The cache behind the API (read by the status page).
     pub fn cache(&self) -> &Cache {
         &self.cache
@@ -535,6 +540,16 @@ fn map_cache_error(e: CacheError, subject: Subject) -> OciError {
         CacheError::Unavailable { upstream, source } => {
             OciError::upstream_unavailable(subject, &upstream, source_chain(&source))
         }
+        CacheError::RateLimited {
+            upstream,
+            retry_after,
+            source,
+        } => OciError::upstream_rate_limited(
+            subject,
+            &upstream,
+            retry_after.map(crate::upstream::retry_after_seconds),
+            source_chain(&source),
+        ),
         CacheError::Denied(m) => OciError::denied(m),
         CacheError::BadUpstreamContent { upstream, source } => {
             OciError::bad_upstream_content(subject, &upstream, source_chain(&source))

@@ -156,6 +156,27 @@ impl OciError {
         )
     }
 
+    /// 429: the upstream is rate-limiting this edge and the edge has no copy; its
+    /// `Retry-After` is passed on when it gave one.
+    pub fn upstream_rate_limited(
+        subject: Subject,
+        upstream: &str,
+        retry_after_secs: Option<u64>,
+        detail: impl Into<String>,
+    ) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            format!(
+                "upstream {upstream} is rate-limiting this edge and this {} is not cached; try again later",
+                subject.noun()
+            ),
+        )
+        .with_detail(detail);
+        e.retry_after = retry_after_secs.map(|s| s.max(1));
+        e
+    }
+
     /// 503: the upstream cannot be reached and the edge has no copy.
     pub fn upstream_unavailable(
         subject: Subject,

@@ -115,7 +115,13 @@ impl App {
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, String::from("not ready\n"))
                     };
-                    // Still ready: a warning is for the operator, not the load balancer.
+                    // Still ready: warnings are for the operator, not the load balancer (a down
+                    // endpoint: others, or the cache, still answer).
+                    for (upstream, endpoint) in self.api.endpoints_down() {
+                        msg.push_str(&format!(
+                            "upstream {upstream}: endpoint {endpoint} is down (skipped; probed in the background)\n"
+                        ));
+                    }
                     if let Some(w) = self.cert_status().and_then(|c| c.warning()) {
                         msg.push_str(&format!("warning: {w}\n"));
                     }

@@ -2,11 +2,13 @@
 //! upstream's trust settings, timeouts, redirect policy and user agent.
 //!
 //! Owns: the rustls `ClientConfig` (platform verifier plus the PEM roots of `ca_file`, or
-//! an accept-anything verifier when `insecure_skip_verify` is set), ALPN, timeouts.
+//! an accept-anything verifier when `insecure_skip_verify` is set), ALPN, timeouts. The
+//! proxy comes decided from `proxy` and is only installed here.
 //!
 //! Must not: send requests or know about registries, auth or metrics. Each upstream gets
 //! its own client, so one upstream's trust settings never leak into another's.
 
+use super::proxy::ProxyChoice;
 use super::UpstreamError;
 use crate::config::UpstreamConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -26,7 +28,10 @@ pub const USER_AGENT: &str = concat!("sparkcr-edge/", env!("CARGO_PKG_VERSION"))
 
 /// The reqwest client for one upstream. reqwest drops `Authorization` when a redirect
 /// changes host, port or scheme; we rely on that so CDN hosts never see our credentials.
-pub(crate) fn build_http_client(cfg: &UpstreamConfig) -> Result<reqwest::Client, UpstreamError> {
+pub(crate) fn build_http_client(
+    cfg: &UpstreamConfig,
+    proxy: &ProxyChoice,
+) -> Result<reqwest::Client, UpstreamError> {
     let tls = tls_client_config(cfg)?;
     let mut builder = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
@@ -40,6 +45,7 @@ pub(crate) fn build_http_client(cfg: &UpstreamConfig) -> Result<reqwest::Client,
     if !cfg.read_timeout.is_zero() {
         builder = builder.read_timeout(cfg.read_timeout.get());
     }
+    builder = proxy.apply(builder, &cfg.name)?;
     builder.build().map_err(|e| {
         UpstreamError::Config(format!(
             "upstream {:?}: cannot build HTTP client: {e}",

@@ -2,8 +2,9 @@
 //!
 //! Owns: [`UpstreamError`]; turning a reqwest transport error into `Connect`, `Timeout`,
 //! `Tls` or `Body` (by walking the error's source chain); turning a non-success HTTP
-//! response into `NotFound`, `Unauthorized`, `RateLimited` or `Status`, with the OCI error
-//! JSON body (read with a small bound) as the message.
+//! response into `NotFound`, `Unauthorized`, `RateLimited` (429, or 503 with
+//! `Retry-After`) or `Status`, with the OCI error JSON body (read with a small bound) as
+//! the message; `Retry-After` in both its forms (seconds, HTTP-date).
 //!
 //! Must not: put credentials or tokens in messages, or read unbounded error bodies.
 
@@ -42,9 +43,12 @@ pub enum UpstreamError {
     /// 401/403 after trying the credentials and tokens we have.
     #[error("upstream refused our credentials (HTTP {status})")]
     Unauthorized { status: u16 },
-    /// 429.
-    #[error("upstream rate limit hit{}", retry_after.map(|d| format!(" (retry after {} s)", d.as_secs())).unwrap_or_default())]
-    RateLimited { retry_after: Option<Duration> },
+    /// 429, or 503 with `Retry-After`: the upstream asks us to come back later.
+    #[error("{}", rate_limited_sentence(*status, *retry_after))]
+    RateLimited {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     /// Any other unexpected status.
     #[error("upstream answered HTTP {status}: {message}")]
     Status { status: u16, message: String },
@@ -56,7 +60,46 @@ pub enum UpstreamError {
     TooLarge,
 }
 
+/// `upstream answered HTTP 429 (too many requests) and asked us to wait 3600 seconds`.
+fn rate_limited_sentence(status: u16, retry_after: Option<Duration>) -> String {
+    let what = if status == 429 {
+        "too many requests"
+    } else {
+        "overloaded"
+    };
+    match retry_after {
+        Some(wait) => {
+            let secs = retry_after_seconds(wait);
+            let unit = if secs == 1 { "second" } else { "seconds" };
+            format!("upstream answered HTTP {status} ({what}) and asked us to wait {secs} {unit}")
+        }
+        None => format!("upstream answered HTTP {status} ({what}) without saying how long to wait"),
+    }
+}
+
+/// A `Retry-After` delay in whole seconds, rounded up (a client told 0 would retry at once).
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 impl UpstreamError {
+    /// How long the upstream asked us to wait, when it is rate-limiting us.
+    pub fn rate_limit_wait(&self) -> Option<Option<Duration>> {
+        match self {
+            UpstreamError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The endpoint itself failed (no connection, timeout, TLS): another endpoint of the
+    /// same upstream may do better.
+    pub fn is_endpoint_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Tls(_)
+        )
+    }
+
     /// The upstream could not give a usable answer right now (network, TLS, auth, rate
     /// limit, server error, broken or malformed response): the cache may serve stale.
     pub fn is_unavailable(&self) -> bool {
@@ -117,7 +160,16 @@ impl UpstreamError {
             }
             StatusCode::TOO_MANY_REQUESTS => {
                 return UpstreamError::RateLimited {
+                    status: status.as_u16(),
                     retry_after: retry_after(response.headers()),
+                }
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                if let Some(wait) = retry_after(response.headers()) {
+                    return UpstreamError::RateLimited {
+                        status: status.as_u16(),
+                        retry_after: Some(wait),
+                    };
                 }
             }
             _ => {}
@@ -135,16 +187,22 @@ impl UpstreamError {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by registries; it gives `None`).
+/// `Retry-After` as a delay from now: delay-seconds, or an HTTP-date (a date in the past
+/// is no delay). Capped at [`RETRY_AFTER_CAP`]; anything else gives `None`.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds: u64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(seconds).min(RETRY_AFTER_CAP))
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let when = httpdate::parse_http_date(text).ok()?;
+            when.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(RETRY_AFTER_CAP))
 }
 
 /// Up to [`ERROR_BODY_LIMIT`] bytes of the body; a body that fails part way gives what came.
@@ -259,20 +317,53 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_seconds_only_and_capped() {
+    fn retry_after_both_forms_and_capped() {
         let mut h = HeaderMap::new();
         assert_eq!(retry_after(&h), None);
         h.insert(RETRY_AFTER, "17".parse().expect("valid header"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(17)));
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").expect("date");
         h.insert(
             RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT"
+            "Wed, 21 Oct 2015 07:30:00 GMT"
                 .parse()
                 .expect("valid header"),
         );
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(120)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:00:00 GMT"
+                .parse()
+                .expect("valid header"),
+        );
+        assert_eq!(retry_after_at(&h, now), Some(Duration::ZERO));
+        h.insert(RETRY_AFTER, "soon".parse().expect("valid header"));
         assert_eq!(retry_after(&h), None);
         h.insert(RETRY_AFTER, "999999999".parse().expect("valid header"));
         assert_eq!(retry_after(&h), Some(RETRY_AFTER_CAP));
+    }
+
+    #[test]
+    fn rate_limits_are_plain_sentences() {
+        let e = UpstreamError::RateLimited {
+            status: 429,
+            retry_after: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "upstream answered HTTP 429 (too many requests) and asked us to wait 2 seconds"
+        );
+        let e = UpstreamError::RateLimited {
+            status: 503,
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        assert!(e.to_string().ends_with("wait 1 second"), "{e}");
+        let e = UpstreamError::RateLimited {
+            status: 429,
+            retry_after: None,
+        };
+        assert!(!e.to_string().contains("None"), "{e}");
+        assert!(!e.to_string().contains("Some"), "{e}");
     }
 
     #[test]

@@ -3,11 +3,15 @@
 //!
 //! Owns: [`Upstream`] (one per configured upstream; cheap to clone) and its requests for
 //! manifests, blobs (streamed, with `Range`), blob sizes and tag lists; the auth flow
-//! around each request (proactive credentials, one retry after a 401 challenge); mapping
+//! around each request (proactive credentials, one retry after a 401 challenge); short
+//! upstream rate limits (429, 503 with `Retry-After`) waited out and retried; mapping
 //! of answers to [`ManifestResponse`], [`BlobResponse`] or an [`UpstreamError`] the cache
 //! can act on (`is_unavailable` → serve stale, `is_not_found`).
 //!
-//! Submodules: `client` (reqwest + rustls construction), `auth` (credentials, tokens),
+//! Submodules: `client` (reqwest + rustls construction), [`proxy`] (which outbound proxy,
+//! and its precedence), `endpoints` (order and health of an upstream's endpoints),
+//! `exchange` (the endpoint walk, rate-limit waits, auth around each attempt, the prober),
+//! `auth` (credentials, tokens),
 //! [`challenge`] (`WWW-Authenticate` parsing), `transport` (one measured exchange, bounded
 //! bodies), `error`.
 //!
@@ -17,33 +21,37 @@
 mod auth;
 pub mod challenge;
 mod client;
+mod endpoints;
 mod error;
+mod exchange;
+pub mod proxy;
 mod transport;
 
 pub use client::{MAX_REDIRECTS, USER_AGENT};
-pub use error::UpstreamError;
+pub use error::{retry_after_seconds, UpstreamError};
 
-use crate::config::UpstreamConfig;
+use crate::config::{OutboundConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepositoryName, MANIFEST_MEDIA_TYPES};
 use auth::{Authenticator, Credentials};
 use bytes::Bytes;
+use endpoints::Endpoints;
 use futures_util::{Stream, StreamExt};
-use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE,
-    WWW_AUTHENTICATE,
-};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode, Url};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use transport::{content_length, read_limited, RequestKind, UpstreamMetrics};
 
 /// Largest manifest accepted from an upstream.
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 /// Largest tag list accepted from an upstream.
 pub const MAX_TAGS_LIST_SIZE: usize = 16 * 1024 * 1024;
+/// Most rate-limit waits for one request (a `Retry-After` of 0 must not spin).
+pub const MAX_RATE_LIMIT_RETRIES: u32 = 3;
 
 /// One configured upstream registry. Clones share the HTTP connection pool and the token
 /// cache.
@@ -54,18 +62,26 @@ pub struct Upstream {
 
 struct Inner {
     name: String,
-    /// The registry's API root, without a trailing slash (`https://registry-1.docker.io`).
-    base_url: Url,
+    /// The registry's API roots in the order they are tried (`url`, then `urls`).
+    endpoints: Endpoints,
+    /// How each endpoint is reached, by the same index as `endpoints`.
+    reach: Vec<Reach>,
+    metrics: UpstreamMetrics,
+    /// `[outbound] max_rate_limit_wait`: the most one request waits out `Retry-After`s.
+    max_rate_limit_wait: Duration,
+}
+
+/// The HTTP client (TLS and proxy settings) and credentials of one endpoint.
+struct Reach {
     client: reqwest::Client,
     auth: Authenticator,
-    metrics: UpstreamMetrics,
 }
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.inner.name)
-            .field("url", &self.inner.base_url.as_str())
+            .field("url", &self.base_url())
             .finish_non_exhaustive()
     }
 }
@@ -128,23 +144,48 @@ impl fmt::Debug for BlobBody {
 
 impl Upstream {
     /// The client for `cfg`: reads `password_file` and `ca_file` now; errors name them.
+    /// Each endpoint gets its own HTTP client and credentials (see
+    /// [`UpstreamConfig::endpoint_configs`]); its proxy follows its settings, then
+    /// `outbound`, then the process environment.
     pub fn from_config(
         cfg: &UpstreamConfig,
+        outbound: &OutboundConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, UpstreamError> {
-        let base_url = parse_base_url(cfg)?;
-        let credentials = Credentials::from_config(cfg)?;
-        let client = client::build_http_client(cfg)?;
-        let metrics = UpstreamMetrics::new(metrics, &cfg.name);
-        Ok(Upstream {
+        let env = proxy::ProxyEnv::from_process();
+        let upstream_metrics = UpstreamMetrics::new(metrics.clone(), &cfg.name);
+        let mut urls = Vec::new();
+        let mut reach = Vec::new();
+        for endpoint in cfg.endpoint_configs() {
+            urls.push(parse_base_url(&cfg.name, &endpoint.url)?);
+            let credentials = Credentials::from_config(&endpoint)?;
+            let proxy = proxy::ProxyChoice::choose(&endpoint, outbound, &env);
+            let client = client::build_http_client(&endpoint, &proxy)?;
+            tracing::info!(upstream = %cfg.name, endpoint = %endpoint.url, "outbound: {}", proxy.describe());
+            reach.push(Reach {
+                client,
+                auth: Authenticator::new(credentials, upstream_metrics.clone()),
+            });
+        }
+        let endpoints = Endpoints::new(&cfg.name, urls, &metrics);
+        let upstream = Upstream {
             inner: Arc::new(Inner {
                 name: cfg.name.clone(),
-                base_url,
-                client,
-                auth: Authenticator::new(credentials, metrics.clone()),
-                metrics,
+                endpoints,
+                reach,
+                metrics: upstream_metrics,
+                max_rate_limit_wait: outbound.max_rate_limit_wait.get(),
             }),
-        })
+        };
+        if upstream.inner.endpoints.len() > 1 {
+            upstream.spawn_prober(outbound.endpoint_backoff.get());
+        }
+        Ok(upstream)
+    }
+
+    /// The endpoints skipped now after failures (empty when all are in use).
+    pub fn endpoints_down(&self) -> Vec<String> {
+        self.inner.endpoints.down()
     }
 
     /// The upstream's configured name (`docker.io`).
@@ -154,7 +195,7 @@ impl Upstream {
 
     /// The API root requests go to.
     pub fn base_url(&self) -> &str {
-        self.inner.base_url.as_str()
+        self.inner.endpoints.get(0).url.as_str()
     }
 
     /// `GET` (or `HEAD` when `head_only`) `/v2/<repo>/manifests/<reference>`. An empty
@@ -166,12 +207,19 @@ impl Upstream {
         accept: &[String],
         head_only: bool,
     ) -> Result<ManifestResponse, UpstreamError> {
-        let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
+        let path = format!("v2/{repo}/manifests/{reference}");
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, accept_header(accept));
         let method = if head_only { Method::HEAD } else { Method::GET };
-        let response = self
-            .send(RequestKind::Manifest, method, url, repo, headers)
+        let (response, _) = self
+            .send(
+                RequestKind::Manifest,
+                method,
+                (&path, None),
+                repo,
+                headers,
+                None,
+            )
             .await?;
         let response = success_or_error(response).await?;
         let digest = response
@@ -223,7 +271,7 @@ impl Upstream {
         digest: &Digest,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<BlobResponse, UpstreamError> {
-        let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
+        let path = format!("v2/{repo}/blobs/{digest}");
         let mut headers = HeaderMap::new();
         if let Some((start, end)) = range {
             if end.is_some_and(|end| end < start) {
@@ -240,10 +288,20 @@ impl Upstream {
                 HeaderValue::from_str(&value).expect("digits and dashes are a valid header value"),
             );
         }
-        let response = self
-            .send(RequestKind::Blob, Method::GET, url, repo, headers)
+        // A resume goes first to the endpoint that sent the start of the blob.
+        let prefer = range.and_then(|_| self.inner.endpoints.pinned(digest));
+        let (response, endpoint) = self
+            .send(
+                RequestKind::Blob,
+                Method::GET,
+                (&path, None),
+                repo,
+                headers,
+                prefer,
+            )
             .await?;
         let response = success_or_error(response).await?;
+        self.inner.endpoints.pin(digest, endpoint);
         let (start, size) = if response.status() == StatusCode::PARTIAL_CONTENT {
             let (start, total) = response
                 .headers()
@@ -284,9 +342,16 @@ impl Upstream {
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
-        let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
-        let response = self
-            .send(RequestKind::Blob, Method::HEAD, url, repo, HeaderMap::new())
+        let path = format!("v2/{repo}/blobs/{digest}");
+        let (response, _) = self
+            .send(
+                RequestKind::Blob,
+                Method::HEAD,
+                (&path, None),
+                repo,
+                HeaderMap::new(),
+                None,
+            )
             .await?;
         let response = success_or_error(response).await?;
         Ok(content_length(response.headers()))
@@ -309,12 +374,17 @@ impl Upstream {
         repo: &RepositoryName,
         query: Option<&str>,
     ) -> Result<TagsPage, UpstreamError> {
-        let mut url = self.url(&format!("v2/{repo}/tags/list"))?;
-        if let Some(query) = query.filter(|q| !q.is_empty()) {
-            url.set_query(Some(query));
-        }
-        let response = self
-            .send(RequestKind::Tags, Method::GET, url, repo, HeaderMap::new())
+        let path = format!("v2/{repo}/tags/list");
+        let query = query.filter(|q| !q.is_empty());
+        let (response, _) = self
+            .send(
+                RequestKind::Tags,
+                Method::GET,
+                (&path, query),
+                repo,
+                HeaderMap::new(),
+                None,
+            )
             .await?;
         let response = success_or_error(response).await?;
         let next_query = next_link_query(response.headers());
@@ -330,17 +400,30 @@ impl Upstream {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<ReferrersResponse, UpstreamError> {
-        let mut url = self.url(&format!("v2/{repo}/referrers/{subject}"))?;
-        if let Some(t) = artifact_type {
-            url.query_pairs_mut().append_pair("artifactType", t);
-        }
+        let path = format!("v2/{repo}/referrers/{subject}");
+        // The query, percent-encoded by the URL parser.
+        let query = match artifact_type {
+            Some(t) => {
+                let mut url = self.url_at(0, &path, None)?;
+                url.query_pairs_mut().append_pair("artifactType", t);
+                url.query().map(str::to_string)
+            }
+            None => None,
+        };
         let mut headers = HeaderMap::new();
         headers.insert(
             ACCEPT,
             HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
         );
-        let response = self
-            .send(RequestKind::Manifest, Method::GET, url, repo, headers)
+        let (response, _) = self
+            .send(
+                RequestKind::Manifest,
+                Method::GET,
+                (&path, query.as_deref()),
+                repo,
+                headers,
+                None,
+            )
             .await?;
         let response = success_or_error(response).await?;
         let filtered = response
@@ -352,93 +435,25 @@ impl Upstream {
         Ok(ReferrersResponse { body, filtered })
     }
 
-    /// `GET /v2/`: whether the upstream answers at all. 200 and 401 both count as up (no
-    /// credentials are sent or tokens fetched).
+    /// `GET /v2/` at each endpoint in order until one answers: whether the upstream
+    /// answers at all. 200 and 401 both count as up (no credentials are sent or tokens
+    /// fetched).
     pub async fn ping(&self) -> Result<(), UpstreamError> {
-        let url = self.url("v2/")?;
-        let request = self.inner.client.get(url);
-        let response = transport::send(&self.inner.metrics, RequestKind::Ping, request).await?;
-        if response.status().is_success() || response.status() == StatusCode::UNAUTHORIZED {
-            return Ok(());
+        let mut last = None;
+        for i in self.inner.endpoints.order(None) {
+            match self.ping_endpoint(i).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
         }
-        Err(UpstreamError::from_response(response).await)
-    }
-
-    fn url(&self, path: &str) -> Result<Url, UpstreamError> {
-        self.inner
-            .base_url
-            .join(path)
-            .map_err(|e| UpstreamError::BadResponse(format!("cannot build URL for {path}: {e}")))
-    }
-
-    /// Sends a request with whatever auth this upstream is known to want; on a 401 with a
-    /// challenge we can answer, retries once with fresh credentials. Returns the final
-    /// response whatever its status (a second 401 becomes `Unauthorized`).
-    async fn send(
-        &self,
-        kind: RequestKind,
-        method: Method,
-        url: Url,
-        repo: &RepositoryName,
-        headers: HeaderMap,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let inner = &*self.inner;
-        let scope = format!("repository:{repo}:pull");
-        let proactive = inner.auth.proactive(&inner.client, &scope).await?;
-        let first = self
-            .attempt(kind, &method, &url, &headers, proactive.as_ref())
-            .await?;
-        if first.status() != StatusCode::UNAUTHORIZED {
-            return Ok(first);
-        }
-        let challenges: Vec<challenge::Challenge> = first
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(challenge::parse_www_authenticate)
-            .collect();
-        drop(first);
-        let retry_auth = inner
-            .auth
-            .answer(&inner.client, &challenges, &scope, proactive.as_ref())
-            .await?;
-        let second = self
-            .attempt(kind, &method, &url, &headers, Some(&retry_auth))
-            .await?;
-        if second.status() == StatusCode::UNAUTHORIZED {
-            tracing::debug!(upstream = %inner.name, %repo, "upstream refused fresh credentials");
-            return Err(UpstreamError::Unauthorized { status: 401 });
-        }
-        Ok(second)
-    }
-
-    async fn attempt(
-        &self,
-        kind: RequestKind,
-        method: &Method,
-        url: &Url,
-        headers: &HeaderMap,
-        authorization: Option<&HeaderValue>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self
-            .inner
-            .client
-            .request(method.clone(), url.clone())
-            .headers(headers.clone());
-        if let Some(authorization) = authorization {
-            request = request.header(AUTHORIZATION, authorization.clone());
-        }
-        transport::send(&self.inner.metrics, kind, request).await
+        Err(last.unwrap_or_else(|| UpstreamError::Config("no endpoints".into())))
     }
 }
 
-/// The configured URL as an API root: http(s), ending in `/` so paths join under it.
-fn parse_base_url(cfg: &UpstreamConfig) -> Result<Url, UpstreamError> {
-    let bad = |why: &str| {
-        UpstreamError::Config(format!("upstream {:?}: url {:?} {why}", cfg.name, cfg.url))
-    };
-    let mut url = Url::parse(&cfg.url).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+/// A configured endpoint URL as an API root: http(s), ending in `/` so paths join under it.
+fn parse_base_url(name: &str, text: &str) -> Result<Url, UpstreamError> {
+    let bad = |why: &str| UpstreamError::Config(format!("upstream {name:?}: url {text:?} {why}"));
+    let mut url = Url::parse(text).map_err(|e| bad(&format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("must start with http:// or https://"));
     }
@@ -562,20 +577,20 @@ mod tests {
 
     #[test]
     fn base_urls() {
-        let cfg = |url: &str| UpstreamConfig::builtin("x", url, "x");
-        let url = parse_base_url(&cfg("https://registry-1.docker.io")).expect("valid");
+        let cfg = |url: &'static str| url;
+        let url = parse_base_url("x", cfg("https://registry-1.docker.io")).expect("valid");
         assert_eq!(
             url.join("v2/a/b").expect("joins").as_str(),
             "https://registry-1.docker.io/v2/a/b"
         );
-        let url = parse_base_url(&cfg("http://127.0.0.1:5000/mirror")).expect("valid");
+        let url = parse_base_url("x", cfg("http://127.0.0.1:5000/mirror")).expect("valid");
         assert_eq!(
             url.join("v2/").expect("joins").as_str(),
             "http://127.0.0.1:5000/mirror/v2/"
         );
-        assert!(parse_base_url(&cfg("ftp://x")).is_err());
-        assert!(parse_base_url(&cfg("registry.example")).is_err());
-        assert!(parse_base_url(&cfg("https://u:p@r.example")).is_err());
+        assert!(parse_base_url("x", cfg("ftp://x")).is_err());
+        assert!(parse_base_url("x", cfg("registry.example")).is_err());
+        assert!(parse_base_url("x", cfg("https://u:p@r.example")).is_err());
     }
 
     #[test]

@@ -76,6 +76,14 @@ impl UpstreamMetrics {
             .inc();
     }
 
+    /// One rate-limit wait before a retry.
+    pub(crate) fn rate_limit_wait(&self) {
+        self.metrics
+            .upstream_rate_limit_waits
+            .with_label_values(&[self.upstream.as_str()])
+            .inc();
+    }
+
     /// The `upstream_bytes` counter of this upstream (cheap to clone into body streams).
     pub(crate) fn bytes(&self) -> &IntCounter {
         &self.bytes

@@ -1,6 +1,7 @@
 //! A hand-written fake registry on 127.0.0.1 for faults a real registry will not produce:
 //! connection resets mid-blob, wrong or corrupted bytes for a digest, stalls, and
-//! manifests answered with chosen error statuses. Every request is recorded.
+//! manifests answered with chosen error statuses, rate limits (429 or 503 with a chosen
+//! `Retry-After`, for a number of requests). Every request is recorded.
 #![allow(dead_code)]
 
 use super::registry2::sha256_digest;
@@ -22,12 +23,21 @@ pub enum BlobMode {
     Stall,
     /// The right length, but bytes 0..1024 flipped: in full GETs and in Range GETs alike.
     CorruptHead,
+    /// Every GET answers 429 with `Retry-After: 3600`.
+    TooManyRequests,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ManifestMode {
     Ok,
     Status(u16),
+    /// The next `times` manifest requests answer `status` with this `Retry-After` value;
+    /// then manifests are served normally again.
+    RateLimited {
+        status: u16,
+        retry_after: String,
+        times: usize,
+    },
 }
 
 pub struct FaultState {
@@ -188,6 +198,16 @@ async fn blob(
         )
         .await;
     };
+    if mode == BlobMode::TooManyRequests {
+        return respond(
+            sock,
+            429,
+            &[("Retry-After", "3600".to_string())],
+            br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+            method,
+        )
+        .await;
+    }
     if method == "HEAD" {
         return respond(sock, 200, &[], &bytes, "HEAD").await;
     }
@@ -248,6 +268,7 @@ async fn blob(
             false
         }
         BlobMode::CorruptHead => sock.write_all(&corrupt_head(&bytes)).await.is_ok(),
+        BlobMode::TooManyRequests => false, // answered above
     }
 }
 
@@ -267,9 +288,37 @@ async fn manifest(
     method: &str,
 ) -> bool {
     let (mode, found) = {
-        let s = state.lock().expect("lock");
-        (s.manifest_mode, s.manifests.get(tag).cloned())
+        let mut s = state.lock().expect("lock");
+        let mode = s.manifest_mode.clone();
+        let used_up = match &mut s.manifest_mode {
+            ManifestMode::RateLimited { times, .. } => {
+                *times = times.saturating_sub(1);
+                *times == 0
+            }
+            _ => false,
+        };
+        if used_up {
+            s.manifest_mode = ManifestMode::Ok;
+        }
+        (mode, s.manifests.get(tag).cloned())
     };
+    if let ManifestMode::RateLimited {
+        status,
+        retry_after,
+        times,
+    } = &mode
+    {
+        if *times > 0 {
+            return respond(
+                sock,
+                *status,
+                &[("Retry-After", retry_after.clone())],
+                br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+                method,
+            )
+            .await;
+        }
+    }
     if let ManifestMode::Status(code) = mode {
         let headers = [("Retry-After", "30".to_string())];
         return respond(
@@ -314,7 +363,7 @@ async fn referrers(
     let (digest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (mode, index) = {
         let s = state.lock().expect("lock");
-        (s.manifest_mode, s.referrers.get(digest).cloned())
+        (s.manifest_mode.clone(), s.referrers.get(digest).cloned())
     };
     if let ManifestMode::Status(status) = mode {
         return respond(sock, status, &[], b"{}", method).await;
@@ -347,7 +396,7 @@ async fn tags_page(
 ) -> bool {
     let (mode, mut tags) = {
         let s = state.lock().expect("lock");
-        (s.manifest_mode, s.tags.clone())
+        (s.manifest_mode.clone(), s.tags.clone())
     };
     tags.sort();
     if let ManifestMode::Status(status) = mode {

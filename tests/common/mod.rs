@@ -7,6 +7,7 @@
 pub mod containerd;
 pub mod fault_upstream;
 pub mod images;
+pub mod proxies;
 pub mod pull;
 pub mod registry2;
 pub mod token;

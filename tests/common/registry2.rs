@@ -205,6 +205,19 @@ impl Registry2 {
             .count()
     }
 
+    /// [`Registry2::count_requests`] once it reaches `want`, or after 5 s: the access log
+    /// arrives through a pipe, a moment after the response.
+    pub async fn wait_requests(&self, method: &str, needle: &str, want: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = self.count_requests(method, needle);
+            if n >= want || Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Response body bytes the access log records for those requests (the `%b` field after
     /// the status; `-` counts as 0).
     pub fn bytes_served(&self, method: &str, needle: &str) -> u64 {

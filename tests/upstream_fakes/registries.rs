@@ -30,7 +30,8 @@ pub fn config(url: &str) -> UpstreamConfig {
 
 pub fn make_upstream(cfg: &UpstreamConfig) -> (Upstream, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let upstream = Upstream::from_config(cfg, metrics.clone()).expect("valid upstream config");
+    let upstream = Upstream::from_config(cfg, &Default::default(), metrics.clone())
+        .expect("valid upstream config");
     (upstream, metrics)
 }
 

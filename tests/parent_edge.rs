@@ -1,0 +1,205 @@
+//! Two tiers: a child edge whose upstreams are a parent sparkcr-edge, which pulls from
+//! Debian's `docker-registry` (registry:2). The child reaches the parent in both routing
+//! forms (`url = "http://parent"` for the default upstream, `url =
+//! "http://parent/<host>"` for others); skopeo and containerd's `ctr` pull through the
+//! child; 32 clients on one cold blob, 16 on each edge, make exactly one GET at the origin.
+
+mod common;
+use common::containerd::*;
+use common::images::*;
+use common::pull::*;
+use common::registry2::*;
+use common::*;
+use std::time::Duration;
+
+const LAN: &str = "registry.test";
+
+fn parent_config(reg: &Registry2) -> String {
+    format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"parent.test\"\n\
+         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"2GiB\"\nchunk_size = \"1MiB\"\n\
+         [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ndefault = true\n\
+         [[upstream]]\nname = \"{LAN}\"\nurl = \"{url}\"\n",
+        url = reg.url()
+    )
+}
+
+/// The child: docker.io through the parent's bare (registry-mirrors) form, the LAN
+/// registry through the parent's `/<host>` path form.
+fn child_config(parent: &Edge) -> String {
+    let p = format!("http://{}", parent.http[0]);
+    format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"child.test\"\n\
+         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"2GiB\"\nchunk_size = \"1MiB\"\n\
+         [[upstream]]\nname = \"docker.io\"\nurl = \"{p}\"\ndefault = true\nread_timeout = \"30s\"\n\
+         [[upstream]]\nname = \"{LAN}\"\nurl = \"{p}/{LAN}\"\nread_timeout = \"30s\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_edge_through_parent_edge_every_form() {
+    let reg = Registry2::start();
+    let hub = push_image(
+        &reg,
+        "library/busybox",
+        Some("v1"),
+        Format::Oci,
+        21,
+        "amd64",
+        &[50_000],
+    )
+    .await;
+    let lan = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Docker,
+        22,
+        "amd64",
+        &[60_000],
+    )
+    .await;
+    let parent = Edge::start(&parent_config(&reg));
+    let child = Edge::start(&child_config(&parent));
+    let c = format!("http://{}", child.http[0]);
+    let client = reqwest::Client::new();
+
+    let bare = Route {
+        name: "child: bare docker.io name",
+        template: format!("{c}/v2/busybox/{{rest}}"),
+        host: None,
+    };
+    let p = pull(&client, &bare, "v1").await;
+    assert_eq!(p[0].manifest_digest, hub.manifest_digest);
+    let path = Route {
+        name: "child: /v2/<host>/repo",
+        template: format!("{c}/v2/{LAN}/team/app/{{rest}}"),
+        host: None,
+    };
+    let p = pull(&client, &path, "v1").await;
+    assert_eq!(p[0].manifest_digest, lan.manifest_digest);
+    // The parent filled from the origin; the child from the parent.
+    for (d, _) in hub.blobs.iter().chain(&lan.blobs) {
+        let n = reg.wait_requests("GET", &format!("/blobs/{d}"), 1).await;
+        assert_eq!(n, 1, "{d}");
+    }
+
+    // skopeo through the child, in the registry-mirrors and path forms.
+    let out = tempfile::tempdir().expect("tempdir");
+    for (i, src) in [
+        format!("docker://{}/library/busybox:v1", child.http[0]),
+        format!("docker://{}/{LAN}/team/app:v1", child.http[0]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dest = format!("dir:{}", out.path().join(format!("s{i}")).display());
+        let (ok, log) = skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            "--retry-times",
+            "0",
+            src,
+            &dest,
+        ]);
+        assert!(ok, "skopeo copy {src}: {log}");
+    }
+    let m = std::fs::read(out.path().join("s0/manifest.json")).expect("skopeo manifest");
+    assert_eq!(sha256_digest(&m), hub.manifest_digest);
+
+    // containerd through the child, hosts.toml in the `/<host>` form. The real host does
+    // not resolve: success proves the child (and through it the parent) served it.
+    let Some(ctrd) = start_containerd() else {
+        return;
+    };
+    let hosts = tempfile::tempdir().expect("hosts dir");
+    std::fs::create_dir_all(hosts.path().join(LAN)).expect("mkdir");
+    std::fs::write(
+        hosts.path().join(LAN).join("hosts.toml"),
+        format!(
+            "server = \"https://{LAN}\"\n\n[host.\"http://{}/{LAN}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            child.http[0]
+        ),
+    )
+    .expect("hosts.toml");
+    let reference = format!("{LAN}/team/app:v1");
+    let (ok, log) = ctr(
+        &ctrd,
+        &[
+            "-n",
+            "two-tier",
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts.path().to_str().expect("path"),
+            "--snapshotter",
+            "native",
+            &reference,
+        ],
+    );
+    assert!(ok, "ctr pull {reference} through the child: {log}");
+    let (_, list) = ctr(&ctrd, &["-n", "two-tier", "images", "ls"]);
+    assert!(list.contains(lan.manifest_digest.as_str()), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_clients_over_two_tiers_one_origin_get() {
+    let reg = Registry2::start();
+    let blob = pseudo_random(78, 32 << 20);
+    let digest = reg.push_blob("team/big", &blob).await;
+    let parent = Edge::start(&parent_config(&reg));
+    let child = Edge::start(&child_config(&parent));
+    let urls = [
+        format!("http://{}/v2/{LAN}/team/big/blobs/{digest}", child.http[0]),
+        format!("http://{}/v2/{LAN}/team/big/blobs/{digest}", parent.http[0]),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let url = urls[(i % 2) as usize].clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client");
+            if i % 4 == 3 {
+                tokio::time::sleep(Duration::from_millis(10 * i)).await; // some join mid-fill
+            }
+            let r = client.get(&url).send().await.expect("request");
+            assert_eq!(r.status(), 200, "{url}");
+            sha256_digest(&r.bytes().await.expect("body"))
+        }));
+    }
+    for t in tasks {
+        assert_eq!(
+            t.await.expect("task"),
+            digest,
+            "every client gets the right bytes"
+        );
+    }
+    assert_eq!(
+        reg.wait_requests("GET", &format!("/blobs/{digest}"), 1)
+            .await,
+        1,
+        "exactly one GET at the origin:\n{}",
+        reg.log_text()
+    );
+    let child_fetches = metric(
+        &child.metrics_text().await,
+        "sparkcr_edge_upstream_requests_total{kind=\"blob\",status=\"200\",upstream=\"registry.test\"}",
+    );
+    assert_eq!(child_fetches, 1.0, "the child asked the parent once");
+    // The child answers from its own cache now and says so in its own X-Cache; the
+    // parent's hint on the fill response did not leak into the child's answers.
+    let r = reqwest::get(&urls[0]).await.expect("hit through the child");
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(sha256_digest(&r.bytes().await.expect("body")), digest);
+    let child_metrics = child.metrics_text().await;
+    assert_eq!(
+        metric(
+            &child_metrics,
+            "sparkcr_edge_upstream_requests_total{kind=\"blob\",status=\"200\",upstream=\"registry.test\"}"
+        ),
+        1.0,
+        "a hit asks nobody"
+    );
+}
