@@ -590,7 +590,12 @@ def cold_get(port: int, digest: str, size: int, what: str) -> tuple[float, float
 
 def cold_misses(r: dict, key: str, digest: str, size: int, direct: int, edge: int, r2: int) -> None:
     """One cold pull through the edge and one through registry:2 proxy, between two straight from
-    the `direct` port; r[f"{key}_ttfb.*"] and r[f"{key}_wall.*"] (direct: mean of its two)."""
+    the `direct` port; r[f"{key}_ttfb.*"] and r[f"{key}_wall.*"] (direct: mean of its two).
+    Starts with sync(2): the upstream registry:2 shares this machine's disk, so without it the
+    write-back of the harness's own earlier writes (test data pushed into the upstream, other
+    servers' caches) throttles whichever server writes next, a cost no real WAN upstream puts
+    on the cache's disk."""
+    os.sync()
     d1 = cold_get(direct, digest, size, "direct")
     e = cold_get(edge, digest, size, "edge cold")
     q = cold_get(r2, digest, size, "registry:2 cold")
