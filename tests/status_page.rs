@@ -328,3 +328,37 @@ async fn a_certificate_expiring_within_30_days_is_warned_about() {
         .expect("html");
     assert!(html.contains("class=\"warn\">the served TLS certificate expires in 10 days"));
 }
+
+/// Each endpoint of an upstream with several is listed with its state: one that refuses
+/// connections is `down` (and its row says so on the page), the one that answered is `up`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_listed_with_their_state() {
+    let up = FaultUpstream::start().await;
+    let blob = up.add_blob(pseudo_random(7, 100_000), BlobMode::Normal);
+    // A port nothing listens on: connections to it are refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let edge = Edge::start(&format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n\
+         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\n\
+         [[upstream]]\nname = \"fault.test\"\nurls = [\"http://{dead}\", \"http://{}\"]\ndefault = true\nconnect_timeout = \"2s\"\n",
+        up.addr
+    ));
+    get_bytes(&edge.url(&format!("/v2/team/app/blobs/{blob}"))).await;
+    let status = status_json(&edge).await;
+    let endpoints = &status["upstreams"][0]["endpoints"];
+    assert_eq!(endpoints[0]["url"], format!("http://{dead}"), "{status}");
+    assert_eq!(endpoints[0]["state"], "down", "{status}");
+    assert_eq!(
+        endpoints[1]["url"],
+        format!("http://{}", up.addr),
+        "{status}"
+    );
+    assert_eq!(endpoints[1]["state"], "up", "{status}");
+    let page = String::from_utf8(get_bytes(&edge.url("/status")).await).expect("utf-8 page");
+    assert!(
+        page.contains(&format!("data-url=\"http://{dead}\" data-state=\"down\"")),
+        "the page lists the dead endpoint as down"
+    );
+}

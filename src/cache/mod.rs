@@ -187,6 +187,14 @@ pub struct CacheSettings {
     pub hold_commit: Duration,
 }
 
+/// An upstream's name, first endpoint, and every endpoint's API root with whether it is in
+/// use (for the status page).
+pub struct UpstreamEndpoints {
+    pub name: String,
+    pub base_url: String,
+    pub endpoints: Vec<(String, bool)>,
+}
+
 pub struct Cache {
     store: Store,
     upstreams: HashMap<String, Upstream>,
@@ -267,14 +275,18 @@ impl Cache {
         self.progress.snapshot(&|k| self.fills.contains(k))
     }
 
-    /// The configured upstreams: name and base URL, by name.
-    pub fn upstream_urls(&self) -> Vec<(String, String)> {
-        let mut all: Vec<(String, String)> = self
+    /// The configured upstreams, by name.
+    pub fn upstream_urls(&self) -> Vec<UpstreamEndpoints> {
+        let mut all: Vec<_> = self
             .upstreams
             .values()
-            .map(|u| (u.name().to_string(), u.base_url().to_string()))
+            .map(|u| UpstreamEndpoints {
+                name: u.name().to_string(),
+                base_url: u.base_url().to_string(),
+                endpoints: u.endpoints(),
+            })
             .collect();
-        all.sort();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 

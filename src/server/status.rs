@@ -113,6 +113,16 @@ pub struct UpstreamStatus {
     pub last_error_at: Option<u64>,
     pub last_latency_ms: Option<f64>,
     pub avg_latency_ms: Option<f64>,
+    /// The upstream's endpoints in the order they are tried (one for a plain `url`).
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One endpoint of an upstream.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointStatus {
+    pub url: String,
+    /// `up` (in use) or `down` (skipped after a failure until a background probe answers).
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -250,9 +260,19 @@ impl App {
         let upstreams = cache
             .upstream_urls()
             .into_iter()
-            .map(|(name, url)| {
+            .map(|u| {
+                let (name, url) = (u.name, u.base_url);
                 let h = health.get(&name).cloned().unwrap_or_default();
+                let endpoints = u
+                    .endpoints
+                    .into_iter()
+                    .map(|(url, up)| EndpointStatus {
+                        url: public_url(&url),
+                        state: if up { "up" } else { "down" },
+                    })
+                    .collect();
                 UpstreamStatus {
+                    endpoints,
                     state: h.state(),
                     url: public_url(&url),
                     name,

@@ -282,6 +282,21 @@ pub fn render(r: &StatusReport) -> String {
             u.requests,
             u.failures,
         );
+        if u.endpoints.len() > 1 {
+            for (i, e) in u.endpoints.iter().enumerate() {
+                let _ = write!(
+                    h,
+                    "<tr class=\"endpoint\" data-upstream=\"{}\" data-url=\"{}\" data-state=\"{}\"><td class=\"muted\">endpoint {}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td colspan=\"4\"></td></tr>",
+                    esc(&u.name),
+                    esc(&e.url),
+                    e.state,
+                    i + 1,
+                    esc(&e.url),
+                    e.state,
+                    e.state,
+                );
+            }
+        }
     }
     h.push_str("</table>");
     // Repositories.

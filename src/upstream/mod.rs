@@ -188,6 +188,18 @@ impl Upstream {
         self.inner.endpoints.down()
     }
 
+    /// Every endpoint's API root (without the trailing `/`), in configured order, and
+    /// whether it is in use (`false`: skipped after a failure until a probe answers).
+    pub fn endpoints(&self) -> Vec<(String, bool)> {
+        let e = &self.inner.endpoints;
+        (0..e.len())
+            .map(|i| {
+                let url = e.get(i).url.as_str().trim_end_matches('/').to_string();
+                (url, !e.is_down(i))
+            })
+            .collect()
+    }
+
     /// The upstream's configured name (`docker.io`).
     pub fn name(&self) -> &str {
         &self.inner.name
