@@ -583,7 +583,24 @@ def parse_curl(out: str, size: int, what: str) -> tuple[float, float]:
     return float(parts[2]), float(parts[3])
 
 
+def wait_quiet(limit: float = 60.0, busy_cores: float = 0.15, window: float = 0.3) -> float:
+    """Waits (at most `limit` s) until the machine has been nearly idle for `window` s; returns
+    how long it waited. registry:2 in proxy mode stores a blob with a second upstream GET in
+    the background after its client got the bytes; without this, that work (CPU and, in 7,
+    the paced link) lands on whichever pull is measured next."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        b0 = system_busy_seconds()
+        time.sleep(window)
+        if (system_busy_seconds() - b0) / window < busy_cores:
+            break
+    return time.monotonic() - t0
+
+
 def cold_get(port: int, digest: str, size: int, what: str) -> tuple[float, float]:
+    waited = wait_quiet()
+    if waited > 1:
+        log(f"{what}: waited {waited:.1f} s for the machine to go quiet")
     p = run(curl_get(port, f"/v2/{REPO}/blobs/{digest}", 600), timeout=660)
     return parse_curl(p.stdout, size, what)
 
