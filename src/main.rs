@@ -530,7 +530,7 @@ fn export_command(sel: &ImageSelection, out: &std::path::Path) -> Result<(), Fai
 
 fn import_command(a: &ConfigArg, bundle_path: &std::path::Path) -> Result<(), Failure> {
     let loaded = load_config(a)?;
-    init_logging(&loaded.config);
+    let _log = init_logging(&loaded.config);
     store_owner::check(&loaded.config.storage.path, "import").map_err(Failure::Config)?;
     let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
     let report = bundle::import(&store, bundle_path).map_err(|e| Failure::Runtime(e.into()))?;
@@ -716,7 +716,7 @@ fn cache_command(cmd: CacheCommand) -> Result<(), Failure> {
         ));
     }
     let loaded = load_config(a)?;
-    init_logging(&loaded.config);
+    let _log = init_logging(&loaded.config);
     store_owner::check(&loaded.config.storage.path, action).map_err(Failure::Config)?;
     let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
     match cmd {
@@ -794,14 +794,14 @@ fn purge_filters(repo: &str) -> Vec<String> {
     }
 }
 
-fn init_logging(c: &Config) {
-    logging::init(&c.log);
+fn init_logging(c: &Config) -> logging::LogGuard {
+    logging::init(&c.log)
 }
 
 fn serve(a: &ConfigArg) -> Result<(), Failure> {
     let loaded = load_config(a)?;
     let c = loaded.config;
-    init_logging(&c);
+    let _log = init_logging(&c);
     tracing::info!(config = %loaded.origin, version = env!("CARGO_PKG_VERSION"), "starting sparkcr-edge");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
