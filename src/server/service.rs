@@ -159,7 +159,7 @@ impl App {
         let record = RequestRecord {
             content_length,
             method: parts.method,
-            path: parts.uri.path().chars().take(512).collect(),
+            path: head_of(parts.uri.path(), MAX_LOGGED_PATH).to_string(),
             status: head.status.as_u16(),
             route,
             peer,
@@ -222,6 +222,18 @@ impl App {
     }
 }
 
+/// Bytes of a request path kept for the access log and the status page.
+const MAX_LOGGED_PATH: usize = 512;
+
+/// The first `max` bytes of `s`, cut back to a character boundary.
+fn head_of(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn text(status: StatusCode, content_type: &'static str, s: String) -> Response<body::ResponseBody> {
     let mut r = Response::new(body::full(s));
     *r.status_mut() = status;
@@ -230,4 +242,18 @@ fn text(status: StatusCode, content_type: &'static str, s: String) -> Response<b
         header::HeaderValue::from_static(content_type),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_of;
+
+    #[test]
+    fn a_long_path_is_cut_at_a_character_boundary() {
+        assert_eq!(head_of("/v2/a", 512), "/v2/a");
+        assert_eq!(head_of("abcdef", 3), "abc");
+        // 'é' is two bytes: a cut inside it moves back before it.
+        assert_eq!(head_of("aé", 2), "a");
+        assert_eq!(head_of("aé", 3), "aé");
+    }
 }
