@@ -605,7 +605,25 @@ def cold_get(port: int, digest: str, size: int, what: str) -> tuple[float, float
     return parse_curl(p.stdout, size, what)
 
 
-def cold_misses(r: dict, key: str, digest: str, size: int, direct: int, edge: int, r2: int) -> None:
+def page_cache_probe(d: Path, size: int) -> tuple[float, float]:
+    """Writes `size` bytes to a new file in `d` (buffered, no fsync, from one reused 1 MiB
+    buffer) and deletes it: (wall s, system CPU s). What a cold miss costs the cache in page-cache
+    writes on this machine at this moment, independent of any server. On a VM whose free memory
+    the host takes back (virtio-balloon free page reporting), writing into fresh page-cache pages
+    intermittently costs several times more system CPU; the edge's cold misses show the same."""
+    buf = os.urandom(MiB)
+    path = d / "page-cache-probe"
+    t0, s0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    with open(path, "wb", buffering=0) as f:
+        for _ in range(size // MiB):
+            f.write(buf)
+    t1, s1 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    path.unlink()
+    return t1 - t0, s1 - s0
+
+
+def cold_misses(r: dict, key: str, digest: str, size: int, direct: int, edge: int, r2: int,
+                edge_pids=None, probe_dir: Path | None = None) -> None:
     """One cold pull through the edge and one through registry:2 proxy, between two straight from
     the `direct` port; r[f"{key}_ttfb.*"] and r[f"{key}_wall.*"] (direct: mean of its two).
     Starts with sync(2): the upstream registry:2 shares this machine's disk, so without it the
@@ -614,7 +632,13 @@ def cold_misses(r: dict, key: str, digest: str, size: int, direct: int, edge: in
     on the cache's disk."""
     os.sync()
     d1 = cold_get(direct, digest, size, "direct")
+    c0 = cpu_seconds(edge_pids()) if edge_pids else None
     e = cold_get(edge, digest, size, "edge cold")
+    if c0 is not None:
+        r[f"{key}_cpu.edge"] = cpu_seconds(edge_pids()) - c0
+    if probe_dir is not None:
+        os.sync()
+        r[f"{key}_pcwrite.direct"], r[f"{key}_pcsys.direct"] = page_cache_probe(probe_dir, size)
     q = cold_get(r2, digest, size, "registry:2 cold")
     d2 = cold_get(direct, digest, size, "direct")
     r[f"{key}_ttfb.direct"], r[f"{key}_wall.direct"] = (d1[0] + d2[0]) / 2, (d1[1] + d2[1]) / 2
@@ -819,7 +843,7 @@ def paced_misses(binary: Path, p: dict, tmp: Path, r: dict, up: Server, ngx: Ser
     pedge, _, _ = start_edge(binary, edge_config(tmp, "edge-paced", pacer.port, 100 * GiB))
     for k, (size, digest) in blobs.items():
         log(f"run {idx}: cold miss {k} ({size >> 20} MiB), upstream paced")
-        cold_misses(r, f"paced_{k}", digest, size, pacer.port, pedge.port, pr2.port)
+        cold_misses(r, f"paced_{k}", digest, size, pacer.port, pedge.port, pr2.port, pedge.pids, tmp)
     retire(pedge, pr2, pacer)
 
 
@@ -950,7 +974,7 @@ def run_once(binary: Path, p: dict, tmp: Path, big: bool, idx: int) -> dict:
     for k in [k for k in ("cold", "big") if k in cold]:
         size, digest = cold[k][1], cold_digest[k]
         log(f"run {idx}: cold miss {k} ({size >> 20} MiB)")
-        cold_misses(r, k, digest, size, up.port, edge.port, r2.port)
+        cold_misses(r, k, digest, size, up.port, edge.port, r2.port, edge.pids, tmp)
         # the edge now has it: a second pull is a hit
         time.sleep(0.3)
 
@@ -1104,6 +1128,10 @@ def rows(p: dict, big: bool, results: list[dict]):
             (f"3. cold miss {size >> 20} MiB: wall time", f"{k}_wall", "s", "direct", "≤ 1.5× direct, < registry:2",
              lambda q, n, e: n <= 1.5 and q < 1),
             (f"3. cold miss {size >> 20} MiB: time to first byte", f"{k}_ttfb", "s", "direct", "", None),
+            (f"3. cold miss {size >> 20} MiB: edge CPU", f"{k}_cpu", "s", None, "", None),
+            (f"3. machine probe after that pull: buffered write of {size >> 20} MiB to a new file",
+             f"{k}_pcwrite", "s", "direct", "", None),
+            ("3. machine probe: its system CPU", f"{k}_pcsys", "s", "direct", "", None),
         ]
     out += [
         (f"4. cold burst, {p['burst']} clients on one {c} MiB blob: upstream bytes / blob size",
@@ -1121,6 +1149,9 @@ def rows(p: dict, big: bool, results: list[dict]):
         reached = f"; direct reached {size / wall / 1e6:,.0f} MB/s" if wall else ""
         out.append((f"7. cold miss {size >> 20} MiB, upstream paced at {rate}{reached}: wall time",
                     f"paced_{k}_wall", "s", "direct", "≤ 1.10× direct", lambda q, n, e: n <= 1.10))
+        out.append((f"7. cold miss {size >> 20} MiB, paced: edge CPU", f"paced_{k}_cpu", "s", None, "", None))
+        out.append((f"7. machine probe after that pull: buffered write of {size >> 20} MiB to a new file",
+                    f"paced_{k}_pcwrite", "s", "direct", "", None))
     for tag, how in (("tls1", "HTTP/1.1 (wrk)"), ("tls2", "h2 (h2load)")):
         out += [
             (f"8. cached {b} MiB blob over HTTPS (TLS 1.3), {how}, {p['conns']} conns: throughput",
