@@ -140,6 +140,21 @@ fn assert_error_body(body: &[u8], code: &str, what: &str) {
     }
 }
 
+/// Sends `request` and checks that it is answered with `status` and an OCI error body with
+/// `code`.
+async fn expect_error(request: reqwest::RequestBuilder, status: u16, code: &str, what: &str) {
+    let r = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(r.status(), status, "{what}");
+    let body = r
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: body: {e}"));
+    assert_error_body(&body, code, what);
+}
+
 /// "Pulling manifests", "Pulling blobs", "Checking if content exists in the registry": GET
 /// and HEAD of a manifest by tag and by digest answer 200 with `Docker-Content-Digest`,
 /// `Content-Type` as pushed and `Content-Length`; blobs answer 200 with the exact bytes, HEAD
@@ -302,60 +317,44 @@ async fn not_found_is_404_with_spec_error_bodies() {
         assert_error_body(&r.bytes().await.expect("body"), "DIGEST_INVALID", l);
     }
     let base = format!("http://{}", edge.http[0]);
-    let r = c
-        .get(format!("{base}/v2/nosuch/repo/tags/list"))
-        .send()
-        .await
-        .expect("tags");
-    assert_eq!(r.status(), 404);
-    assert_error_body(
-        &r.bytes().await.expect("body"),
+    expect_error(
+        c.get(format!("{base}/v2/nosuch/repo/tags/list")),
+        404,
         "NAME_UNKNOWN",
         "unknown repository",
-    );
-    let r = c
-        .get(format!("{base}/v2/nosuch.example/a/manifests/v1"))
-        .send()
-        .await
-        .expect("host");
-    assert_eq!(r.status(), 404);
-    assert_error_body(
-        &r.bytes().await.expect("body"),
+    )
+    .await;
+    expect_error(
+        c.get(format!("{base}/v2/nosuch.example/a/manifests/v1")),
+        404,
         "NAME_UNKNOWN",
         "unknown upstream",
-    );
-    let r = c
-        .get(format!("{base}/v2/a/b/nothing"))
-        .send()
-        .await
-        .expect("no endpoint");
-    assert_eq!(r.status(), 404);
-    assert_error_body(
-        &r.bytes().await.expect("body"),
+    )
+    .await;
+    expect_error(
+        c.get(format!("{base}/v2/a/b/nothing")),
+        404,
         "UNSUPPORTED",
         "no such endpoint",
-    );
-    let r = c
-        .delete(format!("{base}/v2/busybox/manifests/v1"))
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(r.status(), 405);
-    assert_error_body(&r.bytes().await.expect("body"), "UNSUPPORTED", "read-only");
+    )
+    .await;
+    expect_error(
+        c.delete(format!("{base}/v2/busybox/manifests/v1")),
+        405,
+        "UNSUPPORTED",
+        "read-only",
+    )
+    .await;
 
     // The upstream down, nothing cached: 503, still a code from the table.
     drop(reg);
-    let r = c
-        .get(format!("{base}/v2/busybox/manifests/other"))
-        .send()
-        .await
-        .expect("down");
-    assert_eq!(r.status(), 503);
-    assert_error_body(
-        &r.bytes().await.expect("body"),
+    expect_error(
+        c.get(format!("{base}/v2/busybox/manifests/other")),
+        503,
         "MANIFEST_UNKNOWN",
         "upstream down",
-    );
+    )
+    .await;
 }
 
 /// "Listing Tags": `name` is `<name>`, tags in lexical order; `n` limits the answer and a
@@ -552,17 +551,13 @@ async fn referrers_from_an_upstream_with_the_api() {
     let v: serde_json::Value = json(r).await;
     assert_eq!(v["manifests"], serde_json::json!([]));
 
-    let r = c
-        .get(edge.url("/v2/team/app/referrers/sha256:xyz"))
-        .send()
-        .await
-        .expect("bad");
-    assert_eq!(r.status(), 400);
-    assert_error_body(
-        &r.bytes().await.expect("body"),
+    expect_error(
+        c.get(edge.url("/v2/team/app/referrers/sha256:xyz")),
+        400,
         "DIGEST_INVALID",
         "bad subject",
-    );
+    )
+    .await;
 
     // Upstream failing (tag_ttl is 0 in edge_for, so every request revalidates): stale.
     up.state.lock().expect("lock").manifest_mode = ManifestMode::Status(503);

@@ -198,7 +198,10 @@ impl Edge {
             .count()
     }
 
+    /// The log so far. The daemon writes a line up to a millisecond after logging it (lines
+    /// are batched under load), and the line then crosses a pipe: give it a moment.
     pub fn log_text(&self) -> String {
+        std::thread::sleep(Duration::from_millis(20));
         self.log.lock().expect("log lock").join("\n")
     }
 
