@@ -7,8 +7,9 @@
 //! Ranges of stored blobs are immediate.
 
 use super::blob_stream::{self, Refetch};
-use super::fill::{self, FillJob, FillKey};
+use super::fill::{FillJob, FillKey};
 use super::flight::{Claim, Landing};
+use super::tiered::{self, Requester};
 use super::{BlobAnswer, Cache, CacheError, FetchFailure};
 use crate::oci::Digest;
 use crate::oci::{ByteRangeSpec, RepoTarget};
@@ -44,16 +45,35 @@ impl Cache {
         range: Option<ByteRangeSpec>,
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
+        self.blob_for(target, digest, range, head, Requester::Client)
+            .await
+    }
+
+    /// [`blob`](Self::blob) for a client or for a peer edge of the cluster (a peer's miss
+    /// is never forwarded to another peer).
+    pub async fn blob_for(
+        &self,
+        target: &RepoTarget,
+        digest: &Digest,
+        range: Option<ByteRangeSpec>,
+        head: bool,
+        requester: Requester,
+    ) -> Result<BlobAnswer, CacheError> {
+        if requester == Requester::Peer {
+            self.metrics.tiers.peer_requests_served.inc();
+        }
         match self.blob_hit(target, digest, range, head, false)? {
             Hit::Served(answer) => Ok(*answer),
-            Hit::Miss => self.blob_miss(target, digest, range, head).await,
+            Hit::Miss => self.blob_miss(target, digest, range, head, requester).await,
             Hit::Unseen => {
                 // Stored, but never seen under this repository: only once the upstream
                 // says the repository has it (bytes stay shared across repositories).
                 self.confirm_blob(target, digest).await?;
                 match self.blob_hit(target, digest, range, head, true)? {
                     Hit::Served(answer) => Ok(*answer),
-                    Hit::Miss | Hit::Unseen => self.blob_miss(target, digest, range, head).await,
+                    Hit::Miss | Hit::Unseen => {
+                        self.blob_miss(target, digest, range, head, requester).await
+                    }
                 }
             }
         }
@@ -128,6 +148,7 @@ impl Cache {
         target: &RepoTarget,
         digest: &Digest,
         key: &FillKey,
+        requester: Requester,
     ) -> Result<Arc<GrowingBlob>, CacheError> {
         let upstream = self.upstream(target)?;
         let mut tries = 0;
@@ -156,8 +177,13 @@ impl Cache {
                     let filling = self.filling_under.clone();
                     lock_filling(&filling).insert(key.clone(), target.key().to_string());
                     let done_key = key.clone();
+                    let (tiers, target, private) = (
+                        self.tiers.clone(),
+                        target.clone(),
+                        key.private_upstream.is_some(),
+                    );
                     tokio::spawn(async move {
-                        fill::run(job, leader).await;
+                        tiered::run(tiers, job, leader, target, requester, private).await;
                         lock_filling(&filling).remove(&done_key);
                     });
                     follower
@@ -207,21 +233,30 @@ impl Cache {
         digest: &Digest,
         range: Option<ByteRangeSpec>,
         head: bool,
+        requester: Requester,
     ) -> Result<BlobAnswer, CacheError> {
         let upstream = self.upstream(target)?;
-        let key = FillKey::new(*digest, &target.upstream, self.is_private(&target.upstream));
+        let private = self.is_private(&target.upstream);
+        let key = FillKey::new(*digest, &target.upstream, private);
         if head && !self.fills.contains(&key) {
             self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-            let size = upstream
-                .blob_head(&target.repo, digest)
-                .await
-                .map_err(|e| self.fetch_failure(target, e, CacheError::BlobUnknown(*digest)))?
-                .ok_or_else(|| CacheError::BadUpstreamContent {
-                    upstream: target.upstream.clone(),
-                    source: FetchFailure::Content(
-                        "the upstream answered HEAD without a Content-Length".into(),
-                    ),
-                })?;
+            let in_shared = match (&self.tiers.shared, private) {
+                (Some(shared), false) => shared.blob_size(digest).await,
+                _ => None,
+            };
+            let size = match in_shared {
+                Some(size) => Some(size),
+                None => upstream
+                    .blob_head(&target.repo, digest)
+                    .await
+                    .map_err(|e| self.fetch_failure(target, e, CacheError::BlobUnknown(*digest)))?,
+            };
+            let size = size.ok_or_else(|| CacheError::BadUpstreamContent {
+                upstream: target.upstream.clone(),
+                source: FetchFailure::Content(
+                    "the upstream answered HEAD without a Content-Length".into(),
+                ),
+            })?;
             let (start, end, partial) = resolve(range, size)?;
             return Ok(BlobAnswer {
                 digest: *digest,
@@ -232,7 +267,7 @@ impl Cache {
                 from_cache: false,
             });
         }
-        let blob = self.join_fill(target, digest, &key).await?;
+        let blob = self.join_fill(target, digest, &key, requester).await?;
         if range.is_some() && !head {
             // Only verified bytes answer a range: wait for the whole blob.
             blob.verified()
