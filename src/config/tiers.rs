@@ -208,3 +208,60 @@ pub(super) fn validate(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::load::{load_from, ConfigOrigin};
+    use std::path::PathBuf;
+
+    fn from_text(t: &str) -> Result<super::super::Config, String> {
+        load_from(ConfigOrigin::File(PathBuf::from("/t/config.toml")), Some(t))
+            .map(|l| l.config)
+            .map_err(|e| e.to_string())
+    }
+
+    const SHARED: &str = "[storage.shared]\nkind = \"s3\"\nendpoint = \"http://rgw.lan:8080\"\nbucket = \"edge-cache\"\npath_style = true\naccess_key_id = \"AKIA1\"\nsecret_access_key = \"hunter2secret\"\n";
+
+    #[test]
+    fn shared_tier_loads_and_check_config_hides_the_secret() {
+        let c = from_text(SHARED).expect("loads");
+        let s = c.storage.shared.as_ref().expect("shared tier");
+        assert_eq!(s.bucket, "edge-cache");
+        assert_eq!(s.region, "us-east-1");
+        assert!(s.write_through);
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2secret"), "{shown}");
+        assert!(shown.contains("secret_access_key = \"<redacted>\""), "{shown}");
+        assert!(shown.contains("AKIA1"), "{shown}");
+    }
+
+    #[test]
+    fn mistakes_are_one_line_naming_the_key_and_file() {
+        for (text, key) in [
+            (SHARED.replace("\"s3\"", "\"gcs\""), "storage.shared"),
+            (SHARED.replace("bucket = \"edge-cache\"", "bucket = \"\""), "storage.shared.bucket"),
+            (SHARED.replace("http://rgw.lan:8080", "rgw.lan"), "storage.shared.endpoint"),
+            (SHARED.replace("access_key_id = \"AKIA1\"\n", ""), "storage.shared.secret_access_key"),
+            (
+                "[cluster]\npeers = [\"http://a:5000\", \"http://b:5000\"]\nself_url = \"http://c:5000\"\n".into(),
+                "cluster.self_url",
+            ),
+            (
+                "[cluster]\npeers = [\"http://a:5000\", \"a:5000\"]\nself_url = \"http://a:5000\"\n".into(),
+                "cluster.peers[1]",
+            ),
+        ] {
+            let e = from_text(&text).expect_err(&text);
+            assert!(e.contains(key) && e.contains("/t/config.toml"), "{e}");
+            assert!(!e.contains('\n') && !e.contains("hunter2secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_needs_two_peers() {
+        let c = from_text("[cluster]\npeers = [\"http://a:5000\", \"http://b:5000\"]\nself_url = \"http://b:5000\"\n")
+            .expect("loads");
+        assert!(c.cluster.enabled());
+        assert!(!from_text("").expect("loads").cluster.enabled());
+    }
+}
