@@ -231,7 +231,10 @@ mod tests {
         assert!(s.write_through);
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("hunter2secret"), "{shown}");
-        assert!(shown.contains("secret_access_key = \"<redacted>\""), "{shown}");
+        assert!(
+            shown.contains("secret_access_key = \"<redacted>\""),
+            "{shown}"
+        );
         assert!(shown.contains("AKIA1"), "{shown}");
     }
 

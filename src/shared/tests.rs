@@ -1,6 +1,8 @@
-//! The shared tier over an in-memory object store: keys, write-through rules.
+//! The shared tier over an in-memory object store: keys, and the write-through rules (an
+//! object only after verification; none for a failed fill).
 
 use super::*;
+use crate::store::{GrowthFailure, Store, StoreOptions};
 use object_store::memory::InMemory;
 
 #[test]
@@ -16,5 +18,109 @@ fn keys_are_content_addressed_under_the_prefix() {
     assert_eq!(
         bare.manifest_key(&d).to_string(),
         format!("manifests/sha256/{}", d.hex())
+    );
+}
+
+/// 12 MiB of pseudo-random bytes (two multipart parts) and their digest.
+fn blob_bytes() -> (Vec<u8>, Digest) {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let bytes: Vec<u8> = (0..(12 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let d = Digest::of(&bytes);
+    (bytes, d)
+}
+
+async fn counted(metrics: &Metrics, outcome: &str, want: u64) {
+    for _ in 0..200 {
+        if metrics
+            .tiers
+            .shared_uploads
+            .with_label_values(&[outcome])
+            .get()
+            >= want
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no upload ended {outcome}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_object_appears_only_after_the_fill_verified_its_digest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = Arc::new(Metrics::new());
+    let store =
+        Store::open(StoreOptions::new(dir.path(), 1 << 30), metrics.clone()).expect("store");
+    let objects = Arc::new(InMemory::new());
+    let tier = SharedTier::with_store(objects.clone(), "p", metrics.clone());
+    let (bytes, d) = blob_bytes();
+    let (blob, mut input, _writer) = store.begin_growing(d, Some(bytes.len() as u64));
+    tier.spawn_write_through(Arc::clone(&blob), "up/repo".into());
+    for frame in bytes.chunks(1 << 20) {
+        input.push(Bytes::copy_from_slice(frame)).expect("push");
+    }
+    // Every byte is there but the digest is not checked yet: no object.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        objects.head(&tier.blob_key(&d)).await.is_err(),
+        "no object before verification"
+    );
+    input.hashed_all().await;
+    input.finish().expect("digest matches");
+    counted(&metrics, "completed", 1).await;
+    let got = objects
+        .get(&tier.blob_key(&d))
+        .await
+        .expect("object")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert!(got == bytes[..]);
+    assert_eq!(
+        metrics
+            .tiers
+            .shared_bytes
+            .with_label_values(&["written"])
+            .get(),
+        bytes.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fill_aborts_the_upload_and_leaves_no_object() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = Arc::new(Metrics::new());
+    let store =
+        Store::open(StoreOptions::new(dir.path(), 1 << 30), metrics.clone()).expect("store");
+    let objects = Arc::new(InMemory::new());
+    let tier = SharedTier::with_store(objects.clone(), "p", metrics.clone());
+    let (bytes, d) = blob_bytes();
+    let (blob, mut input, _writer) = store.begin_growing(d, Some(bytes.len() as u64));
+    tier.spawn_write_through(Arc::clone(&blob), "up/repo".into());
+    // More than one part's worth, then the source breaks beyond resume.
+    for frame in bytes[..10 << 20].chunks(1 << 20) {
+        input.push(Bytes::copy_from_slice(frame)).expect("push");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    input.fail(GrowthFailure::Source("upstream reset".into()));
+    counted(&metrics, "aborted", 1).await;
+    assert!(
+        objects.head(&tier.blob_key(&d)).await.is_err(),
+        "no object for a failed fill"
+    );
+    assert_eq!(
+        metrics
+            .tiers
+            .shared_uploads
+            .with_label_values(&["completed"])
+            .get(),
+        0
     );
 }
