@@ -62,14 +62,14 @@ impl Cache {
         if requester == Requester::Peer {
             self.metrics.tiers.peer_requests_served.inc();
         }
-        match self.blob_hit(target, digest, range, head, false)? {
+        match self.blob_hit(target, digest, range, head, false, requester)? {
             Hit::Served(answer) => Ok(*answer),
             Hit::Miss => self.blob_miss(target, digest, range, head, requester).await,
             Hit::Unseen => {
                 // Stored, but never seen under this repository: only once the upstream
                 // says the repository has it (bytes stay shared across repositories).
                 self.confirm_blob(target, digest).await?;
-                match self.blob_hit(target, digest, range, head, true)? {
+                match self.blob_hit(target, digest, range, head, true, requester)? {
                     Hit::Served(answer) => Ok(*answer),
                     Hit::Miss | Hit::Unseen => {
                         self.blob_miss(target, digest, range, head, requester).await
@@ -99,6 +99,7 @@ impl Cache {
         range: Option<ByteRangeSpec>,
         head: bool,
         confirmed: bool,
+        requester: Requester,
     ) -> Result<Hit, CacheError> {
         let Some(info) = self
             .store
@@ -120,7 +121,10 @@ impl Cache {
                 None => return Ok(Hit::Miss),
             }
         };
-        self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+        // A peer edge's request is not a client pull.
+        if requester == Requester::Client {
+            self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+        }
         self.note_blob_repo(digest, &info.repos, target);
         Ok(Hit::Served(Box::new(BlobAnswer {
             digest: *digest,
@@ -162,7 +166,9 @@ impl Cache {
                         (*digest, &target.upstream, target.repo.as_str()),
                         &|k| self.fills.contains(k),
                     );
-                    self.metrics.cache_misses.with_label_values(&["blob"]).inc();
+                    if requester == Requester::Client {
+                        self.metrics.cache_misses.with_label_values(&["blob"]).inc();
+                    }
                     let follower = leader.follower();
                     let job = FillJob {
                         store: self.store.clone(),
@@ -240,16 +246,25 @@ impl Cache {
         let key = FillKey::new(*digest, &target.upstream, private);
         if head && !self.fills.contains(&key) {
             self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-            let in_shared = match (&self.tiers.shared, private) {
-                (Some(shared), false) => shared.blob_size(digest).await,
-                _ => None,
-            };
-            let size = match in_shared {
-                Some(size) => Some(size),
-                None => upstream
-                    .blob_head(&target.repo, digest)
-                    .await
-                    .map_err(|e| self.fetch_failure(target, e, CacheError::BlobUnknown(*digest)))?,
+            let size = match upstream.blob_head(&target.repo, digest).await {
+                Ok(size) => size,
+                Err(e) => {
+                    // The upstream cannot be asked: the shared tier may know the size.
+                    let in_shared = match (&self.tiers.shared, private, e.is_unavailable()) {
+                        (Some(shared), false, true) => shared.blob_size(digest).await,
+                        _ => None,
+                    };
+                    match in_shared {
+                        Some(size) => Some(size),
+                        None => {
+                            return Err(self.fetch_failure(
+                                target,
+                                e,
+                                CacheError::BlobUnknown(*digest),
+                            ))
+                        }
+                    }
+                }
             };
             let size = size.ok_or_else(|| CacheError::BadUpstreamContent {
                 upstream: target.upstream.clone(),
