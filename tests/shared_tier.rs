@@ -565,3 +565,60 @@ async fn pulls_keep_working_with_radosgw_stopped_and_readyz_says_so() {
         .expect("text");
     assert!(!readyz.contains("shared tier"), "{readyz}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_that_does_not_answer_costs_a_fallback_not_a_failure() {
+    let ceph = ceph();
+    let _bucket = ceph.bucket("dead-owner");
+    let shared = ceph.shared_section("dead-owner");
+    let reg = Registry2::start();
+    let image = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Oci,
+        12,
+        "amd64",
+        &[1 << 20],
+    )
+    .await;
+    let layer = image.blobs[1].0.clone();
+    let digest: sparkcr_edge::oci::Digest = layer.parse().expect("digest");
+    // Nothing listens on the other peer's port; pick ports so that it owns the layer.
+    let (me, dead) = loop {
+        let (me, dead) = (free_port(), free_port());
+        let peers = vec![
+            format!("http://127.0.0.1:{me}"),
+            format!("http://127.0.0.1:{dead}"),
+        ];
+        if sparkcr_edge::shared::peers::owner(&peers, &digest) == Some(peers[1].as_str()) {
+            break (me, dead);
+        }
+    };
+    let cluster = format!(
+        "{shared}[cluster]\npeers = [\"http://127.0.0.1:{me}\", \"http://127.0.0.1:{dead}\"]\nself_url = \"http://127.0.0.1:{me}\"\npeer_timeout = \"2s\"\n"
+    );
+    let edge = Edge::start(&config(
+        &reg.url(),
+        &format!("127.0.0.1:{me}"),
+        "{dir}/data",
+        &cluster,
+    ));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    get_blob(&client, &route(&edge), &layer).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        edge.metric("sparkcr_edge_peer_fills_total{outcome=\"fallback\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(reg.count_requests("GET", &format!("/blobs/{layer}")), 1);
+    assert!(edge
+        .log_text()
+        .contains("the owning peer did not serve the blob"));
+}
