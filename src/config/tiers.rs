@@ -102,6 +102,15 @@ pub struct ClusterConfig {
     /// itself.
     #[serde(default = "default_peer_timeout")]
     pub peer_timeout: HumanDuration,
+    /// The secret of an `[auth]` token every edge of the cluster accepts (with
+    /// `pull:public`), sent to the owner as HTTP Basic; not needed when peers may pull
+    /// anonymously.
+    #[serde(
+        default,
+        serialize_with = "super::redact",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token: Option<String>,
 }
 
 fn default_peer_timeout() -> HumanDuration {
@@ -218,6 +227,17 @@ mod tests {
         load_from(ConfigOrigin::File(PathBuf::from("/t/config.toml")), Some(t))
             .map(|l| l.config)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_cluster_token_is_redacted() {
+        let c = from_text("[cluster]\npeers = [\"http://a:5000\", \"http://b:5000\"]\nself_url = \"http://b:5000\"\ntoken = \"spk_peersecret\"\n")
+            .expect("loads");
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("spk_peersecret") && shown.contains("token = \"<redacted>\""),
+            "{shown}"
+        );
     }
 
     const SHARED: &str = "[storage.shared]\nkind = \"s3\"\nendpoint = \"http://rgw.lan:8080\"\nbucket = \"edge-cache\"\npath_style = true\naccess_key_id = \"AKIA1\"\nsecret_access_key = \"hunter2secret\"\n";

@@ -28,6 +28,8 @@ pub struct Cluster {
     self_url: String,
     timeout: Duration,
     client: reqwest::Client,
+    /// Sent as the HTTP Basic password, when the edges require a token.
+    token: Option<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -75,6 +77,7 @@ impl Cluster {
             self_url: cfg.self_url.trim_end_matches('/').to_string(),
             timeout: cfg.peer_timeout.get(),
             client,
+            token: cfg.token.clone(),
             metrics,
         })))
     }
@@ -91,7 +94,11 @@ impl Cluster {
             "{owner}/v2/{}/{}/blobs/{digest}",
             target.upstream, target.repo
         );
-        let sent = self.client.get(&url).header(PEER_HEADER, "1").send();
+        let mut request = self.client.get(&url).header(PEER_HEADER, "1");
+        if let Some(token) = &self.token {
+            request = request.basic_auth("sparkcr-edge-peer", Some(token));
+        }
+        let sent = request.send();
         let fallback = |why: String| {
             self.metrics
                 .tiers
