@@ -156,33 +156,6 @@ async fn wait_metric(edge: &Edge, series: &str, want: f64) {
     assert_eq!(edge.metric(series).await, want, "{series}");
 }
 
-/// A `pull:public` token: (secret, the `[[auth.token]]` block).
-fn create_token() -> (String, String) {
-    let (code, out, err) = run_cli(
-        &[
-            "token",
-            "create",
-            "--name",
-            "cluster",
-            "--scopes",
-            "pull:public",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "token create: {err}");
-    let secret = out
-        .lines()
-        .find_map(|l| l.strip_prefix("secret: "))
-        .expect("secret line")
-        .trim()
-        .to_string();
-    let block = out
-        .split_once("[[auth.token]]")
-        .map(|(_, b)| format!("[[auth.token]]{b}"))
-        .expect("token block");
-    (secret, block)
-}
-
 fn config(reg_url: &str, listen: &str, data: &str, extra: &str) -> String {
     format!(
         "builtin_upstreams = false\n[server]\nlisten = [\"{listen}\"]\nhostname = \"edge.test\"\n[storage]\npath = \"{data}\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"0\"\n\
@@ -322,7 +295,7 @@ async fn cold_clients_on_two_edges_cost_one_origin_get() {
     let (pa, pb) = (free_port(), free_port());
     let peers = format!("\"http://127.0.0.1:{pa}\", \"http://127.0.0.1:{pb}\"");
     // Both edges require a token; the peers send theirs ([cluster] token).
-    let (secret, token_block) = create_token();
+    let (secret, token_block) = create_token("cluster", "pull:public");
     let cluster = |me: u16| {
         format!("{shared}[cluster]\npeers = [{peers}]\nself_url = \"http://127.0.0.1:{me}\"\npeer_timeout = \"5s\"\ntoken = \"{secret}\"\n[auth]\nanonymous = false\n{token_block}\n")
     };
