@@ -7,7 +7,8 @@
 //! hand a blob's bytes to a fill as they arrive, write-through of a verified fill (see
 //! [`upload`]), deleting objects found corrupt, and the tier's health (down, slow or
 //! failing: every operation here gives up quickly and says so in logs, metrics and
-//! `/readyz`, and the caller goes on without the tier). [`peers`] is the cluster's single
+//! `/readyz`, and the caller goes on without the tier; while it is down it is not asked at
+//! all, until the probe finds it answering again). [`peers`] is the cluster's single
 //! flight: which edge owns a digest's fill, and fetching from it.
 //!
 //! Must not: verify digests (the fill's `BlobInput` does, for bytes from here exactly as for
@@ -299,6 +300,9 @@ impl SharedTier {
     /// The blob's bytes as they arrive, or `None` (missing, or the tier failed: a miss either
     /// way). Whoever reads them must verify the digest.
     pub async fn open_blob(&self, digest: &Digest) -> Option<SharedBlob> {
+        if !self.is_up() {
+            return None;
+        }
         let key = self.blob_key(digest);
         let got = self.bounded("get", self.objects.get(&key)).await;
         let Some(Some(result)) = got else {
@@ -338,6 +342,9 @@ impl SharedTier {
 
     /// The blob's size, if the tier has it.
     pub async fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        if !self.is_up() {
+            return None;
+        }
         let key = self.blob_key(digest);
         match self.bounded("head", self.objects.head(&key)).await {
             Some(Some(meta)) => {
@@ -367,6 +374,9 @@ impl SharedTier {
 
     /// A manifest by digest, or `None` (missing, failing tier, or its bytes do not match).
     pub async fn manifest(&self, digest: &Digest) -> Option<SharedManifest> {
+        if !self.is_up() {
+            return None;
+        }
         let key = self.manifest_key(digest);
         let got = self
             .bounded("get", async {
