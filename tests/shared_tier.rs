@@ -542,6 +542,19 @@ async fn pulls_keep_working_with_radosgw_stopped_and_readyz_says_so() {
         "{readyz}"
     );
     assert_eq!(edge.metric("sparkcr_edge_shared_up").await, 0.0);
+    let status = client
+        .get(edge.url("/status.json"))
+        .send()
+        .await
+        .expect("status.json")
+        .text()
+        .await
+        .expect("status text");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status json");
+    assert!(
+        status["warnings"].to_string().contains("shared tier"),
+        "{status}"
+    );
     // Found by the first lookup (or by the probe, if it ran first).
     let errors = edge
         .metric("sparkcr_edge_shared_errors_total{op=\"get\"}")
