@@ -156,6 +156,45 @@ async fn wait_metric(edge: &Edge, series: &str, want: f64) {
     assert_eq!(edge.metric(series).await, want, "{series}");
 }
 
+/// A bucket of its own on the file's cluster, its `[storage.shared]` section, and a
+/// registry:2 holding `team/app:v1` with layers of these sizes.
+struct Setup {
+    bucket: AmazonS3,
+    shared: String,
+    reg: Registry2,
+    image: PushedImage,
+}
+
+async fn setup(bucket: &str, seed: u64, layer_sizes: &[usize]) -> Setup {
+    let ceph = ceph();
+    let s3 = ceph.bucket(bucket);
+    let shared = ceph.shared_section(bucket);
+    let reg = Registry2::start();
+    let image = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Oci,
+        seed,
+        "amd64",
+        layer_sizes,
+    )
+    .await;
+    Setup {
+        bucket: s3,
+        shared,
+        reg,
+        image,
+    }
+}
+
+/// GET `path` on the edge: (status, body).
+async fn get_text(client: &reqwest::Client, edge: &Edge, path: &str) -> (u16, String) {
+    let r = client.get(edge.url(path)).send().await.expect(path);
+    let status = r.status().as_u16();
+    (status, r.text().await.expect(path))
+}
+
 fn config(reg_url: &str, listen: &str, data: &str, extra: &str) -> String {
     format!(
         "builtin_upstreams = false\n[server]\nlisten = [\"{listen}\"]\nhostname = \"edge.test\"\n[storage]\npath = \"{data}\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"0\"\n\
@@ -180,20 +219,12 @@ fn blob_gets(reg: &Registry2) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_image_filled_by_one_edge_is_served_by_another_and_after_a_lost_disk() {
-    let ceph = ceph();
-    let bucket = ceph.bucket("two-edges");
-    let shared = ceph.shared_section("two-edges");
-    let mut reg = Registry2::start();
-    let image = push_image(
-        &reg,
-        "team/app",
-        Some("v1"),
-        Format::Oci,
-        7,
-        "amd64",
-        &[3 << 20, 12 << 20],
-    )
-    .await;
+    let Setup {
+        bucket,
+        shared,
+        mut reg,
+        image,
+    } = setup("two-edges", 7, &[3 << 20, 12 << 20]).await;
     let digests: Vec<String> = image.blobs.iter().map(|(d, _)| d.clone()).collect();
     let client = reqwest::Client::new();
 
@@ -277,20 +308,12 @@ async fn an_image_filled_by_one_edge_is_served_by_another_and_after_a_lost_disk(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cold_clients_on_two_edges_cost_one_origin_get() {
-    let ceph = ceph();
-    let _bucket = ceph.bucket("one-flight");
-    let shared = ceph.shared_section("one-flight");
-    let reg = Registry2::start();
-    let image = push_image(
-        &reg,
-        "team/app",
-        Some("v1"),
-        Format::Oci,
-        8,
-        "amd64",
-        &[24 << 20],
-    )
-    .await;
+    let Setup {
+        bucket: _bucket,
+        shared,
+        reg,
+        image,
+    } = setup("one-flight", 8, &[24 << 20]).await;
     let (layer, bytes) = image.blobs[1].clone();
     let (pa, pb) = (free_port(), free_port());
     let peers = format!("\"http://127.0.0.1:{pa}\", \"http://127.0.0.1:{pb}\"");
@@ -361,20 +384,12 @@ async fn cold_clients_on_two_edges_cost_one_origin_get() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupt_object_is_never_served_and_is_fetched_again() {
-    let ceph = ceph();
-    let bucket = ceph.bucket("corrupt");
-    let shared = ceph.shared_section("corrupt");
-    let reg = Registry2::start();
-    let image = push_image(
-        &reg,
-        "team/app",
-        Some("v1"),
-        Format::Oci,
-        9,
-        "amd64",
-        &[2 << 20],
-    )
-    .await;
+    let Setup {
+        bucket,
+        shared,
+        reg,
+        image,
+    } = setup("corrupt", 9, &[2 << 20]).await;
     let (layer, bytes) = image.blobs[1].clone();
     let client = reqwest::Client::new();
     let a = Edge::start(&config(&reg.url(), "127.0.0.1:0", "{dir}/data", &shared));
@@ -404,6 +419,15 @@ async fn a_corrupt_object_is_never_served_and_is_fetched_again() {
     // The corrupt object is deleted, then written through again from the upstream.
     b.wait_for_log("does not match its digest").await;
     assert_eq!(b.metric("sparkcr_edge_shared_corrupt_total").await, 1.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(bucket.head(&key(&layer)).await, Ok(meta) if meta.size == bytes.len() as u64) {
+        // Deleted right after the log line (and not written back before a new fill).
+        assert!(
+            Instant::now() < deadline,
+            "the corrupt object was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let body = client
         .get(&url)
         .send()
@@ -512,14 +536,7 @@ async fn pulls_keep_working_with_radosgw_stopped_and_readyz_says_so() {
     pull(&client, &route(&edge), "one").await;
     let digests: Vec<String> = one.blobs.iter().map(|(d, _)| d.clone()).collect();
     wait_objects(&bucket, &digests).await;
-    let readyz = client
-        .get(edge.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .text()
-        .await
-        .expect("text");
+    let (_, readyz) = get_text(&client, &edge, "/readyz").await;
     assert!(!readyz.contains("shared tier"), "{readyz}");
 
     ceph.script(&["stop-rgw"]);
@@ -530,26 +547,14 @@ async fn pulls_keep_working_with_radosgw_stopped_and_readyz_says_so() {
         "the pull did not wait long on the tier: {:?}",
         started.elapsed()
     );
-    let r = client
-        .get(edge.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(r.status(), 200, "still ready: pulls work");
-    let readyz = r.text().await.expect("text");
+    let (code, readyz) = get_text(&client, &edge, "/readyz").await;
+    assert_eq!(code, 200, "still ready: pulls work");
     assert!(
         readyz.contains("shared tier") && readyz.contains("down"),
         "{readyz}"
     );
     assert_eq!(edge.metric("sparkcr_edge_shared_up").await, 0.0);
-    let status = client
-        .get(edge.url("/status.json"))
-        .send()
-        .await
-        .expect("status.json")
-        .text()
-        .await
-        .expect("status text");
+    let (_, status) = get_text(&client, &edge, "/status.json").await;
     let status: serde_json::Value = serde_json::from_str(&status).expect("status json");
     assert!(
         status["warnings"].to_string().contains("shared tier"),
@@ -578,33 +583,18 @@ async fn pulls_keep_working_with_radosgw_stopped_and_readyz_says_so() {
         assert!(Instant::now() < deadline, "the tier never came back up");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let readyz = client
-        .get(edge.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .text()
-        .await
-        .expect("text");
+    let (_, readyz) = get_text(&client, &edge, "/readyz").await;
     assert!(!readyz.contains("shared tier"), "{readyz}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_owner_that_does_not_answer_costs_a_fallback_not_a_failure() {
-    let ceph = ceph();
-    let _bucket = ceph.bucket("dead-owner");
-    let shared = ceph.shared_section("dead-owner");
-    let reg = Registry2::start();
-    let image = push_image(
-        &reg,
-        "team/app",
-        Some("v1"),
-        Format::Oci,
-        12,
-        "amd64",
-        &[1 << 20],
-    )
-    .await;
+    let Setup {
+        bucket: _bucket,
+        shared,
+        reg,
+        image,
+    } = setup("dead-owner", 12, &[1 << 20]).await;
     let layer = image.blobs[1].0.clone();
     let digest: sparkcr_edge::oci::Digest = layer.parse().expect("digest");
     // Nothing listens on the other peer's port; pick ports so that it owns the layer.

@@ -52,17 +52,45 @@ async fn counted(metrics: &Metrics, outcome: &str, want: u64) {
     panic!("no upload ended {outcome}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_object_appears_only_after_the_fill_verified_its_digest() {
+/// A 12 MiB blob being filled, written through to an in-memory store.
+struct WritingThrough {
+    _dir: tempfile::TempDir,
+    metrics: Arc<Metrics>,
+    objects: Arc<InMemory>,
+    tier: Arc<SharedTier>,
+    bytes: Vec<u8>,
+    digest: Digest,
+    input: crate::store::BlobInput,
+    _writer: crate::store::BlobWriter,
+}
+
+fn writing_through() -> WritingThrough {
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = Arc::new(Metrics::new());
     let store =
         Store::open(StoreOptions::new(dir.path(), 1 << 30), metrics.clone()).expect("store");
     let objects = Arc::new(InMemory::new());
     let tier = SharedTier::with_store(objects.clone(), "p", metrics.clone());
-    let (bytes, d) = blob_bytes();
-    let (blob, mut input, _writer) = store.begin_growing(d, Some(bytes.len() as u64));
-    tier.spawn_write_through(Arc::clone(&blob), "up/repo".into());
+    let (bytes, digest) = blob_bytes();
+    let (blob, input, writer) = store.begin_growing(digest, Some(bytes.len() as u64));
+    tier.spawn_write_through(blob, "up/repo".into());
+    WritingThrough {
+        _dir: dir,
+        metrics,
+        objects,
+        tier,
+        bytes,
+        digest,
+        input,
+        _writer: writer,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_object_appears_only_after_the_fill_verified_its_digest() {
+    let w = writing_through();
+    let (metrics, objects, tier, bytes, d, mut input) =
+        (&w.metrics, &w.objects, &w.tier, &w.bytes, w.digest, w.input);
     for frame in bytes.chunks(1 << 20) {
         input.push(Bytes::copy_from_slice(frame)).expect("push");
     }
@@ -74,7 +102,7 @@ async fn the_object_appears_only_after_the_fill_verified_its_digest() {
     );
     input.hashed_all().await;
     input.finish().expect("digest matches");
-    counted(&metrics, "completed", 1).await;
+    counted(metrics, "completed", 1).await;
     let got = objects
         .get(&tier.blob_key(&d))
         .await
@@ -95,22 +123,16 @@ async fn the_object_appears_only_after_the_fill_verified_its_digest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fill_aborts_the_upload_and_leaves_no_object() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let metrics = Arc::new(Metrics::new());
-    let store =
-        Store::open(StoreOptions::new(dir.path(), 1 << 30), metrics.clone()).expect("store");
-    let objects = Arc::new(InMemory::new());
-    let tier = SharedTier::with_store(objects.clone(), "p", metrics.clone());
-    let (bytes, d) = blob_bytes();
-    let (blob, mut input, _writer) = store.begin_growing(d, Some(bytes.len() as u64));
-    tier.spawn_write_through(Arc::clone(&blob), "up/repo".into());
+    let w = writing_through();
+    let (metrics, objects, tier, bytes, d, mut input) =
+        (&w.metrics, &w.objects, &w.tier, &w.bytes, w.digest, w.input);
     // More than one part's worth, then the source breaks beyond resume.
     for frame in bytes[..10 << 20].chunks(1 << 20) {
         input.push(Bytes::copy_from_slice(frame)).expect("push");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     input.fail(GrowthFailure::Source("upstream reset".into()));
-    counted(&metrics, "aborted", 1).await;
+    counted(metrics, "aborted", 1).await;
     assert!(
         objects.head(&tier.blob_key(&d)).await.is_err(),
         "no object for a failed fill"
