@@ -70,6 +70,27 @@ fn raise_nofile_limit() {
     }
 }
 
+/// The shared tier and the cluster's peers, if configured (the tier's probe runs with the
+/// runtime).
+fn build_tiers(
+    config: &Config,
+    origin: &str,
+    metrics: &Arc<Metrics>,
+) -> Result<crate::cache::Tiers, DaemonError> {
+    let shared = match &config.storage.shared {
+        Some(cfg) => {
+            let tier = crate::shared::SharedTier::from_config(cfg, metrics.clone())
+                .map_err(|e| DaemonError::Config(format!("{origin}: {e}")))?;
+            tier.spawn_probe();
+            Some(tier)
+        }
+        None => None,
+    };
+    let cluster = crate::shared::peers::Cluster::from_config(&config.cluster, metrics.clone())
+        .map_err(|e| DaemonError::Config(format!("{origin}: {e}")))?;
+    Ok(crate::cache::Tiers { shared, cluster })
+}
+
 /// Builds everything `config` describes and binds the listeners. `origin` names the
 /// config file in error messages.
 pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError> {
@@ -104,12 +125,9 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
         hold_commit,
     };
     let access = Arc::new(Access::from_config(config, metrics.clone())?);
-    let cache = Arc::new(Cache::new(
-        store.clone(),
-        upstreams,
-        settings,
-        metrics.clone(),
-    ));
+    let tiers = build_tiers(config, origin, &metrics)?;
+    let cache =
+        Arc::new(Cache::new(store.clone(), upstreams, settings, metrics.clone()).with_tiers(tiers));
     let upkeep = store.spawn_upkeep();
     let api = RegistryApi::new(UpstreamTable::from_config(config), cache.clone(), access);
     let app = Arc::new(App::new(api, metrics));

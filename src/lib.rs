@@ -29,6 +29,9 @@
 //!   routes may see content fetched through a private upstream.
 //! - [`store`]: sled index plus blake3-named chunk files; sha256-verified blobs, LRU byte
 //!   budget, TTL, crash recovery.
+//! - [`shared`]: the shared tier behind the local store (an S3-compatible bucket several
+//!   edges share, tested on Ceph RGW) and cluster single flight between peer edges; used
+//!   by `cache`.
 //! - [`upstream`]: HTTP client to upstream registries (reqwest + rustls), token and Basic
 //!   auth, redirects to blob CDNs, outbound proxies (HTTP, SOCKS5), ordered endpoints with
 //!   failover, short rate limits waited out.
@@ -65,5 +68,6 @@ pub mod prefetch;
 pub mod registry;
 pub mod server;
 pub mod setup;
+pub mod shared;
 pub mod store;
 pub mod upstream;

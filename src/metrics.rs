@@ -8,6 +8,7 @@
 //! [`activity`] keeps what the status page needs beyond counters.
 
 pub mod activity;
+pub mod tiers;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -64,6 +65,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Upstream health, recent errors, bytes per repository, per-minute snapshots.
     pub activity: activity::Activity,
+    /// The shared tier and cluster single flight.
+    pub tiers: tiers::TierMetrics,
 }
 
 /// The sum of a counter over all its label values.
@@ -160,7 +163,9 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let tiers = tiers::TierMetrics::new(&r);
         let m = Metrics {
+            tiers,
             http_requests: counter_vec(
                 &r,
                 "http_requests_total",

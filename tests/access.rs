@@ -13,32 +13,6 @@ use std::time::Duration;
 
 const SECRET_UP: &str = "secret.test";
 
-/// `sparkcr-edge token create`: (secret, the TOML block to paste).
-fn create_token(name: &str, scopes: &str) -> (String, String) {
-    let (code, out, err) = run_cli(
-        &["token", "create", "--name", name, "--scopes", scopes],
-        &[],
-    );
-    assert_eq!(code, 0, "token create: {err}");
-    let secret = out
-        .lines()
-        .find_map(|l| l.strip_prefix("secret: "))
-        .expect("secret line")
-        .trim()
-        .to_string();
-    assert!(secret.starts_with("spk_"), "{out}");
-    let block = out
-        .split_once("[[auth.token]]")
-        .map(|(_, b)| format!("[[auth.token]]{b}"))
-        .expect("block");
-    assert!(
-        !block.contains(&secret),
-        "the config block never holds the secret"
-    );
-    assert!(block.contains("hash = \"sha256:"), "{block}");
-    (secret, block)
-}
-
 fn base_config(auth: &str, upstreams: &str) -> String {
     format!(
         "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n[storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"1h\"\n{auth}\n{upstreams}"

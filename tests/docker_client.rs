@@ -16,26 +16,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `sparkcr-edge token create`: (secret, the TOML block to paste).
-fn create_token(name: &str) -> (String, String) {
-    let (code, out, err) = run_cli(
-        &["token", "create", "--name", name, "--scopes", "pull:public"],
-        &[],
-    );
-    assert_eq!(code, 0, "token create: {err}");
-    let secret = out
-        .lines()
-        .find_map(|l| l.strip_prefix("secret: "))
-        .expect("secret line")
-        .trim()
-        .to_string();
-    let block = out
-        .split_once("[[auth.token]]")
-        .map(|(_, b)| format!("[[auth.token]]{b}"))
-        .expect("block");
-    (secret, block)
-}
-
 fn edge_config(reg: &Registry2, cert: &Path, key: &Path, anonymous: bool, token: &str) -> String {
     format!(
         "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\
@@ -218,7 +198,7 @@ fn docker_pulls_anonymously_and_logs_in_with_bearer_only_challenges() {
         let ca = TestCa::new();
         let tls = tempfile::tempdir().expect("tls dir");
         let (cert, key) = ca.write_leaf(tls.path(), &["127.0.0.1", "localhost"]);
-        let (secret, token) = create_token("docker");
+        let (secret, token) = create_token("docker", "pull:public");
         let open = Edge::start(&edge_config(&reg, &cert, &key, true, &token));
         let closed = Edge::start(&edge_config(&reg, &cert, &key, false, &token));
         let open_addr = format!("127.0.0.1:{}", open.https[0].port());

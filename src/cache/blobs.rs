@@ -7,8 +7,9 @@
 //! Ranges of stored blobs are immediate.
 
 use super::blob_stream::{self, Refetch};
-use super::fill::{self, FillJob, FillKey};
+use super::fill::{FillJob, FillKey};
 use super::flight::{Claim, Landing};
+use super::tiered::{self, Requester};
 use super::{BlobAnswer, Cache, CacheError, FetchFailure};
 use crate::oci::Digest;
 use crate::oci::{ByteRangeSpec, RepoTarget};
@@ -44,16 +45,35 @@ impl Cache {
         range: Option<ByteRangeSpec>,
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
-        match self.blob_hit(target, digest, range, head, false)? {
+        self.blob_for(target, digest, range, head, Requester::Client)
+            .await
+    }
+
+    /// [`blob`](Self::blob) for a client or for a peer edge of the cluster (a peer's miss
+    /// is never forwarded to another peer).
+    pub async fn blob_for(
+        &self,
+        target: &RepoTarget,
+        digest: &Digest,
+        range: Option<ByteRangeSpec>,
+        head: bool,
+        requester: Requester,
+    ) -> Result<BlobAnswer, CacheError> {
+        if requester == Requester::Peer {
+            self.metrics.tiers.peer_requests_served.inc();
+        }
+        match self.blob_hit(target, digest, range, head, false, requester)? {
             Hit::Served(answer) => Ok(*answer),
-            Hit::Miss => self.blob_miss(target, digest, range, head).await,
+            Hit::Miss => self.blob_miss(target, digest, range, head, requester).await,
             Hit::Unseen => {
                 // Stored, but never seen under this repository: only once the upstream
                 // says the repository has it (bytes stay shared across repositories).
                 self.confirm_blob(target, digest).await?;
-                match self.blob_hit(target, digest, range, head, true)? {
+                match self.blob_hit(target, digest, range, head, true, requester)? {
                     Hit::Served(answer) => Ok(*answer),
-                    Hit::Miss | Hit::Unseen => self.blob_miss(target, digest, range, head).await,
+                    Hit::Miss | Hit::Unseen => {
+                        self.blob_miss(target, digest, range, head, requester).await
+                    }
                 }
             }
         }
@@ -79,6 +99,7 @@ impl Cache {
         range: Option<ByteRangeSpec>,
         head: bool,
         confirmed: bool,
+        requester: Requester,
     ) -> Result<Hit, CacheError> {
         let Some(info) = self
             .store
@@ -100,7 +121,10 @@ impl Cache {
                 None => return Ok(Hit::Miss),
             }
         };
-        self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+        // A peer edge's request is not a client pull.
+        if requester == Requester::Client {
+            self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+        }
         self.note_blob_repo(digest, &info.repos, target);
         Ok(Hit::Served(Box::new(BlobAnswer {
             digest: *digest,
@@ -128,6 +152,7 @@ impl Cache {
         target: &RepoTarget,
         digest: &Digest,
         key: &FillKey,
+        requester: Requester,
     ) -> Result<Arc<GrowingBlob>, CacheError> {
         let upstream = self.upstream(target)?;
         let mut tries = 0;
@@ -141,7 +166,9 @@ impl Cache {
                         (*digest, &target.upstream, target.repo.as_str()),
                         &|k| self.fills.contains(k),
                     );
-                    self.metrics.cache_misses.with_label_values(&["blob"]).inc();
+                    if requester == Requester::Client {
+                        self.metrics.cache_misses.with_label_values(&["blob"]).inc();
+                    }
                     let follower = leader.follower();
                     let job = FillJob {
                         store: self.store.clone(),
@@ -156,8 +183,13 @@ impl Cache {
                     let filling = self.filling_under.clone();
                     lock_filling(&filling).insert(key.clone(), target.key().to_string());
                     let done_key = key.clone();
+                    let (tiers, target, private) = (
+                        self.tiers.clone(),
+                        target.clone(),
+                        key.private_upstream.is_some(),
+                    );
                     tokio::spawn(async move {
-                        fill::run(job, leader).await;
+                        tiered::run(tiers, job, leader, target, requester, private).await;
                         lock_filling(&filling).remove(&done_key);
                     });
                     follower
@@ -207,21 +239,39 @@ impl Cache {
         digest: &Digest,
         range: Option<ByteRangeSpec>,
         head: bool,
+        requester: Requester,
     ) -> Result<BlobAnswer, CacheError> {
         let upstream = self.upstream(target)?;
-        let key = FillKey::new(*digest, &target.upstream, self.is_private(&target.upstream));
+        let private = self.is_private(&target.upstream);
+        let key = FillKey::new(*digest, &target.upstream, private);
         if head && !self.fills.contains(&key) {
             self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-            let size = upstream
-                .blob_head(&target.repo, digest)
-                .await
-                .map_err(|e| self.fetch_failure(target, e, CacheError::BlobUnknown(*digest)))?
-                .ok_or_else(|| CacheError::BadUpstreamContent {
-                    upstream: target.upstream.clone(),
-                    source: FetchFailure::Content(
-                        "the upstream answered HEAD without a Content-Length".into(),
-                    ),
-                })?;
+            let size = match upstream.blob_head(&target.repo, digest).await {
+                Ok(size) => size,
+                Err(e) => {
+                    // The upstream cannot be asked: the shared tier may know the size.
+                    let in_shared = match (&self.tiers.shared, private, e.is_unavailable()) {
+                        (Some(shared), false, true) => shared.blob_size(digest).await,
+                        _ => None,
+                    };
+                    match in_shared {
+                        Some(size) => Some(size),
+                        None => {
+                            return Err(self.fetch_failure(
+                                target,
+                                e,
+                                CacheError::BlobUnknown(*digest),
+                            ))
+                        }
+                    }
+                }
+            };
+            let size = size.ok_or_else(|| CacheError::BadUpstreamContent {
+                upstream: target.upstream.clone(),
+                source: FetchFailure::Content(
+                    "the upstream answered HEAD without a Content-Length".into(),
+                ),
+            })?;
             let (start, end, partial) = resolve(range, size)?;
             return Ok(BlobAnswer {
                 digest: *digest,
@@ -232,7 +282,7 @@ impl Cache {
                 from_cache: false,
             });
         }
-        let blob = self.join_fill(target, digest, &key).await?;
+        let blob = self.join_fill(target, digest, &key, requester).await?;
         if range.is_some() && !head {
             // Only verified bytes answer a range: wait for the whole blob.
             blob.verified()

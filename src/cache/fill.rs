@@ -98,9 +98,20 @@ impl Drop for InFlight {
 
 /// The leader's task.
 pub(super) async fn run(job: FillJob, leader: FillLeader) {
+    run_from(job, leader, None).await
+}
+
+/// [`run`] with the blob's bytes from another tier (the shared tier, the owning peer),
+/// read and verified like the upstream's; `None`: ask the upstream. Resumes after a broken
+/// body go to the upstream.
+pub(super) async fn run_from(job: FillJob, leader: FillLeader, from_tier: Option<BlobResponse>) {
     job.metrics.fills_in_flight.inc();
     let _in_flight = InFlight(job.metrics.clone());
-    let first = match job.upstream.blob(&job.repo, &job.digest, None).await {
+    let first = match from_tier {
+        Some(r) => Ok(r),
+        None => job.upstream.blob(&job.repo, &job.digest, None).await,
+    };
+    let first = match first {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(digest = %job.digest, upstream = %job.upstream.name(), error = %e, "blob fill could not start");

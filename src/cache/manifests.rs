@@ -95,6 +95,9 @@ impl Cache {
             .cache_misses
             .with_label_values(&["manifest"])
             .inc();
+        if let Some(answer) = self.shared_manifest(target, d, accept, head).await {
+            return Ok(answer);
+        }
         let upstream = self.upstream(target)?;
         let reference = Reference::Digest(*d);
         // Content addressed: fetch it whole even for a HEAD, so the next GET is a hit.
@@ -114,6 +117,7 @@ impl Cache {
             });
         }
         self.put_manifest(target, d, &resp.media_type, &body).await;
+        self.write_manifest_through(target, d, &resp.media_type, &body);
         Ok(ManifestAnswer {
             digest: *d,
             media_type: resp.media_type,
@@ -139,6 +143,66 @@ impl Cache {
                 .with_label_values(&["put_manifest"])
                 .inc();
             tracing::warn!(error = %e, manifest = %d, "cannot store manifest");
+        }
+    }
+
+    /// A manifest by digest from the shared tier (after a local miss), verified, stored
+    /// locally. Under another repository than it was first fetched for, only once the
+    /// upstream confirms this one has it.
+    async fn shared_manifest(
+        &self,
+        target: &RepoTarget,
+        d: &Digest,
+        accept: &[String],
+        head: bool,
+    ) -> Option<ManifestAnswer> {
+        let shared = self.tiers.shared.as_ref()?;
+        if self.is_private(&target.upstream) {
+            return None;
+        }
+        let found = shared.manifest(d).await?;
+        if Digest::of(&found.bytes) != *d {
+            self.metrics.tiers.shared_corrupt.inc();
+            tracing::error!(manifest = %d, "the shared tier's copy of this manifest does not match its digest; asking the upstream");
+            return None;
+        }
+        let key = target.key();
+        if found.repo.as_deref() != Some(key.as_str()) {
+            self.upstream(target)
+                .ok()?
+                .manifest(&target.repo, &Reference::Digest(*d), accept, true)
+                .await
+                .ok()?;
+        }
+        self.put_manifest(target, d, &found.media_type, &found.bytes)
+            .await;
+        Some(ManifestAnswer {
+            digest: *d,
+            media_type: found.media_type,
+            size: found.bytes.len() as u64,
+            bytes: (!head).then_some(found.bytes),
+            from_cache: false,
+            stale: false,
+        })
+    }
+
+    /// Writes a manifest fetched from an upstream through to the shared tier.
+    fn write_manifest_through(
+        &self,
+        target: &RepoTarget,
+        d: &Digest,
+        media_type: &str,
+        body: &Bytes,
+    ) {
+        if let Some(shared) = &self.tiers.shared {
+            if !self.is_private(&target.upstream) {
+                shared.put_manifest(
+                    *d,
+                    media_type.to_string(),
+                    body.clone(),
+                    target.key().to_string(),
+                );
+            }
         }
     }
 
@@ -306,6 +370,7 @@ impl Cache {
                         });
                     }
                 }
+                self.write_manifest_through(target, &digest, &resp.media_type, &body);
                 self.put_manifest(target, &digest, &resp.media_type, &body)
                     .await;
                 let now = SystemTime::now();

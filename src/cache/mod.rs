@@ -25,10 +25,12 @@ mod manifests;
 mod progress;
 mod referrers;
 mod tags;
+mod tiered;
 
 pub use progress::FillProgress;
 pub use referrers::{ReferrersAnswer, INDEX_MEDIA_TYPE as REFERRERS_MEDIA_TYPE};
 pub use tags::TagList;
+pub use tiered::{Requester, Tiers, PEER_HEADER};
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoKey, RepoTarget, RepositoryName};
@@ -209,6 +211,8 @@ pub struct Cache {
     filling_under: blobs::FillingUnder,
     /// One revalidation at a time per tag; waiters then read the fresh record.
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The shared tier and the cluster's peers, behind the local store (see `tiered`).
+    tiers: Tiers,
 }
 
 /// Runs a blocking store call off the async workers.
@@ -242,7 +246,19 @@ impl Cache {
             progress: Default::default(),
             filling_under: Default::default(),
             tag_locks: Mutex::new(HashMap::new()),
+            tiers: Tiers::default(),
         }
+    }
+
+    /// Puts the shared tier and the cluster's peers behind the local store.
+    pub fn with_tiers(mut self, tiers: Tiers) -> Self {
+        self.tiers = tiers;
+        self
+    }
+
+    /// Why the shared tier is not used now, for `/readyz` and the status page.
+    pub fn shared_tier_warning(&self) -> Option<String> {
+        self.tiers.shared.as_ref().and_then(|s| s.warning())
     }
 
     /// Blob fills still running (receiving, or making a verified blob durable).

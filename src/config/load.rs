@@ -42,7 +42,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn at(origin: &ConfigOrigin, key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(super) fn at(
+        origin: &ConfigOrigin,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigError {
             origin: origin.to_string(),
             key: key.into(),
@@ -491,6 +495,7 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
         );
     }
     validate_auth(c, origin)?;
+    super::tiers::validate(c.storage.shared.as_ref(), &c.cluster, origin)?;
     for (i, host) in c.outbound.no_proxy.iter().enumerate() {
         if host.is_empty() || host.contains(|c: char| c == ',' || c.is_whitespace()) {
             return err(

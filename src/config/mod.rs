@@ -2,7 +2,8 @@
 //! follow before the daemon will start on it.
 //!
 //! Owns: the TOML schema (`[server]`, `[storage]`, `[cache]`, `[log]`, `[auth]` (see
-//! [`auth`]), `[outbound]` (see [`outbound`]), `[[upstream]]`), the
+//! [`auth`]), `[outbound]` (see [`outbound`]), `[[upstream]]`, `[storage.shared]` and
+//! `[cluster]` (see [`tiers`])), the
 //! built-in upstream table, and loading (file, embedded default, `SPARKCR_EDGE__*`
 //! environment overrides; see [`load()`]). Every mistake becomes one [`ConfigError`] line
 //! naming the file, the key and what was expected.
@@ -12,6 +13,7 @@
 pub mod auth;
 pub mod load;
 pub mod outbound;
+pub mod tiers;
 pub mod units;
 
 pub use auth::{AuthConfig, Cidr, RateConfig, Scope, TokenConfig, TokenHash};
@@ -19,6 +21,7 @@ pub use load::{
     load, load_checked, ConfigError, ConfigOrigin, FileChecks, LoadedConfig, DEFAULT_CONFIG_PATH,
 };
 pub use outbound::{OutboundConfig, ProxySetting, ProxyUrl};
+pub use tiers::{ClusterConfig, SharedKind, SharedStorageConfig};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +46,9 @@ pub struct Config {
     pub outbound: OutboundConfig,
     #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
+    /// Peer edges sharing cold fills (see [`tiers`]).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -106,6 +112,9 @@ pub struct StorageConfig {
     pub max_size: ByteSize,
     /// Fixed chunk size of blob files.
     pub chunk_size: ByteSize,
+    /// The shared tier behind the local store (see [`tiers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedStorageConfig>,
 }
 
 /// Deserializes a lowercase keyword enum with an error that lists the accepted words
@@ -246,7 +255,7 @@ fn default_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
 
-fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(_) => s.serialize_some("<redacted>"),
         None => s.serialize_none(),

@@ -6,7 +6,8 @@ use super::error::{OciError, Subject};
 use super::route::{decoded_query_param, route, ApiRoute, RequestParts, UpstreamTable};
 use crate::access::{Access, Action, Decision, DenyReason, Identity, BASIC_REALM, SERVICE};
 use crate::cache::{
-    BlobAnswer, Cache, CacheError, ManifestAnswer, ReferrersAnswer, REFERRERS_MEDIA_TYPE,
+    BlobAnswer, Cache, CacheError, ManifestAnswer, ReferrersAnswer, Requester, PEER_HEADER,
+    REFERRERS_MEDIA_TYPE,
 };
 use crate::oci::{ByteRangeSpec, RepoKey, RepoTarget};
 use http::{header, HeaderValue, Method, Response, StatusCode};
@@ -89,6 +90,11 @@ impl RegistryApi {
     /// Upstream endpoints skipped now after failures, as (upstream, endpoint URL).
     pub fn endpoints_down(&self) -> Vec<(String, String)> {
         self.cache.endpoints_down()
+    }
+
+    /// Why the shared tier is not used now, if it is configured and down.
+    pub fn shared_tier_warning(&self) -> Option<String> {
+        self.cache.shared_tier_warning()
     }
 
     /// The cache behind the API (read by the status page).
@@ -261,7 +267,16 @@ impl RegistryApi {
                     .get(header::RANGE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(ByteRangeSpec::parse);
-                let answer = self.cache.blob(&target, &digest, range, head).await;
+                // Another edge of the cluster filling from this one (never forwarded again).
+                let requester = if req.headers.contains_key(PEER_HEADER) {
+                    Requester::Peer
+                } else {
+                    Requester::Client
+                };
+                let answer = self
+                    .cache
+                    .blob_for(&target, &digest, range, head, requester)
+                    .await;
                 (
                     "blob",
                     answer

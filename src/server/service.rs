@@ -122,6 +122,9 @@ impl App {
                             "upstream {upstream}: endpoint {endpoint} is down (skipped; probed in the background)\n"
                         ));
                     }
+                    if let Some(w) = self.api.shared_tier_warning() {
+                        msg.push_str(&format!("{w}\n"));
+                    }
                     if let Some(w) = self.cert_status().and_then(|c| c.warning()) {
                         msg.push_str(&format!("warning: {w}\n"));
                     }

@@ -291,6 +291,9 @@ impl App {
         if let Some(w) = tls.as_ref().and_then(CertStatus::warning) {
             warnings.push(w);
         }
+        if let Some(w) = self.api.shared_tier_warning() {
+            warnings.push(w);
+        }
         let budget = store.budget();
         if budget > 0 && store.stored_bytes() > budget / 100 * 95 {
             warnings.push("the store is over 95% of storage.max_size: the least recently used content is being evicted".into());

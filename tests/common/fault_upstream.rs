@@ -25,6 +25,9 @@ pub enum BlobMode {
     CorruptHead,
     /// Every GET answers 429 with `Retry-After: 3600`.
     TooManyRequests,
+    /// Every full GET closes the connection after `n` bytes and every Range GET right
+    /// after its headers: a fill that breaks beyond resume.
+    BreakAfter(usize),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -220,6 +223,16 @@ async fn blob(
             tokio::time::sleep(Duration::from_secs(120)).await;
             return false;
         }
+        if let BlobMode::BreakAfter(_) = mode {
+            let head = format!(
+                "HTTP/1.1 206 Partial\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\n\r\n",
+                bytes.len() - start,
+                bytes.len() - 1,
+                bytes.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            return false;
+        }
         let cr = format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len());
         let head = format!(
             "HTTP/1.1 206 Partial\r\nContent-Length: {}\r\nContent-Range: {cr}\r\n\r\n",
@@ -269,6 +282,11 @@ async fn blob(
         }
         BlobMode::CorruptHead => sock.write_all(&corrupt_head(&bytes)).await.is_ok(),
         BlobMode::TooManyRequests => false, // answered above
+        BlobMode::BreakAfter(n) => {
+            let _ = sock.write_all(&bytes[..n]).await;
+            let _ = sock.flush().await;
+            false
+        }
     }
 }
 

@@ -281,6 +281,32 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `sparkcr-edge token create`: (secret, the TOML block to paste).
+pub fn create_token(name: &str, scopes: &str) -> (String, String) {
+    let (code, out, err) = run_cli(
+        &["token", "create", "--name", name, "--scopes", scopes],
+        &[],
+    );
+    assert_eq!(code, 0, "token create: {err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("secret line")
+        .trim()
+        .to_string();
+    assert!(secret.starts_with("spk_"), "{out}");
+    let block = out
+        .split_once("[[auth.token]]")
+        .map(|(_, b)| format!("[[auth.token]]{b}"))
+        .expect("block");
+    assert!(
+        !block.contains(&secret),
+        "the config block never holds the secret"
+    );
+    assert!(block.contains("hash = \"sha256:"), "{block}");
+    (secret, block)
+}
+
 /// Runs the binary with `args` and returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
