@@ -491,6 +491,7 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
         );
     }
     validate_auth(c, origin)?;
+    validate_push(c, origin)?;
     for (i, host) in c.outbound.no_proxy.iter().enumerate() {
         if host.is_empty() || host.contains(|c: char| c == ',' || c.is_whitespace()) {
             return err(
@@ -605,6 +606,12 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 );
             }
         }
+        if u.push && !u.private {
+            return err(
+                &key("push"),
+                "push = true needs private = true on the same upstream (pushes go only to private upstreams)".into(),
+            );
+        }
         if u.default {
             defaults += 1;
             if defaults > 1 {
@@ -641,6 +648,32 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 readable(origin, &key("ca_file"), p)?;
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_push(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
+    let p = &c.push;
+    if p.session_timeout.is_zero() {
+        return Err(ConfigError::at(
+            origin,
+            "push.session_timeout",
+            "expected a duration above zero, such as \"10m\"",
+        ));
+    }
+    if p.max_uploads_per_token == 0 {
+        return Err(ConfigError::at(
+            origin,
+            "push.max_uploads_per_token",
+            "expected at least 1",
+        ));
+    }
+    if p.max_upload_size.get() == 0 {
+        return Err(ConfigError::at(
+            origin,
+            "push.max_upload_size",
+            "expected a size above zero, such as \"10GiB\"",
+        ));
     }
     Ok(())
 }
@@ -685,7 +718,7 @@ fn validate_auth(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
         if t.scopes.is_empty() {
             return err(
                 key("scopes"),
-                "expected at least one of \"pull:public\" \"pull:private\"".into(),
+                "expected at least one of \"pull:public\" \"pull:private\" \"push\" \"admin\"".into(),
             );
         }
     }
