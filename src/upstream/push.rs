@@ -338,7 +338,7 @@ impl Upstream {
             .await;
         match result {
             Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {
-                tracing::debug!(upstream = %self.inner.name, repo = %upload.repo, "upstream upload session cancelled");
+                tracing::debug!(upstream = %self.inner.name, repo = %upload.repo, status = r.status().as_u16(), "upstream upload session cancelled");
             }
             Ok(r) => {
                 tracing::warn!(upstream = %self.inner.name, repo = %upload.repo, status = r.status().as_u16(), "upstream did not cancel an abandoned upload session; its own expiry will");
