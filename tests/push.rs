@@ -120,7 +120,10 @@ fn uploads_listing(up: &Registry2) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    out.lines().filter(|l| l.contains("_uploads")).collect::<Vec<_>>().join("\n")
+    out.lines()
+        .filter(|l| l.contains("_uploads"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -199,8 +202,7 @@ async fn skopeo_pushes_through_the_edge_and_the_first_pull_is_a_hit() {
     assert_eq!(m, index.manifest, "the index arrived byte-exact");
     for child in &children {
         for (d, bytes) in &child.blobs {
-            let (_, got) =
-                upstream_get(&s.up, &format!("/v2/team/multi/blobs/{d}"), None).await;
+            let (_, got) = upstream_get(&s.up, &format!("/v2/team/multi/blobs/{d}"), None).await;
             assert!(got == *bytes, "child blob {d} arrived byte-exact");
         }
     }
@@ -246,10 +248,15 @@ async fn skopeo_pushes_through_the_edge_and_the_first_pull_is_a_hit() {
     );
     let pushed = s
         .edge
-        .metric(&format!("sparkcr_edge_push_bytes_total{{upstream=\"{UP}\"}}"))
+        .metric(&format!(
+            "sparkcr_edge_push_bytes_total{{upstream=\"{UP}\"}}"
+        ))
         .await;
     let expected: usize = img.blobs.iter().map(|(_, b)| b.len()).sum();
-    assert!(pushed >= expected as f64, "pushed {pushed} bytes, want ≥ {expected}");
+    assert!(
+        pushed >= expected as f64,
+        "pushed {pushed} bytes, want ≥ {expected}"
+    );
     assert!(
         s.edge
             .metric("sparkcr_edge_pushes_completed_total{kind=\"manifest\"}")
@@ -321,9 +328,18 @@ async fn chunked_uploads_and_refusals() {
     .await;
     assert_eq!(status, 401);
     let challenge = h["www-authenticate"].to_str().expect("challenge");
-    assert!(challenge.contains("repository:lan.test:5000/team/x:pull,push"), "{challenge}");
-    let (status, _, body) =
-        send(&puller, post.clone(), &format!("{base}/blobs/uploads/"), &[], None).await;
+    assert!(
+        challenge.contains("repository:lan.test:5000/team/x:pull,push"),
+        "{challenge}"
+    );
+    let (status, _, body) = send(
+        &puller,
+        post.clone(),
+        &format!("{base}/blobs/uploads/"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("DENIED") && body.contains("push"), "{body}");
     assert_eq!(s.up.count_requests("POST", "/blobs/uploads"), 0);
@@ -350,8 +366,14 @@ async fn chunked_uploads_and_refusals() {
     // Chunked: POST, two PATCHes with Content-Range, PUT with the last chunk.
     let blob = pseudo_random(7, 300_000);
     let digest = sha256_digest(&blob);
-    let (status, h, body) =
-        send(&pusher, post.clone(), &format!("{base}/blobs/uploads/"), &[], None).await;
+    let (status, h, body) = send(
+        &pusher,
+        post.clone(),
+        &format!("{base}/blobs/uploads/"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     let loc = h["location"].to_str().expect("location").to_string();
     assert!(loc.starts_with("/v2/lan/team/x/blobs/uploads/"), "{loc}");
@@ -390,7 +412,14 @@ async fn chunked_uploads_and_refusals() {
     .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(h["range"], "0-199999");
-    let (status, h, _) = send(&pusher, reqwest::Method::GET, &format!("http://{e}{loc}"), &[], None).await;
+    let (status, h, _) = send(
+        &pusher,
+        reqwest::Method::GET,
+        &format!("http://{e}{loc}"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(status, 204);
     assert_eq!(h["range"], "0-199999");
     let (status, h, body) = send(
@@ -409,7 +438,10 @@ async fn chunked_uploads_and_refusals() {
     );
     let (status, got) = upstream_get(&s.up, &format!("/v2/team/x/blobs/{digest}"), None).await;
     assert_eq!(status, 200);
-    assert!(got == blob, "the chunked blob is on the upstream byte-exact");
+    assert!(
+        got == blob,
+        "the chunked blob is on the upstream byte-exact"
+    );
     let r = puller
         .get(format!("{base}/blobs/{digest}"))
         .send()
@@ -418,14 +450,22 @@ async fn chunked_uploads_and_refusals() {
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert!(r.bytes().await.expect("body") == blob);
     // The pusher's HEAD asks the upstream repository (not the edge's store).
-    let r = pusher.head(format!("{base}/blobs/{digest}")).send().await.expect("HEAD");
+    let r = pusher
+        .head(format!("{base}/blobs/{digest}"))
+        .send()
+        .await
+        .expect("HEAD");
     assert_eq!(r.status(), 200);
     let r = pusher
         .head(format!("http://{e}/v2/lan/team/other/blobs/{digest}"))
         .send()
         .await
         .expect("HEAD");
-    assert_eq!(r.status(), 404, "another repository does not have it upstream");
+    assert_eq!(
+        r.status(),
+        404,
+        "another repository does not have it upstream"
+    );
     // Mount into another repository: the upstream links it (201).
     let (status, h, body) = send(
         &pusher,
@@ -456,11 +496,18 @@ async fn chunked_uploads_and_refusals() {
     for d in [&wrong, &sha256_digest(&bytes)] {
         let (status, _) = upstream_get(&s.up, &format!("/v2/team/x/blobs/{d}"), None).await;
         assert_eq!(status, 404, "{d} is not on the upstream");
-        let r = puller.head(format!("{base}/blobs/{d}")).send().await.expect("HEAD");
+        let r = puller
+            .head(format!("{base}/blobs/{d}"))
+            .send()
+            .await
+            .expect("HEAD");
         assert_eq!(r.status(), 404, "{d} is not in the edge");
     }
     assert!(
-        wait_until(Duration::from_secs(5), || upstream_sessions(&s.up, "team/x") == 0).await,
+        wait_until(Duration::from_secs(5), || upstream_sessions(
+            &s.up, "team/x"
+        ) == 0)
+        .await,
         "the upstream session of the refused blob was cancelled: {}",
         uploads_listing(&s.up)
     );
@@ -490,12 +537,17 @@ async fn chunked_uploads_and_refusals() {
     .await;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("SIZE_INVALID"), "{body}");
-    let (status, _) =
-        upstream_get(&s.up, &format!("/v2/team/x/blobs/{}", sha256_digest(&big)), None).await;
+    let (status, _) = upstream_get(
+        &s.up,
+        &format!("/v2/team/x/blobs/{}", sha256_digest(&big)),
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
 
     // A manifest whose bytes are not its digest: 400.
-    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    let manifest =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
     let (status, _, body) = send(
         &pusher,
         reqwest::Method::PUT,
@@ -510,23 +562,46 @@ async fn chunked_uploads_and_refusals() {
     // Two sessions per token at most; abandoned ones expire (2 s) and are cancelled
     // upstream.
     assert!(
-        wait_until(Duration::from_secs(5), || upstream_sessions(&s.up, "team/x") == 0).await
+        wait_until(Duration::from_secs(5), || upstream_sessions(
+            &s.up, "team/x"
+        ) == 0)
+        .await
     );
     for _ in 0..2 {
-        let (status, _, body) =
-            send(&pusher, post.clone(), &format!("{base}/blobs/uploads/"), &[], None).await;
+        let (status, _, body) = send(
+            &pusher,
+            post.clone(),
+            &format!("{base}/blobs/uploads/"),
+            &[],
+            None,
+        )
+        .await;
         assert_eq!(status, 202, "{body}");
     }
-    let (status, h, body) =
-        send(&pusher, post.clone(), &format!("{base}/blobs/uploads/"), &[], None).await;
+    let (status, h, body) = send(
+        &pusher,
+        post.clone(),
+        &format!("{base}/blobs/uploads/"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(status, 429, "{body}");
     assert!(h.contains_key("retry-after"));
     assert_eq!(upstream_sessions(&s.up, "team/x"), 2);
     assert!(
-        wait_until(Duration::from_secs(6), || upstream_sessions(&s.up, "team/x") == 0).await,
+        wait_until(Duration::from_secs(6), || upstream_sessions(
+            &s.up, "team/x"
+        ) == 0)
+        .await,
         "expired sessions are cancelled upstream"
     );
-    assert!(s.edge.metric("sparkcr_edge_push_failures_total{reason=\"expired\"}").await >= 2.0);
+    assert!(
+        s.edge
+            .metric("sparkcr_edge_push_failures_total{reason=\"expired\"}")
+            .await
+            >= 2.0
+    );
     assert_eq!(s.edge.metric("sparkcr_edge_uploads_in_progress").await, 0.0);
 }
 
@@ -551,7 +626,8 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
     // A PATCH that promises 4 MB, sends 1 MB and dies.
     {
         use base64::Engine as _;
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("x:{}", s.push_secret));
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("x:{}", s.push_secret));
         let mut sock = std::net::TcpStream::connect(e).expect("connect");
         let head = format!(
             "PATCH {loc} HTTP/1.1\r\nHost: {e}\r\nAuthorization: Basic {basic}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
@@ -562,7 +638,11 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(
-        wait_until(Duration::from_secs(5), || upstream_sessions(&s.up, "team/killed") == 0).await,
+        wait_until(Duration::from_secs(5), || upstream_sessions(
+            &s.up,
+            "team/killed"
+        ) == 0)
+        .await,
         "the upstream session was cancelled"
     );
     let (status, _) = upstream_get(&s.up, &format!("/v2/team/killed/blobs/{digest}"), None).await;
@@ -580,6 +660,15 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
         .await
         .expect("PUT");
     assert_eq!(r.status(), 404, "the session is gone");
-    assert!(r.text().await.expect("text").contains("BLOB_UPLOAD_UNKNOWN"));
-    assert!(s.edge.metric("sparkcr_edge_push_failures_total{reason=\"client\"}").await >= 1.0);
+    assert!(r
+        .text()
+        .await
+        .expect("text")
+        .contains("BLOB_UPLOAD_UNKNOWN"));
+    assert!(
+        s.edge
+            .metric("sparkcr_edge_push_failures_total{reason=\"client\"}")
+            .await
+            >= 1.0
+    );
 }

@@ -20,12 +20,12 @@
 
 use super::blocking;
 use crate::metrics::Metrics;
+use crate::oci::Sha256Verifier;
 use crate::oci::{Digest, Reference, RepoTarget, RepositoryName};
 use crate::store::{Store, StoreError, TagKey, TagRecord};
 use crate::upstream::{MountOutcome, PushError, Upstream, UpstreamUpload};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use crate::oci::Sha256Verifier;
 use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
@@ -303,7 +303,11 @@ impl Pushes {
     }
 
     /// Opens a session: the upstream's first, then the edge's around it.
-    pub async fn start(&self, target: &RepoTarget, owner: &str) -> Result<UploadState, PushFailure> {
+    pub async fn start(
+        &self,
+        target: &RepoTarget,
+        owner: &str,
+    ) -> Result<UploadState, PushFailure> {
         let upstream = self.upstream(target)?;
         self.check_quota(owner)?;
         let up = match upstream.start_upload(&target.repo).await {
@@ -315,7 +319,11 @@ impl Pushes {
 
     fn check_quota(&self, owner: &str) -> Result<(), PushFailure> {
         let limit = self.settings.max_uploads_per_token;
-        let open = self.sessions().values().filter(|s| s.owner == owner).count();
+        let open = self
+            .sessions()
+            .values()
+            .filter(|s| s.owner == owner)
+            .count();
         if open >= limit {
             return self.failed(PushFailure::TooManyUploads { limit });
         }
@@ -391,7 +399,9 @@ impl Pushes {
         let session = self.session(target, id)?;
         let mut state = session.state.lock().await;
         session.touch();
-        let result = self.chunk_locked(&session, &mut state, body, start, len).await;
+        let result = self
+            .chunk_locked(&session, &mut state, body, start, len)
+            .await;
         session.touch();
         match result {
             Ok(()) => Ok(UploadState {
@@ -440,8 +450,12 @@ impl Pushes {
         let stream = {
             let (ended, counted) = (ended.clone(), counted.clone());
             body.then(move |frame| {
-                let (ended, counted, spool, bytes_metric) =
-                    (ended.clone(), counted.clone(), spool.clone(), bytes_metric.clone());
+                let (ended, counted, spool, bytes_metric) = (
+                    ended.clone(),
+                    counted.clone(),
+                    spool.clone(),
+                    bytes_metric.clone(),
+                );
                 async move {
                     let fail = |f: PushFailure| {
                         let msg = f.to_string();
@@ -450,13 +464,16 @@ impl Pushes {
                     };
                     match frame {
                         Ok(b) => {
-                            let n = counted.fetch_add(b.len() as u64, std::sync::atomic::Ordering::SeqCst)
+                            let n = counted
+                                .fetch_add(b.len() as u64, std::sync::atomic::Ordering::SeqCst)
                                 + b.len() as u64;
                             if base + n > limit {
                                 return fail(PushFailure::TooLarge { limit });
                             }
                             if spool.send(SpoolMsg::Data(b.clone())).await.is_err() {
-                                return fail(PushFailure::Internal("the spool thread stopped".into()));
+                                return fail(PushFailure::Internal(
+                                    "the spool thread stopped".into(),
+                                ));
                             }
                             bytes_metric.inc_by(b.len() as u64);
                             Ok(b)
@@ -465,10 +482,19 @@ impl Pushes {
                     }
                 }
             })
+            // A failure ends the upstream's body cleanly (it is never passed on): the
+            // upstream then answers with its session's true offset, so the session can
+            // still be cancelled (registry:2 refuses any request on a session whose bytes
+            // broke off mid-request, and keeps it until its week-long purge).
+            .take_while(|frame| std::future::ready(frame.is_ok()))
         };
+        // Sent without a length (chunked) for the same reason.
         let sent = upstream
-            .upload_chunk(&up, reqwest::Body::wrap_stream(stream), base, len)
+            .upload_chunk(&up, reqwest::Body::wrap_stream(stream), base, None)
             .await;
+        if let Ok(next) = &sent {
+            state.upstream = Some(next.clone());
+        }
         if let Some(f) = ended.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(f);
         }
@@ -513,7 +539,8 @@ impl Pushes {
         };
         let Some(spooled) = spooled else {
             let f = PushFailure::Internal("the spool thread stopped".into());
-            self.abandon(&session, &mut state, "the spool thread stopped").await;
+            self.abandon(&session, &mut state, "the spool thread stopped")
+                .await;
             return self.failed(f);
         };
         if spooled.digest != *digest {
@@ -521,14 +548,19 @@ impl Pushes {
                 expected: *digest,
                 actual: spooled.digest,
             };
-            self.abandon(&session, &mut state, "the digest did not match").await;
+            self.abandon(&session, &mut state, "the digest did not match")
+                .await;
             return self.failed(f);
         }
         let upstream = self.upstream(target)?;
         if let Err(e) = upstream.finish_upload(&up, digest).await {
             let f = self.upstream_failure(target, e);
-            self.abandon(&session, &mut state, "the upstream refused to close the upload")
-                .await;
+            self.abandon(
+                &session,
+                &mut state,
+                "the upstream refused to close the upload",
+            )
+            .await;
             return self.failed(f);
         }
         state.upstream = None;
@@ -563,7 +595,8 @@ impl Pushes {
                 path: PathBuf::from("tmp"),
                 source,
             };
-            file.seek(std::io::SeekFrom::Start(0)).map_err(spool_error)?;
+            file.seek(std::io::SeekFrom::Start(0))
+                .map_err(spool_error)?;
             let mut fill = store.begin_fill(d, Some(size))?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
@@ -688,7 +721,12 @@ impl Pushes {
             ));
         }
         if let Err(e) = upstream
-            .put_manifest(&target.repo, &reference.to_string(), media_type, bytes.clone())
+            .put_manifest(
+                &target.repo,
+                &reference.to_string(),
+                media_type,
+                bytes.clone(),
+            )
             .await
         {
             return self.failed(self.upstream_failure(target, e));

@@ -718,7 +718,8 @@ fn validate_auth(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
         if t.scopes.is_empty() {
             return err(
                 key("scopes"),
-                "expected at least one of \"pull:public\" \"pull:private\" \"push\" \"admin\"".into(),
+                "expected at least one of \"pull:public\" \"pull:private\" \"push\" \"admin\""
+                    .into(),
             );
         }
     }

@@ -311,10 +311,7 @@ impl RegistryApi {
                         .map_err(|e| map_cache_error(e, Subject::Manifest)),
                 )
             }
-            ApiRoute::Upload { .. } => (
-                "push",
-                Err(OciError::unsupported_method(&req.method)),
-            ),
+            ApiRoute::Upload { .. } => ("push", Err(OciError::unsupported_method(&req.method))),
             ApiRoute::Blob { target, digest } => {
                 let range = req
                     .headers

@@ -738,7 +738,11 @@ mod tests {
         for p in ["/v2/a/blobs/uploads/", "/v2/a/blobs/uploads"] {
             assert_eq!(
                 upload(p),
-                ("docker.io/library/a".into(), None, "/v2/a/blobs/uploads".into())
+                (
+                    "docker.io/library/a".into(),
+                    None,
+                    "/v2/a/blobs/uploads".into()
+                )
             );
         }
         assert_eq!(

@@ -286,7 +286,10 @@ impl RegistryApi {
             }
             ApiRoute::Manifest { target, reference } => {
                 let r = match req.method {
-                    Method::PUT => self.put_manifest(pushes, req, body, &target, &reference).await,
+                    Method::PUT => {
+                        self.put_manifest(pushes, req, body, &target, &reference)
+                            .await
+                    }
                     _ => pushes
                         .delete(&target, &format!("manifests/{reference}"))
                         .await

@@ -196,7 +196,12 @@ impl Upstream {
 
     /// The endpoint pushes go to: the first one in use.
     fn push_endpoint(&self) -> usize {
-        self.inner.endpoints.order(None).first().copied().unwrap_or(0)
+        self.inner
+            .endpoints
+            .order(None)
+            .first()
+            .copied()
+            .unwrap_or(0)
     }
 
     fn repo_url(&self, endpoint: usize, path: &str, query: Option<&str>) -> Result<Url, PushError> {
