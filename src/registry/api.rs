@@ -215,7 +215,7 @@ impl RegistryApi {
                 let e = OciError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     super::ErrorCode::Unsupported,
-                    format!("{} is not supported for upstream {upstream}: this edge pushes only to upstreams configured with push = true", req.method),
+                    format!("{} is not supported for upstream {upstream}: the edge is a read-only pull-through cache for it (pushes go only to upstreams configured with push = true)", req.method),
                 );
                 return refused(e, head, "push");
             }
