@@ -489,6 +489,42 @@ mod tests {
     }
 
     #[test]
+    fn push_needs_the_push_scope_and_a_push_upstream() {
+        let pusher = token::new_secret().expect("secret");
+        let text = format!(
+            "[auth]\nanonymous = true\n[[auth.token]]\nname = \"ci\"\nhash = \"{}\"\nscopes = [\"push\"]\n[[upstream]]\nname = \"corp.lan\"\nurl = \"https://corp.lan\"\nprivate = true\npush = true\n[[upstream]]\nname = \"ro.lan\"\nurl = \"https://ro.lan\"\nprivate = true\n",
+            pusher.hash
+        );
+        let c = load_from_text_for_tests(ConfigOrigin::Embedded, &text);
+        let a = Access::from_config(&c, Arc::new(Metrics::new())).expect("access");
+        let basic = format!("Basic {}", STANDARD.encode(format!("x:{}", pusher.secret)));
+        let ci = a.authenticate(Some(basic.as_bytes())).expect("token");
+        let corp = Action::Push {
+            upstream: "corp.lan",
+        };
+        assert!(a.push_enabled("corp.lan") && !a.push_enabled("ro.lan"));
+        assert_eq!(a.decide(&ci, corp), Decision::Allow);
+        assert_eq!(
+            a.decide(&ci, Action::Push { upstream: "ro.lan" }),
+            Decision::Forbid(DenyReason::Scope)
+        );
+        // push implies nothing about pulls.
+        assert_eq!(
+            a.decide(
+                &ci,
+                Action::Pull {
+                    upstream: "corp.lan"
+                }
+            ),
+            Decision::Forbid(DenyReason::Scope)
+        );
+        assert_eq!(
+            a.decide(&Identity::Anonymous, corp),
+            Decision::Challenge(DenyReason::NoCredentials)
+        );
+    }
+
+    #[test]
     fn networks_and_quota() {
         let f = fixture("allow_cidrs = [\"10.0.0.0/8\", \"::1\"]\nanonymous_rate = { per_minute = 60, burst = 2 }");
         let a = &f.access;

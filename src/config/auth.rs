@@ -273,7 +273,8 @@ mod tests {
             assert!(TokenHash::parse(&bad).is_err(), "{bad}");
         }
         assert_eq!(Scope::parse("pull:private"), Ok(Scope::PullPrivate));
-        assert!(Scope::parse("push").is_err());
+        assert_eq!(Scope::parse("push"), Ok(Scope::Push));
+        assert!(Scope::parse("pull").is_err());
         assert!(is_token_name("ci-runner.1@lab"));
         assert!(!is_token_name("a b"));
         assert!(!is_token_name(""));

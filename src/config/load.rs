@@ -804,6 +804,22 @@ mod tests {
             .to_string();
         assert!(e.contains("storage.max_size"), "{e}");
 
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\npush = true\n")
+            .expect_err("push without private")
+            .to_string();
+        assert!(
+            e.contains("upstream[0].push") && e.contains("private = true"),
+            "{e}"
+        );
+        let e = from_text("[push]\nsession_timeout = \"0s\"\n")
+            .expect_err("zero timeout")
+            .to_string();
+        assert!(e.contains("push.session_timeout"), "{e}");
+        let e = from_text("[push]\nmax_uploads_per_token = 0\n")
+            .expect_err("no uploads")
+            .to_string();
+        assert!(e.contains("push.max_uploads_per_token"), "{e}");
+
         let e = from_text("[server\n").expect_err("bad toml").to_string();
         assert!(e.contains("/t/config.toml:1"), "{e}");
     }
@@ -945,7 +961,7 @@ mod tests {
             ("[auth]\nanonymous_rate = { per_minute = 0, burst = 1 }\n", "auth.anonymous_rate.per_minute", "at least 1"),
             ("[auth]\nanonymus = true\n", "auth.anonymus", "unknown key"),
             ("[[auth.token]]\nname = \"ci\"\nhash = \"spk_plaintext\"\nscopes = [\"pull:public\"]\n", "auth.token[0].hash", "sha256:"),
-            (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = [\"push\"]\n"), "auth.token[0].scopes", "pull:public"),
+            (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = [\"pull\"]\n"), "auth.token[0].scopes", "pull:public"),
             (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = []\n"), "auth.token[0].scopes", "at least one"),
             (&format!("[[auth.token]]\nname = \"a b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[0].name", "letters"),
             (&format!("[[auth.token]]\nname = \"a\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n[[auth.token]]\nname = \"b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[1].hash", "same hash"),
