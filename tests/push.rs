@@ -55,7 +55,7 @@ fn setup(push_section: &str) -> Setup {
         "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n\
          [storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"1h\"\n\
          [auth]\nanonymous = false\n{push_block}\n{pull_block}\n{push_section}\n\
-         [[upstream]]\nname = \"{UP}\"\nurl = \"{}\"\npath_aliases = [\"lan\"]\nusername = \"pusher\"\npassword = \"s3cret\"\nprivate = true\npush = true\n\
+         [[upstream]]\nname = \"{UP}\"\nurl = \"{}\"\npath_aliases = [\"lan\"]\naliases = [\"lan\"]\nusername = \"pusher\"\npassword = \"s3cret\"\nprivate = true\npush = true\n\
          [[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:9\"\ndefault = true\n",
         up.url()
     );
@@ -206,7 +206,10 @@ async fn skopeo_pushes_through_the_edge_and_the_first_pull_is_a_hit() {
             assert!(got == *bytes, "child blob {d} arrived byte-exact");
         }
     }
-    let upstream_blob_gets = s.up.count_requests("GET", "/blobs/");
+    // The checks above are blob GETs of our own: wait until registry:2 logged them all.
+    let ours = img.blobs.len() + children.iter().map(|c| c.blobs.len()).sum::<usize>();
+    let upstream_blob_gets = s.up.wait_requests("GET", "/blobs/", ours).await;
+    assert_eq!(upstream_blob_gets, ours, "{}", s.up.log_text());
 
     // A fresh client with a pull token: everything from the edge's store.
     let puller = client(&s.pull_secret);
@@ -240,6 +243,8 @@ async fn skopeo_pushes_through_the_edge_and_the_first_pull_is_a_hit() {
             }
         }
     }
+    // (registry:2 logs each request as it ends; give a late line time to arrive.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         s.up.count_requests("GET", "/blobs/"),
         upstream_blob_gets,
@@ -281,6 +286,7 @@ async fn skopeo_pushes_through_the_edge_and_the_first_pull_is_a_hit() {
     let before = s.up.count_requests("GET", "/blobs/");
     let pulled = pull(&puller, &route, "v1").await;
     assert_eq!(pulled[0].blob_digests.len(), img.blobs.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.up.count_requests("GET", "/blobs/"), before);
 }
 
@@ -524,6 +530,49 @@ async fn chunked_uploads_and_refusals() {
     assert_eq!(status, 201, "{body}");
     let (_, got) = upstream_get(&s.up, &format!("/v2/team/x/blobs/{good}"), None).await;
     assert!(got == bytes);
+
+    // The other routing forms: `?ns=` (containerd) and the alias host; session URLs keep
+    // the client's form.
+    let blob = pseudo_random(10, 20_000);
+    let d = sha256_digest(&blob);
+    let (status, h, body) = send(
+        &pusher,
+        post.clone(),
+        &format!("http://{e}/v2/team/ns/blobs/uploads/?ns={UP}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let loc = h["location"].to_str().expect("location").to_string();
+    assert!(loc.ends_with(&format!("?ns={UP}")), "{loc}");
+    let (status, _, body) = send(
+        &pusher,
+        reqwest::Method::PUT,
+        &format!("http://{e}{loc}&digest={d}"),
+        &[],
+        Some(blob.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, h, body) = send(
+        &pusher,
+        post.clone(),
+        &format!("http://{e}/v2/team/alias/blobs/uploads/?digest={d}"),
+        &[("host", "lan.edge.test".into())],
+        Some(blob.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        h["location"].to_str().expect("location"),
+        format!("/v2/team/alias/blobs/{d}")
+    );
+    for repo in ["team/ns", "team/alias"] {
+        let (status, got) = upstream_get(&s.up, &format!("/v2/{repo}/blobs/{d}"), None).await;
+        assert_eq!(status, 200, "{repo}");
+        assert!(got == blob, "{repo}");
+    }
 
     // Over push.max_upload_size: 413 SIZE_INVALID, nothing on the upstream.
     let big = pseudo_random(9, 1_200_000);
