@@ -721,3 +721,93 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
             >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_a_token_auth_upstream_ask_for_the_push_scope() {
+    let tokens = common::token::TokenServer::start("pusher", "tok-pass").await;
+    let up = Registry2::start_with_token(&tokens.realm(), &tokens.cert_pem_path);
+    let (push_secret, push_block) = create_token("ci", "push,pull:private");
+    let config = format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n\
+         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"1h\"\n\
+         [auth]\nanonymous = false\n{push_block}\n\
+         [[upstream]]\nname = \"tokens.test\"\nurl = \"{}\"\nusername = \"pusher\"\npassword = \"tok-pass\"\nprivate = true\npush = true\n",
+        up.url()
+    );
+    let edge = Edge::start(&config);
+    let e = edge.http[0];
+    let c = client(&push_secret);
+    let base = format!("http://{e}/v2/tokens.test/team/sealed");
+    let layer = pseudo_random(21, 70_000);
+    let config_blob = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    for b in [&layer, &config_blob] {
+        let d = sha256_digest(b);
+        let (status, _, body) = send(
+            &c,
+            reqwest::Method::POST,
+            &format!("{base}/blobs/uploads/?digest={d}"),
+            &[],
+            Some(b.to_vec()),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config_blob), "size": config_blob.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256_digest(&layer), "size": layer.len() }],
+    }))
+    .expect("json");
+    let (status, h, body) = send(
+        &c,
+        reqwest::Method::PUT,
+        &format!("{base}/manifests/v1"),
+        &[("content-type", OCI_MANIFEST.to_string())],
+        Some(manifest.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        h["docker-content-digest"],
+        sha256_digest(&manifest).as_str()
+    );
+    let asked: Vec<String> = tokens
+        .requests
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(q, _)| q.clone())
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .any(|q| q.contains("scope=repository%3Ateam%2Fsealed%3Apull%2Cpush")),
+        "{asked:?}"
+    );
+    // The upstream refuses a manifest naming a blob it does not have, with its own code.
+    let bad = String::from_utf8(manifest)
+        .expect("utf8")
+        .replace(&sha256_digest(&layer), &sha256_digest(b"never pushed"));
+    let (status, _, body) = send(
+        &c,
+        reqwest::Method::PUT,
+        &format!("{base}/manifests/v2"),
+        &[("content-type", OCI_MANIFEST.to_string())],
+        Some(bad.into_bytes()),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("MANIFEST_BLOB_UNKNOWN"), "{body}");
+    // The pushed tag is in the edge: a pull by tag needs no upstream manifest request.
+    let before = up.count_requests("GET", "/manifests/");
+    let r = c
+        .get(format!("{base}/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.count_requests("GET", "/manifests/"), before);
+}
