@@ -43,6 +43,8 @@ struct Setup {
     up: Registry2,
     push_secret: String,
     pull_secret: String,
+    /// A second token with `push`.
+    other_push_secret: String,
 }
 
 /// An edge with the private upstream `lan.test:5000` (path alias `lan`, `push = true`)
@@ -51,10 +53,11 @@ fn setup(push_section: &str) -> Setup {
     let up = Registry2::start_with(Some(("pusher", "s3cret")));
     let (push_secret, push_block) = create_token("ci", "push");
     let (pull_secret, pull_block) = create_token("lan", "pull:private");
+    let (other_push_secret, other_block) = create_token("dev", "push");
     let config = format!(
         "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n\
          [storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"1h\"\n\
-         [auth]\nanonymous = false\n{push_block}\n{pull_block}\n{push_section}\n\
+         [auth]\nanonymous = false\n{push_block}\n{pull_block}\n{other_block}\n{push_section}\n\
          [[upstream]]\nname = \"{UP}\"\nurl = \"{}\"\npath_aliases = [\"lan\"]\naliases = [\"lan\"]\nusername = \"pusher\"\npassword = \"s3cret\"\nprivate = true\npush = true\n\
          [[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:9\"\ndefault = true\n",
         up.url()
@@ -65,6 +68,7 @@ fn setup(push_section: &str) -> Setup {
         up,
         push_secret,
         pull_secret,
+        other_push_secret,
     }
 }
 
@@ -398,6 +402,17 @@ async fn chunked_uploads_and_refusals() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(h["range"], "0-99999");
     let loc = h["location"].to_str().expect("location").to_string();
+    // Another token, even one that may push, cannot touch this session.
+    let (status, _, body) = send(
+        &client(&s.other_push_secret),
+        reqwest::Method::PATCH,
+        &format!("http://{e}{loc}"),
+        &[],
+        Some(vec![1; 10]),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("BLOB_UPLOAD_UNKNOWN"), "{body}");
     // Out of order: 416, and the session goes on.
     let (status, _, body) = send(
         &pusher,

@@ -104,6 +104,14 @@ pub struct UploadState {
     pub offset: u64,
 }
 
+/// Which upload session a request names, and the token asking: a session answers only
+/// the token that opened it.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadRef<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+}
+
 /// A finished upload or mount.
 #[derive(Clone, Debug)]
 pub struct PushedBlob {
@@ -349,10 +357,11 @@ impl Pushes {
         UploadState { id, offset: 0 }
     }
 
-    fn session(&self, target: &RepoTarget, id: &str) -> Result<Arc<Session>, PushFailure> {
-        match self.sessions().get(id) {
-            Some(s) if s.target == *target => Ok(s.clone()),
-            _ => Err(PushFailure::UploadUnknown(id.to_string())),
+    /// The session `at` names, if it is of `target`'s repository and the same token's.
+    fn session(&self, target: &RepoTarget, at: UploadRef<'_>) -> Result<Arc<Session>, PushFailure> {
+        match self.sessions().get(at.id) {
+            Some(s) if s.target == *target && s.owner == at.owner => Ok(s.clone()),
+            _ => Err(PushFailure::UploadUnknown(at.id.to_string())),
         }
     }
 
@@ -375,8 +384,13 @@ impl Pushes {
     }
 
     /// Where session `id` stands (`GET` on the upload URL).
-    pub async fn status(&self, target: &RepoTarget, id: &str) -> Result<UploadState, PushFailure> {
-        let session = self.session(target, id)?;
+    pub async fn status(
+        &self,
+        target: &RepoTarget,
+        at: UploadRef<'_>,
+    ) -> Result<UploadState, PushFailure> {
+        let id = at.id;
+        let session = self.session(target, at)?;
         let state = session.state.lock().await;
         session.touch();
         Ok(UploadState {
@@ -391,12 +405,13 @@ impl Pushes {
     pub async fn chunk(
         &self,
         target: &RepoTarget,
-        id: &str,
+        at: UploadRef<'_>,
         body: UploadBody,
         start: Option<u64>,
         len: Option<u64>,
     ) -> Result<UploadState, PushFailure> {
-        let session = self.session(target, id)?;
+        let id = at.id;
+        let session = self.session(target, at)?;
         let mut state = session.state.lock().await;
         session.touch();
         let result = self
@@ -516,14 +531,15 @@ impl Pushes {
     pub async fn finish(
         &self,
         target: &RepoTarget,
-        id: &str,
+        at: UploadRef<'_>,
         digest: &Digest,
         body: Option<(UploadBody, Option<u64>)>,
     ) -> Result<PushedBlob, PushFailure> {
+        let id = at.id;
         if let Some((body, len)) = body {
-            self.chunk(target, id, body, None, len).await?;
+            self.chunk(target, at, body, None, len).await?;
         }
-        let session = self.session(target, id)?;
+        let session = self.session(target, at)?;
         let mut state = session.state.lock().await;
         let Some(up) = state.upstream.clone() else {
             return Err(PushFailure::UploadUnknown(id.to_string()));
@@ -623,8 +639,8 @@ impl Pushes {
     }
 
     /// Cancels session `id` (`DELETE` on the upload URL).
-    pub async fn cancel(&self, target: &RepoTarget, id: &str) -> Result<(), PushFailure> {
-        let session = self.session(target, id)?;
+    pub async fn cancel(&self, target: &RepoTarget, at: UploadRef<'_>) -> Result<(), PushFailure> {
+        let session = self.session(target, at)?;
         let mut state = session.state.lock().await;
         self.abandon(&session, &mut state, "the client cancelled the upload")
             .await;
@@ -641,8 +657,11 @@ impl Pushes {
         len: Option<u64>,
     ) -> Result<PushedBlob, PushFailure> {
         let state = self.start(target, owner).await?;
-        self.finish(target, &state.id, digest, Some((body, len)))
-            .await
+        let at = UploadRef {
+            id: &state.id,
+            owner,
+        };
+        self.finish(target, at, digest, Some((body, len))).await
     }
 
     /// `POST ?mount=<digest>&from=<repo>`: the upstream mounts it (201), or opens a

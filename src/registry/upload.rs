@@ -16,7 +16,7 @@ use super::body;
 use super::error::{ErrorCode, OciError, Subject};
 use super::route::{decoded_query_param, ApiRoute};
 use crate::cache::push::{
-    MountResult, PushFailure, Pushes, UploadBody, UploadState, MAX_PUSHED_MANIFEST,
+    MountResult, PushFailure, Pushes, UploadBody, UploadRef, UploadState, MAX_PUSHED_MANIFEST,
 };
 use crate::oci::{Digest, Reference, RepoTarget, RepositoryName};
 use crate::upstream::{PushError, UpstreamError};
@@ -367,6 +367,7 @@ impl RegistryApi {
                 session_response(StatusCode::ACCEPTED, form, &state)
             }
             (&Method::PATCH, Some(id)) => {
+                let id = UploadRef { id, owner };
                 let start = content_range_start(req)?;
                 let state = pushes
                     .chunk(target, id, body, start, content_length(req))
@@ -375,6 +376,7 @@ impl RegistryApi {
                 session_response(StatusCode::ACCEPTED, form, &state)
             }
             (&Method::PUT, Some(id)) => {
+                let id = UploadRef { id, owner };
                 let Some(digest) = digest_param(query, "digest")? else {
                     return Err(OciError::digest_invalid(
                         "closing an upload needs ?digest=<digest>",
@@ -388,10 +390,12 @@ impl RegistryApi {
                 blob_created(form, &pushed.digest)
             }
             (&Method::GET, Some(id)) => {
+                let id = UploadRef { id, owner };
                 let state = pushes.status(target, id).await.map_err(fail)?;
                 session_response(StatusCode::NO_CONTENT, form, &state)
             }
             (&Method::DELETE, Some(id)) => {
+                let id = UploadRef { id, owner };
                 pushes.cancel(target, id).await.map_err(fail)?;
                 no_content(StatusCode::NO_CONTENT)
             }
