@@ -545,6 +545,14 @@ async fn chunked_uploads_and_refusals() {
     assert_eq!(status, 201, "{body}");
     let (_, got) = upstream_get(&s.up, &format!("/v2/team/x/blobs/{good}"), None).await;
     assert!(got == bytes);
+    // Written through while it arrived (monolithic: straight into a store fill).
+    let r = puller
+        .get(format!("{base}/blobs/{good}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert!(r.bytes().await.expect("body") == bytes);
 
     // The other routing forms: `?ns=` (containerd) and the alias host; session URLs keep
     // the client's form.

@@ -10,7 +10,9 @@
 //!
 //! Bytes stream: each client chunk goes to the upstream as one streamed `PATCH` while it
 //! arrives; a thread of the session's own hashes it and appends it to the spool file (an
-//! unlinked temp file under the store's `tmp/`, gone with the session and on a crash).
+//! unlinked temp file under the store's `tmp/`, gone with the session and on a crash), or,
+//! for a monolithic upload whose digest is known up front, straight into a store fill that
+//! is committed (or aborted) at the end.
 //! Nothing is held in memory beyond a few frames in flight. The upstream's session is
 //! closed (`PUT ?digest=`, no body) only once the edge's own hash matched the digest, so a
 //! wrong blob never lands upstream either; a mismatch cancels the upstream session.
@@ -22,7 +24,7 @@ use super::blocking;
 use crate::metrics::Metrics;
 use crate::oci::Sha256Verifier;
 use crate::oci::{Digest, Reference, RepoTarget, RepositoryName};
-use crate::store::{Store, StoreError, TagKey, TagRecord};
+use crate::store::{BlobFill, Store, StoreError, TagKey, TagRecord};
 use crate::upstream::{MountOutcome, PushError, Upstream, UpstreamUpload};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -145,48 +147,99 @@ enum SpoolMsg {
 struct Spooled {
     digest: Digest,
     size: u64,
-    file: Option<std::fs::File>,
+    kept: Kept,
 }
 
-/// Hashes frames and appends them to an unlinked temp file, on a thread of its own.
-fn spawn_spool(dir: PathBuf) -> mpsc::Sender<SpoolMsg> {
+/// Where a session's bytes are kept for the write-through.
+enum Kept {
+    /// The digest was known up front (a monolithic upload): a store fill, committed after
+    /// the upstream's 201 (dropping it unfinished aborts it).
+    Fill(Box<BlobFill>),
+    /// An unlinked spool file, read into a store fill after the upstream's 201.
+    File(std::fs::File),
+    /// Writing failed: no write-through for this upload.
+    Nothing,
+}
+
+/// What the spool thread writes into while the bytes arrive.
+enum Sink {
+    Fill(Box<BlobFill>),
+    File(std::io::BufWriter<std::fs::File>),
+    Nothing,
+}
+
+impl Sink {
+    fn open(dir: &std::path::Path, direct: Option<(Store, Digest, Option<u64>)>) -> Sink {
+        if let Some((store, d, len)) = direct {
+            match store.begin_fill(d, len) {
+                Ok(fill) => return Sink::Fill(Box::new(fill)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot fill the store while the push arrives; spooling to a file")
+                }
+            }
+        }
+        match unlinked_file(dir) {
+            Ok(f) => Sink::File(std::io::BufWriter::with_capacity(1 << 20, f)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot create a push spool file; this upload will not be written through to the cache");
+                Sink::Nothing
+            }
+        }
+    }
+
+    fn write(&mut self, b: &[u8]) {
+        let failed = match self {
+            Sink::Fill(f) => f.write(b).err().map(|e| e.to_string()),
+            Sink::File(f) => f.write_all(b).err().map(|e| e.to_string()),
+            Sink::Nothing => None,
+        };
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "cannot keep the pushed bytes; this upload will not be written through to the cache");
+            *self = Sink::Nothing;
+        }
+    }
+
+    fn keep(self) -> Kept {
+        match self {
+            Sink::Fill(f) => Kept::Fill(f),
+            Sink::File(f) => match f.into_inner() {
+                Ok(f) => Kept::File(f),
+                Err(e) => {
+                    tracing::warn!(error = %e.error(), "cannot flush the push spool file");
+                    Kept::Nothing
+                }
+            },
+            Sink::Nothing => Kept::Nothing,
+        }
+    }
+}
+
+/// Hashes frames and keeps them (a store fill when `direct` gives the digest up front, else
+/// an unlinked temp file in `dir`), on a thread of its own.
+fn spawn_spool(
+    dir: PathBuf,
+    direct: Option<(Store, Digest, Option<u64>)>,
+) -> mpsc::Sender<SpoolMsg> {
     let (tx, mut rx) = mpsc::channel::<SpoolMsg>(SPOOL_QUEUE);
     let spawned = std::thread::Builder::new()
         .name("push-spool".into())
         .spawn(move || {
             let mut hasher = Sha256Verifier::new();
-            let mut file = match unlinked_file(&dir) {
-                Ok(f) => Some(std::io::BufWriter::with_capacity(1 << 20, f)),
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot create a push spool file; this upload will not be written through to the cache");
-                    None
-                }
-            };
+            let mut sink = Sink::open(&dir, direct);
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
                     SpoolMsg::Data(b) => {
                         hasher.update(&b);
-                        if let Some(f) = file.as_mut() {
-                            if let Err(e) = f.write_all(&b) {
-                                tracing::warn!(error = %e, "cannot write the push spool file; this upload will not be written through to the cache");
-                                file = None;
-                            }
-                        }
+                        sink.write(&b);
                     }
                     SpoolMsg::Sync(reply) => {
                         let _ = reply.send(());
                     }
                     SpoolMsg::Finish(reply) => {
-                        let file = file.take().and_then(|f| match f.into_inner() {
-                            Ok(f) => Some(f),
-                            Err(e) => {
-                                tracing::warn!(error = %e.error(), "cannot flush the push spool file");
-                                None
-                            }
-                        });
                         let size = hasher.len();
                         let digest = hasher.clone().finish();
-                        let _ = reply.send(Spooled { digest, size, file });
+                        let kept = std::mem::replace(&mut sink, Sink::Nothing).keep();
+                        let _ = reply.send(Spooled { digest, size, kept });
                         return;
                     }
                 }
@@ -316,13 +369,24 @@ impl Pushes {
         target: &RepoTarget,
         owner: &str,
     ) -> Result<UploadState, PushFailure> {
+        self.start_with(target, owner, None).await
+    }
+
+    /// [`Pushes::start`]; with `known` (the digest and length of a monolithic upload) the
+    /// bytes go straight into a store fill instead of a spool file.
+    async fn start_with(
+        &self,
+        target: &RepoTarget,
+        owner: &str,
+        known: Option<(Digest, Option<u64>)>,
+    ) -> Result<UploadState, PushFailure> {
         let upstream = self.upstream(target)?;
         self.check_quota(owner)?;
         let up = match upstream.start_upload(&target.repo).await {
             Ok(up) => up,
             Err(e) => return self.failed(self.upstream_failure(target, e)),
         };
-        Ok(self.open(target, owner, up))
+        Ok(self.open(target, owner, up, known))
     }
 
     fn check_quota(&self, owner: &str) -> Result<(), PushFailure> {
@@ -338,7 +402,13 @@ impl Pushes {
         Ok(())
     }
 
-    fn open(&self, target: &RepoTarget, owner: &str, up: UpstreamUpload) -> UploadState {
+    fn open(
+        &self,
+        target: &RepoTarget,
+        owner: &str,
+        up: UpstreamUpload,
+        known: Option<(Digest, Option<u64>)>,
+    ) -> UploadState {
         let id = uuid_v4();
         let session = Arc::new(Session {
             id: id.clone(),
@@ -348,7 +418,10 @@ impl Pushes {
             state: tokio::sync::Mutex::new(SessionState {
                 upstream: Some(up),
                 offset: 0,
-                spool: spawn_spool(self.spool_dir.clone()),
+                spool: spawn_spool(
+                    self.spool_dir.clone(),
+                    known.map(|(d, len)| (self.store.clone(), d, len)),
+                ),
             }),
         });
         self.sessions().insert(id.clone(), session);
@@ -594,37 +667,49 @@ impl Pushes {
         })
     }
 
-    /// Commits a pushed blob to the store from its spool file. A failure here only costs
-    /// the write-through: the upstream has the blob.
+    /// Commits a pushed blob to the store: its fill (monolithic uploads), or its spool file
+    /// read into a fill. A failure here only costs the write-through: the upstream has it.
     async fn write_through(&self, target: &RepoTarget, digest: &Digest, spooled: Spooled) -> bool {
         let (store, d, repo) = (self.store.clone(), *digest, target.key().to_string());
-        let Some(mut file) = spooled.file else {
-            return false;
-        };
         let size = spooled.size;
-        let result = blocking(move || {
-            if store.blob(&d)?.is_some() {
-                return store.add_repo(&d, &repo);
+        let result = match spooled.kept {
+            Kept::Nothing => return false,
+            Kept::Fill(fill) => {
+                blocking(move || {
+                    if store.blob(&d)?.is_some() {
+                        drop(fill);
+                        return store.add_repo(&d, &repo);
+                    }
+                    fill.finish(&repo).map(|_| ())
+                })
+                .await
             }
-            let spool_error = |source| StoreError::Io {
-                op: "read the push spool file",
-                path: PathBuf::from("tmp"),
-                source,
-            };
-            file.seek(std::io::SeekFrom::Start(0))
-                .map_err(spool_error)?;
-            let mut fill = store.begin_fill(d, Some(size))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf).map_err(spool_error)?;
-                if n == 0 {
-                    break;
-                }
-                fill.write(&buf[..n])?;
+            Kept::File(mut file) => {
+                blocking(move || {
+                    if store.blob(&d)?.is_some() {
+                        return store.add_repo(&d, &repo);
+                    }
+                    let spool_error = |source| StoreError::Io {
+                        op: "read the push spool file",
+                        path: PathBuf::from("tmp"),
+                        source,
+                    };
+                    file.seek(std::io::SeekFrom::Start(0))
+                        .map_err(spool_error)?;
+                    let mut fill = store.begin_fill(d, Some(size))?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = file.read(&mut buf).map_err(spool_error)?;
+                        if n == 0 {
+                            break;
+                        }
+                        fill.write(&buf[..n])?;
+                    }
+                    fill.finish(&repo).map(|_| ())
+                })
+                .await
             }
-            fill.finish(&repo).map(|_| ())
-        })
-        .await;
+        };
         match result {
             Ok(()) => true,
             Err(e) => {
@@ -656,7 +741,7 @@ impl Pushes {
         body: UploadBody,
         len: Option<u64>,
     ) -> Result<PushedBlob, PushFailure> {
-        let state = self.start(target, owner).await?;
+        let state = self.start_with(target, owner, Some((*digest, len))).await?;
         let at = UploadRef {
             id: &state.id,
             owner,
@@ -696,7 +781,9 @@ impl Pushes {
                     stored,
                 }))
             }
-            Ok(MountOutcome::Upload(up)) => Ok(MountResult::Upload(self.open(target, owner, up))),
+            Ok(MountOutcome::Upload(up)) => {
+                Ok(MountResult::Upload(self.open(target, owner, up, None)))
+            }
             Err(e) => self.failed(self.upstream_failure(target, e)),
         }
     }
