@@ -596,6 +596,14 @@ async fn chunked_uploads_and_refusals() {
         assert_eq!(status, 200, "{repo}");
         assert!(got == blob, "{repo}");
     }
+    // The closing PUT carried the whole blob: written through while it arrived.
+    let r = puller
+        .get(format!("http://{e}/v2/team/ns/blobs/{d}?ns={UP}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert!(r.bytes().await.expect("body") == blob);
 
     // Over push.max_upload_size: 413 SIZE_INVALID, nothing on the upstream.
     let big = pseudo_random(9, 1_200_000);

@@ -610,6 +610,7 @@ impl Pushes {
     ) -> Result<PushedBlob, PushFailure> {
         let id = at.id;
         if let Some((body, len)) = body {
+            self.fill_directly_if_empty(target, at, digest, len).await?;
             self.chunk(target, at, body, None, len).await?;
         }
         let session = self.session(target, at)?;
@@ -665,6 +666,27 @@ impl Pushes {
             digest: *digest,
             stored,
         })
+    }
+
+    /// A closing `PUT` that carries the whole blob (nothing received before; what
+    /// containerd and plain HTTP clients send): its digest is known now, so the bytes go
+    /// straight into a store fill instead of the spool file.
+    async fn fill_directly_if_empty(
+        &self,
+        target: &RepoTarget,
+        at: UploadRef<'_>,
+        digest: &Digest,
+        len: Option<u64>,
+    ) -> Result<(), PushFailure> {
+        let session = self.session(target, at)?;
+        let mut state = session.state.lock().await;
+        if state.offset == 0 {
+            state.spool = spawn_spool(
+                self.spool_dir.clone(),
+                Some((self.store.clone(), *digest, len)),
+            );
+        }
+        Ok(())
     }
 
     /// Commits a pushed blob to the store: its fill (monolithic uploads), or its spool file
