@@ -17,30 +17,33 @@
 //! closed (`PUT ?digest=`, no body) only once the edge's own hash matched the digest, so a
 //! wrong blob never lands upstream either; a mismatch cancels the upstream session.
 //!
+//! Submodules: `spool` (the session's hashing and keeping thread), `stored` (what is
+//! written to the store after the upstream's 201: blobs, manifests, tags).
+//!
 //! Must not: know about HTTP requests or responses (that is `registry`), or how the store
 //! lays bytes out (that is `store`).
 
+mod spool;
+mod stored;
+
 use super::blocking;
 use crate::metrics::Metrics;
-use crate::oci::Sha256Verifier;
-use crate::oci::{Digest, Reference, RepoTarget, RepositoryName};
-use crate::store::{BlobFill, Store, StoreError, TagKey, TagRecord};
+use crate::oci::{Digest, RepoTarget, RepositoryName};
+use crate::store::Store;
 use crate::upstream::{MountOutcome, PushError, Upstream, UpstreamUpload};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use spool::{spawn_spool, SpoolMsg};
 use std::collections::HashMap;
-use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// A request body as the registry hands it over.
 pub type UploadBody = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
-/// Frames in flight between a request body and the spool thread.
-const SPOOL_QUEUE: usize = 64;
 /// Largest manifest accepted in a push (as for pulls).
 pub const MAX_PUSHED_MANIFEST: usize = crate::upstream::MAX_MANIFEST_SIZE;
 
@@ -133,135 +136,6 @@ pub enum MountResult {
 #[derive(Clone, Debug)]
 pub struct PushedManifest {
     pub digest: Digest,
-}
-
-/// Messages to a session's spool thread.
-enum SpoolMsg {
-    Data(Bytes),
-    /// Replies once every earlier frame is hashed and written.
-    Sync(oneshot::Sender<()>),
-    /// The digest of everything received, and the spool file (`None` if writing failed).
-    Finish(oneshot::Sender<Spooled>),
-}
-
-struct Spooled {
-    digest: Digest,
-    size: u64,
-    kept: Kept,
-}
-
-/// Where a session's bytes are kept for the write-through.
-enum Kept {
-    /// The digest was known up front (a monolithic upload): a store fill, committed after
-    /// the upstream's 201 (dropping it unfinished aborts it).
-    Fill(Box<BlobFill>),
-    /// An unlinked spool file, read into a store fill after the upstream's 201.
-    File(std::fs::File),
-    /// Writing failed: no write-through for this upload.
-    Nothing,
-}
-
-/// What the spool thread writes into while the bytes arrive.
-enum Sink {
-    Fill(Box<BlobFill>),
-    File(std::io::BufWriter<std::fs::File>),
-    Nothing,
-}
-
-impl Sink {
-    fn open(dir: &std::path::Path, direct: Option<(Store, Digest, Option<u64>)>) -> Sink {
-        if let Some((store, d, len)) = direct {
-            match store.begin_fill(d, len) {
-                Ok(fill) => return Sink::Fill(Box::new(fill)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot fill the store while the push arrives; spooling to a file")
-                }
-            }
-        }
-        match unlinked_file(dir) {
-            Ok(f) => Sink::File(std::io::BufWriter::with_capacity(1 << 20, f)),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot create a push spool file; this upload will not be written through to the cache");
-                Sink::Nothing
-            }
-        }
-    }
-
-    fn write(&mut self, b: &[u8]) {
-        let failed = match self {
-            Sink::Fill(f) => f.write(b).err().map(|e| e.to_string()),
-            Sink::File(f) => f.write_all(b).err().map(|e| e.to_string()),
-            Sink::Nothing => None,
-        };
-        if let Some(e) = failed {
-            tracing::warn!(error = %e, "cannot keep the pushed bytes; this upload will not be written through to the cache");
-            *self = Sink::Nothing;
-        }
-    }
-
-    fn keep(self) -> Kept {
-        match self {
-            Sink::Fill(f) => Kept::Fill(f),
-            Sink::File(f) => match f.into_inner() {
-                Ok(f) => Kept::File(f),
-                Err(e) => {
-                    tracing::warn!(error = %e.error(), "cannot flush the push spool file");
-                    Kept::Nothing
-                }
-            },
-            Sink::Nothing => Kept::Nothing,
-        }
-    }
-}
-
-/// Hashes frames and keeps them (a store fill when `direct` gives the digest up front, else
-/// an unlinked temp file in `dir`), on a thread of its own.
-fn spawn_spool(
-    dir: PathBuf,
-    direct: Option<(Store, Digest, Option<u64>)>,
-) -> mpsc::Sender<SpoolMsg> {
-    let (tx, mut rx) = mpsc::channel::<SpoolMsg>(SPOOL_QUEUE);
-    let spawned = std::thread::Builder::new()
-        .name("push-spool".into())
-        .spawn(move || {
-            let mut hasher = Sha256Verifier::new();
-            let mut sink = Sink::open(&dir, direct);
-            while let Some(msg) = rx.blocking_recv() {
-                match msg {
-                    SpoolMsg::Data(b) => {
-                        hasher.update(&b);
-                        sink.write(&b);
-                    }
-                    SpoolMsg::Sync(reply) => {
-                        let _ = reply.send(());
-                    }
-                    SpoolMsg::Finish(reply) => {
-                        let size = hasher.len();
-                        let digest = hasher.clone().finish();
-                        let kept = std::mem::replace(&mut sink, Sink::Nothing).keep();
-                        let _ = reply.send(Spooled { digest, size, kept });
-                        return;
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start a push spool thread");
-    }
-    tx
-}
-
-/// A new file in `dir`, already unlinked: it lives as long as the handle (and never
-/// outlives a crash).
-fn unlinked_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
-    let path = dir.join(format!("push-{}", uuid_v4()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(file)
 }
 
 /// One upload session of the edge.
@@ -689,62 +563,6 @@ impl Pushes {
         Ok(())
     }
 
-    /// Commits a pushed blob to the store: its fill (monolithic uploads), or its spool file
-    /// read into a fill. A failure here only costs the write-through: the upstream has it.
-    async fn write_through(&self, target: &RepoTarget, digest: &Digest, spooled: Spooled) -> bool {
-        let (store, d, repo) = (self.store.clone(), *digest, target.key().to_string());
-        let size = spooled.size;
-        let result = match spooled.kept {
-            Kept::Nothing => return false,
-            Kept::Fill(fill) => {
-                blocking(move || {
-                    if store.blob(&d)?.is_some() {
-                        drop(fill);
-                        return store.add_repo(&d, &repo);
-                    }
-                    fill.finish(&repo).map(|_| ())
-                })
-                .await
-            }
-            Kept::File(mut file) => {
-                blocking(move || {
-                    if store.blob(&d)?.is_some() {
-                        return store.add_repo(&d, &repo);
-                    }
-                    let spool_error = |source| StoreError::Io {
-                        op: "read the push spool file",
-                        path: PathBuf::from("tmp"),
-                        source,
-                    };
-                    file.seek(std::io::SeekFrom::Start(0))
-                        .map_err(spool_error)?;
-                    let mut fill = store.begin_fill(d, Some(size))?;
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        let n = file.read(&mut buf).map_err(spool_error)?;
-                        if n == 0 {
-                            break;
-                        }
-                        fill.write(&buf[..n])?;
-                    }
-                    fill.finish(&repo).map(|_| ())
-                })
-                .await
-            }
-        };
-        match result {
-            Ok(()) => true,
-            Err(e) => {
-                self.metrics
-                    .push_failures
-                    .with_label_values(&["store"])
-                    .inc();
-                tracing::warn!(repo = %target.key(), digest = %digest, error = %e, "pushed blob not written through to the cache");
-                false
-            }
-        }
-    }
-
     /// Cancels session `id` (`DELETE` on the upload URL).
     pub async fn cancel(&self, target: &RepoTarget, at: UploadRef<'_>) -> Result<(), PushFailure> {
         let session = self.session(target, at)?;
@@ -822,83 +640,6 @@ impl Pushes {
             .pushed_blob_size(&target.repo, digest)
             .await
             .map_err(|e| self.upstream_failure(target, e))
-    }
-
-    /// `PUT` of a manifest: the upstream first; on its 201 the edge stores the manifest
-    /// and, for a tag, records the tag.
-    pub async fn put_manifest(
-        &self,
-        target: &RepoTarget,
-        reference: &Reference,
-        media_type: &str,
-        bytes: Bytes,
-    ) -> Result<PushedManifest, PushFailure> {
-        let upstream = self.upstream(target)?;
-        let digest = Digest::of(&bytes);
-        if let Reference::Digest(d) = reference {
-            if *d != digest {
-                return self.failed(PushFailure::DigestMismatch {
-                    expected: *d,
-                    actual: digest,
-                });
-            }
-        }
-        if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
-            return self.failed(PushFailure::ManifestInvalid(
-                "the manifest is not JSON".into(),
-            ));
-        }
-        if let Err(e) = upstream
-            .put_manifest(
-                &target.repo,
-                &reference.to_string(),
-                media_type,
-                bytes.clone(),
-            )
-            .await
-        {
-            return self.failed(self.upstream_failure(target, e));
-        }
-        let (store, repo_key) = (self.store.clone(), target.key().to_string());
-        let tag = match reference {
-            Reference::Tag(t) => Some(TagKey {
-                upstream: target.upstream.clone(),
-                repo: target.repo.clone(),
-                tag: t.clone(),
-            }),
-            Reference::Digest(_) => None,
-        };
-        let media = media_type.to_string();
-        let stored = blocking(move || {
-            store.put_manifest(&digest, &media, &bytes, &repo_key)?;
-            if let Some(key) = tag {
-                let now = SystemTime::now();
-                store.put_tag(
-                    &key,
-                    &TagRecord {
-                        digest,
-                        media_type: media,
-                        fetched_at: now,
-                        validated_at: now,
-                    },
-                )?;
-            }
-            Ok(())
-        })
-        .await;
-        if let Err(e) = stored {
-            self.metrics
-                .push_failures
-                .with_label_values(&["store"])
-                .inc();
-            tracing::warn!(repo = %target.key(), %digest, error = %e, "pushed manifest not written through to the cache");
-        }
-        self.metrics
-            .pushes_completed
-            .with_label_values(&["manifest"])
-            .inc();
-        tracing::info!(repo = %target.key(), reference = %reference, %digest, "manifest pushed through the edge");
-        Ok(PushedManifest { digest })
     }
 
     /// `DELETE` of a manifest or blob, passed to the upstream (which decides whether it
