@@ -129,7 +129,10 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
     let cache =
         Arc::new(Cache::new(store.clone(), upstreams, settings, metrics.clone()).with_tiers(tiers));
     let upkeep = store.spawn_upkeep();
-    let api = RegistryApi::new(UpstreamTable::from_config(config), cache.clone(), access);
+    let mut api = RegistryApi::new(UpstreamTable::from_config(config), cache.clone(), access);
+    if config.upstream.iter().any(|u| u.push && u.private) {
+        api = api.with_pushes(push_side(config, &store, &cache, &metrics));
+    }
     let app = Arc::new(App::new(api, metrics));
     let sampler = server::status::spawn_sampler(app.clone());
     let server = Server::bind(&config.server, app.clone())
@@ -149,6 +152,27 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
         grace: config.server.shutdown_grace.get(),
         sampler,
     })
+}
+
+/// The push side: the upstreams with `push = true` and `[push]`'s limits.
+fn push_side(
+    config: &Config,
+    store: &Store,
+    cache: &Cache,
+    metrics: &Arc<Metrics>,
+) -> Arc<crate::cache::push::Pushes> {
+    let upstreams = config
+        .upstream
+        .iter()
+        .filter(|u| u.push && u.private)
+        .filter_map(|u| cache.upstream_named(&u.name).cloned())
+        .collect();
+    let settings = crate::cache::push::PushSettings {
+        max_upload_size: config.push.max_upload_size.get(),
+        session_timeout: config.push.session_timeout.get(),
+        max_uploads_per_token: config.push.max_uploads_per_token,
+    };
+    crate::cache::push::Pushes::new(store.clone(), upstreams, settings, metrics.clone())
 }
 
 impl Daemon {

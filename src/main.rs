@@ -196,7 +196,8 @@ enum TokenCommand {
         /// Who holds it (shown in logs): letters, digits, '.', '_', '-', '@'
         #[arg(long)]
         name: String,
-        /// Comma-separated: pull:public, pull:private, admin (the status page)
+        /// Comma-separated: pull:public, pull:private, admin (the status page), push (to
+        /// upstreams with push = true)
         #[arg(long, value_delimiter = ',', default_value = "pull:public", value_parser = parse_scope)]
         scopes: Vec<config::Scope>,
     },

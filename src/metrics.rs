@@ -63,6 +63,11 @@ pub struct Metrics {
     pub upstream_endpoint_up: IntGaugeVec,
     pub upstream_duration: HistogramVec,
     pub build_info: IntGaugeVec,
+    // push (issue 11)
+    pub push_bytes: IntCounterVec,
+    pub uploads_in_progress: IntGauge,
+    pub push_failures: IntCounterVec,
+    pub pushes_completed: IntCounterVec,
     /// Upstream health, recent errors, bytes per repository, per-minute snapshots.
     pub activity: activity::Activity,
     /// The shared tier and cluster single flight.
@@ -166,6 +171,29 @@ impl Metrics {
         let tiers = tiers::TierMetrics::new(&r);
         let m = Metrics {
             tiers,
+            push_bytes: counter_vec(
+                &r,
+                "push_bytes_total",
+                "Blob bytes pushed through the edge to an upstream, by upstream.",
+                &["upstream"],
+            ),
+            uploads_in_progress: gauge(
+                &r,
+                "uploads_in_progress",
+                "Blob upload sessions open on the edge.",
+            ),
+            push_failures: counter_vec(
+                &r,
+                "push_failures_total",
+                "Pushes that failed, by reason (digest, too_large, upstream, client, expired, store, limit).",
+                &["reason"],
+            ),
+            pushes_completed: counter_vec(
+                &r,
+                "pushes_completed_total",
+                "Blobs and manifests pushed through the edge, by kind (blob, mount, manifest).",
+                &["kind"],
+            ),
             http_requests: counter_vec(
                 &r,
                 "http_requests_total",

@@ -620,8 +620,9 @@ fn config_mistakes_in_auth_are_one_line() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let (code, _, err) = run_cli(&["token", "create", "--name", "x", "--scopes", "push"], &[]);
+    let (code, _, err) = run_cli(&["token", "create", "--name", "x", "--scopes", "pull"], &[]);
     assert_eq!(code, 2, "{err}");
+    assert!(err.contains("push"), "the error lists every scope: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,8 @@ pub enum Action<'a> {
     Catalog,
     /// Manifests, blobs and tag lists of a repository on this upstream.
     Pull { upstream: &'a str },
+    /// Uploads, manifest puts and deletes through an upstream with `push = true`.
+    Push { upstream: &'a str },
 }
 
 /// The answer to [`Access::decide`].
@@ -168,6 +170,7 @@ pub struct Access {
     admin: Vec<Cidr>,
     tokens: Vec<ConfiguredToken>,
     private_upstreams: HashSet<String>,
+    push_upstreams: HashSet<String>,
     signer: Signer,
     quota: Option<AnonymousQuota>,
     metrics: Arc<Metrics>,
@@ -195,6 +198,12 @@ impl Access {
                 .upstream
                 .iter()
                 .filter(|u| u.private)
+                .map(|u| u.name.to_ascii_lowercase())
+                .collect(),
+            push_upstreams: c
+                .upstream
+                .iter()
+                .filter(|u| u.push && u.private)
                 .map(|u| u.name.to_ascii_lowercase())
                 .collect(),
             signer,
@@ -243,6 +252,17 @@ impl Access {
 
     /// Reads the `Authorization` header. `Ok(Anonymous)` when there is none; an error for
     /// credentials that are present but not valid.
+    /// Whether upstream `upstream` takes pushes through the edge (`push = true`).
+    pub fn push_enabled(&self, upstream: &str) -> bool {
+        self.push_upstreams.contains(upstream)
+    }
+
+    /// Whether `who` may push through `upstream`: a token with `push`, to an upstream
+    /// with `push = true`. Pulls are not implied, nor needed.
+    pub fn may_push(&self, who: &Identity, upstream: &str) -> bool {
+        self.push_enabled(upstream) && who.has(Scope::Push)
+    }
+
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, DenyReason> {
         let Some(raw) = authorization else {
             return Ok(Identity::Anonymous);
@@ -329,6 +349,11 @@ impl Access {
             }
             (Identity::Anonymous, Action::Ping | Action::Catalog) => Decision::Allow,
             (_, Action::Pull { upstream }) if self.may_pull(who, upstream) => Decision::Allow,
+            (_, Action::Push { upstream }) if self.may_push(who, upstream) => Decision::Allow,
+            (Identity::Anonymous, Action::Push { .. }) => {
+                Decision::Challenge(DenyReason::NoCredentials)
+            }
+            (Identity::Token { .. }, Action::Push { .. }) => Decision::Forbid(DenyReason::Scope),
             (Identity::Anonymous, Action::Pull { .. }) => {
                 Decision::Challenge(DenyReason::NoCredentials)
             }
@@ -461,6 +486,42 @@ mod tests {
             Decision::Challenge(DenyReason::NoCredentials)
         );
         assert!(a.issue(&anon).is_none());
+    }
+
+    #[test]
+    fn push_needs_the_push_scope_and_a_push_upstream() {
+        let pusher = token::new_secret().expect("secret");
+        let text = format!(
+            "[auth]\nanonymous = true\n[[auth.token]]\nname = \"ci\"\nhash = \"{}\"\nscopes = [\"push\"]\n[[upstream]]\nname = \"corp.lan\"\nurl = \"https://corp.lan\"\nprivate = true\npush = true\n[[upstream]]\nname = \"ro.lan\"\nurl = \"https://ro.lan\"\nprivate = true\n",
+            pusher.hash
+        );
+        let c = load_from_text_for_tests(ConfigOrigin::Embedded, &text);
+        let a = Access::from_config(&c, Arc::new(Metrics::new())).expect("access");
+        let basic = format!("Basic {}", STANDARD.encode(format!("x:{}", pusher.secret)));
+        let ci = a.authenticate(Some(basic.as_bytes())).expect("token");
+        let corp = Action::Push {
+            upstream: "corp.lan",
+        };
+        assert!(a.push_enabled("corp.lan") && !a.push_enabled("ro.lan"));
+        assert_eq!(a.decide(&ci, corp), Decision::Allow);
+        assert_eq!(
+            a.decide(&ci, Action::Push { upstream: "ro.lan" }),
+            Decision::Forbid(DenyReason::Scope)
+        );
+        // push implies nothing about pulls.
+        assert_eq!(
+            a.decide(
+                &ci,
+                Action::Pull {
+                    upstream: "corp.lan"
+                }
+            ),
+            Decision::Forbid(DenyReason::Scope)
+        );
+        assert_eq!(
+            a.decide(&Identity::Anonymous, corp),
+            Decision::Challenge(DenyReason::NoCredentials)
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod fill;
 mod flight;
 mod manifests;
 mod progress;
+pub mod push;
 mod referrers;
 mod tags;
 mod tiered;
@@ -284,6 +285,11 @@ impl Cache {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The client of upstream `name` (the push side shares it, and its token cache).
+    pub fn upstream_named(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.get(name)
     }
 
     /// The blob fills under way (for the status page).

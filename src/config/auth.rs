@@ -21,16 +21,24 @@ pub enum Scope {
     PullPrivate,
     /// Read the operator's pages (`/status`, `/status.json`) from any allowed network.
     Admin,
+    /// Push through upstreams marked `push = true` (implies nothing about pulls).
+    Push,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::PullPublic, Scope::PullPrivate, Scope::Admin];
+    pub const ALL: [Scope; 4] = [
+        Scope::PullPublic,
+        Scope::PullPrivate,
+        Scope::Admin,
+        Scope::Push,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::PullPublic => "pull:public",
             Scope::PullPrivate => "pull:private",
             Scope::Admin => "admin",
+            Scope::Push => "push",
         }
     }
 
@@ -39,7 +47,7 @@ impl Scope {
             .into_iter()
             .find(|sc| sc.as_str() == s.trim())
             .ok_or_else(|| {
-                format!("expected one of \"pull:public\" \"pull:private\" \"admin\", got {s:?}")
+                format!("expected one of \"pull:public\" \"pull:private\" \"admin\" \"push\", got {s:?}")
             })
     }
 }
@@ -265,7 +273,8 @@ mod tests {
             assert!(TokenHash::parse(&bad).is_err(), "{bad}");
         }
         assert_eq!(Scope::parse("pull:private"), Ok(Scope::PullPrivate));
-        assert!(Scope::parse("push").is_err());
+        assert_eq!(Scope::parse("push"), Ok(Scope::Push));
+        assert!(Scope::parse("pull").is_err());
         assert!(is_token_name("ci-runner.1@lab"));
         assert!(!is_token_name("a b"));
         assert!(!is_token_name(""));

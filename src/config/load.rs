@@ -496,6 +496,7 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
     }
     validate_auth(c, origin)?;
     super::tiers::validate(c.storage.shared.as_ref(), &c.cluster, origin)?;
+    validate_push(c, origin)?;
     for (i, host) in c.outbound.no_proxy.iter().enumerate() {
         if host.is_empty() || host.contains(|c: char| c == ',' || c.is_whitespace()) {
             return err(
@@ -610,6 +611,12 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 );
             }
         }
+        if u.push && !u.private {
+            return err(
+                &key("push"),
+                "push = true needs private = true on the same upstream (pushes go only to private upstreams)".into(),
+            );
+        }
         if u.default {
             defaults += 1;
             if defaults > 1 {
@@ -646,6 +653,32 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 readable(origin, &key("ca_file"), p)?;
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_push(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
+    let p = &c.push;
+    if p.session_timeout.is_zero() {
+        return Err(ConfigError::at(
+            origin,
+            "push.session_timeout",
+            "expected a duration above zero, such as \"10m\"",
+        ));
+    }
+    if p.max_uploads_per_token == 0 {
+        return Err(ConfigError::at(
+            origin,
+            "push.max_uploads_per_token",
+            "expected at least 1",
+        ));
+    }
+    if p.max_upload_size.get() == 0 {
+        return Err(ConfigError::at(
+            origin,
+            "push.max_upload_size",
+            "expected a size above zero, such as \"10GiB\"",
+        ));
     }
     Ok(())
 }
@@ -690,7 +723,8 @@ fn validate_auth(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
         if t.scopes.is_empty() {
             return err(
                 key("scopes"),
-                "expected at least one of \"pull:public\" \"pull:private\"".into(),
+                "expected at least one of \"pull:public\" \"pull:private\" \"push\" \"admin\""
+                    .into(),
             );
         }
     }
@@ -774,6 +808,22 @@ mod tests {
             .expect_err("tiny budget")
             .to_string();
         assert!(e.contains("storage.max_size"), "{e}");
+
+        let e = from_text("[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\npush = true\n")
+            .expect_err("push without private")
+            .to_string();
+        assert!(
+            e.contains("upstream[0].push") && e.contains("private = true"),
+            "{e}"
+        );
+        let e = from_text("[push]\nsession_timeout = \"0s\"\n")
+            .expect_err("zero timeout")
+            .to_string();
+        assert!(e.contains("push.session_timeout"), "{e}");
+        let e = from_text("[push]\nmax_uploads_per_token = 0\n")
+            .expect_err("no uploads")
+            .to_string();
+        assert!(e.contains("push.max_uploads_per_token"), "{e}");
 
         let e = from_text("[server\n").expect_err("bad toml").to_string();
         assert!(e.contains("/t/config.toml:1"), "{e}");
@@ -916,7 +966,7 @@ mod tests {
             ("[auth]\nanonymous_rate = { per_minute = 0, burst = 1 }\n", "auth.anonymous_rate.per_minute", "at least 1"),
             ("[auth]\nanonymus = true\n", "auth.anonymus", "unknown key"),
             ("[[auth.token]]\nname = \"ci\"\nhash = \"spk_plaintext\"\nscopes = [\"pull:public\"]\n", "auth.token[0].hash", "sha256:"),
-            (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = [\"push\"]\n"), "auth.token[0].scopes", "pull:public"),
+            (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = [\"pull\"]\n"), "auth.token[0].scopes", "pull:public"),
             (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = []\n"), "auth.token[0].scopes", "at least one"),
             (&format!("[[auth.token]]\nname = \"a b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[0].name", "letters"),
             (&format!("[[auth.token]]\nname = \"a\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n[[auth.token]]\nname = \"b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[1].hash", "same hash"),

@@ -49,6 +49,46 @@ pub struct Config {
     /// Peer edges sharing cold fills (see [`tiers`]).
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Pushes through the edge to upstreams with `push = true`.
+    #[serde(default)]
+    pub push: PushConfig,
+}
+
+/// `[push]`: limits of pushes through the edge (to upstreams with `push = true`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Largest blob one upload may carry (413 above it).
+    #[serde(default = "default_max_upload_size")]
+    pub max_upload_size: ByteSize,
+    /// An upload session with no request for this long is cancelled, upstream too.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout: HumanDuration,
+    /// Upload sessions one token may have open at once (429 above it).
+    #[serde(default = "default_uploads_per_token")]
+    pub max_uploads_per_token: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            max_upload_size: default_max_upload_size(),
+            session_timeout: default_session_timeout(),
+            max_uploads_per_token: default_uploads_per_token(),
+        }
+    }
+}
+
+fn default_max_upload_size() -> ByteSize {
+    ByteSize(10 << 30)
+}
+
+fn default_session_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+fn default_uploads_per_token() -> usize {
+    16
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -216,6 +256,10 @@ pub struct UpstreamConfig {
     /// served through another upstream's name.
     #[serde(default)]
     pub private: bool,
+    /// Clients with a `push` token may push through the edge to this upstream (needs
+    /// `private = true`); pushed content is written through to the cache.
+    #[serde(default)]
+    pub push: bool,
     /// Outbound proxy for this upstream (`"none"`: direct); wins over `[outbound] proxy`
     /// and the environment.
     #[serde(default)]
@@ -290,6 +334,7 @@ impl UpstreamConfig {
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
             private: false,
+            push: false,
             proxy: None,
             endpoint: Vec::new(),
         }

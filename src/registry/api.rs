@@ -5,6 +5,7 @@ use super::body::{self, ResponseBody};
 use super::error::{OciError, Subject};
 use super::route::{decoded_query_param, route, ApiRoute, RequestParts, UpstreamTable};
 use crate::access::{Access, Action, Decision, DenyReason, Identity, BASIC_REALM, SERVICE};
+use crate::cache::push::{Pushes, UploadBody};
 use crate::cache::{
     BlobAnswer, Cache, CacheError, ManifestAnswer, ReferrersAnswer, Requester, PEER_HEADER,
     REFERRERS_MEDIA_TYPE,
@@ -40,6 +41,8 @@ pub struct RegistryApi {
     table: UpstreamTable,
     cache: Arc<Cache>,
     access: Arc<Access>,
+    /// The push side, when any upstream has `push = true`.
+    pushes: Option<Arc<Pushes>>,
 }
 
 /// Where a request came from.
@@ -80,7 +83,14 @@ impl RegistryApi {
             table,
             cache,
             access,
+            pushes: None,
         }
+    }
+
+    /// Takes pushes to upstreams with `push = true` through `pushes`.
+    pub fn with_pushes(mut self, pushes: Arc<Pushes>) -> Self {
+        self.pushes = Some(pushes);
+        self
     }
 
     pub fn access(&self) -> &Access {
@@ -124,7 +134,13 @@ impl RegistryApi {
         vec![bearer]
     }
 
-    pub async fn handle(&self, req: &http::request::Parts, client: ClientInfo) -> ApiResponse {
+    /// One request; `body` is read only by the push API.
+    pub async fn handle(
+        &self,
+        req: &http::request::Parts,
+        body: UploadBody,
+        client: ClientInfo,
+    ) -> ApiResponse {
         let host = req
             .headers
             .get(header::HOST)
@@ -182,10 +198,39 @@ impl RegistryApi {
                 }
             }
         };
-        let action = match &routed {
-            ApiRoute::Ping => Action::Ping,
-            ApiRoute::Catalog => Action::Catalog,
-            other => match other.target() {
+        // The push API, and a pusher's `HEAD`s (clients check what the repository has).
+        let wants_push = routed.is_push(&req.method);
+        let pusher = |who: &Identity| {
+            routed
+                .target()
+                .is_some_and(|t| self.access.may_push(who, &t.upstream))
+        };
+        let pusher_blob_head = head && matches!(routed, ApiRoute::Blob { .. }) && pusher(&who);
+        let pusher_manifest_head = head
+            && matches!(routed, ApiRoute::Manifest { .. })
+            && pusher(&who)
+            && routed
+                .target()
+                .is_some_and(|t| !self.access.may_pull(&who, &t.upstream));
+        let push_upstream = routed
+            .target()
+            .map(|t| t.upstream.as_str())
+            .filter(|_| wants_push || pusher_blob_head || pusher_manifest_head);
+        if let (true, Some(upstream)) = (wants_push, push_upstream) {
+            if !self.access.push_enabled(upstream) || self.pushes.is_none() {
+                let e = OciError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    super::ErrorCode::Unsupported,
+                    format!("{} is not supported for upstream {upstream}: the edge is a read-only pull-through cache for it (pushes go only to upstreams configured with push = true)", req.method),
+                );
+                return refused(e, head, "push");
+            }
+        }
+        let action = match (&routed, push_upstream) {
+            (_, Some(upstream)) => Action::Push { upstream },
+            (ApiRoute::Ping, _) => Action::Ping,
+            (ApiRoute::Catalog, _) => Action::Catalog,
+            (other, None) => match other.target() {
                 Some(target) => Action::Pull {
                     upstream: &target.upstream,
                 },
@@ -196,9 +241,14 @@ impl RegistryApi {
             Decision::Allow => {}
             Decision::Challenge(reason) => {
                 self.access.count_denial(reason);
+                let actions = if push_upstream.is_some() {
+                    "pull,push"
+                } else {
+                    "pull"
+                };
                 let scope = routed
                     .target()
-                    .map(|target| format!("repository:{}:pull", target.key()));
+                    .map(|target| format!("repository:{}:{actions}", target.key()));
                 let e = OciError::unauthorized(
                     LOGIN_REQUIRED,
                     self.challenges(host, client, scope.as_deref()),
@@ -214,11 +264,17 @@ impl RegistryApi {
                     Action::Pull { upstream } => {
                         format!("pulling through {upstream} needs a token with pull:public")
                     }
+                    Action::Push { upstream } => {
+                        format!("pushing through {upstream} needs a token with the push scope")
+                    }
                     _ => "this needs another scope".to_string(),
                 };
                 tracing::info!(token = who.name(), client = %client.peer, "{what}");
                 return refused(OciError::denied(what), head, "auth");
             }
+        }
+        if let (Some(pushes), true) = (&self.pushes, wants_push || pusher_blob_head) {
+            return self.push(pushes, req, body, routed, who.name()).await;
         }
         let served_repo = match &routed {
             ApiRoute::Manifest { target, .. } | ApiRoute::Blob { target, .. } => {
@@ -261,6 +317,7 @@ impl RegistryApi {
                         .map_err(|e| map_cache_error(e, Subject::Manifest)),
                 )
             }
+            ApiRoute::Upload { .. } => ("push", Err(OciError::unsupported_method(&req.method))),
             ApiRoute::Blob { target, digest } => {
                 let range = req
                     .headers
@@ -402,7 +459,7 @@ impl RegistryApi {
     }
 }
 
-fn base_response(status: StatusCode) -> http::response::Builder {
+pub(super) fn base_response(status: StatusCode) -> http::response::Builder {
     Response::builder()
         .status(status)
         .header("Docker-Distribution-API-Version", API_VERSION)
@@ -448,7 +505,7 @@ pub fn error_response(e: &OciError, head: bool) -> Response<ResponseBody> {
     )
 }
 
-fn finish(b: http::response::Builder, body: ResponseBody) -> Response<ResponseBody> {
+pub(super) fn finish(b: http::response::Builder, body: ResponseBody) -> Response<ResponseBody> {
     b.body(body).unwrap_or_else(|e| {
         // Only reachable with an invalid header value, which we never build from input.
         let mut r = Response::new(body::full(

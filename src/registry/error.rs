@@ -18,6 +18,12 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    // The push side (issue 11).
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    SizeInvalid,
 }
 
 impl ErrorCode {
@@ -32,7 +38,34 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::SizeInvalid => "SIZE_INVALID",
         }
+    }
+
+    /// The code an upstream sent, when it is one of the spec's.
+    pub fn from_spec(code: &str) -> Option<ErrorCode> {
+        [
+            ErrorCode::BlobUnknown,
+            ErrorCode::DigestInvalid,
+            ErrorCode::ManifestUnknown,
+            ErrorCode::NameInvalid,
+            ErrorCode::NameUnknown,
+            ErrorCode::Unauthorized,
+            ErrorCode::Denied,
+            ErrorCode::Unsupported,
+            ErrorCode::TooManyRequests,
+            ErrorCode::BlobUploadInvalid,
+            ErrorCode::BlobUploadUnknown,
+            ErrorCode::ManifestBlobUnknown,
+            ErrorCode::ManifestInvalid,
+            ErrorCode::SizeInvalid,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == code)
     }
 }
 

@@ -18,6 +18,7 @@ mod api;
 pub mod body;
 pub mod error;
 pub mod route;
+mod upload;
 
 /// Re-exported for callers that know it from here; it lives in [`crate::oci`].
 pub use crate::oci::RepoTarget;

@@ -53,6 +53,15 @@ pub enum ApiRoute {
         subject: Digest,
         artifact_type: Option<String>,
     },
+    /// `/v2/<name>/blobs/uploads/[<session>]`: blob uploads (the push side).
+    Upload {
+        target: RepoTarget,
+        /// `None` for `POST .../uploads/` (a new session).
+        session: Option<String>,
+        /// The path up to `.../blobs/uploads` as the client wrote it (session URLs the
+        /// edge hands out keep the client's routing form).
+        client_path: String,
+    },
 }
 
 impl ApiRoute {
@@ -63,9 +72,35 @@ impl ApiRoute {
             ApiRoute::Manifest { target, .. }
             | ApiRoute::Blob { target, .. }
             | ApiRoute::TagsList { target, .. }
-            | ApiRoute::Referrers { target, .. } => Some(target),
+            | ApiRoute::Referrers { target, .. }
+            | ApiRoute::Upload { target, .. } => Some(target),
         }
     }
+
+    /// Whether `method` on this route is part of the push API (uploads, manifest `PUT`,
+    /// `DELETE`), as opposed to a pull.
+    pub fn is_push(&self, method: &Method) -> bool {
+        match self {
+            ApiRoute::Upload { .. } => true,
+            ApiRoute::Manifest { .. } | ApiRoute::Blob { .. } => {
+                !matches!(*method, Method::GET | Method::HEAD)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Methods of the push API; any other besides `GET` and `HEAD` is refused in routing.
+fn is_push_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PATCH | Method::PUT | Method::DELETE
+    )
+}
+
+/// An upload session id as this edge makes them (a UUID); anything else names no session.
+fn is_session_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 #[derive(Clone, Debug)]
@@ -283,17 +318,24 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
         return Err(OciError::not_found_route());
     };
     table.check_host(parts.host)?;
-    if !matches!(*parts.method, Method::GET | Method::HEAD) {
+    let read = matches!(*parts.method, Method::GET | Method::HEAD);
+    if !read && !is_push_method(parts.method) {
         return Err(OciError::unsupported_method(parts.method));
     }
     if rest.is_empty() || rest == "/" {
-        return Ok(ApiRoute::Ping);
+        return match read {
+            true => Ok(ApiRoute::Ping),
+            false => Err(OciError::unsupported_method(parts.method)),
+        };
     }
     let rest = rest
         .strip_prefix('/')
         .ok_or_else(OciError::not_found_route)?;
     if rest == "_catalog" {
-        return Ok(ApiRoute::Catalog);
+        return match read {
+            true => Ok(ApiRoute::Catalog),
+            false => Err(OciError::unsupported_method(parts.method)),
+        };
     }
     let segments: Vec<&str> = rest.split('/').collect();
     let n = segments.len();
@@ -305,8 +347,19 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
         Blob(&'s str),
         Referrers(&'s str),
         Tags,
+        Upload(Option<&'s str>),
     }
-    let (name_segments, kind) = if segments[n - 2] == "tags" && segments[n - 1] == "list" {
+    // `<name>/blobs/uploads[/]` and `<name>/blobs/uploads/<session>`.
+    let upload = if segments[n - 2] == "blobs" && segments[n - 1] == "uploads" {
+        Some((n - 2, None))
+    } else if n >= 4 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" {
+        Some((n - 3, Some(segments[n - 1]).filter(|s| !s.is_empty())))
+    } else {
+        None
+    };
+    let (name_segments, kind) = if let Some((end, session)) = upload {
+        (&segments[..end], Kind::Upload(session))
+    } else if segments[n - 2] == "tags" && segments[n - 1] == "list" {
         (&segments[..n - 2], Kind::Tags)
     } else if segments[n - 2] == "referrers" {
         (&segments[..n - 2], Kind::Referrers(segments[n - 1]))
@@ -314,13 +367,30 @@ pub fn route(parts: &RequestParts<'_>, table: &UpstreamTable) -> Result<ApiRoute
         (&segments[..n - 2], Kind::Manifest(segments[n - 1]))
     } else if segments[n - 2] == "blobs" {
         (&segments[..n - 2], Kind::Blob(segments[n - 1]))
-    } else if segments.contains(&"uploads") {
-        return Err(OciError::unsupported_method(&Method::POST));
     } else {
         return Err(OciError::not_found_route());
     };
     let target = resolve_target(name_segments, explicit_host, parts, table)?;
+    let read_only = matches!(kind, Kind::Tags | Kind::Referrers(_));
+    if !read && read_only {
+        return Err(OciError::unsupported_method(parts.method));
+    }
     Ok(match kind {
+        Kind::Upload(session) => {
+            if let Some(id) = session.filter(|id| !is_session_id(id)) {
+                return Err(OciError::new(
+                    http::StatusCode::NOT_FOUND,
+                    super::error::ErrorCode::BlobUploadUnknown,
+                    format!("no upload session {id:?} on this edge"),
+                ));
+            }
+            let uploads_at = path.rfind("/blobs/uploads").unwrap_or(path.len());
+            ApiRoute::Upload {
+                target,
+                session: session.map(str::to_string),
+                client_path: format!("{}/blobs/uploads", &path[..uploads_at]),
+            }
+        }
         Kind::Tags => ApiRoute::TagsList {
             target,
             client_name: name_segments.join("/"),
@@ -645,12 +715,47 @@ mod tests {
             ErrorCode::Unsupported
         );
         assert_eq!(code(Method::GET, "/other"), ErrorCode::Unsupported);
+        // The push API routes (whether an upstream takes pushes is the API's decision);
+        // other methods and read-only endpoints are 405.
         for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
-            assert_eq!(code(m.clone(), "/v2/a/manifests/t"), ErrorCode::Unsupported);
+            for p in ["/v2/a/tags/list", "/v2/", "/v2/_catalog"] {
+                let e = r(m.clone(), None, p).expect_err(p);
+                assert_eq!(e.status, http::StatusCode::METHOD_NOT_ALLOWED, "{m} {p}");
+            }
+        }
+        assert_eq!(
+            code(Method::OPTIONS, "/v2/a/manifests/t"),
+            ErrorCode::Unsupported
+        );
+        let upload = |p: &str| match r(Method::POST, None, p) {
+            Ok(ApiRoute::Upload {
+                target,
+                session,
+                client_path,
+            }) => (target.key().to_string(), session, client_path),
+            other => panic!("{p}: {other:?}"),
+        };
+        for p in ["/v2/a/blobs/uploads/", "/v2/a/blobs/uploads"] {
             assert_eq!(
-                r(m, None, "/v2/a/blobs/uploads/").expect_err("push").status,
-                http::StatusCode::METHOD_NOT_ALLOWED
+                upload(p),
+                (
+                    "docker.io/library/a".into(),
+                    None,
+                    "/v2/a/blobs/uploads".into()
+                )
             );
         }
+        assert_eq!(
+            upload("/v2/lan/team/app/blobs/uploads/0b1e-42"),
+            (
+                "registry.lan:5000/team/app".into(),
+                Some("0b1e-42".into()),
+                "/v2/lan/team/app/blobs/uploads".into()
+            )
+        );
+        assert_eq!(
+            code(Method::PATCH, "/v2/a/blobs/uploads/bad!id"),
+            ErrorCode::BlobUploadUnknown
+        );
     }
 }

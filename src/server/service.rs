@@ -77,11 +77,15 @@ impl App {
         self.ready.load(Ordering::SeqCst)
     }
 
-    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<LoggedBody> {
+    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<LoggedBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
         let started = Instant::now();
         let in_flight = conn.activity.as_ref().map(|a| a.begin());
         let peer = conn.peer;
-        let (parts, _body) = req.into_parts();
+        let (parts, request_body) = req.into_parts();
         let head_only = parts.method == http::Method::HEAD;
         let target_len = parts.uri.path().len() + parts.uri.query().map_or(0, |q| q.len() + 1);
         let (response, route) = if !self.api.access().peer_allowed(peer.ip()) {
@@ -138,7 +142,10 @@ impl App {
                         peer,
                         tls: conn.tls,
                     };
-                    let r = self.api.handle(&parts, client).await;
+                    let r = self
+                        .api
+                        .handle(&parts, request_stream(request_body), client)
+                        .await;
                     (r.response, r.route)
                 }
             }
@@ -235,6 +242,19 @@ fn head_of(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// A request body as the stream of bytes the push API reads (other routes never poll it).
+fn request_stream<B>(body: B) -> crate::cache::push::UploadBody
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    use futures_util::StreamExt;
+    Box::pin(
+        http_body_util::BodyDataStream::new(body)
+            .map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))),
+    )
 }
 
 fn text(status: StatusCode, content_type: &'static str, s: String) -> Response<body::ResponseBody> {

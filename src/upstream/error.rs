@@ -206,7 +206,7 @@ fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Dur
 }
 
 /// Up to [`ERROR_BODY_LIMIT`] bytes of the body; a body that fails part way gives what came.
-async fn read_error_body(mut response: reqwest::Response) -> Vec<u8> {
+pub(crate) async fn read_error_body(mut response: reqwest::Response) -> Vec<u8> {
     let mut body = Vec::new();
     while body.len() < ERROR_BODY_LIMIT {
         match response.chunk().await {

@@ -14,6 +14,11 @@ use reqwest::{Method, StatusCode, Url};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The token scope of a pull from `repo`.
+pub(super) fn pull_scope(repo: &RepositoryName) -> String {
+    format!("repository:{repo}:pull")
+}
+
 impl Upstream {
     /// Every `backoff`, pings the endpoints that are down and puts back those that answer.
     /// Runs while any clone of this upstream lives (and only inside a tokio runtime).
@@ -79,11 +84,29 @@ impl Upstream {
         headers: HeaderMap,
         prefer: Option<usize>,
     ) -> Result<(reqwest::Response, usize), UpstreamError> {
+        let scope = pull_scope(repo);
+        self.send_scoped(kind, method, (path, query), repo, &scope, headers, prefer)
+            .await
+    }
+
+    /// [`Upstream::send`] with the token scope to ask for (`repository:<repo>:pull,push`
+    /// for pushes).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_scoped(
+        &self,
+        kind: RequestKind,
+        method: Method,
+        (path, query): (&str, Option<&str>),
+        repo: &RepositoryName,
+        scope: &str,
+        headers: HeaderMap,
+        prefer: Option<usize>,
+    ) -> Result<(reqwest::Response, usize), UpstreamError> {
         let mut waited = Duration::ZERO;
         let mut retries = 0;
         loop {
             let (response, endpoint) = self
-                .send_to_endpoints(kind, &method, (path, query), repo, &headers, prefer)
+                .send_to_endpoints(kind, &method, (path, query), repo, scope, &headers, prefer)
                 .await?;
             let status = response.status();
             if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE
@@ -114,12 +137,14 @@ impl Upstream {
     /// Sends a request to each endpoint in use, in order, until one gives an answer that
     /// is not an endpoint failure (connect error, timeout, TLS failure, 5xx, 429); each
     /// failure marks its endpoint down. The last endpoint's answer is returned as it is.
+    #[allow(clippy::too_many_arguments)]
     async fn send_to_endpoints(
         &self,
         kind: RequestKind,
         method: &Method,
         (path, query): (&str, Option<&str>),
         repo: &RepositoryName,
+        scope: &str,
         headers: &HeaderMap,
         prefer: Option<usize>,
     ) -> Result<(reqwest::Response, usize), UpstreamError> {
@@ -129,7 +154,7 @@ impl Upstream {
         for (n, &i) in order.iter().enumerate() {
             let url = self.url_at(i, path, query)?;
             let result = self
-                .send_authorized(i, kind, method, &url, repo, headers)
+                .send_authorized(i, kind, method, &url, repo, scope, headers)
                 .await;
             let failure = match &result {
                 Ok(r)
@@ -165,19 +190,20 @@ impl Upstream {
     /// Sends a request with whatever auth this upstream is known to want; on a 401 with a
     /// challenge we can answer, retries once with fresh credentials. Returns the final
     /// response whatever its status (a second 401 becomes `Unauthorized`).
-    async fn send_authorized(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_authorized(
         &self,
         endpoint: usize,
         kind: RequestKind,
         method: &Method,
         url: &Url,
         repo: &RepositoryName,
+        scope: &str,
         headers: &HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
         let inner = &*self.inner;
         let reach = &inner.reach[endpoint];
-        let scope = format!("repository:{repo}:pull");
-        let proactive = reach.auth.proactive(&reach.client, &scope).await?;
+        let proactive = reach.auth.proactive(&reach.client, scope).await?;
         let first = self
             .attempt(reach, kind, method, url, headers, proactive.as_ref())
             .await?;
@@ -194,7 +220,7 @@ impl Upstream {
         drop(first);
         let retry_auth = reach
             .auth
-            .answer(&reach.client, &challenges, &scope, proactive.as_ref())
+            .answer(&reach.client, &challenges, scope, proactive.as_ref())
             .await?;
         let second = self
             .attempt(reach, kind, method, url, headers, Some(&retry_auth))

@@ -25,10 +25,12 @@ mod endpoints;
 mod error;
 mod exchange;
 pub mod proxy;
+mod push;
 mod transport;
 
 pub use client::{MAX_REDIRECTS, USER_AGENT};
 pub use error::{retry_after_seconds, UpstreamError};
+pub use push::{MountOutcome, PushError, UpstreamUpload};
 
 use crate::config::{OutboundConfig, UpstreamConfig};
 use crate::metrics::Metrics;
@@ -74,6 +76,9 @@ struct Inner {
 /// The HTTP client (TLS and proxy settings) and credentials of one endpoint.
 struct Reach {
     client: reqwest::Client,
+    /// For upstreams with `push = true`: the same settings without a read timeout (reqwest
+    /// counts it from the start of the request, so a long upload would hit it).
+    push_client: Option<reqwest::Client>,
     auth: Authenticator,
 }
 
@@ -161,9 +166,19 @@ impl Upstream {
             let credentials = Credentials::from_config(&endpoint)?;
             let proxy = proxy::ProxyChoice::choose(&endpoint, outbound, &env);
             let client = client::build_http_client(&endpoint, &proxy)?;
+            let push_client = if cfg.push {
+                let unbounded = UpstreamConfig {
+                    read_timeout: crate::config::HumanDuration(Duration::ZERO),
+                    ..endpoint.clone()
+                };
+                Some(client::build_http_client(&unbounded, &proxy)?)
+            } else {
+                None
+            };
             tracing::info!(upstream = %cfg.name, endpoint = %endpoint.url, "outbound: {}", proxy.describe());
             reach.push(Reach {
                 client,
+                push_client,
                 auth: Authenticator::new(credentials, upstream_metrics.clone()),
             });
         }

@@ -19,6 +19,8 @@ pub(crate) enum RequestKind {
     Tags,
     Token,
     Ping,
+    /// Upload sessions, chunks, mounts, manifest puts and deletes.
+    Push,
 }
 
 impl RequestKind {
@@ -29,6 +31,7 @@ impl RequestKind {
             RequestKind::Tags => "tags",
             RequestKind::Token => "token",
             RequestKind::Ping => "ping",
+            RequestKind::Push => "push",
         }
     }
 }

@@ -1,0 +1,458 @@
+//! The push side of the OCI distribution API, for upstreams with `push = true`: blob
+//! uploads (`POST` monolithic with `?digest=`, session-based `POST`/`PATCH`/`PUT`, `GET`
+//! for a session's progress, `DELETE` to cancel), cross-repository mounts, `HEAD` on blobs
+//! for clients that skip blobs the repository has, manifest `PUT` by tag and digest, and
+//! `DELETE` of manifests and blobs passed to the upstream.
+//!
+//! Owns: reading what the client sent (`Content-Range`, `Content-Length`, `Content-Type`,
+//! `?digest=`, `?mount=&from=`), the replies clients expect (`Location` in the client's
+//! own routing form, `Range`, `Docker-Upload-UUID`, `Docker-Content-Digest`), and mapping
+//! each [`PushFailure`] to its OCI error once.
+//!
+//! Must not: hold upload state or talk to the upstream (that is [`crate::cache::push`]).
+
+use super::api::{base_response, finish, ApiResponse, RegistryApi};
+use super::body;
+use super::error::{ErrorCode, OciError, Subject};
+use super::route::{decoded_query_param, ApiRoute};
+use crate::cache::push::{
+    MountResult, PushFailure, Pushes, UploadBody, UploadRef, UploadState, MAX_PUSHED_MANIFEST,
+};
+use crate::oci::{Digest, Reference, RepoTarget, RepositoryName};
+use crate::upstream::{PushError, UpstreamError};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{header, Method, Response, StatusCode};
+
+type Answer = Result<Response<body::ResponseBody>, OciError>;
+
+/// The `Content-Length` of a request, when it sent one.
+fn content_length(req: &http::request::Parts) -> Option<u64> {
+    req.headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether the request carries a body (a length above zero, or chunked).
+fn has_body(req: &http::request::Parts) -> bool {
+    match content_length(req) {
+        Some(n) => n > 0,
+        None => req.headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+/// `Content-Range: <start>-<end>` of a `PATCH` (the spec's form; `bytes ` tolerated).
+fn content_range_start(req: &http::request::Parts) -> Result<Option<u64>, OciError> {
+    let Some(v) = req.headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("bytes ").unwrap_or(text).trim();
+    let parsed = text.split_once('-').and_then(|(a, b)| {
+        let (a, b) = (a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?);
+        (b >= a).then_some((a, b))
+    });
+    match parsed {
+        Some((start, end)) => {
+            if content_length(req).is_some_and(|len| len != end - start + 1) {
+                return Err(invalid_upload(
+                    "Content-Range and Content-Length disagree about the chunk's size",
+                ));
+            }
+            Ok(Some(start))
+        }
+        None => Err(invalid_upload(format!(
+            "Content-Range must be <start>-<end>, got {text:?}"
+        ))),
+    }
+}
+
+fn invalid_upload(detail: impl Into<String>) -> OciError {
+    OciError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BlobUploadInvalid,
+        "invalid blob upload",
+    )
+    .with_detail(detail)
+}
+
+/// Where the client's repository is, in its own routing form, and the query it must keep.
+struct ClientForm {
+    /// `/v2/<client's name path>` (up to, not including, `/blobs/uploads`).
+    repo_path: String,
+    /// `?ns=<host>` when the client routed with it.
+    ns_query: String,
+}
+
+impl ClientForm {
+    fn new(client_path: &str, query: Option<&str>) -> Self {
+        let repo_path = client_path
+            .strip_suffix("/blobs/uploads")
+            .unwrap_or(client_path)
+            .to_string();
+        let ns_query = decoded_query_param(query, "ns")
+            .filter(|v| !v.is_empty())
+            .map(|ns| format!("?ns={ns}"))
+            .unwrap_or_default();
+        ClientForm {
+            repo_path,
+            ns_query,
+        }
+    }
+
+    fn session(&self, id: &str) -> String {
+        format!("{}/blobs/uploads/{id}{}", self.repo_path, self.ns_query)
+    }
+
+    fn blob(&self, digest: &Digest) -> String {
+        format!("{}/blobs/{digest}{}", self.repo_path, self.ns_query)
+    }
+}
+
+/// 202 (or 204 for a status query) for a session in progress.
+fn session_response(status: StatusCode, form: &ClientForm, state: &UploadState) -> Answer {
+    let range = format!("0-{}", state.offset.saturating_sub(1));
+    Ok(finish(
+        base_response(status)
+            .header(header::LOCATION, form.session(&state.id))
+            .header(header::RANGE, range)
+            .header("Docker-Upload-UUID", state.id.as_str())
+            .header(header::CONTENT_LENGTH, 0),
+        body::empty(),
+    ))
+}
+
+/// 201 for a blob now in the repository.
+fn blob_created(form: &ClientForm, digest: &Digest) -> Answer {
+    Ok(finish(
+        base_response(StatusCode::CREATED)
+            .header(header::LOCATION, form.blob(digest))
+            .header("Docker-Content-Digest", digest.to_string())
+            .header(header::CONTENT_LENGTH, 0),
+        body::empty(),
+    ))
+}
+
+fn no_content(status: StatusCode) -> Answer {
+    Ok(finish(
+        base_response(status).header(header::CONTENT_LENGTH, 0),
+        body::empty(),
+    ))
+}
+
+fn digest_param(query: Option<&str>, key: &str) -> Result<Option<Digest>, OciError> {
+    match decoded_query_param(query, key).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e: crate::oci::DigestError| OciError::digest_invalid(e.to_string())),
+    }
+}
+
+/// The one place push failures become what clients see.
+fn map_push_failure(e: PushFailure, subject: Subject) -> OciError {
+    let text = e.to_string();
+    match e {
+        PushFailure::NotEnabled(u) => OciError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            format!("upstream {u} does not take pushes through this edge"),
+        ),
+        PushFailure::UploadUnknown(_) => {
+            OciError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown, text)
+        }
+        PushFailure::DigestMismatch { .. } => OciError::digest_invalid(text),
+        PushFailure::TooLarge { .. } => {
+            OciError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid, text)
+        }
+        PushFailure::OutOfOrder { .. } => OciError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::BlobUploadInvalid,
+            text,
+        ),
+        PushFailure::TooManyUploads { .. } => {
+            let mut e = OciError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                text,
+            );
+            e.retry_after = Some(1);
+            e
+        }
+        PushFailure::ClientBody(_) => invalid_upload(text),
+        PushFailure::ManifestInvalid(_) => {
+            OciError::new(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, text)
+        }
+        PushFailure::Upstream { upstream, source } => upstream_refusal(&upstream, source, subject),
+        PushFailure::Internal(detail) => OciError::internal(subject, detail),
+    }
+}
+
+/// An upstream's refusal with its own status and OCI code; failures to reach it as 502/503.
+fn upstream_refusal(upstream: &str, source: PushError, subject: Subject) -> OciError {
+    match source {
+        PushError::Refused {
+            status,
+            code,
+            message,
+        } => {
+            let status = StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let code = code
+                .as_deref()
+                .and_then(ErrorCode::from_spec)
+                .unwrap_or(match subject {
+                    Subject::Manifest => ErrorCode::ManifestInvalid,
+                    _ => ErrorCode::BlobUploadInvalid,
+                });
+            OciError::new(status, code, format!("upstream {upstream} refused: {message}"))
+        }
+        PushError::Upstream(UpstreamError::NotFound) => OciError::new(
+            StatusCode::NOT_FOUND,
+            subject.unknown_code(),
+            format!("upstream {upstream} answered 404"),
+        ),
+        PushError::Upstream(UpstreamError::Unauthorized { status }) => OciError::denied(format!(
+            "upstream {upstream} refused this edge's credentials for the push (HTTP {status}); check its username and password in the edge's config"
+        )),
+        PushError::Upstream(UpstreamError::RateLimited { retry_after, .. }) => {
+            let mut e = OciError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                format!("upstream {upstream} is rate-limiting this edge"),
+            );
+            e.retry_after = retry_after.map(crate::upstream::retry_after_seconds);
+            e
+        }
+        PushError::Upstream(other) => OciError::upstream_unavailable(subject, upstream, other.to_string())
+            .with_detail(other.to_string()),
+    }
+}
+
+/// The body as [`UploadBody`]'s stream, read whole up to `limit` bytes (manifests).
+async fn read_bounded(mut body: UploadBody, limit: usize) -> Result<Bytes, OciError> {
+    let mut out = BytesMut::new();
+    while let Some(frame) = body.next().await {
+        let frame = frame.map_err(|e| {
+            OciError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::ManifestInvalid,
+                "the manifest body broke off",
+            )
+            .with_detail(e.to_string())
+        })?;
+        if out.len() + frame.len() > limit {
+            return Err(OciError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::SizeInvalid,
+                format!("manifests larger than {limit} bytes are not accepted"),
+            ));
+        }
+        out.extend_from_slice(&frame);
+    }
+    Ok(out.freeze())
+}
+
+impl RegistryApi {
+    /// A request of the push API (the route's `is_push`, or a pusher's `HEAD` on a blob),
+    /// already allowed by access control. `owner` names the token for its upload quota.
+    pub(super) async fn push(
+        &self,
+        pushes: &Pushes,
+        req: &http::request::Parts,
+        body: UploadBody,
+        routed: ApiRoute,
+        owner: &str,
+    ) -> ApiResponse {
+        let head = req.method == Method::HEAD;
+        let (label, result) = match routed {
+            ApiRoute::Upload {
+                target,
+                session,
+                client_path,
+            } => {
+                let form = ClientForm::new(&client_path, req.uri.query());
+                let r = self
+                    .upload(pushes, req, body, &target, session.as_deref(), &form, owner)
+                    .await;
+                ("upload", r)
+            }
+            ApiRoute::Manifest { target, reference } => {
+                let r = match req.method {
+                    Method::PUT => {
+                        self.put_manifest(pushes, req, body, &target, &reference)
+                            .await
+                    }
+                    _ => pushes
+                        .delete(&target, &format!("manifests/{reference}"))
+                        .await
+                        .map_err(|e| map_push_failure(e, Subject::Manifest))
+                        .and_then(|()| no_content(StatusCode::ACCEPTED)),
+                };
+                ("manifest_push", r)
+            }
+            ApiRoute::Blob { target, digest } if head => {
+                let r = match pushes.blob_size(&target, &digest).await {
+                    Ok(Some(size)) => Ok(finish(
+                        base_response(StatusCode::OK)
+                            .header(header::CONTENT_LENGTH, size)
+                            .header(header::CONTENT_TYPE, "application/octet-stream")
+                            .header("Docker-Content-Digest", digest.to_string()),
+                        body::empty(),
+                    )),
+                    Ok(None) => Err(OciError::blob_unknown(digest)),
+                    Err(e) => Err(map_push_failure(e, Subject::Blob)),
+                };
+                ("blob", r)
+            }
+            ApiRoute::Blob { target, digest } => {
+                let r = pushes
+                    .delete(&target, &format!("blobs/{digest}"))
+                    .await
+                    .map_err(|e| map_push_failure(e, Subject::Blob))
+                    .and_then(|()| no_content(StatusCode::ACCEPTED));
+                ("blob_push", r)
+            }
+            _ => ("error", Err(OciError::unsupported_method(&req.method))),
+        };
+        ApiResponse {
+            response: result.unwrap_or_else(|e| super::api::error_response(&e, head)),
+            route: label,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload(
+        &self,
+        pushes: &Pushes,
+        req: &http::request::Parts,
+        body: UploadBody,
+        target: &RepoTarget,
+        session: Option<&str>,
+        form: &ClientForm,
+        owner: &str,
+    ) -> Answer {
+        let query = req.uri.query();
+        let fail = |e| map_push_failure(e, Subject::Blob);
+        match (&req.method, session) {
+            (&Method::POST, None) => {
+                if let Some(mount) = digest_param(query, "mount")? {
+                    let from = decoded_query_param(query, "from")
+                        .and_then(|f| f.parse::<RepositoryName>().ok());
+                    if let Some(from) = from {
+                        return match pushes.mount(target, owner, &mount, &from).await {
+                            Ok(MountResult::Mounted(b)) => blob_created(form, &b.digest),
+                            Ok(MountResult::Upload(state)) => {
+                                session_response(StatusCode::ACCEPTED, form, &state)
+                            }
+                            Err(e) => Err(fail(e)),
+                        };
+                    }
+                }
+                if let Some(digest) = digest_param(query, "digest")? {
+                    let pushed = pushes
+                        .monolithic(target, owner, &digest, body, content_length(req))
+                        .await
+                        .map_err(fail)?;
+                    return blob_created(form, &pushed.digest);
+                }
+                let state = pushes.start(target, owner).await.map_err(fail)?;
+                session_response(StatusCode::ACCEPTED, form, &state)
+            }
+            (&Method::PATCH, Some(id)) => {
+                let id = UploadRef { id, owner };
+                let start = content_range_start(req)?;
+                let state = pushes
+                    .chunk(target, id, body, start, content_length(req))
+                    .await
+                    .map_err(fail)?;
+                session_response(StatusCode::ACCEPTED, form, &state)
+            }
+            (&Method::PUT, Some(id)) => {
+                let id = UploadRef { id, owner };
+                let Some(digest) = digest_param(query, "digest")? else {
+                    return Err(OciError::digest_invalid(
+                        "closing an upload needs ?digest=<digest>",
+                    ));
+                };
+                let last = has_body(req).then(|| (body, content_length(req)));
+                let pushed = pushes
+                    .finish(target, id, &digest, last)
+                    .await
+                    .map_err(fail)?;
+                blob_created(form, &pushed.digest)
+            }
+            (&Method::GET, Some(id)) => {
+                let id = UploadRef { id, owner };
+                let state = pushes.status(target, id).await.map_err(fail)?;
+                session_response(StatusCode::NO_CONTENT, form, &state)
+            }
+            (&Method::DELETE, Some(id)) => {
+                let id = UploadRef { id, owner };
+                pushes.cancel(target, id).await.map_err(fail)?;
+                no_content(StatusCode::NO_CONTENT)
+            }
+            (m, _) => Err(OciError::unsupported_method(m)),
+        }
+    }
+
+    async fn put_manifest(
+        &self,
+        pushes: &Pushes,
+        req: &http::request::Parts,
+        body: UploadBody,
+        target: &RepoTarget,
+        reference: &Reference,
+    ) -> Answer {
+        if content_length(req).is_some_and(|n| n > MAX_PUSHED_MANIFEST as u64) {
+            return Err(OciError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::SizeInvalid,
+                format!("manifests larger than {MAX_PUSHED_MANIFEST} bytes are not accepted"),
+            ));
+        }
+        let bytes = read_bounded(body, MAX_PUSHED_MANIFEST).await?;
+        let media_type = req
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+            })
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string());
+        let pushed = pushes
+            .put_manifest(target, reference, &media_type, bytes)
+            .await
+            .map_err(|e| map_push_failure(e, Subject::Manifest))?;
+        let repo_path = req
+            .uri
+            .path()
+            .rsplit_once("/manifests/")
+            .map_or(req.uri.path(), |(p, _)| p);
+        let ns = decoded_query_param(req.uri.query(), "ns")
+            .filter(|v| !v.is_empty())
+            .map(|ns| format!("?ns={ns}"))
+            .unwrap_or_default();
+        Ok(finish(
+            base_response(StatusCode::CREATED)
+                .header(
+                    header::LOCATION,
+                    format!("{repo_path}/manifests/{}{ns}", pushed.digest),
+                )
+                .header("Docker-Content-Digest", pushed.digest.to_string())
+                .header(header::CONTENT_LENGTH, 0),
+            body::empty(),
+        ))
+    }
+}
