@@ -145,7 +145,12 @@ pub fn route(data: &[u8]) {
     let Ok(routed) = route_request(&req, table()) else {
         return;
     };
-    assert!(matches!(*method, http::Method::GET | http::Method::HEAD));
+    // Besides reads, routing lets through only the push API's requests (the API refuses them
+    // with 405 on upstreams without `push = true`).
+    assert!(
+        matches!(*method, http::Method::GET | http::Method::HEAD) || routed.is_push(method),
+        "{method} {path} routed as {routed:?}"
+    );
     let Some(target) = routed.target().cloned() else {
         return;
     };
