@@ -47,6 +47,9 @@ REGISTRY_BIN = "/usr/bin/docker-registry"
 PACE_PROXY = Path(__file__).resolve().parent / "pace_proxy.py"
 PACE_READ = 1024 * KiB  # the pacing proxy's read size
 TOOLS = ("wrk", "nginx", "curl", "h2load", "openssl", REGISTRY_BIN)
+# benches/push_bench.py imports this file as `harness`: when it runs as a script, be that module.
+sys.modules.setdefault("harness", sys.modules[__name__])
+
 PACKAGES = "docker-registry nginx wrk curl nghttp2-client openssl"
 
 # What one run measures; --smoke swaps in tiny sizes and one-second measurements.
@@ -55,6 +58,7 @@ FULL = dict(
     burst=32, churn_budget=256 * MiB, churn_factor=2.5, ready_bytes=2 * GiB,
     ready_small=500, ready_starts=3, repeats=2,
     paced_rate=1e9, fanout=256 * MiB, fanout_clients=8, fanout_limit="50M", fanout_late=2.0, fanout_chunk=4 * MiB,
+    push=256 * MiB, shared=256 * MiB,
     strict=False,
 )
 SMOKE = dict(
@@ -63,6 +67,7 @@ SMOKE = dict(
     ready_small=20, ready_starts=2, repeats=1,
     # (curl's --limit-rate averages over seconds: under ~16 MiB it hardly throttles at all)
     paced_rate=1e9, fanout=16 * MiB, fanout_clients=8, fanout_limit="4M", fanout_late=0.5, fanout_chunk=1 * MiB,
+    push=8 * MiB, shared=8 * MiB,
     strict=True,  # a fan-out client without the exact bytes fails the run (in a full run: a figure)
 )
 
@@ -888,6 +893,81 @@ def over_budget_fanout(binary: Path, p: dict, tmp: Path, r: dict, up: Server, si
     r["fanout_gets.edge"], r["fanout_slowest.edge"], r["rss_fanout.edge"] = f["upstream_gets"], f["slowest"], f["peak_rss"]
     r["fanout_size"], r["fanout_budget"], r["fanout_failures"] = size, budget, f["failures"]
 
+def push_through(binary: Path, p: dict, tmp: Path, r: dict, idx: int) -> None:
+    """10: one blob pushed (POST, then PUT with the body) straight to a registry:2 and through an edge
+    whose upstream is that registry:2 (`private = true`, `push = true`); benches/push_bench.py does it."""
+    import push_bench
+    d = tmp / "push"
+    d.mkdir()
+    log(f"run {idx}: push of {p['push'] >> 20} MiB, direct and through the edge")
+    res = push_bench.run_once(binary, d, p["push"], idx)
+    r["push_wall.direct"], r["push_wall.edge"], r["rss_push.edge"] = res["direct_s"], res["edge_s"], res["edge_peak_rss"]
+
+
+def start_ceph(tmp: Path) -> tuple[Path, dict]:
+    """scripts/ceph-rgw's single-node Ceph with radosgw on 127.0.0.1, watched by this process;
+    (its directory, its CEPH_RGW_* values)."""
+    d = tmp / "ceph"
+    d.mkdir()
+    while True:
+        rgw = free_port()
+        if not 6800 <= rgw <= 7300:
+            break
+    out = run([str(ROOT / "scripts" / "ceph-rgw"), "start", str(d), str(rgw), str(free_port()), str(os.getpid())],
+              timeout=180)
+    vals = dict(line.split("=", 1) for line in out.stdout.splitlines() if line.startswith("CEPH_RGW_"))
+    return d, vals
+
+
+def shared_tier(binary: Path, p: dict, tmp: Path, r: dict, up: Server, idx: int) -> None:
+    """11: two edges on one Ceph RGW bucket. Edge A pulls a blob (and writes it through to the bucket);
+    then a cold pull of it through edge B (fresh store: from the shared tier), a local hit on A, and a
+    pull straight from the upstream."""
+    if not shutil.which("radosgw"):
+        log(f"run {idx}: shared tier not measured: radosgw is not installed (apt-get install ceph-mon ceph-osd radosgw)")
+        return
+    log(f"run {idx}: shared tier: starting Ceph")
+    ceph_dir, c = start_ceph(tmp)
+    try:
+        run([str(ROOT / "scripts" / "ceph-rgw"), "mkbucket", str(ceph_dir), "bench"], timeout=60)
+        section = (f"[storage.shared]\nkind = \"s3\"\nendpoint = \"{c['CEPH_RGW_ENDPOINT']}\"\nbucket = \"bench\"\n"
+                   f"path_style = true\naccess_key_id = \"{c['CEPH_RGW_ACCESS_KEY']}\"\n"
+                   f"secret_access_key = \"{c['CEPH_RGW_SECRET_KEY']}\"\n")
+        edges = []
+        for name in ("edge-shared-a", "edge-shared-b"):
+            d = edge_config(tmp, name, up.port, 100 * GiB)
+            cfg = (d / "config.toml").read_text()
+            (d / "config.toml").write_text(cfg.replace("[cache]\n", section + "[cache]\n", 1))
+            edges.append(start_edge(binary, d)[0])
+        a, b = edges
+        blob = tmp / "shared-blob"
+        digest = make_blob(blob, p["shared"])
+        push_blob_file(up.port, blob, digest)
+        blob.unlink()
+        fetch(a.port, f"/v2/{REPO}/blobs/{digest}", p["shared"], digest)
+        deadline = time.monotonic() + 120
+        done = 'sparkcr_edge_shared_uploads_total{outcome="completed"}'
+        while edge_metric(a, done) < 1:
+            if time.monotonic() > deadline:
+                raise BenchError("edge A's write-through to the shared tier did not complete in 120 s")
+            time.sleep(0.1)
+        os.sync()
+        d1 = cold_get(up.port, digest, p["shared"], "direct")
+        c0 = cpu_seconds(b.pids())
+        via_b = cold_get(b.port, digest, p["shared"], "edge B, from the shared tier")
+        r["shared_cpu.edge"] = cpu_seconds(b.pids()) - c0
+        hit_a = cold_get(a.port, digest, p["shared"], "edge A, local hit")
+        d2 = cold_get(up.port, digest, p["shared"], "direct")
+        if edge_metric(b, 'sparkcr_edge_shared_lookups_total{kind="blob",outcome="hit"}') < 1:
+            raise BenchError("edge B did not take the blob from the shared tier")
+        r["shared_wall.direct"] = (d1[1] + d2[1]) / 2
+        r["shared_wall.edge"], r["shared_hit.edge"] = via_b[1], hit_a[1]
+        r["shared_hit.direct"] = r["shared_wall.direct"]
+        retire(a, b)
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "ceph-rgw"), "stop", str(ceph_dir)], capture_output=True, timeout=60)
+
+
 def run_once(binary: Path, p: dict, tmp: Path, big: bool, idx: int) -> dict:
     r: dict = {}
     data = tmp / "data"
@@ -996,6 +1076,10 @@ def run_once(binary: Path, p: dict, tmp: Path, big: bool, idx: int) -> dict:
     # 9: a blob larger than the store's budget, to several clients at different speeds.
     k = "big" if big else "fanout"
     over_budget_fanout(binary, p, tmp, r, up, cold[k][1], cold_digest[k], idx)
+    # 10: a push through the edge (write-through) against a push straight to registry:2.
+    push_through(binary, p, tmp, r, idx)
+    # 11: two edges on one shared tier (Ceph RGW).
+    shared_tier(binary, p, tmp, r, up, idx)
 
     # 6a: churn through a small budget, on its own edge.
     log(f"run {idx}: churn")
@@ -1171,6 +1255,13 @@ def rows(p: dict, big: bool, results: list[dict]):
         (f"9. over-budget fan-out: slowest wall time of a client that got the exact bytes (one client at "
          f"--limit-rate {p['fanout_limit']}, one started {p['fanout_late']:g} s late)", "fanout_slowest", "s", None,
          "", None),
+        ("10. push of one " + str(p["push"] >> 20) + " MiB blob (POST + PUT): wall time, through the edge vs straight to "
+         "registry:2", "push_wall", "s", "direct", "≤ 1.15× direct", lambda q, n, e: n <= 1.15),
+        ("10. push: edge peak RSS (VmHWM)", "rss_push", "MiB", None, "≤ 100 MiB", lambda q, n, e: e <= 100 * MiB),
+        (f"11. cold miss {p['shared'] >> 20} MiB through edge B, already in the shared tier (Ceph RGW) from edge A: "
+         "wall time", "shared_wall", "s", "direct", "", None),
+        ("11. the same blob as a local hit on edge A: wall time", "shared_hit", "s", "direct", "", None),
+        ("11. edge B's CPU for its pull from the shared tier", "shared_cpu", "s", None, "", None),
     ]
     return out
 
@@ -1298,7 +1389,19 @@ def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> 
              f"started {p['fanout_late']:g} s after the others; each body hashed (sha256) as it arrives and compared with "
              "the digest. Upstream bytes as in 4; peak RSS as in 5; wall time = curl's `time_total`, of the byte-exact "
              "clients only."
-             + (" Clients without the exact bytes: " + "; ".join(fails) + "." if fails else "") + "\n")
+             + (" Clients without the exact bytes: " + "; ".join(fails) + "." if fails else ""))
+    L.append("10. `benches/push_bench.py` (its `run_once`): a fresh registry:2 and a fresh edge whose only upstream is "
+             "it, with `private = true` and `push = true`, and a token with the `push` scope. One random blob, pushed as "
+             "one monolithic upload (POST, then PUT with the whole body and `?digest=`) into a repository of its own, "
+             "straight to registry:2 and then through the edge; wall time from the POST to the 201. The edge hashes the "
+             "bytes, streams them to the upstream and stores them; the run fails unless the upstream has the blob and the "
+             "edge then serves it as a HIT. Peak RSS as in 5, during the edge's push.")
+    L.append("11. `scripts/ceph-rgw`: a single-node Ceph (one mon, one memstore OSD, radosgw) on 127.0.0.1, one bucket. "
+             "Two fresh edges with the same `[storage.shared]`. Edge A pulls a new blob (and writes it through to the "
+             "bucket: the run waits for `sparkcr_edge_shared_uploads_total{outcome=\"completed\"}`); then, as in 3, "
+             "a pull straight from the upstream, a cold pull through edge B (its store is empty: the bytes come from RGW, "
+             "verified as they stream), a pull through edge A (a local hit) and a second direct pull. Skipped when "
+             "radosgw is not installed.\n")
     L.append("`sparkcr-edge cache stats` of the churned store (run 1):\n")
     L.append("```\n" + r0["churn_stats"] + "\n```\n")
     L.append("## Noise\n")
