@@ -6,15 +6,15 @@
 //! budget reservation when the size is unknown, pinning each chunk before it is named or
 //! reused, making every chunk durable once per blob, the index commit, and abort on drop),
 //! and [`BlobFill`], the synchronous fill (`write` then `finish`) that adds its own sha256
-//! and size checks (used by `import` and tests; the daemon's fills go through
-//! `growing.rs`, which checks the digest itself).
+//! and size checks, and may be named only at the end (used by `import`, pushes and tests;
+//! the daemon's pull fills go through `growing.rs`, which checks the digest itself).
 //!
 //! Must not: make a blob visible before its digest is verified, name a chunk in the index
 //! before its file and directory entry are durable, or unlink a chunk that a committed
 //! blob or another fill still needs (unlinking goes through `policy.rs` under the state
 //! lock).
 
-use super::chunks::{ChunkId, ChunkRef};
+use super::chunks::{ChunkFiles, ChunkId, ChunkRef};
 use super::error::{IoContext, StoreError};
 use super::index::{lru_key, BlobRecord, ItemKind};
 use super::records::push_repo;
@@ -54,6 +54,8 @@ pub(crate) struct ChunkSink {
     reserved: u64,
     written: u64,
     committed: bool,
+    /// Start each placed chunk's writeback at once (see [`ChunkSink::write_back_early`]).
+    write_back_early: bool,
 }
 
 impl ChunkSink {
@@ -83,7 +85,16 @@ impl ChunkSink {
             reserved,
             written: 0,
             committed: false,
+            write_back_early: false,
         })
+    }
+
+    /// Starts each chunk's writeback to disk as soon as it is placed, so the fsync before
+    /// the commit waits for little more than the last chunk. For fills whose caller waits
+    /// for the commit (a push's client waits for its write-through); the daemon's pull
+    /// fills commit after their clients have every byte and leave the writeback to the end.
+    pub fn write_back_early(&mut self) {
+        self.write_back_early = true;
     }
 
     pub fn completed(&self) -> &[ChunkRef] {
@@ -172,6 +183,9 @@ impl ChunkSink {
         } else {
             let started = Instant::now();
             self.inner.chunks.place(&cur.path, &id)?;
+            if self.write_back_early {
+                ChunkFiles::start_writeback(&cur.file);
+            }
             self.inner
                 .metrics
                 .store_chunk_write_seconds
@@ -294,6 +308,8 @@ pub struct BlobFill {
     sink: ChunkSink,
     verifier: Sha256Verifier,
     broken: bool,
+    /// Begun without a digest ([`BlobFill::begin_unnamed`]): it is given at the end.
+    unnamed: bool,
 }
 
 impl BlobFill {
@@ -302,11 +318,23 @@ impl BlobFill {
         digest: Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobFill, StoreError> {
+        let mut sink = ChunkSink::begin(inner, digest, expected_size)?;
+        sink.write_back_early();
         Ok(BlobFill {
-            sink: ChunkSink::begin(inner, digest, expected_size)?,
+            sink,
             verifier: Sha256Verifier::new(),
             broken: false,
+            unnamed: false,
         })
+    }
+
+    /// A fill whose digest is given at the end, by [`finish_as`](Self::finish_as). Until
+    /// then its sink carries a placeholder digest (the empty blob's), used only in errors
+    /// about sizes, which cannot happen without an expected size.
+    pub(crate) fn begin_unnamed(inner: Arc<StoreInner>) -> Result<BlobFill, StoreError> {
+        let mut fill = BlobFill::begin(inner, Digest::of(b""), None)?;
+        fill.unnamed = true;
+        Ok(fill)
     }
 
     pub fn digest(&self) -> &Digest {
@@ -326,6 +354,12 @@ impl BlobFill {
     /// on disk while this fill lives).
     pub fn completed_chunks(&self) -> &[ChunkRef] {
         self.sink.completed()
+    }
+
+    /// The sha256 state of every byte accepted so far (for a caller that needs the digest
+    /// of what it wrote before [`finish`](Self::finish), without hashing it twice).
+    pub fn hashed(&self) -> &Sha256Verifier {
+        &self.verifier
     }
 
     /// Appends `data`; every full chunk is named before this returns.
@@ -356,7 +390,29 @@ impl BlobFill {
         // `self` drops here: after a failure that aborts; after a commit it does nothing.
     }
 
+    /// [`finish`](Self::finish) for blob `digest`: names an unnamed fill; a fill begun for
+    /// another digest fails with a mismatch and stores nothing.
+    pub fn finish_as(mut self, digest: Digest, repo: &str) -> Result<BlobInfo, StoreError> {
+        if self.unnamed {
+            self.sink.digest = digest;
+            self.unnamed = false;
+        } else if self.sink.digest != digest {
+            let e = StoreError::DigestMismatch {
+                expected: digest,
+                actual: self.sink.digest,
+            };
+            self.sink.inner.count_error("finish", &e);
+            return Err(e);
+        }
+        self.finish(repo)
+    }
+
     fn finish_inner(&mut self, repo: &str) -> Result<BlobInfo, StoreError> {
+        if self.unnamed {
+            return Err(StoreError::InvalidOptions(
+                "a fill begun without a digest must be finished with finish_as".into(),
+            ));
+        }
         if self.broken {
             return Err(StoreError::FillBroken);
         }

@@ -370,6 +370,14 @@ impl Store {
         self.counted("fill", r)
     }
 
+    /// Starts storing a blob whose digest is known only once its last byte is in (a push
+    /// session's chunks): finish it with [`BlobFill::finish_as`]. Each chunk is reserved in
+    /// the budget as it is written.
+    pub fn begin_unnamed_fill(&self) -> Result<BlobFill, StoreError> {
+        let r = BlobFill::begin_unnamed(Arc::clone(&self.inner));
+        self.counted("fill", r)
+    }
+
     /// Starts a blob fill that readers follow while it grows (see [`GrowingBlob`]): the
     /// input side pushes and verifies the bytes, the writer side (for a blocking thread)
     /// puts them on disk and commits the blob. Never fails: a blob that cannot be stored is

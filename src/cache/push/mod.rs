@@ -33,7 +33,7 @@ use crate::store::Store;
 use crate::upstream::{MountOutcome, PushError, Upstream, UpstreamUpload};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use spool::{spawn_spool, SpoolMsg};
+use spool::{spawn_spool, FillFor, SpoolMsg};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -294,7 +294,10 @@ impl Pushes {
                 offset: 0,
                 spool: spawn_spool(
                     self.spool_dir.clone(),
-                    known.map(|(d, len)| (self.store.clone(), d, len)),
+                    match known {
+                        Some((d, len)) => FillFor::Known(self.store.clone(), d, len),
+                        None => FillFor::Unknown(self.store.clone()),
+                    },
                 ),
             }),
         });
@@ -557,7 +560,7 @@ impl Pushes {
         if state.offset == 0 {
             state.spool = spawn_spool(
                 self.spool_dir.clone(),
-                Some((self.store.clone(), *digest, len)),
+                FillFor::Known(self.store.clone(), *digest, len),
             );
         }
         Ok(())

@@ -31,7 +31,7 @@ impl Pushes {
                         drop(fill);
                         return store.add_repo(&d, &repo);
                     }
-                    fill.finish(&repo).map(|_| ())
+                    fill.finish_as(d, &repo).map(|_| ())
                 })
                 .await
             }

@@ -403,3 +403,54 @@ fn frames_are_mapped_file_ranges_from_any_offset() {
     let got = store.read_chunk(&chunk.id, 100, 50).expect("read_chunk");
     assert_eq!(got.as_ref(), &bytes[100..150]);
 }
+
+#[test]
+fn an_unnamed_fill_is_stored_only_under_the_digest_of_its_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path(), 16 << 20, CHUNK);
+    let bytes = random_bytes(7, 3 * CHUNK + 99);
+    let right = Digest::of(&bytes);
+
+    // Named with the wrong digest at the end: nothing visible, no files left.
+    let mut fill = store.begin_unnamed_fill().expect("begin");
+    fill.write(&bytes).expect("write");
+    assert_eq!(fill.hashed().clone().finish(), right);
+    let wrong = Digest::of(b"not these bytes");
+    match fill.finish_as(wrong, "r/x") {
+        Err(StoreError::DigestMismatch { expected, actual }) => {
+            assert_eq!(expected, wrong);
+            assert_eq!(actual, right);
+        }
+        other => panic!("expected a digest mismatch, got {other:?}"),
+    }
+    assert!(store.blob(&wrong).expect("lookup").is_none());
+    assert!(store.blob(&right).expect("lookup").is_none());
+    assert!(chunk_files(&store).is_empty(), "{:?}", chunk_files(&store));
+    assert_eq!(reserved(&store), 0);
+
+    // A plain `finish` cannot commit a fill that was never named.
+    let mut fill = store.begin_unnamed_fill().expect("begin");
+    fill.write(&bytes).expect("write");
+    assert!(fill.finish("r/x").is_err());
+    assert!(store.blob(&right).expect("lookup").is_none());
+    assert_eq!(reserved(&store), 0);
+
+    // Named with its own digest: stored, readable, byte-exact.
+    let mut fill = store.begin_unnamed_fill().expect("begin");
+    fill.write(&bytes).expect("write");
+    let info = fill.finish_as(right, "r/x").expect("finish");
+    assert_eq!(info.size, bytes.len() as u64);
+    assert_eq!(read_range(&store, &right, 0, bytes.len() as u64), bytes);
+
+    // A named fill keeps its name: finishing it as another digest stores nothing.
+    let other = random_bytes(8, CHUNK + 1);
+    let mut fill = store
+        .begin_fill(Digest::of(&other), Some(other.len() as u64))
+        .expect("begin");
+    fill.write(&other).expect("write");
+    assert!(matches!(
+        fill.finish_as(right, "r/y"),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert!(store.blob(&Digest::of(&other)).expect("lookup").is_none());
+}
