@@ -6,7 +6,9 @@
 //! Docker Hub does). Checked: an anonymous `docker pull` as a `registry-mirrors` entry over
 //! HTTPS (the edge's CA in `certs.d/<host>:<port>/`) and in the path-prefix form
 //! `EDGE/<upstream>/<repo>`; `docker login` with a token secret; with anonymous access off,
-//! a pull without login fails saying to log in, and works after `docker login`.
+//! a pull without login fails saying to log in, and works after `docker login`; `docker push`
+//! with a `push` token to a private upstream with `push = true` (the bearer flow for
+//! `pull,push`, session uploads), byte-exact on registry:2 and written through to the edge.
 
 mod common;
 use common::images::*;
@@ -21,7 +23,8 @@ fn edge_config(reg: &Registry2, cert: &Path, key: &Path, anonymous: bool, token:
         "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\
          [storage]\npath = \"{{dir}}/data\"\nchunk_size = \"1MiB\"\n[auth]\nanonymous = {anonymous}\n{token}\n\
          [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ndefault = true\n\
-         [[upstream]]\nname = \"registry.test\"\nurl = \"{url}\"\n",
+         [[upstream]]\nname = \"registry.test\"\nurl = \"{url}\"\n\
+         [[upstream]]\nname = \"lan.test\"\nurl = \"{url}\"\nprivate = true\npush = true\n",
         cert = cert.display(),
         key = key.display(),
         url = reg.url()
@@ -199,8 +202,10 @@ fn docker_pulls_anonymously_and_logs_in_with_bearer_only_challenges() {
         let tls = tempfile::tempdir().expect("tls dir");
         let (cert, key) = ca.write_leaf(tls.path(), &["127.0.0.1", "localhost"]);
         let (secret, token) = create_token("docker", "pull:public");
-        let open = Edge::start(&edge_config(&reg, &cert, &key, true, &token));
-        let closed = Edge::start(&edge_config(&reg, &cert, &key, false, &token));
+        let (push_secret, push_token) = create_token("ci", "push,pull:private");
+        let tokens = format!("{token}\n{push_token}");
+        let open = Edge::start(&edge_config(&reg, &cert, &key, true, &tokens));
+        let closed = Edge::start(&edge_config(&reg, &cert, &key, false, &tokens));
         let open_addr = format!("127.0.0.1:{}", open.https[0].port());
         let closed_addr = format!("127.0.0.1:{}", closed.https[0].port());
 
@@ -252,6 +257,85 @@ fn docker_pulls_anonymously_and_logs_in_with_bearer_only_challenges() {
         assert_eq!(code, 0, "docker login: {out}");
         let (code, out) = dockerd.docker(&["pull", &closed_image], None);
         assert_eq!(code, 0, "pull after login: {out}\n{}", closed.log_text());
+
+        // docker push through the edge to the private upstream `lan.test` (`push = true`),
+        // logged in with a `push` token: Docker's bearer flow asks the edge's token endpoint
+        // for `pull,push`, HEADs the blobs, tries a mount from the repository it pulled
+        // from (another upstream: a normal upload), PATCHes and PUTs.
+        let pushed = format!("{open_addr}/lan.test/team/pushed:v1");
+        let (code, out) = dockerd.docker(&["tag", &image, &pushed], None);
+        assert_eq!(code, 0, "docker tag: {out}");
+        let (code, out) = dockerd.docker(
+            &["login", &open_addr, "-u", "ci", "--password-stdin"],
+            Some(&push_secret),
+        );
+        assert_eq!(code, 0, "docker login with the push token: {out}");
+        let (code, out) = dockerd.docker(&["push", &pushed], None);
+        assert_eq!(code, 0, "docker push: {out}\n{}", open.log_text());
+        let digest = out
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .unwrap_or_else(|| panic!("docker push prints the manifest digest: {out}"))
+            .to_string();
+        // On the upstream, byte-exact: the manifest docker pushed, and every layer.
+        let http = reqwest::Client::new();
+        let r = http
+            .get(format!("{}/v2/team/pushed/manifests/v1", reg.url()))
+            .header(
+                "accept",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await
+            .expect("GET the pushed manifest from registry:2");
+        assert_eq!(r.status(), 200);
+        let manifest = r.bytes().await.expect("manifest body");
+        assert_eq!(
+            sha256_digest(&manifest),
+            digest,
+            "the upstream has what docker pushed"
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&manifest).expect("manifest JSON");
+        let mut blobs = vec![parsed["config"]["digest"]
+            .as_str()
+            .expect("config digest")
+            .to_string()];
+        for layer in parsed["layers"].as_array().expect("layers") {
+            blobs.push(layer["digest"].as_str().expect("layer digest").to_string());
+        }
+        // Docker pushes the layers it holds (recompressed, so digests of their own).
+        for blob in &blobs {
+            let r = http
+                .get(format!("{}/v2/team/pushed/blobs/{blob}", reg.url()))
+                .send()
+                .await
+                .expect("GET a pushed blob from registry:2");
+            assert_eq!(r.status(), 200, "{blob} is on the upstream");
+            let bytes = r.bytes().await.expect("blob body");
+            assert_eq!(
+                &sha256_digest(&bytes),
+                blob,
+                "{blob} byte-exact on the upstream"
+            );
+        }
+        // Written through: the blobs are hits on the edge, without asking the upstream.
+        let before = reg.count_requests("GET", "/v2/team/pushed/blobs/");
+        for blob in &blobs {
+            let r = http
+                .get(format!(
+                    "http://{}/v2/lan.test/team/pushed/blobs/{blob}",
+                    open.http[0]
+                ))
+                .basic_auth("ci", Some(&push_secret))
+                .send()
+                .await
+                .expect("GET through the edge");
+            assert_eq!(r.status(), 200, "{blob} through the edge");
+            assert_eq!(r.headers()["x-cache"], "HIT", "{blob} was written through");
+            let bytes = r.bytes().await.expect("blob body");
+            assert_eq!(&sha256_digest(&bytes), blob);
+        }
+        assert_eq!(reg.count_requests("GET", "/v2/team/pushed/blobs/"), before);
         drop(dockerd);
     });
 }

@@ -18,26 +18,6 @@ use std::time::{Duration, Instant};
 
 const UP: &str = "lan.test:5000";
 
-/// `sparkcr-edge token create`: (secret, the TOML block).
-fn create_token(name: &str, scopes: &str) -> (String, String) {
-    let (code, out, err) = run_cli(
-        &["token", "create", "--name", name, "--scopes", scopes],
-        &[],
-    );
-    assert_eq!(code, 0, "token create: {err}");
-    let secret = out
-        .lines()
-        .find_map(|l| l.strip_prefix("secret: "))
-        .expect("secret line")
-        .trim()
-        .to_string();
-    let block = out
-        .split_once("[[auth.token]]")
-        .map(|(_, b)| format!("[[auth.token]]{b}"))
-        .expect("block");
-    (secret, block)
-}
-
 struct Setup {
     edge: Edge,
     up: Registry2,
@@ -315,6 +295,20 @@ async fn send(
     (status, h, r.text().await.expect("text"))
 }
 
+/// [`send`], asserting the status (the body is in the message): headers, body.
+async fn send_expecting(
+    status: u16,
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<Vec<u8>>,
+) -> (reqwest::header::HeaderMap, String) {
+    let (got, h, text) = send(c, method.clone(), url, headers, body).await;
+    assert_eq!(got, status, "{method} {url}: {text}");
+    (h, text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_uploads_and_refusals() {
     let s = setup(
@@ -342,7 +336,8 @@ async fn chunked_uploads_and_refusals() {
         challenge.contains("repository:lan.test:5000/team/x:pull,push"),
         "{challenge}"
     );
-    let (status, _, body) = send(
+    let (_, body) = send_expecting(
+        403,
         &puller,
         post.clone(),
         &format!("{base}/blobs/uploads/"),
@@ -350,7 +345,6 @@ async fn chunked_uploads_and_refusals() {
         None,
     )
     .await;
-    assert_eq!(status, 403, "{body}");
     assert!(body.contains("DENIED") && body.contains("push"), "{body}");
     assert_eq!(s.up.count_requests("POST", "/blobs/uploads"), 0);
 
@@ -376,7 +370,8 @@ async fn chunked_uploads_and_refusals() {
     // Chunked: POST, two PATCHes with Content-Range, PUT with the last chunk.
     let blob = pseudo_random(7, 300_000);
     let digest = sha256_digest(&blob);
-    let (status, h, body) = send(
+    let (h, _) = send_expecting(
+        202,
         &pusher,
         post.clone(),
         &format!("{base}/blobs/uploads/"),
@@ -384,11 +379,11 @@ async fn chunked_uploads_and_refusals() {
         None,
     )
     .await;
-    assert_eq!(status, 202, "{body}");
     let loc = h["location"].to_str().expect("location").to_string();
     assert!(loc.starts_with("/v2/lan/team/x/blobs/uploads/"), "{loc}");
     assert_eq!(h["range"], "0-0");
-    let (status, h, body) = send(
+    let (h, _) = send_expecting(
+        202,
         &pusher,
         reqwest::Method::PATCH,
         &format!("http://{e}{loc}"),
@@ -399,11 +394,11 @@ async fn chunked_uploads_and_refusals() {
         Some(blob[..100_000].to_vec()),
     )
     .await;
-    assert_eq!(status, 202, "{body}");
     assert_eq!(h["range"], "0-99999");
     let loc = h["location"].to_str().expect("location").to_string();
     // Another token, even one that may push, cannot touch this session.
-    let (status, _, body) = send(
+    let (_, body) = send_expecting(
+        404,
         &client(&s.other_push_secret),
         reqwest::Method::PATCH,
         &format!("http://{e}{loc}"),
@@ -411,10 +406,10 @@ async fn chunked_uploads_and_refusals() {
         Some(vec![1; 10]),
     )
     .await;
-    assert_eq!(status, 404, "{body}");
     assert!(body.contains("BLOB_UPLOAD_UNKNOWN"), "{body}");
     // Out of order: 416, and the session goes on.
-    let (status, _, body) = send(
+    send_expecting(
+        416,
         &pusher,
         reqwest::Method::PATCH,
         &format!("http://{e}{loc}"),
@@ -422,8 +417,8 @@ async fn chunked_uploads_and_refusals() {
         Some(vec![0; 5]),
     )
     .await;
-    assert_eq!(status, 416, "{body}");
-    let (status, h, body) = send(
+    let (h, _) = send_expecting(
+        202,
         &pusher,
         reqwest::Method::PATCH,
         &format!("http://{e}{loc}"),
@@ -431,7 +426,6 @@ async fn chunked_uploads_and_refusals() {
         Some(blob[100_000..200_000].to_vec()),
     )
     .await;
-    assert_eq!(status, 202, "{body}");
     assert_eq!(h["range"], "0-199999");
     let (status, h, _) = send(
         &pusher,
@@ -443,7 +437,8 @@ async fn chunked_uploads_and_refusals() {
     .await;
     assert_eq!(status, 204);
     assert_eq!(h["range"], "0-199999");
-    let (status, h, body) = send(
+    let (h, _) = send_expecting(
+        201,
         &pusher,
         reqwest::Method::PUT,
         &format!("http://{e}{loc}?digest={digest}"),
@@ -451,7 +446,6 @@ async fn chunked_uploads_and_refusals() {
         Some(blob[200_000..].to_vec()),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(h["docker-content-digest"], digest.as_str());
     assert_eq!(
         h["location"].to_str().expect("location"),
@@ -487,8 +481,10 @@ async fn chunked_uploads_and_refusals() {
         404,
         "another repository does not have it upstream"
     );
-    // Mount into another repository: the upstream links it (201).
-    let (status, h, body) = send(
+    // A mount whose `from` routes to another upstream (here `team/x` alone names the
+    // default upstream, docker.io): no mount, a normal upload session (202).
+    let (h, _) = send_expecting(
+        202,
         &pusher,
         post.clone(),
         &format!("http://{e}/v2/lan/team/other/blobs/uploads/?mount={digest}&from=team/x"),
@@ -496,7 +492,27 @@ async fn chunked_uploads_and_refusals() {
         None,
     )
     .await;
-    assert_eq!(status, 201, "{body}");
+    let loc = h["location"].to_str().expect("location").to_string();
+    send_expecting(
+        204,
+        &pusher,
+        reqwest::Method::DELETE,
+        &format!("http://{e}{loc}"),
+        &[],
+        None,
+    )
+    .await;
+    // Mount into another repository, `from` named as the client names it (the path
+    // alias, as docker and skopeo send it): the upstream links it (201).
+    let (h, _) = send_expecting(
+        201,
+        &pusher,
+        post.clone(),
+        &format!("http://{e}/v2/lan/team/other/blobs/uploads/?mount={digest}&from=lan/team/x"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(h["docker-content-digest"], digest.as_str());
     let (status, _) = upstream_get(&s.up, &format!("/v2/team/other/blobs/{digest}"), None).await;
     assert_eq!(status, 200);
@@ -504,7 +520,8 @@ async fn chunked_uploads_and_refusals() {
     // A wrong digest, monolithic: 400 DIGEST_INVALID, nothing stored anywhere.
     let bytes = pseudo_random(8, 50_000);
     let wrong = sha256_digest(b"something else");
-    let (status, _, body) = send(
+    let (_, body) = send_expecting(
+        400,
         &pusher,
         post.clone(),
         &format!("{base}/blobs/uploads/?digest={wrong}"),
@@ -512,7 +529,6 @@ async fn chunked_uploads_and_refusals() {
         Some(bytes.clone()),
     )
     .await;
-    assert_eq!(status, 400, "{body}");
     assert!(body.contains("DIGEST_INVALID"), "{body}");
     for d in [&wrong, &sha256_digest(&bytes)] {
         let (status, _) = upstream_get(&s.up, &format!("/v2/team/x/blobs/{d}"), None).await;
@@ -534,7 +550,8 @@ async fn chunked_uploads_and_refusals() {
     );
     // A right monolithic upload.
     let good = sha256_digest(&bytes);
-    let (status, _, body) = send(
+    send_expecting(
+        201,
         &pusher,
         post.clone(),
         &format!("{base}/blobs/uploads/?digest={good}"),
@@ -542,7 +559,6 @@ async fn chunked_uploads_and_refusals() {
         Some(bytes.clone()),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
     let (_, got) = upstream_get(&s.up, &format!("/v2/team/x/blobs/{good}"), None).await;
     assert!(got == bytes);
     // Written through while it arrived (monolithic: straight into a store fill).
@@ -558,7 +574,8 @@ async fn chunked_uploads_and_refusals() {
     // the client's form.
     let blob = pseudo_random(10, 20_000);
     let d = sha256_digest(&blob);
-    let (status, h, body) = send(
+    let (h, _) = send_expecting(
+        202,
         &pusher,
         post.clone(),
         &format!("http://{e}/v2/team/ns/blobs/uploads/?ns={UP}"),
@@ -566,10 +583,10 @@ async fn chunked_uploads_and_refusals() {
         None,
     )
     .await;
-    assert_eq!(status, 202, "{body}");
     let loc = h["location"].to_str().expect("location").to_string();
     assert!(loc.ends_with(&format!("?ns={UP}")), "{loc}");
-    let (status, _, body) = send(
+    send_expecting(
+        201,
         &pusher,
         reqwest::Method::PUT,
         &format!("http://{e}{loc}&digest={d}"),
@@ -577,8 +594,8 @@ async fn chunked_uploads_and_refusals() {
         Some(blob.clone()),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, h, body) = send(
+    let (h, _) = send_expecting(
+        201,
         &pusher,
         post.clone(),
         &format!("http://{e}/v2/team/alias/blobs/uploads/?digest={d}"),
@@ -586,7 +603,6 @@ async fn chunked_uploads_and_refusals() {
         Some(blob.clone()),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(
         h["location"].to_str().expect("location"),
         format!("/v2/team/alias/blobs/{d}")
@@ -607,7 +623,8 @@ async fn chunked_uploads_and_refusals() {
 
     // Over push.max_upload_size: 413 SIZE_INVALID, nothing on the upstream.
     let big = pseudo_random(9, 1_200_000);
-    let (status, _, body) = send(
+    let (_, body) = send_expecting(
+        413,
         &pusher,
         post.clone(),
         &format!("{base}/blobs/uploads/?digest={}", sha256_digest(&big)),
@@ -615,7 +632,6 @@ async fn chunked_uploads_and_refusals() {
         Some(big.clone()),
     )
     .await;
-    assert_eq!(status, 413, "{body}");
     assert!(body.contains("SIZE_INVALID"), "{body}");
     let (status, _) = upstream_get(
         &s.up,
@@ -628,7 +644,8 @@ async fn chunked_uploads_and_refusals() {
     // A manifest whose bytes are not its digest: 400.
     let manifest =
         br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
-    let (status, _, body) = send(
+    let (_, body) = send_expecting(
+        400,
         &pusher,
         reqwest::Method::PUT,
         &format!("{base}/manifests/{wrong}"),
@@ -636,7 +653,6 @@ async fn chunked_uploads_and_refusals() {
         Some(manifest.to_vec()),
     )
     .await;
-    assert_eq!(status, 400, "{body}");
     assert!(body.contains("DIGEST_INVALID"), "{body}");
 
     // Two sessions per token at most; abandoned ones expire (2 s) and are cancelled
@@ -648,7 +664,8 @@ async fn chunked_uploads_and_refusals() {
         .await
     );
     for _ in 0..2 {
-        let (status, _, body) = send(
+        send_expecting(
+            202,
             &pusher,
             post.clone(),
             &format!("{base}/blobs/uploads/"),
@@ -656,9 +673,9 @@ async fn chunked_uploads_and_refusals() {
             None,
         )
         .await;
-        assert_eq!(status, 202, "{body}");
     }
-    let (status, h, body) = send(
+    let (h, _) = send_expecting(
+        429,
         &pusher,
         post.clone(),
         &format!("{base}/blobs/uploads/"),
@@ -666,7 +683,6 @@ async fn chunked_uploads_and_refusals() {
         None,
     )
     .await;
-    assert_eq!(status, 429, "{body}");
     assert!(h.contains_key("retry-after"));
     assert_eq!(upstream_sessions(&s.up, "team/x"), 2);
     assert!(
@@ -690,7 +706,8 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
     let s = setup("[push]\nsession_timeout = \"2s\"\n");
     let e = s.edge.http[0];
     let pusher = client(&s.push_secret);
-    let (status, h, body) = send(
+    let (h, _) = send_expecting(
+        202,
         &pusher,
         reqwest::Method::POST,
         &format!("http://{e}/v2/lan/team/killed/blobs/uploads/"),
@@ -698,7 +715,6 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
         None,
     )
     .await;
-    assert_eq!(status, 202, "{body}");
     let loc = h["location"].to_str().expect("location").to_string();
     assert_eq!(upstream_sessions(&s.up, "team/killed"), 1);
     let blob = pseudo_random(3, 4_000_000);
@@ -773,7 +789,8 @@ async fn pushes_to_a_token_auth_upstream_ask_for_the_push_scope() {
     let config_blob = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     for b in [&layer, &config_blob] {
         let d = sha256_digest(b);
-        let (status, _, body) = send(
+        send_expecting(
+            201,
             &c,
             reqwest::Method::POST,
             &format!("{base}/blobs/uploads/?digest={d}"),
@@ -781,7 +798,6 @@ async fn pushes_to_a_token_auth_upstream_ask_for_the_push_scope() {
             Some(b.to_vec()),
         )
         .await;
-        assert_eq!(status, 201, "{body}");
     }
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
@@ -789,7 +805,8 @@ async fn pushes_to_a_token_auth_upstream_ask_for_the_push_scope() {
         "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256_digest(&layer), "size": layer.len() }],
     }))
     .expect("json");
-    let (status, h, body) = send(
+    let (h, _) = send_expecting(
+        201,
         &c,
         reqwest::Method::PUT,
         &format!("{base}/manifests/v1"),
@@ -797,7 +814,6 @@ async fn pushes_to_a_token_auth_upstream_ask_for_the_push_scope() {
         Some(manifest.clone()),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(
         h["docker-content-digest"],
         sha256_digest(&manifest).as_str()
@@ -822,7 +838,8 @@ async fn pushes_to_a_token_auth_upstream_ask_for_the_push_scope() {
     let bad = String::from_utf8(manifest)
         .expect("utf8")
         .replace(&sha256_digest(&layer), &sha256_digest(b"never pushed"));
-    let (status, _, body) = send(
+    let (_, body) = send_expecting(
+        400,
         &c,
         reqwest::Method::PUT,
         &format!("{base}/manifests/v2"),
@@ -830,7 +847,6 @@ async fn pushes_to_a_token_auth_upstream_ask_for_the_push_scope() {
         Some(bad.into_bytes()),
     )
     .await;
-    assert_eq!(status, 400, "{body}");
     assert!(body.contains("MANIFEST_BLOB_UNKNOWN"), "{body}");
     // The pushed tag is in the edge: a pull by tag needs no upstream manifest request.
     let before = up.count_requests("GET", "/manifests/");

@@ -77,6 +77,14 @@ fn safe_host(h: &str) -> Option<&str> {
 #[derive(Clone, Debug)]
 pub struct ServedRepo(pub String);
 
+/// The `Host` header, or the `:authority` of an h2 request.
+pub(super) fn request_host(req: &http::request::Parts) -> Option<&str> {
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
 impl RegistryApi {
     pub fn new(table: UpstreamTable, cache: Arc<Cache>, access: Arc<Access>) -> Self {
         RegistryApi {
@@ -112,6 +120,11 @@ impl RegistryApi {
         &self.cache
     }
 
+    /// Routes a request's parts (as `handle` does): the push API routes a mount's `from`.
+    pub(super) fn route(&self, parts: &RequestParts<'_>) -> Result<ApiRoute, OciError> {
+        route(parts, &self.table)
+    }
+
     /// The `WWW-Authenticate` challenge: the bearer flow against this edge's `/token`, and
     /// only that (as Docker Hub does). Docker's client tries every challenged scheme; a Basic
     /// challenge next to it makes an anonymous `docker pull` fail with "no basic auth
@@ -141,11 +154,7 @@ impl RegistryApi {
         body: UploadBody,
         client: ClientInfo,
     ) -> ApiResponse {
-        let host = req
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        let host = request_host(req);
         let head = req.method == Method::HEAD;
         let is_token_endpoint = req.uri.path() == TOKEN_PATH;
         let who = match self

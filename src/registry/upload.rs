@@ -11,14 +11,14 @@
 //!
 //! Must not: hold upload state or talk to the upstream (that is [`crate::cache::push`]).
 
-use super::api::{base_response, finish, ApiResponse, RegistryApi};
+use super::api::{base_response, finish, request_host, ApiResponse, RegistryApi};
 use super::body;
 use super::error::{ErrorCode, OciError, Subject};
-use super::route::{decoded_query_param, ApiRoute};
+use super::route::{decoded_query_param, ApiRoute, RequestParts};
 use crate::cache::push::{
     MountResult, PushFailure, Pushes, UploadBody, UploadRef, UploadState, MAX_PUSHED_MANIFEST,
 };
-use crate::oci::{Digest, Reference, RepoTarget, RepositoryName};
+use crate::oci::{Digest, Reference, RepoTarget};
 use crate::upstream::{PushError, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -261,6 +261,26 @@ async fn read_bounded(mut body: UploadBody, limit: usize) -> Result<Bytes, OciEr
 }
 
 impl RegistryApi {
+    /// The repository a mount's `from=<name>` names, routed as the client's own name in the
+    /// same request would be (path prefix, `/<host>/v2/`, `?ns=`, alias host, default
+    /// upstream): `lan.test/team/a` in the path-prefix form is `team/a` on `lan.test`.
+    fn mount_source(
+        &self,
+        req: &http::request::Parts,
+        form: &ClientForm,
+        from: &str,
+    ) -> Option<RepoTarget> {
+        let api_root = form.repo_path.find("/v2/")? + "/v2/".len();
+        let path = format!("{}{from}/blobs/uploads/", &form.repo_path[..api_root]);
+        let parts = RequestParts {
+            method: &Method::POST,
+            host: request_host(req),
+            path: &path,
+            query: req.uri.query(),
+        };
+        self.route(&parts).ok()?.target().cloned()
+    }
+
     /// A request of the push API (the route's `is_push`, or a pusher's `HEAD` on a blob),
     /// already allowed by access control. `owner` names the token for its upload quota.
     pub(super) async fn push(
@@ -344,9 +364,13 @@ impl RegistryApi {
         match (&req.method, session) {
             (&Method::POST, None) => {
                 if let Some(mount) = digest_param(query, "mount")? {
+                    // `from` is in the client's naming, like its own repository: routed the
+                    // same way, it can be mounted only from the same upstream. Otherwise
+                    // (another upstream, or a name that does not route) a normal upload.
                     let from = decoded_query_param(query, "from")
-                        .and_then(|f| f.parse::<RepositoryName>().ok());
-                    if let Some(from) = from {
+                        .and_then(|f| self.mount_source(req, form, &f))
+                        .filter(|f| f.upstream == target.upstream);
+                    if let Some(RepoTarget { repo: from, .. }) = from {
                         return match pushes.mount(target, owner, &mount, &from).await {
                             Ok(MountResult::Mounted(b)) => blob_created(form, &b.digest),
                             Ok(MountResult::Upload(state)) => {

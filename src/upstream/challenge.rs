@@ -35,6 +35,16 @@ impl Challenge {
     }
 }
 
+/// Every challenge in every `WWW-Authenticate` header of `headers` (a 401's), in order.
+pub fn of_headers(headers: &reqwest::header::HeaderMap) -> Vec<Challenge> {
+    headers
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(parse_www_authenticate)
+        .collect()
+}
+
 /// Every challenge in one `WWW-Authenticate` header value, in order. Never panics; what
 /// cannot be understood is skipped.
 pub fn parse_www_authenticate(header: &str) -> Vec<Challenge> {

@@ -9,7 +9,7 @@
 use super::transport::{self, RequestKind};
 use super::{challenge, error, Reach, Upstream, UpstreamError, MAX_RATE_LIMIT_RETRIES};
 use crate::oci::RepositoryName;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode, Url};
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,13 +210,7 @@ impl Upstream {
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
-        let challenges: Vec<challenge::Challenge> = first
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(challenge::parse_www_authenticate)
-            .collect();
+        let challenges = challenge::of_headers(first.headers());
         drop(first);
         let retry_auth = reach
             .auth

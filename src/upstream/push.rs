@@ -24,7 +24,6 @@ use crate::oci::{Digest, RepositoryName};
 use bytes::Bytes;
 use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION,
-    WWW_AUTHENTICATE,
 };
 use reqwest::{Method, StatusCode, Url};
 
@@ -179,13 +178,7 @@ impl Upstream {
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
-        let challenges: Vec<challenge::Challenge> = first
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(challenge::parse_www_authenticate)
-            .collect();
+        let challenges = challenge::of_headers(first.headers());
         drop(first);
         let retry = reach
             .auth
@@ -208,10 +201,15 @@ impl Upstream {
         Ok(self.url_at(endpoint, path, query)?)
     }
 
-    /// `POST /v2/<repo>/blobs/uploads/`: opens an upload session (202).
-    pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UpstreamUpload, PushError> {
+    /// `POST /v2/<repo>/blobs/uploads/[?<query>]` on the push endpoint: (the endpoint, the
+    /// URL, the response).
+    async fn post_uploads(
+        &self,
+        repo: &RepositoryName,
+        query: Option<&str>,
+    ) -> Result<(usize, Url, reqwest::Response), PushError> {
         let endpoint = self.push_endpoint();
-        let url = self.repo_url(endpoint, &format!("v2/{repo}/blobs/uploads/"), None)?;
+        let url = self.repo_url(endpoint, &format!("v2/{repo}/blobs/uploads/"), query)?;
         let response = self
             .push_request(
                 endpoint,
@@ -222,6 +220,12 @@ impl Upstream {
                 None,
             )
             .await?;
+        Ok((endpoint, url, response))
+    }
+
+    /// `POST /v2/<repo>/blobs/uploads/`: opens an upload session (202).
+    pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UpstreamUpload, PushError> {
+        let (endpoint, url, response) = self.post_uploads(repo, None).await?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(refused(response).await);
         }
@@ -239,19 +243,8 @@ impl Upstream {
         digest: &Digest,
         from: &RepositoryName,
     ) -> Result<MountOutcome, PushError> {
-        let endpoint = self.push_endpoint();
         let query = format!("mount={digest}&from={from}");
-        let url = self.repo_url(endpoint, &format!("v2/{repo}/blobs/uploads/"), Some(&query))?;
-        let response = self
-            .push_request(
-                endpoint,
-                Method::POST,
-                &url,
-                &push_scope(repo),
-                HeaderMap::new(),
-                None,
-            )
-            .await?;
+        let (endpoint, url, response) = self.post_uploads(repo, Some(&query)).await?;
         match response.status() {
             StatusCode::CREATED => Ok(MountOutcome::Mounted),
             StatusCode::ACCEPTED => Ok(MountOutcome::Upload(UpstreamUpload {
