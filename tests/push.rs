@@ -861,3 +861,77 @@ async fn pushes_to_a_token_auth_upstream_ask_for_the_push_scope() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(up.count_requests("GET", "/manifests/"), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_the_cache_cannot_hold_still_reaches_the_upstream() {
+    // A store of 4 MiB and a 6 MB session upload: the store fill runs out of budget
+    // mid-upload, the push goes on, the upstream gets every byte, nothing is stored.
+    let up = Registry2::start_with(Some(("pusher", "s3cret")));
+    let (secret, block) = create_token("ci", "push,pull:private");
+    let config = format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n\
+         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"4MiB\"\nchunk_size = \"1MiB\"\n\
+         [auth]\nanonymous = false\n{block}\n\
+         [[upstream]]\nname = \"{UP}\"\nurl = \"{}\"\nusername = \"pusher\"\npassword = \"s3cret\"\nprivate = true\npush = true\n",
+        up.url()
+    );
+    let edge = Edge::start(&config);
+    let e = edge.http[0];
+    let c = client(&secret);
+    let blob = pseudo_random(33, 6_000_000);
+    let d = sha256_digest(&blob);
+    let (h, _) = send_expecting(
+        202,
+        &c,
+        reqwest::Method::POST,
+        &format!("http://{e}/v2/{UP}/team/big/blobs/uploads/"),
+        &[],
+        None,
+    )
+    .await;
+    let loc = h["location"].to_str().expect("location").to_string();
+    let (h, _) = send_expecting(
+        202,
+        &c,
+        reqwest::Method::PATCH,
+        &format!("http://{e}{loc}"),
+        &[("content-type", "application/octet-stream".into())],
+        Some(blob.clone()),
+    )
+    .await;
+    let loc = h["location"].to_str().expect("location").to_string();
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    send_expecting(
+        201,
+        &c,
+        reqwest::Method::PUT,
+        &format!("http://{e}{loc}{sep}digest={d}"),
+        &[],
+        None,
+    )
+    .await;
+    let (status, got) = upstream_get(&up, &format!("/v2/team/big/blobs/{d}"), None).await;
+    assert_eq!(status, 200);
+    assert!(got == blob, "the upstream has every byte");
+    // Not in the cache: a HEAD by this pusher asks the upstream, so look at the store's
+    // gauge instead, and at a pull, which is a miss served from the upstream.
+    assert!(edge.metric("sparkcr_edge_store_bytes").await <= (4 << 20) as f64);
+    let r = c
+        .get(format!("http://{e}/v2/{UP}/team/big/blobs/{d}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200);
+    assert_ne!(r.headers()["x-cache"], "HIT");
+    assert!(r.bytes().await.expect("body") == blob);
+    assert!(
+        edge.log_text()
+            .contains("will not be written through to the cache"),
+        "the edge says why the push was not kept"
+    );
+    assert_eq!(
+        edge.metric("sparkcr_edge_push_failures_total{reason=\"store\"}")
+            .await,
+        1.0
+    );
+}

@@ -1,7 +1,7 @@
 //! Pushes through the edge to upstreams with `push = true`, written through to the store.
 //!
 //! Owns: the edge's upload sessions (one per client upload: the upstream session it
-//! mirrors, the offset, the sha256 of every byte, a spool file the bytes are copied to),
+//! mirrors, the offset, the store fill its bytes go into and whose sha256 is the session's),
 //! their limits (`push.max_upload_size`, `push.max_uploads_per_token`), their expiry
 //! (`push.session_timeout`: an idle session is cancelled upstream and dropped), and the
 //! write-through: a blob is committed to the store (through [`crate::store::BlobFill`],
@@ -9,10 +9,9 @@
 //! 201; a manifest is stored and its tag recorded only after the upstream's 201.
 //!
 //! Bytes stream: each client chunk goes to the upstream as one streamed `PATCH` while it
-//! arrives; a thread of the session's own hashes it and appends it to the spool file (an
-//! unlinked temp file under the store's `tmp/`, gone with the session and on a crash), or,
-//! for a monolithic upload whose digest is known up front, straight into a store fill that
-//! is committed (or aborted) at the end.
+//! arrives; a thread of the session's own writes it into a store fill that hashes it (named
+//! up front for a monolithic upload, at the end for a session) and is committed (or
+//! aborted: its chunks removed, also by recovery after a crash) at the end.
 //! Nothing is held in memory beyond a few frames in flight. The upstream's session is
 //! closed (`PUT ?digest=`, no body) only once the edge's own hash matched the digest, so a
 //! wrong blob never lands upstream either; a mismatch cancels the upstream session.
@@ -35,7 +34,6 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use spool::{spawn_spool, FillFor, SpoolMsg};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -176,7 +174,6 @@ pub struct Pushes {
     settings: PushSettings,
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    spool_dir: PathBuf,
 }
 
 impl Pushes {
@@ -187,8 +184,6 @@ impl Pushes {
         settings: PushSettings,
         metrics: Arc<Metrics>,
     ) -> Arc<Pushes> {
-        let spool_dir = store.path().join("tmp");
-        let _ = std::fs::create_dir_all(&spool_dir);
         let pushes = Arc::new(Pushes {
             store,
             upstreams: upstreams
@@ -198,7 +193,6 @@ impl Pushes {
             settings,
             metrics,
             sessions: Mutex::new(HashMap::new()),
-            spool_dir,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(Arc::downgrade(&pushes)));
@@ -247,7 +241,7 @@ impl Pushes {
     }
 
     /// [`Pushes::start`]; with `known` (the digest and length of a monolithic upload) the
-    /// bytes go straight into a store fill instead of a spool file.
+    /// store fill is named up front.
     async fn start_with(
         &self,
         target: &RepoTarget,
@@ -292,13 +286,10 @@ impl Pushes {
             state: tokio::sync::Mutex::new(SessionState {
                 upstream: Some(up),
                 offset: 0,
-                spool: spawn_spool(
-                    self.spool_dir.clone(),
-                    match known {
-                        Some((d, len)) => FillFor::Known(self.store.clone(), d, len),
-                        None => FillFor::Unknown(self.store.clone()),
-                    },
-                ),
+                spool: spawn_spool(match known {
+                    Some((d, len)) => FillFor::Known(self.store.clone(), d, len),
+                    None => FillFor::Unknown(self.store.clone()),
+                }),
             }),
         });
         self.sessions().insert(id.clone(), session);
@@ -322,7 +313,7 @@ impl Pushes {
         }
     }
 
-    /// Cancels the session upstream and drops it (its spool file goes with it).
+    /// Cancels the session upstream and drops it (its store fill is aborted with it).
     async fn abandon(&self, session: &Session, state: &mut SessionState, why: &str) {
         self.remove(&session.id);
         if let Some(up) = state.upstream.take() {
@@ -546,8 +537,8 @@ impl Pushes {
     }
 
     /// A closing `PUT` that carries the whole blob (nothing received before; what
-    /// containerd and plain HTTP clients send): its digest is known now, so the bytes go
-    /// straight into a store fill instead of the spool file.
+    /// containerd and plain HTTP clients send): its digest is known now, so the session's
+    /// fill is begun again, named up front (with the length, reserved at once).
     async fn fill_directly_if_empty(
         &self,
         target: &RepoTarget,
@@ -558,10 +549,7 @@ impl Pushes {
         let session = self.session(target, at)?;
         let mut state = session.state.lock().await;
         if state.offset == 0 {
-            state.spool = spawn_spool(
-                self.spool_dir.clone(),
-                FillFor::Known(self.store.clone(), *digest, len),
-            );
+            state.spool = spawn_spool(FillFor::Known(self.store.clone(), *digest, len));
         }
         Ok(())
     }

@@ -1,20 +1,18 @@
 //! What a push leaves in the store, and only after the upstream's 201: the blob (its fill
-//! finished, or its spool file read into one) and the manifest with its tag.
+//! named and finished) and the manifest with its tag.
 //!
 //! Must not: talk to the upstream about blobs, or keep session state (`super` does).
 
 use super::spool::{Kept, Spooled};
 use super::{blocking, PushFailure, PushedManifest, Pushes};
 use crate::oci::{Digest, Reference, RepoTarget};
-use crate::store::{StoreError, TagKey, TagRecord};
+use crate::store::{TagKey, TagRecord};
 use bytes::Bytes;
-use std::io::{Read, Seek};
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 impl Pushes {
-    /// Commits a pushed blob to the store: its fill (monolithic uploads), or its spool file
-    /// read into a fill. A failure here only costs the write-through: the upstream has it.
+    /// Commits a pushed blob to the store: its fill, named `digest`. A failure here only
+    /// costs the write-through: the upstream has it.
     pub(super) async fn write_through(
         &self,
         target: &RepoTarget,
@@ -22,9 +20,15 @@ impl Pushes {
         spooled: Spooled,
     ) -> bool {
         let (store, d, repo) = (self.store.clone(), *digest, target.key().to_string());
-        let size = spooled.size;
         let result = match spooled.kept {
-            Kept::Nothing => return false,
+            Kept::Nothing => {
+                // The store could not take the bytes (the spool thread logged why).
+                self.metrics
+                    .push_failures
+                    .with_label_values(&["store"])
+                    .inc();
+                return false;
+            }
             Kept::Fill(fill) => {
                 blocking(move || {
                     if store.blob(&d)?.is_some() {
@@ -32,31 +36,6 @@ impl Pushes {
                         return store.add_repo(&d, &repo);
                     }
                     fill.finish_as(d, &repo).map(|_| ())
-                })
-                .await
-            }
-            Kept::File(mut file) => {
-                blocking(move || {
-                    if store.blob(&d)?.is_some() {
-                        return store.add_repo(&d, &repo);
-                    }
-                    let spool_error = |source| StoreError::Io {
-                        op: "read the push spool file",
-                        path: PathBuf::from("tmp"),
-                        source,
-                    };
-                    file.seek(std::io::SeekFrom::Start(0))
-                        .map_err(spool_error)?;
-                    let mut fill = store.begin_fill(d, Some(size))?;
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        let n = file.read(&mut buf).map_err(spool_error)?;
-                        if n == 0 {
-                            break;
-                        }
-                        fill.write(&buf[..n])?;
-                    }
-                    fill.finish(&repo).map(|_| ())
                 })
                 .await
             }
