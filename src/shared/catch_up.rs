@@ -223,6 +223,7 @@ impl SharedTier {
                 Done::TierFailed => {
                     p.keys.remove(&(item.kind, item.digest));
                     n.failed += 1;
+                    self.count_catch_up("failed", 1);
                     tracing::warn!(digest = %item.digest, attempts = MAX_ATTEMPTS, "catch-up: the shared tier failed on this write every time; giving it up");
                     stopped = true;
                 }
@@ -230,15 +231,18 @@ impl SharedTier {
                     p.keys.remove(&(item.kind, item.digest));
                     n.uploaded += 1;
                     n.bytes += bytes;
+                    self.count_catch_up("uploaded", 1);
                 }
                 Done::Skipped(why) => {
                     p.keys.remove(&(item.kind, item.digest));
                     n.skipped += 1;
+                    self.count_catch_up("skipped", 1);
                     tracing::debug!(digest = %item.digest, why, "catch-up: skipped");
                 }
                 Done::Failed(why) => {
                     p.keys.remove(&(item.kind, item.digest));
                     n.failed += 1;
+                    self.count_catch_up("failed", 1);
                     tracing::error!(digest = %item.digest, error = %why, "catch-up: the local copy cannot be uploaded; nothing written to the shared tier");
                 }
             }
@@ -250,13 +254,6 @@ impl SharedTier {
             if stopped {
                 break;
             }
-        }
-        for (outcome, count) in [
-            ("uploaded", n.uploaded),
-            ("skipped", n.skipped),
-            ("failed", n.failed),
-        ] {
-            self.count_catch_up(outcome, count);
         }
         let left = c.lock().queue.len();
         tracing::info!(
