@@ -16,8 +16,8 @@
 //! Must not: verify the digests of bytes read from here (the fill's `BlobInput` does, exactly
 //! as for an upstream's; the catch-up only hashes what it reads back from the local store
 //! before completing an upload), decide hit or miss (that is `cache`), or write to the local
-//! store (the catch-up reads it through `Store::read_blob` and `Store::manifest`). A failure
-//! here never fails a pull.
+//! store (the catch-up only reads it, through `Store::blob`, `Store::read_blob` and
+//! `Store::manifest`). A failure here never fails a pull.
 
 mod catch_up;
 pub mod peers;
