@@ -70,18 +70,20 @@ fn raise_nofile_limit() {
     }
 }
 
-/// The shared tier and the cluster's peers, if configured (the tier's probe runs with the
-/// runtime).
+/// The shared tier and the cluster's peers, if configured (the tier's probe, and with
+/// `catch_up` its catch-up from `store`, run with the runtime).
 fn build_tiers(
     config: &Config,
     origin: &str,
     metrics: &Arc<Metrics>,
+    store: &Store,
 ) -> Result<crate::cache::Tiers, DaemonError> {
     let shared = match &config.storage.shared {
         Some(cfg) => {
             let tier = crate::shared::SharedTier::from_config(cfg, metrics.clone())
                 .map_err(|e| DaemonError::Config(format!("{origin}: {e}")))?;
             tier.spawn_probe();
+            tier.spawn_catch_up(store.clone());
             Some(tier)
         }
         None => None,
@@ -125,7 +127,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
         hold_commit,
     };
     let access = Arc::new(Access::from_config(config, metrics.clone())?);
-    let tiers = build_tiers(config, origin, &metrics)?;
+    let tiers = build_tiers(config, origin, &metrics, &store)?;
     let cache =
         Arc::new(Cache::new(store.clone(), upstreams, settings, metrics.clone()).with_tiers(tiers));
     let upkeep = store.spawn_upkeep();

@@ -3,11 +3,12 @@
 //! Debian's packages), with Debian's registry:2 (or the fault-injecting fake) as the
 //! upstream: an image filled by one edge is served by another with no upstream blob GET;
 //! an edge that lost its data directory refills from the bucket; cold clients on two
-//! edges cost one origin GET (cluster single flight); the tier down, a corrupt object, and
-//! a fill that breaks beyond resume.
+//! edges cost one origin GET (cluster single flight); the tier down, writes missed
+//! meanwhile caught up (only with `catch_up = true`), a corrupt object, and a fill that
+//! breaks beyond resume.
 //!
-//! One Ceph cluster serves the file (each test has its own bucket); the test that stops
-//! radosgw starts a cluster of its own. Clusters stop when the test process exits (the
+//! One Ceph cluster serves the file (each test has its own bucket); the tests that stop
+//! radosgw start clusters of their own. Clusters stop when the test process exits (the
 //! script's watchdog) or when their guard drops.
 
 mod common;
@@ -634,4 +635,156 @@ async fn an_owner_that_does_not_answer_costs_a_fallback_not_a_failure() {
     assert!(edge
         .log_text()
         .contains("the owning peer did not serve the blob"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_missed_while_radosgw_was_stopped_are_caught_up_only_if_configured() {
+    // A cluster of its own: this test stops radosgw.
+    let ceph = Ceph::start();
+    let bucket = ceph.bucket("catch-up");
+    let shared = ceph.shared_section("catch-up");
+    let reg = Registry2::start();
+    // `one` (a 12 MiB layer: a multipart upload) through an edge with catch_up = true,
+    // `two` through one with the default.
+    let one = push_image(
+        &reg,
+        "team/app",
+        Some("one"),
+        Format::Oci,
+        13,
+        "amd64",
+        &[12 << 20],
+    )
+    .await;
+    let two = push_image(
+        &reg,
+        "team/app",
+        Some("two"),
+        Format::Oci,
+        14,
+        "amd64",
+        &[1 << 20],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let catching_up = Edge::start(&config(
+        &reg.url(),
+        "127.0.0.1:0",
+        "{dir}/data",
+        &format!("{shared}catch_up = true\n"),
+    ));
+    let default = Edge::start(&config(&reg.url(), "127.0.0.1:0", "{dir}/data", &shared));
+
+    ceph.script(&["stop-rgw"]);
+    pull(&client, &route(&catching_up), "one").await;
+    pull(&client, &route(&default), "two").await;
+    // Config, layer and manifest remembered (blobs once stored locally); nothing by the
+    // default edge.
+    wait_metric(&catching_up, "sparkcr_edge_shared_catch_up_pending", 3.0).await;
+    assert_eq!(
+        default.metric("sparkcr_edge_shared_catch_up_pending").await,
+        0.0
+    );
+    assert_eq!(catching_up.metric("sparkcr_edge_shared_up").await, 0.0);
+
+    ceph.script(&["start-rgw"]);
+    // The probe (every 5 s) finds the tier again; the pass uploads from the local store.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while catching_up
+        .metric("sparkcr_edge_shared_catch_up_total{outcome=\"uploaded\"}")
+        .await
+        < 3.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the missed writes were never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        catching_up
+            .metric("sparkcr_edge_shared_catch_up_pending")
+            .await,
+        0.0
+    );
+    for outcome in ["skipped", "dropped", "failed"] {
+        assert_eq!(
+            catching_up
+                .metric(&format!(
+                    "sparkcr_edge_shared_catch_up_total{{outcome=\"{outcome}\"}}"
+                ))
+                .await,
+            0.0,
+            "{outcome}"
+        );
+    }
+    catching_up
+        .wait_for_log("shared tier: catch-up pass ended")
+        .await;
+    // The exact bytes, under the keys any edge looks up.
+    for (d, bytes) in &one.blobs {
+        let got = bucket
+            .get(&key(d))
+            .await
+            .expect("caught-up object")
+            .bytes()
+            .await
+            .expect("object bytes");
+        assert_eq!(got.len(), bytes.len(), "{d}");
+        assert_eq!(sparkcr_edge::oci::Digest::of(&got).to_string(), *d);
+    }
+    let manifest_hex = one
+        .manifest_digest
+        .strip_prefix("sha256:")
+        .expect("sha256 digest");
+    let got = bucket
+        .get(&ObjectPath::from(format!(
+            "site/manifests/sha256/{manifest_hex}"
+        )))
+        .await
+        .expect("caught-up manifest")
+        .bytes()
+        .await
+        .expect("manifest bytes");
+    assert!(got == one.manifest[..]);
+    // The default edge's missed writes stay missed (its tier is up again too).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while default.metric("sparkcr_edge_shared_up").await != 1.0 {
+        assert!(Instant::now() < deadline, "the tier never came back up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (d, _) in &two.blobs {
+        assert!(
+            matches!(
+                bucket.head(&key(d)).await,
+                Err(object_store::Error::NotFound { .. })
+            ),
+            "{d} was not caught up without catch_up"
+        );
+    }
+
+    // A fresh edge serves `one` by digest from the bucket: no upstream blob GET.
+    let gets = blob_gets(&reg);
+    let fresh = Edge::start(&config(&reg.url(), "127.0.0.1:0", "{dir}/data", &shared));
+    let pulled = pull(&client, &route(&fresh), &one.manifest_digest).await;
+    let digests: Vec<String> = one.blobs.iter().map(|(d, _)| d.clone()).collect();
+    assert_eq!(pulled[0].blob_digests, digests);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        blob_gets(&reg),
+        gets,
+        "the fresh edge sent no blob GET upstream"
+    );
+    assert_eq!(
+        fresh
+            .metric("sparkcr_edge_shared_lookups_total{kind=\"blob\",outcome=\"hit\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        fresh
+            .metric("sparkcr_edge_shared_lookups_total{kind=\"manifest\",outcome=\"hit\"}")
+            .await,
+        1.0
+    );
 }

@@ -51,6 +51,13 @@ pub struct SharedStorageConfig {
     /// Write blobs and manifests fetched from an upstream through to the shared tier.
     #[serde(default = "default_true")]
     pub write_through: bool,
+    /// Remember the writes through the tier missed while it was down or failing, and upload
+    /// them from the local store once it answers again (off: they are never made up for).
+    #[serde(default)]
+    pub catch_up: bool,
+    /// Most missed writes remembered for `catch_up`; beyond it the oldest are forgotten.
+    #[serde(default = "default_catch_up_max")]
+    pub catch_up_max: usize,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -77,6 +84,10 @@ fn default_region() -> String {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_catch_up_max() -> usize {
+    10_000
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -173,6 +184,18 @@ pub(super) fn validate(
                 "expected a duration above 0 such as \"5s\"".into(),
             );
         }
+        if s.catch_up && s.catch_up_max == 0 {
+            return err(
+                "storage.shared.catch_up_max",
+                "expected a number above 0 such as 10000 (how many missed writes catch_up remembers)".into(),
+            );
+        }
+        if s.catch_up && !s.write_through {
+            return err(
+                "storage.shared.catch_up",
+                "catch_up = true needs write_through = true (it makes up for writes through the tier missed)".into(),
+            );
+        }
         if let Some(p) = &s.ca_file {
             if std::fs::metadata(p).is_err() {
                 return err(
@@ -249,6 +272,12 @@ mod tests {
         assert_eq!(s.bucket, "edge-cache");
         assert_eq!(s.region, "us-east-1");
         assert!(s.write_through);
+        assert!(!s.catch_up, "catch-up is opt-in");
+        assert_eq!(s.catch_up_max, 10_000);
+        let c = from_text(&format!("{SHARED}catch_up = true\ncatch_up_max = 50\n")).expect("loads");
+        let s = c.storage.shared.as_ref().expect("shared tier");
+        assert!(s.catch_up);
+        assert_eq!(s.catch_up_max, 50);
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("hunter2secret"), "{shown}");
         assert!(
@@ -265,6 +294,8 @@ mod tests {
             (SHARED.replace("bucket = \"edge-cache\"", "bucket = \"\""), "storage.shared.bucket"),
             (SHARED.replace("http://rgw.lan:8080", "rgw.lan"), "storage.shared.endpoint"),
             (SHARED.replace("access_key_id = \"AKIA1\"\n", ""), "storage.shared.secret_access_key"),
+            (format!("{SHARED}catch_up = true\ncatch_up_max = 0\n"), "storage.shared.catch_up_max"),
+            (format!("{SHARED}catch_up = true\nwrite_through = false\n"), "storage.shared.catch_up"),
             (
                 "[cluster]\npeers = [\"http://a:5000\", \"http://b:5000\"]\nself_url = \"http://c:5000\"\n".into(),
                 "cluster.self_url",

@@ -11,7 +11,8 @@ pub struct TierMetrics {
     pub shared_lookups: IntCounterVec,
     /// Bytes moved, by direction (`read`, `written`).
     pub shared_bytes: IntCounterVec,
-    /// Failed operations, by operation (`get`, `head`, `put`, `upload`, `delete`, `probe`).
+    /// Failed operations, by operation (`get`, `head`, `put`, `upload`, `delete`, `probe`;
+    /// catch-up's count as `head`, `put`, `upload`).
     pub shared_errors: IntCounterVec,
     /// Objects whose bytes did not match their digest (deleted, fetched again).
     pub shared_corrupt: IntCounter,
@@ -21,6 +22,13 @@ pub struct TierMetrics {
     pub shared_upload_seconds: Histogram,
     /// 1 while the shared tier answers, 0 while it is down.
     pub shared_up: IntGauge,
+    /// Writes the shared tier missed, remembered for catch-up (`catch_up = true`).
+    pub shared_catch_up_pending: IntGauge,
+    /// Missed writes made up for or given up, by outcome (`uploaded`; `skipped`: already in
+    /// the tier, or no longer in the local store; `dropped`: forgotten over `catch_up_max`;
+    /// `failed`: the local copy did not match its digest or could not be read, or the tier
+    /// failed on it three times).
+    pub shared_catch_up: IntCounterVec,
     /// Blob fills this edge took from the peer that owns the digest, by outcome (`filled`,
     /// `fallback`: the owner did not answer in time, so this edge asked the upstream).
     pub peer_fills: IntCounterVec,
@@ -60,6 +68,13 @@ impl TierMetrics {
         )
         .expect("valid gauge");
         r.register(Box::new(shared_up.clone())).expect("unique");
+        let shared_catch_up_pending = IntGauge::new(
+            "shared_catch_up_pending",
+            "Writes the shared tier missed while down or failing, remembered for catch-up (storage.shared.catch_up).",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(shared_catch_up_pending.clone()))
+            .expect("unique");
         let peer_requests_served = IntCounter::new(
             "peer_requests_served_total",
             "Blob requests answered for a peer edge of the cluster.",
@@ -95,6 +110,13 @@ impl TierMetrics {
             ),
             shared_upload_seconds,
             shared_up,
+            shared_catch_up_pending,
+            shared_catch_up: counter_vec(
+                r,
+                "shared_catch_up_total",
+                "Writes the shared tier missed, made up for from the local store or given up, by outcome (uploaded, skipped, dropped, failed).",
+                &["outcome"],
+            ),
             peer_fills: counter_vec(
                 r,
                 "peer_fills_total",
@@ -119,6 +141,9 @@ impl TierMetrics {
         }
         for o in ["completed", "aborted", "failed"] {
             m.shared_uploads.with_label_values(&[o]);
+        }
+        for o in ["uploaded", "skipped", "dropped", "failed"] {
+            m.shared_catch_up.with_label_values(&[o]);
         }
         for o in ["filled", "fallback"] {
             m.peer_fills.with_label_values(&[o]);

@@ -8,13 +8,18 @@
 //! [`upload`]), deleting objects found corrupt, and the tier's health (down, slow or
 //! failing: every operation here gives up quickly and says so in logs, metrics and
 //! `/readyz`, and the caller goes on without the tier; while it is down it is not asked at
-//! all, until the probe finds it answering again). [`peers`] is the cluster's single
-//! flight: which edge owns a digest's fill, and fetching from it.
+//! all, until the probe finds it answering again). With `catch_up = true`, the writes it
+//! missed meanwhile are remembered and uploaded from the local store once it answers again
+//! (see `catch_up`). [`peers`] is the cluster's single flight: which edge owns a digest's
+//! fill, and fetching from it.
 //!
-//! Must not: verify digests (the fill's `BlobInput` does, for bytes from here exactly as for
-//! an upstream's), decide hit or miss (that is `cache`), or touch the local store. A failure
-//! here never fails a pull.
+//! Must not: verify the digests of bytes read from here (the fill's `BlobInput` does, exactly
+//! as for an upstream's; the catch-up only hashes what it reads back from the local store
+//! before completing an upload), decide hit or miss (that is `cache`), or write to the local
+//! store (the catch-up only reads it, through `Store::blob`, `Store::read_blob` and
+//! `Store::manifest`). A failure here never fails a pull.
 
+mod catch_up;
 pub mod peers;
 mod upload;
 
@@ -87,6 +92,8 @@ pub struct SharedTier {
     write_through: bool,
     metrics: Arc<Metrics>,
     health: Mutex<Health>,
+    /// The writes missed while down, with `catch_up = true`.
+    catch_up: Option<catch_up::CatchUp>,
     /// Shown in logs and `/readyz`: `s3 http://rgw.lan:8080 bucket edge-cache`.
     describe: String,
 }
@@ -172,6 +179,9 @@ impl SharedTier {
             write_through: cfg.write_through,
             metrics,
             health: Mutex::new(Health::default()),
+            catch_up: cfg
+                .catch_up
+                .then(|| catch_up::CatchUp::new(cfg.catch_up_max)),
             describe: format!("s3 {endpoint} bucket {}", cfg.bucket),
         }))
     }
@@ -182,6 +192,17 @@ impl SharedTier {
         prefix: &str,
         metrics: Arc<Metrics>,
     ) -> Arc<SharedTier> {
+        Self::with_store_catching_up(objects, prefix, metrics, None)
+    }
+
+    /// [`SharedTier::with_store`] that remembers up to `catch_up_max` missed writes, as
+    /// `catch_up = true` does.
+    pub fn with_store_catching_up(
+        objects: Arc<dyn ObjectStore>,
+        prefix: &str,
+        metrics: Arc<Metrics>,
+        catch_up_max: Option<usize>,
+    ) -> Arc<SharedTier> {
         metrics.tiers.shared_up.set(1);
         Arc::new(SharedTier {
             objects,
@@ -190,6 +211,7 @@ impl SharedTier {
             write_through: true,
             metrics,
             health: Mutex::new(Health::default()),
+            catch_up: catch_up_max.map(catch_up::CatchUp::new),
             describe: "object store".into(),
         })
     }
@@ -241,6 +263,9 @@ impl SharedTier {
         if let Some((_, since)) = h.down.take() {
             tracing::info!(tier = %self.describe, down_for_s = since.elapsed().as_secs(), "shared tier answers again");
             self.metrics.tiers.shared_up.set(1);
+            if let Some(c) = &self.catch_up {
+                c.wake();
+            }
         }
     }
 
@@ -414,7 +439,9 @@ impl SharedTier {
         }
     }
 
-    /// Writes a verified manifest through (in the background; failures are only counted).
+    /// Writes a verified manifest through (in the background; failures are only counted,
+    /// and remembered for the catch-up with `catch_up` on, as is a write missed while the
+    /// tier is down).
     pub fn put_manifest(
         self: &Arc<Self>,
         digest: Digest,
@@ -422,7 +449,11 @@ impl SharedTier {
         bytes: Bytes,
         repo: String,
     ) {
-        if !self.writes_through() {
+        if !self.write_through {
+            return;
+        }
+        if !self.is_up() {
+            self.missed(catch_up::Kind::Manifest, digest, repo);
             return;
         }
         let tier = Arc::clone(self);
@@ -447,6 +478,8 @@ impl SharedTier {
                     .shared_bytes
                     .with_label_values(&["written"])
                     .inc_by(len);
+            } else {
+                tier.missed(catch_up::Kind::Manifest, digest, repo);
             }
         });
     }
