@@ -498,6 +498,16 @@ impl Metrics {
             &self.upstream_token_fetches,
             &self.upstream_duration,
             &self.build_info,
+            &self.push_bytes,
+            &self.uploads_in_progress,
+            &self.push_failures,
+            &self.pushes_completed,
+            &self.tiers.shared_lookups,
+            &self.tiers.shared_bytes,
+            &self.tiers.shared_errors,
+            &self.tiers.shared_uploads,
+            &self.tiers.shared_catch_up,
+            &self.tiers.peer_fills,
         ];
         let mut names: Vec<String> = collectors
             .iter()
