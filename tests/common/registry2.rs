@@ -69,15 +69,26 @@ impl Registry2 {
             push_token: None,
             port_holder: None,
         };
-        r.spawn();
-        r
+        // Another process may take the free port before the registry binds it: a new one.
+        for _ in 0..5 {
+            if r.spawn() {
+                return r;
+            }
+            r.log.lock().expect("log lock").clear();
+            r.port = free_port();
+        }
+        panic!(
+            "docker-registry found its port taken five times:\n{}",
+            r.log_text()
+        );
     }
 
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.yml")
     }
 
-    fn spawn(&mut self) {
+    /// Starts the registry on `self.port`; false if another process holds that port.
+    fn spawn(&mut self) -> bool {
         self.release_port();
         let mut auth = String::new();
         if let Some((user, pass)) = &self.basic {
@@ -103,6 +114,10 @@ impl Registry2 {
             self.port
         );
         std::fs::write(self.config_path(), config).expect("registry config");
+        let listened_before = self
+            .log_text()
+            .matches(&format!("listening on 127.0.0.1:{}", self.port))
+            .count();
         let mut child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(self.config_path())
@@ -131,8 +146,33 @@ impl Registry2 {
             });
         }
         self.child = Some(child);
+        // Ready when its own log says it listens: a connect alone could reach another
+        // process that took the port between `free_port` and the registry's bind.
+        let listening = format!("listening on 127.0.0.1:{}", self.port);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            // (one line more than before this start: a restart keeps the earlier log)
+            if self.log_text().matches(&listening).count() > listened_before
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
+            if exited {
+                // Give its last lines a moment to reach the log.
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(
+                    self.log_text().contains("address already in use"),
+                    "docker-registry exited:\n{}",
+                    self.log_text()
+                );
+                self.child = None;
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "docker-registry did not start:\n{}",
@@ -186,7 +226,11 @@ impl Registry2 {
     /// Starts it again on the same port and storage.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "docker-registry could not take its port back:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
