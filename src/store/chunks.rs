@@ -3,8 +3,9 @@
 //!
 //! Owns: chunk naming ([`ChunkId`]), the write protocol (a temp file under `<path>/tmp/`
 //! written with ordinary buffered writes, renamed into place when its content and so its
-//! name are known, and made durable later, once per blob, by [`ChunkFiles::sync_placed`]:
-//! fsync of each file and of each directory entry), spool files, ranged reads, unlinking,
+//! name are known, its writeback optionally started at once ([`ChunkFiles::start_writeback`]),
+//! and made durable later, once per blob, by [`ChunkFiles::sync_placed`]: fsync of each
+//! file and of each directory entry), spool files, ranged reads, unlinking,
 //! and walking the chunk and temp directories for recovery.
 //!
 //! Must not: decide whether a chunk may be unlinked (refcounts and pins live in the index
