@@ -319,7 +319,12 @@ fn docker_pulls_anonymously_and_logs_in_with_bearer_only_challenges() {
             );
         }
         // Written through: the blobs are hits on the edge, without asking the upstream.
-        let before = reg.count_requests("GET", "/v2/team/pushed/blobs/");
+        // registry:2's access log reaches us through a reader thread: wait for the lines
+        // of the GETs above before counting.
+        let before = reg
+            .wait_requests("GET", "/v2/team/pushed/blobs/", blobs.len())
+            .await;
+        assert_eq!(before, blobs.len(), "one direct GET per blob so far");
         for blob in &blobs {
             let r = http
                 .get(format!(
@@ -335,6 +340,8 @@ fn docker_pulls_anonymously_and_logs_in_with_bearer_only_challenges() {
             let bytes = r.bytes().await.expect("blob body");
             assert_eq!(&sha256_digest(&bytes), blob);
         }
+        // (a GET the edge made would be logged by now, or within this pause)
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(reg.count_requests("GET", "/v2/team/pushed/blobs/"), before);
         drop(dockerd);
     });
