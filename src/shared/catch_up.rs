@@ -22,8 +22,7 @@ use super::upload::ObjectUpload;
 use super::SharedTier;
 use crate::oci::{Digest, Sha256Verifier};
 use crate::store::{GrowingBlob, Keeping, Store};
-use bytes::Bytes;
-use object_store::{Attribute, ObjectStoreExt, PutOptions, PutPayload};
+use object_store::ObjectStoreExt;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -357,29 +356,13 @@ impl SharedTier {
                 "the local copy hashes to {got}; run `sparkcr-edge cache verify`"
             ));
         }
-        let mut attributes = super::repo_attributes(&item.repo);
-        attributes.insert(Attribute::ContentType, m.media_type.into());
-        let opts = PutOptions {
-            attributes,
-            ..Default::default()
-        };
-        let bytes: Bytes = m.bytes;
-        let len = bytes.len() as u64;
-        let put = self
-            .bounded(
-                "put",
-                self.objects.put_opts(&key, PutPayload::from(bytes), opts),
-            )
-            .await;
-        if put.is_none() {
-            return Done::TierFailed;
+        match self
+            .write_manifest(&d, m.media_type, m.bytes, &item.repo)
+            .await
+        {
+            Some(len) => Done::Uploaded(len),
+            None => Done::TierFailed,
         }
-        self.metrics
-            .tiers
-            .shared_bytes
-            .with_label_values(&["written"])
-            .inc_by(len);
-        Done::Uploaded(len)
     }
 }
 

@@ -458,30 +458,44 @@ impl SharedTier {
         }
         let tier = Arc::clone(self);
         tokio::spawn(async move {
-            let key = tier.manifest_key(&digest);
-            let mut attributes = repo_attributes(&repo);
-            attributes.insert(Attribute::ContentType, media_type.into());
-            let opts = PutOptions {
-                attributes,
-                ..Default::default()
-            };
-            let len = bytes.len() as u64;
-            let put = tier
-                .bounded(
-                    "put",
-                    tier.objects.put_opts(&key, PutPayload::from(bytes), opts),
-                )
-                .await;
-            if put.is_some() {
-                tier.metrics
-                    .tiers
-                    .shared_bytes
-                    .with_label_values(&["written"])
-                    .inc_by(len);
-            } else {
+            if tier
+                .write_manifest(&digest, media_type, bytes, &repo)
+                .await
+                .is_none()
+            {
                 tier.missed(catch_up::Kind::Manifest, digest, repo);
             }
         });
+    }
+
+    /// One `PUT` of a verified manifest (its media type as `Content-Type`, `repo` as
+    /// metadata); its length, or `None` when the tier failed (then marked down).
+    async fn write_manifest(
+        &self,
+        digest: &Digest,
+        media_type: String,
+        bytes: Bytes,
+        repo: &str,
+    ) -> Option<u64> {
+        let key = self.manifest_key(digest);
+        let mut attributes = repo_attributes(repo);
+        attributes.insert(Attribute::ContentType, media_type.into());
+        let opts = PutOptions {
+            attributes,
+            ..Default::default()
+        };
+        let len = bytes.len() as u64;
+        self.bounded(
+            "put",
+            self.objects.put_opts(&key, PutPayload::from(bytes), opts),
+        )
+        .await?;
+        self.metrics
+            .tiers
+            .shared_bytes
+            .with_label_values(&["written"])
+            .inc_by(len);
+        Some(len)
     }
 
     /// Probes the tier every few seconds (a `HEAD` of a key that need not exist), so its
