@@ -188,7 +188,7 @@ impl Cache {
                         target.clone(),
                         key.private_upstream.is_some(),
                     );
-                    tokio::spawn(async move {
+                    self.spawn_fill(async move {
                         tiered::run(tiers, job, leader, target, requester, private).await;
                         lock_filling(&filling).remove(&done_key);
                     });

@@ -214,6 +214,9 @@ pub struct Cache {
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The shared tier and the cluster's peers, behind the local store (see `tiered`).
     tiers: Tiers,
+    /// The runtime the cache was built on, where blob fills run: a request may arrive on a
+    /// connection worker, but a fill serves every joiner and shutdown waits for it.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Runs a blocking store call off the async workers.
@@ -248,6 +251,19 @@ impl Cache {
             filling_under: Default::default(),
             tag_locks: Mutex::new(HashMap::new()),
             tiers: Tiers::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Runs `task` on the runtime the cache was built on (or the caller's, if it was built
+    /// outside one).
+    fn spawn_fill<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match &self.runtime {
+            Some(rt) => drop(rt.spawn(task)),
+            None => drop(tokio::spawn(task)),
         }
     }
 

@@ -5,7 +5,8 @@
 //! Owns: sockets, TLS handshakes, connection lifetimes and signals; the connection cap,
 //! header-read and idle timeouts, head-size limits (`[server]`), and refusing clients
 //! outside `auth.allow_cidrs` before anything else; plain-HTTP connections send
-//! file-backed frames with `sendfile(2)` (`sendfile.rs`).
+//! file-backed frames with `sendfile(2)` (`sendfile.rs`); each accepted connection is
+//! served whole on one per-core worker thread (`workers.rs`).
 //! Must not: interpret registry paths (that is `registry`) or touch the store.
 
 pub(crate) mod cert_expiry;
@@ -16,6 +17,7 @@ mod service;
 pub mod status;
 mod status_page;
 pub mod tls;
+mod workers;
 
 pub use service::{App, ConnInfo, MAX_REQUEST_TARGET};
 
@@ -234,8 +236,24 @@ async fn accept_loop(
         let stop_rx = stop_rx.clone();
         let alive = alive_tx.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        // The socket leaves this runtime's reactor for its worker's.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "cannot hand the connection to a worker; closed");
+                continue;
+            }
+        };
+        workers::ConnWorkers::shared().spawn(async move {
             let _permit = permit;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(client = %peer, error = %e, "cannot register the connection; closed");
+                    drop(alive);
+                    return;
+                }
+            };
             app.metrics.connections_open.inc();
             // A client that connects and never sends a byte (no TLS hello, no request
             // line) is closed after header_read_timeout, like one whose head stalls.
