@@ -11,13 +11,19 @@ use crate::cache::{
     REFERRERS_MEDIA_TYPE,
 };
 use crate::oci::{ByteRangeSpec, RepoKey, RepoTarget};
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 const API_VERSION: &str = "registry/2.0";
 /// Whether an answer came from the store (`HIT`) or the upstream (`MISS`).
-const X_CACHE: &str = "X-Cache";
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// The digest of a manifest or blob answered or pushed.
+pub(super) const DOCKER_CONTENT_DIGEST: HeaderName =
+    HeaderName::from_static("docker-content-digest");
+const DOCKER_API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+/// Headers a registry answer carries at most (sized once instead of grown per header).
+const ANSWER_HEADERS: usize = 12;
 
 /// The 401 message when credentials are needed and none were sent.
 const LOGIN_REQUIRED: &str =
@@ -469,9 +475,12 @@ impl RegistryApi {
 }
 
 pub(super) fn base_response(status: StatusCode) -> http::response::Builder {
-    Response::builder()
-        .status(status)
-        .header("Docker-Distribution-API-Version", API_VERSION)
+    let mut b = Response::builder();
+    if let Some(h) = b.headers_mut() {
+        h.reserve(ANSWER_HEADERS);
+    }
+    b.status(status)
+        .header(DOCKER_API_VERSION, HeaderValue::from_static(API_VERSION))
 }
 
 fn json_response(status: StatusCode, body: bytes::Bytes, head: bool) -> Response<ResponseBody> {
@@ -565,7 +574,7 @@ fn manifest_response(a: ManifestAnswer, head: bool) -> Response<ResponseBody> {
             HeaderValue::from_str(&a.media_type)
                 .unwrap_or(HeaderValue::from_static("application/octet-stream")),
         )
-        .header("Docker-Content-Digest", a.digest.to_string())
+        .header(DOCKER_CONTENT_DIGEST, a.digest.to_string())
         .header(header::ETAG, format!("\"{}\"", a.digest))
         .header(X_CACHE, cache_status(a.from_cache))
         .header(header::CONTENT_LENGTH, len);
@@ -591,7 +600,7 @@ fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
     };
     let mut b = base_response(status)
         .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header("Docker-Content-Digest", a.digest.to_string())
+        .header(DOCKER_CONTENT_DIGEST, a.digest.to_string())
         .header(header::ETAG, format!("\"{}\"", a.digest))
         .header(header::ACCEPT_RANGES, "bytes")
         .header(X_CACHE, cache_status(a.from_cache));

@@ -131,7 +131,7 @@ fn blob_created(form: &ClientForm, digest: &Digest) -> Answer {
     Ok(finish(
         base_response(StatusCode::CREATED)
             .header(header::LOCATION, form.blob(digest))
-            .header("Docker-Content-Digest", digest.to_string())
+            .header(super::api::DOCKER_CONTENT_DIGEST, digest.to_string())
             .header(header::CONTENT_LENGTH, 0),
         body::empty(),
     ))
@@ -324,7 +324,7 @@ impl RegistryApi {
                         base_response(StatusCode::OK)
                             .header(header::CONTENT_LENGTH, size)
                             .header(header::CONTENT_TYPE, "application/octet-stream")
-                            .header("Docker-Content-Digest", digest.to_string()),
+                            .header(super::api::DOCKER_CONTENT_DIGEST, digest.to_string()),
                         body::empty(),
                     )),
                     Ok(None) => Err(OciError::blob_unknown(digest)),
@@ -474,7 +474,7 @@ impl RegistryApi {
                     header::LOCATION,
                     format!("{repo_path}/manifests/{}{ns}", pushed.digest),
                 )
-                .header("Docker-Content-Digest", pushed.digest.to_string())
+                .header(super::api::DOCKER_CONTENT_DIGEST, pushed.digest.to_string())
                 .header(header::CONTENT_LENGTH, 0),
             body::empty(),
         ))
