@@ -22,7 +22,8 @@ const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub(super) const DOCKER_CONTENT_DIGEST: HeaderName =
     HeaderName::from_static("docker-content-digest");
 const DOCKER_API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
-/// Headers a registry answer carries at most (sized once instead of grown per header).
+/// Room reserved once for a registry answer's headers (a blob answer sets 8), instead of
+/// growing the map header by header.
 const ANSWER_HEADERS: usize = 12;
 
 /// The 401 message when credentials are needed and none were sent.
