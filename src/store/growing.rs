@@ -24,6 +24,7 @@
 //! Must not: fetch anything (the cache owns upstreams), fsync before the input ends, or
 //! commit a blob whose digest did not match.
 
+use super::block_maps::{BlockMaps, FileRead};
 use super::error::StoreError;
 use super::fill::ChunkSink;
 use super::StoreInner;
@@ -50,8 +51,8 @@ const MAX_UNWRITTEN: u64 = 32 << 20;
 const HASH_INLINE: u64 = 1 << 20;
 /// A hash checkpoint is kept at least this often (for readers resuming on their own).
 const CHECKPOINT_EVERY: u64 = 8 << 20;
-/// Largest frame a read returns.
-pub const READ_FRAME: usize = 1 << 20;
+/// Largest frame a read returns: a mapped block (a read from a file ends at its block's end).
+pub const READ_FRAME: usize = super::block_maps::BLOCK as usize;
 
 /// Why a growing blob failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +142,8 @@ struct Growth {
     window_start: u64,
     checkpoints: Vec<Checkpoint>,
     end: Option<End>,
+    /// Mappings of fully written blocks of the files, shared by the readers.
+    maps: BlockMaps,
 }
 
 impl Growth {
@@ -246,7 +249,8 @@ impl GrowingBlob {
     /// Up to `max` bytes from `pos` (see [`BlobRead`]).
     pub fn read_at(&self, pos: u64, max: usize) -> BlobRead {
         let (file, file_pos, len) = {
-            let g = self.lock();
+            let mut guard = self.lock();
+            let g = &mut *guard;
             let verified = match &g.end {
                 Some(End::Failed(f)) => return BlobRead::Failed(f.clone()),
                 Some(End::Verified) => true,
@@ -298,7 +302,29 @@ impl GrowingBlob {
             let extent_end = g.extents.get(i + 1).map_or(g.file_end, |e| e.start);
             let e = &g.extents[i];
             let len = limit.min(extent_end).min(g.file_end) - pos;
-            (Arc::clone(&e.file), pos - e.start, len as usize)
+            // A file takes no more bytes once the next one started, or once every byte of
+            // the verified blob is on file.
+            let complete = i + 1 < g.extents.len()
+                || (g.end == Some(End::Verified) && g.file_end == g.received);
+            let read = FileRead {
+                file: &e.file,
+                key: e.start,
+                offset: pos - e.start,
+                len,
+                written: extent_end.min(g.file_end) - e.start,
+                complete,
+            };
+            match g.maps.read(&read) {
+                Some(Ok(b)) => return BlobRead::Data(b),
+                Some(Err(err)) => {
+                    return BlobRead::ReadError(format!(
+                        "cannot read blob {} at byte {pos}: {err}",
+                        self.digest
+                    ))
+                }
+                // Its block is still being written: a mapping of this read alone.
+                None => (Arc::clone(&e.file), pos - e.start, len as usize),
+            }
         };
         match mapped::map_range(&file, file_pos, len) {
             Ok(b) => BlobRead::Data(b),
@@ -347,6 +373,7 @@ pub(crate) fn begin(
                 hasher: Sha256Verifier::new(),
             }],
             end: None,
+            maps: BlockMaps::default(),
         }),
         changed: watch::channel(0).0,
     });

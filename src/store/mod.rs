@@ -31,6 +31,7 @@
 //! This file owns the public types and the [`Store`] facade. Must not: import `server`,
 //! `registry`, `cache` or `upstream`; only `config`, `metrics`, `oci` and `mapped` are read.
 
+mod block_maps;
 mod chunks;
 mod error;
 mod fill;

@@ -116,6 +116,59 @@ fn a_blob_over_the_budget_is_spooled_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn readers_behind_the_window_share_one_mapping_of_each_written_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Over the budget: one spool file that grows as the bytes arrive.
+    let store = open_store(dir.path(), 1 << 20, CHUNK);
+    let block = crate::store::READ_FRAME;
+    let bytes = random_bytes(9, 3 * block + 100_000);
+    let d = Digest::of(&bytes);
+    let (blob, mut input, mut writer) = store.begin_growing(d, Some(bytes.len() as u64));
+    assert_eq!(blob.keeping(), Keeping::Spooled);
+    let all = frames(&bytes, 256 << 10);
+    let first = (2 * block + block / 2) / (256 << 10);
+    for f in &all[..first] {
+        input.push(f.clone()).expect("push");
+        writer.write(f);
+    }
+    let frame = |pos: usize| match blob.read_at(pos as u64, 1 << 20) {
+        BlobRead::Data(b) => b,
+        _ => panic!("no data at {pos}"),
+    };
+    // Two readers in the first block: slices of one mapping, cut at the block's end.
+    let a = frame(0);
+    let b = frame(4096);
+    assert_eq!(&a[..], &bytes[..1 << 20]);
+    assert_eq!(&b[..], &bytes[4096..4096 + (1 << 20)]);
+    assert_eq!(
+        a.as_ptr() as usize + 4096,
+        b.as_ptr() as usize,
+        "one mapping"
+    );
+    let tail = frame(block - 10);
+    assert_eq!(
+        &tail[..],
+        &bytes[block - 10..block],
+        "a read ends at its block's end"
+    );
+    // The block still being written is read correctly too (a mapping of the read alone).
+    let growing = frame(2 * block + 1000);
+    assert_eq!(
+        &growing[..],
+        &bytes[2 * block + 1000..2 * block + 1000 + growing.len()]
+    );
+    for f in &all[first..] {
+        input.push(f.clone()).expect("push");
+        writer.write(f);
+    }
+    input.finish().expect("verified");
+    let (got, stop) = drain(&blob, 0, bytes.len() as u64);
+    assert!(matches!(stop, BlobRead::End));
+    assert!(got == bytes, "every byte, in order");
+    assert_eq!(writer.finish("r/a", Duration::ZERO), Keeping::Spooled);
+}
+
+#[test]
 fn a_store_failure_mid_blob_degrades_to_memory_and_behind_readers_get_a_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_store(dir.path(), 64 << 20, CHUNK);
