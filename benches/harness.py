@@ -606,27 +606,16 @@ def cold_get(port: int, digest: str, size: int, what: str, quiet: bool = True,
              warm: Path | None = None, probe: list | None = None) -> tuple[float, float]:
     """One curl of the blob (after waiting for the machine to go quiet, unless `quiet` is off).
     With `warm` (a directory), a page-cache probe of the blob's size runs in it right before the
-    curl, and its (wall s, system CPU s) is appended to `probe`: see `warm_page_cache`."""
+    curl, and its (wall s, system CPU s) is appended to `probe`: see `page_cache_probe`."""
     waited = wait_quiet() if quiet else 0.0
     if waited > 1:
         log(f"{what}: waited {waited:.1f} s for the machine to go quiet")
     if warm is not None:
-        figures = warm_page_cache(warm, size)
+        figures = page_cache_probe(warm, size)
         if probe is not None:
             probe.append(figures)
     p = run(curl_get(port, f"/v2/{REPO}/blobs/{digest}", 600), timeout=660)
     return parse_curl(p.stdout, size, what)
-
-
-def warm_page_cache(d: Path, size: int) -> tuple[float, float]:
-    """`page_cache_probe` of `size` bytes, run right before a timed transfer through a server that
-    writes what passes through it (the edge, registry:2's proxy, a registry:2 receiving a push).
-    On the benchmark VM, writing into page-cache pages the guest has handed back to the host
-    costs up to 60x the CPU of writing into pages freed within the last second (see
-    docs/data-path.md); the probe writes and deletes a file of the size, so the timed transfer's
-    page-cache writes land in just-freed pages, as they would on bare metal, for every server
-    alike. Its own figures tell how slow the machine was at that moment."""
-    return page_cache_probe(d, size)
 
 
 def page_cache_probe(d: Path, size: int) -> tuple[float, float]:
@@ -635,9 +624,11 @@ def page_cache_probe(d: Path, size: int) -> tuple[float, float]:
     writes on this machine at this moment, independent of any server. On a VM whose free memory
     the host takes back (virtio-balloon free page reporting), writing into fresh page-cache pages
     intermittently costs several times more system CPU; the edge's cold misses show the same.
-    Writing into pages freed less than about a second before is always fast, so this probe is
-    also the warm-up [`cold_get`] runs right before a pull through a server that stores what it
-    serves."""
+    Writing into pages freed less than about a second before is always fast (up to 60x less CPU,
+    see docs/data-path.md), so this probe is also the warm-up run right before each timed transfer
+    through a server that writes what passes through it (the edge, registry:2's proxy, a registry:2
+    receiving a push): that transfer's page-cache writes then land in just-freed pages, as they
+    would on bare metal, for every server alike."""
     buf = os.urandom(MiB)
     path = d / "page-cache-probe"
     t0, s0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_stime

@@ -134,13 +134,13 @@ def run_once(binary: Path, tmp: Path, size: int, idx: int) -> dict:
                 digest = h.make_blob(blob, size)
             # Both a registry:2 receiving a push and the edge forwarding one write the blob: each
             # timed push starts right after a page-cache warm-up of twice its size (harness.py's
-            # warm_page_cache says why).
+            # page_cache_probe says why).
             h.wait_quiet()
-            h.warm_page_cache(tmp, 2 * size)
+            h.page_cache_probe(tmp, 2 * size)
             direct = timed_push(up.port, f"bench/{mode}direct{idx}", blob, digest, None, chunked)
             h.wait_quiet()
             h.reset_peak_rss([edge.pid])
-            h.warm_page_cache(tmp, 2 * size)
+            h.page_cache_probe(tmp, 2 * size)
             repo = f"bench/{mode}edge{idx}"
             via = timed_push(edge.port, repo, blob, digest, auth, chunked)
             rss = h.peak_rss([edge.pid])

@@ -315,18 +315,17 @@ impl GrowingBlob {
                 complete,
             };
             match g.maps.read(&read) {
-                Some(Ok(b)) => return BlobRead::Data(b),
-                Some(Err(err)) => {
-                    return BlobRead::ReadError(format!(
-                        "cannot read blob {} at byte {pos}: {err}",
-                        self.digest
-                    ))
-                }
+                Some(frame) => return self.frame_read(pos, frame),
                 // Its block is still being written: a mapping of this read alone.
                 None => (Arc::clone(&e.file), pos - e.start, len as usize),
             }
         };
-        match mapped::map_range(&file, file_pos, len) {
+        self.frame_read(pos, mapped::map_range(&file, file_pos, len))
+    }
+
+    /// What a read at `pos` found in a file.
+    fn frame_read(&self, pos: u64, frame: std::io::Result<Bytes>) -> BlobRead {
+        match frame {
             Ok(b) => BlobRead::Data(b),
             Err(e) => BlobRead::ReadError(format!(
                 "cannot read blob {} at byte {pos}: {e}",
