@@ -689,7 +689,9 @@ fn client_config_command(args: &ClientConfigArgs) -> Result<(), Failure> {
 
 fn open_store(c: &Config, metrics: Arc<Metrics>) -> Result<Store, Failure> {
     Store::open(StoreOptions::from_config(c), metrics).map_err(|e| match e {
-        StoreError::Locked { .. } => Failure::Runtime(anyhow::anyhow!("{e}")),
+        StoreError::Locked { .. } | StoreError::IndexSchema { .. } => {
+            Failure::Runtime(anyhow::anyhow!("{e}"))
+        }
         other => Failure::Runtime(anyhow::Error::new(other).context(format!(
             "cannot open the store at {}",
             c.storage.path.display()

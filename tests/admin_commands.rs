@@ -105,6 +105,73 @@ async fn umoci_style_bundle_imports_and_serves_offline() {
     }
 }
 
+/// The store release 0.1.0 left behind (made by its `import`; see
+/// `src/store/tests/schema.rs`), served by this release's daemon after an upgrade: the
+/// index is migrated, every blob comes back byte for byte and the tag still answers, with
+/// the upstream down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_made_by_release_0_1_is_served_after_the_upgrade() {
+    let d = tempfile::tempdir().expect("tempdir");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-0.1.0"),
+        &d.path().join("store"),
+    );
+    let cfg = store_config(d.path());
+    let text = std::fs::read_to_string(&cfg).expect("cfg") + "[cache]\ntag_ttl = \"0\"\n";
+    let text = text.replace("[storage]\n", "[storage]\nchunk_size = \"64KiB\"\n");
+    let edge = Edge::start(&text);
+    assert!(
+        edge.log_text()
+            .contains("store index migrated to the current schema"),
+        "{}",
+        edge.log_text()
+    );
+    let client = reqwest::Client::new();
+    for (digest, size) in [
+        (
+            "sha256:032bdfd8527584b9757195671c5defdcb97a409562d99ad015553f8b22f435b7",
+            204_923,
+        ),
+        (
+            "sha256:3381de4ca9f3a477f25989dfc8b744e7916046b7aa369f61a9a2f7dc0963ec9e",
+            196_608,
+        ),
+    ] {
+        let r = client
+            .get(edge.url(&format!("/v2/library/fixture/blobs/{digest}")))
+            .send()
+            .await
+            .expect("get blob");
+        assert_eq!(r.status(), 200, "{digest}");
+        let body = r.bytes().await.expect("body");
+        assert_eq!(body.len(), size);
+        assert_eq!(sha256_digest(&body), digest);
+    }
+    let r = client
+        .get(edge.url("/v2/library/fixture/manifests/v1"))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("get manifest");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        sha256_digest(&r.bytes().await.expect("manifest")),
+        "sha256:77e40d31ca6af0e41f9ba3906d39a644ac771e3764a84d4586a12223685fca0b"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture").flatten() {
+        let dest = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).expect("copy");
+        }
+    }
+}
+
 #[test]
 fn import_fails_loudly_on_what_it_cannot_import() {
     let d = tempfile::tempdir().expect("tempdir");

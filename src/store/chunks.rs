@@ -125,6 +125,11 @@ impl ChunkFiles {
         })
     }
 
+    /// The directory of temp and spool files (`<store>/tmp`).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     /// `chunks/<2 hex>/<2 hex>/<64 hex>`.
     pub fn path(&self, id: &ChunkId) -> PathBuf {
         let name = id.to_string();

@@ -1,11 +1,13 @@
 //! The store's error type.
 //!
 //! Owns: [`StoreError`] and the wording of every store failure (each message says what to
-//! do about it), plus the small helpers that attach an operation and a path to an I/O error.
+//! do about it), the small helpers that attach an operation and a path to an I/O error,
+//! and [`count`], the one way a failed store operation is counted and logged.
 //!
 //! Must not: decide policy (whether an error is fatal, retried or served around is the
-//! caller's business) or log; callers count and log.
+//! caller's business).
 
+use crate::metrics::Metrics;
 use crate::oci::Digest;
 use std::path::{Path, PathBuf};
 
@@ -33,6 +35,10 @@ pub enum StoreError {
     /// The sled index failed.
     #[error("store index (sled) error: {0}; if it persists, stop the daemon and move the store's index/ directory away (the cache will refill)")]
     Index(#[from] sled::Error),
+
+    /// The index was written by a release this binary cannot read or migrate.
+    #[error("store {} cannot be opened by this sparkcr-edge: {detail}; run the release that wrote it, or move the store directory away to start with an empty cache (it refills from the upstreams)", path.display())]
+    IndexSchema { path: PathBuf, detail: String },
 
     /// A record or file does not have the shape the store wrote.
     #[error("store data is corrupt: {0}; the entry is dropped and will be fetched again (run `verify` to check the whole store)")]
@@ -92,5 +98,17 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T, StoreError> {
         self.map_err(|e| StoreError::io(op, path, e))
+    }
+}
+
+/// Counts a failed store operation `op` in `store_errors_total`, and logs it unless it is
+/// an expected outcome (no room, a digest that did not match).
+pub(crate) fn count(metrics: &Metrics, op: &'static str, e: &StoreError) {
+    metrics.store_errors.with_label_values(&[op]).inc();
+    if !matches!(
+        e,
+        StoreError::NoSpace { .. } | StoreError::DigestMismatch { .. }
+    ) {
+        tracing::warn!(op, error = %e, "store operation failed");
     }
 }

@@ -11,20 +11,59 @@
 //!
 //! Must not: make a blob visible before its digest is verified, name a chunk in the index
 //! before its file and directory entry are durable, or unlink a chunk that a committed
-//! blob or another fill still needs (unlinking goes through `policy.rs` under the state
-//! lock).
+//! blob or another fill still needs (reservations, pins, the commit and unlinking go
+//! through [`Budget`]).
 
+use super::budget::Budget;
 use super::chunks::{ChunkFiles, ChunkId, ChunkRef};
-use super::error::{IoContext, StoreError};
-use super::index::{lru_key, BlobRecord, ItemKind};
-use super::records::push_repo;
-use super::{BlobInfo, StoreInner};
+use super::error::{count, IoContext, StoreError};
+use super::values::BlobInfo;
+use crate::metrics::Metrics;
 use crate::oci::{Digest, Sha256Verifier};
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
+
+/// The parts of a store a fill writes through: shared handles, cheap to clone.
+#[derive(Clone)]
+pub(crate) struct FillParts {
+    budget: Arc<Budget>,
+    chunks: Arc<ChunkFiles>,
+    metrics: Arc<Metrics>,
+    chunk_size: usize,
+}
+
+impl FillParts {
+    pub fn new(
+        budget: Arc<Budget>,
+        chunks: Arc<ChunkFiles>,
+        metrics: Arc<Metrics>,
+        chunk_size: usize,
+    ) -> FillParts {
+        FillParts {
+            budget,
+            chunks,
+            metrics,
+            chunk_size,
+        }
+    }
+
+    /// An unlinked file for bytes that pass through without being stored.
+    pub fn create_spool(&self) -> Result<File, StoreError> {
+        self.chunks.create_spool()
+    }
+
+    /// Where spool files live (for error messages).
+    pub fn spool_dir(&self) -> &Path {
+        self.chunks.tmp_dir()
+    }
+
+    pub fn count_error(&self, op: &'static str, e: &StoreError) {
+        count(&self.metrics, op, e);
+    }
+}
 
 /// The chunk being assembled: a temp file and the hash of what it holds.
 struct OpenChunk {
@@ -38,7 +77,7 @@ struct OpenChunk {
 /// reservation is released and chunk files that nothing else references are removed
 /// (files still open elsewhere stay readable through their handles).
 pub(crate) struct ChunkSink {
-    inner: Arc<StoreInner>,
+    parts: FillParts,
     digest: Digest,
     expected_size: Option<u64>,
     chunk_size: usize,
@@ -62,19 +101,18 @@ impl ChunkSink {
     /// Starts a sink for blob `digest`; with `expected_size`, that many bytes are reserved
     /// in the budget now (evicting if needed), else each chunk as it is named.
     pub fn begin(
-        inner: Arc<StoreInner>,
+        parts: &FillParts,
         digest: Digest,
         expected_size: Option<u64>,
     ) -> Result<ChunkSink, StoreError> {
         let mut reserved = 0;
         if let Some(size) = expected_size {
-            let mut st = inner.lock_state();
-            inner.reserve_locked(&mut st, size)?;
+            parts.budget.reserve(size)?;
             reserved = size;
         }
-        let chunk_size = inner.opts.chunk_size;
+        let chunk_size = parts.chunk_size;
         Ok(ChunkSink {
-            inner,
+            parts: parts.clone(),
             digest,
             expected_size,
             chunk_size,
@@ -120,7 +158,7 @@ impl ChunkSink {
         }
         while !data.is_empty() {
             if self.current.is_none() {
-                let (file, path) = self.inner.chunks.create_temp()?;
+                let (file, path) = self.parts.chunks.create_temp()?;
                 let file = Arc::new(file);
                 on_file(self.written, &file);
                 self.current = Some(OpenChunk {
@@ -168,25 +206,20 @@ impl ChunkSink {
             StoreError::InvalidOptions(format!("chunk of {} bytes is too large", cur.len))
         })?;
         let id = ChunkId::from_bytes(*cur.hasher.finalize().as_bytes());
-        {
-            let mut st = self.inner.lock_state();
-            if self.expected_size.is_none() {
-                self.inner.reserve_locked(&mut st, u64::from(len))?;
-                self.reserved += u64::from(len);
-            }
-            *st.chunk_pins.entry(id).or_insert(0) += 1;
-            self.pinned.push(id);
-        }
+        let reserve = self.expected_size.is_none().then_some(u64::from(len));
+        self.parts.budget.pin_chunk(id, reserve)?;
+        self.reserved += reserve.unwrap_or(0);
+        self.pinned.push(id);
         // Pinned: nobody unlinks this chunk now, so an existing file can be reused.
-        if self.inner.chunks.exists_with_len(&id, len) {
+        if self.parts.chunks.exists_with_len(&id, len) {
             self.placed.push(None);
         } else {
             let started = Instant::now();
-            self.inner.chunks.place(&cur.path, &id)?;
+            self.parts.chunks.place(&cur.path, &id)?;
             if self.write_back_early {
                 ChunkFiles::start_writeback(&cur.file);
             }
-            self.inner
+            self.parts
                 .metrics
                 .store_chunk_write_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -215,72 +248,29 @@ impl ChunkSink {
     /// The caller has verified the digest of exactly the bytes written.
     pub fn commit_verified(&mut self, repo: &str) -> Result<BlobInfo, StoreError> {
         let started = Instant::now();
-        self.inner.chunks.sync_placed(
+        self.parts.chunks.sync_placed(
             self.completed
                 .iter()
                 .zip(&self.placed)
                 .map(|(c, f)| (&c.id, f.as_deref())),
         )?;
-        self.inner
+        self.parts
             .metrics
             .store_chunk_write_seconds
             .observe(started.elapsed().as_secs_f64());
-        let info = self.commit(repo)?;
-        self.inner.index.flush()?;
-        self.inner.enforce_budget()?;
-        Ok(info)
-    }
-
-    fn commit(&mut self, repo: &str) -> Result<BlobInfo, StoreError> {
-        let inner = Arc::clone(&self.inner);
-        let d = self.digest;
-        let mut st = inner.lock_state();
-        let info = match inner.load_blob(&d)? {
-            Some(mut existing) => {
-                // Filled twice (e.g. two fills raced): keep the first, forget this one.
-                if push_repo(&mut existing.repos, repo) {
-                    inner.index.blobs.insert(d.as_bytes(), existing.encode())?;
-                }
-                BlobInfo {
-                    digest: d,
-                    size: existing.size,
-                    repos: existing.repos,
-                }
-            }
-            None => {
-                inner.reference_chunks_locked(&mut st, &self.completed)?;
-                let now = SystemTime::now();
-                let mut repos = Vec::new();
-                push_repo(&mut repos, repo);
-                let rec = BlobRecord {
-                    size: self.written,
-                    chunks: self.completed.clone(),
-                    created: now,
-                    last_access: now,
-                    repos,
-                };
-                inner
-                    .index
-                    .lru
-                    .insert(lru_key(now, ItemKind::Blob, &d), &[])?;
-                // The commit point: from here on the blob is visible.
-                inner.index.blobs.insert(d.as_bytes(), rec.encode())?;
-                st.blobs += 1;
-                inner.index.set_stored_bytes(st.stored_bytes)?;
-                BlobInfo {
-                    digest: d,
-                    size: rec.size,
-                    repos: rec.repos,
-                }
-            }
-        };
-        self.committed = true;
-        st.reserved_bytes = st.reserved_bytes.saturating_sub(self.reserved);
-        self.reserved = 0;
         let pinned = std::mem::take(&mut self.pinned);
-        inner.unpin_chunks_locked(&mut st, &pinned)?;
-        inner.publish_gauges(&st);
-        Ok(info)
+        let result = self.parts.budget.commit_blob(
+            &self.digest,
+            self.written,
+            &self.completed,
+            repo,
+            self.reserved,
+            &pinned,
+        );
+        // The budget took back the reservation and the pins, whether it committed or not.
+        self.committed = true;
+        self.reserved = 0;
+        result
     }
 }
 
@@ -292,13 +282,9 @@ impl Drop for ChunkSink {
         if self.committed {
             return;
         }
-        let mut st = self.inner.lock_state();
-        st.reserved_bytes = st.reserved_bytes.saturating_sub(self.reserved);
-        self.reserved = 0;
         let pinned = std::mem::take(&mut self.pinned);
-        if let Err(e) = self.inner.unpin_chunks_locked(&mut st, &pinned) {
-            self.inner.count_error("abort", &e);
-        }
+        self.parts.budget.abandon_fill(self.reserved, &pinned);
+        self.reserved = 0;
     }
 }
 
@@ -314,11 +300,11 @@ pub struct BlobFill {
 
 impl BlobFill {
     pub(crate) fn begin(
-        inner: Arc<StoreInner>,
+        parts: &FillParts,
         digest: Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobFill, StoreError> {
-        let mut sink = ChunkSink::begin(inner, digest, expected_size)?;
+        let mut sink = ChunkSink::begin(parts, digest, expected_size)?;
         sink.write_back_early();
         Ok(BlobFill {
             sink,
@@ -331,8 +317,8 @@ impl BlobFill {
     /// A fill whose digest is given at the end, by [`finish_as`](Self::finish_as). Until
     /// then its sink carries a placeholder digest (the empty blob's), used only in errors
     /// about sizes, which cannot happen without an expected size.
-    pub(crate) fn begin_unnamed(inner: Arc<StoreInner>) -> Result<BlobFill, StoreError> {
-        let mut fill = BlobFill::begin(inner, Digest::of(b""), None)?;
+    pub(crate) fn begin_unnamed(parts: &FillParts) -> Result<BlobFill, StoreError> {
+        let mut fill = BlobFill::begin(parts, Digest::of(b""), None)?;
         fill.unnamed = true;
         Ok(fill)
     }
@@ -372,7 +358,7 @@ impl BlobFill {
             Ok(()) => self.verifier.update(data),
             Err(e) => {
                 self.broken = true;
-                self.sink.inner.count_error("fill_write", e);
+                self.sink.parts.count_error("fill_write", e);
             }
         }
         result
@@ -384,7 +370,7 @@ impl BlobFill {
     pub fn finish(mut self, repo: &str) -> Result<BlobInfo, StoreError> {
         let result = self.finish_inner(repo);
         if let Err(e) = &result {
-            self.sink.inner.count_error("finish", e);
+            self.sink.parts.count_error("finish", e);
         }
         result
         // `self` drops here: after a failure that aborts; after a commit it does nothing.
@@ -401,7 +387,7 @@ impl BlobFill {
                 expected: digest,
                 actual: self.sink.digest,
             };
-            self.sink.inner.count_error("finish", &e);
+            self.sink.parts.count_error("finish", &e);
             return Err(e);
         }
         self.finish(repo)

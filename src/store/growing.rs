@@ -26,8 +26,7 @@
 
 use super::block_maps::{BlockMaps, FileRead};
 use super::error::StoreError;
-use super::fill::ChunkSink;
-use super::StoreInner;
+use super::fill::{ChunkSink, FillParts};
 use crate::mapped;
 use crate::oci::{Digest, Sha256Verifier};
 use bytes::Bytes;
@@ -337,15 +336,15 @@ impl GrowingBlob {
 
 /// Starts a growing blob: the store decides where its bytes go (see the module doc).
 pub(crate) fn begin(
-    inner: &Arc<StoreInner>,
+    parts: &FillParts,
     digest: Digest,
     size: Option<u64>,
 ) -> (Arc<GrowingBlob>, BlobInput, BlobWriter) {
-    let (sink, keeping) = match ChunkSink::begin(Arc::clone(inner), digest, size) {
+    let (sink, keeping) = match ChunkSink::begin(parts, digest, size) {
         Ok(s) => (Sink::Chunks(Box::new(s)), Keeping::Storing),
         Err(e) => {
             tracing::info!(digest = %digest, reason = %e, "not storing this blob; spooling it for its readers");
-            spool_or_memory(inner, 0)
+            spool_or_memory(parts, 0)
         }
     };
     let sink_alive = !matches!(sink, Sink::Memory);
@@ -385,14 +384,14 @@ pub(crate) fn begin(
     };
     let writer = BlobWriter {
         blob: Arc::clone(&blob),
-        inner: Arc::clone(inner),
+        parts: parts.clone(),
         sink,
     };
     (blob, input, writer)
 }
 
-fn spool_or_memory(inner: &StoreInner, start: u64) -> (Sink, Keeping) {
-    match inner.chunks.create_spool() {
+fn spool_or_memory(parts: &FillParts, start: u64) -> (Sink, Keeping) {
+    match parts.create_spool() {
         Ok(f) => (
             Sink::Spool {
                 file: Arc::new(f),
@@ -401,7 +400,7 @@ fn spool_or_memory(inner: &StoreInner, start: u64) -> (Sink, Keeping) {
             Keeping::Spooled,
         ),
         Err(e) => {
-            inner.count_error("spool", &e);
+            parts.count_error("spool", &e);
             tracing::warn!(error = %e, "no room for a spool file either; readers that fall behind fetch on their own");
             (Sink::Memory, Keeping::MemoryOnly)
         }
@@ -663,7 +662,7 @@ enum Sink {
 /// The disk side of a growing blob; runs on a blocking thread.
 pub struct BlobWriter {
     blob: Arc<GrowingBlob>,
-    inner: Arc<StoreInner>,
+    parts: FillParts,
     sink: Sink,
 }
 
@@ -682,7 +681,7 @@ impl BlobWriter {
             }),
             Sink::Spool { file, .. } => (&**file).write_all(bytes).map_err(|e| StoreError::Io {
                 op: "write spool file",
-                path: self.inner.opts.path.join("tmp"),
+                path: self.parts.spool_dir().to_path_buf(),
                 source: e,
             }),
             Sink::Memory => return,
@@ -694,11 +693,11 @@ impl BlobWriter {
                 g.trim();
             }),
             Err(e) => {
-                self.inner.count_error("fill_write", &e);
+                self.parts.count_error("fill_write", &e);
                 let was_storing = matches!(self.sink, Sink::Chunks(_));
                 tracing::warn!(digest = %self.blob.digest, at, error = %e, "cannot write the blob to disk; keeping the rest elsewhere for its readers");
                 let (sink, keeping) = if was_storing {
-                    spool_or_memory(&self.inner, at)
+                    spool_or_memory(&self.parts, at)
                 } else {
                     (Sink::Memory, Keeping::MemoryOnly)
                 };
@@ -731,7 +730,7 @@ impl BlobWriter {
     /// Every pushed frame was written and the input ended: when it was verified and the
     /// blob is being stored, makes it durable and commits it (after `hold`, a test hook).
     pub fn finish(self, repo: &str, hold: Duration) -> Keeping {
-        let BlobWriter { blob, inner, sink } = self;
+        let BlobWriter { blob, parts, sink } = self;
         let verified = matches!(blob.outcome(), Some(Ok(())));
         let keeping = match sink {
             Sink::Chunks(mut s) if verified => {
@@ -742,7 +741,7 @@ impl BlobWriter {
                 match s.seal_last().and_then(|()| s.commit_verified(repo)) {
                     Ok(_) => Keeping::Stored,
                     Err(e) => {
-                        inner.count_error("finish", &e);
+                        parts.count_error("finish", &e);
                         tracing::warn!(digest = %blob.digest, error = %e, "verified blob could not be stored");
                         Keeping::Spooled
                     }

@@ -8,16 +8,18 @@
 //! state lock while hashing (verification pins one blob at a time instead), or hold more
 //! than one read frame of a blob in memory.
 
-use super::chunks::ChunkId;
+use super::budget::{Budget, Settled, Verdict};
+use super::chunks::{ChunkFiles, ChunkId};
+use super::codec::micros;
 use super::error::StoreError;
-use super::index::{self, micros, TagListRecord};
+use super::index::Index;
 use super::reader::FRAME_BYTES;
-use super::StoreInner;
+use crate::metrics::Metrics;
 use crate::oci::{Digest, Sha256Verifier};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
-use std::sync::atomic::Ordering;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 /// `1.5 GiB`-style byte counts for reports.
@@ -213,13 +215,13 @@ fn repo_matches(entry: &str, filter: &str) -> bool {
 
 /// Hashes one chunk file (blake3) while feeding it to `blob_hash`; whether it is intact.
 fn check_chunk(
-    inner: &StoreInner,
+    chunks: &ChunkFiles,
     id: &ChunkId,
     len: u32,
     blob_hash: &mut Sha256Verifier,
     frame: &mut [u8],
 ) -> bool {
-    let Ok(mut file) = inner.chunks.open_chunk(id) else {
+    let Ok(mut file) = chunks.open_chunk(id) else {
         return false;
     };
     let mut hasher = blake3::Hasher::new();
@@ -239,202 +241,184 @@ fn check_chunk(
     total == u64::from(len) && hasher.finalize().as_bytes() == id.as_bytes()
 }
 
-impl StoreInner {
-    pub(crate) fn stats(&self) -> Result<StoreStats, StoreError> {
-        let blob_bytes = self.scan_blobs()?.iter().map(|(_, r)| r.size).sum();
-        let st = self.lock_state();
-        Ok(StoreStats {
-            path: self.opts.path.clone(),
-            blobs: st.blobs,
-            blob_bytes,
-            manifests: st.manifests,
-            tags: self.tag_count.load(Ordering::Relaxed),
-            tag_lists: self.index.tag_lists.len() as u64,
-            chunks: st.chunks,
-            stored_bytes: st.stored_bytes,
-            reserved_bytes: st.reserved_bytes,
-            budget: self.opts.max_size,
-            index_bytes: self.index.size_on_disk()?,
-        })
-    }
+/// What the store holds now.
+pub(crate) fn stats(index: &Index, budget: &Budget, path: &Path) -> Result<StoreStats, StoreError> {
+    let blob_bytes = index.all_blobs()?.iter().map(|(_, r)| r.size).sum();
+    let t = budget.totals();
+    Ok(StoreStats {
+        path: path.to_path_buf(),
+        blobs: t.blobs,
+        blob_bytes,
+        manifests: t.manifests,
+        tags: index.tag_count(),
+        tag_lists: index.tag_list_count(),
+        chunks: t.chunks,
+        stored_bytes: t.stored_bytes,
+        reserved_bytes: t.reserved_bytes,
+        budget: budget.max_size(),
+        index_bytes: index.size_on_disk()?,
+    })
+}
 
-    pub(crate) fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let mut report = VerifyReport::default();
-        let mut chunk_ok: HashMap<ChunkId, bool> = HashMap::new();
-        let mut frame = vec![0u8; FRAME_BYTES];
-        for (d, _) in self.scan_blobs()? {
-            // Pin, then re-read: the record checked is the one that stays until unpinned.
-            *self.lock_state().blob_pins.entry(d).or_insert(0) += 1;
-            let checked = self.load_blob(&d).map(|rec| {
-                rec.map(|rec| {
-                    let mut blob_hash = Sha256Verifier::new();
-                    let mut intact = true;
-                    for c in &rec.chunks {
-                        let ok = check_chunk(self, &c.id, c.len, &mut blob_hash, &mut frame);
-                        if chunk_ok.insert(c.id, ok).is_none() {
-                            report.chunks_checked += 1;
-                            if !ok {
-                                report.corrupt_chunks.push(c.id);
-                            }
-                        }
+/// Re-hashes every blob (one at a time, pinned while it is checked) and manifest, and
+/// drops what is corrupt unless a reader holds it.
+pub(crate) fn verify(
+    index: &Index,
+    budget: &Budget,
+    chunks: &ChunkFiles,
+    metrics: &Metrics,
+) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    let mut chunk_ok: HashMap<ChunkId, bool> = HashMap::new();
+    let mut frame = vec![0u8; FRAME_BYTES];
+    for (d, _) in index.all_blobs()? {
+        // Pin, then re-read: the record checked is the one that stays until unpinned.
+        budget.pin_blob(&d);
+        let checked = index.blob(&d).map(|rec| {
+            rec.map(|rec| {
+                let mut blob_hash = Sha256Verifier::new();
+                let mut intact = true;
+                for c in &rec.chunks {
+                    let ok = check_chunk(chunks, &c.id, c.len, &mut blob_hash, &mut frame);
+                    if chunk_ok.insert(c.id, ok).is_none() {
+                        report.chunks_checked += 1;
                         if !ok {
-                            intact = false;
-                            break;
+                            report.corrupt_chunks.push(c.id);
                         }
                     }
-                    report.blobs_checked += 1;
-                    report.bytes_checked += blob_hash.len();
-                    (rec, intact && blob_hash.finish() == d)
-                })
-            });
-            let mut st = self.lock_state();
-            let pins = st.blob_pins.get(&d).copied().unwrap_or(0);
-            if pins > 1 {
-                st.blob_pins.insert(d, pins - 1);
-            } else {
-                st.blob_pins.remove(&d);
-            }
-            let Some((rec, intact)) = checked? else {
-                continue;
-            };
-            if intact {
-                continue;
-            }
-            if pins > 1 {
-                report.corrupt_in_use.push(d);
-                continue;
-            }
-            tracing::warn!(digest = %d, "verify: dropping corrupt blob");
-            self.remove_blob_locked(&mut st, &d, &rec)?;
-            report.corrupt_blobs.push(d);
-            self.metrics
-                .store_errors
-                .with_label_values(&["verify_corrupt"])
-                .inc();
-            self.publish_gauges(&st);
-        }
-        for (d, rec) in self.scan_manifests()? {
-            report.manifests_checked += 1;
-            if Digest::of(&rec.bytes) == d {
-                continue;
-            }
-            tracing::warn!(digest = %d, "verify: dropping corrupt manifest");
-            let mut st = self.lock_state();
-            self.remove_manifest_locked(&mut st, &d, rec.last_access, rec.bytes.len())?;
-            report.corrupt_manifests.push(d);
-            self.publish_gauges(&st);
-        }
-        self.index.flush()?;
-        Ok(report)
-    }
-
-    pub(crate) fn purge(
-        &self,
-        older_than: Option<Duration>,
-        repo: Option<&str>,
-    ) -> Result<PurgeReport, StoreError> {
-        let mut report = PurgeReport::default();
-        let now = SystemTime::now();
-        let cutoff = older_than.map(|age| now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH));
-        let old_enough = |t: SystemTime| cutoff.is_none_or(|c| micros(t) < micros(c));
-        // Returns None when the item stays, Some(remaining repos) when it matched: empty
-        // remaining means remove, non-empty means keep for the other repositories.
-        let matching = |last_access: SystemTime, repos: &[String]| -> Option<Vec<String>> {
-            if !old_enough(last_access) {
-                return None;
-            }
-            match repo {
-                None => Some(Vec::new()),
-                Some(filter) => {
-                    if !repos.iter().any(|r| repo_matches(r, filter)) {
-                        return None;
+                    if !ok {
+                        intact = false;
+                        break;
                     }
-                    Some(
-                        repos
-                            .iter()
-                            .filter(|r| !repo_matches(r, filter))
-                            .cloned()
-                            .collect(),
-                    )
                 }
-            }
+                report.blobs_checked += 1;
+                report.bytes_checked += blob_hash.len();
+                intact && blob_hash.finish() == d
+            })
+        });
+        budget.unpin_blob(&d);
+        let Some(intact) = checked? else {
+            continue;
         };
-        {
-            let mut st = self.lock_state();
-            self.apply_access_locked(&mut st)?;
-            for (d, mut rec) in self.scan_blobs()? {
-                let Some(remaining) = matching(rec.last_access, &rec.repos) else {
-                    continue;
-                };
-                if !remaining.is_empty() {
-                    rec.repos = remaining;
-                    self.index.blobs.insert(d.as_bytes(), rec.encode())?;
-                    report.detached += 1;
-                } else if st.blob_pins.contains_key(&d) {
-                    report.skipped_in_use += 1;
-                } else {
-                    report.bytes += self.remove_blob_locked(&mut st, &d, &rec)?;
-                    report.blobs += 1;
-                }
-            }
-            for (d, mut rec) in self.scan_manifests()? {
-                let Some(remaining) = matching(rec.last_access, &rec.repos) else {
-                    continue;
-                };
-                if !remaining.is_empty() {
-                    rec.repos = remaining;
-                    self.index.manifests.insert(d.as_bytes(), rec.encode())?;
-                    report.detached += 1;
-                } else {
-                    report.bytes +=
-                        self.remove_manifest_locked(&mut st, &d, rec.last_access, rec.bytes.len())?;
-                    report.manifests += 1;
-                }
-            }
-            self.publish_gauges(&st);
+        if intact {
+            continue;
         }
-        let key_matches = |key: &[u8], stamp: SystemTime| -> bool {
-            let parts = index::split_key(key);
-            let Some([upstream, name, ..]) = parts.as_deref() else {
-                return true; // unreadable key: purge it
-            };
-            old_enough(stamp) && repo.is_none_or(|f| repo_matches(&format!("{upstream}/{name}"), f))
-        };
-        for entry in self.index.tags.iter() {
-            let (key, raw) = entry?;
-            let stamp = index::decode_tag(&raw)
-                .map(|t| t.validated_at)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            if key_matches(&key, stamp) && self.index.tags.remove(&key)?.is_some() {
-                report.tags += 1;
-                self.tag_count.fetch_sub(1, Ordering::Relaxed);
+        match budget.settle_blob(&d, |_| Verdict::Remove)? {
+            Settled::InUse => report.corrupt_in_use.push(d),
+            Settled::Removed { .. } => {
+                tracing::warn!(digest = %d, "verify: dropped corrupt blob");
+                report.corrupt_blobs.push(d);
+                metrics
+                    .store_errors
+                    .with_label_values(&["verify_corrupt"])
+                    .inc();
             }
+            Settled::Gone | Settled::Kept | Settled::Detached => {}
         }
-        for entry in self.index.tag_lists.iter() {
-            let (key, raw) = entry?;
-            let stamp = TagListRecord::decode(&raw)
-                .map(|t| t.fetched_at)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            if key_matches(&key, stamp) && self.index.tag_lists.remove(&key)?.is_some() {
-                report.tag_lists += 1;
-            }
-        }
-        self.publish_tag_gauge();
-        self.index.flush()?;
-        tracing::info!(
-            blobs = report.blobs,
-            manifests = report.manifests,
-            tags = report.tags,
-            bytes = report.bytes,
-            "store purged"
-        );
-        Ok(report)
     }
+    for (d, rec) in index.all_manifests()? {
+        report.manifests_checked += 1;
+        if Digest::of(&rec.bytes) == d {
+            continue;
+        }
+        let settled = budget.settle_manifest(&d, |rec| {
+            if Digest::of(&rec.bytes) == d {
+                Verdict::Keep
+            } else {
+                Verdict::Remove
+            }
+        })?;
+        if let Settled::Removed { .. } = settled {
+            tracing::warn!(digest = %d, "verify: dropped corrupt manifest");
+            report.corrupt_manifests.push(d);
+        }
+    }
+    index.flush()?;
+    Ok(report)
+}
+
+/// Removes content not accessed for `older_than` and/or fetched through `repo`; see
+/// `Store::purge`.
+pub(crate) fn purge(
+    index: &Index,
+    budget: &Budget,
+    older_than: Option<Duration>,
+    repo: Option<&str>,
+) -> Result<PurgeReport, StoreError> {
+    let mut report = PurgeReport::default();
+    let now = SystemTime::now();
+    let cutoff = older_than.map(|age| now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH));
+    let old_enough = |t: SystemTime| cutoff.is_none_or(|c| micros(t) < micros(c));
+    // Keep when it does not match; when it does, remove it, or detach it from `repo` when
+    // other repositories use it too.
+    let verdict = |last_access: SystemTime, repos: &[String]| -> Verdict {
+        if !old_enough(last_access) {
+            return Verdict::Keep;
+        }
+        match repo {
+            None => Verdict::Remove,
+            Some(filter) => {
+                if !repos.iter().any(|r| repo_matches(r, filter)) {
+                    return Verdict::Keep;
+                }
+                let remaining: Vec<String> = repos
+                    .iter()
+                    .filter(|r| !repo_matches(r, filter))
+                    .cloned()
+                    .collect();
+                if remaining.is_empty() {
+                    Verdict::Remove
+                } else {
+                    Verdict::Detach(remaining)
+                }
+            }
+        }
+    };
+    budget.apply_accesses()?;
+    for (d, _) in index.all_blobs()? {
+        match budget.settle_blob(&d, |rec| verdict(rec.last_access, &rec.repos))? {
+            Settled::Removed { freed } => {
+                report.bytes += freed;
+                report.blobs += 1;
+            }
+            Settled::Detached => report.detached += 1,
+            Settled::InUse => report.skipped_in_use += 1,
+            Settled::Gone | Settled::Kept => {}
+        }
+    }
+    for (d, _) in index.all_manifests()? {
+        match budget.settle_manifest(&d, |rec| verdict(rec.last_access, &rec.repos))? {
+            Settled::Removed { freed } => {
+                report.bytes += freed;
+                report.manifests += 1;
+            }
+            Settled::Detached => report.detached += 1,
+            Settled::InUse | Settled::Gone | Settled::Kept => {}
+        }
+    }
+    let key_matches = |name: &str, stamp: Option<SystemTime>| -> bool {
+        // An unreadable record is purged.
+        let stamp = stamp.unwrap_or(SystemTime::UNIX_EPOCH);
+        old_enough(stamp) && repo.is_none_or(|f| repo_matches(name, f))
+    };
+    report.tags =
+        index.remove_tags_where(|name, rec| key_matches(name, rec.map(|t| t.validated_at)))?;
+    report.tag_lists =
+        index.remove_tag_lists_where(|name, rec| key_matches(name, rec.map(|t| t.fetched_at)))?;
+    index.flush()?;
+    tracing::info!(
+        blobs = report.blobs,
+        manifests = report.manifests,
+        tags = report.tags,
+        bytes = report.bytes,
+        "store purged"
+    );
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::index::ItemKind;
+    use super::super::codec::ItemKind;
     use super::*;
 
     #[test]

@@ -25,150 +25,81 @@
 //! - A blob being filled is readable while it grows ([`GrowingBlob`]), from any offset,
 //!   whether or not it can be stored; its last byte only once its digest matched.
 //!
+//! - The index records its schema version ([`SCHEMA_VERSION`]). Opening a store written by
+//!   an older release migrates its index in place (an index from before versions were
+//!   recorded is schema 1); one written by a newer release is refused with
+//!   [`StoreError::IndexSchema`], never read wrongly. An upgrade keeps the cache.
+//!
 //! The store is synchronous: index lookups and page-cached reads are cheap enough for async
 //! workers; fills, commits and maintenance (fsync, scans) belong on blocking threads.
 //!
-//! This file owns the public types and the [`Store`] facade. Must not: import `server`,
-//! `registry`, `cache` or `upstream`; only `config`, `metrics`, `oci` and `mapped` are read.
+//! The picture (each part keeps its state private; imports run only downwards):
+//!
+//! ```text
+//! mod.rs (Store facade: opens, delegates, counts errors)
+//!  ├─ fill.rs, growing.rs ─┐        blobs being written (FillParts: budget + chunk files)
+//!  ├─ reader.rs ───────────┤        blobs being read (pinned through the budget)
+//!  ├─ maintenance.rs, expiry.rs ─┤  stats, verify, purge, TTL sweep
+//!  ├─ recovery.rs ─────────┤        crash recovery at open
+//!  │                       ▼
+//!  ├─ budget.rs   the one lock: totals, pins, reserve/evict, commit, remove
+//!  ├─ index.rs    sled trees and schema; every tree operation, cross-tree rules once
+//!  ├─ chunks.rs   chunk files, temp and spool files       (block_maps.rs: shared mappings)
+//!  └─ codec.rs, values.rs, options.rs, error.rs           leaves: encodings, values, errors
+//! ```
+//!
+//! This file owns the [`Store`] facade. Must not: import `server`, `registry`, `cache` or
+//! `upstream`; only `config`, `metrics`, `oci` and `mapped` are read. No file below imports
+//! from this one.
 
 mod block_maps;
+mod budget;
 mod chunks;
+mod codec;
 mod error;
+mod expiry;
 mod fill;
 mod growing;
 mod index;
 mod maintenance;
-mod policy;
+mod options;
 mod reader;
-mod records;
 mod recovery;
-mod tags;
 #[cfg(test)]
 mod tests;
 mod upkeep;
+mod values;
 
 pub use chunks::{ChunkId, ChunkRef};
 pub use error::StoreError;
+pub use expiry::SweepReport;
 pub use fill::BlobFill;
 pub use growing::{
     BlobInput, BlobRead, BlobWriter, Checkpoint, GrowingBlob, GrowthFailure, Keeping,
     MEMORY_WINDOW, READ_FRAME,
 };
+pub use index::{SchemaOpen, SCHEMA_VERSION};
 pub use maintenance::{PurgeReport, StoreStats, VerifyReport};
-pub use policy::SweepReport;
+pub use options::{StoreOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use reader::{BlobReader, FRAME_BYTES};
 pub use recovery::RecoveryReport;
 pub use upkeep::Upkeep;
+pub use values::{BlobInfo, StoredManifest, TagKey, TagRecord};
 
-use crate::config::{Config, TtlFrom};
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepositoryName, Tag};
+use crate::oci::{Digest, RepositoryName};
+use budget::{Budget, Totals};
 use bytes::Bytes;
 use chunks::ChunkFiles;
+use codec::{ItemKind, TagListRecord};
 use error::IoContext;
-use index::{Index, ItemKind};
-use policy::StoreState;
-use std::collections::HashMap;
+use expiry::Expiry;
+use fill::FillParts;
+use index::Index;
 use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-/// Smallest accepted chunk size.
-pub const MIN_CHUNK_SIZE: usize = 64 << 10;
-/// Largest accepted chunk size.
-pub const MAX_CHUNK_SIZE: usize = 64 << 20;
-/// Default chunk size.
-pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
-
-/// How a store is opened.
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    pub path: PathBuf,
-    /// Byte budget for chunk bytes + manifest bytes + reservations of fills in progress.
-    pub max_size: u64,
-    /// Fixed chunk size of new blobs (64 KiB ..= 64 MiB).
-    pub chunk_size: usize,
-    /// Expiry of blobs, manifests and tags; `None` = never expire.
-    pub ttl: Option<Duration>,
-    pub ttl_from: TtlFrom,
-}
-
-impl StoreOptions {
-    /// A store at `path` with budget `max_size`, 4 MiB chunks and no expiry.
-    pub fn new(path: impl Into<PathBuf>, max_size: u64) -> StoreOptions {
-        StoreOptions {
-            path: path.into(),
-            max_size,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            ttl: None,
-            ttl_from: TtlFrom::Access,
-        }
-    }
-
-    /// The options the daemon's configuration asks for (`cache.ttl = 0` = no expiry).
-    pub fn from_config(config: &Config) -> StoreOptions {
-        let ttl = config.cache.ttl;
-        StoreOptions {
-            path: config.storage.path.clone(),
-            max_size: config.storage.max_size.get(),
-            chunk_size: usize::try_from(config.storage.chunk_size.get()).unwrap_or(usize::MAX),
-            ttl: (!ttl.is_zero()).then(|| ttl.get()),
-            ttl_from: config.cache.ttl_from,
-        }
-    }
-
-    fn validate(&self) -> Result<(), StoreError> {
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
-            return Err(StoreError::InvalidOptions(format!(
-                "chunk_size {} is outside 64KiB..=64MiB",
-                self.chunk_size
-            )));
-        }
-        if self.max_size == 0 {
-            return Err(StoreError::InvalidOptions(
-                "max_size is 0; give the store a byte budget".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// A visible blob.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlobInfo {
-    pub digest: Digest,
-    pub size: u64,
-    /// `upstream/repo` names it was fetched or requested through.
-    pub repos: Vec<String>,
-}
-
-/// A stored manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredManifest {
-    pub media_type: String,
-    pub bytes: Bytes,
-    pub repos: Vec<String>,
-}
-
-/// Which tag of which repository of which upstream.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TagKey {
-    pub upstream: String,
-    pub repo: RepositoryName,
-    pub tag: Tag,
-}
-
-/// What a tag pointed at, and when the upstream said so.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TagRecord {
-    pub digest: Digest,
-    pub media_type: String,
-    pub fetched_at: SystemTime,
-    /// The last time the upstream confirmed the tag (equals `fetched_at` at first).
-    pub validated_at: SystemTime,
-}
 
 /// The store. Cheap to clone; every clone is the same store.
 #[derive(Clone)]
@@ -176,20 +107,20 @@ pub struct Store {
     inner: Arc<StoreInner>,
 }
 
-/// Everything the store's parts share.
-pub(crate) struct StoreInner {
-    pub opts: StoreOptions,
-    pub metrics: Arc<Metrics>,
-    pub index: Index,
-    pub chunks: ChunkFiles,
-    /// Budget, counts and pins; the one lock under which chunks are referenced, pinned
-    /// and unlinked. Lock order: `state` before `access`.
-    pub state: Mutex<StoreState>,
-    /// Last accesses not yet written to the index (see [`Store::flush_access`]).
-    pub access: Mutex<HashMap<(ItemKind, Digest), SystemTime>>,
-    pub tag_count: AtomicU64,
-    /// What recovery did when this store was opened.
-    pub recovery: RecoveryReport,
+/// The store's parts. Each keeps its own state private: the index its trees, the budget
+/// its lock, the chunk files their directories; the facade below only calls them.
+struct StoreInner {
+    opts: StoreOptions,
+    metrics: Arc<Metrics>,
+    index: Arc<Index>,
+    chunks: Arc<ChunkFiles>,
+    budget: Arc<Budget>,
+    /// What a fill writes through (the budget, the chunk files, the chunk size).
+    fill_parts: FillParts,
+    expiry: Expiry,
+    /// What recovery did when this store was opened, and what the index's schema was.
+    recovery: RecoveryReport,
+    schema: SchemaOpen,
     /// Held (flock) for the store's lifetime; released when dropped.
     _lock_file: File,
 }
@@ -232,32 +163,47 @@ impl Store {
         opts.validate()?;
         std::fs::create_dir_all(&opts.path).ctx("create store directory", &opts.path)?;
         let lock_file = lock_store_dir(&opts.path)?;
-        let index = Index::open(&opts.path.join("index"))?;
-        let chunks = ChunkFiles::open(&opts.path)?;
-        let report = recovery::recover(&index, &chunks)?;
-        let state = StoreState {
-            stored_bytes: report.stored_bytes,
-            blobs: report.blobs,
-            manifests: report.manifests,
-            chunks: report.chunks,
-            ..StoreState::default()
-        };
-        let inner = Arc::new(StoreInner {
-            tag_count: AtomicU64::new(report.tags),
+        let (index, schema) = Index::open(&opts.path.join("index"), Arc::clone(&metrics))?;
+        if let SchemaOpen::Migrated { from } = schema {
+            tracing::info!(path = %opts.path.display(), from, to = SCHEMA_VERSION, "store index migrated to the current schema");
+        }
+        let index = Arc::new(index);
+        let chunks = Arc::new(ChunkFiles::open(&opts.path)?);
+        let (report, _) = recovery::recover(&index, &chunks)?;
+        let budget = Arc::new(Budget::new(
+            opts.max_size,
+            Arc::clone(&index),
+            Arc::clone(&chunks),
+            Arc::clone(&metrics),
+            Totals {
+                stored_bytes: report.stored_bytes,
+                reserved_bytes: 0,
+                blobs: report.blobs,
+                manifests: report.manifests,
+                chunks: report.chunks,
+            },
+        ));
+        let inner = StoreInner {
+            fill_parts: FillParts::new(
+                Arc::clone(&budget),
+                Arc::clone(&chunks),
+                Arc::clone(&metrics),
+                opts.chunk_size,
+            ),
+            expiry: Expiry {
+                ttl: opts.ttl,
+                from: opts.ttl_from,
+            },
             opts,
             metrics,
             index,
             chunks,
-            state: Mutex::new(state),
-            access: Mutex::new(HashMap::new()),
+            budget,
             recovery: report.clone(),
+            schema,
             _lock_file: lock_file,
-        });
-        let budget = inner.opts.max_size;
-        inner
-            .metrics
-            .store_budget_bytes
-            .set(i64::try_from(budget).unwrap_or(i64::MAX));
+        };
+        inner.publish_tag_gauge();
         if report.repaired() {
             tracing::warn!(path = %inner.opts.path.display(), "store recovery repaired: {report}");
         }
@@ -268,20 +214,18 @@ impl Store {
             chunks = report.chunks,
             tags = report.tags,
             stored_bytes = report.stored_bytes,
-            budget,
+            budget = inner.opts.max_size,
             "store opened"
         );
-        inner.enforce_budget()?;
-        {
-            let st = inner.lock_state();
-            inner.publish_gauges(&st);
-        }
-        Ok(Store { inner })
+        inner.budget.enforce()?;
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
     }
 
     fn counted<T>(&self, op: &'static str, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(e) = &r {
-            self.inner.count_error(op, e);
+            error::count(&self.inner.metrics, op, e);
         }
         r
     }
@@ -296,13 +240,18 @@ impl Store {
         &self.inner.recovery
     }
 
+    /// What opening found of the index's schema (created, current, or migrated).
+    pub fn schema_on_open(&self) -> SchemaOpen {
+        self.inner.schema
+    }
+
     pub fn options(&self) -> &StoreOptions {
         &self.inner.opts
     }
 
     /// Chunk bytes + manifest bytes currently stored (reservations not included).
     pub fn stored_bytes(&self) -> u64 {
-        self.inner.lock_state().stored_bytes
+        self.inner.budget.totals().stored_bytes
     }
 
     /// The byte budget.
@@ -314,9 +263,9 @@ impl Store {
 
     /// The blob `d` if it is visible; counts as an access.
     pub fn blob(&self, d: &Digest) -> Result<Option<BlobInfo>, StoreError> {
-        let r = self.inner.load_blob(d).map(|rec| {
+        let r = self.inner.index.blob(d).map(|rec| {
             rec.map(|rec| {
-                self.inner.record_access(ItemKind::Blob, d);
+                self.inner.budget.note_access(ItemKind::Blob, d);
                 BlobInfo {
                     digest: *d,
                     size: rec.size,
@@ -329,7 +278,7 @@ impl Store {
 
     /// Every visible blob (for maintenance and tests; not an access).
     pub fn list_blobs(&self) -> Result<Vec<BlobInfo>, StoreError> {
-        let r = self.inner.scan_blobs().map(|all| {
+        let r = self.inner.index.all_blobs().map(|all| {
             all.into_iter()
                 .map(|(digest, rec)| BlobInfo {
                     digest,
@@ -343,7 +292,11 @@ impl Store {
 
     /// The chunks of blob `d`, in order (not an access).
     pub fn blob_chunks(&self, d: &Digest) -> Result<Option<Vec<ChunkRef>>, StoreError> {
-        let r = self.inner.load_blob(d).map(|rec| rec.map(|rec| rec.chunks));
+        let r = self
+            .inner
+            .index
+            .blob(d)
+            .map(|rec| rec.map(|rec| rec.chunks));
         self.counted("blob", r)
     }
 
@@ -355,7 +308,8 @@ impl Store {
         start: u64,
         end: u64,
     ) -> Result<Option<BlobReader>, StoreError> {
-        let r = reader::open(&self.inner, d, start, end);
+        let i = &self.inner;
+        let r = reader::open(&i.budget, &i.index, &i.chunks, d, start, end);
         self.counted("read", r)
     }
 
@@ -367,7 +321,7 @@ impl Store {
         d: Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobFill, StoreError> {
-        let r = BlobFill::begin(Arc::clone(&self.inner), d, expected_size);
+        let r = BlobFill::begin(&self.inner.fill_parts, d, expected_size);
         self.counted("fill", r)
     }
 
@@ -375,7 +329,7 @@ impl Store {
     /// session's chunks): finish it with [`BlobFill::finish_as`]. Each chunk is reserved in
     /// the budget as it is written.
     pub fn begin_unnamed_fill(&self) -> Result<BlobFill, StoreError> {
-        let r = BlobFill::begin_unnamed(Arc::clone(&self.inner));
+        let r = BlobFill::begin_unnamed(&self.inner.fill_parts);
         self.counted("fill", r)
     }
 
@@ -388,7 +342,7 @@ impl Store {
         d: Digest,
         expected_size: Option<u64>,
     ) -> (Arc<GrowingBlob>, BlobInput, BlobWriter) {
-        growing::begin(&self.inner, d, expected_size)
+        growing::begin(&self.inner.fill_parts, d, expected_size)
     }
 
     /// Bytes `offset..offset+len` of a chunk (for maintenance and tests).
@@ -400,7 +354,7 @@ impl Store {
     /// Records that blob or manifest `d` was also requested through `repo`
     /// (`upstream/repo`). Unknown digests are ignored.
     pub fn add_repo(&self, d: &Digest, repo: &str) -> Result<(), StoreError> {
-        let r = self.inner.add_repo(d, repo);
+        let r = self.inner.budget.add_repo(d, repo);
         self.counted("add_repo", r)
     }
 
@@ -414,15 +368,23 @@ impl Store {
         bytes: &[u8],
         repo: &str,
     ) -> Result<(), StoreError> {
-        let r = self.inner.put_manifest(d, media_type, bytes, repo);
+        let actual = Digest::of(bytes);
+        let r = if actual == *d {
+            self.inner.budget.put_manifest(d, media_type, bytes, repo)
+        } else {
+            Err(StoreError::DigestMismatch {
+                expected: *d,
+                actual,
+            })
+        };
         self.counted("put_manifest", r)
     }
 
     /// Manifest `d` if stored; counts as an access.
     pub fn manifest(&self, d: &Digest) -> Result<Option<StoredManifest>, StoreError> {
-        let r = self.inner.load_manifest(d).map(|rec| {
+        let r = self.inner.index.manifest(d).map(|rec| {
             rec.map(|rec| {
-                self.inner.record_access(ItemKind::Manifest, d);
+                self.inner.budget.note_access(ItemKind::Manifest, d);
                 StoredManifest {
                     media_type: rec.media_type,
                     bytes: rec.bytes,
@@ -436,12 +398,14 @@ impl Store {
     // ---- tags and tag lists ------------------------------------------------------------
 
     pub fn put_tag(&self, k: &TagKey, r: &TagRecord) -> Result<(), StoreError> {
-        let result = self.inner.put_tag(k, r);
+        let index = &self.inner.index;
+        let result = index.put_tag(k, r).and_then(|()| index.flush());
+        self.inner.publish_tag_gauge();
         self.counted("put_tag", result)
     }
 
     pub fn tag(&self, k: &TagKey) -> Result<Option<TagRecord>, StoreError> {
-        let result = self.inner.tag(k);
+        let result = self.inner.index.tag(k);
         self.counted("tag", result)
     }
 
@@ -453,7 +417,14 @@ impl Store {
         repo: &RepositoryName,
         json: &[u8],
     ) -> Result<(), StoreError> {
-        let result = self.inner.put_tag_list(upstream, repo, json);
+        let rec = TagListRecord {
+            fetched_at: SystemTime::now(),
+            json: Bytes::copy_from_slice(json),
+        };
+        let index = &self.inner.index;
+        let result = index
+            .put_tag_list(upstream, repo, &rec)
+            .and_then(|()| index.flush());
         self.counted("put_tag_list", result)
     }
 
@@ -462,14 +433,24 @@ impl Store {
         upstream: &str,
         repo: &RepositoryName,
     ) -> Result<Option<Bytes>, StoreError> {
-        let result = self.inner.tag_list(upstream, repo);
+        let result = self.inner.index.tag_list(upstream, repo);
         self.counted("tag_list", result)
     }
 
     /// Every `(upstream, repo)` with a cached tag, tag list, blob or manifest, sorted
     /// (for `/v2/_catalog`).
     pub fn repositories(&self) -> Result<Vec<(String, RepositoryName)>, StoreError> {
-        let result = self.inner.repositories();
+        let index = &self.inner.index;
+        let result = (|| {
+            let blobs = index.all_blobs()?;
+            let manifests = index.all_manifests()?;
+            let origins = blobs
+                .iter()
+                .flat_map(|(_, rec)| &rec.repos)
+                .chain(manifests.iter().flat_map(|(_, rec)| &rec.repos))
+                .map(String::as_str);
+            index.repositories(origins)
+        })();
         self.counted("repositories", result)
     }
 
@@ -478,31 +459,30 @@ impl Store {
     /// Writes batched last-access times to the index (call every few seconds and at
     /// shutdown).
     pub fn flush_access(&self) -> Result<(), StoreError> {
-        let result = (|| {
-            {
-                let mut st = self.inner.lock_state();
-                self.inner.apply_access_locked(&mut st)?;
-            }
-            self.inner.index.flush()
-        })();
+        let i = &self.inner;
+        let result = i.budget.apply_accesses().and_then(|()| i.index.flush());
         self.counted("flush_access", result)
     }
 
     /// Removes blobs, manifests and tags whose TTL passed at `now`.
     pub fn sweep_expired(&self, now: SystemTime) -> Result<SweepReport, StoreError> {
-        let r = self.inner.sweep_expired(now);
+        let i = &self.inner;
+        let r = i.expiry.sweep(&i.index, &i.budget, &i.metrics, now);
+        i.publish_tag_gauge();
         self.counted("sweep", r)
     }
 
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let r = self.inner.stats();
+        let i = &self.inner;
+        let r = maintenance::stats(&i.index, &i.budget, &i.opts.path);
         self.counted("stats", r)
     }
 
     /// Re-hashes every chunk (blake3) and blob (sha256) and every manifest; drops what is
     /// corrupt (unless it is being read right now).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let r = self.inner.verify();
+        let i = &self.inner;
+        let r = maintenance::verify(&i.index, &i.budget, &i.chunks, &i.metrics);
         self.counted("verify", r)
     }
 
@@ -515,18 +495,42 @@ impl Store {
         older_than: Option<Duration>,
         repo: Option<&str>,
     ) -> Result<PurgeReport, StoreError> {
-        let r = self.inner.purge(older_than, repo);
+        let i = &self.inner;
+        let r = maintenance::purge(&i.index, &i.budget, older_than, repo);
+        i.publish_tag_gauge();
         self.counted("purge", r)
+    }
+}
+
+impl Store {
+    /// Starts the store's upkeep task (recency flushed every 10 s, expired content swept
+    /// every minute) on the current tokio runtime; it stops when the handle is dropped.
+    pub fn spawn_upkeep(&self) -> Upkeep {
+        let store = self.clone();
+        Upkeep::spawn(Arc::new(move |sweep| {
+            store.flush_access()?;
+            if sweep {
+                let report = store.sweep_expired(SystemTime::now())?;
+                tracing::debug!(?report, "TTL sweep");
+            }
+            Ok(())
+        }))
+    }
+}
+
+impl StoreInner {
+    fn publish_tag_gauge(&self) {
+        let n = i64::try_from(self.index.tag_count()).unwrap_or(i64::MAX);
+        self.metrics.store_tags.set(n);
     }
 }
 
 impl Drop for StoreInner {
     fn drop(&mut self) {
         // Best effort: keep recency of the last seconds across a clean shutdown.
-        let state = std::mem::take(self.state.get_mut().unwrap_or_else(|p| p.into_inner()));
-        let mut st = state;
         if let Err(e) = self
-            .apply_access_locked(&mut st)
+            .budget
+            .apply_accesses()
             .and_then(|()| self.index.flush())
         {
             tracing::warn!(error = %e, "store: could not persist last accesses at close");

@@ -11,10 +11,11 @@
 //! Must not: copy a large chunk or a blob into memory, write anything, or leave a pin behind
 //! (the pin is dropped with the reader).
 
-use super::chunks::ChunkRef;
+use super::budget::Budget;
+use super::chunks::{ChunkFiles, ChunkRef};
+use super::codec::ItemKind;
 use super::error::StoreError;
-use super::index::ItemKind;
-use super::StoreInner;
+use super::index::Index;
 use crate::oci::Digest;
 use bytes::Bytes;
 use std::io;
@@ -26,7 +27,8 @@ pub const FRAME_BYTES: usize = 1 << 20;
 /// Bytes `start..end` of a blob as frames of at most [`FRAME_BYTES`]. While it lives, the
 /// blob is pinned: it is never evicted, expired or purged under it.
 pub struct BlobReader {
-    inner: Arc<StoreInner>,
+    budget: Arc<Budget>,
+    chunk_files: Arc<ChunkFiles>,
     digest: Digest,
     size: u64,
     chunks: Vec<ChunkRef>,
@@ -39,36 +41,34 @@ pub struct BlobReader {
 
 /// Pins blob `d`, then looks it up (so eviction cannot slip between the two).
 pub(crate) fn open(
-    inner: &Arc<StoreInner>,
+    budget: &Arc<Budget>,
+    index: &Index,
+    chunk_files: &Arc<ChunkFiles>,
     d: &Digest,
     start: u64,
     end: u64,
 ) -> Result<Option<BlobReader>, StoreError> {
-    {
-        let mut st = inner.lock_state();
-        *st.blob_pins.entry(*d).or_insert(0) += 1;
-    }
-    let unpin = || unpin_blob(inner, d);
-    let rec = match inner.load_blob(d) {
+    budget.pin_blob(d);
+    let rec = match index.blob(d) {
         Ok(Some(rec)) => rec,
         Ok(None) => {
-            unpin();
+            budget.unpin_blob(d);
             return Ok(None);
         }
         Err(e) => {
-            unpin();
+            budget.unpin_blob(d);
             return Err(e);
         }
     };
     if start > end || end > rec.size {
-        unpin();
+        budget.unpin_blob(d);
         return Err(StoreError::RangeNotSatisfiable {
             start,
             end,
             size: rec.size,
         });
     }
-    inner.record_access(ItemKind::Blob, d);
+    budget.note_access(ItemKind::Blob, d);
     let mut chunk_index = 0;
     let mut chunk_start = 0u64;
     while chunk_index < rec.chunks.len()
@@ -78,7 +78,8 @@ pub(crate) fn open(
         chunk_index += 1;
     }
     Ok(Some(BlobReader {
-        inner: Arc::clone(inner),
+        budget: Arc::clone(budget),
+        chunk_files: Arc::clone(chunk_files),
         digest: *d,
         size: rec.size,
         chunks: rec.chunks,
@@ -87,17 +88,6 @@ pub(crate) fn open(
         pos: start,
         end,
     }))
-}
-
-fn unpin_blob(inner: &StoreInner, d: &Digest) {
-    let mut st = inner.lock_state();
-    match st.blob_pins.get_mut(d) {
-        Some(n) if *n > 1 => *n -= 1,
-        Some(_) => {
-            st.blob_pins.remove(d);
-        }
-        None => {}
-    }
 }
 
 impl BlobReader {
@@ -122,7 +112,7 @@ impl BlobReader {
         }
         let chunk = self.chunks[self.chunk_index];
         let chunk_end = self.chunk_start + u64::from(chunk.len);
-        let whole = self.inner.chunks.whole(&chunk.id, chunk.len).map_err(|e| {
+        let whole = self.chunk_files.whole(&chunk.id, chunk.len).map_err(|e| {
             io::Error::other(format!(
                 "blob {}: chunk {} cannot be read as its index entry says ({e}); run `verify`",
                 self.digest, chunk.id
@@ -154,6 +144,6 @@ impl Iterator for BlobReader {
 
 impl Drop for BlobReader {
     fn drop(&mut self) {
-        unpin_blob(&self.inner, &self.digest);
+        self.budget.unpin_blob(&self.digest);
     }
 }

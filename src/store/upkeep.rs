@@ -1,12 +1,13 @@
 //! The store's own upkeep task: batched recency written to the index every 10 s, expired
-//! content swept every minute. The store starts it ([`Store::spawn_upkeep`]) and it stops
+//! content swept every minute. The store starts it (`Store::spawn_upkeep`) and it stops
 //! when its [`Upkeep`] handle is dropped.
 //!
 //! Owns: the schedule. Must not: run store work on async workers (each round runs on the
 //! blocking pool).
 
-use super::Store;
-use std::time::{Duration, SystemTime};
+use super::error::StoreError;
+use std::sync::Arc;
+use std::time::Duration;
 
 const FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// Sweeps per flush round.
@@ -23,33 +24,29 @@ impl Drop for Upkeep {
     }
 }
 
-impl Store {
-    /// Starts the upkeep task on the current tokio runtime.
-    pub fn spawn_upkeep(&self) -> Upkeep {
+/// One round of upkeep: flush recency, and sweep expired content when told to.
+pub(crate) type Round = dyn Fn(bool) -> Result<(), StoreError> + Send + Sync;
+
+impl Upkeep {
+    /// Starts the schedule on the current tokio runtime; each round runs `round` on the
+    /// blocking pool.
+    pub(crate) fn spawn(round: Arc<Round>) -> Upkeep {
         Upkeep {
-            task: tokio::spawn(run(self.clone())),
+            task: tokio::spawn(run(round)),
         }
     }
 }
 
-async fn run(store: Store) {
+async fn run(round: Arc<Round>) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.tick().await; // the first tick is immediate
     let mut n: u64 = 0;
     loop {
         tick.tick().await;
         n += 1;
-        let s = store.clone();
         let sweep = n % SWEEP_EVERY_ROUNDS == 0;
-        let result = tokio::task::spawn_blocking(move || {
-            s.flush_access()?;
-            if sweep {
-                let report = s.sweep_expired(SystemTime::now())?;
-                tracing::debug!(?report, "TTL sweep");
-            }
-            Ok::<(), super::StoreError>(())
-        })
-        .await;
+        let round = Arc::clone(&round);
+        let result = tokio::task::spawn_blocking(move || round(sweep)).await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "store upkeep failed"),

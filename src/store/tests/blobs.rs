@@ -340,8 +340,11 @@ fn concurrent_fills_reads_and_evictions_stay_consistent() {
         store.inner.metrics.store_evictions.get() > 0,
         "evictions raced"
     );
-    assert!(store.inner.lock_state().chunk_pins.is_empty());
-    assert!(store.inner.lock_state().blob_pins.is_empty());
+    assert_eq!(
+        store.inner.budget.pins(),
+        (0, 0),
+        "no chunk or blob pin is left"
+    );
     let stats = store.stats().expect("stats");
     assert_eq!(stats.chunks as usize, chunk_files(&store).len());
     let referenced: std::collections::HashSet<ChunkId> = store
@@ -395,11 +398,9 @@ fn frames_are_mapped_file_ranges_from_any_offset() {
         }
     }
     let chunk = store
-        .inner
-        .load_blob(&info.digest)
+        .blob_chunks(&info.digest)
         .expect("lookup")
-        .expect("stored")
-        .chunks[0];
+        .expect("stored")[0];
     let got = store.read_chunk(&chunk.id, 100, 50).expect("read_chunk");
     assert_eq!(got.as_ref(), &bytes[100..150]);
 }

@@ -69,7 +69,7 @@ fn readers_follow_at_their_own_pace_and_the_last_byte_waits_for_the_digest() {
     );
     assert_eq!(writer.finish("r/a", Duration::ZERO), Keeping::Stored);
     assert_eq!(read_range(&store, &d, 0, bytes.len() as u64), bytes);
-    assert_eq!(store.inner.lock_state().reserved_bytes, 0);
+    assert_eq!(store.inner.budget.totals().reserved_bytes, 0);
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn a_store_failure_mid_blob_degrades_to_memory_and_behind_readers_get_a_checkpoi
     assert!(tail == bytes[tail_at as usize..]);
     assert_eq!(writer.finish("r/a", Duration::ZERO), Keeping::MemoryOnly);
     assert!(store.blob(&d).expect("lookup").is_none());
-    assert_eq!(store.inner.lock_state().reserved_bytes, 0);
+    assert_eq!(store.inner.budget.totals().reserved_bytes, 0);
 }
 
 #[test]
@@ -273,7 +273,7 @@ async fn an_abandoned_input_fails_waiting_readers() {
     assert_eq!(outcome, Err(GrowthFailure::Abandoned));
     drop(writer);
     assert!(store.blob(&d).expect("lookup").is_none());
-    assert_eq!(store.inner.lock_state().reserved_bytes, 0);
+    assert_eq!(store.inner.budget.totals().reserved_bytes, 0);
 }
 
 #[test]

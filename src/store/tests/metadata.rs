@@ -102,8 +102,8 @@ fn tags_tag_lists_and_repositories_round_trip() {
     };
     store.put_tag(&k, &later).expect("update");
     assert_eq!(
-        index::micros(store.tag(&k).expect("tag").expect("present").validated_at),
-        index::micros(later.validated_at)
+        codec::micros(store.tag(&k).expect("tag").expect("present").validated_at),
+        codec::micros(later.validated_at)
     );
     assert!(store
         .tag(&tag_key("docker.io", "library/nginx", "other"))
@@ -375,8 +375,7 @@ fn corrupt_records_are_dropped_not_fatal() {
     store
         .inner
         .index
-        .blobs
-        .insert(d.as_bytes(), &[RECORD_VERSION_FOR_TESTS, 1, 2][..])
+        .write_raw("blobs", d.as_bytes(), &[RECORD_VERSION_FOR_TESTS, 1, 2])
         .expect("corrupt it");
     assert!(store.blob(&d).expect("lookup is not an error").is_none());
     assert!(store.read_blob(&d, 0, 0).expect("no error").is_none());
@@ -391,4 +390,4 @@ fn corrupt_records_are_dropped_not_fatal() {
     );
 }
 
-const RECORD_VERSION_FOR_TESTS: u8 = index::RECORD_VERSION;
+const RECORD_VERSION_FOR_TESTS: u8 = codec::RECORD_VERSION;

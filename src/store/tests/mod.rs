@@ -8,10 +8,13 @@
 mod blobs;
 mod growing;
 mod metadata;
+mod schema;
 
 use super::*;
+use crate::config::TtlFrom;
 use rand::{RngCore, SeedableRng};
 use std::fs;
+use std::path::PathBuf;
 
 pub(super) const KIB: usize = 1 << 10;
 pub(super) const CHUNK: usize = 64 * KIB;
@@ -78,5 +81,5 @@ pub(super) fn tmp_files(store: &Store) -> Vec<PathBuf> {
 }
 
 pub(super) fn reserved(store: &Store) -> u64 {
-    store.inner.lock_state().reserved_bytes
+    store.inner.budget.totals().reserved_bytes
 }

@@ -1,37 +1,22 @@
-//! The sled index: which blobs, manifests, tags and chunks the store holds.
-//!
-//! Owns: opening sled, the trees and their key layouts, and the versioned binary encoding
-//! of every record (a leading [`RECORD_VERSION`] byte, then fixed-width big-endian integers
+//! Record encodings of the index: the versioned binary form of every value and key the
+//! sled trees hold (a leading [`RECORD_VERSION`] byte, then fixed-width big-endian integers
 //! and length-prefixed byte strings). Decoding never panics: anything malformed is a
 //! [`StoreError::Corrupt`].
 //!
-//! Trees:
-//! - `blobs`: digest (32 bytes) → [`BlobRecord`]
-//! - `manifests`: digest → [`ManifestRecord`]
-//! - `tags`: `upstream \0 repo \0 tag` → [`TagRecord`]
-//! - `tag_lists`: `upstream \0 repo` → [`TagListRecord`]
-//! - `chunk_refs`: chunk id → [`ChunkCount`] (references from committed blobs)
-//! - `lru`: `last_access µs (BE u64) ++ kind ++ digest` → `()`; eviction scans it in order
-//! - `meta`: `stored_bytes` → BE u64
+//! Owns: [`BlobRecord`], [`ManifestRecord`], [`TagListRecord`], [`ChunkCount`], the tag
+//! record's encoding, and the key layouts (digests, chunk ids, LRU keys, tag keys).
 //!
-//! Must not: hold blob bytes (they are chunk files), touch the file system outside sled's
-//! own directory, or decide policy.
+//! Must not: open sled or touch any tree (that is `index.rs`), or decide policy.
 
 use super::chunks::{ChunkId, ChunkRef};
 use super::error::StoreError;
-use super::TagRecord;
+use super::values::TagRecord;
 use crate::oci::Digest;
 use bytes::Bytes;
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The leading byte of every record this version writes.
 pub(crate) const RECORD_VERSION: u8 = 1;
-
-const META_STORED_BYTES: &[u8] = b"stored_bytes";
-
-/// sled's page cache size: the index is small, records are small.
-const INDEX_CACHE_BYTES: u64 = 64 << 20;
 
 /// The two kinds of content that take budget and age out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -400,59 +385,6 @@ pub(crate) fn split_key(key: &[u8]) -> Option<Vec<&str>> {
     key.split(|&b| b == 0)
         .map(|part| std::str::from_utf8(part).ok())
         .collect()
-}
-
-/// The open sled database and its trees.
-pub(crate) struct Index {
-    db: sled::Db,
-    pub blobs: sled::Tree,
-    pub manifests: sled::Tree,
-    pub tags: sled::Tree,
-    pub tag_lists: sled::Tree,
-    pub chunk_refs: sled::Tree,
-    pub lru: sled::Tree,
-    pub meta: sled::Tree,
-}
-
-impl Index {
-    pub fn open(dir: &Path) -> Result<Index, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(INDEX_CACHE_BYTES)
-            .open()?;
-        Ok(Index {
-            blobs: db.open_tree("blobs")?,
-            manifests: db.open_tree("manifests")?,
-            tags: db.open_tree("tags")?,
-            tag_lists: db.open_tree("tag_lists")?,
-            chunk_refs: db.open_tree("chunk_refs")?,
-            lru: db.open_tree("lru")?,
-            meta: db.open_tree("meta")?,
-            db,
-        })
-    }
-
-    /// Makes every change so far durable.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
-    }
-
-    pub fn set_stored_bytes(&self, n: u64) -> Result<(), StoreError> {
-        self.meta.insert(META_STORED_BYTES, &n.to_be_bytes())?;
-        Ok(())
-    }
-
-    pub fn chunk_count(&self, id: &ChunkId) -> Result<Option<ChunkCount>, StoreError> {
-        match self.chunk_refs.get(id.as_bytes())? {
-            Some(v) => ChunkCount::decode(&v).map(Some),
-            None => Ok(None),
-        }
-    }
 }
 
 #[cfg(test)]
