@@ -6,7 +6,7 @@
 //! Every test prints its key numbers (times, upstream GETs and bytes).
 
 mod common;
-use common::edge_config::edge_for;
+use common::edge_config::{edge_for, EdgeConfig, Upstream};
 use common::fake_upstream::{corrupted, FakeUpstream, Faults};
 use common::images::*;
 use common::registry2::*;
@@ -22,12 +22,16 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 /// An edge config whose only (and default) upstream is `upstream_url`; no `chunk_size`, so
 /// the default is used.
 fn edge_config(upstream_url: &str, storage_path: &str, max_size: &str) -> String {
-    format!(
-        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n\
-         [storage]\npath = \"{storage_path}\"\nmax_size = \"{max_size}\"\n[cache]\ntag_ttl = \"1h\"\n\
-         [[upstream]]\nname = \"registry.test\"\nurl = \"{upstream_url}\"\ndefault = true\n\
-         connect_timeout = \"2s\"\nread_timeout = \"10s\"\n"
-    )
+    EdgeConfig::new(storage_path)
+        .max_size(max_size)
+        .tag_ttl("1h")
+        .upstream(
+            Upstream::new("registry.test", upstream_url)
+                .default()
+                .connect_timeout("2s")
+                .read_timeout("10s"),
+        )
+        .to_toml()
 }
 
 /// What one client got, hashed as it streamed in (nothing big is kept in memory).

@@ -1,10 +1,12 @@
 //! The test fake registry (`tests/common/fake_upstream/`) itself, with reqwest on
 //! 127.0.0.1: `Range` answers, each fault mode as its documentation says, redirects to a
 //! CDN fake, rate limits and pull-limit headers, Bearer scopes per user, request and
-//! connection records, TLS with h2.
+//! connection records, TLS with h2. And the `EdgeConfig` builder's TOML, as the daemon
+//! loads it.
 
 mod common;
 
+use common::edge_config::{EdgeConfig, Upstream};
 use common::fake_upstream::auth::{basic_header, Bearer};
 use common::fake_upstream::{
     corrupted, test_pki, Auth, FakeUpstream, Faults, LimitHeaders, Target,
@@ -510,4 +512,65 @@ async fn tls_and_h2_are_served() {
     let r = c.get(blob_url(&plain, &d)).send().await.expect("GET h2c");
     assert_eq!(r.bytes().await.expect("body").as_ref(), b"h2c");
     assert_eq!(plain.requests()[0].version, hyper::Version::HTTP_2);
+}
+
+#[test]
+fn edge_config_renders_what_the_daemon_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = common::TestCa::new().write_leaf(dir.path(), &["localhost"]);
+    let path = dir.path().join("config.toml");
+    let hash = format!("sha256:{}", "a".repeat(64));
+    EdgeConfig::new(dir.path().join("data"))
+        .listen(&["127.0.0.1:0", "127.0.0.2:0"])
+        .hostname("edge.test")
+        .tls(&["127.0.0.1:0"], &cert, &key)
+        .max_size("1GiB")
+        .chunk_size("1MiB")
+        .tag_ttl("0")
+        .anonymous(false)
+        .admin_cidrs(&["127.0.0.1/32"])
+        .token("ci", &hash, &["pull:public"])
+        .upstream(
+            Upstream::new("docker.io", "http://127.0.0.1:1")
+                .default()
+                .private()
+                .push()
+                .credentials("bob", "secret")
+                .aliases(&["hub"], &["dockerhub"])
+                .connect_timeout("2s")
+                .read_timeout("7s"),
+        )
+        .upstream(Upstream::with_urls(
+            "lan",
+            &[
+                "http://127.0.0.1:2".to_string(),
+                "http://127.0.0.1:3".to_string(),
+            ],
+        ))
+        .write(&path);
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let c = sparkcr_edge::config::load(Some(&path))
+        .unwrap_or_else(|e| panic!("{e}:\n{text}"))
+        .config;
+    assert!(!c.builtin_upstreams);
+    assert_eq!(c.server.listen.len(), 2);
+    assert_eq!(c.server.tls_listen.len(), 1);
+    assert_eq!(c.server.hostname, "edge.test");
+    assert_eq!(c.storage.path, dir.path().join("data"));
+    assert_eq!(c.storage.max_size.0, 1 << 30);
+    assert_eq!(c.storage.chunk_size.0, 1 << 20);
+    assert_eq!(c.cache.tag_ttl.0, Duration::ZERO);
+    assert!(!c.auth.anonymous);
+    assert_eq!(c.auth.admin_cidrs.len(), 1);
+    assert_eq!(c.auth.token[0].name, "ci");
+    assert_eq!(c.upstream.len(), 2, "{text}");
+    let hub = &c.upstream[0];
+    assert!(hub.default && hub.private && hub.push);
+    assert_eq!(hub.username.as_deref(), Some("bob"));
+    assert_eq!(hub.password.as_deref(), Some("secret"));
+    assert_eq!(hub.aliases, ["hub"]);
+    assert_eq!(hub.path_aliases, ["dockerhub"]);
+    assert_eq!(hub.read_timeout.0, Duration::from_secs(7));
+    assert_eq!(c.upstream[1].urls.len(), 2);
+    assert!(!c.upstream[1].default);
 }

@@ -5,7 +5,7 @@
 //! form. Each test cites the spec section it checks.
 
 mod common;
-use common::edge_config::edge_for;
+use common::edge_config::{edge_for, EdgeConfig, Upstream};
 use common::fake_upstream::FakeUpstream;
 use common::images::*;
 use common::registry2::*;
@@ -33,12 +33,18 @@ const SPEC_CODES: &[&str] = &[
 ];
 
 fn edge_config(reg: &Registry2, tag_ttl: &str) -> String {
-    format!(
-        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n[storage]\npath = \"{{dir}}/data\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"{tag_ttl}\"\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ndefault = true\nconnect_timeout = \"1s\"\nread_timeout = \"5s\"\n\
-         [[upstream]]\nname = \"{LAN}\"\nurl = \"{url}\"\nconnect_timeout = \"1s\"\nread_timeout = \"5s\"\n",
-        url = reg.url()
-    )
+    let upstream = |name: &str| {
+        Upstream::new(name, reg.url())
+            .connect_timeout("1s")
+            .read_timeout("5s")
+    };
+    EdgeConfig::new("{dir}/data")
+        .hostname("edge.test")
+        .chunk_size("1MiB")
+        .tag_ttl(tag_ttl)
+        .upstream(upstream("docker.io").default())
+        .upstream(upstream(LAN))
+        .to_toml()
 }
 
 /// One routing form: how `<name>` is written, and the URL of `/v2/<name>/<rest>`.
@@ -907,11 +913,14 @@ async fn path_alias_and_strict_host() {
         &[2000],
     )
     .await;
-    let edge = Edge::start(&format!(
-        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n[storage]\npath = \"{{dir}}/data\"\n\
-         [[upstream]]\nname = \"registry.lan:5000\"\nurl = \"{url}\"\naliases = [\"lan\"]\npath_aliases = [\"lan\"]\ndefault = true\n",
-        url = reg.url()
-    ));
+    let edge = EdgeConfig::new("{dir}/data")
+        .hostname("edge.test")
+        .upstream(
+            Upstream::new("registry.lan:5000", reg.url())
+                .aliases(&["lan"], &["lan"])
+                .default(),
+        )
+        .start();
     let c = client();
     let e = edge.http[0];
     let r = c

@@ -28,6 +28,8 @@ pub struct EdgeConfig {
 #[derive(Clone, Debug, Serialize)]
 struct Server {
     listen: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tls_listen: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,6 +78,10 @@ pub struct Upstream {
     url: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     urls: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    path_aliases: Vec<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     default: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -98,6 +104,8 @@ impl Upstream {
             name: name.to_string(),
             url: Some(url.into()),
             urls: Vec::new(),
+            aliases: Vec::new(),
+            path_aliases: Vec::new(),
             default: false,
             private: false,
             push: false,
@@ -115,6 +123,14 @@ impl Upstream {
             urls: urls.to_vec(),
             ..Upstream::new(name, "")
         }
+    }
+
+    /// Other names clients may use for it (`aliases`), and in the path form
+    /// (`path_aliases`).
+    pub fn aliases(mut self, aliases: &[&str], path_aliases: &[&str]) -> Self {
+        self.aliases = aliases.iter().map(|a| a.to_string()).collect();
+        self.path_aliases = path_aliases.iter().map(|a| a.to_string()).collect();
+        self
     }
 
     pub fn default(mut self) -> Self {
@@ -157,6 +173,7 @@ impl EdgeConfig {
             builtin_upstreams: false,
             server: Server {
                 listen: vec!["127.0.0.1:0".to_string()],
+                hostname: None,
                 tls_listen: Vec::new(),
                 tls_cert: None,
                 tls_key: None,
@@ -180,6 +197,11 @@ impl EdgeConfig {
     /// Replaces the plain listeners.
     pub fn listen(mut self, addrs: &[&str]) -> Self {
         self.server.listen = addrs.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    pub fn hostname(mut self, name: &str) -> Self {
+        self.server.hostname = Some(name.to_string());
         self
     }
 
