@@ -226,6 +226,22 @@ async fn refuse_answers_429_with_retry_after_for_the_next_n() {
 }
 
 #[tokio::test]
+async fn default_faults_apply_to_every_blob() {
+    let up = FakeUpstream::start().await;
+    let before = up.add_blob(pseudo_random(8, 2000));
+    up.set_default_faults(Faults::none().cut_at(500));
+    let after = up.add_blob(pseudo_random(9, 2000));
+    let c = client();
+    for d in [&before, &after] {
+        let (_, got, failed) = get(&c, &blob_url(&up, d), None, QUIET).await;
+        assert_eq!((got.len(), failed), (500, true), "{d}");
+    }
+    up.set_default_faults(Faults::none());
+    let (_, got, failed) = get(&c, &blob_url(&up, &after), None, QUIET).await;
+    assert_eq!((got.len(), failed), (2000, false));
+}
+
+#[tokio::test]
 async fn registry_rate_limits_manifest_statuses_and_pull_limit_headers() {
     let up = FakeUpstream::start().await;
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;

@@ -2,12 +2,12 @@
 //! 127.0.0.1 (a random port; plain HTTP or TLS, h1 and h2) serving blobs, manifests, tags
 //! and referrers from memory, recording every request (method, path, query, headers,
 //! HTTP version, connection id), with fault modes a real registry will not produce on
-//! demand: per blob (see [`Faults`]: ignore `Range`, cut the connection at a byte, corrupt
-//! a byte range, stall, cap the rate, refuse with 429/503) and for the whole registry
-//! (manifest statuses, rate limits for the next N requests, Docker-style pull-limit
-//! headers, redirects of blob GETs to a second fake acting as a CDN, Basic or Bearer
-//! authentication with a token realm of its own and per-user scopes, stalling before any
-//! header, canned answers for chosen paths).
+//! demand: per blob or for all blobs (see [`Faults`]: ignore `Range`, cut the connection at
+//! a byte, corrupt a byte range, stall, cap the rate, refuse with 429/503) and for the whole
+//! registry (manifest statuses, rate limits for the next N requests, Docker-style or IETF
+//! pull-limit headers, redirects of blob GETs to a second fake acting as a CDN, Basic or
+//! Bearer authentication with a token realm of its own and per-user scopes, stalling
+//! before any header, canned answers for chosen paths).
 //!
 //! What it must not do: listen anywhere but 127.0.0.1; be used by product code (it lives
 //! under `tests/`); decide anything about the edge (it answers, it records, and tests
@@ -126,6 +126,8 @@ struct Canned {
 pub(crate) struct State {
     base_url: String,
     blobs: HashMap<String, BlobEntry>,
+    /// What [`FakeUpstream::add_blob`] gives a blob.
+    default_faults: Faults,
     /// Reference (tag or digest) -> (bytes, media type).
     manifests: HashMap<String, (Bytes, String)>,
     referrers: HashMap<String, Vec<u8>>,
@@ -182,6 +184,7 @@ impl FakeUpstream {
         let state = Arc::new(Mutex::new(State {
             base_url,
             blobs: HashMap::new(),
+            default_faults: Faults::none(),
             manifests: HashMap::new(),
             referrers: HashMap::new(),
             tags: None,
@@ -251,9 +254,11 @@ impl FakeUpstream {
         }
     }
 
-    /// Adds a blob served normally; returns its digest.
+    /// Adds a blob served with the default faults (none, unless
+    /// [`set_default_faults`](Self::set_default_faults) said otherwise); returns its digest.
     pub fn add_blob(&self, bytes: impl Into<Vec<u8>>) -> String {
-        self.add_blob_with(bytes, Faults::none())
+        let faults = self.lock().default_faults.clone();
+        self.add_blob_with(bytes, faults)
     }
 
     /// Adds a blob served with `faults`; returns its digest.
@@ -271,6 +276,16 @@ impl FakeUpstream {
         let mut s = self.lock();
         let blob = s.blobs.get_mut(digest).expect("blob was added");
         *blob = BlobEntry::new(blob.bytes.clone(), faults);
+    }
+
+    /// Faults for every blob: those added so far and those [`add_blob`](Self::add_blob)
+    /// adds later (restarting their fault counts).
+    pub fn set_default_faults(&self, faults: Faults) {
+        let mut s = self.lock();
+        for blob in s.blobs.values_mut() {
+            *blob = BlobEntry::new(blob.bytes.clone(), faults.clone());
+        }
+        s.default_faults = faults;
     }
 
     /// Serves `bytes` for `reference` (a tag) and for its digest, in any repository, with
@@ -338,7 +353,7 @@ impl FakeUpstream {
         self.lock().auth = auth;
     }
 
-    /// Blob GETs answer 307 to `cdn` (`/cdn/blobs/<digest>?expires=<unix ms>` on
+    /// Blob GETs answer 307 to `cdn` (another fake than this one) (`/cdn/blobs/<digest>?expires=<unix ms>` on
     /// `localhost`, another host name than 127.0.0.1), valid for `ttl`; the CDN refuses an
     /// expired URL with 403. The blob is copied to the CDN unless it has it already.
     pub fn redirect_blobs_to(&self, cdn: &FakeUpstream, ttl: Duration) {
