@@ -6,7 +6,8 @@
 //! Every test prints its key numbers (times, upstream GETs and bytes).
 
 mod common;
-use common::fault_upstream::{corrupt_head, edge_for, BlobMode, FaultUpstream};
+use common::edge_config::{edge_for, EdgeConfig, Upstream};
+use common::fake_upstream::{corrupted, FakeUpstream, Faults};
 use common::images::*;
 use common::registry2::*;
 use common::*;
@@ -21,12 +22,16 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 /// An edge config whose only (and default) upstream is `upstream_url`; no `chunk_size`, so
 /// the default is used.
 fn edge_config(upstream_url: &str, storage_path: &str, max_size: &str) -> String {
-    format!(
-        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n\
-         [storage]\npath = \"{storage_path}\"\nmax_size = \"{max_size}\"\n[cache]\ntag_ttl = \"1h\"\n\
-         [[upstream]]\nname = \"registry.test\"\nurl = \"{upstream_url}\"\ndefault = true\n\
-         connect_timeout = \"2s\"\nread_timeout = \"10s\"\n"
-    )
+    EdgeConfig::new(storage_path)
+        .max_size(max_size)
+        .tag_ttl("1h")
+        .upstream(
+            Upstream::new("registry.test", upstream_url)
+                .default()
+                .connect_timeout("2s")
+                .read_timeout("10s"),
+        )
+        .to_toml()
 }
 
 /// What one client got, hashed as it streamed in (nothing big is kept in memory).
@@ -547,11 +552,11 @@ async fn full_small_disk_eight_clients_all_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_range_never_serves_unverified_bytes() {
-    let up = FaultUpstream::start().await;
+    let up = FakeUpstream::start().await;
     let bytes = pseudo_random(43, 4 * MIB);
-    let bad = up.add_blob(bytes.clone(), BlobMode::CorruptHead);
+    let bad = up.add_blob_with(bytes.clone(), Faults::none().corrupt(0..1024));
     let good_bytes = pseudo_random(44, 8 * MIB);
-    let good = up.add_blob(good_bytes.clone(), BlobMode::Normal);
+    let good = up.add_blob(good_bytes.clone());
     let edge = edge_for(&up);
     let bad_url = edge.url(&format!("/v2/team/app/blobs/{bad}"));
 
@@ -575,7 +580,7 @@ async fn cold_range_never_serves_unverified_bytes() {
             "a {} with {} bytes ending cleanly (corrupted bytes: {}) for a blob whose upstream bytes do not match its digest",
             got.status,
             got.len,
-            got.digest == sha256_digest(&corrupt_head(&bytes)[..1024])
+            got.digest == sha256_digest(&corrupted(&bytes, 0..1024)[..1024])
         );
     } else if got.status != 0 {
         assert!(
@@ -605,7 +610,7 @@ async fn cold_range_never_serves_unverified_bytes() {
     assert_eq!(in_flight, 0.0, "the corrupt fill ended");
 
     // Once the upstream serves the right bytes, the same Range is answered exactly.
-    up.set_blob_mode(&bad, BlobMode::Normal);
+    up.set_faults(&bad, Faults::none());
     let got = fetch(
         "range 0-1023 (upstream fixed)",
         &bad_url,
@@ -628,7 +633,7 @@ async fn cold_range_never_serves_unverified_bytes() {
     let whole = fetch("GET after the cold range", &good_url, None).await;
     println!(
         "cold ranges: upstream requests for the good blob: {:?}; later GET X-Cache {:?}",
-        up.requests(&format!("/blobs/{good}")),
+        up.requests_containing(&format!("/blobs/{good}")),
         whole.x_cache
     );
     assert!(hit, "the blob became a hit after the cold Range");

@@ -7,7 +7,8 @@
 mod common;
 
 use base64::Engine as _;
-use common::fault_upstream::FaultUpstream;
+use common::edge_config::{EdgeConfig, Upstream};
+use common::fake_upstream::FakeUpstream;
 use common::{run_cli, Edge};
 use sha2::{Digest as _, Sha256};
 use std::path::Path;
@@ -99,24 +100,19 @@ impl Fixture {
     }
 }
 
-fn edge() -> (FaultUpstream, Edge, String) {
+fn edge() -> (FakeUpstream, Edge, String) {
     let rt = tokio::runtime::Handle::current();
-    let up = rt.block_on(FaultUpstream::start());
+    let up = rt.block_on(FakeUpstream::start());
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
-    up.state
-        .lock()
-        .expect("lock")
-        .manifests
-        .insert("v1".into(), manifest.to_vec());
+    up.add_manifest("v1", manifest);
     // The manifest's config blob, so real clients can fetch the whole image.
-    up.add_blob(b"{}".to_vec(), common::fault_upstream::BlobMode::Normal);
+    up.add_blob(b"{}".to_vec());
     let hash = format!("sha256:{}", hex::encode(Sha256::digest(SECRET.as_bytes())));
-    let edge = Edge::start(&format!(
-        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n[storage]\npath = \"{{dir}}/data\"\n\
-         [auth]\nanonymous = false\n[[auth.token]]\nname = \"ci\"\nhash = \"{hash}\"\nscopes = [\"pull:public\"]\n\
-         [[upstream]]\nname = \"fault.test\"\nurl = \"http://{}\"\ndefault = true\n",
-        up.addr
-    ));
+    let edge = EdgeConfig::new("{dir}/data")
+        .anonymous(false)
+        .token("ci", &hash, &["pull:public"])
+        .upstream(Upstream::new("fault.test", up.url()).default())
+        .start();
     let url = format!("http://{}", edge.http[0]);
     (up, edge, url)
 }

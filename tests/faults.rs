@@ -5,7 +5,8 @@
 //! not held up).
 
 mod common;
-use common::fault_upstream::*;
+use common::edge_config::edge_for;
+use common::fake_upstream::*;
 use common::images::pseudo_random;
 use common::registry2::sha256_digest;
 use common::*;
@@ -13,9 +14,9 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_mid_blob_is_resumed_with_range() {
-    let up = FaultUpstream::start().await;
+    let up = FakeUpstream::start().await;
     let bytes = pseudo_random(1, 8 << 20);
-    let d = up.add_blob(bytes.clone(), BlobMode::ResetAfter(3 << 20));
+    let d = up.add_blob_with(bytes.clone(), Faults::none().cut_first(3 << 20, 1));
     let edge = edge_for(&up);
     let body = reqwest::get(edge.url(&format!("/v2/team/app/blobs/{d}")))
         .await
@@ -24,12 +25,16 @@ async fn reset_mid_blob_is_resumed_with_range() {
         .await
         .expect("whole body");
     assert_eq!(sha256_digest(&body), d);
-    let ranged = up.requests("range=Some(\"bytes=");
+    let ranged: Vec<String> = up
+        .requests()
+        .iter()
+        .filter_map(|r| r.range().map(str::to_string))
+        .collect();
     assert_eq!(
         ranged.len(),
         1,
         "one Range request resumed the fill: {:?}",
-        up.requests("")
+        up.requests()
     );
     assert!(
         ranged[0].contains(&format!("bytes={}-", 3 << 20)),
@@ -42,7 +47,7 @@ async fn reset_mid_blob_is_resumed_with_range() {
         ) >= 1.0
     );
     // Stored: the next GET does not touch the upstream.
-    let before = up.requests("/blobs/").len();
+    let before = up.requests_containing("/blobs/").len();
     let again = reqwest::get(edge.url(&format!("/v2/team/app/blobs/{d}")))
         .await
         .expect("get")
@@ -50,13 +55,18 @@ async fn reset_mid_blob_is_resumed_with_range() {
         .await
         .expect("body");
     assert_eq!(sha256_digest(&again), d);
-    assert_eq!(up.requests("/blobs/").len(), before);
+    assert_eq!(up.requests_containing("/blobs/").len(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_bytes_abort_the_client_and_store_nothing() {
-    let up = FaultUpstream::start().await;
-    let d = up.add_blob(pseudo_random(2, 3 << 20), BlobMode::Wrong);
+    let up = FakeUpstream::start().await;
+    // Other bytes of the same length: the middle one flipped.
+    let mid = (3u64 << 20) / 2;
+    let d = up.add_blob_with(
+        pseudo_random(2, 3 << 20),
+        Faults::none().corrupt(mid..mid + 1),
+    );
     let edge = edge_for(&up);
     for _ in 0..2 {
         let r = reqwest::get(edge.url(&format!("/v2/team/app/blobs/{d}")))
@@ -73,7 +83,7 @@ async fn wrong_bytes_abort_the_client_and_store_nothing() {
         );
     }
     assert_eq!(
-        up.requests("/blobs/").len(),
+        up.requests_containing("/blobs/").len(),
         2,
         "nothing was stored, so the second GET asked again"
     );
@@ -107,14 +117,10 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_and_5xx_serve_stale() {
-    let up = FaultUpstream::start().await;
+    let up = FakeUpstream::start().await;
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec();
     let digest = sha256_digest(&manifest);
-    up.state
-        .lock()
-        .expect("lock")
-        .manifests
-        .insert("v1".into(), manifest.clone());
+    up.add_manifest("v1", &manifest);
     let edge = edge_for(&up);
     let client = reqwest::Client::new();
     let get = |tag: &str| {
@@ -125,7 +131,7 @@ async fn rate_limits_and_5xx_serve_stale() {
     let r = get("v1").await.expect("get");
     assert_eq!(r.status(), 200);
     for code in [429u16, 500, 502, 503] {
-        up.state.lock().expect("lock").manifest_mode = ManifestMode::Status(code);
+        up.set_manifest_status(Some(code));
         let r = get("v1").await.expect("get");
         assert_eq!(r.status(), 200, "stale on {code}");
         assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
@@ -149,9 +155,9 @@ async fn rate_limits_and_5xx_serve_stale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upstream_times_out_without_holding_up_others() {
-    let up = FaultUpstream::start().await;
-    let stalled = up.add_blob(pseudo_random(3, 2 << 20), BlobMode::Stall);
-    let fine = up.add_blob(pseudo_random(4, 2 << 20), BlobMode::Normal);
+    let up = FakeUpstream::start().await;
+    let stalled = up.add_blob_with(pseudo_random(3, 2 << 20), Faults::none().stall_at(1024));
+    let fine = up.add_blob(pseudo_random(4, 2 << 20));
     let edge = edge_for(&up);
     let url = edge.url(&format!("/v2/team/app/blobs/{stalled}"));
     let started = Instant::now();
@@ -187,9 +193,9 @@ async fn a_stalled_upstream_times_out_without_holding_up_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn range_on_a_cold_miss() {
-    let up = FaultUpstream::start().await;
+    let up = FakeUpstream::start().await;
     let bytes = pseudo_random(5, 40 << 20);
-    let d = up.add_blob(bytes.clone(), BlobMode::Normal);
+    let d = up.add_blob(bytes.clone());
     let edge = edge_for(&up);
     let client = reqwest::Client::new();
     let url = edge.url(&format!("/v2/team/app/blobs/{d}"));
@@ -243,12 +249,12 @@ async fn range_on_a_cold_miss() {
         .expect("body");
     assert_eq!(sha256_digest(&whole), d);
     assert_eq!(
-        up.requests("range=None")
+        up.requests_containing("/blobs/")
             .iter()
-            .filter(|r| r.contains("/blobs/"))
+            .filter(|r| r.range().is_none())
             .count(),
         1,
         "one full fetch: {:?}",
-        up.requests("")
+        up.requests()
     );
 }

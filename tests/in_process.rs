@@ -2,13 +2,14 @@
 //! `run(shutdown)`), in the manner of registry:2's proxy tests: a fake upstream counts the
 //! remote calls, and the store is inspected directly.
 
-mod upstream_fakes;
+mod common;
 
+use common::edge_config::{EdgeConfig, Upstream};
+use common::fake_upstream::FakeUpstream;
 use sparkcr_edge::daemon;
 use sparkcr_edge::oci::Digest;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use upstream_fakes::{response, with_header, FakeServer, Handler};
 
 fn pseudo_random(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -28,36 +29,14 @@ async fn concurrent_misses_fetch_once_then_hits_and_ranges_fetch_nothing() {
     let blob = Arc::new(pseudo_random(5 << 20 | 12_345));
     let digest = Digest::of(&blob);
     let blob_path = format!("/v2/team/app/blobs/{digest}");
-    let fake = {
-        let (blob, path) = (blob.clone(), blob_path.clone());
-        FakeServer::start(move |_| -> Handler {
-            Arc::new(move |r| {
-                if r.path == path && r.method == "GET" {
-                    with_header(
-                        response(200, blob.as_ref().clone()),
-                        "content-type",
-                        "application/octet-stream",
-                    )
-                } else {
-                    response(404, "{}")
-                }
-            })
-        })
-        .await
-    };
+    let fake = FakeUpstream::start().await;
+    assert_eq!(fake.add_blob(blob.as_ref().clone()), digest.to_string());
     let dir = tempfile::tempdir().expect("tempdir");
     let config_path = dir.path().join("config.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n\
-             [storage]\npath = \"{}\"\nchunk_size = \"1MiB\"\n\
-             [[upstream]]\nname = \"fake.test\"\nurl = \"{}\"\ndefault = true\n",
-            dir.path().join("data").display(),
-            fake.url()
-        ),
-    )
-    .expect("write config");
+    EdgeConfig::new(dir.path().join("data"))
+        .chunk_size("1MiB")
+        .upstream(Upstream::new("fake.test", fake.url()).default())
+        .write(&config_path);
     let loaded = sparkcr_edge::config::load(Some(&config_path)).expect("config loads");
     let edge = daemon::start(&loaded.config, "test config")
         .await
@@ -85,12 +64,7 @@ async fn concurrent_misses_fetch_once_then_hits_and_ranges_fetch_nothing() {
         let body = g.await.expect("task");
         assert!(body.as_ref() == blob.as_slice(), "byte-exact");
     }
-    let remote = || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.path == blob_path)
-            .count()
-    };
+    let remote = || fake.requests_to(&blob_path).len();
     assert_eq!(remote(), 1, "8 concurrent misses, one upstream fetch");
 
     // The commit follows the last byte; then the blob is a hit.

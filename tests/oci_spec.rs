@@ -5,7 +5,8 @@
 //! form. Each test cites the spec section it checks.
 
 mod common;
-use common::fault_upstream::*;
+use common::edge_config::{edge_for, EdgeConfig, Upstream};
+use common::fake_upstream::FakeUpstream;
 use common::images::*;
 use common::registry2::*;
 use common::*;
@@ -32,12 +33,18 @@ const SPEC_CODES: &[&str] = &[
 ];
 
 fn edge_config(reg: &Registry2, tag_ttl: &str) -> String {
-    format!(
-        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n[storage]\npath = \"{{dir}}/data\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"{tag_ttl}\"\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ndefault = true\nconnect_timeout = \"1s\"\nread_timeout = \"5s\"\n\
-         [[upstream]]\nname = \"{LAN}\"\nurl = \"{url}\"\nconnect_timeout = \"1s\"\nread_timeout = \"5s\"\n",
-        url = reg.url()
-    )
+    let upstream = |name: &str| {
+        Upstream::new(name, reg.url())
+            .connect_timeout("1s")
+            .read_timeout("5s")
+    };
+    EdgeConfig::new("{dir}/data")
+        .hostname("edge.test")
+        .chunk_size("1MiB")
+        .tag_ttl(tag_ttl)
+        .upstream(upstream("docker.io").default())
+        .upstream(upstream(LAN))
+        .to_toml()
 }
 
 /// One routing form: how `<name>` is written, and the URL of `/v2/<name>/<rest>`.
@@ -469,8 +476,8 @@ async fn tags_list_name_n_last_link_and_stale() {
 /// headers and hands out its own, never the upstream's URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_tag_pages_are_followed_and_links_are_the_edges() {
-    let up = FaultUpstream::start().await;
-    up.state.lock().expect("lock").tags = ["t5", "t1", "t3", "t2", "t4"].map(String::from).to_vec();
+    let up = FakeUpstream::start().await;
+    up.set_tags(&["t5", "t1", "t3", "t2", "t4"]);
     let edge = edge_for(&up);
     let r = reqwest::get(edge.url("/v2/team/app/tags/list?n=3"))
         .await
@@ -482,7 +489,7 @@ async fn upstream_tag_pages_are_followed_and_links_are_the_edges() {
     assert_eq!(v["name"], "team/app");
     assert_eq!(v["tags"], serde_json::json!(["t1", "t2", "t3"]));
     assert_eq!(
-        up.requests("/tags/list").len(),
+        up.requests_containing("/tags/list").len(),
         3,
         "all three upstream pages read"
     );
@@ -503,12 +510,12 @@ fn index_of(descriptors: serde_json::Value) -> Vec<u8> {
 /// and served stale when the upstream fails; an invalid digest is 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn referrers_from_an_upstream_with_the_api() {
-    let up = FaultUpstream::start().await;
+    let up = FakeUpstream::start().await;
     let subject = format!("sha256:{}", "a".repeat(64));
     let sbom = format!("sha256:{}", "b".repeat(64));
     let sig = format!("sha256:{}", "c".repeat(64));
-    up.state.lock().expect("lock").referrers.insert(
-        subject.clone(),
+    up.set_referrers(
+        &subject,
         index_of(serde_json::json!([
             {"mediaType": OCI_MANIFEST, "digest": sbom, "size": 10, "artifactType": "application/vnd.example.sbom"},
             {"mediaType": OCI_MANIFEST, "digest": sig, "size": 11, "artifactType": "application/vnd.example.sig"},
@@ -560,7 +567,7 @@ async fn referrers_from_an_upstream_with_the_api() {
     .await;
 
     // Upstream failing (tag_ttl is 0 in edge_for, so every request revalidates): stale.
-    up.state.lock().expect("lock").manifest_mode = ManifestMode::Status(503);
+    up.set_manifest_status(Some(503));
     let r = c
         .get(edge.url(&format!(
             "/v2/team/app/referrers/{subject}?artifactType=application/vnd.example.sbom"
@@ -906,11 +913,14 @@ async fn path_alias_and_strict_host() {
         &[2000],
     )
     .await;
-    let edge = Edge::start(&format!(
-        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n[storage]\npath = \"{{dir}}/data\"\n\
-         [[upstream]]\nname = \"registry.lan:5000\"\nurl = \"{url}\"\naliases = [\"lan\"]\npath_aliases = [\"lan\"]\ndefault = true\n",
-        url = reg.url()
-    ));
+    let edge = EdgeConfig::new("{dir}/data")
+        .hostname("edge.test")
+        .upstream(
+            Upstream::new("registry.lan:5000", reg.url())
+                .aliases(&["lan"], &["lan"])
+                .default(),
+        )
+        .start();
     let c = client();
     let e = edge.http[0];
     let r = c

@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::fault_upstream::{BlobMode, FaultUpstream, ManifestMode};
+use common::edge_config::{fault_upstream, EdgeConfig};
+use common::fake_upstream::FakeUpstream;
 use common::images::pseudo_random;
 use common::registry2::{free_port, sha256_digest};
 use common::{Edge, TestCa};
@@ -99,28 +100,22 @@ fn dashboard_queries() -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     common::install_crypto();
-    let up = FaultUpstream::start().await;
+    let up = FakeUpstream::start().await;
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec();
-    up.state
-        .lock()
-        .expect("lock")
-        .manifests
-        .insert("v1".into(), manifest.clone());
-    let small = up.add_blob(pseudo_random(1, 200_000), BlobMode::Normal);
-    let big = up.add_blob(pseudo_random(2, 8 << 20), BlobMode::Normal);
+    up.add_manifest("v1", &manifest);
+    let small = up.add_blob(pseudo_random(1, 200_000));
+    let big = up.add_blob(pseudo_random(2, 8 << 20));
     let ca = TestCa::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = ca.write_leaf(dir.path(), &["edge.test", "127.0.0.1"]);
     let edge = Edge::start_in(
         dir,
-        &format!(
-            "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
-             [storage]\npath = \"{{dir}}/data\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"0\"\n\
-             [[upstream]]\nname = \"fault.test\"\nurl = \"http://{}\"\ndefault = true\nconnect_timeout = \"2s\"\nread_timeout = \"5s\"\n",
-            cert.display(),
-            key.display(),
-            up.addr
-        ),
+        &EdgeConfig::new("{dir}/data")
+            .tls(&["127.0.0.1:0"], &cert, &key)
+            .chunk_size("1MiB")
+            .tag_ttl("0")
+            .upstream(fault_upstream(&up).read_timeout("5s"))
+            .to_toml(),
         &[("SPARKCR_EDGE_TEST_HOLD_COMMIT_MS", "300")],
     );
     let prom = Prometheus::start(&edge.http[0].to_string());
@@ -148,13 +143,13 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
                 .expect("blob");
             assert_eq!(r.bytes().await.expect("body").len(), 200_000);
         }
-        up.state.lock().expect("lock").manifest_mode = ManifestMode::Ok;
+        up.set_manifest_status(None);
         let r = get("/v2/team/app/manifests/v1".into())
             .await
             .expect("manifest");
         assert_eq!(r.status(), 200);
         // The upstream fails: an upstream error, and the cached manifest served stale.
-        up.state.lock().expect("lock").manifest_mode = ManifestMode::Status(503);
+        up.set_manifest_status(Some(503));
         let r = get("/v2/team/app/manifests/v1".into())
             .await
             .expect("manifest");

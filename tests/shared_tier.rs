@@ -12,7 +12,7 @@
 //! script's watchdog) or when their guard drops.
 
 mod common;
-use common::fault_upstream::*;
+use common::fake_upstream::{FakeUpstream, Faults};
 use common::images::*;
 use common::pull::*;
 use common::registry2::*;
@@ -461,16 +461,11 @@ async fn a_fill_broken_beyond_resume_leaves_no_object() {
     let ceph = ceph();
     let bucket = ceph.bucket("aborted");
     let shared = ceph.shared_section("aborted");
-    let up = FaultUpstream::start().await;
+    let up = FakeUpstream::start().await;
     // 20 MiB, broken after 18 MiB: two parts were uploaded before the fill gave up.
     let bytes = pseudo_random(42, 20 << 20);
-    let digest = up.add_blob(bytes, BlobMode::BreakAfter(18 << 20));
-    let edge = Edge::start(&config(
-        &format!("http://{}", up.addr),
-        "127.0.0.1:0",
-        "{dir}/data",
-        &shared,
-    ));
+    let digest = up.add_blob_with(bytes, Faults::none().cut_at(18 << 20));
+    let edge = Edge::start(&config(&up.url(), "127.0.0.1:0", "{dir}/data", &shared));
     let url = format!(
         "http://{}/v2/registry.test:5000/team/app/blobs/{digest}",
         edge.http[0]

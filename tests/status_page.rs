@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::fault_upstream::{BlobMode, FaultUpstream};
+use common::edge_config::{fault_upstream, EdgeConfig, Upstream};
+use common::fake_upstream::{FakeUpstream, Faults};
 use common::images::pseudo_random;
 use common::Edge;
 use sha2::{Digest as _, Sha256};
@@ -21,18 +22,17 @@ fn hash(secret: &str) -> String {
 }
 
 /// An edge on 127.0.0.1 and 127.0.0.2 whose admin network is 127.0.0.1 only.
-fn edge(up: &FaultUpstream) -> Edge {
-    Edge::start(&format!(
-        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n\
-         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\nchunk_size = \"1MiB\"\n[cache]\ntag_ttl = \"0\"\n\
-         [auth]\nadmin_cidrs = [\"127.0.0.1/32\"]\n\
-         [[auth.token]]\nname = \"ops\"\nhash = \"{}\"\nscopes = [\"admin\"]\n\
-         [[auth.token]]\nname = \"ci\"\nhash = \"{}\"\nscopes = [\"pull:public\"]\n\
-         [[upstream]]\nname = \"fault.test\"\nurl = \"http://{}\"\ndefault = true\nconnect_timeout = \"2s\"\nread_timeout = \"120s\"\n",
-        hash(ADMIN_SECRET),
-        hash(PULL_SECRET),
-        up.addr
-    ))
+fn edge(up: &FakeUpstream) -> Edge {
+    EdgeConfig::new("{dir}/data")
+        .listen(&["127.0.0.1:0", "127.0.0.2:0"])
+        .max_size("1GiB")
+        .chunk_size("1MiB")
+        .tag_ttl("0")
+        .admin_cidrs(&["127.0.0.1/32"])
+        .token("ops", &hash(ADMIN_SECRET), &["admin"])
+        .token("ci", &hash(PULL_SECRET), &["pull:public"])
+        .upstream(fault_upstream(up).read_timeout("120s"))
+        .start()
 }
 
 async fn get_bytes(url: &str) -> Vec<u8> {
@@ -70,10 +70,10 @@ async fn status_json(edge: &Edge) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_in_chromium_matches_json_and_metrics() {
-    let up = FaultUpstream::start().await;
-    let a = up.add_blob(pseudo_random(1, 300_000), BlobMode::Normal);
-    let b = up.add_blob(pseudo_random(2, 200_000), BlobMode::Normal);
-    let stalled = up.add_blob(pseudo_random(3, 4 << 20), BlobMode::Stall);
+    let up = FakeUpstream::start().await;
+    let a = up.add_blob(pseudo_random(1, 300_000));
+    let b = up.add_blob(pseudo_random(2, 200_000));
+    let stalled = up.add_blob_with(pseudo_random(3, 4 << 20), Faults::none().stall_at(1024));
     let edge = edge(&up);
 
     // Pulls: misses of `a` and `b`; once both are stored, hits of `a` by two repositories;
@@ -212,7 +212,7 @@ async fn status_page_in_chromium_matches_json_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_refused_outside_admin_cidrs_without_an_admin_token() {
-    let up = FaultUpstream::start().await;
+    let up = FakeUpstream::start().await;
     let edge = edge(&up);
     let other = edge
         .http
@@ -333,28 +333,26 @@ async fn a_certificate_expiring_within_30_days_is_warned_about() {
 /// connections is `down` (and its row says so on the page), the one that answered is `up`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_are_listed_with_their_state() {
-    let up = FaultUpstream::start().await;
-    let blob = up.add_blob(pseudo_random(7, 100_000), BlobMode::Normal);
+    let up = FakeUpstream::start().await;
+    let blob = up.add_blob(pseudo_random(7, 100_000));
     // A port nothing listens on: connections to it are refused.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    let edge = Edge::start(&format!(
-        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n\
-         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\n\
-         [[upstream]]\nname = \"fault.test\"\nurls = [\"http://{dead}\", \"http://{}\"]\ndefault = true\nconnect_timeout = \"2s\"\n",
-        up.addr
-    ));
+    let edge = EdgeConfig::new("{dir}/data")
+        .max_size("1GiB")
+        .upstream(
+            Upstream::with_urls("fault.test", &[format!("http://{dead}"), up.url()])
+                .default()
+                .connect_timeout("2s"),
+        )
+        .start();
     get_bytes(&edge.url(&format!("/v2/team/app/blobs/{blob}"))).await;
     let status = status_json(&edge).await;
     let endpoints = &status["upstreams"][0]["endpoints"];
     assert_eq!(endpoints[0]["url"], format!("http://{dead}"), "{status}");
     assert_eq!(endpoints[0]["state"], "down", "{status}");
-    assert_eq!(
-        endpoints[1]["url"],
-        format!("http://{}", up.addr),
-        "{status}"
-    );
+    assert_eq!(endpoints[1]["url"], up.url(), "{status}");
     assert_eq!(endpoints[1]["state"], "up", "{status}");
     let page = String::from_utf8(get_bytes(&edge.url("/status")).await).expect("utf-8 page");
     assert!(

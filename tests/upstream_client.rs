@@ -2,27 +2,76 @@
 //! cache, Basic auth, redirects to another host, Range, status and transport error
 //! mapping, TLS trust settings.
 
-mod upstream_fakes;
+mod common;
 
-use bytes::Bytes;
+use common::fake_upstream::auth::{basic_header, Bearer};
+use common::fake_upstream::{closed_port, test_pki, Auth, FakeUpstream, Faults};
+use common::images::OCI_MANIFEST;
 use futures_util::StreamExt;
-use sparkcr_edge::config::HumanDuration;
+use sparkcr_edge::config::{HumanDuration, UpstreamConfig};
 use sparkcr_edge::metrics::Metrics;
-use sparkcr_edge::oci::Digest;
-use sparkcr_edge::upstream::{Upstream, UpstreamError};
-use std::sync::atomic::AtomicUsize;
+use sparkcr_edge::oci::{Digest, Reference, RepositoryName};
+use sparkcr_edge::upstream::{BlobBody, Upstream, UpstreamError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use upstream_fakes::registries::*;
-use upstream_fakes::{
-    challenge, closed_port, response, stalling_server, test_pki, with_header, FakeServer,
-};
+
+const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+
+fn init() {
+    // Another test may have installed it first; that is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn config(url: &str) -> UpstreamConfig {
+    let mut cfg = UpstreamConfig::builtin("fake", url, "fake");
+    cfg.connect_timeout = HumanDuration(Duration::from_secs(3));
+    cfg.read_timeout = HumanDuration(Duration::from_secs(5));
+    cfg
+}
+
+fn make_upstream(cfg: &UpstreamConfig) -> (Upstream, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let upstream = Upstream::from_config(cfg, &Default::default(), metrics.clone())
+        .expect("valid upstream config");
+    (upstream, metrics)
+}
+
+fn upstream_for(fake: &FakeUpstream) -> (Upstream, Arc<Metrics>) {
+    make_upstream(&config(&fake.url()))
+}
+
+fn repo() -> RepositoryName {
+    "team/app".parse().expect("valid name")
+}
+
+fn tag(t: &str) -> Reference {
+    t.parse().expect("valid tag")
+}
+
+async fn collect(mut body: BlobBody) -> Result<Vec<u8>, UpstreamError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// A fake serving `MANIFEST` as `team/app:v1`.
+async fn manifest_fake() -> FakeUpstream {
+    let fake = FakeUpstream::start().await;
+    fake.add_manifest("v1", MANIFEST.as_bytes());
+    fake
+}
 
 #[tokio::test]
 async fn bearer_token_is_fetched_once_per_scope_and_again_after_expiry() {
     init();
-    let issued = Arc::new(AtomicUsize::new(0));
-    let fake = FakeServer::start(bearer_registry(issued.clone(), 4, true, None)).await;
+    let fake = manifest_fake().await;
+    fake.set_auth(Auth::Bearer(
+        Bearer::new()
+            .lifetime(Duration::from_secs(4))
+            .anonymous(&["repository:team/app:pull"]),
+    ));
     let (upstream, metrics) = make_upstream(&config(&fake.url()));
 
     // Concurrent first requests: each is refused once, but they share one token fetch.
@@ -91,15 +140,14 @@ async fn bearer_token_is_fetched_once_per_scope_and_again_after_expiry() {
 #[tokio::test]
 async fn token_endpoint_gets_basic_credentials_and_default_scope() {
     init();
-    let issued = Arc::new(AtomicUsize::new(0));
-    let expected = basic("robot", "pa:ss");
-    let fake = FakeServer::start(bearer_registry(
-        issued.clone(),
-        300,
-        false, // no scope in the challenge: the client must use repository:team/app:pull
-        Some(expected.clone()),
-    ))
-    .await;
+    let expected = basic_header("robot", "pa:ss");
+    let fake = manifest_fake().await;
+    fake.set_auth(Auth::Bearer(
+        Bearer::new()
+            // No scope in the challenge: the client must use repository:team/app:pull.
+            .without_scope_in_challenge()
+            .user("robot", "pa:ss", &["repository:team/app:pull"]),
+    ));
     let mut cfg = config(&fake.url());
     cfg.username = Some("robot".into());
     cfg.password = Some("pa:ss".into());
@@ -142,7 +190,9 @@ async fn token_endpoint_gets_basic_credentials_and_default_scope() {
 #[tokio::test]
 async fn basic_auth_is_learnt_and_wrong_password_is_unauthorized() {
     init();
-    let fake = FakeServer::start(basic_registry(basic("bob", "secret"))).await;
+    let fake = manifest_fake().await;
+    fake.set_tags(&["v1"]);
+    fake.set_auth(Auth::basic("bob", "secret"));
     let mut cfg = config(&fake.url());
     cfg.username = Some("bob".into());
     cfg.password = Some("secret".into());
@@ -156,7 +206,9 @@ async fn basic_auth_is_learnt_and_wrong_password_is_unauthorized() {
         .tags_list(&repo(), Some("n=10&last=v0"))
         .await
         .expect("tags with Basic");
-    assert!(String::from_utf8_lossy(&tags).contains(r#""q":"n=10&last=v0""#));
+    assert!(String::from_utf8_lossy(&tags).contains(r#""tags":["v1"]"#));
+    let tag_requests = fake.requests_to("/v2/team/app/tags/list");
+    assert_eq!(tag_requests[0].query.as_deref(), Some("n=10&last=v0"));
     // One 401 to learn the scheme, then Basic up front.
     let unauthenticated = fake
         .requests()
@@ -191,7 +243,8 @@ async fn basic_auth_is_learnt_and_wrong_password_is_unauthorized() {
 #[tokio::test]
 async fn password_file_is_used_for_basic() {
     init();
-    let fake = FakeServer::start(basic_registry(basic("bob", "from-file"))).await;
+    let fake = manifest_fake().await;
+    fake.set_auth(Auth::basic("bob", "from-file"));
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), "from-file\n").expect("write password file");
     let mut cfg = config(&fake.url());
@@ -215,31 +268,13 @@ async fn password_file_is_used_for_basic() {
 #[tokio::test]
 async fn redirect_to_another_host_drops_authorization() {
     init();
-    let blob = Bytes::from_static(b"layer bytes from the CDN");
-    let digest = Digest::of(&blob);
-    let cdn_blob = blob.clone();
-    let cdn = FakeServer::start(move |_| {
-        Arc::new(move |req| {
-            if req.path == "/cdn/layer" {
-                response(200, cdn_blob.clone())
-            } else {
-                response(404, "")
-            }
-        })
-    })
-    .await;
+    let blob = b"layer bytes from the CDN".to_vec();
+    let cdn = FakeUpstream::start().await;
     // Reached as `localhost`, a different host name than the registry's 127.0.0.1.
-    let cdn_url = format!("http://localhost:{}/cdn/layer", cdn.addr.port());
-    let expected = basic("bob", "secret");
-    let registry = FakeServer::start(move |_| {
-        Arc::new(move |req| {
-            if req.header("authorization") != Some(expected.as_str()) {
-                return challenge(r#"Basic realm="fake""#);
-            }
-            with_header(response(307, ""), "location", &cdn_url)
-        })
-    })
-    .await;
+    let registry = FakeUpstream::start().await;
+    let digest: Digest = registry.add_blob(blob.clone()).parse().expect("digest");
+    registry.set_auth(Auth::basic("bob", "secret"));
+    registry.redirect_blobs_to(&cdn, Duration::from_secs(60));
     let mut cfg = config(&registry.url());
     cfg.username = Some("bob".into());
     cfg.password = Some("secret".into());
@@ -256,9 +291,10 @@ async fn redirect_to_another_host_drops_authorization() {
     assert_eq!(registry_requests.len(), 2);
     assert_eq!(
         registry_requests[1].header("authorization"),
-        Some(basic("bob", "secret").as_str())
+        Some(basic_header("bob", "secret").as_str())
     );
-    let cdn_requests = cdn.requests_to("/cdn/layer");
+    assert_eq!(registry.redirects(&digest.to_string()), 1);
+    let cdn_requests = cdn.requests_to(&format!("/cdn/blobs/{digest}"));
     assert_eq!(cdn_requests.len(), 1);
     assert_eq!(cdn_requests[0].header("authorization"), None);
     assert_eq!(
@@ -270,8 +306,9 @@ async fn redirect_to_another_host_drops_authorization() {
 #[tokio::test]
 async fn range_requests_report_start_and_full_size() {
     init();
-    let digest = Digest::of(b"whatever");
-    let fake = FakeServer::start(range_registry(true)).await;
+    let blob: Vec<u8> = (0..100u8).collect();
+    let fake = FakeUpstream::start().await;
+    let digest: Digest = fake.add_blob(blob.clone()).parse().expect("digest");
     let (upstream, _) = make_upstream(&config(&fake.url()));
 
     let partial = upstream
@@ -299,7 +336,8 @@ async fn range_requests_report_start_and_full_size() {
     );
 
     // An upstream that ignores Range: the whole blob from 0.
-    let ignoring = FakeServer::start(range_registry(false)).await;
+    let ignoring = FakeUpstream::start().await;
+    ignoring.add_blob_with(blob, Faults::none().ignore_range());
     let (upstream, _) = upstream_for(&ignoring);
     let whole = upstream
         .blob(&repo(), &digest, Some((10, Some(19))))
@@ -312,29 +350,28 @@ async fn range_requests_report_start_and_full_size() {
 #[tokio::test]
 async fn statuses_map_to_errors_the_cache_can_act_on() {
     init();
-    let fake = FakeServer::start(|_| {
-        Arc::new(|req| match req.path.as_str() {
-            "/v2/team/app/manifests/limited" => {
-                with_header(response(429, "slow down"), "retry-after", "7")
-            }
-            "/v2/team/app/manifests/down" => response(
-                503,
-                r#"{"errors":[{"code":"UNAVAILABLE","message":"maintenance"}]}"#,
-            ),
-            "/v2/team/app/manifests/huge" => with_header(
-                response(200, vec![b' '; 5 * 1024 * 1024]),
-                "content-type",
-                OCI_MANIFEST,
-            ),
-            "/v2/team/app/manifests/denied" => response(403, ""),
-            "/v2/team/app/manifests/bad" => response(400, "no"),
-            _ => response(
-                404,
-                r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
-            ),
-        })
-    })
-    .await;
+    let fake = FakeUpstream::start().await;
+    let m = "/v2/team/app/manifests/";
+    fake.canned(
+        &format!("{m}limited"),
+        429,
+        &[("retry-after", "7")],
+        "slow down",
+    );
+    fake.canned(
+        &format!("{m}down"),
+        503,
+        &[],
+        r#"{"errors":[{"code":"UNAVAILABLE","message":"maintenance"}]}"#,
+    );
+    fake.canned(
+        &format!("{m}huge"),
+        200,
+        &[("content-type", OCI_MANIFEST)],
+        vec![b' '; 5 * 1024 * 1024],
+    );
+    fake.canned(&format!("{m}denied"), 403, &[], "");
+    fake.canned(&format!("{m}bad"), 400, &[], "no");
     let (upstream, metrics) = upstream_for(&fake);
     let get = |t: &'static str| {
         let upstream = upstream.clone();
@@ -429,8 +466,9 @@ async fn connection_refused_is_connect_and_unavailable() {
 #[tokio::test]
 async fn stalled_upstream_times_out() {
     init();
-    let (addr, task) = stalling_server(b"").await;
-    let mut cfg = config(&format!("http://{addr}"));
+    let fake = FakeUpstream::start().await;
+    fake.hang(true);
+    let mut cfg = config(&fake.url());
     cfg.read_timeout = HumanDuration(Duration::from_millis(300));
     let (upstream, _) = make_upstream(&cfg);
     let started = Instant::now();
@@ -444,19 +482,23 @@ async fn stalled_upstream_times_out() {
     assert!(matches!(err, UpstreamError::Timeout(_)), "{err:?}");
     assert!(err.is_unavailable());
     assert!(started.elapsed() < Duration::from_secs(5));
-    task.abort();
 }
 
 #[tokio::test]
 async fn blob_body_stalling_mid_way_ends_with_timeout() {
     init();
-    let (addr, task) =
-        stalling_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst ten!").await;
-    let mut cfg = config(&format!("http://{addr}"));
+    let fake = FakeUpstream::start().await;
+    let mut bytes = b"first ten!".to_vec();
+    bytes.resize(100, b'.');
+    let digest: Digest = fake
+        .add_blob_with(bytes, Faults::none().stall_at(10))
+        .parse()
+        .expect("digest");
+    let mut cfg = config(&fake.url());
     cfg.read_timeout = HumanDuration(Duration::from_millis(300));
     let (upstream, metrics) = make_upstream(&cfg);
     let response = upstream
-        .blob(&repo(), &Digest::of(b"x"), None)
+        .blob(&repo(), &digest, None)
         .await
         .expect("headers arrive");
     assert_eq!(response.size, Some(100));
@@ -480,17 +522,14 @@ async fn blob_body_stalling_mid_way_ends_with_timeout() {
         metrics.upstream_bytes.with_label_values(&["fake"]).get(),
         10
     );
-    task.abort();
 }
 
 #[tokio::test]
 async fn https_upstream_trust_settings() {
     init();
     let pki = test_pki();
-    let fake = FakeServer::start_tls(pki.server_config.clone(), |_| {
-        Arc::new(|_| manifest_response())
-    })
-    .await;
+    let fake = FakeUpstream::start_tls(pki.server_config.clone()).await;
+    fake.add_manifest("v1", MANIFEST.as_bytes());
     let url = format!("https://localhost:{}", fake.addr.port());
 
     // The system roots do not include the test CA.

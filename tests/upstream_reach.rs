@@ -6,7 +6,8 @@
 //! fault-injecting fake upstream.
 
 mod common;
-use common::fault_upstream::*;
+use common::edge_config::edge_for;
+use common::fake_upstream::{FakeUpstream, Faults, Target};
 use common::images::*;
 use common::proxies::*;
 use common::pull::*;
@@ -231,25 +232,18 @@ fn check_config_redacts_and_rejects_proxies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_waited_out_or_passed_on() {
     use std::time::{Duration, Instant, SystemTime};
-    let up = FaultUpstream::start().await;
+    let up = FakeUpstream::start().await;
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec();
     for tag in ["v1", "v2", "v3"] {
-        up.state
-            .lock()
-            .expect("lock")
-            .manifests
-            .insert(tag.into(), manifest.clone());
+        up.add_manifest(tag, &manifest);
     }
-    let limited_blob = up.add_blob(pseudo_random(9, 10_000), BlobMode::TooManyRequests);
+    let limited_blob =
+        up.add_blob_with(pseudo_random(9, 10_000), Faults::none().refuse(429, "3600"));
     let edge = edge_for(&up);
     let client = reqwest::Client::new();
     let get = |path: String| client.get(edge.url(&path)).send();
     let set_mode = |status: u16, retry_after: String, times: usize| {
-        up.state.lock().expect("lock").manifest_mode = ManifestMode::RateLimited {
-            status,
-            retry_after,
-            times,
-        };
+        up.rate_limit(Target::Manifests, status, &retry_after, times);
     };
 
     // 429, Retry-After: 1 → waited out.
@@ -262,7 +256,11 @@ async fn rate_limits_waited_out_or_passed_on() {
         took >= Duration::from_millis(950) && took < Duration::from_secs(4),
         "waited {took:?}"
     );
-    assert_eq!(up.requests("/manifests/v1").len(), 2, "one retry");
+    assert_eq!(
+        up.requests_containing("/manifests/v1").len(),
+        2,
+        "one retry"
+    );
 
     // 503 with an HTTP-date two seconds ahead → waited out too.
     let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
@@ -275,7 +273,7 @@ async fn rate_limits_waited_out_or_passed_on() {
         "{:?}",
         t.elapsed()
     );
-    assert_eq!(up.requests("/manifests/v2").len(), 2);
+    assert_eq!(up.requests_containing("/manifests/v2").len(), 2);
 
     // Retry-After: 3600 → the client gets 429 at once, with the upstream's delay.
     set_mode(429, "3600".into(), 100);
@@ -298,7 +296,7 @@ async fn rate_limits_waited_out_or_passed_on() {
         !detail.contains("Some(") && !detail.contains("unreachable"),
         "{body}"
     );
-    up.state.lock().expect("lock").manifest_mode = ManifestMode::Ok;
+    up.clear_rate_limit();
 
     // A blob fill that meets a long rate limit: 429 with Retry-After too.
     let r = get(format!("/v2/team/app/blobs/{limited_blob}"))

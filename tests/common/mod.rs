@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 pub mod containerd;
-pub mod fault_upstream;
+pub mod edge_config;
+pub mod fake_upstream;
 pub mod images;
 pub mod proxies;
 pub mod pull;
