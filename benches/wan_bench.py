@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""First pulls over an emulated WAN: direct vs through a cold edge, side by side in one run.
+
+    python3 benches/wan_bench.py --binary target/release/sparkcr-edge            # profiles a, b, c
+    python3 benches/wan_bench.py --binary ... --profile a --out /tmp/wan.md
+    python3 benches/wan_bench.py --binary ... --smoke                            # tiny, ~1 min
+
+The upstream is Debian's `docker-registry` (registry:2) over HTTPS (h2 and http/1.1), behind
+`benches/wan_relay.py` (delay, a per-flow window, one shared link, an optional per-flow
+cap). "Direct" is curl talking to the upstream through the relay, each request on its own
+connection, as Docker and containerd fetch layers; "edge" is the same curl talking to a
+freshly started edge on loopback (the LAN), whose upstream is the relay. Every blob is
+used once per profile, so each edge request is a cold miss.
+
+Cases, per profile:
+- one big blob;
+- 4 layers at once (4 clients, 4 blobs);
+- 4 concurrent ranges on one cold blob, open-ended (`bytes=N-`, the way containerd 2.1+
+  splits a layer) and bounded: the time to headers of each (containerd 2.3 drops a response
+  without headers after 30 s) and to its last byte.
+
+Profiles (the WAN first-pull issue's): (a) RTT 150 ms, window 4 MiB, 1 Gbit/s link,
+256 MiB blob, 4 x 64 MiB layers; (b) RTT 250 ms, per-flow cap 3 MB/s, 200 Mbit/s link,
+64 MiB blob, 4 x 16 MiB layers; (c) RTT 20 ms, window 4 MiB, no link cap (regional).
+
+Imports benches/harness.py for its server, blob and config helpers (one way only). Python
+3.11 standard library; needs docker-registry, curl, openssl. Traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # noqa: E402
+
+MiB = h.MiB
+HOST = h.HOST
+RELAY = Path(__file__).resolve().parent / "wan_relay.py"
+
+PROFILES = {
+    "a": dict(rtt=0.150, window=4 * MiB, link=125e6, flow=0, blob=256 * MiB, layer=64 * MiB,
+              label="RTT 150 ms, window 4 MiB, link 1 Gbit/s"),
+    "b": dict(rtt=0.250, window=4 * MiB, link=25e6, flow=3e6, blob=64 * MiB, layer=16 * MiB,
+              label="RTT 250 ms, per-flow 3 MB/s, link 200 Mbit/s"),
+    "c": dict(rtt=0.020, window=4 * MiB, link=0, flow=0, blob=256 * MiB, layer=64 * MiB,
+              label="RTT 20 ms, window 4 MiB, no link cap"),
+}
+SMOKE_SIZES = dict(blob=8 * MiB, layer=2 * MiB)
+
+
+def make_pki(d: Path) -> tuple[Path, Path, Path, ssl.SSLContext]:
+    """A CA and a leaf for 127.0.0.1 signed by it (rustls refuses a self-signed leaf that is
+    its own CA); returns (ca, leaf cert, leaf key, a client context trusting the CA)."""
+    d.mkdir()
+    ca, ca_key, cert, key, csr = (d / n for n in ("ca.pem", "ca-key.pem", "cert.pem", "key.pem", "leaf.csr"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    h.run(["openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+           "-subj", "/CN=wan-bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+           "-addext", "keyUsage=critical,keyCertSign"], timeout=60)
+    h.run(["openssl", "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={HOST}"], timeout=60)
+    ext = d / "leaf.ext"
+    ext.write_text(f"subjectAltName=IP:{HOST}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    h.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+           "-out", str(cert), "-days", "2", "-extfile", str(ext)], timeout=60)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    return ca, cert, key, ctx
+
+
+def start_tls_registry(tmp: Path, cert: Path, key: Path) -> h.Server:
+    d = tmp / "registry"
+    d.mkdir()
+    port = h.free_port()
+    cfg = (
+        "version: 0.1\nlog:\n  level: warn\n  formatter: text\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {d}/storage\n"
+        f"http:\n  addr: {HOST}:{port}\n  tls:\n    certificate: {cert}\n    key: {key}\n"
+    )
+    (d / "config.yml").write_text(cfg)
+    s = h.Server("registry", [h.REGISTRY_BIN, "serve", str(d / "config.yml")], d / "log.txt", port)
+    s.wait_port()
+    return s
+
+
+def start_relay(tmp: Path, name: str, target: int, p: dict) -> h.Server:
+    port = h.free_port()
+    cmd = [sys.executable, str(RELAY), "--listen-port", str(port), "--target-port", str(target),
+           "--rtt", str(p["rtt"]), "--window", str(p["window"]), "--link-rate", str(p["link"]),
+           "--flow-rate", str(p["flow"])]
+    s = h.Server(name, cmd, tmp / f"{name}.log", port)
+    s.wait_port()
+    return s
+
+
+def start_edge(binary: Path, tmp: Path, name: str, relay_port: int, cert: Path) -> h.Server:
+    d = tmp / name
+    d.mkdir()
+    port = h.free_port()
+    cfg = (
+        "builtin_upstreams = false\n"
+        f"[server]\nlisten = [\"{HOST}:{port}\"]\nhostname = \"localhost\"\nshutdown_grace = \"5s\"\n"
+        f"[storage]\npath = \"{d}/data\"\nmax_size = \"8GiB\"\n"
+        "[log]\nlevel = \"info\"\nformat = \"text\"\n"
+        f"[[upstream]]\nname = \"upstream.bench.test\"\nurl = \"https://{HOST}:{relay_port}\"\n"
+        f"ca_file = \"{cert}\"\ndefault = true\n"
+    )
+    (d / "config.toml").write_text(cfg)
+    s = h.Server(name, [str(binary), "serve", "--config", str(d / "config.toml")], d / "log.txt", port)
+    deadline = time.monotonic() + 60
+    while "ready to serve" not in s.log_text():
+        if not s.alive() or time.monotonic() > deadline:
+            raise h.BenchError(f"{name} did not start:\n{s.log_text()[-3000:]}")
+        time.sleep(0.02)
+    return s
+
+
+def curl(url: str, cert: Path | None, rng: str | None = None, timeout: float = 600) -> dict:
+    """One GET on its own connection; times to headers and to the last byte, size, status."""
+    cmd = ["curl", "-sS", "-o", "/dev/null", "--max-time", str(timeout), "-w",
+           "%{http_code} %{time_starttransfer} %{time_total} %{size_download}"]
+    if cert:
+        cmd += ["--cacert", str(cert)]
+    if rng:
+        cmd += ["-H", f"Range: bytes={rng}"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=timeout + 10)
+    parts = out.stdout.split()
+    if out.returncode != 0 or len(parts) != 4:
+        raise h.BenchError(f"curl {url} ({rng}): rc {out.returncode} {out.stdout} {out.stderr[-500:]}")
+    return dict(status=int(parts[0]), headers=float(parts[1]), total=float(parts[2]), size=int(parts[3]))
+
+
+def together(calls) -> tuple[float, list[dict]]:
+    """Runs the calls at once; returns the wall time and each result."""
+    results: list = [None] * len(calls)
+    errors: list = []
+
+    def run(i, f):
+        try:
+            results[i] = f()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.monotonic() - t0, results
+
+
+def check(res: dict, size: int, status: int, what: str) -> None:
+    if res["status"] != status or res["size"] != size:
+        raise h.BenchError(f"{what}: HTTP {res['status']}, {res['size']} bytes; want {status}, {size}")
+
+
+def range_specs(size: int) -> list[tuple[str, int]]:
+    """4 open-ended ranges splitting the blob, and 4 bounded ones of 1/8 each."""
+    q = size // 4
+    open_ended = [(f"{i * q}-", size - i * q) for i in range(4)]
+    eighth = size // 8
+    bounded = [(f"{i * 2 * eighth}-{i * 2 * eighth + eighth - 1}", eighth) for i in range(4)]
+    return open_ended + bounded
+
+
+def profile_run(binary: Path, tmp: Path, reg: h.Server, cert: Path, tls: ssl.SSLContext,
+                name: str, p: dict) -> dict:
+    blob_path = tmp / "blob.bin"
+
+    def new_blob(size: int) -> str:
+        digest = h.make_blob(blob_path, size)
+        conn = h._conn(reg.port, tls=tls)
+        try:
+            with open(blob_path, "rb") as f:
+                h.push_blob(conn, f, size, digest)
+        finally:
+            conn.close()
+        return digest
+    # Two of each: one for the direct client, one for the edge (each cold where it is read).
+    big = [new_blob(p["blob"]) for _ in range(2)]
+    layers = [[new_blob(p["layer"]) for _ in range(4)] for _ in range(2)]
+    ranged = [new_blob(p["blob"]) for _ in range(4)]
+    blob_path.unlink()
+    relay = start_relay(tmp, f"relay-{name}", reg.port, p)
+    edge = start_edge(binary, tmp, f"edge-{name}", relay.port, cert)
+    direct_url = f"https://{HOST}:{relay.port}/v2/{h.REPO}/blobs/"
+    edge_url = f"http://{HOST}:{edge.port}/v2/{h.REPO}/blobs/"
+    r: dict = {"profile": name, "label": p["label"]}
+    try:
+        # A pull asks for the manifest first: both sides start with a warm upstream
+        # connection (the direct client's is its own; the edge's is the one it keeps).
+        curl(f"https://{HOST}:{relay.port}/v2/", cert)
+        curl(f"http://{HOST}:{edge.port}/v2/{h.REPO}/manifests/warm-up", None)
+        d = curl(direct_url + big[0], cert)
+        check(d, p["blob"], 200, "direct big blob")
+        e = curl(edge_url + big[1], None)
+        check(e, p["blob"], 200, "edge big blob")
+        r["big"] = dict(size=p["blob"], direct=d["total"], edge=e["total"],
+                        direct_headers=d["headers"], edge_headers=e["headers"],
+                        link_limit=p["blob"] / p["link"] if p["link"] else None)
+        wall_d, _ = together([lambda dg=dg: curl(direct_url + dg, cert) for dg in layers[0]])
+        wall_e, res = together([lambda dg=dg: curl(edge_url + dg, None) for dg in layers[1]])
+        for x in res:
+            check(x, p["layer"], 200, "edge layer")
+        r["layers"] = dict(size=p["layer"], direct=wall_d, edge=wall_e)
+        specs = range_specs(p["blob"])
+        for kind, sl, blobs in (("open", slice(0, 4), ranged[0:2]), ("bounded", slice(4, 8), ranged[2:4])):
+            wall_d, res_d = together([lambda s=s: curl(direct_url + blobs[0], cert, s[0]) for s in specs[sl]])
+            wall_e, res_e = together([lambda s=s: curl(edge_url + blobs[1], None, s[0], 120) for s in specs[sl]])
+            for x, s in zip(res_e, specs[sl]):
+                check(x, s[1], 206, f"edge range {s[0]}")
+            r[f"ranges_{kind}"] = dict(
+                direct=wall_d, edge=wall_e,
+                direct_headers=max(x["headers"] for x in res_d),
+                edge_headers=max(x["headers"] for x in res_e),
+            )
+    except h.BenchError:
+        h.log(f"edge log:\n{edge.log_text()[-3000:]}\nrelay log:\n{relay.log_text()[-1000:]}")
+        raise
+    finally:
+        h.retire(edge, relay)
+    return r
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} s"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def report(results: list[dict], info: str) -> str:
+    out = [
+        "## First pull over an emulated WAN (`benches/wan_bench.py`)",
+        "",
+        info,
+        "",
+        "| profile | case | direct | through a cold edge | edge / direct | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        b = r["big"]
+        link = f"link limit {b['link_limit']:.2f} s" if b["link_limit"] else ""
+        out.append(f"| {r['profile']}: {r['label']} | one {b['size'] >> 20} MiB blob | {fmt(b['direct'])} | "
+                   f"{fmt(b['edge'])} | {ratio(b['edge'], b['direct'])} | headers {fmt(b['direct_headers'])} / "
+                   f"{fmt(b['edge_headers'])}; {link} |")
+        lay = r["layers"]
+        out.append(f"| {r['profile']} | 4 x {lay['size'] >> 20} MiB layers at once | {fmt(lay['direct'])} | "
+                   f"{fmt(lay['edge'])} | {ratio(lay['edge'], lay['direct'])} | |")
+        for kind in ("open", "bounded"):
+            x = r[f"ranges_{kind}"]
+            out.append(f"| {r['profile']} | 4 {kind} ranges, one cold blob | {fmt(x['direct'])} | {fmt(x['edge'])} | "
+                       f"{ratio(x['edge'], x['direct'])} | slowest headers {fmt(x['direct_headers'])} / "
+                       f"{fmt(x['edge_headers'])} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", type=Path, required=True)
+    ap.add_argument("--profile", action="append", choices=sorted(PROFILES), help="default: all")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes")
+    ap.add_argument("--out", type=Path, help="write the report here (default: print only)")
+    args = ap.parse_args()
+    for tool in ("curl", "openssl", h.REGISTRY_BIN):
+        if not shutil.which(tool) and not Path(tool).exists():
+            print(f"needs {tool}", file=sys.stderr)
+            return 2
+    results = []
+    with tempfile.TemporaryDirectory(prefix="wan-bench-") as t:
+        tmp = Path(t)
+        ca, cert, key, tls = make_pki(tmp / "tls")
+        reg = start_tls_registry(tmp, cert, key)
+        try:
+            for name in args.profile or sorted(PROFILES):
+                p = dict(PROFILES[name])
+                if args.smoke:
+                    p.update(SMOKE_SIZES)
+                h.log(f"profile {name}: {p['label']}")
+                results.append(profile_run(args.binary, tmp, reg, ca, tls, name, p))
+                h.log(report(results[-1:], ""))
+        finally:
+            h.stop_all()
+    info = (f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores; "
+            f"binary {args.binary}; upstream registry:2 over HTTPS behind benches/wan_relay.py; "
+            "curl, one connection per request; times are wall seconds of one run.")
+    text = report(results, info)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
