@@ -26,7 +26,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 fn abort(msg: impl Into<String>) -> io::Error {
@@ -68,6 +68,51 @@ pub(super) struct OnStall {
     pub take_over: TakeOver,
 }
 
+/// Why a follower of a stalled fill gives up.
+pub(super) const STALLED: &str = "the blob fill stalled and no new one could start";
+
+/// What became of a growing blob a follower waited on.
+pub(super) enum Watched {
+    /// Something changed (bytes, or the end): look again.
+    Changed,
+    /// The fill is gone without an end.
+    Stopped,
+    /// No new bytes for the stall limit.
+    Stalled,
+}
+
+/// A follower's watch on its fill's progress: stalled only when no new byte arrived for
+/// `after`, however long the follower itself took between waits.
+pub(super) struct StallWatch {
+    seen: u64,
+    moved: Instant,
+    after: Duration,
+}
+
+impl StallWatch {
+    pub fn new(blob: &GrowingBlob, after: Duration) -> StallWatch {
+        StallWatch {
+            seen: blob.received(),
+            moved: Instant::now(),
+            after,
+        }
+    }
+
+    /// Waits for a change of `blob` (`rx` is its subscription), at most until it has had
+    /// no new bytes for the limit.
+    pub async fn wait(&mut self, blob: &GrowingBlob, rx: &mut watch::Receiver<u64>) -> Watched {
+        let received = blob.received();
+        if received != self.seen {
+            (self.seen, self.moved) = (received, Instant::now());
+        }
+        match tokio::time::timeout_at(self.moved + self.after, rx.changed()).await {
+            Ok(Ok(())) => Watched::Changed,
+            Ok(Err(_)) => Watched::Stopped,
+            Err(_) => Watched::Stalled,
+        }
+    }
+}
+
 /// Frames in flight between a follower task and its response.
 const FOLLOW_QUEUE: usize = 2;
 
@@ -99,9 +144,7 @@ async fn follow_task(
         .metrics
         .served_bytes
         .with_label_values(&["upstream"]);
-    // The fill's progress as last seen, and when it last moved.
-    let mut seen = blob.received();
-    let mut moved = Instant::now();
+    let mut stall = StallWatch::new(&blob, on_stall.after);
     loop {
         let want = end.map_or(READ_FRAME as u64, |e| e.saturating_sub(pos));
         if want == 0 {
@@ -116,34 +159,23 @@ async fn follow_task(
                     return; // the client went away
                 }
             }
-            BlobRead::Wait => {
-                let received = blob.received();
-                if received != seen {
-                    (seen, moved) = (received, Instant::now());
+            BlobRead::Wait => match stall.wait(&blob, &mut rx).await {
+                Watched::Changed => {}
+                Watched::Stopped => {
+                    let _ = tx.send(Err(abort("the blob fill stopped"))).await;
+                    return;
                 }
-                match tokio::time::timeout_at(moved + on_stall.after, rx.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        let _ = tx.send(Err(abort("the blob fill stopped"))).await;
+                Watched::Stalled => {
+                    tracing::warn!(digest = %blob.digest(), received = blob.received(), offset = pos, "blob fill stalled; a waiting client takes it over");
+                    let Some(fresh) = (on_stall.take_over)(Arc::clone(&blob)).await else {
+                        let _ = tx.send(Err(abort(STALLED))).await;
                         return;
-                    }
-                    Err(_) => {
-                        // No new bytes for `after`: a new fill takes over from here.
-                        tracing::warn!(digest = %blob.digest(), received, offset = pos, "blob fill stalled; a waiting client takes it over");
-                        let Some(fresh) = (on_stall.take_over)(Arc::clone(&blob)).await else {
-                            let _ = tx
-                                .send(Err(abort(
-                                    "the blob fill stalled and no new one could start",
-                                )))
-                                .await;
-                            return;
-                        };
-                        blob = fresh;
-                        rx = blob.subscribe();
-                        (seen, moved) = (blob.received(), Instant::now());
-                    }
+                    };
+                    blob = fresh;
+                    rx = blob.subscribe();
+                    stall = StallWatch::new(&blob, on_stall.after);
                 }
-            }
+            },
             BlobRead::End => {
                 if end.is_some_and(|e| pos < e) {
                     let _ = tx

@@ -9,7 +9,7 @@
 //! A client following a fill that delivers no new bytes for `cache.follower_stall` takes
 //! it over (`FillStarter::take_over`): never a deadline on a fill still delivering bytes.
 
-use super::blob_stream::{self, OnStall, Refetch, TakeOverFuture};
+use super::blob_stream::{self, OnStall, Refetch, StallWatch, TakeOverFuture, Watched, STALLED};
 use super::fill::{FillJob, FillKey};
 use super::fill_registry::{FillFollower, FillLead, FillOrigin, FillRegistry, FillRole};
 use super::flight::Landing;
@@ -19,7 +19,7 @@ use super::{BlobAnswer, Cache, CacheError, FetchFailure};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::oci::{ByteRangeSpec, RepoTarget};
-use crate::store::{GrowingBlob, Store};
+use crate::store::{GrowingBlob, GrowthFailure, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,13 +168,9 @@ impl Cache {
         })
     }
 
-    /// The growing blob of the fill for `key`: joined, or started by this request.
-    async fn join_fill(
-        &self,
-        starter: &FillStarter,
-        target: &RepoTarget,
-        digest: &Digest,
-    ) -> Result<Arc<GrowingBlob>, CacheError> {
+    /// The growing blob of the fill `starter` is for: joined, or started by this request.
+    async fn join_fill(&self, starter: &FillStarter) -> Result<Arc<GrowingBlob>, CacheError> {
+        let (target, digest) = (&starter.target, &starter.digest);
         let mut tries = 0;
         loop {
             let follower = match starter.claim() {
@@ -216,6 +212,39 @@ impl Cache {
                             "the blob fill stopped before it started; retry".into(),
                         ),
                     })
+                }
+            }
+        }
+    }
+
+    /// `blob` once verified, or the blob of the fill that took over when it stalled (no new
+    /// bytes for `cache.follower_stall`).
+    async fn verified(
+        &self,
+        mut blob: Arc<GrowingBlob>,
+        starter: &FillStarter,
+    ) -> Result<Arc<GrowingBlob>, CacheError> {
+        let failed =
+            |f| self.fetch_failure(&starter.target, f, CacheError::BlobUnknown(starter.digest));
+        let mut rx = blob.subscribe();
+        let mut stall = StallWatch::new(&blob, self.settings.follower_stall);
+        loop {
+            rx.borrow_and_update();
+            match blob.outcome() {
+                Some(Ok(())) => return Ok(blob),
+                Some(Err(f)) => return Err(failed(f)),
+                None => {}
+            }
+            match stall.wait(&blob, &mut rx).await {
+                Watched::Changed => {}
+                Watched::Stopped => return Err(failed(GrowthFailure::Abandoned)),
+                Watched::Stalled => {
+                    let Some(fresh) = starter.take_over(Arc::clone(&blob)).await else {
+                        return Err(failed(GrowthFailure::Source(STALLED.into())));
+                    };
+                    blob = fresh;
+                    rx = blob.subscribe();
+                    stall = StallWatch::new(&blob, self.settings.follower_stall);
                 }
             }
         }
@@ -276,12 +305,10 @@ impl Cache {
             });
         }
         let starter = self.fill_starter(target, digest, &key, requester)?;
-        let blob = self.join_fill(&starter, target, digest).await?;
+        let mut blob = self.join_fill(&starter).await?;
         if range.is_some() && !head {
             // Only verified bytes answer a range: wait for the whole blob.
-            blob.verified()
-                .await
-                .map_err(|f| self.fetch_failure(target, f, CacheError::BlobUnknown(*digest)))?;
+            blob = self.verified(blob, &starter).await?;
         }
         // Without a size (no Content-Length upstream) the whole blob is streamed.
         let (start, end, partial, size) = match blob.size() {

@@ -466,6 +466,28 @@ async fn a_stalled_fill_is_taken_over_by_a_waiting_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_waiting_on_a_stalled_fill_is_answered_by_the_fill_that_takes_over() {
+    let h = with_stall(Duration::from_millis(300));
+    let bytes = layer(LAYER, 12);
+    let d = h.fake().add_blob(&bytes, &["team/app"]);
+    h.fake().script(&[Body::StallAfter(2 * fake::FRAME)]);
+    let (range, target) = (
+        crate::oci::ByteRangeSpec::FromTo(1000, 1999),
+        target_on(UP, "team/app"),
+    );
+    let get = h.cache.blob(&target, &d, Some(range), false);
+    let answer = tokio::time::timeout(Duration::from_secs(20), get)
+        .await
+        .expect("not left waiting")
+        .expect("range");
+    assert!(answer.partial);
+    let got = read_all(answer.body.expect("body")).await;
+    assert_eq!(got.as_deref(), Ok(&bytes[1000..2000]));
+    assert_eq!(h.fake().calls().blob_gets.len(), 2);
+    assert_eq!(h.metrics.fill_takeovers.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_fill_that_keeps_delivering_is_not_taken_over() {
     let h = with_stall(Duration::from_millis(200));
     let bytes = layer(LAYER, 9);
