@@ -178,3 +178,122 @@ impl ResumingBody {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::sources::{SourceFuture, SourcedBlob};
+    use std::sync::Mutex;
+
+    /// Answers each request with the next scripted body: `(start, bytes, breaks)`.
+    struct Scripted {
+        answers: Mutex<Vec<(u64, &'static [u8], bool)>>,
+        asked: Mutex<Vec<Option<u64>>>,
+    }
+
+    fn body(bytes: &'static [u8], breaks: bool) -> BlobBody {
+        let mut frames = vec![Ok(Bytes::from_static(bytes))];
+        if breaks {
+            frames.push(Err(UpstreamError::Body("reset".into())));
+        }
+        BlobBody::from_stream(futures_util::stream::iter(frames))
+    }
+
+    impl BlobSource for Scripted {
+        fn blob<'a>(
+            &'a self,
+            target: &'a RepoTarget,
+            _digest: &'a Digest,
+            from: Option<u64>,
+        ) -> SourceFuture<'a, SourcedBlob> {
+            self.asked.lock().expect("lock").push(from);
+            let next = self.answers.lock().expect("lock").pop();
+            Box::pin(async move {
+                let (start, bytes, breaks) = next.ok_or(UpstreamError::NotFound)?;
+                let response = BlobResponse {
+                    size: Some(10),
+                    start,
+                    body: body(bytes, breaks),
+                };
+                Ok(SourcedBlob::for_repo(response, target))
+            })
+        }
+
+        fn blob_size<'a>(
+            &'a self,
+            _target: &'a RepoTarget,
+            _digest: &'a Digest,
+        ) -> SourceFuture<'a, Option<u64>> {
+            Box::pin(async { Ok(Some(10)) })
+        }
+    }
+
+    /// Reads a 10-byte blob whose first body is `b"0123"` then breaks; the resumes answer
+    /// `answers` (last first).
+    async fn read(answers: Vec<(u64, &'static [u8], bool)>) -> (Result<Vec<u8>, String>, usize) {
+        let source = Arc::new(Scripted {
+            answers: Mutex::new(answers),
+            asked: Mutex::new(Vec::new()),
+        });
+        let from = ResumeFrom {
+            source: source.clone(),
+            target: RepoTarget {
+                upstream: "up".into(),
+                repo: "r".parse().expect("name"),
+            },
+            digest: Digest::of(b"0123456789"),
+            resumes: None,
+        };
+        let first = BlobResponse {
+            size: Some(10),
+            start: 0,
+            body: body(b"0123", true),
+        };
+        let mut out = Vec::new();
+        let result = async {
+            let mut body = ResumingBody::new(first, 0, Some(10), from)?;
+            loop {
+                while let Some(b) = body.next_frame().await {
+                    out.extend_from_slice(&b);
+                }
+                if !body.resume().await? {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        let asked = source.asked.lock().expect("lock").len();
+        (
+            result
+                .map(|()| out)
+                .map_err(|f: GrowthFailure| f.to_string()),
+            asked,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_resume_from_a_source_that_ignored_the_range_skips_what_was_read() {
+        let (got, asked) = read(vec![(0, b"0123456789", false)]).await;
+        assert_eq!(got.as_deref(), Ok(&b"0123456789"[..]));
+        assert_eq!(asked, 1);
+    }
+
+    #[tokio::test]
+    async fn a_resume_that_starts_after_the_byte_reached_fails() {
+        let (got, _) = read(vec![(6, b"6789", false)]).await;
+        let err = got.expect_err("bytes 4 and 5 would be missing");
+        assert!(
+            err.contains("resumed at byte 6 but 4 were received"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_keeps_breaking_gives_up_after_the_tries() {
+        let answers = vec![(4, &b""[..], true); RESUME_TRIES as usize];
+        let (got, asked) = read(answers).await;
+        let err = got.expect_err("gave up");
+        assert!(err.contains("gave up after 4 resumes"), "{err}");
+        assert_eq!(asked, RESUME_TRIES as usize);
+    }
+}
