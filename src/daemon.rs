@@ -125,6 +125,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
             .map(|u| u.name.clone())
             .collect(),
         hold_commit,
+        follower_stall: config.cache.follower_stall.get(),
     };
     let access = Arc::new(Access::from_config(config, metrics.clone())?);
     let tiers = build_tiers(config, origin, &metrics, &store)?;

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub digest_mismatches: IntCounter,
     pub fills_in_flight: IntGauge,
     pub fill_resumes: IntCounter,
+    pub fill_takeovers: IntCounter,
     pub fills_ended: IntCounterVec,
     pub reader_refetches: IntCounter,
     // upstream
@@ -334,6 +335,11 @@ impl Metrics {
                 "fill_resumes_total",
                 "Blob fills resumed with a Range request after a broken upstream connection.",
             ),
+            fill_takeovers: counter(
+                &r,
+                "fill_takeovers_total",
+                "Blob fills taken over by a waiting client because they delivered no new bytes for cache.follower_stall.",
+            ),
             fills_ended: counter_vec(
                 &r,
                 "fills_ended_total",
@@ -491,6 +497,7 @@ impl Metrics {
             &self.digest_mismatches,
             &self.fills_in_flight,
             &self.fill_resumes,
+            &self.fill_takeovers,
             &self.fills_ended,
             &self.reader_refetches,
             &self.upstream_requests,

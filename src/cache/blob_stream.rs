@@ -5,23 +5,29 @@
 //! disk fetches the rest on its own: from the store's hash [`Checkpoint`] at or before its
 //! offset, with a `Range` request, hashing every byte, so what it sends is verified just
 //! like the fill's (the last frame of a whole-body response, and all of a range, wait for
-//! the digest). Every failure ends the stream with an error, so hyper aborts the response
-//! and the client never sees a clean end on partial or wrong bytes.
+//! the digest); the resumes are `resume`'s. A follower whose fill delivers no new bytes
+//! for `cache.follower_stall` takes it over: it leads a new fill (or joins the one another
+//! follower started) and reads on from where it was. Every failure ends the stream with an
+//! error, so hyper aborts the response and the client never sees a clean end on partial
+//! or wrong bytes.
 //!
 //! Must not: decide hit or miss, or read chunk files (the store hands out the frames).
 
-use super::fill::{ResumedBody, RESUME_TRIES};
+use super::resume::{ResumeFrom, ResumingBody};
+use super::sources::BlobSource;
 use super::BlobStream;
 use crate::metrics::Metrics;
-use crate::oci::RepositoryName;
+use crate::oci::RepoTarget;
 use crate::store::{BlobRead, BlobReader, Checkpoint, GrowingBlob, MEMORY_WINDOW, READ_FRAME};
-use crate::upstream::Upstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 fn abort(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
@@ -44,9 +50,67 @@ pub(super) fn from_store(reader: BlobReader, metrics: Arc<Metrics>) -> BlobStrea
 /// Where a follower that fell behind fetches the rest.
 #[derive(Clone)]
 pub(super) struct Refetch {
-    pub upstream: Upstream,
-    pub repo: RepositoryName,
+    pub source: Arc<dyn BlobSource>,
+    pub target: RepoTarget,
     pub metrics: Arc<Metrics>,
+}
+
+/// A new fill's blob for a follower whose fill stalled (it leads the new fill, or joins the
+/// one another follower started); `None` when none could start.
+pub(super) type TakeOverFuture = Pin<Box<dyn Future<Output = Option<Arc<GrowingBlob>>> + Send>>;
+
+/// Takes over the stalled fill it is given (see [`TakeOverFuture`]).
+pub(super) type TakeOver = Box<dyn FnMut(Arc<GrowingBlob>) -> TakeOverFuture + Send>;
+
+/// What a follower does when its fill delivers no new bytes for `after`.
+pub(super) struct OnStall {
+    pub after: Duration,
+    pub take_over: TakeOver,
+}
+
+/// Why a follower of a stalled fill gives up.
+pub(super) const STALLED: &str = "the blob fill stalled and no new one could start";
+
+/// What became of a growing blob a follower waited on.
+pub(super) enum Watched {
+    /// Something changed (bytes, or the end): look again.
+    Changed,
+    /// The fill is gone without an end.
+    Stopped,
+    /// No new bytes for the stall limit.
+    Stalled,
+}
+
+/// A follower's watch on its fill's progress: stalled only when no new byte arrived for
+/// `after`, however long the follower itself took between waits.
+pub(super) struct StallWatch {
+    seen: u64,
+    moved: Instant,
+    after: Duration,
+}
+
+impl StallWatch {
+    pub fn new(blob: &GrowingBlob, after: Duration) -> StallWatch {
+        StallWatch {
+            seen: blob.received(),
+            moved: Instant::now(),
+            after,
+        }
+    }
+
+    /// Waits for a change of `blob` (`rx` is its subscription), at most until it has had
+    /// no new bytes for the limit.
+    pub async fn wait(&mut self, blob: &GrowingBlob, rx: &mut watch::Receiver<u64>) -> Watched {
+        let received = blob.received();
+        if received != self.seen {
+            (self.seen, self.moved) = (received, Instant::now());
+        }
+        match tokio::time::timeout_at(self.moved + self.after, rx.changed()).await {
+            Ok(Ok(())) => Watched::Changed,
+            Ok(Err(_)) => Watched::Stopped,
+            Err(_) => Watched::Stalled,
+        }
+    }
 }
 
 /// Frames in flight between a follower task and its response.
@@ -55,12 +119,12 @@ const FOLLOW_QUEUE: usize = 2;
 /// Streams `[start, end)` of `blob` (`end` = `None`: to the blob's end, size unknown).
 pub(super) fn follow(
     blob: Arc<GrowingBlob>,
-    start: u64,
-    end: Option<u64>,
+    (start, end): (u64, Option<u64>),
     refetch: Refetch,
+    on_stall: OnStall,
 ) -> BlobStream {
     let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
-    tokio::spawn(follow_task(blob, start, end, refetch, tx));
+    tokio::spawn(follow_task(blob, (start, end), refetch, on_stall, tx));
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
@@ -69,10 +133,10 @@ pub(super) fn follow(
 type Out = mpsc::Sender<io::Result<Bytes>>;
 
 async fn follow_task(
-    blob: Arc<GrowingBlob>,
-    mut pos: u64,
-    end: Option<u64>,
+    mut blob: Arc<GrowingBlob>,
+    (mut pos, end): (u64, Option<u64>),
     refetch: Refetch,
+    mut on_stall: OnStall,
     tx: Out,
 ) {
     let mut rx = blob.subscribe();
@@ -80,6 +144,7 @@ async fn follow_task(
         .metrics
         .served_bytes
         .with_label_values(&["upstream"]);
+    let mut stall = StallWatch::new(&blob, on_stall.after);
     loop {
         let want = end.map_or(READ_FRAME as u64, |e| e.saturating_sub(pos));
         if want == 0 {
@@ -94,12 +159,23 @@ async fn follow_task(
                     return; // the client went away
                 }
             }
-            BlobRead::Wait => {
-                if rx.changed().await.is_err() {
+            BlobRead::Wait => match stall.wait(&blob, &mut rx).await {
+                Watched::Changed => {}
+                Watched::Stopped => {
                     let _ = tx.send(Err(abort("the blob fill stopped"))).await;
                     return;
                 }
-            }
+                Watched::Stalled => {
+                    tracing::warn!(digest = %blob.digest(), received = blob.received(), offset = pos, "blob fill stalled; a waiting client takes it over");
+                    let Some(fresh) = (on_stall.take_over)(Arc::clone(&blob)).await else {
+                        let _ = tx.send(Err(abort(STALLED))).await;
+                        return;
+                    };
+                    blob = fresh;
+                    rx = blob.subscribe();
+                    stall = StallWatch::new(&blob, on_stall.after);
+                }
+            },
             BlobRead::End => {
                 if end.is_some_and(|e| pos < e) {
                     let _ = tx
@@ -194,24 +270,24 @@ async fn fetch_rest(
         all: matches!((end, size), (Some(e), Some(s)) if e < s),
     };
     let mut hasher = cp.hasher;
-    let mut at = cp.offset;
-    let mut tries = 0;
+    let first = refetch
+        .source
+        .blob(&refetch.target, &digest, Some(cp.offset))
+        .await
+        .map_err(|e| abort(format!("upstream failed: {e}")))?;
+    let resume_from = ResumeFrom {
+        source: Arc::clone(&refetch.source),
+        target: refetch.target.clone(),
+        digest,
+        resumes: None,
+    };
+    let mut body = ResumingBody::new(first.response, cp.offset, size, resume_from)
+        .map_err(|f| abort(f.to_string()))?;
     loop {
-        let response = refetch
-            .upstream
-            .blob(&refetch.repo, &digest, Some((at, None)))
-            .await
-            .map_err(|e| abort(format!("upstream failed: {e}")))?;
-        let start = response.start;
-        let Some(mut body) = ResumedBody::new(response, at) else {
-            return Err(abort(format!(
-                "upstream answered from byte {start} instead of {at}"
-            )));
-        };
-        while let Some(bytes) = body.next().await {
+        while let Some(bytes) = body.next_frame().await {
             hasher.update(&bytes);
-            let frame_start = at;
-            at += bytes.len() as u64;
+            let at = body.at();
+            let frame_start = at - bytes.len() as u64;
             if size.is_some_and(|s| at > s) {
                 return Err(abort("upstream sent more bytes than the blob has"));
             }
@@ -227,19 +303,9 @@ async fn fetch_rest(
                 send_all(tx, held.take(piece)?).await?;
             }
         }
-        let broke = body.broke();
-        let complete = broke.is_none() && size.is_none_or(|s| at == s);
-        if complete {
+        if !body.resume().await.map_err(|f| abort(f.to_string()))? {
             break;
         }
-        tries += 1;
-        if tries > RESUME_TRIES {
-            return Err(abort(format!(
-                "upstream failed mid-blob: {}",
-                broke.unwrap_or_else(|| format!("body ended at byte {at}"))
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200 * (1 << (tries - 1)))).await;
     }
     let actual = hasher.finish();
     if actual != digest {

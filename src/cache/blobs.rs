@@ -5,26 +5,23 @@
 //! A `Range` request on a blob that is not stored yet is answered only once the fill has
 //! verified the whole blob's digest (it waits for the fill): never from unverified bytes.
 //! Ranges of stored blobs are immediate.
+//!
+//! A client following a fill that delivers no new bytes for `cache.follower_stall` takes
+//! it over (`FillStarter::take_over`): never a deadline on a fill still delivering bytes.
 
-use super::blob_stream::{self, Refetch};
+use super::blob_stream::{self, OnStall, Refetch, StallWatch, TakeOverFuture, Watched, STALLED};
 use super::fill::{FillJob, FillKey};
-use super::flight::{Claim, Landing};
-use super::tiered::{self, Requester};
+use super::fill_registry::{FillFollower, FillLead, FillOrigin, FillRegistry, FillRole};
+use super::flight::Landing;
+use super::sources::BlobSource;
+use super::tiered::{self, Requester, Tiers};
 use super::{BlobAnswer, Cache, CacheError, FetchFailure};
+use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::oci::{ByteRangeSpec, RepoTarget};
-use crate::store::GrowingBlob;
-use std::collections::HashMap;
+use crate::store::{GrowingBlob, GrowthFailure, Store};
 use std::sync::Arc;
-
-/// The repository (`upstream/repo`) each running fill was started for.
-pub(super) type FillingUnder = Arc<std::sync::Mutex<HashMap<FillKey, String>>>;
-
-pub(super) fn lock_filling(
-    m: &FillingUnder,
-) -> std::sync::MutexGuard<'_, HashMap<FillKey, String>> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use std::time::Duration;
 
 /// What the store has for a blob request.
 enum Hit {
@@ -85,8 +82,9 @@ impl Cache {
             .repo_confirmations
             .with_label_values(&["blob"])
             .inc();
-        self.upstream(target)?
-            .blob_head(&target.repo, digest)
+        self.origin(target)?
+            .blobs
+            .blob_size(target, digest)
             .await
             .map(|_| ())
             .map_err(|e| self.fetch_failure(target, e, CacheError::BlobUnknown(*digest)))
@@ -146,75 +144,61 @@ impl Cache {
         }
     }
 
-    /// The growing blob of the fill for `key`: joined, or started by this request.
-    async fn join_fill(
+    /// What it takes to lead the fill of `digest` for `target` (and to take over a stalled
+    /// one).
+    fn fill_starter(
         &self,
         target: &RepoTarget,
         digest: &Digest,
         key: &FillKey,
         requester: Requester,
-    ) -> Result<Arc<GrowingBlob>, CacheError> {
-        let upstream = self.upstream(target)?;
+    ) -> Result<FillStarter, CacheError> {
+        Ok(FillStarter {
+            fills: Arc::clone(&self.fills),
+            store: self.store.clone(),
+            source: Arc::clone(&self.origin(target)?.blobs),
+            target: target.clone(),
+            digest: *digest,
+            key: key.clone(),
+            requester,
+            metrics: self.metrics.clone(),
+            hold_commit: self.settings.hold_commit,
+            tiers: self.tiers.clone(),
+            runtime: self.runtime.clone(),
+        })
+    }
+
+    /// The growing blob of the fill `starter` is for: joined, or started by this request.
+    async fn join_fill(&self, starter: &FillStarter) -> Result<Arc<GrowingBlob>, CacheError> {
+        let (target, digest) = (&starter.target, &starter.digest);
         let mut tries = 0;
         loop {
-            let mut led = false;
-            let follower = match self.fills.claim(key) {
-                Claim::Leader(leader) => {
-                    led = true;
-                    self.progress.led(
-                        key,
-                        (*digest, &target.upstream, target.repo.as_str()),
-                        &|k| self.fills.contains(k),
-                    );
-                    if requester == Requester::Client {
+            let follower = match starter.claim() {
+                FillRole::Lead(lead) => {
+                    if starter.requester == Requester::Client {
                         self.metrics.cache_misses.with_label_values(&["blob"]).inc();
                     }
-                    let follower = leader.follower();
-                    let job = FillJob {
-                        store: self.store.clone(),
-                        upstream: upstream.clone(),
-                        repo: target.repo.clone(),
-                        digest: *digest,
-                        repo_key: target.key().to_string(),
-                        metrics: self.metrics.clone(),
-                        hold_commit: self.settings.hold_commit,
-                    };
-                    // Which repository this fill is for, while it runs (see the follower arm).
-                    let filling = self.filling_under.clone();
-                    lock_filling(&filling).insert(key.clone(), target.key().to_string());
-                    let done_key = key.clone();
-                    let (tiers, target, private) = (
-                        self.tiers.clone(),
-                        target.clone(),
-                        key.private_upstream.is_some(),
-                    );
-                    self.spawn_fill(async move {
-                        tiered::run(tiers, job, leader, target, requester, private).await;
-                        lock_filling(&filling).remove(&done_key);
-                    });
-                    follower
+                    starter.spawn(lead)
                 }
-                Claim::Follower(f) => {
+                FillRole::Join(join) => {
                     self.metrics.singleflight_joins.inc();
                     // A fill for another repository: join it only if the upstream says this
                     // repository has the blob too.
-                    let same_repo = lock_filling(&self.filling_under)
-                        .get(key)
-                        .is_some_and(|k| target.key() == *k);
+                    let same_repo = join
+                        .filling_under
+                        .as_deref()
+                        .is_some_and(|k| target.key().as_str() == k);
                     if !same_repo {
                         self.confirm_blob(target, digest).await?;
                     }
-                    self.progress.joined(key);
-                    f
+                    self.fills.joined(&starter.key);
+                    Some(join.follower)
                 }
             };
-            let landing = follower.landing().await;
-            if led {
-                match &landing {
-                    Landing::Started(blob) => self.progress.started(key, blob),
-                    _ => self.progress.ended(key),
-                }
-            }
+            let landing = match follower {
+                Some(f) => f.landing().await,
+                None => Landing::Abandoned,
+            };
             match landing {
                 Landing::Started(blob) => return Ok(blob),
                 Landing::Failed(f) => {
@@ -233,6 +217,39 @@ impl Cache {
         }
     }
 
+    /// `blob` once verified, or the blob of the fill that took over when it stalled (no new
+    /// bytes for `cache.follower_stall`).
+    async fn verified(
+        &self,
+        mut blob: Arc<GrowingBlob>,
+        starter: &FillStarter,
+    ) -> Result<Arc<GrowingBlob>, CacheError> {
+        let failed =
+            |f| self.fetch_failure(&starter.target, f, CacheError::BlobUnknown(starter.digest));
+        let mut rx = blob.subscribe();
+        let mut stall = StallWatch::new(&blob, self.settings.follower_stall);
+        loop {
+            rx.borrow_and_update();
+            match blob.outcome() {
+                Some(Ok(())) => return Ok(blob),
+                Some(Err(f)) => return Err(failed(f)),
+                None => {}
+            }
+            match stall.wait(&blob, &mut rx).await {
+                Watched::Changed => {}
+                Watched::Stopped => return Err(failed(GrowthFailure::Abandoned)),
+                Watched::Stalled => {
+                    let Some(fresh) = starter.take_over(Arc::clone(&blob)).await else {
+                        return Err(failed(GrowthFailure::Source(STALLED.into())));
+                    };
+                    blob = fresh;
+                    rx = blob.subscribe();
+                    stall = StallWatch::new(&blob, self.settings.follower_stall);
+                }
+            }
+        }
+    }
+
     async fn blob_miss(
         &self,
         target: &RepoTarget,
@@ -241,17 +258,22 @@ impl Cache {
         head: bool,
         requester: Requester,
     ) -> Result<BlobAnswer, CacheError> {
-        let upstream = self.upstream(target)?;
+        let source = Arc::clone(&self.origin(target)?.blobs);
         let private = self.is_private(&target.upstream);
         let key = FillKey::new(*digest, &target.upstream, private);
         if head && !self.fills.contains(&key) {
             self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-            let size = match upstream.blob_head(&target.repo, digest).await {
+            let size = match source.blob_size(target, digest).await {
                 Ok(size) => size,
                 Err(e) => {
                     // The upstream cannot be asked: the shared tier may know the size.
                     let in_shared = match (&self.tiers.shared, private, e.is_unavailable()) {
-                        (Some(shared), false, true) => shared.blob_size(digest).await,
+                        (Some(shared), false, true) => {
+                            BlobSource::blob_size(shared.as_ref(), target, digest)
+                                .await
+                                .ok()
+                                .flatten()
+                        }
                         _ => None,
                     };
                     match in_shared {
@@ -282,12 +304,11 @@ impl Cache {
                 from_cache: false,
             });
         }
-        let blob = self.join_fill(target, digest, &key, requester).await?;
+        let starter = self.fill_starter(target, digest, &key, requester)?;
+        let mut blob = self.join_fill(&starter).await?;
         if range.is_some() && !head {
             // Only verified bytes answer a range: wait for the whole blob.
-            blob.verified()
-                .await
-                .map_err(|f| self.fetch_failure(target, f, CacheError::BlobUnknown(*digest)))?;
+            blob = self.verified(blob, &starter).await?;
         }
         // Without a size (no Content-Length upstream) the whole blob is streamed.
         let (start, end, partial, size) = match blob.size() {
@@ -299,11 +320,18 @@ impl Cache {
         };
         let body = (!head).then(|| {
             let refetch = Refetch {
-                upstream: upstream.clone(),
-                repo: target.repo.clone(),
+                source,
+                target: target.clone(),
                 metrics: self.metrics.clone(),
             };
-            blob_stream::follow(blob, start, end, refetch)
+            let on_stall = OnStall {
+                after: self.settings.follower_stall,
+                take_over: Box::new(move |stalled| -> TakeOverFuture {
+                    let starter = starter.clone();
+                    Box::pin(async move { starter.take_over(stalled).await })
+                }),
+            };
+            blob_stream::follow(blob, (start, end), refetch, on_stall)
         });
         Ok(BlobAnswer {
             digest: *digest,
@@ -313,6 +341,86 @@ impl Cache {
             body,
             from_cache: false,
         })
+    }
+}
+
+/// Everything a request needs to lead the fill for its key: the first request's, and a
+/// follower's that takes over a stalled fill.
+#[derive(Clone)]
+struct FillStarter {
+    fills: Arc<FillRegistry>,
+    store: Store,
+    source: Arc<dyn BlobSource>,
+    target: RepoTarget,
+    digest: Digest,
+    key: FillKey,
+    requester: Requester,
+    metrics: Arc<Metrics>,
+    hold_commit: Duration,
+    tiers: Tiers,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl FillStarter {
+    fn claim(&self) -> FillRole {
+        self.fills.claim(
+            &self.key,
+            FillOrigin {
+                digest: self.digest,
+                upstream: self.target.upstream.clone(),
+                repo: self.target.repo.to_string(),
+                repo_key: self.target.key().to_string(),
+            },
+        )
+    }
+
+    /// Runs the fill `lead` leads in a task of its own, on the cache's runtime (a request
+    /// may arrive on a connection worker, but a fill serves every joiner and shutdown waits
+    /// for it); a follower for the leading request.
+    fn spawn(&self, lead: FillLead) -> Option<FillFollower> {
+        let follower = lead.follower();
+        let job = FillJob {
+            store: self.store.clone(),
+            source: Arc::clone(&self.source),
+            target: self.target.clone(),
+            digest: self.digest,
+            repo_key: self.target.key().to_string(),
+            metrics: self.metrics.clone(),
+            hold_commit: self.hold_commit,
+        };
+        let private = self.key.private_upstream.is_some();
+        let task = tiered::run(self.tiers.clone(), job, lead, self.requester, private);
+        match &self.runtime {
+            Some(rt) => drop(rt.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+        follower
+    }
+
+    /// A follower's fill delivered no new bytes for `cache.follower_stall`: the stalled
+    /// flight leaves the table and this follower leads a new fill (or, when another
+    /// follower was first, joins that one). `None` when no new fill could start.
+    async fn take_over(&self, stalled: Arc<GrowingBlob>) -> Option<Arc<GrowingBlob>> {
+        if self.fills.take_over(&self.key, &stalled) {
+            self.metrics.fill_takeovers.inc();
+        }
+        for _ in 0..=ABANDONED_RETRIES {
+            let follower = match self.claim() {
+                FillRole::Lead(lead) => self.spawn(lead),
+                FillRole::Join(join) => {
+                    self.fills.joined(&self.key);
+                    Some(join.follower)
+                }
+            };
+            match follower?.landing().await {
+                // Joined the stalled fill again (it lingered, spooled): it ended, or not.
+                Landing::Started(blob) if Arc::ptr_eq(&blob, &stalled) => return None,
+                Landing::Started(blob) => return Some(blob),
+                Landing::Failed(_) => return None,
+                Landing::Abandoned => {}
+            }
+        }
+        None
     }
 }
 

@@ -1,30 +1,29 @@
-//! The fill of one uncached blob, run by the [`flight`](super::flight) leader in a task of
-//! its own (a client that disconnects does not cancel it).
+//! The fill of one uncached blob, run by the leader of its flight (see `fill_registry`) in a
+//! task of its own (a client that disconnects does not cancel it).
 //!
-//! It asks the upstream once, hands the store's [`GrowingBlob`] to every follower, and
+//! It asks its source (`sources::BlobSource`: the upstream, unless a tier answered) once,
+//! hands the store's [`GrowingBlob`](crate::store::GrowingBlob) to every follower, and
 //! pumps the body into it: each frame is pushed to the readers the moment it arrives (and
-//! handed to the input's hash thread) and queued for a blocking writer thread that puts it on disk with buffered
-//! writes. The input waits only when the writer is far behind (bounded memory). A broken
-//! upstream body is resumed with `Range` from the bytes received (a few tries with
-//! backoff). At the end the input verifies the digest, which releases the last byte to
-//! every reader; then the writer makes the chunks durable and commits the blob, off every
-//! client's critical path.
+//! handed to the input's hash thread) and queued for a blocking writer thread that puts it
+//! on disk with buffered writes. The input waits only when the writer is far behind
+//! (bounded memory). A broken upstream body is resumed with `Range` from the bytes
+//! received (`resume`). At the end the input verifies the digest, which releases the last
+//! byte to every reader; then the writer makes the chunks durable and commits the blob,
+//! off every client's critical path.
 //!
 //! Must not: read the blob's bytes back, or decide where they are kept (that is the
 //! store's), or know about HTTP.
 
-use super::flight::{FlightTable, Leader};
+use super::fill_registry::FillLead;
+use super::resume::{ResumeFrom, ResumingBody};
+use super::sources::BlobSource;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepositoryName};
-use crate::store::{BlobInput, GrowingBlob, GrowthFailure, Keeping, Store};
-use crate::upstream::{BlobBody, BlobResponse, Upstream, UpstreamError};
+use crate::oci::{Digest, RepoTarget};
+use crate::store::{BlobInput, GrowthFailure, Keeping, Store};
+use crate::upstream::{BlobResponse, UpstreamError};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How many times a broken upstream body is resumed before the fill gives up.
-pub(super) const RESUME_TRIES: u32 = 4;
 
 /// Why a fill could not start.
 #[derive(Clone, Debug)]
@@ -54,14 +53,12 @@ impl FillKey {
     }
 }
 
-pub(super) type Fills = FlightTable<FillKey, GrowingBlob, FillFailure>;
-pub(super) type FillLeader = Leader<FillKey, GrowingBlob, FillFailure>;
-
 /// Everything a fill task needs.
 pub(super) struct FillJob {
     pub store: Store,
-    pub upstream: Upstream,
-    pub repo: RepositoryName,
+    /// The upstream's blobs: the first request (unless a tier answered) and every resume.
+    pub source: Arc<dyn BlobSource>,
+    pub target: RepoTarget,
     pub digest: Digest,
     /// `upstream/repo`, recorded with the stored blob.
     pub repo_key: String,
@@ -97,31 +94,35 @@ impl Drop for InFlight {
 }
 
 /// The leader's task.
-pub(super) async fn run(job: FillJob, leader: FillLeader) {
-    run_from(job, leader, None).await
+pub(super) async fn run(job: FillJob, lead: FillLead) {
+    run_from(job, lead, None).await
 }
 
 /// [`run`] with the blob's bytes from another tier (the shared tier, the owning peer),
 /// read and verified like the upstream's; `None`: ask the upstream. Resumes after a broken
 /// body go to the upstream.
-pub(super) async fn run_from(job: FillJob, leader: FillLeader, from_tier: Option<BlobResponse>) {
+pub(super) async fn run_from(job: FillJob, mut lead: FillLead, from_tier: Option<BlobResponse>) {
     job.metrics.fills_in_flight.inc();
     let _in_flight = InFlight(job.metrics.clone());
     let first = match from_tier {
         Some(r) => Ok(r),
-        None => job.upstream.blob(&job.repo, &job.digest, None).await,
+        None => job
+            .source
+            .blob(&job.target, &job.digest, None)
+            .await
+            .map(|b| b.response),
     };
     let first = match first {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(digest = %job.digest, upstream = %job.upstream.name(), error = %e, "blob fill could not start");
+            tracing::warn!(digest = %job.digest, upstream = %job.target.upstream, error = %e, "blob fill could not start");
             job.metrics.fills_ended.with_label_values(&["failed"]).inc();
-            leader.fail(map_upstream(&e));
+            lead.fail(map_upstream(&e));
             return;
         }
     };
     let (blob, mut input, mut writer) = job.store.begin_growing(job.digest, first.size);
-    leader.started(Arc::clone(&blob));
+    lead.started(&blob);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Bytes>>();
     let (repo_key, hold) = (job.repo_key.clone(), job.hold_commit);
     let writer_task = tokio::task::spawn_blocking(move || {
@@ -150,20 +151,19 @@ pub(super) async fn run_from(job: FillJob, leader: FillLeader, from_tier: Option
         }
     };
     drop(queue);
-    let mut leader = Some(leader);
     if ended.is_err() {
         // A failed fill leaves the table now: the next request tries again.
-        leader = None;
+        lead.leave_flight();
     }
     let keeping = writer_task.await.unwrap_or(Keeping::MemoryOnly);
     let label = match (&ended, keeping) {
         (Err(GrowthFailure::Mismatch(m)), _) => {
             job.metrics.digest_mismatches.inc();
-            tracing::error!(digest = %job.digest, upstream = %job.upstream.name(), "{m}; nothing stored, clients aborted");
+            tracing::error!(digest = %job.digest, upstream = %job.target.upstream, "{m}; nothing stored, clients aborted");
             "failed"
         }
         (Err(f), _) => {
-            tracing::warn!(digest = %job.digest, upstream = %job.upstream.name(), error = %f, "blob fill failed");
+            tracing::warn!(digest = %job.digest, upstream = %job.target.upstream, error = %f, "blob fill failed");
             "failed"
         }
         (Ok(()), Keeping::Stored | Keeping::Storing) => "stored",
@@ -171,11 +171,9 @@ pub(super) async fn run_from(job: FillJob, leader: FillLeader, from_tier: Option
         (Ok(()), Keeping::MemoryOnly) => "memory",
     };
     job.metrics.fills_ended.with_label_values(&[label]).inc();
-    if let Some(leader) = leader.as_mut() {
-        if keeping == Keeping::Spooled && blob.all_on_file() {
-            // Requests that come while readers still hold the spool join it.
-            leader.linger(&blob);
-        }
+    if keeping == Keeping::Spooled && blob.all_on_file() {
+        // Requests that come while readers still hold the spool join it.
+        lead.linger(&blob);
     }
 }
 
@@ -208,61 +206,7 @@ impl WriterQueue {
     }
 }
 
-/// An upstream body answering a request from byte `at`, yielding only bytes from `at` on:
-/// an upstream that ignored the `Range` and started earlier has its head skipped.
-pub(super) struct ResumedBody {
-    body: BlobBody,
-    skip: u64,
-    broke: Option<String>,
-}
-
-impl ResumedBody {
-    /// `None` when `response` starts after `at` (bytes would be missing).
-    pub fn new(response: BlobResponse, at: u64) -> Option<ResumedBody> {
-        (response.start <= at).then(|| ResumedBody {
-            skip: at - response.start,
-            body: response.body,
-            broke: None,
-        })
-    }
-
-    /// The next non-empty frame; `None` at the end of the body or when it broke (see
-    /// [`broke`](Self::broke)).
-    pub async fn next(&mut self) -> Option<Bytes> {
-        while let Some(frame) = self.body.next().await {
-            let mut bytes = match frame {
-                Ok(b) => b,
-                Err(e) => {
-                    self.broke = Some(e.to_string());
-                    return None;
-                }
-            };
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len() as u64) as usize;
-                bytes = bytes.slice(n..);
-                self.skip -= n as u64;
-            }
-            if !bytes.is_empty() {
-                return Some(bytes);
-            }
-        }
-        None
-    }
-
-    /// Why the body ended early, if it broke.
-    pub fn broke(self) -> Option<String> {
-        self.broke
-    }
-}
-
-/// An empty body, standing in for a resume request that failed (counted as a break).
-fn no_body() -> BlobBody {
-    BlobBody::from_stream(futures_util::stream::iter(Vec::<
-        Result<Bytes, UpstreamError>,
-    >::new()))
-}
-
-/// Reads the upstream body (resuming after breaks) into the growing blob and the writer.
+/// Reads the source's body (resuming after breaks) into the growing blob and the writer.
 async fn pump(
     job: &FillJob,
     input: &mut BlobInput,
@@ -270,63 +214,23 @@ async fn pump(
     queue: &mut WriterQueue,
 ) -> Result<(), GrowthFailure> {
     let size = first.size;
-    let mut response = first;
-    let mut tries = 0;
+    let resume_from = ResumeFrom {
+        source: Arc::clone(&job.source),
+        target: job.target.clone(),
+        digest: job.digest,
+        resumes: Some(job.metrics.fill_resumes.clone()),
+    };
+    let mut body = ResumingBody::new(first, input.received(), size, resume_from)?;
     loop {
-        let received = input.received();
-        let start = response.start;
-        let Some(mut body) = ResumedBody::new(response, received) else {
-            return Err(GrowthFailure::Source(format!(
-                "upstream resumed at byte {start} but {received} were received"
-            )));
-        };
-        while let Some(bytes) = body.next().await {
+        while let Some(bytes) = body.next_frame().await {
             input.push(bytes.clone())?;
             queue.push(bytes);
             input.writer_caught_up().await;
         }
-        let broke = body.broke();
-        let received = input.received();
-        let short = size.is_some_and(|s| received < s);
-        if broke.is_none() && !short {
+        // The writer gets what it has while the resume waits.
+        queue.flush();
+        if !body.resume().await? {
             return Ok(());
         }
-        tries += 1;
-        let why = broke.unwrap_or_else(|| {
-            format!(
-                "body ended at byte {received} of {}",
-                size.unwrap_or_default()
-            )
-        });
-        if tries > RESUME_TRIES {
-            return Err(GrowthFailure::Source(format!(
-                "upstream failed mid-blob; gave up after {RESUME_TRIES} resumes: {why}"
-            )));
-        }
-        queue.flush();
-        let backoff = Duration::from_millis(200 * (1 << (tries - 1)));
-        tracing::warn!(digest = %job.digest, received, tries, error = %why, "upstream broke mid-blob; resuming with Range");
-        tokio::time::sleep(backoff).await;
-        job.metrics.fill_resumes.inc();
-        response = match job
-            .upstream
-            .blob(&job.repo, &job.digest, Some((received, None)))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if e.is_not_found() => {
-                return Err(GrowthFailure::Source(
-                    "the upstream no longer has this blob".into(),
-                ))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "resume request failed");
-                BlobResponse {
-                    size,
-                    start: received,
-                    body: no_body(),
-                }
-            }
-        };
     }
 }

@@ -7,7 +7,9 @@
 //! [`Landing::Abandoned`]: followers then claim again, and one of them leads a new fill.
 //! A flight leaves the table when its leader drops, unless the leader asked to
 //! [`linger`](Leader::linger): the entry then holds the handle weakly, and requests that
-//! arrive while any reader still holds it join it instead of starting over.
+//! arrive while any reader still holds it join it instead of starting over. A follower
+//! that finds the started fill stalled [evicts](FlightTable::evict_started) it, and the
+//! next claim leads a new one.
 //!
 //! Owns: the table and every state of a flight. Must not: fetch, read or write anything,
 //! or know what `T` is.
@@ -140,6 +142,24 @@ impl<K: Eq + Hash + Clone, T, E: Clone> FlightTable<K, T, E> {
             Some(Slot::Lingering(w)) => w.strong_count() > 0,
             None => false,
         }
+    }
+
+    /// Removes `key`'s flight if it started with `handle` (a follower takes over a stalled
+    /// fill): the next claim leads a new flight, while the old leader goes on unaware.
+    /// Whether it was still there.
+    pub fn evict_started(&self, key: &K, handle: &Arc<T>) -> bool {
+        let mut slots = lock(&self.slots);
+        let started_with_handle = match slots.get(key) {
+            Some(Slot::Live(f)) => {
+                matches!(f.landing(), Some(Landing::Started(h)) if Arc::ptr_eq(&h, handle))
+            }
+            Some(Slot::Lingering(w)) => w.upgrade().is_some_and(|h| Arc::ptr_eq(&h, handle)),
+            None => false,
+        };
+        if started_with_handle {
+            slots.remove(key);
+        }
+        started_with_handle
     }
 
     /// Flights under way or lingering with a live handle.
@@ -324,6 +344,26 @@ mod tests {
         }
         drop(handle);
         let _fresh = leader(&t, "a");
+    }
+
+    #[tokio::test]
+    async fn an_evicted_flight_makes_way_for_a_new_leader_and_its_old_leader_leaves_it_be() {
+        let t = Table::default();
+        let old = leader(&t, "a");
+        let stalled = Arc::new(String::from("stalled"));
+        old.started(Arc::clone(&stalled));
+        assert!(!t.evict_started(&"a", &Arc::new(String::from("other"))));
+        assert!(t.evict_started(&"a", &stalled));
+        assert!(!t.evict_started(&"a", &stalled), "only once");
+        let new = leader(&t, "a");
+        let f = follower(&t, "a");
+        drop(old);
+        new.started(Arc::new(String::from("fresh")));
+        match f.landing().await {
+            Landing::Started(h) => assert_eq!(*h, "fresh"),
+            other => panic!("got {other:?}"),
+        }
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Cache {
                     .repo_confirmations
                     .with_label_values(&["manifest"])
                     .inc();
-                self.upstream(target)?
+                self.manifest_source(target)?
                     .manifest(&target.repo, &Reference::Digest(*d), accept, true)
                     .await
                     .map_err(|e| {
@@ -98,7 +98,7 @@ impl Cache {
         if let Some(answer) = self.shared_manifest(target, d, accept, head).await {
             return Ok(answer);
         }
-        let upstream = self.upstream(target)?;
+        let upstream = self.manifest_source(target)?;
         let reference = Reference::Digest(*d);
         // Content addressed: fetch it whole even for a HEAD, so the next GET is a hit.
         let resp = upstream
@@ -168,7 +168,7 @@ impl Cache {
         }
         let key = target.key();
         if found.repo.as_deref() != Some(key.as_str()) {
-            self.upstream(target)
+            self.manifest_source(target)
                 .ok()?
                 .manifest(&target.repo, &Reference::Digest(*d), accept, true)
                 .await
@@ -293,7 +293,7 @@ impl Cache {
         accept: &[String],
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        let upstream = self.upstream(target)?;
+        let upstream = self.manifest_source(target)?;
         let reference = Reference::Tag(key.tag.clone());
         let cached = self.tag_record(key).await?;
         let stale = match &cached {
@@ -345,7 +345,7 @@ impl Cache {
         cached: Option<TagRecord>,
         stale: Option<(TagRecord, StoredManifest)>,
     ) -> Result<ManifestAnswer, CacheError> {
-        let upstream = self.upstream(target)?;
+        let upstream = self.manifest_source(target)?;
         let reference = Reference::Tag(key.tag.clone());
         self.metrics
             .cache_misses

@@ -3,10 +3,12 @@
 //! by digest, and single-flight blob fills that stream to every waiting client at its
 //! own pace.
 //!
-//! Owns: deciding whether an answer comes from the [`Store`] or an [`Upstream`], keeping
+//! Owns: deciding whether an answer comes from the [`Store`] or an upstream, keeping
 //! the store filled, and the rules of freshness (`cache.tag_ttl`) and failure (serve what is
 //! cached when the upstream is down; 503 when nothing is). Like registry:2's proxy store,
-//! it wraps the local store and the remote behind one interface.
+//! it wraps the local store and the remote behind one interface. The remote is reached
+//! through the seams of `sources` ([`BlobSource`], [`ManifestSource`]): the real
+//! [`Upstream`], shared tier and peers in production, fakes in the tests of `tests`.
 //!
 //! Private upstreams: content is shared by digest across upstreams, but what was fetched
 //! only through an upstream marked `private` is never a hit for a request that names
@@ -20,16 +22,21 @@
 mod blob_stream;
 mod blobs;
 mod fill;
+mod fill_registry;
 mod flight;
 mod manifests;
-mod progress;
 pub mod push;
 mod referrers;
+mod resume;
+mod sources;
 mod tags;
+#[cfg(test)]
+mod tests;
 mod tiered;
 
-pub use progress::FillProgress;
+pub use fill_registry::FillProgress;
 pub use referrers::{ReferrersAnswer, INDEX_MEDIA_TYPE as REFERRERS_MEDIA_TYPE};
+pub use sources::{BlobSource, ManifestSource, Origin, SourceFuture, SourcedBlob};
 pub use tags::TagList;
 pub use tiered::{Requester, Tiers, PEER_HEADER};
 
@@ -188,6 +195,15 @@ pub struct CacheSettings {
     /// Test hook (`SPARKCR_EDGE_TEST_HOLD_COMMIT_MS`): how long a verified fill waits
     /// before it makes the blob durable and commits it. Zero in production.
     pub hold_commit: Duration,
+    /// `cache.follower_stall`: a client following a blob fill that delivers no new bytes
+    /// for this long takes it over with a new fill. Never a deadline on a fill that is
+    /// still delivering bytes, however slowly.
+    pub follower_stall: Duration,
+}
+
+impl CacheSettings {
+    /// The default of `cache.follower_stall`.
+    pub const DEFAULT_FOLLOWER_STALL: Duration = Duration::from_secs(30);
 }
 
 /// An upstream's name, first endpoint, and every endpoint's API root with whether it is in
@@ -200,16 +216,16 @@ pub struct UpstreamEndpoints {
 
 pub struct Cache {
     store: Store,
+    /// The upstreams' clients (the push side and the status page use them); empty for a
+    /// cache built on other sources (see [`Cache::from_origins`]).
     upstreams: HashMap<String, Upstream>,
+    /// What the cache asks for content, by upstream name.
+    origins: HashMap<String, Origin>,
     settings: CacheSettings,
     metrics: Arc<Metrics>,
-    /// Blob fills under way, by digest (and upstream, for private ones): single-flight.
-    fills: fill::Fills,
-    /// The fills under way as the status page shows them.
-    progress: progress::FillBoard,
-    /// The repository each running fill is for: a request for another repository joins it
-    /// only after the upstream confirms that repository has the blob.
-    filling_under: blobs::FillingUnder,
+    /// Blob fills under way, by digest (and upstream, for private ones): single flight,
+    /// and each fill's record (repository, start, joins, progress).
+    fills: Arc<fill_registry::FillRegistry>,
     /// One revalidation at a time per tag; waiters then read the fresh record.
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The shared tier and the cluster's peers, behind the local store (see `tiered`).
@@ -232,38 +248,42 @@ where
 }
 
 impl Cache {
+    /// The cache over the configured upstreams.
     pub fn new(
         store: Store,
         upstreams: Vec<Upstream>,
         settings: CacheSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let origins = upstreams
+            .iter()
+            .map(|u| (u.name().to_string(), Origin::upstream(u)))
+            .collect();
+        let mut cache = Cache::from_origins(store, origins, settings, metrics);
+        cache.upstreams = upstreams
+            .into_iter()
+            .map(|u| (u.name().to_string(), u))
+            .collect();
+        cache
+    }
+
+    /// The cache over any sources, by upstream name (tests drive it in-process this way).
+    pub fn from_origins(
+        store: Store,
+        origins: HashMap<String, Origin>,
+        settings: CacheSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Cache {
             store,
-            upstreams: upstreams
-                .into_iter()
-                .map(|u| (u.name().to_string(), u))
-                .collect(),
+            upstreams: HashMap::new(),
+            origins,
             settings,
             metrics,
             fills: Default::default(),
-            progress: Default::default(),
-            filling_under: Default::default(),
             tag_locks: Mutex::new(HashMap::new()),
             tiers: Tiers::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
-        }
-    }
-
-    /// Runs `task` on the runtime the cache was built on (or the caller's, if it was built
-    /// outside one).
-    fn spawn_fill<F>(&self, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        match &self.runtime {
-            Some(rt) => drop(rt.spawn(task)),
-            None => drop(tokio::spawn(task)),
         }
     }
 
@@ -280,7 +300,7 @@ impl Cache {
 
     /// Blob fills still running (receiving, or making a verified blob durable).
     pub fn fills_running(&self) -> usize {
-        blobs::lock_filling(&self.filling_under).len()
+        self.fills.running()
     }
 
     /// Waits, at most `limit`, until no blob fill is running, so that a stop does not
@@ -310,7 +330,7 @@ impl Cache {
 
     /// The blob fills under way (for the status page).
     pub fn fills_in_progress(&self) -> Vec<FillProgress> {
-        self.progress.snapshot(&|k| self.fills.contains(k))
+        self.fills.in_progress()
     }
 
     /// The configured upstreams, by name.
@@ -356,10 +376,15 @@ impl Cache {
         repos.iter().any(|r| key == *r)
     }
 
-    fn upstream(&self, target: &RepoTarget) -> Result<&Upstream, CacheError> {
-        self.upstreams.get(&target.upstream).ok_or_else(|| {
+    fn origin(&self, target: &RepoTarget) -> Result<&Origin, CacheError> {
+        self.origins.get(&target.upstream).ok_or_else(|| {
             CacheError::NameUnknown(format!("upstream {} is not configured", target.upstream))
         })
+    }
+
+    /// Where `target`'s manifests, tag lists and referrers come from.
+    fn manifest_source(&self, target: &RepoTarget) -> Result<&dyn ManifestSource, CacheError> {
+        Ok(&*self.origin(target)?.manifests)
     }
 
     /// The one conversion of a fetch failure for content we do not have: `unknown` when

@@ -10,10 +10,11 @@
 //! index, as the spec asks. The `artifactType` filter is applied here, on the cached index,
 //! so every filter is answered from one upstream answer.
 
+use super::sources::ManifestSource;
 use super::{blocking, Cache, CacheError};
 use crate::oci::{Digest, Reference, RepoTarget, Tag};
 use crate::store::{TagKey, TagRecord};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use std::time::SystemTime;
 
@@ -118,7 +119,7 @@ impl Cache {
             .cache_misses
             .with_label_values(&["referrers"])
             .inc();
-        let upstream = self.upstream(target)?;
+        let upstream = self.manifest_source(target)?;
         match fetch_referrers(upstream, target, subject).await {
             Ok(body) => {
                 self.keep_referrers(target, &key, &body).await;
@@ -183,11 +184,11 @@ impl Cache {
 /// The unfiltered referrers index from the upstream: its referrers API, else the referrers
 /// tag schema, else an empty index.
 async fn fetch_referrers(
-    upstream: &Upstream,
+    upstream: &dyn ManifestSource,
     target: &RepoTarget,
     subject: &Digest,
 ) -> Result<Bytes, UpstreamError> {
-    match upstream.referrers(&target.repo, subject, None).await {
+    match upstream.referrers(&target.repo, subject).await {
         Ok(r) if is_index(&r.body) => return Ok(r.body),
         Ok(_) => {
             return Err(UpstreamError::BadResponse(

@@ -4,9 +4,10 @@
 //! by the registry layer on the complete, sorted list, so every page the edge hands out is
 //! consistent with one upstream answer.
 
+use super::sources::ManifestSource;
 use super::{blocking, Cache, CacheError};
 use crate::oci::RepoTarget;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::UpstreamError;
 
 /// Upstream pages followed for one list at most (a runaway `Link` chain stops here).
 const MAX_UPSTREAM_PAGES: usize = 200;
@@ -34,7 +35,7 @@ fn parse_tags(body: &[u8]) -> Result<Vec<String>, String> {
 impl Cache {
     /// Every tag of `target`'s repository.
     pub async fn tags_list(&self, target: &RepoTarget) -> Result<TagList, CacheError> {
-        let upstream = self.upstream(target)?;
+        let upstream = self.manifest_source(target)?;
         match fetch_all_tags(upstream, target).await {
             Ok(mut tags) => {
                 tags.sort();
@@ -73,15 +74,13 @@ impl Cache {
 }
 
 async fn fetch_all_tags(
-    upstream: &Upstream,
+    upstream: &dyn ManifestSource,
     target: &RepoTarget,
 ) -> Result<Vec<String>, UpstreamError> {
     let mut tags = Vec::new();
     let mut query: Option<String> = None;
     for _ in 0..MAX_UPSTREAM_PAGES {
-        let page = upstream
-            .tags_list_page(&target.repo, query.as_deref())
-            .await?;
+        let page = upstream.tags_page(&target.repo, query.as_deref()).await?;
         tags.extend(parse_tags(&page.body).map_err(UpstreamError::BadResponse)?);
         match page.next_query {
             Some(next) if Some(&next) != query.as_ref() => query = Some(next),

@@ -7,12 +7,15 @@
 //! as they arrive, and the fill's input verifies the sha256, whatever the source. A blob
 //! fetched only through a private upstream never touches the shared tier or the peers.
 //!
-//! Must not: fail a pull because a tier failed (a tier that fails is a miss), or know how
-//! the tiers are reached (that is `shared`).
+//! The tiers are read through the [`BlobSource`] seam (a tier that fails is a miss).
+//!
+//! Must not: fail a pull because a tier failed, or know how the tiers are reached (that is
+//! `shared`).
 
-use super::fill::{self, FillJob, FillLeader};
+use super::fill::{self, FillJob};
+use super::fill_registry::FillLead;
 use super::flight::Landing;
-use crate::oci::RepoTarget;
+use super::sources::BlobSource;
 use crate::shared::peers::Cluster;
 use crate::shared::SharedTier;
 use crate::store::GrowthFailure;
@@ -47,26 +50,28 @@ enum Source {
 pub(super) async fn run(
     tiers: Tiers,
     job: FillJob,
-    leader: FillLeader,
-    target: RepoTarget,
+    lead: FillLead,
     requester: Requester,
     private: bool,
 ) {
     if private {
-        return fill::run(job, leader).await;
+        return fill::run(job, lead).await;
     }
-    let landing = leader.follower();
-    let digest = job.digest;
+    let landing = lead.follower();
+    let (digest, target) = (job.digest, job.target.clone());
     let mut source = Source::Upstream;
     let mut first = None;
     if let Some(shared) = &tiers.shared {
-        if let Some(found) = shared.open_blob(&digest).await {
+        if let Ok(found) = BlobSource::blob(shared.as_ref(), &target, &digest, None).await {
             let key = target.key();
-            let same_repo = found.repo.as_deref().is_some_and(|r| key.as_str() == r);
+            let same_repo = found
+                .vouched_for
+                .as_deref()
+                .is_some_and(|r| key.as_str() == r);
             // Content fetched for another repository: only once the upstream says this one
             // has it too (as for the local store), so the tier never reveals a repository's
             // blobs under another's name.
-            if same_repo || job.upstream.blob_head(&job.repo, &digest).await.is_ok() {
+            if same_repo || job.source.blob_size(&target, &digest).await.is_ok() {
                 first = Some(found.response);
                 source = Source::Shared;
             }
@@ -74,14 +79,15 @@ pub(super) async fn run(
     }
     if first.is_none() && requester == Requester::Client {
         if let Some(cluster) = &tiers.cluster {
-            if let Some(r) = cluster.fetch_blob(&target, &digest).await {
-                first = Some(r);
+            if let Ok(found) = BlobSource::blob(cluster.as_ref(), &target, &digest, None).await {
+                first = Some(found.response);
                 source = Source::Peer;
             }
         }
     }
     let repo_key = job.repo_key.clone();
     let after = async move {
+        let Some(landing) = landing else { return };
         let Landing::Started(blob) = landing.landing().await else {
             return;
         };
@@ -97,5 +103,5 @@ pub(super) async fn run(
             Source::Peer => {}
         }
     };
-    tokio::join!(fill::run_from(job, leader, first), after);
+    tokio::join!(fill::run_from(job, lead, first), after);
 }

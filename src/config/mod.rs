@@ -195,6 +195,9 @@ pub struct CacheConfig {
     pub ttl_from: TtlFrom,
     /// How long a cached tag answers without asking the upstream.
     pub tag_ttl: HumanDuration,
+    /// A client following a blob fill that delivers no new bytes for this long takes it
+    /// over with a new fill (never a deadline on a fill that is still delivering bytes).
+    pub follower_stall: HumanDuration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
