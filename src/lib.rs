@@ -25,10 +25,15 @@
 //!   referrers): routing of every client's URL form to an upstream and repository,
 //!   references, OCI error JSON.
 //! - [`cache`]: policy between the API and the bytes: hit or miss, tag TTL and revalidation,
-//!   serve-stale, single-flight blob fills that stream to every waiting client, and which
-//!   routes may see content fetched through a private upstream.
+//!   serve-stale, single-flight blob fills that stream to every waiting client (one fill
+//!   registry; a stalled fill is taken over), and which routes may see content fetched
+//!   through a private upstream. Content comes only through its source seams
+//!   (`BlobSource`, `ManifestSource`), so it runs in-process without sockets in tests.
 //! - [`store`]: sled index plus blake3-named chunk files; sha256-verified blobs, LRU byte
-//!   budget, TTL, crash recovery.
+//!   budget, TTL, crash recovery, a versioned index schema. Each part keeps its state
+//!   private: the index its trees, the budget its lock.
+//!
+//! The longer map, with the one file that owns each concept, is `docs/architecture.md`.
 //! - [`shared`]: the shared tier behind the local store (an S3-compatible bucket several
 //!   edges share, tested on Ceph RGW) and cluster single flight between peer edges; used
 //!   by `cache`.
