@@ -1,0 +1,44 @@
+//! The binary's layer: the command-line grammar ([`args`]) and one module per command (or
+//! per group of small commands) that turns parsed arguments into calls on the library and
+//! prints the outcome. `main.rs` only parses, dispatches and maps a [`Failure`] to an exit
+//! code.
+//!
+//! Owns: what each command prints and which failures are usage mistakes (exit 2) rather
+//! than runtime failures (exit 1); the helpers every command shares (loading the config,
+//! logging, a small async runtime).
+//!
+//! Must not: hold domain rules (name normalisation, config formats, store policy): those
+//! live in the library, which this layer only calls through its public interface.
+
+pub mod args;
+pub mod doctor;
+pub mod failure;
+pub mod generate;
+pub mod images;
+pub mod serve;
+pub mod setup;
+pub mod store;
+
+pub use failure::Failure;
+
+use args::ConfigArg;
+use sparkcr_edge::config::{self, Config};
+use sparkcr_edge::logging;
+
+/// The config named by `--config` (or the default one); a config mistake exits 2.
+fn load_config(a: &ConfigArg) -> Result<config::LoadedConfig, Failure> {
+    config::load(a.config.as_deref()).map_err(|e| Failure::Config(e.to_string()))
+}
+
+/// The command's logging, as the config sets it up; logs until the guard is dropped.
+fn init_logging(c: &Config) -> logging::LogGuard {
+    logging::init(&c.log)
+}
+
+/// A single-threaded runtime for the commands that talk to a running edge.
+fn small_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))
+}

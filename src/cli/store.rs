@@ -1,0 +1,143 @@
+//! The commands on a stopped daemon's store: `cache stats|verify|purge` and `import`.
+//! Each checks that it runs as the store's owner, opens the store (the daemon must be
+//! stopped: the store is locked while it runs) and prints the store's report.
+//!
+//! Must not: touch the store's files or decide what a purge removes (the store does).
+
+use super::args::{CacheCommand, ConfigArg};
+use super::{init_logging, load_config, Failure};
+use anyhow::Context as _;
+use sparkcr_edge::bundle;
+use sparkcr_edge::config::Config;
+use sparkcr_edge::metrics::Metrics;
+use sparkcr_edge::setup::store_owner;
+use sparkcr_edge::store::{Store, StoreError, StoreOptions};
+use std::path::Path;
+use std::sync::Arc;
+
+fn open_store(c: &Config, metrics: Arc<Metrics>) -> Result<Store, Failure> {
+    Store::open(StoreOptions::from_config(c), metrics).map_err(|e| match e {
+        StoreError::Locked { .. } | StoreError::IndexSchema { .. } => {
+            Failure::Runtime(anyhow::anyhow!("{e}"))
+        }
+        other => Failure::Runtime(anyhow::Error::new(other).context(format!(
+            "cannot open the store at {}",
+            c.storage.path.display()
+        ))),
+    })
+}
+
+pub fn cache(cmd: CacheCommand) -> Result<(), Failure> {
+    let (a, action) = match &cmd {
+        CacheCommand::Stats(a) => (a, "stats"),
+        CacheCommand::Verify(a) => (a, "verify"),
+        CacheCommand::Purge { config, .. } => (config, "purge"),
+    };
+    if let CacheCommand::Purge {
+        older_than: None,
+        repo: None,
+        all: false,
+        ..
+    } = &cmd
+    {
+        return Err(Failure::Config(
+            "cache purge: say what to remove: --older-than DURATION, --repo NAME, or --all for \
+             the whole cache"
+                .into(),
+        ));
+    }
+    let loaded = load_config(a)?;
+    let _log = init_logging(&loaded.config);
+    store_owner::check(&loaded.config.storage.path, action).map_err(Failure::Config)?;
+    let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
+    match cmd {
+        CacheCommand::Stats(_) => print!("{}", store.stats().context("cannot read store stats")?),
+        CacheCommand::Verify(_) => {
+            let report = store.verify().context("verify failed")?;
+            print!("{report}");
+            if !report.is_clean() {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "verify found corrupt content (listed above); what was dropped is fetched \
+                     again on the next pull"
+                )));
+            }
+        }
+        CacheCommand::Purge {
+            older_than, repo, ..
+        } => {
+            let filters = match &repo {
+                Some(r) => purge_filters(r),
+                None => vec![],
+            };
+            let report = if filters.is_empty() {
+                store.purge(older_than, None).context("purge failed")?
+            } else {
+                let mut total = sparkcr_edge::store::PurgeReport::default();
+                for f in &filters {
+                    let r = store.purge(older_than, Some(f)).context("purge failed")?;
+                    total.blobs += r.blobs;
+                    total.manifests += r.manifests;
+                    total.tags += r.tags;
+                    total.tag_lists += r.tag_lists;
+                    total.bytes += r.bytes;
+                    total.detached += r.detached;
+                    total.skipped_in_use += r.skipped_in_use;
+                }
+                total
+            };
+            if !filters.is_empty() {
+                println!("  matching {}", filters.join(" or "));
+            }
+            print!("{report}");
+        }
+    }
+    tracing::debug!(action, "done");
+    Ok(())
+}
+
+/// The store's names for a `--repo` filter, normalised the way routing names them: Docker
+/// Hub's one-word names live under `library/`, its aliases are `docker.io`.
+fn purge_filters(repo: &str) -> Vec<String> {
+    let repo = repo.trim().trim_matches('/');
+    let (first, rest) = match repo.split_once('/') {
+        Some((f, r)) => (f, Some(r)),
+        None => (repo, None),
+    };
+    let is_host = first.contains('.') || first.contains(':') || first == "localhost";
+    match rest {
+        Some(r) if is_host => {
+            let host = match first {
+                "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+                    "docker.io"
+                }
+                h => h,
+            };
+            if host == "docker.io" && !r.contains('/') {
+                vec![format!("docker.io/library/{r}")]
+            } else {
+                vec![format!("{host}/{r}")]
+            }
+        }
+        // `library/nginx`, `org/img`: that repository under any upstream.
+        Some(_) => vec![repo.to_string()],
+        // `nginx`: a one-word repository anywhere, and Docker Hub's library/nginx.
+        None => vec![repo.to_string(), format!("docker.io/library/{repo}")],
+    }
+}
+
+pub fn import(a: &ConfigArg, bundle_path: &Path) -> Result<(), Failure> {
+    let loaded = load_config(a)?;
+    let _log = init_logging(&loaded.config);
+    store_owner::check(&loaded.config.storage.path, "import").map_err(Failure::Config)?;
+    let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
+    let report = bundle::import(&store, bundle_path).map_err(|e| Failure::Runtime(e.into()))?;
+    print!("{report}");
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "{} entries failed verification or could not be stored",
+            report.failures.len()
+        )))
+    }
+}
