@@ -10,6 +10,7 @@
 use clap::{Parser, Subcommand};
 use sparkcr_edge::config;
 use sparkcr_edge::setup::client_config;
+use sparkcr_edge::store::PurgeFilter;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -241,7 +242,7 @@ pub enum CacheCommand {
         /// Only this repository: `<upstream>/<repo>` (e.g. docker.io/library/nginx) or `<repo>`
         /// (any upstream; a one-word name also matches Docker Hub's library/<name>).
         #[arg(long, value_name = "REPO")]
-        repo: Option<String>,
+        repo: Option<PurgeFilter>,
         /// Everything (required when neither --older-than nor --repo is given).
         #[arg(long, conflicts_with_all = ["older_than", "repo"])]
         all: bool,

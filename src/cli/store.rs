@@ -65,64 +65,17 @@ pub fn cache(cmd: CacheCommand) -> Result<(), Failure> {
         CacheCommand::Purge {
             older_than, repo, ..
         } => {
-            let filters = match &repo {
-                Some(r) => purge_filters(r),
-                None => vec![],
-            };
-            let report = if filters.is_empty() {
-                store.purge(older_than, None).context("purge failed")?
-            } else {
-                let mut total = sparkcr_edge::store::PurgeReport::default();
-                for f in &filters {
-                    let r = store.purge(older_than, Some(f)).context("purge failed")?;
-                    total.blobs += r.blobs;
-                    total.manifests += r.manifests;
-                    total.tags += r.tags;
-                    total.tag_lists += r.tag_lists;
-                    total.bytes += r.bytes;
-                    total.detached += r.detached;
-                    total.skipped_in_use += r.skipped_in_use;
-                }
-                total
-            };
-            if !filters.is_empty() {
-                println!("  matching {}", filters.join(" or "));
+            let report = store
+                .purge(older_than, repo.as_ref())
+                .context("purge failed")?;
+            if let Some(filter) = &repo {
+                println!("  matching {filter}");
             }
             print!("{report}");
         }
     }
     tracing::debug!(action, "done");
     Ok(())
-}
-
-/// The store's names for a `--repo` filter, normalised the way routing names them: Docker
-/// Hub's one-word names live under `library/`, its aliases are `docker.io`.
-fn purge_filters(repo: &str) -> Vec<String> {
-    let repo = repo.trim().trim_matches('/');
-    let (first, rest) = match repo.split_once('/') {
-        Some((f, r)) => (f, Some(r)),
-        None => (repo, None),
-    };
-    let is_host = first.contains('.') || first.contains(':') || first == "localhost";
-    match rest {
-        Some(r) if is_host => {
-            let host = match first {
-                "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-                    "docker.io"
-                }
-                h => h,
-            };
-            if host == "docker.io" && !r.contains('/') {
-                vec![format!("docker.io/library/{r}")]
-            } else {
-                vec![format!("{host}/{r}")]
-            }
-        }
-        // `library/nginx`, `org/img`: that repository under any upstream.
-        Some(_) => vec![repo.to_string()],
-        // `nginx`: a one-word repository anywhere, and Docker Hub's library/nginx.
-        None => vec![repo.to_string(), format!("docker.io/library/{repo}")],
-    }
 }
 
 pub fn import(a: &ConfigArg, bundle_path: &Path) -> Result<(), Failure> {

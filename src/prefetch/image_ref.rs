@@ -2,7 +2,7 @@
 //! `registry.lan:5000/team/app@sha256:...`), normalised the way Docker does: no registry
 //! means docker.io, a one-word Docker Hub name gets `library/`, no tag means `latest`.
 
-use crate::oci::{Reference, RepositoryName, Tag};
+use crate::oci::{repository_on, split_registry, Reference, RepositoryName, Tag, DOCKER_HUB};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,10 +18,6 @@ pub struct ImageRef {
 pub struct ImageRefError {
     pub input: String,
     pub reason: String,
-}
-
-fn is_registry(component: &str) -> bool {
-    component.contains('.') || component.contains(':') || component == "localhost"
 }
 
 impl ImageRef {
@@ -64,24 +60,12 @@ impl ImageRef {
                 ),
             }
         };
-        let (registry, path) = match name.split_once('/') {
-            Some((first, rest)) if is_registry(first) => {
-                (first.to_ascii_lowercase(), rest.to_string())
-            }
-            _ => ("docker.io".to_string(), name.to_string()),
-        };
-        let registry = match registry.as_str() {
-            "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
-            _ => registry,
-        };
-        let path = if registry == "docker.io" && !path.contains('/') {
-            format!("library/{path}")
-        } else {
-            path
-        };
-        let repo: RepositoryName = path
-            .parse()
-            .map_err(|e: crate::oci::NameError| err(e.to_string()))?;
+        let (registry, path) = split_registry(name);
+        let registry = registry.unwrap_or_else(|| DOCKER_HUB.to_string());
+        let repo = path
+            .parse::<RepositoryName>()
+            .and_then(|repo| repository_on(&registry, repo))
+            .map_err(|e| err(e.to_string()))?;
         Ok(ImageRef {
             registry,
             repo,

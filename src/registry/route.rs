@@ -24,7 +24,9 @@
 
 use super::error::OciError;
 use crate::config::Config;
-use crate::oci::{Digest, Reference, RepoTarget, RepositoryName, Tag};
+use crate::oci::{
+    canonical_registry, repository_on, Digest, Reference, RepoTarget, RepositoryName, Tag,
+};
 use http::Method;
 
 /// The endpoint of the OCI read API a request is for.
@@ -123,14 +125,6 @@ pub struct UpstreamTable {
     strict_host: bool,
 }
 
-const DOCKER_HUB: &str = "docker.io";
-/// Other names clients use for Docker Hub.
-const DOCKER_HUB_SYNONYMS: &[&str] = &[
-    "index.docker.io",
-    "registry-1.docker.io",
-    "registry.hub.docker.com",
-];
-
 impl UpstreamTable {
     pub fn from_config(c: &Config) -> Self {
         let entries = c
@@ -195,12 +189,7 @@ impl UpstreamTable {
 
     /// The configured upstream a registry host names, if any.
     pub fn find(&self, host: &str) -> Option<&str> {
-        let host = host.to_ascii_lowercase();
-        let host = if DOCKER_HUB_SYNONYMS.contains(&host.as_str()) {
-            DOCKER_HUB.to_string()
-        } else {
-            host
-        };
+        let host = canonical_registry(host);
         self.entries
             .iter()
             .find(|e| e.name == host)
@@ -470,14 +459,10 @@ fn resolve_target(
         })?
     };
     let joined = segments.join("/");
-    let mut repo: RepositoryName = joined
-        .parse()
-        .map_err(|e: crate::oci::NameError| OciError::name_invalid(e.to_string()))?;
-    if upstream == DOCKER_HUB && repo.components().count() == 1 {
-        repo = repo
-            .prefixed("library")
-            .map_err(|e| OciError::name_invalid(e.to_string()))?;
-    }
+    let repo = joined
+        .parse::<RepositoryName>()
+        .and_then(|repo| repository_on(upstream, repo))
+        .map_err(|e| OciError::name_invalid(e.to_string()))?;
     Ok(RepoTarget {
         upstream: upstream.to_string(),
         repo,

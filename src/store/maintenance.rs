@@ -15,11 +15,15 @@ use super::error::StoreError;
 use super::index::Index;
 use super::reader::FRAME_BYTES;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, Sha256Verifier};
+use crate::oci::{
+    repository_on, split_registry, Digest, NameError, RepoKey, RepoTarget, RepositoryName,
+    Sha256Verifier, DOCKER_HUB,
+};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 /// `1.5 GiB`-style byte counts for reports.
@@ -205,12 +209,66 @@ impl fmt::Display for PurgeReport {
     }
 }
 
-/// Whether `entry` (`upstream/repo`) matches a purge filter (`upstream/repo` or `repo`).
-fn repo_matches(entry: &str, filter: &str) -> bool {
-    entry == filter
-        || entry
-            .split_once('/')
-            .is_some_and(|(_, repo)| repo == filter)
+/// Which repositories a purge removes content of, as `cache purge --repo` names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PurgeFilter {
+    /// `<upstream>/<repo>` (e.g. `docker.io/library/nginx`): that repository on that
+    /// upstream only.
+    On(RepoTarget),
+    /// `<repo>` (e.g. `library/nginx`): that repository on any upstream; a one-word name
+    /// also matches Docker Hub's `library/<name>`.
+    Anywhere(RepositoryName),
+}
+
+impl FromStr for PurgeFilter {
+    type Err = NameError;
+
+    /// Reads a name the way clients write one: a first component that is a registry host
+    /// names the upstream (Docker Hub's synonyms are `docker.io`, its one-word names live
+    /// under `library/`); otherwise the name is a repository on any upstream.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().trim_matches('/');
+        match split_registry(s) {
+            (Some(upstream), path) => {
+                let repo = repository_on(&upstream, path.parse()?)?;
+                Ok(PurgeFilter::On(RepoTarget { upstream, repo }))
+            }
+            (None, path) => Ok(PurgeFilter::Anywhere(path.parse()?)),
+        }
+    }
+}
+
+impl PurgeFilter {
+    /// Whether `entry`, a repository as the store records it (`upstream/repo`), matches.
+    pub fn matches(&self, entry: &str) -> bool {
+        let entry = RepoKey::from_stored(entry);
+        match self {
+            PurgeFilter::On(target) => entry == target.key(),
+            PurgeFilter::Anywhere(repo) => {
+                entry.repo() == repo.as_str()
+                    || (entry.upstream() == DOCKER_HUB
+                        && repo.components().count() == 1
+                        && repository_on(DOCKER_HUB, repo.clone())
+                            .is_ok_and(|hub| entry.repo() == hub.as_str()))
+            }
+        }
+    }
+}
+
+/// What the filter matches, e.g. `nginx or docker.io/library/nginx`.
+impl fmt::Display for PurgeFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PurgeFilter::On(target) => write!(f, "{}", target.key()),
+            PurgeFilter::Anywhere(repo) if repo.components().count() == 1 => {
+                match repository_on(DOCKER_HUB, repo.clone()) {
+                    Ok(hub) => write!(f, "{repo} or {DOCKER_HUB}/{hub}"),
+                    Err(_) => write!(f, "{repo}"),
+                }
+            }
+            PurgeFilter::Anywhere(repo) => write!(f, "{repo}"),
+        }
+    }
 }
 
 /// Hashes one chunk file (blake3) while feeding it to `blob_hash`; whether it is intact.
@@ -343,7 +401,7 @@ pub(crate) fn purge(
     index: &Index,
     budget: &Budget,
     older_than: Option<Duration>,
-    repo: Option<&str>,
+    repo: Option<&PurgeFilter>,
 ) -> Result<PurgeReport, StoreError> {
     let mut report = PurgeReport::default();
     let now = SystemTime::now();
@@ -358,12 +416,12 @@ pub(crate) fn purge(
         match repo {
             None => Verdict::Remove,
             Some(filter) => {
-                if !repos.iter().any(|r| repo_matches(r, filter)) {
+                if !repos.iter().any(|r| filter.matches(r)) {
                     return Verdict::Keep;
                 }
                 let remaining: Vec<String> = repos
                     .iter()
-                    .filter(|r| !repo_matches(r, filter))
+                    .filter(|r| !filter.matches(r))
                     .cloned()
                     .collect();
                 if remaining.is_empty() {
@@ -399,7 +457,7 @@ pub(crate) fn purge(
     let key_matches = |name: &str, stamp: Option<SystemTime>| -> bool {
         // An unreadable record is purged.
         let stamp = stamp.unwrap_or(SystemTime::UNIX_EPOCH);
-        old_enough(stamp) && repo.is_none_or(|f| repo_matches(name, f))
+        old_enough(stamp) && repo.is_none_or(|f| f.matches(name))
     };
     report.tags =
         index.remove_tags_where(|name, rec| key_matches(name, rec.map(|t| t.validated_at)))?;
@@ -421,15 +479,52 @@ mod tests {
     use super::super::codec::ItemKind;
     use super::*;
 
+    fn filter(s: &str) -> PurgeFilter {
+        s.parse().expect("a valid filter")
+    }
+
     #[test]
-    fn repo_filters() {
-        assert!(repo_matches("docker.io/library/nginx", "library/nginx"));
-        assert!(repo_matches(
-            "docker.io/library/nginx",
-            "docker.io/library/nginx"
-        ));
-        assert!(!repo_matches("docker.io/library/nginx", "nginx"));
-        assert!(!repo_matches("ghcr.io/org/img", "docker.io/org/img"));
+    fn purge_filters_parse_docker_hub_names_the_way_clients_write_them() {
+        for (input, shown) in [
+            ("nginx", "nginx or docker.io/library/nginx"),
+            ("library/nginx", "library/nginx"),
+            ("org/img", "org/img"),
+            ("docker.io/nginx", "docker.io/library/nginx"),
+            ("index.docker.io/library/nginx", "docker.io/library/nginx"),
+            ("registry-1.docker.io/x/y", "docker.io/x/y"),
+            ("registry.hub.docker.com/nginx", "docker.io/library/nginx"),
+            ("ghcr.io/org/img", "ghcr.io/org/img"),
+            ("GHCR.io/org/img", "ghcr.io/org/img"),
+            ("registry.lan:5000/team/app", "registry.lan:5000/team/app"),
+            ("localhost/app", "localhost/app"),
+            (" /ghcr.io/img/ ", "ghcr.io/img"),
+        ] {
+            assert_eq!(filter(input).to_string(), shown, "{input}");
+        }
+        for bad in ["", "Nginx", "a//b", "registry.lan:5000", "ghcr.io/Org/img"] {
+            assert!(bad.parse::<PurgeFilter>().is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn purge_filters_match_store_entries() {
+        let hub = "docker.io/library/nginx";
+        assert!(filter("library/nginx").matches(hub));
+        assert!(filter("docker.io/library/nginx").matches(hub));
+        assert!(filter("docker.io/nginx").matches(hub));
+        assert!(filter("nginx").matches(hub));
+        assert!(filter("nginx").matches("registry.lan:5000/nginx"));
+        assert!(!filter("nginx").matches("ghcr.io/library/nginx"));
+        assert!(!filter("library/nginx").matches("docker.io/library/nginx-extra"));
+        assert!(filter("org/img").matches("ghcr.io/org/img"));
+        assert!(!filter("org/img").matches("ghcr.io/other/org/img"));
+        assert!(!filter("docker.io/org/img").matches("ghcr.io/org/img"));
+        assert!(!filter("ghcr.io/org/img").matches("quay.io/org/img"));
+        assert!(!filter("ghcr.io/org/img").matches("org/img"));
+    }
+
+    #[test]
+    fn byte_counts_read_as_binary_units() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 29), "1.5 GiB");
     }

@@ -79,7 +79,7 @@ pub use growing::{
     MEMORY_WINDOW, READ_FRAME,
 };
 pub use index::{SchemaOpen, SCHEMA_VERSION};
-pub use maintenance::{PurgeReport, StoreStats, VerifyReport};
+pub use maintenance::{PurgeFilter, PurgeReport, StoreStats, VerifyReport};
 pub use options::{StoreOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use reader::{BlobReader, FRAME_BYTES};
 pub use recovery::RecoveryReport;
@@ -486,14 +486,14 @@ impl Store {
         self.counted("verify", r)
     }
 
-    /// Removes content not accessed for `older_than` and/or fetched through `repo`
-    /// (`upstream/repo`, or a bare repo name matching any upstream). Content also used by
+    /// Removes content not accessed for `older_than` and/or fetched through a repository
+    /// `repo` matches (see [`PurgeFilter`]). Content also used by
     /// other repositories is kept and only forgets `repo`. Tags and tag lists of matching
     /// repositories go too. With neither filter, everything goes.
     pub fn purge(
         &self,
         older_than: Option<Duration>,
-        repo: Option<&str>,
+        repo: Option<&PurgeFilter>,
     ) -> Result<PurgeReport, StoreError> {
         let i = &self.inner;
         let r = maintenance::purge(&i.index, &i.budget, older_than, repo);

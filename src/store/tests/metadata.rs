@@ -240,7 +240,9 @@ fn purge_by_repo_and_by_age() {
         .put_tag(&tag_key("ghcr.io", "org/b", "v1"), &tag)
         .expect("tag b");
 
-    let report = store.purge(None, Some("library/a")).expect("purge");
+    let report = store
+        .purge(None, Some(&"library/a".parse().expect("filter")))
+        .expect("purge");
     assert_eq!(
         (report.blobs, report.detached, report.tags),
         (1, 1, 1),
