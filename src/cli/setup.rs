@@ -22,24 +22,19 @@ pub fn token(cmd: TokenCommand) -> Result<(), Failure> {
     scopes.sort();
     scopes.dedup();
     let new = access::token::new_secret().map_err(|e| Failure::Runtime(e.into()))?;
-    let block = config::TokenConfig {
-        name: name.clone(),
+    let token = config::TokenConfig {
+        name,
         hash: new.hash,
         scopes,
     };
-    let scopes: Vec<String> = block
-        .scopes
-        .iter()
-        .map(|s| format!("{:?}", s.as_str()))
-        .collect();
+    let block = token
+        .to_config_block()
+        .map_err(|e| Failure::runtime(format!("cannot render the [[auth.token]] block: {e}")))?;
     println!("secret: {}", new.secret);
     println!();
     println!("# The secret is shown only this once; it is the password for `docker login`,");
     println!("# `podman login` or `skopeo --creds any-name:<secret>`. Add this to the config:");
-    println!("[[auth.token]]");
-    println!("name = {:?}", block.name);
-    println!("hash = \"{}\"", block.hash);
-    println!("scopes = [{}]", scopes.join(", "));
+    print!("{block}");
     Ok(())
 }
 

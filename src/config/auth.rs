@@ -171,6 +171,25 @@ pub struct TokenConfig {
     pub scopes: Vec<Scope>,
 }
 
+impl TokenConfig {
+    /// This token as an `[[auth.token]]` block to append to a config, written by the
+    /// config's own serializer: what [`super::load`] reads back, fields in a fixed order
+    /// (`name`, `hash`, `scopes`).
+    pub fn to_config_block(&self) -> Result<String, toml::ser::Error> {
+        #[derive(Serialize)]
+        struct Block<'a> {
+            auth: Tokens<'a>,
+        }
+        #[derive(Serialize)]
+        struct Tokens<'a> {
+            token: [&'a TokenConfig; 1],
+        }
+        toml::to_string(&Block {
+            auth: Tokens { token: [self] },
+        })
+    }
+}
+
 /// `auth.anonymous_rate = { per_minute = 600, burst = 100 }`.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -278,5 +297,29 @@ mod tests {
         assert!(is_token_name("ci-runner.1@lab"));
         assert!(!is_token_name("a b"));
         assert!(!is_token_name(""));
+    }
+
+    #[test]
+    fn a_token_block_appended_to_a_config_loads_as_that_token() {
+        let token = TokenConfig {
+            name: "ci-runners".into(),
+            hash: TokenHash([0xab; 32]),
+            scopes: vec![Scope::PullPublic, Scope::Push],
+        };
+        let block = token.to_config_block().expect("renders");
+        assert_eq!(
+            block,
+            format!(
+                "[[auth.token]]\nname = \"ci-runners\"\nhash = \"sha256:{}\"\nscopes = [\"pull:public\", \"push\"]\n",
+                "ab".repeat(32)
+            )
+        );
+        let config = format!("[auth]\nanonymous = false\n\n{block}");
+        let c = super::super::load::load_from_text_for_tests(
+            super::super::ConfigOrigin::Embedded,
+            &config,
+        );
+        assert!(!c.auth.anonymous);
+        assert_eq!(c.auth.token, vec![token]);
     }
 }
