@@ -4,8 +4,9 @@
 //! in-process.
 //!
 //! Owns: the order things start and stop in, and the process-wide setup a daemon needs
-//! (the open-files limit). Must not: parse the command line or print (that is `main`), or
-//! implement any layer's behaviour.
+//! (the open-files limit), and what to do about a daemon that cannot start
+//! ([`DaemonError::hint`]). Must not: parse the command line or print (that is the
+//! binary's `cli/`), or implement any layer's behaviour.
 
 use crate::access::{Access, AccessError};
 use crate::cache::{Cache, CacheSettings};
@@ -40,6 +41,32 @@ pub enum DaemonError {
     Server(ServerError),
     #[error("a startup task failed: {0}")]
     Task(String),
+}
+
+impl DaemonError {
+    /// What to do when the daemon cannot start for a reason in the machine's setup rather
+    /// than its config, or `None`: today, a store on a read-only file system, which under
+    /// systemd (`under_systemd`) is the unit's sandbox. Running again cannot fix such an
+    /// error, so it is a setup mistake like a config error.
+    pub fn hint(&self, under_systemd: bool) -> Option<String> {
+        let DaemonError::Store { path, source } = self else {
+            return None;
+        };
+        if !source.is_read_only_file_system() {
+            return None;
+        }
+        let why = if under_systemd {
+            "the systemd unit's sandbox (ProtectSystem=strict) lets the daemon write only its \
+             state directory /var/lib/sparkcr-edge"
+        } else {
+            "the file system is mounted read-only"
+        };
+        Some(format!(
+            "storage.path {path} is on a read-only file system: {why}; to keep the cache there, \
+             add a drop-in with `systemctl edit sparkcr-edge` containing \"[Service]\" and \
+             \"ReadWritePaths={path}\", then `systemctl restart sparkcr-edge`"
+        ))
+    }
 }
 
 /// A daemon with its listeners bound, ready to serve.
@@ -249,5 +276,39 @@ impl Daemon {
         }
         drop(upkeep);
         let _ = tokio::task::spawn_blocking(move || store.flush_access()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_error(errno: i32) -> DaemonError {
+        DaemonError::Store {
+            path: "/srv/cache".into(),
+            source: StoreError::Io {
+                op: "create",
+                path: "/srv/cache/index".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+        }
+    }
+
+    #[test]
+    fn a_read_only_store_says_how_to_open_the_sandbox() {
+        let e = store_error(libc::EROFS);
+        let hint = e.hint(true).expect("a hint");
+        assert!(hint.contains("storage.path /srv/cache"), "{hint}");
+        assert!(hint.contains("ProtectSystem=strict"), "{hint}");
+        assert!(hint.contains("ReadWritePaths=/srv/cache"), "{hint}");
+        let hint = e.hint(false).expect("a hint");
+        assert!(hint.contains("mounted read-only"), "{hint}");
+    }
+
+    #[test]
+    fn other_failures_have_no_hint() {
+        assert!(store_error(libc::EACCES).hint(true).is_none());
+        assert!(DaemonError::Config("x".into()).hint(true).is_none());
+        assert!(DaemonError::Task("x".into()).hint(false).is_none());
     }
 }

@@ -26,7 +26,7 @@ pub fn serve(a: &ConfigArg) -> Result<(), Failure> {
             DaemonError::Config(m) => Failure::Config(m),
             // A sandbox that keeps the store read-only is a setup mistake, like a config
             // error: exit 2, which the unit does not restart.
-            other => match read_only_hint(&other, &c.storage.path) {
+            other => match other.hint(under_systemd()) {
                 Some(hint) => Failure::Config(format!("{hint} ({other})")),
                 None => Failure::Runtime(other.into()),
             },
@@ -65,32 +65,7 @@ pub fn check_config(a: &ConfigArg, quiet: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// When the store failed on a read-only file system under systemd, the unit's sandbox
-/// (`ProtectSystem=strict`) is the likely cause: say so and how to fix it.
-fn read_only_hint(e: &(dyn std::error::Error + 'static), path: &std::path::Path) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut read_only = false;
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            read_only |= io.raw_os_error() == Some(libc::EROFS);
-        }
-        cur = err.source();
-    }
-    if !read_only {
-        return None;
-    }
-    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
-    let why = if under_systemd {
-        "the systemd unit's sandbox (ProtectSystem=strict) lets the daemon write only its \
-         state directory /var/lib/sparkcr-edge"
-    } else {
-        "the file system is mounted read-only"
-    };
-    Some(format!(
-        "storage.path {} is on a read-only file system: {why}; to keep the cache there, add a \
-         drop-in with `systemctl edit sparkcr-edge` containing \"[Service]\" and \
-         \"ReadWritePaths={}\", then `systemctl restart sparkcr-edge`",
-        path.display(),
-        path.display()
-    ))
+/// Whether systemd started this process (it sets `INVOCATION_ID` for every unit).
+fn under_systemd() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some()
 }

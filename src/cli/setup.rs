@@ -59,12 +59,12 @@ pub fn tls(cmd: TlsCommand) -> Result<(), Failure> {
         (true, false) => self_signed::Replace::ServerCertificate,
         (false, false) => self_signed::Replace::Nothing,
     };
-    let made = self_signed::generate(&out, &all, replace).map_err(|e| match e {
-        self_signed::SelfSignedError::Exists(_)
-        | self_signed::SelfSignedError::BadName(_)
-        | self_signed::SelfSignedError::NoCaKey(_)
-        | self_signed::SelfSignedError::BadCa(..) => Failure::Config(e.to_string()),
-        other => Failure::Runtime(other.into()),
+    let made = self_signed::generate(&out, &all, replace).map_err(|e| {
+        if e.is_usage_error() {
+            Failure::Config(e.to_string())
+        } else {
+            Failure::Runtime(e.into())
+        }
     })?;
     println!(
         "wrote {}, {} and {} for: {}",

@@ -11,19 +11,20 @@ use sparkcr_edge::bundle;
 use sparkcr_edge::config::Config;
 use sparkcr_edge::metrics::Metrics;
 use sparkcr_edge::setup::store_owner;
-use sparkcr_edge::store::{Store, StoreError, StoreOptions};
+use sparkcr_edge::store::{Store, StoreOptions};
 use std::path::Path;
 use std::sync::Arc;
 
 fn open_store(c: &Config, metrics: Arc<Metrics>) -> Result<Store, Failure> {
-    Store::open(StoreOptions::from_config(c), metrics).map_err(|e| match e {
-        StoreError::Locked { .. } | StoreError::IndexSchema { .. } => {
-            Failure::Runtime(anyhow::anyhow!("{e}"))
+    Store::open(StoreOptions::from_config(c), metrics).map_err(|e| {
+        if e.names_the_store() {
+            Failure::runtime(e)
+        } else {
+            Failure::Runtime(anyhow::Error::new(e).context(format!(
+                "cannot open the store at {}",
+                c.storage.path.display()
+            )))
         }
-        other => Failure::Runtime(anyhow::Error::new(other).context(format!(
-            "cannot open the store at {}",
-            c.storage.path.display()
-        ))),
     })
 }
 

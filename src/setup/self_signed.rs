@@ -28,6 +28,21 @@ pub enum SelfSignedError {
     BadName(String),
 }
 
+impl SelfSignedError {
+    /// Whether the request itself is the problem (an existing file, a bad name, a CA that
+    /// cannot issue): the message says which flag to pass, and running the same command
+    /// again cannot succeed.
+    pub fn is_usage_error(&self) -> bool {
+        matches!(
+            self,
+            SelfSignedError::Exists(_)
+                | SelfSignedError::BadName(_)
+                | SelfSignedError::NoCaKey(_)
+                | SelfSignedError::BadCa(..)
+        )
+    }
+}
+
 /// What was written.
 pub struct SelfSigned {
     pub ca: PathBuf,
@@ -216,6 +231,18 @@ pub fn trust_instructions(ca: &Path, hosts: &[String], tls_port: Option<u16>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mistakes_in_the_request_are_usage_errors_and_io_failures_are_not() {
+        assert!(SelfSignedError::Exists(PathBuf::from("/x/ca.pem")).is_usage_error());
+        assert!(SelfSignedError::BadName("a b".into()).is_usage_error());
+        assert!(SelfSignedError::NoCaKey(PathBuf::from("/x/ca.key")).is_usage_error());
+        let write = SelfSignedError::Write {
+            path: PathBuf::from("/x/cert.pem"),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(!write.is_usage_error());
+    }
 
     #[test]
     fn certs_d_paths_carry_the_port_unless_443() {

@@ -88,6 +88,26 @@ impl StoreError {
     pub fn is_io_kind(&self, kind: std::io::ErrorKind) -> bool {
         matches!(self, StoreError::Io { source, .. } if source.kind() == kind)
     }
+
+    /// Whether a write failed because the file system is mounted read-only (`EROFS`), in
+    /// the store's own files or in its index.
+    pub fn is_read_only_file_system(&self) -> bool {
+        let erofs = |e: &std::io::Error| e.raw_os_error() == Some(libc::EROFS);
+        match self {
+            StoreError::Io { source, .. } => erofs(source),
+            StoreError::Index(sled::Error::Io(source)) => erofs(source),
+            _ => false,
+        }
+    }
+
+    /// Whether the message already names the store and says what to do, so a caller adds
+    /// no "cannot open the store at ..." context to it.
+    pub fn names_the_store(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Locked { .. } | StoreError::IndexSchema { .. }
+        )
+    }
 }
 
 /// Attaches an operation name and a path to an `io::Result`.
@@ -110,5 +130,36 @@ pub(crate) fn count(metrics: &Metrics, op: &'static str, e: &StoreError) {
         StoreError::NoSpace { .. } | StoreError::DigestMismatch { .. }
     ) {
         tracing::warn!(op, error = %e, "store operation failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(source: std::io::Error) -> StoreError {
+        StoreError::io("create", Path::new("/srv/cache/index"), source)
+    }
+
+    #[test]
+    fn a_read_only_file_system_is_recognised_in_files_and_in_the_index() {
+        let erofs = || std::io::Error::from_raw_os_error(libc::EROFS);
+        assert!(io(erofs()).is_read_only_file_system());
+        assert!(StoreError::Index(sled::Error::Io(erofs())).is_read_only_file_system());
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(!io(denied).is_read_only_file_system());
+        assert!(!StoreError::FillBroken.is_read_only_file_system());
+    }
+
+    #[test]
+    fn only_messages_that_name_the_store_stand_alone() {
+        let path = PathBuf::from("/srv/cache");
+        assert!(StoreError::Locked { path: path.clone() }.names_the_store());
+        assert!(StoreError::IndexSchema {
+            path,
+            detail: "v9".into()
+        }
+        .names_the_store());
+        assert!(!StoreError::Corrupt("x".into()).names_the_store());
     }
 }
