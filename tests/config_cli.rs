@@ -2,7 +2,7 @@
 //! errors that name the file and the key, environment overrides, redaction.
 
 mod common;
-use common::run_cli;
+use common::{create_token, run_cli};
 
 fn write(dir: &tempfile::TempDir, text: &str) -> String {
     let p = dir.path().join("config.toml");
@@ -146,4 +146,23 @@ fn shipped_config_is_valid() {
     let (code, _, err) = run_cli(&["check-config", "--config", &p], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("server.tls_cert"), "{err}");
+}
+
+#[test]
+fn the_printed_token_block_appended_to_a_config_loads_as_that_token() {
+    let (_, block) = create_token("ci-runners", "push,pull:private");
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = write(&d, &format!("[auth]\nanonymous = false\n\n{block}"));
+    let (code, out, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(code, 0, "{block}{err}");
+    let hash = block
+        .lines()
+        .find_map(|l| l.strip_prefix("hash = "))
+        .expect("a hash line");
+    assert!(out.contains("name = \"ci-runners\""), "{out}");
+    assert!(out.contains(hash), "{out}");
+    assert!(
+        out.contains("\"pull:private\"") && out.contains("\"push\""),
+        "{out}"
+    );
 }
