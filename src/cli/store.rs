@@ -15,6 +15,7 @@ use sparkcr_edge::store::{Store, StoreOptions};
 use std::path::Path;
 use std::sync::Arc;
 
+/// The store the config names; a message that does not name the store gets its path.
 fn open_store(c: &Config, metrics: Arc<Metrics>) -> Result<Store, Failure> {
     Store::open(StoreOptions::from_config(c), metrics).map_err(|e| {
         if e.names_the_store() {
@@ -57,10 +58,10 @@ pub fn cache(cmd: CacheCommand) -> Result<(), Failure> {
             let report = store.verify().context("verify failed")?;
             print!("{report}");
             if !report.is_clean() {
-                return Err(Failure::Runtime(anyhow::anyhow!(
+                return Err(Failure::runtime(
                     "verify found corrupt content (listed above); what was dropped is fetched \
-                     again on the next pull"
-                )));
+                     again on the next pull",
+                ));
             }
         }
         CacheCommand::Purge {
@@ -89,7 +90,7 @@ pub fn import(a: &ConfigArg, bundle_path: &Path) -> Result<(), Failure> {
     if report.failures.is_empty() {
         Ok(())
     } else {
-        Err(Failure::Runtime(anyhow::anyhow!(
+        Err(Failure::runtime(format!(
             "{} entries failed verification or could not be stored",
             report.failures.len()
         )))
