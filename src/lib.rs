@@ -5,35 +5,45 @@
 //!
 //! ## Map of the crate
 //!
-//! Layers, each knowing only the one below it:
+//! Layers; imports run down these arrows only:
 //!
 //! ```text
 //! main (CLI)  ->  daemon  ->  server  ->  registry  ->  cache  ->  store
-//!                                                 \->  upstream
-//!                   \-----------\->  access
+//!                               |            |            |---->  shared  ->  store, upstream
+//!                               |            |            \---->  upstream
+//!                               \------------+-->  access
 //! config, metrics, oci, mapped: leaf modules read by all, importing none of the others
 //! ```
+//!
+//! `daemon` is the composition root and imports every layer to build it. One import skips
+//! a layer, on purpose: `server`'s status page reads the cache's and the store's read-only
+//! views (fills under way, upstream endpoints, store totals), since that report is about
+//! them. `registry` reaches the upstream client only through `cache` (pulls through its
+//! sources, pushes through [`cache::push`]).
 //!
 //! - [`daemon`]: the composition root: builds a daemon from a config and runs it until a
 //!   shutdown signal.
 //! - [`server`]: listeners (HTTP and HTTPS via rustls, h2 + HTTP/1.1), certificate reload,
-//!   graceful shutdown, request logging, `/metrics`, `/healthz`, `/readyz`.
+//!   graceful shutdown, request logging, `/metrics`, `/healthz`, `/readyz`, the status page.
 //! - [`access`]: who may use the edge: client networks, token secrets (HTTP Basic) and
-//!   the edge's own bearer tokens, scopes (`pull:public`, `pull:private`), the anonymous
-//!   per-address quota. Used by `server` (networks) and `registry` (everything else).
-//! - [`registry`]: the OCI distribution read API (spec 1.1: manifests, blobs, tag lists,
-//!   referrers): routing of every client's URL form to an upstream and repository,
-//!   references, OCI error JSON.
+//!   the edge's own bearer tokens, scopes (`pull:public`, `pull:private`, `push`, `admin`),
+//!   the anonymous per-address quota; it counts every refusal it makes. Used by `server`
+//!   (networks, the status page) and `registry` (everything else).
+//! - [`registry`]: the OCI distribution API (spec 1.1): the read API (manifests, blobs, tag
+//!   lists, referrers, the catalog) and the push API for upstreams with `push = true`;
+//!   every request authenticated, routed and authorized once before it is served; routing
+//!   of every client's URL form to an upstream and repository, references, OCI error JSON
+//!   (the cache's pull and push failures mapped to OCI errors once).
 //! - [`cache`]: policy between the API and the bytes: hit or miss, tag TTL and revalidation,
 //!   serve-stale, single-flight blob fills that stream to every waiting client (one fill
 //!   registry; a stalled fill is taken over), and which routes may see content fetched
 //!   through a private upstream. Content comes only through its source seams
 //!   (`BlobSource`, `ManifestSource`), so it runs in-process without sockets in tests.
+//!   Its `push` module holds push-through sessions, written through to the store, and
+//!   classifies their failures as the cache classifies a pull's.
 //! - [`store`]: sled index plus blake3-named chunk files; sha256-verified blobs, LRU byte
 //!   budget, TTL, crash recovery, a versioned index schema. Each part keeps its state
 //!   private: the index its trees, the budget its lock.
-//!
-//! The longer map, with the one file that owns each concept, is `docs/architecture.md`.
 //! - [`shared`]: the shared tier behind the local store (an S3-compatible bucket several
 //!   edges share, tested on Ceph RGW) and cluster single flight between peer edges; used
 //!   by `cache`.
@@ -58,6 +68,8 @@
 //! - [`logging`]: the command's tracing subscriber, with journald priorities under systemd.
 //! - [`setup`]: client configuration snippets (`client-config`) and self-signed
 //!   certificates (`tls self-signed`).
+//!
+//! The longer map, with the one file that owns each concept, is `docs/architecture.md`.
 
 pub mod access;
 pub mod bundle;

@@ -1,11 +1,13 @@
-//! Access control: who is asking, and what they may pull.
+//! Access control: who is asking, and what they may pull, push and read.
 //!
-//! Owns: the client-network allow list (`auth.allow_cidrs`), reading credentials from an
-//! `Authorization` header (HTTP Basic with a token secret as the password, or a bearer
-//! token this edge issued), the scopes of each identity, the rule of which upstreams an
-//! identity may pull through (`pull:public`, `pull:private` for upstreams marked
-//! `private`), issuing short-lived bearer tokens, the per-address quota of anonymous
-//! clients (governor), and counting denials by reason.
+//! Owns: the client-network allow list (`auth.allow_cidrs`) and the operator pages' list
+//! (`auth.admin_cidrs`), reading credentials from an `Authorization` header (HTTP Basic
+//! with a token secret as the password, or a bearer token this edge issued), the scopes of
+//! each identity, the rules of which upstreams an identity may pull through (`pull:public`,
+//! `pull:private` for upstreams marked `private`) and push through (`push`, to upstreams
+//! with `push = true`), issuing short-lived bearer tokens, the per-address quota of
+//! anonymous clients (governor), and counting every refusal it makes by reason
+//! (`auth_denials_total`): callers act on a refusal, they never count it.
 //!
 //! Every check is cheap and constant-time where secrets are compared: a presented secret is
 //! hashed once with SHA-256 (secrets are 256 random bits, so no slow hash is needed) and
@@ -98,13 +100,16 @@ pub enum Action<'a> {
     Ping,
     /// `/v2/_catalog` (filtered by [`Access::may_pull`]).
     Catalog,
+    /// A request that names no endpoint: only a client that may use the edge at all
+    /// learns why.
+    Unrouted,
     /// Manifests, blobs and tag lists of a repository on this upstream.
     Pull { upstream: &'a str },
     /// Uploads, manifest puts and deletes through an upstream with `push = true`.
     Push { upstream: &'a str },
 }
 
-/// The answer to [`Access::decide`].
+/// The answer to [`Access::authorize`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     Allow,
@@ -119,6 +124,15 @@ struct ConfiguredToken {
     /// HMAC of the configured hash under the process key (see [`Signer::same_hash`]).
     tag: ring::hmac::Tag,
     scopes: Vec<Scope>,
+}
+
+/// Why [`Access::admit`] turned a request away (counted already).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Credentials are present but valid for no token (401).
+    BadCredentials,
+    /// An anonymous client over its per-address quota; it may come back after this (429).
+    OverQuota { retry_after: Duration },
 }
 
 /// A bearer token from `/token`.
@@ -213,20 +227,25 @@ impl Access {
     }
 
     /// Counts a refusal in `auth_denials_total{reason}`.
-    pub fn count_denial(&self, reason: DenyReason) {
+    fn count_denial(&self, reason: DenyReason) {
         self.metrics
             .auth_denials
             .with_label_values(&[reason.as_str()])
             .inc();
     }
 
-    /// Whether a client at `ip` may talk to the edge at all.
+    /// Whether a client at `ip` may talk to the edge at all; a refusal is counted.
     pub fn peer_allowed(&self, ip: IpAddr) -> bool {
-        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip))
+        let allowed = self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip));
+        if !allowed {
+            self.count_denial(DenyReason::Network);
+        }
+        allowed
     }
 
     /// Whether a client at `ip` sending `authorization` may read the operator's pages:
-    /// from `auth.admin_cidrs`, or with a token that has the `admin` scope.
+    /// from `auth.admin_cidrs`, or with a token that has the `admin` scope. A refusal is
+    /// counted.
     pub fn admin_allowed(
         &self,
         ip: IpAddr,
@@ -235,23 +254,38 @@ impl Access {
         if self.admin.iter().any(|c| c.contains(ip)) {
             return Ok(());
         }
-        match self.authenticate(authorization)? {
-            who if who.has(Scope::Admin) => Ok(()),
-            Identity::Anonymous => Err(DenyReason::NoCredentials),
-            Identity::Token { .. } => Err(DenyReason::Scope),
+        let verdict = match self.authenticate(authorization) {
+            Ok(who) if who.has(Scope::Admin) => Ok(()),
+            Ok(Identity::Anonymous) => Err(DenyReason::NoCredentials),
+            Ok(Identity::Token { .. }) => Err(DenyReason::Scope),
+            Err(reason) => Err(reason),
+        };
+        if let Err(reason) = verdict {
+            self.count_denial(reason);
         }
+        verdict
     }
 
-    pub fn anonymous_allowed(&self) -> bool {
-        self.anonymous
+    /// Who sends `authorization` from `ip`, if the request may go on: valid credentials (or
+    /// none), and an anonymous client within its quota. A refusal is counted.
+    pub fn admit(&self, authorization: Option<&[u8]>, ip: IpAddr) -> Result<Identity, Refused> {
+        let who = self.authenticate(authorization).map_err(|reason| {
+            self.count_denial(reason);
+            Refused::BadCredentials
+        })?;
+        if who == Identity::Anonymous {
+            self.check_anonymous_rate(ip).map_err(|retry_after| {
+                self.count_denial(DenyReason::RateLimited);
+                Refused::OverQuota { retry_after }
+            })?;
+        }
+        Ok(who)
     }
 
     pub fn is_private(&self, upstream: &str) -> bool {
         self.private_upstreams.contains(upstream)
     }
 
-    /// Reads the `Authorization` header. `Ok(Anonymous)` when there is none; an error for
-    /// credentials that are present but not valid.
     /// Whether upstream `upstream` takes pushes through the edge (`push = true`).
     pub fn push_enabled(&self, upstream: &str) -> bool {
         self.push_upstreams.contains(upstream)
@@ -263,6 +297,8 @@ impl Access {
         self.push_enabled(upstream) && who.has(Scope::Push)
     }
 
+    /// Reads the `Authorization` header. `Ok(Anonymous)` when there is none; an error for
+    /// credentials that are present but not valid. Counts nothing (see [`Access::admit`]).
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, DenyReason> {
         let Some(raw) = authorization else {
             return Ok(Identity::Anonymous);
@@ -315,7 +351,7 @@ impl Access {
     }
 
     /// The anonymous quota for `ip`: `Err(wait)` when over it.
-    pub fn check_anonymous_rate(&self, ip: IpAddr) -> Result<(), Duration> {
+    fn check_anonymous_rate(&self, ip: IpAddr) -> Result<(), Duration> {
         match &self.quota {
             Some(q) => q.check(ip.to_canonical()),
             None => Ok(()),
@@ -335,12 +371,22 @@ impl Access {
         }
     }
 
-    pub fn decide(&self, who: &Identity, action: Action<'_>) -> Decision {
+    /// Whether `who` may do `action`; a refusal is counted.
+    pub fn authorize(&self, who: &Identity, action: Action<'_>) -> Decision {
+        let decision = self.decide(who, action);
+        if let Decision::Challenge(reason) | Decision::Forbid(reason) = decision {
+            self.count_denial(reason);
+        }
+        decision
+    }
+
+    fn decide(&self, who: &Identity, action: Action<'_>) -> Decision {
         match (who, action) {
             (Identity::Token { .. }, Action::Ping | Action::Catalog) => Decision::Allow,
             (Identity::Anonymous, _) if !self.anonymous => {
                 Decision::Challenge(DenyReason::NoCredentials)
             }
+            (_, Action::Unrouted) => Decision::Allow,
             // Clients learn the challenge at `/v2/` (Docker only sends credentials to a
             // registry whose `/v2/` asked for them), so anonymous pings are challenged as
             // soon as there are tokens; anonymous clients then get an anonymous token.
@@ -362,11 +408,14 @@ impl Access {
     }
 
     /// A bearer token for `who` (`/token`); anonymous clients get one only when anonymous
-    /// access is on.
+    /// access is on (a refusal is counted).
     pub fn issue(&self, who: &Identity) -> Option<IssuedToken> {
         let now = SystemTime::now();
         let token = match who {
-            Identity::Anonymous if !self.anonymous => return None,
+            Identity::Anonymous if !self.anonymous => {
+                self.count_denial(DenyReason::NoCredentials);
+                return None;
+            }
             Identity::Anonymous => self.signer.issue(None, &[], now),
             Identity::Token { name, scopes } => self.signer.issue(Some(name), scopes, now),
         };
@@ -379,166 +428,4 @@ impl Access {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::load::load_from_text_for_tests;
-    use crate::config::ConfigOrigin;
-    use base64::engine::general_purpose::STANDARD;
-
-    struct Fixture {
-        access: Access,
-        public: String,
-        both: String,
-    }
-
-    fn fixture(auth: &str) -> Fixture {
-        let public = token::new_secret().expect("secret");
-        let both = token::new_secret().expect("secret");
-        let text = format!(
-            "[auth]\n{auth}\n[[auth.token]]\nname = \"pub\"\nhash = \"{}\"\nscopes = [\"pull:public\"]\n[[auth.token]]\nname = \"both\"\nhash = \"{}\"\nscopes = [\"pull:public\", \"pull:private\"]\n[[upstream]]\nname = \"secret.lan\"\nurl = \"https://secret.lan\"\nprivate = true\n",
-            public.hash, both.hash
-        );
-        let c = load_from_text_for_tests(ConfigOrigin::Embedded, &text);
-        Fixture {
-            access: Access::from_config(&c, Arc::new(Metrics::new())).expect("access"),
-            public: public.secret,
-            both: both.secret,
-        }
-    }
-
-    fn basic(secret: &str) -> Vec<u8> {
-        format!("Basic {}", STANDARD.encode(format!("anyone:{secret}"))).into_bytes()
-    }
-
-    #[test]
-    fn basic_and_bearer() {
-        let f = fixture("anonymous = true");
-        let a = &f.access;
-        assert_eq!(a.authenticate(None), Ok(Identity::Anonymous));
-        let who = a.authenticate(Some(&basic(&f.both))).expect("valid");
-        assert_eq!(who.name(), "both");
-        assert!(who.has(Scope::PullPrivate));
-        assert_eq!(
-            a.authenticate(Some(&basic("spk_wrong"))),
-            Err(DenyReason::BadCredentials)
-        );
-        for junk in [
-            &b"Basic"[..],
-            b"Basic !!!",
-            b"Digest x",
-            b"Bearer v1.a.b",
-            b"\xff\xfe",
-        ] {
-            assert!(a.authenticate(Some(junk)).is_err());
-        }
-        let issued = a.issue(&who).expect("token");
-        let bearer = format!("Bearer {}", issued.token);
-        assert_eq!(a.authenticate(Some(bearer.as_bytes())), Ok(who));
-        let anon = a.issue(&Identity::Anonymous).expect("anonymous token");
-        let bearer = format!("bearer {}", anon.token);
-        assert_eq!(
-            a.authenticate(Some(bearer.as_bytes())),
-            Ok(Identity::Anonymous)
-        );
-    }
-
-    #[test]
-    fn scopes_and_private_upstreams() {
-        let f = fixture("anonymous = true");
-        let a = &f.access;
-        let public = a.authenticate(Some(&basic(&f.public))).expect("valid");
-        let both = a.authenticate(Some(&basic(&f.both))).expect("valid");
-        let anon = Identity::Anonymous;
-        let private = Action::Pull {
-            upstream: "secret.lan",
-        };
-        let hub = Action::Pull {
-            upstream: "docker.io",
-        };
-        assert_eq!(a.decide(&anon, hub), Decision::Allow);
-        assert_eq!(
-            a.decide(&anon, private),
-            Decision::Challenge(DenyReason::NoCredentials)
-        );
-        assert_eq!(a.decide(&public, hub), Decision::Allow);
-        assert_eq!(
-            a.decide(&public, private),
-            Decision::Forbid(DenyReason::Scope)
-        );
-        assert_eq!(a.decide(&both, private), Decision::Allow);
-        // Tokens exist: anonymous pings are challenged so clients learn where to log in.
-        assert_eq!(
-            a.decide(&anon, Action::Ping),
-            Decision::Challenge(DenyReason::NoCredentials)
-        );
-        assert_eq!(a.decide(&public, Action::Ping), Decision::Allow);
-        assert!(!a.may_pull(&public, "secret.lan"));
-        assert!(a.issue(&anon).is_some());
-
-        let f = fixture("anonymous = false");
-        let a = &f.access;
-        assert_eq!(
-            a.decide(&anon, hub),
-            Decision::Challenge(DenyReason::NoCredentials)
-        );
-        assert_eq!(
-            a.decide(&anon, Action::Catalog),
-            Decision::Challenge(DenyReason::NoCredentials)
-        );
-        assert!(a.issue(&anon).is_none());
-    }
-
-    #[test]
-    fn push_needs_the_push_scope_and_a_push_upstream() {
-        let pusher = token::new_secret().expect("secret");
-        let text = format!(
-            "[auth]\nanonymous = true\n[[auth.token]]\nname = \"ci\"\nhash = \"{}\"\nscopes = [\"push\"]\n[[upstream]]\nname = \"corp.lan\"\nurl = \"https://corp.lan\"\nprivate = true\npush = true\n[[upstream]]\nname = \"ro.lan\"\nurl = \"https://ro.lan\"\nprivate = true\n",
-            pusher.hash
-        );
-        let c = load_from_text_for_tests(ConfigOrigin::Embedded, &text);
-        let a = Access::from_config(&c, Arc::new(Metrics::new())).expect("access");
-        let basic = format!("Basic {}", STANDARD.encode(format!("x:{}", pusher.secret)));
-        let ci = a.authenticate(Some(basic.as_bytes())).expect("token");
-        let corp = Action::Push {
-            upstream: "corp.lan",
-        };
-        assert!(a.push_enabled("corp.lan") && !a.push_enabled("ro.lan"));
-        assert_eq!(a.decide(&ci, corp), Decision::Allow);
-        assert_eq!(
-            a.decide(&ci, Action::Push { upstream: "ro.lan" }),
-            Decision::Forbid(DenyReason::Scope)
-        );
-        // push implies nothing about pulls.
-        assert_eq!(
-            a.decide(
-                &ci,
-                Action::Pull {
-                    upstream: "corp.lan"
-                }
-            ),
-            Decision::Forbid(DenyReason::Scope)
-        );
-        assert_eq!(
-            a.decide(&Identity::Anonymous, corp),
-            Decision::Challenge(DenyReason::NoCredentials)
-        );
-    }
-
-    #[test]
-    fn networks_and_quota() {
-        let f = fixture("allow_cidrs = [\"10.0.0.0/8\", \"::1\"]\nanonymous_rate = { per_minute = 60, burst = 2 }");
-        let a = &f.access;
-        assert!(a.peer_allowed("10.9.8.7".parse().expect("ip")));
-        assert!(a.peer_allowed("::1".parse().expect("ip")));
-        assert!(!a.peer_allowed("127.0.0.1".parse().expect("ip")));
-        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
-        assert!(a.check_anonymous_rate(ip).is_ok());
-        assert!(a.check_anonymous_rate(ip).is_ok());
-        let wait = a.check_anonymous_rate(ip).expect_err("over the burst");
-        assert!(wait <= Duration::from_secs(1), "{wait:?}");
-        // Another address has its own quota.
-        assert!(a
-            .check_anonymous_rate("10.0.0.2".parse().expect("ip"))
-            .is_ok());
-    }
-}
+mod tests;

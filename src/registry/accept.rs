@@ -1,5 +1,7 @@
 //! `Accept` headers: every header line is read (skopeo sends six), split on commas,
 //! parameters dropped, order kept, duplicates removed.
+//!
+//! Owns: that reading. Must not: choose a manifest (the cache does, from this list).
 
 use http::HeaderMap;
 

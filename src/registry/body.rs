@@ -1,6 +1,8 @@
 //! The response body type every handler returns: a boxed stream of `Bytes` frames whose
 //! error aborts the response (HTTP/1.1 connection closed before the end, h2 RST_STREAM),
 //! so a client never sees a clean end on a partial or wrong blob.
+//!
+//! Owns: that type and its three makers (full, empty, streamed). Must not: set headers.
 
 use bytes::Bytes;
 use futures_util::Stream;

@@ -1,7 +1,16 @@
-//! OCI error responses: the codes of the distribution spec, their HTTP statuses, and the
-//! `{"errors":[{"code","message","detail"}]}` body. Every error a client sees is built here.
+//! OCI errors: the codes of the distribution spec, their HTTP statuses, and the
+//! `{"errors":[{"code","message","detail"}]}` body. Every error a client sees is built here,
+//! and this is the one place the layer below's failures become OCI errors: a pull's
+//! [`CacheError`] ([`OciError::from_cache`]) and a push's [`PushFailure`]
+//! ([`OciError::from_push`]), both already classified by `cache`.
+//!
+//! Must not: classify an upstream's or the store's errors itself (`cache` does), or build
+//! HTTP responses (that is `response.rs`).
 
+use crate::cache::push::PushFailure;
+use crate::cache::CacheError;
 use http::StatusCode;
+use std::time::Duration;
 
 /// The error codes of the OCI distribution spec v1.1 ("Error Codes" table, code-1 to
 /// code-14); the edge answers with no other. Failures that have no code of their own in the
@@ -267,15 +276,140 @@ impl OciError {
         Self::new(StatusCode::FORBIDDEN, ErrorCode::Denied, message)
     }
 
-    /// 429 with `Retry-After`.
-    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+    /// 429 with `Retry-After`: an anonymous client over its per-address quota.
+    pub fn too_many_requests(retry_after: Duration) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooManyRequests,
             "too many requests from this address without a token; log in for no limit",
         );
-        e.retry_after = Some(retry_after_secs.max(1));
+        e.retry_after = Some(whole_seconds(retry_after).max(1));
         e
+    }
+
+    /// 400 `BLOB_UPLOAD_INVALID`: what the client sent cannot continue its upload.
+    pub fn blob_upload_invalid(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BlobUploadInvalid,
+            "invalid blob upload",
+        )
+        .with_detail(detail)
+    }
+
+    /// The one place a pull's cache error becomes what clients see: the code and status
+    /// from the spec's table, a plain-sentence message, and the error's source chain as
+    /// `detail`.
+    pub fn from_cache(e: CacheError, subject: Subject) -> Self {
+        match e {
+            CacheError::ManifestUnknown(r) => Self::manifest_unknown(r),
+            CacheError::BlobUnknown(d) => Self::blob_unknown(d),
+            CacheError::NameUnknown(m) => Self::name_unknown(m),
+            CacheError::RangeNotSatisfiable { size } => Self::range_not_satisfiable(size),
+            CacheError::Unavailable { upstream, source } => {
+                Self::upstream_unavailable(subject, &upstream, source_chain(&source))
+            }
+            CacheError::RateLimited {
+                upstream,
+                retry_after,
+                source,
+            } => Self::upstream_rate_limited(
+                subject,
+                &upstream,
+                retry_after.map(whole_seconds),
+                source_chain(&source),
+            ),
+            CacheError::Denied(m) => Self::denied(m),
+            CacheError::BadUpstreamContent { upstream, source } => {
+                Self::bad_upstream_content(subject, &upstream, source_chain(&source))
+            }
+            other => {
+                let detail = source_chain(&other);
+                tracing::error!(?subject, error = %detail, "request failed");
+                Self::internal(subject, detail)
+            }
+        }
+    }
+
+    /// The one place a push failure becomes what clients see. An upstream's refusal keeps
+    /// its own status and OCI code; failures to reach it are 503 like a pull's.
+    pub fn from_push(e: PushFailure, subject: Subject) -> Self {
+        let text = e.to_string();
+        match e {
+            PushFailure::NotEnabled(u) => Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::Unsupported,
+                format!("upstream {u} does not take pushes through this edge"),
+            ),
+            PushFailure::UploadUnknown(_) => {
+                Self::new(StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown, text)
+            }
+            PushFailure::DigestMismatch { .. } => Self::digest_invalid(text),
+            PushFailure::TooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid, text)
+            }
+            PushFailure::OutOfOrder { .. } => Self::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::BlobUploadInvalid,
+                text,
+            ),
+            PushFailure::TooManyUploads { .. } => {
+                let mut e = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::TooManyRequests,
+                    text,
+                );
+                e.retry_after = Some(1);
+                e
+            }
+            PushFailure::ClientBody(_) => Self::blob_upload_invalid(text),
+            PushFailure::ManifestInvalid(_) => {
+                Self::new(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, text)
+            }
+            PushFailure::UpstreamRefused {
+                upstream,
+                status,
+                code,
+                message,
+            } => {
+                let status = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|s| s.is_client_error() || s.is_server_error())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                let code = code
+                    .as_deref()
+                    .and_then(ErrorCode::from_spec)
+                    .unwrap_or(match subject {
+                        Subject::Manifest => ErrorCode::ManifestInvalid,
+                        _ => ErrorCode::BlobUploadInvalid,
+                    });
+                Self::new(status, code, format!("upstream {upstream} refused: {message}"))
+            }
+            PushFailure::UpstreamNotFound { upstream } => Self::new(
+                StatusCode::NOT_FOUND,
+                subject.unknown_code(),
+                format!("upstream {upstream} answered 404"),
+            ),
+            PushFailure::UpstreamCredentials { upstream, status } => Self::denied(format!(
+                "upstream {upstream} refused this edge's credentials for the push (HTTP {status}); check its username and password in the edge's config"
+            )),
+            PushFailure::UpstreamRateLimited {
+                upstream,
+                retry_after,
+            } => {
+                let mut e = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::TooManyRequests,
+                    format!("upstream {upstream} is rate-limiting this edge"),
+                );
+                e.retry_after = retry_after.map(whole_seconds);
+                e
+            }
+            PushFailure::UpstreamUnavailable { upstream, source } => {
+                Self::upstream_unavailable(subject, &upstream, source.to_string())
+            }
+            PushFailure::Internal(detail) => Self::internal(subject, detail),
+        }
     }
 
     /// 500: the edge itself failed (its store, a task).
@@ -310,6 +444,26 @@ impl std::fmt::Display for OciError {
     }
 }
 
+/// A `Retry-After` delay in whole seconds, rounded up (a client told 0 would retry at once).
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// `error: cause: cause`, each level's `Display` (plain sentences, never `Debug`).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +475,50 @@ mod tests {
         assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
         assert_eq!(v["errors"][0]["detail"], "sha256:zz");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn push_failures_keep_the_upstreams_status_and_code() {
+        let refused = |status, code: Option<&str>| PushFailure::UpstreamRefused {
+            upstream: "corp.lan".into(),
+            status,
+            code: code.map(str::to_string),
+            message: "no".into(),
+        };
+        let e = OciError::from_push(
+            refused(400, Some("MANIFEST_BLOB_UNKNOWN")),
+            Subject::Manifest,
+        );
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown)
+        );
+        assert_eq!(e.message, "upstream corp.lan refused: no");
+        let e = OciError::from_push(refused(200, None), Subject::Blob);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_GATEWAY, ErrorCode::BlobUploadInvalid)
+        );
+        let e = OciError::from_push(
+            PushFailure::UpstreamRateLimited {
+                upstream: "corp.lan".into(),
+                retry_after: Some(Duration::from_millis(1500)),
+            },
+            Subject::Blob,
+        );
+        assert_eq!(
+            (e.status, e.retry_after),
+            (StatusCode::TOO_MANY_REQUESTS, Some(2))
+        );
+        let e = OciError::from_push(
+            PushFailure::UpstreamNotFound {
+                upstream: "corp.lan".into(),
+            },
+            Subject::Manifest,
+        );
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! Request routing: which upstream and repository a client means, and which API endpoint.
 //!
-//! Owns the mapping from every URL form real clients use (see `shared/notes/clients.md`) to
-//! an [`ApiRoute`], and the table of configured upstreams it resolves names against. It
-//! parses raw path segments into typed names, references and digests; anything that does
-//! not parse becomes an [`OciError`] here. Precedence when several hints are present:
+//! Owns the mapping from every URL form real clients use (README.md, "Pointing clients at
+//! the edge") to an [`ApiRoute`], and the table of configured upstreams it resolves names
+//! against. It parses raw path segments into typed names, references and digests; anything
+//! that does not parse becomes an [`OciError`] here. Precedence when several hints are present:
 //!
 //! 1. `/<host>/v2/...` (containerd `hosts.toml` server with a path),
 //! 2. a host-like first repository segment `/v2/<host>/<repo>/...` (Podman/CRI-O mirror

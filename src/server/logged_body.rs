@@ -1,6 +1,8 @@
 //! A response body wrapper that counts the bytes sent and, when the body ends or is
 //! dropped (client gone), writes the request's log line and records its metrics. This is
 //! how one line per request carries the bytes actually sent and the full duration.
+//!
+//! Owns: that line and those per-request metrics. Must not: change the bytes it passes on.
 
 use crate::metrics::activity::{unix_now, RecentError};
 use crate::metrics::Metrics;

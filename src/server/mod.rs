@@ -3,11 +3,22 @@
 //! SIGTERM/SIGINT, per-request logging and metrics, and the operations endpoints.
 //!
 //! Owns: sockets, TLS handshakes, connection lifetimes and signals; the connection cap,
-//! header-read and idle timeouts, head-size limits (`[server]`), and refusing clients
-//! outside `auth.allow_cidrs` before anything else; plain-HTTP connections send
-//! file-backed frames with `sendfile(2)` (`sendfile.rs`); each accepted connection is
-//! served whole on one per-core worker thread (`workers.rs`).
-//! Must not: interpret registry paths (that is `registry`) or touch the store.
+//! header-read and idle timeouts, head-size limits (`[server]`), and turning away clients
+//! outside `auth.allow_cidrs` before anything else (`access` decides and counts); the
+//! operations endpoints (`/metrics`, `/healthz`, `/readyz`, the status page for
+//! `auth.admin_cidrs` or an `admin` token); plain-HTTP connections send file-backed frames
+//! with `sendfile(2)` (`sendfile.rs`); each accepted connection is served whole on one
+//! per-core worker thread (`workers.rs`).
+//!
+//! Imports `registry` (every other request goes to [`crate::registry::RegistryApi`]) and
+//! `access` (the network and admin checks). One import reaches past `registry`, on
+//! purpose: the status page (`status.rs`) reads the cache's and the store's read-only
+//! views (fills under way, upstream endpoints, store totals) through
+//! [`crate::registry::RegistryApi::cache`], because that report is about those layers
+//! and passing each view up through `registry` would only copy them.
+//!
+//! Must not: interpret registry paths (that is `registry`), decide access (that is
+//! `access`), or change the cache or the store.
 
 pub(crate) mod cert_expiry;
 mod limits;
@@ -207,10 +218,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         if kind == ListenerKind::Https && !app.api.access().peer_allowed(peer.ip()) {
             // Outside auth.allow_cidrs: no TLS handshake is spent on it. (Plain HTTP
-            // clients get a 403 answer at request time.)
-            app.api
-                .access()
-                .count_denial(crate::access::DenyReason::Network);
+            // clients get a 403 answer at request time.) Access counted the refusal.
             tracing::debug!(client = %peer, "network not allowed; closed");
             continue;
         }

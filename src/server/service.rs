@@ -1,6 +1,11 @@
 //! The per-request service: the client-network check first, a bound on the request
-//! target's length, operations endpoints (`/metrics`, `/healthz`, `/readyz`) and everything
-//! else to the registry API, wrapped so each request is logged and counted.
+//! target's length, operations endpoints (`/metrics`, `/healthz`, `/readyz`, `/status` and
+//! `/status.json`) and everything else to the registry API, wrapped so each request is
+//! logged and counted.
+//!
+//! Owns: that order, and handing the registry the request's parts and body. Must not:
+//! interpret registry paths (that is `registry`), or decide or count access (it asks
+//! `access`, which counts its refusals).
 
 use super::limits::ConnActivity;
 use super::logged_body::{LoggedBody, RequestRecord};
@@ -10,7 +15,9 @@ use crate::access::DenyReason;
 use crate::metrics::activity::unix_now;
 use crate::metrics::Metrics;
 use crate::registry::body;
-use crate::registry::{error_response, ClientInfo, ErrorCode, OciError, RegistryApi};
+use crate::registry::{
+    error_response, ClientInfo, ErrorCode, OciError, RegistryApi, ServedRepo, UploadBody,
+};
 use http::{header, Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,8 +96,8 @@ impl App {
         let head_only = parts.method == http::Method::HEAD;
         let target_len = parts.uri.path().len() + parts.uri.query().map_or(0, |q| q.len() + 1);
         let (response, route) = if !self.api.access().peer_allowed(peer.ip()) {
-            // Before anything else: clients outside auth.allow_cidrs get nothing but this.
-            self.api.access().count_denial(DenyReason::Network);
+            // Before anything else: clients outside auth.allow_cidrs get nothing but this
+            // (access counted the refusal).
             let e = OciError::denied("this edge does not serve your network");
             (error_response(&e, head_only), "denied")
         } else if target_len > MAX_REQUEST_TARGET {
@@ -151,10 +158,7 @@ impl App {
             }
         };
         let (mut head, body) = response.into_parts();
-        let repo = head
-            .extensions
-            .remove::<crate::registry::ServedRepo>()
-            .map(|r| r.0);
+        let repo = head.extensions.remove::<ServedRepo>().map(|r| r.0);
         let body = if parts.method == http::Method::HEAD && route != "blob" && route != "manifest" {
             body::empty()
         } else {
@@ -194,7 +198,6 @@ impl App {
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         if let Err(reason) = self.api.access().admin_allowed(peer.ip(), authorization) {
-            self.api.access().count_denial(reason);
             let mut r = text(
                 if reason == DenyReason::NoCredentials {
                     StatusCode::UNAUTHORIZED
@@ -245,7 +248,7 @@ fn head_of(s: &str, max: usize) -> &str {
 }
 
 /// A request body as the stream of bytes the push API reads (other routes never poll it).
-fn request_stream<B>(body: B) -> crate::cache::push::UploadBody
+fn request_stream<B>(body: B) -> UploadBody
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: std::fmt::Display,

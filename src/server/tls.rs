@@ -2,6 +2,9 @@
 //! `http/1.1`, and a certificate that can be swapped on SIGHUP without touching open
 //! connections (new handshakes get the new certificate; a bad new one is refused and the
 //! old one kept).
+//!
+//! Owns: the served certificate and key, and the rustls server config. Must not: accept
+//! connections or decide who may connect (that is `mod.rs`, asking `access`).
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;

@@ -16,12 +16,18 @@
 //! closed (`PUT ?digest=`, no body) only once the edge's own hash matched the digest, so a
 //! wrong blob never lands upstream either; a mismatch cancels the upstream session.
 //!
-//! Submodules: `spool` (the session's hashing and keeping thread), `stored` (what is
-//! written to the store after the upstream's 201: blobs, manifests, tags).
+//! Every failure is classified as a [`PushFailure`] (`failure`): an upstream's error is
+//! sorted by what it means for the client before it leaves this module, as the cache
+//! sorts a pull's, so `registry` never looks into the upstream client's errors.
+//!
+//! Submodules: `failure` (that classification), `spool` (the session's hashing and keeping
+//! thread), `stored` (what is written to the store after the upstream's 201: blobs,
+//! manifests, tags).
 //!
 //! Must not: know about HTTP requests or responses (that is `registry`), or how the store
 //! lays bytes out (that is `store`).
 
+mod failure;
 mod spool;
 mod stored;
 
@@ -31,6 +37,7 @@ use crate::oci::{Digest, RepoTarget, RepositoryName};
 use crate::store::Store;
 use crate::upstream::{MountOutcome, PushError, Upstream, UpstreamUpload};
 use bytes::Bytes;
+pub use failure::PushFailure;
 use futures_util::{Stream, StreamExt};
 use spool::{spawn_spool, FillFor, SpoolMsg};
 use std::collections::HashMap;
@@ -50,53 +57,6 @@ pub struct PushSettings {
     pub max_upload_size: u64,
     pub session_timeout: Duration,
     pub max_uploads_per_token: usize,
-}
-
-/// Why a push request failed; `registry` maps each to its OCI error once.
-#[derive(Debug, thiserror::Error)]
-pub enum PushFailure {
-    #[error("upstream {0} does not take pushes through this edge")]
-    NotEnabled(String),
-    #[error("no upload session {0} on this edge (finished, cancelled or expired)")]
-    UploadUnknown(String),
-    #[error("the blob's bytes hash to {actual}, not to the digest {expected} the client gave")]
-    DigestMismatch { expected: Digest, actual: Digest },
-    #[error("the upload is larger than push.max_upload_size ({limit} bytes)")]
-    TooLarge { limit: u64 },
-    #[error("the chunk starts at byte {start}, but the upload has {offset} bytes so far")]
-    OutOfOrder { start: u64, offset: u64 },
-    #[error("this token already has {limit} uploads open (push.max_uploads_per_token)")]
-    TooManyUploads { limit: usize },
-    #[error("the client's request body broke off: {0}")]
-    ClientBody(String),
-    #[error("{0}")]
-    ManifestInvalid(String),
-    #[error("upstream {upstream} refused the push")]
-    Upstream {
-        upstream: String,
-        #[source]
-        source: PushError,
-    },
-    #[error("internal: {0}")]
-    Internal(String),
-}
-
-impl PushFailure {
-    /// The `reason` label of `push_failures_total`.
-    fn reason(&self) -> &'static str {
-        match self {
-            PushFailure::DigestMismatch { .. } => "digest",
-            PushFailure::TooLarge { .. } => "too_large",
-            PushFailure::Upstream { .. } => "upstream",
-            PushFailure::ClientBody(_) => "client",
-            PushFailure::TooManyUploads { .. } => "limit",
-            PushFailure::Internal(_) => "store",
-            PushFailure::NotEnabled(_)
-            | PushFailure::UploadUnknown(_)
-            | PushFailure::OutOfOrder { .. }
-            | PushFailure::ManifestInvalid(_) => "client",
-        }
-    }
 }
 
 /// Where an upload stands, for the client's `Range` and `Location`.
@@ -225,10 +185,7 @@ impl Pushes {
     }
 
     fn upstream_failure(&self, target: &RepoTarget, source: PushError) -> PushFailure {
-        PushFailure::Upstream {
-            upstream: target.upstream.clone(),
-            source,
-        }
+        PushFailure::from_upstream(&target.upstream, source)
     }
 
     /// Opens a session: the upstream's first, then the edge's around it.

@@ -6,20 +6,24 @@
 //!
 //! Owns: reading what the client sent (`Content-Range`, `Content-Length`, `Content-Type`,
 //! `?digest=`, `?mount=&from=`), the replies clients expect (`Location` in the client's
-//! own routing form, `Range`, `Docker-Upload-UUID`, `Docker-Content-Digest`), and mapping
-//! each [`PushFailure`] to its OCI error once.
+//! own routing form, `Range`, `Docker-Upload-UUID`, `Docker-Content-Digest`), and asking
+//! [`crate::cache::push`] once per request. Its failures arrive classified (a
+//! [`crate::cache::push::PushFailure`]) and become OCI errors in `error.rs`
+//! ([`OciError::from_push`]).
 //!
-//! Must not: hold upload state or talk to the upstream (that is [`crate::cache::push`]).
+//! Must not: check access (an authorized request reached it), hold upload state, or talk
+//! to the upstream (that is [`crate::cache::push`]).
 
-use super::api::{base_response, finish, request_host, ApiResponse, RegistryApi};
+use super::api::{ApiResponse, RegistryApi};
 use super::body;
+use super::door::request_host;
 use super::error::{ErrorCode, OciError, Subject};
+use super::response::{base_response, error_response, finish, DOCKER_CONTENT_DIGEST};
 use super::route::{decoded_query_param, ApiRoute, RequestParts};
 use crate::cache::push::{
-    MountResult, PushFailure, Pushes, UploadBody, UploadRef, UploadState, MAX_PUSHED_MANIFEST,
+    MountResult, Pushes, UploadBody, UploadRef, UploadState, MAX_PUSHED_MANIFEST,
 };
 use crate::oci::{Digest, Reference, RepoTarget};
-use crate::upstream::{PushError, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{header, Method, Response, StatusCode};
@@ -59,25 +63,16 @@ fn content_range_start(req: &http::request::Parts) -> Result<Option<u64>, OciErr
     match parsed {
         Some((start, end)) => {
             if content_length(req).is_some_and(|len| len != end - start + 1) {
-                return Err(invalid_upload(
+                return Err(OciError::blob_upload_invalid(
                     "Content-Range and Content-Length disagree about the chunk's size",
                 ));
             }
             Ok(Some(start))
         }
-        None => Err(invalid_upload(format!(
+        None => Err(OciError::blob_upload_invalid(format!(
             "Content-Range must be <start>-<end>, got {text:?}"
         ))),
     }
-}
-
-fn invalid_upload(detail: impl Into<String>) -> OciError {
-    OciError::new(
-        StatusCode::BAD_REQUEST,
-        ErrorCode::BlobUploadInvalid,
-        "invalid blob upload",
-    )
-    .with_detail(detail)
 }
 
 /// Where the client's repository is, in its own routing form, and the query it must keep.
@@ -131,7 +126,7 @@ fn blob_created(form: &ClientForm, digest: &Digest) -> Answer {
     Ok(finish(
         base_response(StatusCode::CREATED)
             .header(header::LOCATION, form.blob(digest))
-            .header(super::api::DOCKER_CONTENT_DIGEST, digest.to_string())
+            .header(DOCKER_CONTENT_DIGEST, digest.to_string())
             .header(header::CONTENT_LENGTH, 0),
         body::empty(),
     ))
@@ -151,88 +146,6 @@ fn digest_param(query: Option<&str>, key: &str) -> Result<Option<Digest>, OciErr
             .parse()
             .map(Some)
             .map_err(|e: crate::oci::DigestError| OciError::digest_invalid(e.to_string())),
-    }
-}
-
-/// The one place push failures become what clients see.
-fn map_push_failure(e: PushFailure, subject: Subject) -> OciError {
-    let text = e.to_string();
-    match e {
-        PushFailure::NotEnabled(u) => OciError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::Unsupported,
-            format!("upstream {u} does not take pushes through this edge"),
-        ),
-        PushFailure::UploadUnknown(_) => {
-            OciError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown, text)
-        }
-        PushFailure::DigestMismatch { .. } => OciError::digest_invalid(text),
-        PushFailure::TooLarge { .. } => {
-            OciError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid, text)
-        }
-        PushFailure::OutOfOrder { .. } => OciError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            ErrorCode::BlobUploadInvalid,
-            text,
-        ),
-        PushFailure::TooManyUploads { .. } => {
-            let mut e = OciError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::TooManyRequests,
-                text,
-            );
-            e.retry_after = Some(1);
-            e
-        }
-        PushFailure::ClientBody(_) => invalid_upload(text),
-        PushFailure::ManifestInvalid(_) => {
-            OciError::new(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, text)
-        }
-        PushFailure::Upstream { upstream, source } => upstream_refusal(&upstream, source, subject),
-        PushFailure::Internal(detail) => OciError::internal(subject, detail),
-    }
-}
-
-/// An upstream's refusal with its own status and OCI code; failures to reach it as 502/503.
-fn upstream_refusal(upstream: &str, source: PushError, subject: Subject) -> OciError {
-    match source {
-        PushError::Refused {
-            status,
-            code,
-            message,
-        } => {
-            let status = StatusCode::from_u16(status)
-                .ok()
-                .filter(|s| s.is_client_error() || s.is_server_error())
-                .unwrap_or(StatusCode::BAD_GATEWAY);
-            let code = code
-                .as_deref()
-                .and_then(ErrorCode::from_spec)
-                .unwrap_or(match subject {
-                    Subject::Manifest => ErrorCode::ManifestInvalid,
-                    _ => ErrorCode::BlobUploadInvalid,
-                });
-            OciError::new(status, code, format!("upstream {upstream} refused: {message}"))
-        }
-        PushError::Upstream(UpstreamError::NotFound) => OciError::new(
-            StatusCode::NOT_FOUND,
-            subject.unknown_code(),
-            format!("upstream {upstream} answered 404"),
-        ),
-        PushError::Upstream(UpstreamError::Unauthorized { status }) => OciError::denied(format!(
-            "upstream {upstream} refused this edge's credentials for the push (HTTP {status}); check its username and password in the edge's config"
-        )),
-        PushError::Upstream(UpstreamError::RateLimited { retry_after, .. }) => {
-            let mut e = OciError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::TooManyRequests,
-                format!("upstream {upstream} is rate-limiting this edge"),
-            );
-            e.retry_after = retry_after.map(crate::upstream::retry_after_seconds);
-            e
-        }
-        PushError::Upstream(other) => OciError::upstream_unavailable(subject, upstream, other.to_string())
-            .with_detail(other.to_string()),
     }
 }
 
@@ -313,7 +226,7 @@ impl RegistryApi {
                     _ => pushes
                         .delete(&target, &format!("manifests/{reference}"))
                         .await
-                        .map_err(|e| map_push_failure(e, Subject::Manifest))
+                        .map_err(|e| OciError::from_push(e, Subject::Manifest))
                         .and_then(|()| no_content(StatusCode::ACCEPTED)),
                 };
                 ("manifest_push", r)
@@ -324,11 +237,11 @@ impl RegistryApi {
                         base_response(StatusCode::OK)
                             .header(header::CONTENT_LENGTH, size)
                             .header(header::CONTENT_TYPE, "application/octet-stream")
-                            .header(super::api::DOCKER_CONTENT_DIGEST, digest.to_string()),
+                            .header(DOCKER_CONTENT_DIGEST, digest.to_string()),
                         body::empty(),
                     )),
                     Ok(None) => Err(OciError::blob_unknown(digest)),
-                    Err(e) => Err(map_push_failure(e, Subject::Blob)),
+                    Err(e) => Err(OciError::from_push(e, Subject::Blob)),
                 };
                 ("blob", r)
             }
@@ -336,14 +249,14 @@ impl RegistryApi {
                 let r = pushes
                     .delete(&target, &format!("blobs/{digest}"))
                     .await
-                    .map_err(|e| map_push_failure(e, Subject::Blob))
+                    .map_err(|e| OciError::from_push(e, Subject::Blob))
                     .and_then(|()| no_content(StatusCode::ACCEPTED));
                 ("blob_push", r)
             }
             _ => ("error", Err(OciError::unsupported_method(&req.method))),
         };
         ApiResponse {
-            response: result.unwrap_or_else(|e| super::api::error_response(&e, head)),
+            response: result.unwrap_or_else(|e| error_response(&e, head)),
             route: label,
         }
     }
@@ -360,7 +273,7 @@ impl RegistryApi {
         owner: &str,
     ) -> Answer {
         let query = req.uri.query();
-        let fail = |e| map_push_failure(e, Subject::Blob);
+        let fail = |e| OciError::from_push(e, Subject::Blob);
         match (&req.method, session) {
             (&Method::POST, None) => {
                 if let Some(mount) = digest_param(query, "mount")? {
@@ -458,7 +371,7 @@ impl RegistryApi {
         let pushed = pushes
             .put_manifest(target, reference, &media_type, bytes)
             .await
-            .map_err(|e| map_push_failure(e, Subject::Manifest))?;
+            .map_err(|e| OciError::from_push(e, Subject::Manifest))?;
         let repo_path = req
             .uri
             .path()
@@ -474,7 +387,7 @@ impl RegistryApi {
                     header::LOCATION,
                     format!("{repo_path}/manifests/{}{ns}", pushed.digest),
                 )
-                .header(super::api::DOCKER_CONTENT_DIGEST, pushed.digest.to_string())
+                .header(DOCKER_CONTENT_DIGEST, pushed.digest.to_string())
                 .header(header::CONTENT_LENGTH, 0),
             body::empty(),
         ))
