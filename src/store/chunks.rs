@@ -9,7 +9,7 @@
 //! and walking the chunk and temp directories for recovery.
 //!
 //! Must not: decide whether a chunk may be unlinked (refcounts and pins live in the index
-//! and the policy), touch the sled index, or hold any lock of the store.
+//! and the budget), touch the sled index, or hold any lock of the store.
 
 use super::error::{IoContext, StoreError};
 use bytes::Bytes;

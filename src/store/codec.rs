@@ -6,7 +6,7 @@
 //! Owns: [`BlobRecord`], [`ManifestRecord`], [`TagListRecord`], [`ChunkCount`], the tag
 //! record's encoding, and the key layouts (digests, chunk ids, LRU keys, tag keys).
 //!
-//! Must not: open sled or touch any tree (that is `index.rs`), or decide policy.
+//! Must not: open sled or touch any tree (that is `index/`), or decide policy.
 
 use super::chunks::{ChunkId, ChunkRef};
 use super::error::StoreError;

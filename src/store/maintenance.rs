@@ -5,7 +5,7 @@
 //! them.
 //!
 //! Must not: remove anything a reader pins (it is reported as skipped instead), hold the
-//! state lock while hashing (verification pins one blob at a time instead), or hold more
+//! budget lock while hashing (verification pins one blob at a time instead), or hold more
 //! than one read frame of a blob in memory.
 
 use super::budget::{Budget, Settled, Verdict};

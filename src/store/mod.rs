@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! <path>/LOCK                      exclusive fs2 lock for the Store's lifetime
-//! <path>/index/                    sled: the index only (see index.rs)
+//! <path>/index/                    sled: the index only (see index/)
 //! <path>/chunks/ab/cd/<blake3>     blob bytes, one file per distinct fixed-size chunk
 //! <path>/tmp/                      chunk files being written (emptied at open)
 //! ```
@@ -43,7 +43,7 @@
 //!  ├─ recovery.rs ─────────┤        crash recovery at open
 //!  │                       ▼
 //!  ├─ budget.rs   the one lock: totals, pins, reserve/evict, commit, remove
-//!  ├─ index.rs    sled trees and schema; every tree operation, cross-tree rules once
+//!  ├─ index/      sled trees and schema; every tree operation, cross-tree rules once
 //!  ├─ chunks.rs   chunk files, temp and spool files       (block_maps.rs: shared mappings)
 //!  └─ codec.rs, values.rs, options.rs, error.rs           leaves: encodings, values, errors
 //! ```
