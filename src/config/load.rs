@@ -1,62 +1,19 @@
 //! Loading a [`Config`]: embedded defaults, then the file, then `SPARKCR_EDGE__*`
 //! environment overrides; then the built-in upstreams and validation.
 
+use super::error::one_line;
+pub use super::error::{ConfigError, ConfigOrigin};
 use super::{Config, UpstreamConfig, BUILTIN_UPSTREAMS};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sparkcr-edge/config.toml";
 const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 const ENV_PREFIX: &str = "SPARKCR_EDGE";
 
-/// Where the file layer of a config came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConfigOrigin {
-    /// No file: the embedded default (plus environment overrides).
-    Embedded,
-    File(PathBuf),
-}
-
-impl fmt::Display for ConfigOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigOrigin::Embedded => f.write_str("<embedded default config>"),
-            ConfigOrigin::File(p) => write!(f, "{}", p.display()),
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct LoadedConfig {
     pub config: Config,
     pub origin: ConfigOrigin,
-}
-
-/// A config mistake, rendered as one line: `<file>: <key>: <what was expected>`.
-#[derive(Debug, thiserror::Error)]
-#[error("{origin}: {key}{sep}{message}", sep = if key.is_empty() { "" } else { ": " })]
-pub struct ConfigError {
-    pub origin: String,
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(super) fn at(
-        origin: &ConfigOrigin,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        ConfigError {
-            origin: origin.to_string(),
-            key: key.into(),
-            message: one_line(&message.into()),
-        }
-    }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The data directory used when the config names none: `$STATE_DIRECTORY` (set by

@@ -11,6 +11,7 @@
 //! Must not: open sockets, touch the store, or import any other module of this crate.
 
 pub mod auth;
+mod error;
 pub mod load;
 pub mod outbound;
 pub mod tiers;

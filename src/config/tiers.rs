@@ -3,7 +3,7 @@
 //!
 //! Must not: open sockets, or import any other module of this crate.
 
-use super::load::{ConfigError, ConfigOrigin};
+use super::error::{ConfigError, ConfigOrigin};
 use super::{HumanDuration, ProxySetting};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -243,7 +243,8 @@ pub(super) fn validate(
 
 #[cfg(test)]
 mod tests {
-    use super::super::load::{load_from, ConfigOrigin};
+    use super::super::error::ConfigOrigin;
+    use super::super::load::load_from;
     use std::path::PathBuf;
 
     fn from_text(t: &str) -> Result<super::super::Config, String> {
