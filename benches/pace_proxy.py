@@ -104,6 +104,12 @@ def handle(client: socket.socket, n: int, args, bucket: Bucket, out_lock: thread
     finally:
         client.close()
         up.close()
+    log_connection(n, stats, out_lock)
+
+
+def log_connection(n: int, stats: dict, out_lock: threading.Lock) -> None:
+    """The one line per finished connection (also used by wan_relay.py): bytes each way, the
+    time from the first byte down to the last, and the rate over it."""
     secs = stats["last"] - stats["first"] if "first" in stats and "last" in stats else 0.0
     rate = f"{stats['down'] / secs:.0f}" if secs > 0 else "-"
     with out_lock:

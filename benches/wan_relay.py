@@ -36,6 +36,10 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pace_proxy import log_connection  # noqa: E402  (the same line per connection)
 
 HOST = "127.0.0.1"
 READ = 256 << 10
@@ -186,12 +190,8 @@ def handle(client, n, args, link, out_lock) -> None:
     finally:
         client.close()
         up.close()
-    secs = stats["last"] - stats["first"] if "first" in stats and "last" in stats else 0.0
-    rate = f"{stats['down'] / secs:.0f}" if secs > 0 else "-"
-    if args.quiet:
-        return
-    with out_lock:
-        print(f"conn {n} down={stats['down']} up={stats['up']} secs={secs:.6f} rate={rate}", flush=True)
+    if not args.quiet:
+        log_connection(n, stats, out_lock)
 
 
 def serve(args, lsock: socket.socket) -> None:
