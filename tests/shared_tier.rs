@@ -46,7 +46,8 @@ fn rgw_port() -> u16 {
 }
 
 impl Ceph {
-    fn start() -> Ceph {
+    /// Starts a cluster, or says why it could not.
+    fn try_start() -> Result<Ceph, String> {
         install_crypto();
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("ceph");
@@ -59,25 +60,30 @@ impl Ceph {
             .output()
             .expect("run scripts/ceph-rgw");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "scripts/ceph-rgw start failed: {}{}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/ceph-rgw start failed: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         let field = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(&format!("{k}=")))
                 .unwrap_or_else(|| panic!("{k} missing in: {text}"))
                 .to_string()
         };
-        Ceph {
+        Ok(Ceph {
             endpoint: field("CEPH_RGW_ENDPOINT"),
             access: field("CEPH_RGW_ACCESS_KEY"),
             secret: field("CEPH_RGW_SECRET_KEY"),
             dir,
             _tmp: tmp,
-        }
+        })
+    }
+
+    fn start() -> Ceph {
+        Ceph::try_start().unwrap_or_else(|why| panic!("{why}"))
     }
 
     fn script(&self, args: &[&str]) {
@@ -122,9 +128,13 @@ impl Drop for Ceph {
 }
 
 /// The file's cluster, started by the first test that needs it.
+/// A cluster that failed to start is tried once: every test then fails at once with its reason.
 fn ceph() -> &'static Ceph {
-    static CEPH: OnceLock<Ceph> = OnceLock::new();
-    CEPH.get_or_init(Ceph::start)
+    static CEPH: OnceLock<Result<Ceph, String>> = OnceLock::new();
+    match CEPH.get_or_init(Ceph::try_start) {
+        Ok(ceph) => ceph,
+        Err(why) => panic!("{why}"),
+    }
 }
 
 fn key(digest: &str) -> ObjectPath {
