@@ -17,21 +17,29 @@ Cases, per profile:
 - 4 layers at once (4 clients, 4 blobs);
 - 4 concurrent ranges on one cold blob, open-ended (`bytes=N-`, the way containerd 2.1+
   splits a layer) and bounded: the time to headers of each (containerd 2.3 drops a response
-  without headers after 30 s) and to its last byte.
+  without headers after 30 s) and to its last byte;
+- a whole 4-layer image with skopeo (to `dir:`), one client;
+- a fleet: 10 skopeo clients pulling one 4-layer image at once, direct vs through a cold
+  edge vs through registry:2's proxy (`proxy.remoteurl`), each over its own fresh relay on
+  the same profile; the WAN bytes of each (what the relay carried server -> client).
 
 Profiles (the WAN first-pull issue's): (a) RTT 150 ms, window 4 MiB, 1 Gbit/s link,
 256 MiB blob, 4 x 64 MiB layers; (b) RTT 250 ms, per-flow cap 3 MB/s, 200 Mbit/s link,
 64 MiB blob, 4 x 16 MiB layers; (c) RTT 20 ms, window 4 MiB, no link cap (regional).
 
 Imports benches/harness.py for its server, blob and config helpers (one way only). Python
-3.11 standard library; needs docker-registry, curl, openssl. Traffic stays on loopback.
+3.11 standard library; needs docker-registry, curl, openssl, skopeo. Traffic stays on loopback.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import io
+import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -174,7 +182,121 @@ def range_specs(size: int) -> list[tuple[str, int]]:
     return open_ended + bounded
 
 
-def profile_run(binary: Path, tmp: Path, reg: h.Server, cert: Path, tls: ssl.SSLContext,
+def push_image(reg: h.Server, tls: ssl.SSLContext, tmp: Path, layer: int, tag: str) -> int:
+    """Pushes a 4-layer OCI image (random layers) as `tag`; returns its bytes (layers+config)."""
+    blob_path = tmp / "layer.bin"
+    layers = []
+    for _ in range(4):
+        digest = h.make_blob(blob_path, layer)
+        conn = h._conn(reg.port, tls=tls)
+        try:
+            with open(blob_path, "rb") as f:
+                h.push_blob(conn, f, layer, digest)
+        finally:
+            conn.close()
+        layers.append(digest)
+    blob_path.unlink()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": layers}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    conn = h._conn(reg.port, tls=tls)
+    try:
+        h.push_blob(conn, io.BytesIO(config), len(config), config_digest)
+    finally:
+        conn.close()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": h.OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": layer}
+                   for d in layers],
+    }).encode()
+    conn = h._conn(reg.port, tls=tls)
+    try:
+        conn.request("PUT", f"/v2/{h.REPO}/manifests/{tag}", body=manifest,
+                     headers={"Content-Type": h.OCI_MANIFEST})
+        r = conn.getresponse()
+        text = r.read()
+        if r.status != 201:
+            raise h.BenchError(f"push manifest {tag}: HTTP {r.status} {text[:300]!r}")
+    finally:
+        conn.close()
+    return 4 * layer + len(config)
+
+
+def skopeo(port: int, tag: str, out: Path, certs: Path | None, timeout: float = 900) -> float:
+    """`skopeo copy` of the image to `dir:out` (over HTTPS trusting `certs`, else plain
+    HTTP); returns its wall time."""
+    tls = [f"--src-cert-dir={certs}"] if certs else ["--src-tls-verify=false"]
+    cmd = ["skopeo", "--insecure-policy", "copy", "--retry-times=0", *tls,
+           f"docker://{HOST}:{port}/{h.REPO}:{tag}", f"dir:{out}"]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    wall = time.monotonic() - t0
+    if res.returncode != 0:
+        raise h.BenchError(f"skopeo from :{port} ({tag}): {res.stderr[-1500:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return wall
+
+
+def relay_down_bytes(relay: h.Server) -> int:
+    """What the relay carried server -> client over the connections that have ended."""
+    return sum(int(m) for m in re.findall(r"^conn \d+ down=(\d+)", relay.log_text(), re.M))
+
+
+def start_proxy_registry(tmp: Path, name: str, relay_port: int, ca: Path) -> h.Server:
+    """registry:2 as a pull-through cache of the upstream behind the relay (HTTPS, trusting
+    the bench CA through SSL_CERT_FILE)."""
+    d = tmp / name
+    d.mkdir()
+    port = h.free_port()
+    cfg = (
+        "version: 0.1\nlog:\n  level: warn\n  formatter: text\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {d}/storage\n"
+        f"http:\n  addr: {HOST}:{port}\n"
+        f"proxy:\n  remoteurl: https://{HOST}:{relay_port}\n"
+    )
+    (d / "config.yml").write_text(cfg)
+    s = h.Server(name, [h.REGISTRY_BIN, "serve", str(d / "config.yml")], d / "log.txt", port,
+                 env={"SSL_CERT_FILE": str(ca)})
+    s.wait_port()
+    return s
+
+
+FLEET = 10
+
+
+def fleet_run(binary: Path, tmp: Path, reg: h.Server, ca: Path, certs: Path, tls: ssl.SSLContext,
+              name: str, p: dict) -> dict:
+    """10 skopeo clients pulling one cold image at once: direct, through a cold edge,
+    through registry:2's proxy; wall time and WAN bytes of each, each over a fresh relay."""
+    size = push_image(reg, tls, tmp, p["layer"], f"fleet-{name}")
+    out: dict = {"size": size}
+    for variant in ("direct", "edge", "registry2"):
+        relay = start_relay(tmp, f"relay-{name}-fleet-{variant}", reg.port, p)
+        front = None
+        if variant == "edge":
+            front = start_edge(binary, tmp, f"edge-{name}-fleet", relay.port, ca)
+        elif variant == "registry2":
+            front = start_proxy_registry(tmp, f"r2-{name}-fleet", relay.port, ca)
+        try:
+            port, c = (relay.port, certs) if front is None else (front.port, None)
+            wall, _ = together([lambda i=i: skopeo(port, f"fleet-{name}", tmp / f"fleet-{variant}-{i}", c)
+                                for i in range(FLEET)])
+        except h.BenchError:
+            if front is not None:
+                h.log(f"{front.name} log:\n{front.log_text()[-3000:]}")
+            raise
+        finally:
+            if front is not None:
+                h.retire(front)
+        time.sleep(1.0)  # the relay logs a connection when it ends
+        out[variant] = dict(wall=wall, wan=relay_down_bytes(relay))
+        h.retire(relay)
+    return out
+
+
+def profile_run(binary: Path, tmp: Path, reg: h.Server, cert: Path, certs: Path, tls: ssl.SSLContext,
                 name: str, p: dict) -> dict:
     blob_path = tmp / "blob.bin"
 
@@ -192,6 +314,7 @@ def profile_run(binary: Path, tmp: Path, reg: h.Server, cert: Path, tls: ssl.SSL
     layers = [[new_blob(p["layer"]) for _ in range(4)] for _ in range(2)]
     ranged = [new_blob(p["blob"]) for _ in range(4)]
     blob_path.unlink()
+    image = {side: push_image(reg, tls, tmp, p["layer"], f"image-{name}-{side}") for side in ("direct", "edge")}
     relay = start_relay(tmp, f"relay-{name}", reg.port, p)
     edge = start_edge(binary, tmp, f"edge-{name}", relay.port, cert)
     direct_url = f"https://{HOST}:{relay.port}/v2/{h.REPO}/blobs/"
@@ -225,16 +348,26 @@ def profile_run(binary: Path, tmp: Path, reg: h.Server, cert: Path, tls: ssl.SSL
                 direct_headers=max(x["headers"] for x in res_d),
                 edge_headers=max(x["headers"] for x in res_e),
             )
+        r["image"] = dict(
+            size=image["edge"],
+            direct=skopeo(relay.port, f"image-{name}-direct", tmp / "image-direct", certs),
+            edge=skopeo(edge.port, f"image-{name}-edge", tmp / "image-edge", None),
+        )
     except h.BenchError:
         h.log(f"edge log:\n{edge.log_text()[-3000:]}\nrelay log:\n{relay.log_text()[-1000:]}")
         raise
     finally:
         h.retire(edge, relay)
+    r["fleet"] = fleet_run(binary, tmp, reg, cert, certs, tls, name, p)
     return r
 
 
 def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f} s"
+
+
+def p_mib(n: int) -> int:
+    return n >> 20
 
 
 def ratio(a: float, b: float) -> str:
@@ -267,6 +400,15 @@ def report(results: list[dict], info: str) -> str:
             out.append(f"| {r['profile']} | 4 {kind} ranges, one cold blob | {fmt(x['direct'])} | {fmt(x['edge'])} | "
                        f"{ratio(x['edge'], x['direct'])} | slowest headers {fmt(x['direct_headers'])} / "
                        f"{fmt(x['edge_headers'])} |")
+        im = r["image"]
+        out.append(f"| {r['profile']} | skopeo, 4 x {p_mib(im['size'] // 4)} MiB image | {fmt(im['direct'])} | "
+                   f"{fmt(im['edge'])} | {ratio(im['edge'], im['direct'])} | one client |")
+        fl = r["fleet"]
+        wan = " · ".join(f"{k} {fl[k]['wan'] / fl['size']:.1f}x" for k in ("direct", "edge", "registry2"))
+        out.append(f"| {r['profile']} | fleet: {FLEET} x skopeo, one image | {fmt(fl['direct']['wall'])} | "
+                   f"{fmt(fl['edge']['wall'])} | {ratio(fl['edge']['wall'], fl['direct']['wall'])} | "
+                   f"registry:2 proxy {fmt(fl['registry2']['wall'])} (edge / registry:2 "
+                   f"{ratio(fl['edge']['wall'], fl['registry2']['wall'])}); WAN bytes / image: {wan} |")
     return "\n".join(out) + "\n"
 
 
@@ -277,7 +419,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes")
     ap.add_argument("--out", type=Path, help="write the report here (default: print only)")
     args = ap.parse_args()
-    for tool in ("curl", "openssl", h.REGISTRY_BIN):
+    for tool in ("curl", "openssl", "skopeo", h.REGISTRY_BIN):
         if not shutil.which(tool) and not Path(tool).exists():
             print(f"needs {tool}", file=sys.stderr)
             return 2
@@ -285,6 +427,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wan-bench-") as t:
         tmp = Path(t)
         ca, cert, key, tls = make_pki(tmp / "tls")
+        certs = tmp / "skopeo-certs"  # skopeo's --src-cert-dir: every *.crt is a CA
+        certs.mkdir()
+        shutil.copy(ca, certs / "ca.crt")
         reg = start_tls_registry(tmp, cert, key)
         try:
             for name in args.profile or sorted(PROFILES):
@@ -292,7 +437,7 @@ def main() -> int:
                 if args.smoke:
                     p.update(SMOKE_SIZES)
                 h.log(f"profile {name}: {p['label']}")
-                results.append(profile_run(args.binary, tmp, reg, ca, tls, name, p))
+                results.append(profile_run(args.binary, tmp, reg, ca, certs, tls, name, p))
                 h.log(report(results[-1:], ""))
         finally:
             h.stop_all()
@@ -300,7 +445,7 @@ def main() -> int:
                             cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
     info = (f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores; "
             f"binary {args.binary} at commit {commit}; upstream registry:2 over HTTPS behind benches/wan_relay.py; "
-            "curl, one connection per request; times are wall seconds of one run.")
+            "curl, one connection per request, and skopeo; times are wall seconds of one run.")
     text = report(results, info)
     print(text)
     if args.out:

@@ -135,12 +135,18 @@ pub fn route(data: &[u8]) {
     let mut parts = text.splitn(3, '\n');
     let host = parts.next().filter(|h| !h.is_empty());
     let path = parts.next().unwrap_or("/v2/");
-    let query = parts.next();
+    // A fourth line, if any, is the `OCI-Namespace` header.
+    let tail = parts.next();
+    let (query, namespace) = match tail.and_then(|q| q.split_once('\n')) {
+        Some((q, ns)) => (Some(q), Some(ns)),
+        None => (tail, None),
+    };
     let req = RequestParts {
         method,
         host,
         path,
         query,
+        namespace,
     };
     let Ok(routed) = route_request(&req, table()) else {
         return;

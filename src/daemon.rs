@@ -9,13 +9,13 @@
 //! binary's `cli/`), or implement any layer's behaviour.
 
 use crate::access::{Access, AccessError};
-use crate::cache::{Cache, CacheSettings};
+use crate::cache::{Cache, CacheSettings, PieceRule};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::{RegistryApi, UpstreamTable};
 use crate::server::{self, App, ListenerKind, Server, ServerError};
 use crate::store::{Store, StoreError, StoreOptions, Upkeep};
-use crate::upstream::Upstream;
+use crate::upstream::{RateLimit, Upstream};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,6 +120,15 @@ fn build_tiers(
     Ok(crate::cache::Tiers { shared, cluster })
 }
 
+/// This edge's name in `Cache-Status`: `server.name`, else the host name and the first 6
+/// characters of the edge's id (kept in the store), so boxes made from one image differ.
+fn edge_name(config: &Config, edge_id: &str) -> String {
+    match &config.server.name {
+        Some(name) => name.clone(),
+        None => format!("{}-{}", config.server.hostname, &edge_id[..6]),
+    }
+}
+
 /// Builds everything `config` describes and binds the listeners. `origin` names the
 /// config file in error messages.
 pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError> {
@@ -133,10 +142,23 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
             .map_err(|e| DaemonError::Task(e.to_string()))?
             .map_err(|source| DaemonError::Store { path, source })?
     };
+    let edge_id = store.edge_id().map_err(|source| DaemonError::Store {
+        path: config.storage.path.display().to_string(),
+        source,
+    })?;
+    let via = crate::oci::hops::own_hop(&edge_id);
     let mut upstreams = Vec::new();
+    // `[outbound] max_rate`: one bucket shared by every upstream's blob downloads.
+    let edge_rate = config.outbound.max_rate.map(RateLimit::new);
     for u in &config.upstream {
-        let up = Upstream::from_config(u, &config.outbound, metrics.clone())
-            .map_err(|e| DaemonError::Config(format!("{origin}: upstream {:?}: {e}", u.name)))?;
+        let up = Upstream::from_config_via(
+            u,
+            &config.outbound,
+            edge_rate.as_ref(),
+            Some(&via),
+            metrics.clone(),
+        )
+        .map_err(|e| DaemonError::Config(format!("{origin}: upstream {:?}: {e}", u.name)))?;
         upstreams.push(up);
     }
     let hold_commit = std::env::var(HOLD_COMMIT_ENV)
@@ -153,13 +175,25 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
             .collect(),
         hold_commit,
         follower_stall: config.cache.follower_stall.get(),
+        pieces: PieceRule::with_in_flight(config.cache.fill_pieces as usize),
+        unread_grace: CacheSettings::DEFAULT_UNREAD_GRACE,
+        quota_reserves: config
+            .upstream
+            .iter()
+            .filter(|u| u.quota_reserve > 0)
+            .map(|u| (u.name.clone(), u.quota_reserve))
+            .collect(),
     };
     let access = Arc::new(Access::from_config(config, metrics.clone())?);
     let tiers = build_tiers(config, origin, &metrics, &store)?;
     let cache =
         Arc::new(Cache::new(store.clone(), upstreams, settings, metrics.clone()).with_tiers(tiers));
     let upkeep = store.spawn_upkeep();
-    let mut api = RegistryApi::new(UpstreamTable::from_config(config), cache.clone(), access);
+    let edge_name = edge_name(config, &edge_id);
+    tracing::info!(name = %edge_name, id = %edge_id, "this edge's name in Cache-Status, and its id in Via");
+    let mut api = RegistryApi::new(UpstreamTable::from_config(config), cache.clone(), access)
+        .with_edge_name(&edge_name)
+        .with_edge_id(&edge_id);
     if config.upstream.iter().any(|u| u.push && u.private) {
         api = api.with_pushes(push_side(config, &store, &cache, &metrics));
     }

@@ -19,7 +19,19 @@ fn main() -> ExitCode {
         Command::Serve(config) => cli::serve::serve(&config),
         Command::CheckConfig { config, quiet } => cli::serve::check_config(&config, quiet),
         Command::Cache { command } => cli::store::cache(command),
-        Command::Import { config, bundle } => cli::store::import(&config, &bundle),
+        Command::Import {
+            config,
+            bundle,
+            replace_tags,
+            dry_run,
+        } => cli::store::import(
+            &config,
+            &bundle,
+            sparkcr_edge::bundle::ImportOptions {
+                replace_tags,
+                dry_run,
+            },
+        ),
         Command::Prefetch {
             images,
             concurrency,

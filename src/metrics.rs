@@ -11,8 +11,8 @@ pub mod activity;
 pub mod tiers;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -25,6 +25,7 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
     pub tls_reloads: IntCounterVec,
+    pub tls_cert_expiry: IntGauge,
     pub connections_rejected: IntCounterVec,
     // access
     pub auth_denials: IntCounterVec,
@@ -52,6 +53,9 @@ pub struct Metrics {
     pub digest_mismatches: IntCounter,
     pub fills_in_flight: IntGauge,
     pub fill_resumes: IntCounter,
+    pub fill_pieces_in_flight: IntGauge,
+    pub fill_pieces: IntCounterVec,
+    pub fill_pieces_spooled_bytes: IntCounter,
     pub fill_takeovers: IntCounter,
     pub fills_ended: IntCounterVec,
     pub reader_refetches: IntCounter,
@@ -63,6 +67,12 @@ pub struct Metrics {
     pub upstream_endpoint_requests: IntCounterVec,
     pub upstream_endpoint_up: IntGaugeVec,
     pub upstream_duration: HistogramVec,
+    pub upstream_blob_connections_in_use: IntGaugeVec,
+    pub upstream_quota_remaining: IntGaugeVec,
+    pub upstream_quota_limit: IntGaugeVec,
+    pub upstream_quota_window_seconds: IntGaugeVec,
+    pub upstream_blob_slot_waits: IntCounterVec,
+    pub upstream_rate_limited_seconds: CounterVec,
     pub build_info: IntGaugeVec,
     // push (issue 11)
     pub push_bytes: IntCounterVec,
@@ -226,10 +236,15 @@ impl Metrics {
                 "Certificate reloads on SIGHUP, by result.",
                 &["result"],
             ),
+            tls_cert_expiry: gauge(
+                &r,
+                "tls_cert_expiry_timestamp_seconds",
+                "When the served certificate expires, in seconds since 1970 (0 without HTTPS).",
+            ),
             connections_rejected: counter_vec(
                 &r,
                 "connections_rejected_total",
-                "Client connections closed early, by reason (limit: server.max_connections; silent: nothing received within server.header_read_timeout).",
+                "Client connections closed early, by reason (limit: refused at server.max_connections; room: an idle connection of the address holding the most, closed at the cap to give another address a slot; silent: nothing received within server.header_read_timeout).",
                 &["reason"],
             ),
             auth_denials: counter_vec(
@@ -335,6 +350,22 @@ impl Metrics {
                 "fill_resumes_total",
                 "Blob fills resumed with a Range request after a broken upstream connection.",
             ),
+            fill_pieces_in_flight: gauge(
+                &r,
+                "fill_pieces_in_flight",
+                "Ranged pieces of large blobs being fetched from upstreams now.",
+            ),
+            fill_pieces: counter_vec(
+                &r,
+                "fill_pieces_total",
+                "Ranged pieces of large blobs fetched, by result (ok; retried: resumed after a break; failed).",
+                &["result"],
+            ),
+            fill_pieces_spooled_bytes: counter(
+                &r,
+                "fill_pieces_spooled_bytes_total",
+                "Bytes of ranged pieces that arrived ahead of the blob's prefix and waited on a spool file (beyond the 8 MiB held in memory per fill).",
+            ),
             fill_takeovers: counter(
                 &r,
                 "fill_takeovers_total",
@@ -343,7 +374,7 @@ impl Metrics {
             fills_ended: counter_vec(
                 &r,
                 "fills_ended_total",
-                "Blob fills that ended, by where the bytes were kept (stored, spooled, memory) or failed.",
+                "Blob fills that ended, by where the bytes were kept (stored, spooled, memory), failed, or abandoned (a blob not being stored that nobody read any more).",
                 &["kept"],
             ),
             reader_refetches: counter(
@@ -388,6 +419,49 @@ impl Metrics {
                 &["upstream", "endpoint"],
             ),
             upstream_duration,
+            upstream_blob_connections_in_use: gauge_vec(
+                &r,
+                "upstream_blob_connections_in_use",
+                "Blob downloads under way from an upstream, each holding one of its max_connections slots (and one connection), by upstream.",
+                &["upstream"],
+            ),
+            upstream_quota_remaining: gauge_vec(
+                &r,
+                "upstream_quota_remaining",
+                "Requests left in the upstream's pull quota, as its last answer said (RateLimit-Remaining; Docker Hub's ratelimit-remaining), by upstream.",
+                &["upstream"],
+            ),
+            upstream_quota_limit: gauge_vec(
+                &r,
+                "upstream_quota_limit",
+                "Requests the upstream's pull quota allows per window, as its last answer said (RateLimit-Limit), by upstream.",
+                &["upstream"],
+            ),
+            upstream_quota_window_seconds: gauge_vec(
+                &r,
+                "upstream_quota_window_seconds",
+                "The length of the upstream's quota window in seconds (the w= of Docker Hub's headers), by upstream.",
+                &["upstream"],
+            ),
+            upstream_blob_slot_waits: counter_vec(
+                &r,
+                "upstream_blob_slot_waits_total",
+                "Blob downloads that waited for a free max_connections slot of their upstream, by upstream.",
+                &["upstream"],
+            ),
+            upstream_rate_limited_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "upstream_rate_limited_seconds_total",
+                        "Time blob downloads from an upstream spent held back by max_rate (its own or [outbound]'s), summed over downloads, by upstream.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("metric definition is valid");
+                r.register(Box::new(c.clone()))
+                    .expect("metric names are unique");
+                c
+            },
             build_info,
             activity: activity::Activity::default(),
             registry: r,
@@ -407,7 +481,7 @@ impl Metrics {
         };
         zero(&self.connections_total, &["http", "https"]);
         zero(&self.tls_reloads, &["ok", "error"]);
-        zero(&self.connections_rejected, &["limit"]);
+        zero(&self.connections_rejected, &["limit", "room"]);
         zero(
             &self.auth_denials,
             &[
@@ -436,8 +510,9 @@ impl Metrics {
         zero(&self.stale_served, &["manifest", "tags"]);
         zero(
             &self.fills_ended,
-            &["stored", "spooled", "memory", "failed"],
+            &["stored", "spooled", "memory", "failed", "abandoned"],
         );
+        zero(&self.fill_pieces, &["ok", "retried", "failed"]);
     }
 
     /// The counters the status page charts, summed over their labels, now.
@@ -474,6 +549,7 @@ impl Metrics {
             &self.connections_total,
             &self.tls_handshake_failures,
             &self.tls_reloads,
+            &self.tls_cert_expiry,
             &self.connections_rejected,
             &self.auth_denials,
             &self.private_content_refusals,
@@ -497,6 +573,9 @@ impl Metrics {
             &self.digest_mismatches,
             &self.fills_in_flight,
             &self.fill_resumes,
+            &self.fill_pieces_in_flight,
+            &self.fill_pieces,
+            &self.fill_pieces_spooled_bytes,
             &self.fill_takeovers,
             &self.fills_ended,
             &self.reader_refetches,
@@ -504,6 +583,12 @@ impl Metrics {
             &self.upstream_bytes,
             &self.upstream_token_fetches,
             &self.upstream_duration,
+            &self.upstream_blob_connections_in_use,
+            &self.upstream_quota_remaining,
+            &self.upstream_quota_limit,
+            &self.upstream_quota_window_seconds,
+            &self.upstream_blob_slot_waits,
+            &self.upstream_rate_limited_seconds,
             &self.build_info,
             &self.push_bytes,
             &self.uploads_in_progress,
@@ -613,6 +698,8 @@ mod tests {
             "sparkcr_edge_connections_rejected_total{reason=\"limit\"} 0",
             "sparkcr_edge_tls_reloads_total{result=\"error\"} 0",
             "sparkcr_edge_fills_ended_total{kept=\"failed\"} 0",
+            "sparkcr_edge_fill_pieces_total{result=\"failed\"} 0",
+            "sparkcr_edge_fill_pieces_spooled_bytes_total 0",
             "sparkcr_edge_private_content_refusals_total 0",
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");

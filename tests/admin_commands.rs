@@ -600,3 +600,34 @@ fn check_config_quiet_and_journal_priorities() {
     );
     assert!(plain.starts_with("sparkcr-edge: "), "{plain}");
 }
+
+#[test]
+fn admin_commands_do_not_need_the_servers_private_key() {
+    // On a packaged box key.pem is 0640 root:sparkcr-edge, so an admin in neither cannot
+    // read it; here it is simply absent. Commands that never use it still run; the ones
+    // that serve or check it say which key and what to do.
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\
+             hostname = \"edge.lan\"\ntls_cert = \"{d}/tls/cert.pem\"\ntls_key = \"{d}/tls/key.pem\"\n\
+             [storage]\npath = \"{d}/store\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:9\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .expect("config");
+    let cfg = cfg.display().to_string();
+    let (code, out, err) = run_cli(&["client-config", "containerd", "--config", &cfg], &[]);
+    assert_eq!(code, 0, "client-config without the key: {out}{err}");
+    assert!(out.contains("hosts.toml"), "{out}");
+    let (code, out, err) = run_cli(&["cache", "stats", "--config", &cfg], &[]);
+    assert_eq!(code, 0, "cache stats without the key: {out}{err}");
+    let (code, _, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+    assert_eq!(code, 2, "check-config does need the pair: {err}");
+    assert!(
+        err.contains("server.tls_cert") && err.contains("tls self-signed"),
+        "{err}"
+    );
+}

@@ -135,9 +135,22 @@ async fn export_import_into_a_fresh_edge() {
     ];
     args.extend(refs.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The name the export once used for its temp file, planted as a symlink to a file
+    // the export must not touch.
+    let victim = data1.path().join("victim");
+    std::fs::write(&victim, b"keep me").expect("victim");
+    std::os::unix::fs::symlink(&victim, data1.path().join("bundle.tar.partial")).expect("symlink");
     let (code, out, err) = run_cli(&args, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(bundle.exists());
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"keep me");
+    let leftovers: Vec<_> = std::fs::read_dir(data1.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".bundle.tar."))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     drop(edge1);
     reg.stop();
 

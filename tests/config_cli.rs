@@ -110,6 +110,62 @@ fn secrets_are_redacted() {
 }
 
 #[test]
+fn inline_secrets_in_a_config_every_user_can_read_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = write(
+        &d,
+        "[[upstream]]\nname = \"registry.lan:5000\"\nurl = \"https://registry.lan:5000\"\nusername = \"bot\"\npassword = \"hunter2\"\n\
+         [outbound]\nproxy = \"http://ghp_t0ken@proxy.lan:3128\"\n",
+    );
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, out, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("readable by every user"), "{err}");
+    assert!(
+        err.contains("upstream[0].password (registry.lan:5000)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("outbound.proxy") && err.contains("password_file"),
+        "{err}"
+    );
+    for secret in ["hunter2", "ghp_t0ken"] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret}: {out}{err}"
+        );
+    }
+    // 0640: no warning.
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let (code, _, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("readable by every user"), "{err}");
+    // Secrets in files: no warning either, and a file that cannot be read is an error
+    // naming the key.
+    let secret = d.path().join("peer.token");
+    std::fs::write(&secret, "spk_x\n").expect("write");
+    let p = write(
+        &d,
+        &format!(
+            "[cluster]\ntoken_file = {:?}\n",
+            secret.display().to_string()
+        ),
+    );
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, _, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("readable by every user"), "{err}");
+    let p = write(&d, "[cluster]\ntoken_file = \"/nonexistent/peer.token\"\n");
+    let (code, _, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cluster.token_file") && err.contains("/nonexistent/peer.token"),
+        "{err}"
+    );
+}
+
+#[test]
 fn shipped_config_is_valid() {
     let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -1,5 +1,6 @@
 //! Faults a real registry will not produce, from a hand-written upstream on 127.0.0.1:
-//! a connection reset mid-blob (the edge resumes with Range), wrong bytes for a digest
+//! a connection reset mid-blob (the edge resumes with Range), a cold Range on a large blob
+//! (answered from the fill, which fetches the blob as ranged pieces), wrong bytes for a digest
 //! (the client's response is aborted and nothing is stored), 429 and 5xx (cached content
 //! is served stale, uncached gets 503), and a stalled body (times out; other clients are
 //! not held up).
@@ -30,15 +31,16 @@ async fn reset_mid_blob_is_resumed_with_range() {
         .iter()
         .filter_map(|r| r.range().map(str::to_string))
         .collect();
+    // The first piece's range (the 8 MiB blob is no larger: one stream), then one Range
+    // request that resumed it.
     assert_eq!(
-        ranged.len(),
-        1,
-        "one Range request resumed the fill: {:?}",
+        ranged,
+        [
+            format!("bytes=0-{}", (8 << 20) - 1),
+            format!("bytes={}-", 3 << 20)
+        ],
+        "{:?}",
         up.requests()
-    );
-    assert!(
-        ranged[0].contains(&format!("bytes={}-", 3 << 20)),
-        "{ranged:?}"
     );
     assert!(
         metric(
@@ -238,7 +240,8 @@ async fn range_on_a_cold_miss() {
         r.headers()["content-range"],
         format!("bytes */{}", bytes.len()).as_str()
     );
-    // The single fill completed and cached the blob whole.
+    // The single fill completed and cached the blob whole: it fetched the 40 MiB blob as
+    // ranged pieces (8 MiB first, the rest at once), every byte asked for once.
     let whole = client
         .get(&url)
         .send()
@@ -248,13 +251,28 @@ async fn range_on_a_cold_miss() {
         .await
         .expect("body");
     assert_eq!(sha256_digest(&whole), d);
-    assert_eq!(
-        up.requests_containing("/blobs/")
-            .iter()
-            .filter(|r| r.range().is_none())
-            .count(),
-        1,
-        "one full fetch: {:?}",
-        up.requests()
+    let blob_gets = up.requests_containing("/blobs/");
+    let mut pieces: Vec<(usize, usize)> = blob_gets
+        .iter()
+        .filter_map(|r| {
+            let (a, b) = r.range()?.strip_prefix("bytes=")?.split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    pieces.sort();
+    assert_eq!(pieces.len(), blob_gets.len(), "only pieces: {blob_gets:?}");
+    assert!(pieces.len() >= 2, "{pieces:?}");
+    assert_eq!(pieces[0], (0, (8 << 20) - 1), "{pieces:?}");
+    let mut at = 0;
+    for (a, b) in &pieces {
+        assert_eq!(*a, at, "the pieces partition the blob: {pieces:?}");
+        at = b + 1;
+    }
+    assert_eq!(at, bytes.len(), "{pieces:?}");
+    assert!(
+        metric(
+            &edge.metrics_text().await,
+            "sparkcr_edge_fill_pieces_total{result=\"ok\"}"
+        ) >= pieces.len() as f64
     );
 }

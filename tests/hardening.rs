@@ -496,3 +496,150 @@ async fn a_storm_of_malformed_requests_leaves_the_edge_serving() {
     );
     eprintln!("storm of {REQUESTS} malformed requests took {storm:?}; statuses {statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let edge = Edge::start(&config("", ""));
+    let addr = edge.http[0];
+    for i in 0..40 {
+        let request =
+            format!("SPARK{i} /v2/ HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n");
+        let answer = raw_request(addr, request.as_bytes());
+        assert!(
+            answer.starts_with("HTTP/1.1 "),
+            "no answer to SPARK{i}: {answer}"
+        );
+    }
+    let answer = raw_request(
+        addr,
+        b"GET /v2/ HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let metrics = edge.metrics_text().await;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sparkcr_edge_http_requests_total{"))
+        .collect();
+    assert!(
+        !metrics.contains("SPARK"),
+        "a made-up method became a label value: {series:?}"
+    );
+    let other: f64 = series
+        .iter()
+        .filter(|l| l.contains("method=\"other\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(other, 40.0, "{series:?}");
+    assert!(
+        series.len() <= 4,
+        "one series per route, method and status: {series:?}"
+    );
+}
+
+/// #25 item 4: one address holding every connection slot with idle keep-alives must not
+/// starve the others. 127.0.0.2 opens `max_connections` (4096) keep-alive connections and
+/// leaves them idle after one request each; 16 clients from 16 other loopback addresses
+/// then each pull a blob, byte-exact, while the hog still holds nearly all its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holding_every_slot_does_not_starve_the_others() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const SLOTS: usize = 4096;
+    let reg = Registry2::start();
+    let blob = pseudo_random(44, 300_000);
+    let digest = reg.push_blob("team/app", &blob).await;
+    let edge = Edge::start(&config(
+        &format!(
+            "max_connections = {SLOTS}\nidle_timeout = \"10m\"\nheader_read_timeout = \"60s\""
+        ),
+        &upstream(&reg),
+    ));
+    let addr = edge.http[0];
+    // The hog: SLOTS connections from 127.0.0.2, each answered once, then idle.
+    let hog_ip: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let mut hog = Vec::with_capacity(SLOTS);
+    let request = b"GET /v2/ HTTP/1.1\r\nHost: edge.test\r\n\r\n";
+    for batch in 0..SLOTS / 256 {
+        let opened: Vec<_> = (0..256)
+            .map(|_| async move {
+                let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                socket.bind((hog_ip, 0).into()).expect("bind 127.0.0.2");
+                let mut s = socket.connect(addr).await.expect("connect");
+                s.write_all(request).await.expect("request");
+                let mut buf = [0u8; 1024];
+                let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+                    .await
+                    .expect("an answer")
+                    .expect("read");
+                assert!(
+                    buf[..n].starts_with(b"HTTP/1.1 200"),
+                    "batch {batch}: {}",
+                    String::from_utf8_lossy(&buf[..n])
+                );
+                s
+            })
+            .collect();
+        hog.extend(futures_util::future::join_all(opened).await);
+    }
+    assert_eq!(hog.len(), SLOTS);
+    // Full now: one more from the hog's own address is refused.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind((hog_ip, 0).into()).expect("bind");
+    let mut more = socket.connect(addr).await.expect("connect");
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), more.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // 16 others, each from its own address, pull the blob. Each keeps its client (and so
+    // its keep-alive connection) until all have pulled: a connection closed early would
+    // free a slot and let a later newcomer in without taking one from the hog.
+    let pulls: Vec<_> = (10..26u8)
+        .map(|last| {
+            let url = format!("http://{addr}/v2/team/app/blobs/{digest}");
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+                    .build()
+                    .expect("client");
+                let r = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                let status = r.status().as_u16();
+                let body = r.bytes().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((status, body, client))
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for (i, p) in pulls.into_iter().enumerate() {
+        let (status, body, client) = p
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!(status, 200, "client {i}");
+        assert!(body[..] == blob[..], "client {i}: byte-exact");
+        clients.push(client);
+    }
+    // Each newcomer took one idle slot of the hog, no more.
+    let metrics = edge.metrics_text().await;
+    let room = metric(
+        &metrics,
+        "sparkcr_edge_connections_rejected_total{reason=\"room\"}",
+    );
+    assert!((16.0..=20.0).contains(&room), "{room}");
+    let mut closed = 0;
+    for s in &hog {
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0)) | Ok(Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), s.peek(&mut probe)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed <= 20, "{closed} of the hog's connections closed");
+    drop(clients);
+}

@@ -55,6 +55,8 @@ struct Form {
     /// The repository on registry:2.
     base: String,
     query: &'static str,
+    /// The upstream the form resolves to (echoed in `OCI-Namespace`).
+    upstream: &'static str,
 }
 
 impl Form {
@@ -84,18 +86,21 @@ fn forms(edge: &Edge) -> Vec<Form> {
             name: "busybox",
             base: base.clone(),
             query: "",
+            upstream: "docker.io",
         },
         Form {
             label: "/v2/<host>/ form",
             name: "registry.test/team/app",
             base: base.clone(),
             query: "",
+            upstream: LAN,
         },
         Form {
             label: "?ns= form",
             name: "team/app",
             base,
             query: "ns=registry.test",
+            upstream: LAN,
         },
     ]
 }
@@ -187,6 +192,11 @@ async fn pull_manifests_and_blobs_in_every_form() {
                 r.headers()["docker-content-digest"],
                 image.manifest_digest.as_str(),
                 "{l}"
+            );
+            assert_eq!(
+                r.headers()["oci-namespace"],
+                form.upstream,
+                "{l}: OCI-Namespace echoed"
             );
             assert_eq!(r.headers()["content-type"], OCI_MANIFEST, "{l}");
             let body = r.bytes().await.expect("body");
@@ -367,7 +377,7 @@ async fn not_found_is_404_with_spec_error_bodies() {
 /// "Listing Tags": `name` is `<name>`, tags in lexical order; `n` limits the answer and a
 /// `Link: <...>; rel="next"` (RFC 5988) leads to the rest, in the client's own URL form;
 /// `last` starts after that tag; `n=0` is an empty list without `Link`. When the upstream is
-/// down the last answer is served, marked stale.
+/// down (and the list is older than `tag_ttl`) the last answer is served, marked stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_list_name_n_last_link_and_stale() {
     let mut reg = Registry2::start();
@@ -379,7 +389,8 @@ async fn tags_list_name_n_last_link_and_stale() {
                 .await;
         }
     }
-    let edge = Edge::start(&edge_config(&reg, "10m"));
+    // tag_ttl 1 s: a list is answered from memory within it (#26), stale after it.
+    let edge = Edge::start(&edge_config(&reg, "1s"));
     let c = client();
     for form in forms(&edge) {
         let l = form.label;
@@ -452,6 +463,7 @@ async fn tags_list_name_n_last_link_and_stale() {
     }
 
     reg.stop();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     for form in forms(&edge) {
         let r = c
             .get(form.url("tags/list?n=2"))
@@ -963,4 +975,146 @@ async fn path_alias_and_strict_host() {
             assert_error_body(&r.bytes().await.expect("body"), "NAME_UNKNOWN", host);
         }
     }
+}
+
+/// distribution-spec's namespace: a client may name the upstream in an `OCI-Namespace`
+/// request header (after a host in the path, before `?ns=`); every routed response echoes
+/// it; a namespace that names no configured upstream is refused and nothing is dialed
+/// (the default upstream here is a listener that must see no connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_namespace_routes_and_unknown_namespaces_dial_nothing() {
+    let reg = Registry2::start();
+    let image = seed(&reg).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let trap = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let edge = Edge::start(
+        &EdgeConfig::new("{dir}/data")
+            .hostname("edge.test")
+            .upstream(Upstream::new("docker.io", format!("http://{trap}")).default())
+            .upstream(Upstream::new(LAN, reg.url()))
+            .to_toml(),
+    );
+    let c = client();
+    let base = format!("http://{}", edge.http[0]);
+    // The header routes to the LAN upstream.
+    let r = c
+        .get(format!("{base}/v2/team/app/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .header("oci-namespace", LAN)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["oci-namespace"], LAN);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        image.manifest_digest.as_str()
+    );
+    // Unknown namespaces, by header and by ns=: NAME_UNKNOWN, nothing dialed.
+    for request in [
+        c.get(format!("{base}/v2/team/app/manifests/v1"))
+            .header("oci-namespace", "unknown.example"),
+        c.get(format!(
+            "{base}/v2/team/app/manifests/v1?ns=unknown.example"
+        )),
+    ] {
+        expect_error(request, 404, "NAME_UNKNOWN", "an unknown namespace").await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the edge dialed the default upstream for an unknown namespace"
+    );
+}
+
+/// `Cache-Status` (RFC 9211), named by `server.name`: a miss then a hit for a blob and a
+/// tag, a stale tag and an unreachable miss while registry:2 is stopped, and a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_status_names_this_edge_for_hit_miss_stale_and_denied() {
+    let mut reg = Registry2::start();
+    let image = seed(&reg).await;
+    let private = Registry2::start();
+    let config = EdgeConfig::new("{dir}/data")
+        .hostname("edge.test")
+        .tag_ttl("1s")
+        .upstream(
+            Upstream::new("docker.io", reg.url())
+                .default()
+                .connect_timeout("1s"),
+        )
+        .upstream(Upstream::new(LAN, private.url()).private())
+        .to_toml();
+    let config = config.replacen(
+        "hostname = \"edge.test\"",
+        "hostname = \"edge.test\"\nname = \"edge-a\"",
+        1,
+    );
+    assert!(config.contains("name = \"edge-a\""), "{config}");
+    let edge = Edge::start(&config);
+    let c = client();
+    let base = format!("http://{}", edge.http[0]);
+    let status = |r: &reqwest::Response| {
+        r.headers()
+            .get("cache-status")
+            .map(|v| v.to_str().expect("ascii").to_string())
+    };
+    let blob = format!("{base}/v2/library/busybox/blobs/{}", image.blobs[0].0);
+    let tag = format!("{base}/v2/library/busybox/manifests/v1");
+    let get = |url: &str| c.get(url).header("accept", OCI_MANIFEST).send();
+    for (url, what) in [(&blob, "blob"), (&tag, "tag")] {
+        let first = get(url).await.expect("GET");
+        assert_eq!(
+            status(&first).as_deref(),
+            Some("edge-a; fwd=uri-miss"),
+            "{what}: first"
+        );
+        assert_eq!(
+            first.headers()["x-cache"],
+            "MISS",
+            "X-Cache is kept for old scripts"
+        );
+        drop(first.bytes().await);
+        edge.wait_fills_settled().await;
+        let again = get(url).await.expect("GET");
+        assert_eq!(
+            status(&again).as_deref(),
+            Some("edge-a; hit"),
+            "{what}: again"
+        );
+    }
+    // registry:2 stopped: the tag (past tag_ttl) is served stale; an uncached blob is 503.
+    reg.stop();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stale = get(&tag).await.expect("GET");
+    assert_eq!(stale.status(), 200);
+    assert_eq!(
+        status(&stale).as_deref(),
+        Some("edge-a; hit; fwd=stale; detail=upstream-unreachable")
+    );
+    let uncached = c
+        .get(format!(
+            "{base}/v2/library/busybox/blobs/{}",
+            image.blobs[1].0
+        ))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(uncached.status(), 503);
+    assert_eq!(
+        status(&uncached).as_deref(),
+        Some("edge-a; fwd=uri-miss; detail=upstream-unreachable")
+    );
+    // A private upstream asked anonymously: refused, and said so.
+    let denied = c
+        .get(format!("{base}/v2/{LAN}/team/app/manifests/v1"))
+        .send()
+        .await
+        .expect("GET");
+    assert!(
+        matches!(denied.status().as_u16(), 401 | 403),
+        "{}",
+        denied.status()
+    );
+    assert_eq!(status(&denied).as_deref(), Some("edge-a; detail=denied"));
 }

@@ -10,7 +10,7 @@ use common::images::*;
 use common::pull::*;
 use common::registry2::*;
 use common::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LAN: &str = "registry.test";
 
@@ -143,7 +143,7 @@ async fn child_edge_through_parent_edge_every_form() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_two_clients_over_two_tiers_one_origin_get() {
+async fn thirty_two_clients_over_two_tiers_the_origin_sends_the_blob_once() {
     let reg = Registry2::start();
     let blob = pseudo_random(78, 32 << 20);
     let digest = reg.push_blob("team/big", &blob).await;
@@ -176,30 +176,168 @@ async fn thirty_two_clients_over_two_tiers_one_origin_get() {
             "every client gets the right bytes"
         );
     }
+    // Each tier fetches the 32 MiB blob once, as ranged pieces (cache.fill_pieces): the
+    // origin sends every byte once, the child asks the parent for pieces only (the
+    // parent answers them from its own fill).
+    let path = format!("/blobs/{digest}");
+    reg.wait_requests("GET", &path, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reg.bytes_served("GET", &path) < blob.len() as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
-        reg.wait_requests("GET", &format!("/blobs/{digest}"), 1)
-            .await,
-        1,
-        "exactly one GET at the origin:\n{}",
+        reg.bytes_served("GET", &path),
+        blob.len() as u64,
+        "the origin sent the blob once:\n{}",
         reg.log_text()
     );
-    let child_fetches = metric(
-        &child.metrics_text().await,
-        "sparkcr_edge_upstream_requests_total{kind=\"blob\",status=\"200\",upstream=\"registry.test\"}",
+    let child_asked = |text: &str, status: &str| {
+        metric(
+            text,
+            &format!("sparkcr_edge_upstream_requests_total{{kind=\"blob\",status=\"{status}\",upstream=\"registry.test\"}}"),
+        )
+    };
+    let text = child.metrics_text().await;
+    let child_fetches = child_asked(&text, "200") + child_asked(&text, "206");
+    assert_eq!(
+        child_asked(&text, "200"),
+        0.0,
+        "the child asked the parent for pieces"
     );
-    assert_eq!(child_fetches, 1.0, "the child asked the parent once");
+    assert!(child_fetches >= 2.0, "{child_fetches} pieces");
     // The child answers from its own cache now and says so in its own X-Cache; the
     // parent's hint on the fill response did not leak into the child's answers.
     let r = reqwest::get(&urls[0]).await.expect("hit through the child");
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(sha256_digest(&r.bytes().await.expect("body")), digest);
-    let child_metrics = child.metrics_text().await;
+    let text = child.metrics_text().await;
     assert_eq!(
-        metric(
-            &child_metrics,
-            "sparkcr_edge_upstream_requests_total{kind=\"blob\",status=\"200\",upstream=\"registry.test\"}"
-        ),
-        1.0,
+        child_asked(&text, "200") + child_asked(&text, "206"),
+        child_fetches,
         "a hit asks nobody"
+    );
+}
+
+/// A manifest pull from the edge on `port` that must fail with 502/503 within 5 s (not
+/// after requests went round a loop); the error body.
+async fn pull_fails_at_once(port: u16) -> String {
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{port}/v2/library/busybox/manifests/latest"
+        ))
+        .send()
+        .await
+        .expect("GET");
+    let status = r.status().as_u16();
+    let body = r.text().await.expect("body");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once, not after going round"
+    );
+    assert!(status == 503 || status == 502, "{status}: {body}");
+    body
+}
+
+/// An edge whose upstream points back at itself: its own request comes back with its id in
+/// `Via` and is refused with `508 Loop Detected` at once, so the client gets a clear error
+/// instead of requests going round until something times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_is_its_own_upstream_refuses_the_loop() {
+    let port = free_port();
+    let edge = Edge::start(&format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nhostname = \"loop.test\"\n\
+         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\n\
+         [[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:{port}\"\ndefault = true\nread_timeout = \"10s\"\n"
+    ));
+    let body = pull_fails_at_once(port).await;
+    assert!(
+        body.contains("request loop"),
+        "the client is told why: {body}"
+    );
+    assert!(
+        edge.log_text().contains("request loop"),
+        "the edge logs the loop for its admin"
+    );
+    // A request that carries the id of another edge in Via is served as usual.
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v2/"))
+        .header("via", "1.1 sparkcr-edge-0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .expect("GET /v2/");
+    assert_eq!(r.status(), 200);
+}
+
+/// `Cache-Status` through two tiers: a manifest fetched cold through the child shows the
+/// parent's entry, then the child's, in one header; asked again, the child's hit alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_status_shows_both_hops() {
+    let reg = Registry2::start();
+    let image = push_image(
+        &reg,
+        "library/busybox",
+        Some("v2"),
+        Format::Oci,
+        23,
+        "amd64",
+        &[40_000],
+    )
+    .await;
+    let parent = Edge::start(&parent_config(&reg).replacen(
+        "hostname = \"parent.test\"",
+        "hostname = \"parent.test\"\nname = \"parent\"",
+        1,
+    ));
+    let child = Edge::start(&child_config(&parent).replacen(
+        "hostname = \"child.test\"",
+        "hostname = \"child.test\"\nname = \"child\"",
+        1,
+    ));
+    let url = format!("http://{}/v2/busybox/manifests/v2", child.http[0]);
+    let get = || async {
+        let r = reqwest::Client::new()
+            .get(&url)
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            image.manifest_digest.as_str()
+        );
+        r.headers()
+            .get("cache-status")
+            .map(|v| v.to_str().expect("ascii").to_string())
+    };
+    assert_eq!(
+        get().await.as_deref(),
+        Some("parent; fwd=uri-miss, child; fwd=uri-miss"),
+        "both hops, the parent's first"
+    );
+    assert_eq!(get().await.as_deref(), Some("child; hit"));
+}
+
+/// Two edges configured as each other's upstream (A → B → A): the request A sends on
+/// carries the chain (`Via: …, A`), B adds itself, and A refuses it when it comes back
+/// (508), so the client's pull fails at once with an error instead of going round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_that_are_each_others_upstream_end_the_loop() {
+    let (pa, pb) = (free_port(), free_port());
+    let config = |port: u16, host: &str, upstream: u16| {
+        format!(
+            "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nhostname = \"{host}\"\n\
+             [storage]\npath = \"{{dir}}/data\"\nmax_size = \"1GiB\"\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:{upstream}\"\ndefault = true\nread_timeout = \"10s\"\n"
+        )
+    };
+    let a = Edge::start(&config(pa, "a.test", pb));
+    let b = Edge::start(&config(pb, "b.test", pa));
+    pull_fails_at_once(pa).await;
+    assert!(
+        a.log_text().contains("request loop"),
+        "A saw its own id come back: {}",
+        b.log_text()
     );
 }

@@ -2,7 +2,9 @@
 //! own config, port and data directory on loopback, scraping every second): after
 //! traffic that exercises every panel (misses, hits, a joined fill, an upstream 503 and
 //! the stale answer it causes, a certificate reload, a refused credential), every query
-//! in `grafana/sparkcr-edge.json` returns data through Prometheus's HTTP API.
+//! in `grafana/sparkcr-edge.json` returns data through Prometheus's HTTP API; the shipped
+//! alert rules (`prometheus/sparkcr-edge-alerts.yml`) load, evaluate without errors, and
+//! one of them fires on a corrupt upstream blob.
 
 mod common;
 
@@ -34,7 +36,10 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sparkcr-edge\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  - job_name: sparkcr-edge\n    static_configs:\n      - targets: ['{target}']\n",
+                rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("prometheus/sparkcr-edge-alerts.yml")
+                    .display()
             ),
         )
         .expect("write prometheus.yml");
@@ -55,6 +60,13 @@ impl Prometheus {
             port,
             _dir: dir,
         }
+    }
+
+    /// `GET /api/v1/<what>` as JSON.
+    async fn api(&self, client: &reqwest::Client, what: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/api/v1/{what}", self.port);
+        let r = client.get(url).send().await.expect("prometheus API");
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("prometheus JSON")
     }
 
     async fn query(&self, client: &reqwest::Client, q: &str) -> serde_json::Value {
@@ -104,6 +116,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec();
     up.add_manifest("v1", &manifest);
     let small = up.add_blob(pseudo_random(1, 200_000));
+    let corrupt = up.add_blob_with(
+        pseudo_random(3, 300_000),
+        common::fake_upstream::Faults::none().corrupt(1000..1010),
+    );
     let big = up.add_blob(pseudo_random(2, 8 << 20));
     let ca = TestCa::new();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -206,4 +222,56 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .expect("a value");
     assert_eq!(scraped, edge.metric("sparkcr_edge_store_bytes").await);
     assert!(scraped >= (8 << 20) as f64);
+    let expiry = edge
+        .metric("sparkcr_edge_tls_cert_expiry_timestamp_seconds")
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    assert!(expiry > now, "the served certificate's expiry: {expiry}");
+
+    // The shipped alert rules: all loaded, none failing to evaluate.
+    let rules = prom.api(&client, "rules").await;
+    let rules: Vec<&serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .expect("rule groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules").iter())
+        .collect();
+    assert!(rules.len() >= 10, "{rules:?}");
+    // A corrupt blob from the upstream: the digest-mismatch alert fires.
+    let r = client
+        .get(edge.url(&format!("/v2/team/app/blobs/{corrupt}")))
+        .send()
+        .await
+        .expect("corrupt blob");
+    let _ = r.bytes().await; // cut off or refused: never the corrupt bytes as complete
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = prom.api(&client, "alerts").await;
+        let firing = alerts["data"]["alerts"].as_array().is_some_and(|a| {
+            a.iter().any(|a| {
+                a["labels"]["alertname"] == "SparkcrEdgeDigestMismatch" && a["state"] == "firing"
+            })
+        });
+        if firing {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SparkcrEdgeDigestMismatch did not fire in 30 s: {alerts}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let rules = prom.api(&client, "rules").await;
+    for g in rules["data"]["groups"].as_array().expect("rule groups") {
+        for rule in g["rules"].as_array().expect("rules") {
+            assert_eq!(
+                rule["health"], "ok",
+                "rule {} fails to evaluate: {}",
+                rule["name"], rule["lastError"]
+            );
+        }
+    }
 }

@@ -338,13 +338,17 @@ async fn single_flight_32_clients_one_upstream_fetch() {
             "every client gets the right bytes"
         );
     }
+    // One fill: the 64 MiB blob as ranged pieces (cache.fill_pieces), every byte once.
+    let path = format!("/blobs/{digest}");
     assert_eq!(
-        reg.count_requests("GET", &format!("/blobs/{digest}")),
-        1,
-        "exactly one upstream blob GET:\n{}",
+        reg.bytes_served("GET", &path),
+        blob.len() as u64,
+        "the blob fetched once, in {} GETs:\n{}",
+        reg.count_requests("GET", &path),
         reg.log_text()
     );
     // And now it is a hit.
+    let gets = reg.count_requests("GET", &path);
     let body = reqwest::get(&url)
         .await
         .expect("hit")
@@ -352,7 +356,7 @@ async fn single_flight_32_clients_one_upstream_fetch() {
         .await
         .expect("body");
     assert_eq!(sha256_digest(&body), digest);
-    assert_eq!(reg.count_requests("GET", &format!("/blobs/{digest}")), 1);
+    assert_eq!(reg.count_requests("GET", &path), gets, "a hit asks nobody");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,6 +415,23 @@ async fn serves_stale_when_upstream_is_down_and_after_restart() {
         .await
         .expect("request");
     assert_eq!(r.status(), 503);
+    // Those 503s are problems an admin must see with `journalctl -p warning`.
+    edge.wait_for_log("status=503").await;
+    let log = edge.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sparkcr_edge::access") && l.contains("status=503"))
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l.contains(" WARN ")),
+        "a 503 is logged as a warning: {lines:?}"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("sparkcr_edge::access") && l.contains("status=200"))
+            .all(|l| l.contains(" INFO ")),
+        "a 200 stays at info"
+    );
     let metrics = edge.metrics_text().await;
     assert!(
         metric(

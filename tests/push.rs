@@ -935,3 +935,77 @@ async fn a_push_the_cache_cannot_hold_still_reaches_the_upstream() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_announces_a_huge_size_evicts_nothing() {
+    // #25 item 1: a push token holder announced `Content-Length` near the store's budget,
+    // sent 16 bytes and got 413; the store had already reserved the announced size and
+    // evicted every blob. Now nothing is reserved for bytes that have not arrived.
+    let up = Registry2::start_with(Some(("pusher", "s3cret")));
+    let (secret, block) = create_token("ci", "push,pull:private");
+    let config = format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"edge.test\"\n\
+         [storage]\npath = \"{{dir}}/data\"\nmax_size = \"4MiB\"\nchunk_size = \"256KiB\"\n\
+         [auth]\nanonymous = false\n{block}\n[push]\nmax_upload_size = \"1MiB\"\n\
+         [[upstream]]\nname = \"{UP}\"\nurl = \"{}\"\nusername = \"pusher\"\npassword = \"s3cret\"\nprivate = true\npush = true\n",
+        up.url()
+    );
+    let edge = Edge::start(&config);
+    let e = edge.http[0];
+    let c = client(&secret);
+    // Three blobs written through to the cache: 2.7 MB of the 4 MiB budget.
+    let mut kept = Vec::new();
+    for seed in 0..3 {
+        let blob = pseudo_random(70 + seed, 900_000);
+        let d = sha256_digest(&blob);
+        send_expecting(
+            201,
+            &c,
+            reqwest::Method::POST,
+            &format!("http://{e}/v2/{UP}/team/keep/blobs/uploads/?digest={d}"),
+            &[],
+            Some(blob.clone()),
+        )
+        .await;
+        kept.push((d, blob));
+    }
+    let stored = edge.metric("sparkcr_edge_store_bytes").await;
+    assert!(
+        stored >= 2_700_000.0,
+        "the pushed blobs are in the cache: {stored}"
+    );
+
+    // 3.5 MiB announced (within the budget, over max_upload_size), 16 bytes sent.
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("someone:{secret}"));
+    let liar = sha256_digest(b"sixteen bytes!!!");
+    let mut sock = tokio::net::TcpStream::connect(e).await.expect("connect");
+    let head = format!(
+        "POST /v2/{UP}/team/x/blobs/uploads/?digest={liar} HTTP/1.1\r\nHost: {e}\r\n\
+         Authorization: Basic {basic}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\nsixteen bytes!!!",
+        7 << 19
+    );
+    sock.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut answer))
+        .await
+        .expect("an answer without the rest of the body")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    drop(sock);
+
+    assert_eq!(edge.metric("sparkcr_edge_store_evictions_total").await, 0.0);
+    assert_eq!(edge.metric("sparkcr_edge_store_bytes").await, stored);
+    for (d, blob) in &kept {
+        let r = c
+            .get(format!("http://{e}/v2/{UP}/team/keep/blobs/{d}"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.headers()["x-cache"], "HIT", "{d} is still cached");
+        assert!(r.bytes().await.expect("body") == *blob);
+    }
+}

@@ -245,3 +245,243 @@ fn defaults_table_matches_built_in_and_packaged_configs() {
     }
     assert!(listed.len() >= 5, "{listed:?}");
 }
+
+/// `rust-version` in Cargo.toml is the highest `rust-version` of the locked crates (what
+/// building really needs), and the README and `scripts/test` say the same.
+#[test]
+fn the_rust_version_is_what_the_locked_crates_need() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let manifest: toml::Table = std::fs::read_to_string(format!("{root}/Cargo.toml"))
+        .expect("Cargo.toml")
+        .parse()
+        .expect("Cargo.toml is TOML");
+    let declared = manifest["package"]["rust-version"]
+        .as_str()
+        .expect("package.rust-version is set")
+        .to_string();
+    // The crates built on this host (the README's Debian/Ubuntu box): a fresh machine has
+    // downloaded only those, so `--offline` works for them and not for other platforms'.
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV runs");
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .expect("rustc -vV names the host");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &host])
+        .current_dir(root)
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let version = |v: &str| -> Vec<u32> {
+        let mut parts: Vec<u32> = v
+            .split('.')
+            .map(|n| n.parse().expect("a numeric rust-version"))
+            .collect();
+        parts.resize(3, 0);
+        parts
+    };
+    let (needed, by) = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter(|p| p["name"] != "sparkcr-edge")
+        .filter_map(|p| {
+            let v = p["rust_version"].as_str()?;
+            Some((version(v), format!("{} {}", p["name"], p["version"])))
+        })
+        .max()
+        .expect("some locked crate declares a rust-version");
+    assert_eq!(
+        version(&declared),
+        needed,
+        "Cargo.toml says rust-version {declared}; the locked crates need {needed:?} ({by})"
+    );
+    assert!(
+        README.contains(&format!("Rust toolchain, {declared} or newer")),
+        "the README names another Rust version than {declared}"
+    );
+}
+
+#[test]
+fn the_readme_env_example_for_ipv4_and_ipv6_listeners_starts_a_daemon() {
+    // The README's `SPARKCR_EDGE__SERVER__LISTEN=…` example (both wildcards on one port),
+    // on a free port instead of 5000; then a request on each family over loopback.
+    let example = README
+        .split('`')
+        .find(|s| s.starts_with("SPARKCR_EDGE__SERVER__LISTEN="))
+        .expect("the README shows a SPARKCR_EDGE__SERVER__LISTEN example");
+    let value = example.trim_start_matches("SPARKCR_EDGE__SERVER__LISTEN=");
+    assert!(
+        value.contains("0.0.0.0:5000") && value.contains("[::]:5000"),
+        "the example lists both wildcards on one port: {value}"
+    );
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 on this machine: skipped");
+        return;
+    }
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let value = value.replace(":5000", &format!(":{port}"));
+    let edge = Edge::start_with_env(
+        "[storage]\npath = \"{dir}/data\"\n",
+        &[("SPARKCR_EDGE__SERVER__LISTEN", value.as_str())],
+    );
+    assert_eq!(edge.http.len(), 2, "two listeners: {:?}", edge.http);
+    for host in ["127.0.0.1", "[::1]"] {
+        let status = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{host}:{port}/v2/"))
+            .output()
+            .expect("curl runs");
+        assert_eq!(
+            String::from_utf8_lossy(&status.stdout),
+            "200",
+            "GET /v2/ over {host}"
+        );
+    }
+}
+
+#[test]
+fn the_readme_gives_the_self_signed_lifetimes_the_code_uses() {
+    use sparkcr_edge::setup::self_signed::{CA_VALID_DAYS, LEAF_VALID_DAYS};
+    let flat = README.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(&format!("valid for {LEAF_VALID_DAYS} days")),
+        "the README's certificate lifetime is {LEAF_VALID_DAYS} days"
+    );
+    assert!(
+        flat.contains(&format!("its CA for {} years", CA_VALID_DAYS / 365)),
+        "the README's CA lifetime is {} years",
+        CA_VALID_DAYS / 365
+    );
+}
+
+/// Every dotted key of a TOML table, tables nested to any depth (arrays of tables by their
+/// table name, `upstream` for `[[upstream]]`).
+fn dotted_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let key = format!("{prefix}{k}");
+        match v {
+            toml::Value::Table(t) => dotted_keys(t, &format!("{key}."), out),
+            toml::Value::Array(a) if a.iter().all(toml::Value::is_table) && !a.is_empty() => {
+                out.push(key.clone());
+                for t in a.iter().filter_map(toml::Value::as_table) {
+                    dotted_keys(t, &format!("{key}."), out);
+                }
+            }
+            _ => out.push(key),
+        }
+    }
+}
+
+/// The keys the packaged config shows, set or commented out (`# key = …` under a
+/// `[section]` or `# [section]` header), as dotted keys; `[[name]]` headers count as `name`.
+fn packaged_keys() -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(PACKAGED).expect("packaged config");
+    let mut section = String::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let l = line.trim_start_matches(['#', ' ']).trim_end();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            keys.insert(name.to_string());
+            section = name.to_string();
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            section = name.to_string();
+        } else if let Some((key, _)) = l.split_once(" = ") {
+            if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                keys.insert(if section.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{section}.{key}")
+                });
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn the_packaged_config_shows_every_key() {
+    // The README says the packaged config shows every key: each key `check-config` knows is
+    // in it, set or as a commented-out line.
+    // The built-in config, plus one with the optional tables set (which the built-in one
+    // leaves out): [storage.shared], [cluster], an [[upstream]] with an endpoint.
+    let dir = tempfile::tempdir().expect("dir");
+    let optional = dir.path().join("optional.toml");
+    std::fs::write(
+        &optional,
+        "[storage.shared]\nkind = \"s3\"\nbucket = \"b\"\n\
+         [cluster]\npeers = [\"http://a.lan:5000\", \"http://b.lan:5000\"]\nself_url = \"http://a.lan:5000\"\n\
+         [[upstream]]\nname = \"registry.lan:5000\"\nurl = \"https://registry.lan:5000\"\n\
+         [[upstream.endpoint]]\nurl = \"https://mirror.lan\"\n",
+    )
+    .expect("write config");
+    let mut all = Vec::new();
+    for config in ["/dev/null", optional.to_str().expect("utf-8 path")] {
+        let (code, out, err) = run_cli(&["check-config", "--config", config], &[]);
+        assert_eq!(code, 0, "{config}: {err}");
+        let table: toml::Table = out.parse().expect("check-config prints TOML");
+        dotted_keys(&table, "", &mut all);
+    }
+    for must in [
+        "storage.shared.bucket",
+        "cluster.peers",
+        "upstream.endpoint.url",
+        "push.max_upload_size",
+    ] {
+        assert!(
+            all.iter().any(|k| k == must),
+            "check-config printed no {must}: {all:?}"
+        );
+    }
+    let shown = packaged_keys();
+    let missing: Vec<&String> = all
+        .iter()
+        .filter(|k| !shown.contains(*k) && !shown.iter().any(|s| k.starts_with(&format!("{s}."))))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys the packaged config does not show: {missing:?}"
+    );
+    assert!(
+        README.contains("shows every key"),
+        "the claim this test checks"
+    );
+}
+
+#[test]
+fn the_readme_links_every_doc() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&docs).expect("docs/") {
+        let name = entry.expect("docs entry").file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".md") {
+            assert!(
+                README.contains(&format!("](docs/{name})")),
+                "the README does not link docs/{name}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "{checked} docs");
+    for section in [
+        "## Troubleshooting",
+        "## Kubernetes nodes",
+        "## Backing up the CA",
+        "## Security model",
+    ] {
+        assert!(README.contains(section), "the README lacks {section}");
+    }
+}

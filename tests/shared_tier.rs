@@ -241,8 +241,15 @@ async fn an_image_filled_by_one_edge_is_served_by_another_and_after_a_lost_disk(
 
     let a = Edge::start(&config(&reg.url(), "127.0.0.1:0", "{dir}/data", &shared));
     pull(&client, &route(&a), "v1").await;
-    let after_a = reg.wait_requests("GET", "/blobs/sha256:", 3).await;
-    assert_eq!(after_a, 3, "edge A fetched config and two layers once each");
+    // The config and the 3 MiB layer in one GET each, the 12 MiB layer as two ranged
+    // pieces (cache.fill_pieces): every byte once.
+    let after_a = reg.wait_requests("GET", "/blobs/sha256:", 4).await;
+    assert_eq!(after_a, 4, "edge A fetched config and two layers once each");
+    assert_eq!(
+        reg.bytes_served("GET", "/blobs/sha256:"),
+        image.blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
+        "edge A fetched every byte once"
+    );
     wait_objects(&bucket, &digests).await;
     // The 12 MiB layer went up as a multipart upload, the others with one PUT; all complete.
     for (d, bytes) in &image.blobs {
@@ -367,9 +374,9 @@ async fn cold_clients_on_two_edges_cost_one_origin_get() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        reg.count_requests("GET", &format!("/blobs/{layer}")),
-        1,
-        "16 cold clients over two edges: exactly one origin GET"
+        reg.bytes_served("GET", &format!("/blobs/{layer}")),
+        bytes.len() as u64,
+        "16 cold clients over two edges: the origin sent the layer once (as ranged pieces)"
     );
     let peer_fills = a
         .metric("sparkcr_edge_peer_fills_total{outcome=\"filled\"}")

@@ -6,7 +6,7 @@
 mod common;
 
 use common::edge_config::{fault_upstream, EdgeConfig, Upstream};
-use common::fake_upstream::{FakeUpstream, Faults};
+use common::fake_upstream::{FakeUpstream, Faults, LimitHeaders};
 use common::images::pseudo_random;
 use common::Edge;
 use sha2::{Digest as _, Sha256};
@@ -151,6 +151,13 @@ async fn status_page_in_chromium_matches_json_and_metrics() {
     assert_eq!(upstream["name"], "fault.test");
     assert_eq!(upstream["state"], "up");
     assert!(upstream["avg_latency_ms"].as_f64().is_some());
+    // The stalled fill holds one blob connection of the default 16.
+    assert_eq!(upstream["blob_connections"], 1, "{upstream}");
+    assert_eq!(upstream["max_blob_connections"], 16, "{upstream}");
+    assert_eq!(
+        status["fill_pieces_in_flight"].as_i64(),
+        Some(m("sparkcr_edge_fill_pieces_in_flight") as i64)
+    );
     assert_eq!(
         status["top_repositories"][0]["repository"],
         "fault.test/team/app"
@@ -225,7 +232,7 @@ async fn status_is_refused_outside_admin_cidrs_without_an_admin_token() {
         .no_proxy()
         .build()
         .expect("client");
-    for path in ["/status", "/status.json"] {
+    for path in ["/status", "/status.json", "/metrics"] {
         let url = format!("http://{other}{path}");
         let r = from_other.get(&url).send().await.expect("request");
         assert_eq!(r.status(), 401, "{path} without credentials");
@@ -294,7 +301,7 @@ async fn a_certificate_expiring_within_30_days_is_warned_about() {
     let edge = Edge::start_in(
         dir,
         &format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[storage]\npath = \"{{dir}}/data\"\n",
+            "[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[storage]\npath = \"{{dir}}/data\"\n[auth]\nadmin_cidrs = [\"127.0.0.1/32\"]\n",
             cp.display(),
             kp.display()
         ),
@@ -311,6 +318,25 @@ async fn a_certificate_expiring_within_30_days_is_warned_about() {
         text.contains("warning: the served TLS certificate expires in 10 days"),
         "{text}"
     );
+    // Outside admin_cidrs: the same status, without the details.
+    let other = edge
+        .http
+        .iter()
+        .find(|a| a.ip() == IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .copied()
+        .expect("listener on 127.0.0.2");
+    let from_other = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = from_other
+        .get(format!("http://{other}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("text"), "ready\n");
     // The status page and its JSON.
     let s = status_json(&edge).await;
     assert_eq!(s["tls"]["days_left"], 10);
@@ -358,5 +384,127 @@ async fn endpoints_are_listed_with_their_state() {
     assert!(
         page.contains(&format!("data-url=\"http://{dead}\" data-state=\"down\"")),
         "the page lists the dead endpoint as down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_answers_only_names_of_the_edge_and_tells_browsers_not_to_sniff() {
+    let up = FakeUpstream::start().await;
+    let edge = EdgeConfig::new("{dir}/data")
+        .hostname("edge.test")
+        .admin_cidrs(&["127.0.0.1/32"])
+        .upstream(fault_upstream(&up))
+        .start();
+    let blob = up.add_blob(pseudo_random(9, 50_000));
+    let addr = edge.http[0];
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .resolve("rebound.attacker.example", addr)
+        .resolve("edge.test", addr)
+        .build()
+        .expect("client");
+    // DNS rebinding: a page on another site whose name now points at the edge.
+    for path in ["/status", "/status.json"] {
+        let r = client
+            .get(format!(
+                "http://rebound.attacker.example:{}{path}",
+                addr.port()
+            ))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            r.status(),
+            404,
+            "{path} under a name that is not the edge's"
+        );
+        let body = r.text().await.expect("body");
+        assert!(!body.contains("uptime"), "no status leaks: {body}");
+    }
+    for host in ["edge.test".to_string(), addr.ip().to_string()] {
+        let r = client
+            .get(format!("http://{host}:{}/status", addr.port()))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200, "/status as {host}");
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        let csp = header("content-security-policy");
+        assert!(
+            csp.contains("default-src 'none'") && !csp.contains("script-src"),
+            "no script may run on the page: {csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    }
+    // Blobs (whatever type the upstream gives them) and errors are never sniffed either.
+    for path in [
+        format!("/v2/team/app/blobs/{blob}"),
+        "/v2/team/app/manifests/nothing-here".to_string(),
+    ] {
+        let r = client
+            .get(format!("http://edge.test:{}{path}", addr.port()))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            r.headers()
+                .get("x-content-type-options")
+                .and_then(|v| v.to_str().ok()),
+            Some("nosniff"),
+            "{path}: HTTP {}",
+            r.status()
+        );
+    }
+}
+
+/// The pull quota an upstream announces (Docker Hub's `ratelimit-*` headers) is in
+/// `/metrics`, `/status.json` and on the page, per upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_pull_quota_is_shown() {
+    let up = FakeUpstream::start().await;
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+    up.add_manifest("v1", manifest);
+    up.pull_limit(LimitHeaders::Docker, 100, 50);
+    let edge = edge(&up);
+    let r = reqwest::Client::new()
+        .get(admin_url(&edge, "/v2/team/app/manifests/v1"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200);
+    let metrics = metrics_text(&edge).await;
+    let upstream = "fault.test";
+    let series = |name: &str| {
+        common::metric(
+            &metrics,
+            &format!("sparkcr_edge_{name}{{upstream=\"{upstream}\"}}"),
+        )
+    };
+    assert_eq!(series("upstream_quota_remaining"), 49.0, "{metrics}");
+    assert_eq!(series("upstream_quota_limit"), 100.0);
+    assert_eq!(series("upstream_quota_window_seconds"), 21600.0);
+    let status = status_json(&edge).await;
+    let u = &status["upstreams"][0];
+    assert_eq!(u["quota_remaining"], 49, "{status}");
+    assert_eq!(u["quota_limit"], 100);
+    assert_eq!(u["quota_window_seconds"], 21600);
+    let page = String::from_utf8(get_bytes(&admin_url(&edge, "/status")).await).expect("utf-8");
+    assert!(
+        page.contains("class=\"quota\" data-value=\"49\">49 of 100 per 6h 0m"),
+        "the page shows the quota: {}",
+        page.split("id=\"upstreams\"")
+            .nth(1)
+            .unwrap_or("")
+            .chars()
+            .take(800)
+            .collect::<String>()
     );
 }

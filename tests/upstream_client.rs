@@ -1,6 +1,7 @@
 //! The upstream client against fake registries on 127.0.0.1: Bearer token flow and token
 //! cache, Basic auth, redirects to another host, Range, status and transport error
-//! mapping, TLS trust settings.
+//! mapping, TLS trust settings; blob connections (one per download, at most
+//! `max_connections`), `max_rate` caps and remembered redirect targets.
 
 mod common;
 
@@ -8,10 +9,10 @@ use common::fake_upstream::auth::{basic_header, Bearer};
 use common::fake_upstream::{closed_port, test_pki, Auth, FakeUpstream, Faults};
 use common::images::OCI_MANIFEST;
 use futures_util::StreamExt;
-use sparkcr_edge::config::{HumanDuration, UpstreamConfig};
+use sparkcr_edge::config::{ByteRate, HumanDuration, UpstreamConfig};
 use sparkcr_edge::metrics::Metrics;
 use sparkcr_edge::oci::{Digest, Reference, RepositoryName};
-use sparkcr_edge::upstream::{BlobBody, Upstream, UpstreamError};
+use sparkcr_edge::upstream::{BlobBody, RateLimit, Upstream, UpstreamError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,7 @@ fn config(url: &str) -> UpstreamConfig {
 
 fn make_upstream(cfg: &UpstreamConfig) -> (Upstream, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let upstream = Upstream::from_config(cfg, &Default::default(), metrics.clone())
+    let upstream = Upstream::from_config(cfg, &Default::default(), None, metrics.clone())
         .expect("valid upstream config");
     (upstream, metrics)
 }
@@ -188,6 +189,50 @@ async fn token_endpoint_gets_basic_credentials_and_default_scope() {
 }
 
 #[tokio::test]
+async fn credentials_go_only_to_the_upstreams_own_token_hosts() {
+    init();
+    let fake = manifest_fake().await;
+    // The challenge names the same fake under another host name: "localhost" is neither
+    // the endpoint's host (127.0.0.1) nor a token host, so it gets no credentials.
+    let port = fake.url().rsplit(':').next().expect("port").to_string();
+    fake.set_auth(Auth::Bearer(
+        Bearer::new()
+            .realm_at(&format!("http://localhost:{port}"))
+            .user("robot", "pa:ss", &["repository:team/app:pull"])
+            .anonymous(&["repository:team/app:pull"]),
+    ));
+    let mut cfg = config(&fake.url());
+    cfg.username = Some("robot".into());
+    cfg.password = Some("pa:ss".into());
+    let (upstream, _) = make_upstream(&cfg);
+    upstream
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect("public content: an anonymous token does");
+    let token_requests = fake.requests_to("/token");
+    assert_eq!(token_requests.len(), 1);
+    assert_eq!(
+        token_requests[0].header("authorization"),
+        None,
+        "the credentials were sent to a foreign realm"
+    );
+
+    // Listed in token_hosts: the credentials go there.
+    cfg.token_hosts = vec!["localhost".into()];
+    let (upstream, _) = make_upstream(&cfg);
+    upstream
+        .manifest(&repo(), &tag("v1"), &[], false)
+        .await
+        .expect("manifest");
+    let token_requests = fake.requests_to("/token");
+    assert_eq!(token_requests.len(), 2);
+    assert_eq!(
+        token_requests[1].header("authorization"),
+        Some(basic_header("robot", "pa:ss").as_str())
+    );
+}
+
+#[tokio::test]
 async fn basic_auth_is_learnt_and_wrong_password_is_unauthorized() {
     init();
     let fake = manifest_fake().await;
@@ -257,7 +302,7 @@ async fn password_file_is_used_for_basic() {
         .expect("password from file");
 
     cfg.password_file = Some("/nonexistent/sparkcr-password".into());
-    let err = Upstream::from_config(&cfg, &Default::default(), Arc::new(Metrics::new()))
+    let err = Upstream::from_config(&cfg, &Default::default(), None, Arc::new(Metrics::new()))
         .expect_err("unreadable");
     assert!(
         err.to_string().contains("/nonexistent/sparkcr-password"),
@@ -574,4 +619,356 @@ async fn https_upstream_trust_settings() {
         .manifest(&repo(), &tag("v1"), &[], false)
         .await
         .expect("insecure_skip_verify accepts the unknown CA");
+}
+
+// Blob connections, slots and rate caps (issue #28): blob GETs run on HTTP/1.1
+// connections of their own, at most `max_connections` per upstream, their bytes paced by
+// `max_rate`; manifests do not queue behind them. Timed assertions are lower bounds only.
+
+fn rate(bytes_per_second: u64) -> ByteRate {
+    ByteRate::per_second(bytes_per_second).expect("above 0")
+}
+
+/// `len` bytes that differ from blob to blob (`seed`).
+fn blob_bytes(seed: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed * 7) as u8)
+        .collect()
+}
+
+/// Fetches the whole of each blob at once; bodies in the order of `digests`.
+async fn fetch_all(upstream: &Upstream, digests: &[Digest]) -> Vec<Vec<u8>> {
+    let fetches = digests.iter().map(|digest| async move {
+        let response = upstream.blob(&repo(), digest, None).await.expect("blob");
+        collect(response.body).await.expect("blob body")
+    });
+    futures_util::future::join_all(fetches).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_under_32_concurrent_blob_gets() {
+    init();
+    let fake = FakeUpstream::start().await;
+    // Slow enough (~150 ms a blob, sent as 200 kB then 100 kB) that the GETs overlap.
+    fake.set_default_faults(Faults::none().rate(2_000_000));
+    let blobs: Vec<Vec<u8>> = (0..32).map(|n| blob_bytes(n, 300_000)).collect();
+    let digests: Vec<Digest> = blobs
+        .iter()
+        .map(|b| fake.add_blob(b.clone()).parse().expect("digest"))
+        .collect();
+    let mut cfg = config(&fake.url());
+    cfg.max_connections = 4;
+    let (upstream, metrics) = make_upstream(&cfg);
+
+    let bodies = fetch_all(&upstream, &digests).await;
+    assert!(bodies == blobs, "every blob arrives byte-exact");
+    assert_eq!(
+        fake.max_blob_bodies_in_flight(),
+        4,
+        "never more than max_connections blob bodies at once (and the cap is used)"
+    );
+    let blob_gets: Vec<_> = fake
+        .requests_containing("/blobs/")
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert_eq!(blob_gets.len(), 32);
+    assert!(blob_gets
+        .iter()
+        .all(|r| r.version == hyper::Version::HTTP_11));
+    // The 32 start together: 4 take a slot, the others wait for one (28 of them, unless
+    // a first body ended before the last GET started).
+    let waits = metrics
+        .upstream_blob_slot_waits
+        .with_label_values(&["fake"]);
+    assert!((20..=28).contains(&waits.get()), "{}", waits.get());
+    let in_use = metrics
+        .upstream_blob_connections_in_use
+        .with_label_values(&["fake"]);
+    assert_eq!(in_use.get(), 0, "every slot was given back");
+    assert_eq!(upstream.blob_slots_free(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_blobs_get_connections_of_their_own_and_manifests_never_wait_for_a_slot() {
+    init();
+    // Over TLS, where the fake offers h2 by ALPN: one h2 connection would carry them all.
+    let fake = FakeUpstream::start_tls(test_pki().server_config).await;
+    fake.add_manifest("v1", MANIFEST.as_bytes());
+    fake.set_default_faults(Faults::none().rate(1_000_000));
+    let blobs: Vec<Vec<u8>> = (0..4).map(|n| blob_bytes(n, 200_000)).collect();
+    let digests: Vec<Digest> = blobs
+        .iter()
+        .map(|b| fake.add_blob(b.clone()).parse().expect("digest"))
+        .collect();
+    let mut cfg = config(&fake.url());
+    cfg.insecure_skip_verify = true;
+    cfg.max_connections = 4;
+    let (upstream, metrics) = make_upstream(&cfg);
+    let in_use = metrics
+        .upstream_blob_connections_in_use
+        .with_label_values(&["fake"]);
+    assert!(fetch_all(&upstream, &digests).await == blobs);
+    let blob_gets = fake.requests_containing("/blobs/");
+    assert!(blob_gets
+        .iter()
+        .all(|r| r.version == hyper::Version::HTTP_11));
+    let conns: std::collections::HashSet<u64> = blob_gets.iter().map(|r| r.conn).collect();
+    assert_eq!(conns.len(), 4, "4 concurrent blobs, 4 connections");
+
+    // Every slot taken by a body that stalls: a manifest GET is answered all the same.
+    let stalled = fake.add_blob_with(blob_bytes(9, 1000), Faults::none().stall_at(10));
+    let stalled: Digest = stalled.parse().expect("digest");
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            upstream
+                .blob(&repo(), &stalled, None)
+                .await
+                .expect("headers"),
+        );
+    }
+    assert_eq!((upstream.blob_slots_free(), in_use.get()), (0, 4));
+    let manifest = tokio::time::timeout(
+        Duration::from_secs(3),
+        upstream.manifest(&repo(), &tag("v1"), &[], false),
+    )
+    .await
+    .expect("a manifest does not wait for a blob slot")
+    .expect("manifest");
+    assert_eq!(manifest.body.as_deref(), Some(MANIFEST.as_bytes()));
+    let manifest_get = &fake.requests_to("/v2/team/app/manifests/v1")[0];
+    assert_eq!(manifest_get.version, hyper::Version::HTTP_2);
+    assert!(
+        !conns.contains(&manifest_get.conn),
+        "not on a blob connection"
+    );
+
+    // A fifth blob waits for a slot; dropping a body mid-way (its client went away)
+    // gives its slot back.
+    let mut dropped = held.pop().expect("4 held");
+    let first = dropped
+        .body
+        .next()
+        .await
+        .expect("a first chunk")
+        .expect("bytes");
+    assert!(!first.is_empty() && first.len() <= 10, "{}", first.len());
+    let fifth = tokio::spawn({
+        let upstream = upstream.clone();
+        let digest = digests[0];
+        async move {
+            let response = upstream.blob(&repo(), &digest, None).await.expect("blob");
+            collect(response.body).await.expect("blob body")
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !fifth.is_finished(),
+        "the fifth blob waits while 4 are held"
+    );
+    drop(dropped);
+    let fifth = tokio::time::timeout(Duration::from_secs(5), fifth)
+        .await
+        .expect("a dropped body gives its slot back")
+        .expect("task");
+    assert!(fifth == blobs[0]);
+    drop(held);
+    assert_eq!((upstream.blob_slots_free(), in_use.get()), (4, 0));
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_gives_its_slot_back_before_it_is_dropped() {
+    init();
+    let fake = FakeUpstream::start().await;
+    let blob = blob_bytes(3, 200_000);
+    let digest: Digest = fake
+        .add_blob_with(blob.clone(), Faults::none().cut_first(50_000, 1))
+        .parse()
+        .expect("digest");
+    let mut cfg = config(&fake.url());
+    cfg.max_connections = 1;
+    let (upstream, _) = make_upstream(&cfg);
+    let mut broken = upstream
+        .blob(&repo(), &digest, None)
+        .await
+        .expect("headers");
+    assert_eq!(upstream.blob_slots_free(), 0);
+    let mut got = 0;
+    let err = loop {
+        match broken.body.next().await {
+            Some(Ok(bytes)) => got += bytes.len(),
+            Some(Err(e)) => break e,
+            None => panic!("the cut body ended cleanly after {got} bytes"),
+        }
+    };
+    assert!(got <= 50_000, "{got}: {err}");
+    assert_eq!(
+        upstream.blob_slots_free(),
+        1,
+        "the failed body holds no slot"
+    );
+    // The only slot is free while `broken` is still alive: a resume gets it at once.
+    let rest = tokio::time::timeout(
+        Duration::from_secs(5),
+        upstream.blob(&repo(), &digest, Some((got as u64, None))),
+    )
+    .await
+    .expect("the resume does not wait for a slot")
+    .expect("resume");
+    assert_eq!(rest.start, got as u64);
+    assert_eq!(collect(rest.body).await.expect("the rest"), blob[got..]);
+    drop(broken);
+    assert_eq!(upstream.blob_slots_free(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rate_caps_an_upstreams_blob_bytes() {
+    init();
+    let fake = FakeUpstream::start().await;
+    let blobs: Vec<Vec<u8>> = (0..2).map(|n| blob_bytes(n, 300_000)).collect();
+    let digests: Vec<Digest> = blobs
+        .iter()
+        .map(|b| fake.add_blob(b.clone()).parse().expect("digest"))
+        .collect();
+    let mut cfg = config(&fake.url());
+    cfg.max_rate = Some(rate(1_000_000));
+    let (upstream, metrics) = make_upstream(&cfg);
+    let started = Instant::now();
+    assert!(fetch_all(&upstream, &digests).await == blobs);
+    // 600 kB at 1 MB/s, less the bucket's 100 kB burst: at least 0.5 s, shared by both.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    let held_back = metrics
+        .upstream_rate_limited_seconds
+        .with_label_values(&["fake"])
+        .get();
+    assert!(held_back >= 0.4, "{held_back}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_max_rate_is_shared_by_every_upstream() {
+    init();
+    let edge = RateLimit::new(rate(1_000_000));
+    let metrics = Arc::new(Metrics::new());
+    let mut fetches = Vec::new();
+    let mut fakes = Vec::new();
+    for (n, name) in ["a.fake", "b.fake"].into_iter().enumerate() {
+        let fake = FakeUpstream::start().await;
+        let blob = blob_bytes(n as u32, 300_000);
+        let digest: Digest = fake.add_blob(blob.clone()).parse().expect("digest");
+        let mut cfg = config(&fake.url());
+        cfg.name = name.to_string();
+        let upstream =
+            Upstream::from_config(&cfg, &Default::default(), Some(&edge), metrics.clone())
+                .expect("valid upstream config");
+        fakes.push(fake);
+        fetches.push(async move {
+            let response = upstream.blob(&repo(), &digest, None).await.expect("blob");
+            assert!(collect(response.body).await.expect("blob body") == blob);
+        });
+    }
+    let started = Instant::now();
+    futures_util::future::join_all(fetches).await;
+    // 2 × 300 kB through one 1 MB/s bucket (100 kB burst): at least 0.5 s, not 0.2 s.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    let held_back: f64 = ["a.fake", "b.fake"]
+        .iter()
+        .map(|name| {
+            metrics
+                .upstream_rate_limited_seconds
+                .with_label_values(&[name])
+                .get()
+        })
+        .sum();
+    assert!(held_back >= 0.4, "{held_back}");
+}
+
+#[tokio::test]
+async fn ranged_gets_of_a_redirected_blob_go_to_the_redirect_target() {
+    init();
+    let blob = blob_bytes(1, 1000);
+    let cdn = FakeUpstream::start().await;
+    let registry = FakeUpstream::start().await;
+    let digest: Digest = registry.add_blob(blob.clone()).parse().expect("digest");
+    registry.set_auth(Auth::basic("bob", "secret"));
+    registry.redirect_blobs_to(&cdn, Duration::from_secs(60));
+    let mut cfg = config(&registry.url());
+    cfg.username = Some("bob".into());
+    cfg.password = Some("secret".into());
+    let (upstream, _) = make_upstream(&cfg);
+    let cdn_path = format!("/cdn/blobs/{digest}");
+
+    for (start, end) in [(0u64, 399u64), (400, 799), (800, 999)] {
+        let piece = upstream
+            .blob(&repo(), &digest, Some((start, Some(end))))
+            .await
+            .expect("piece");
+        assert_eq!((piece.start, piece.size), (start, Some(1000)));
+        let bytes = collect(piece.body).await.expect("piece body");
+        assert_eq!(bytes, blob[start as usize..=end as usize]);
+    }
+    assert_eq!(
+        registry.redirects(&digest.to_string()),
+        1,
+        "one redirect for the blob, not one per piece"
+    );
+    let blob_gets = registry.requests_containing("/blobs/");
+    assert_eq!(
+        blob_gets.len(),
+        2,
+        "a 401, then the GET that was redirected"
+    );
+    let cdn_gets = cdn.requests_to(&cdn_path);
+    let ranges: Vec<_> = cdn_gets.iter().map(|r| r.range()).collect();
+    assert_eq!(
+        ranges,
+        [
+            Some("bytes=0-399"),
+            Some("bytes=400-799"),
+            Some("bytes=800-999")
+        ]
+    );
+    assert!(cdn_gets.iter().all(|r| r.header("authorization").is_none()));
+}
+
+#[tokio::test]
+async fn a_refused_redirect_target_falls_back_to_the_registry() {
+    init();
+    let blob = blob_bytes(2, 1000);
+    let cdn = FakeUpstream::start().await;
+    let registry = FakeUpstream::start().await;
+    let digest: Digest = registry.add_blob(blob.clone()).parse().expect("digest");
+    // The CDN's URLs expire long before the edge would stop using them.
+    registry.redirect_blobs_to(&cdn, Duration::from_secs(1));
+    let (upstream, _) = make_upstream(&config(&registry.url()));
+    let cdn_path = format!("/cdn/blobs/{digest}");
+
+    let first = upstream
+        .blob(&repo(), &digest, Some((0, Some(499))))
+        .await
+        .expect("first piece");
+    assert_eq!(collect(first.body).await.expect("body"), blob[..500]);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let second = upstream
+        .blob(&repo(), &digest, Some((500, None)))
+        .await
+        .expect("second piece, through the registry again");
+    assert_eq!((second.start, second.size), (500, Some(1000)));
+    assert_eq!(collect(second.body).await.expect("body"), blob[500..]);
+    assert_eq!(registry.redirects(&digest.to_string()), 2);
+    let cdn_gets = cdn.requests_to(&cdn_path);
+    assert_eq!(
+        cdn_gets.len(),
+        3,
+        "first piece, the refused try, the new target"
+    );
+    // The target that was just given works: the next piece goes straight there again.
+    let third = upstream
+        .blob(&repo(), &digest, Some((900, Some(949))))
+        .await
+        .expect("third piece");
+    assert_eq!(collect(third.body).await.expect("body"), blob[900..950]);
+    assert_eq!(registry.redirects(&digest.to_string()), 2);
 }

@@ -142,11 +142,28 @@ pub struct IssuedToken {
     pub issued_at: SystemTime,
 }
 
-/// The anonymous per-address quota.
+/// The anonymous per-address quota (IPv6: per `ipv6_prefix`).
 struct AnonymousQuota {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
     checks: AtomicU64,
+    ipv6_prefix: u8,
+}
+
+/// The key a client's requests are counted under: an IPv4 address (IPv4-mapped IPv6
+/// addresses from a dual-stack listener included) as it is, an IPv6 address cut to its
+/// first `ipv6_prefix` bits.
+fn quota_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if ipv6_prefix < 128 => {
+            let bits = u128::from(v6);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(ipv6_prefix))
+                .unwrap_or(0);
+            IpAddr::V6((bits & mask).into())
+        }
+        other => other,
+    }
 }
 
 /// Forget idle addresses every this many checks, so the table stays small.
@@ -161,6 +178,7 @@ impl AnonymousQuota {
             limiter: DefaultKeyedRateLimiter::dashmap(quota),
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
+            ipv6_prefix: rate.ipv6_prefix,
         })
     }
 
@@ -172,7 +190,7 @@ impl AnonymousQuota {
             self.limiter.shrink_to_fit();
         }
         self.limiter
-            .check_key(&ip)
+            .check_key(&quota_key(ip, self.ipv6_prefix))
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
@@ -251,19 +269,46 @@ impl Access {
         ip: IpAddr,
         authorization: Option<&[u8]>,
     ) -> Result<(), DenyReason> {
-        if self.admin.iter().any(|c| c.contains(ip)) {
-            return Ok(());
-        }
-        let verdict = match self.authenticate(authorization) {
-            Ok(who) if who.has(Scope::Admin) => Ok(()),
-            Ok(Identity::Anonymous) => Err(DenyReason::NoCredentials),
-            Ok(Identity::Token { .. }) => Err(DenyReason::Scope),
-            Err(reason) => Err(reason),
-        };
+        let verdict = self.admin_verdict(ip, authorization);
         if let Err(reason) = verdict {
             self.count_denial(reason);
         }
         verdict
+    }
+
+    /// [`Access::admin_allowed`] without counting a refusal: for what is only left out
+    /// for non-admins (`/readyz`'s details), not refused.
+    pub fn is_admin(&self, ip: IpAddr, authorization: Option<&[u8]>) -> bool {
+        self.admin_verdict(ip, authorization).is_ok()
+    }
+
+    fn admin_verdict(&self, ip: IpAddr, authorization: Option<&[u8]>) -> Result<(), DenyReason> {
+        if self.admin.iter().any(|c| c.contains(ip)) {
+            return Ok(());
+        }
+        match self.authenticate(authorization) {
+            Ok(who) if who.has(Scope::Admin) => Ok(()),
+            Ok(Identity::Anonymous) => Err(DenyReason::NoCredentials),
+            Ok(Identity::Token { .. }) => Err(DenyReason::Scope),
+            Err(reason) => Err(reason),
+        }
+    }
+
+    /// Whether a client at `ip` may ask an operator endpoint (`/metrics`, `/readyz`,
+    /// `/status`) now: from `auth.admin_cidrs` or with a valid token always; from elsewhere
+    /// within the anonymous quota (the same count as its registry requests), so the
+    /// endpoints cannot be used to load the edge. `Err(wait)` when over it; the refusal is
+    /// counted.
+    pub fn operator_rate(&self, ip: IpAddr, authorization: Option<&[u8]>) -> Result<(), Duration> {
+        if self.admin.iter().any(|c| c.contains(ip)) {
+            return Ok(());
+        }
+        if matches!(self.authenticate(authorization), Ok(Identity::Token { .. })) {
+            return Ok(());
+        }
+        self.check_anonymous_rate(ip).inspect_err(|_| {
+            self.count_denial(DenyReason::RateLimited);
+        })
     }
 
     /// Who sends `authorization` from `ip`, if the request may go on: valid credentials (or

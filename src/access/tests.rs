@@ -195,3 +195,55 @@ fn networks_and_quota() {
         .check_anonymous_rate("10.0.0.2".parse().expect("ip"))
         .is_ok());
 }
+
+#[test]
+fn the_quota_groups_ipv6_clients_by_the_configured_prefix() {
+    let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+    // Default /128: every IPv6 address on its own (SLAAC hosts of one LAN share a /64).
+    let f = fixture("anonymous_rate = { per_minute = 60, burst = 1 }");
+    let a = &f.access;
+    assert!(a.check_anonymous_rate(ip("2001:db8:1:2::10")).is_ok());
+    assert!(a.check_anonymous_rate(ip("2001:db8:1:2::11")).is_ok());
+    // /64: a client rotating addresses inside its /64 is one client.
+    let f = fixture("anonymous_rate = { per_minute = 60, burst = 1, ipv6_prefix = 64 }");
+    let a = &f.access;
+    assert!(a.check_anonymous_rate(ip("2001:db8:1:2::10")).is_ok());
+    assert!(
+        a.check_anonymous_rate(ip("2001:db8:1:2:aaaa::99")).is_err(),
+        "same /64: same count"
+    );
+    assert!(
+        a.check_anonymous_rate(ip("2001:db8:1:3::10")).is_ok(),
+        "another /64: its own count"
+    );
+    // IPv4 clients on a dual-stack listener (IPv4-mapped) stay one count per address,
+    // never one for all of IPv4.
+    assert!(a.check_anonymous_rate(ip("::ffff:10.0.0.1")).is_ok());
+    assert!(a.check_anonymous_rate(ip("::ffff:10.0.0.2")).is_ok());
+    assert!(
+        a.check_anonymous_rate(ip("10.0.0.1")).is_err(),
+        "the same address as ::ffff:10.0.0.1"
+    );
+}
+
+#[test]
+fn operator_endpoints_count_against_the_quota_outside_admin_networks() {
+    let f = fixture("anonymous_rate = { per_minute = 60, burst = 2 }");
+    let a = &f.access;
+    let outsider: IpAddr = "10.1.1.1".parse().expect("ip");
+    assert!(a.operator_rate(outsider, None).is_ok());
+    assert!(a.operator_rate(outsider, None).is_ok());
+    assert!(a.operator_rate(outsider, None).is_err(), "over the burst");
+    let token = basic(&f.public);
+    assert!(
+        a.operator_rate(outsider, Some(&token)).is_ok(),
+        "a client with a token is not limited"
+    );
+    let loopback: IpAddr = "127.0.0.1".parse().expect("ip");
+    for _ in 0..10 {
+        assert!(
+            a.operator_rate(loopback, None).is_ok(),
+            "admin_cidrs: no limit"
+        );
+    }
+}

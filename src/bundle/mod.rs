@@ -1,7 +1,10 @@
 //! Air-gapped transfer: `export` writes cached images as an OCI image layout tar
 //! (`oci-layout`, `index.json`, `blobs/sha256/<hex>`), fetched through a running edge's API;
 //! `import` loads such a tar into a (stopped) edge's store, verifying every digest, and
-//! records the tags so that pulls by tag work with no upstream.
+//! records the tags so that pulls by tag work with no upstream. A tag the store already
+//! has with another digest is kept unless the import is told to replace tags, and every
+//! such tag is reported (a dry run reports only that and writes nothing). Export writes
+//! through temp files it creates exclusively (never an existing file or a symlink's target).
 //!
 //! `index.json` names each image with the annotation `org.opencontainers.image.ref.name`
 //! set to the full reference (`docker.io/library/nginx:1.27`); that is how tags come back.
@@ -15,6 +18,7 @@ use crate::prefetch::RequestedImage;
 use crate::store::{Store, StoreError, TagKey, TagRecord};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -65,8 +69,13 @@ pub async fn export(
     out: &Path,
 ) -> Result<ExportReport, BundleError> {
     let client = EdgeClient::new(edge, ca)?;
-    let tmp_path = PathBuf::from(format!("{}.partial", out.display()));
-    let file = std::fs::File::create(&tmp_path).map_err(io_err(&tmp_path))?;
+    // Both temp files sit beside `out` (so the last step is a rename) and are removed on
+    // every way out; `out` itself is replaced, never written through.
+    let (tmp_path, file) = exclusive_temp(out, "partial")?;
+    let _tmp_guard = RemoveOnDrop(tmp_path.clone());
+    let (scratch, scratch_file) = exclusive_temp(out, "blob")?;
+    drop(scratch_file);
+    let _scratch_guard = RemoveOnDrop(scratch.clone());
     let mut tar = tar::Builder::new(file);
     let mut written: HashSet<Digest> = HashSet::new();
     let mut index = Vec::new();
@@ -77,7 +86,6 @@ pub async fn export(
         br#"{"imageLayoutVersion":"1.0.0"}"#,
         &tmp_path,
     )?;
-    let scratch = tempfile_in(out)?;
     for req in requested {
         let image = match req.image {
             Ok(i) => i,
@@ -101,7 +109,14 @@ pub async fn export(
                 if written.contains(&b.digest) {
                     continue;
                 }
-                let mut f = std::fs::File::create(&scratch).map_err(io_err(&scratch))?;
+                // Truncates the file this export created exclusively (a symlink put in its
+                // place meanwhile is not followed).
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&scratch)
+                    .map_err(io_err(&scratch))?;
                 let n = client.fetch_blob(&image, &b.digest, |piece| std::io::Write::write_all(&mut f, piece)).await?;
                 drop(f);
                 let mut f = std::fs::File::open(&scratch).map_err(io_err(&scratch))?;
@@ -125,7 +140,6 @@ pub async fn export(
             .images
             .push((image.to_string(), result.err().map(|e| e.to_string())));
     }
-    let _ = std::fs::remove_file(&scratch);
     let index_json = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": index });
     append_bytes(
         &mut tar,
@@ -140,12 +154,43 @@ pub async fn export(
     Ok(report)
 }
 
-fn tempfile_in(out: &Path) -> Result<PathBuf, BundleError> {
+/// A new file beside `out` with an unpredictable name, created with `O_CREAT|O_EXCL`
+/// (so an existing file or symlink of that name is never opened) and mode 0600.
+fn exclusive_temp(out: &Path, what: &str) -> Result<(PathBuf, std::fs::File), BundleError> {
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    Ok(dir.join(format!(".sparkcr-export-{}.blob", std::process::id())))
+    let base = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    for _ in 0..16 {
+        let path = dir.join(format!(".{base}.{:016x}.{what}", rand::random::<u64>()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    Err(io_err(dir)(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free name for a temp file after 16 tries",
+    )))
+}
+
+/// Removes a temp file when dropped (after a successful rename there is nothing to remove).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn blob_path(d: &Digest) -> String {
@@ -165,30 +210,83 @@ fn append_bytes(
     tar.append_data(&mut h, name, bytes).map_err(io_err(path))
 }
 
+/// What an import may do beyond adding content.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImportOptions {
+    /// Repoint tags the store has with another digest to the bundle's (else they are kept).
+    pub replace_tags: bool,
+    /// Report the tags the import would create or change, and write nothing.
+    pub dry_run: bool,
+}
+
+/// A tag the store has with another digest than the bundle's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagChange {
+    pub image: String,
+    pub store: Digest,
+    pub bundle: Digest,
+}
+
 #[derive(Debug, Default)]
 pub struct ImportReport {
+    pub dry_run: bool,
     pub manifests: usize,
     pub blobs: usize,
     pub already_present: usize,
     pub bytes: u64,
+    /// Tags created, or left as they were because the store already had the same digest.
     pub tags: Vec<String>,
+    /// Tags repointed to the bundle's digest (`--replace-tags`; in a dry run: would be).
+    pub tags_replaced: Vec<TagChange>,
+    /// Tags the store has with another digest, kept because tags were not to be replaced.
+    pub tags_kept: Vec<TagChange>,
     /// Entries that failed verification or could not be stored.
     pub failures: Vec<String>,
 }
 
 impl std::fmt::Display for ImportReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "  manifests imported   {}", self.manifests)?;
-        writeln!(
-            f,
-            "  blobs imported       {} ({})",
-            self.blobs,
-            crate::prefetch::human(self.bytes)
-        )?;
-        writeln!(f, "  already present      {}", self.already_present)?;
-        writeln!(f, "  tags                 {}", self.tags.len())?;
+        let (tags, replaced, kept) = if self.dry_run {
+            writeln!(f, "  dry run: nothing was written")?;
+            (
+                "new or unchanged tags",
+                "tags that would be repointed",
+                "tags that differ and would be kept",
+            )
+        } else {
+            writeln!(f, "  manifests imported   {}", self.manifests)?;
+            writeln!(
+                f,
+                "  blobs imported       {} ({})",
+                self.blobs,
+                crate::prefetch::human(self.bytes)
+            )?;
+            writeln!(f, "  already present      {}", self.already_present)?;
+            (
+                "tags                ",
+                "tags repointed      ",
+                "tags kept           ",
+            )
+        };
+        writeln!(f, "  {tags} {}", self.tags.len())?;
         for t in &self.tags {
             writeln!(f, "    {t}")?;
+        }
+        if self.dry_run || !self.tags_replaced.is_empty() {
+            writeln!(f, "  {replaced} {}", self.tags_replaced.len())?;
+            for c in &self.tags_replaced {
+                writeln!(f, "    {}: {} -> {}", c.image, c.store, c.bundle)?;
+            }
+        }
+        if self.dry_run || !self.tags_kept.is_empty() {
+            writeln!(
+                f,
+                "  {kept} {} (the store's digest differs from the bundle's; --replace-tags repoints them)",
+                self.tags_kept.len()
+            )?;
+            for c in &self.tags_kept {
+                writeln!(f, "    {}: store {}, bundle {}", c.image, c.store, c.bundle)?;
+            }
         }
         for e in &self.failures {
             writeln!(f, "  FAILED {e}")?;
@@ -228,8 +326,12 @@ fn entry_digest(path: &str) -> Option<Digest> {
         .and_then(|hex| format!("sha256:{hex}").parse().ok())
 }
 
-/// Loads a bundle into `store`.
-pub fn import(store: &Store, bundle: &Path) -> Result<ImportReport, BundleError> {
+/// Loads a bundle into `store` (or, with `dry_run`, only reports what it would do to tags).
+pub fn import(
+    store: &Store,
+    bundle: &Path,
+    options: ImportOptions,
+) -> Result<ImportReport, BundleError> {
     let format_err = |reason: String| BundleError::Format {
         path: bundle.into(),
         reason,
@@ -338,6 +440,41 @@ pub fn import(store: &Store, bundle: &Path) -> Result<ImportReport, BundleError>
             .unwrap_or_else(|| desc["mediaType"].as_str().unwrap_or_default().to_string());
         tags.push((image, d, media_type));
     }
+    // What the tags would do to the store's: decided before anything is written.
+    let mut tag_writes = Vec::new();
+    for (image, digest, media_type) in tags {
+        let Reference::Tag(tag) = &image.reference else {
+            continue;
+        };
+        let key = TagKey {
+            upstream: image.registry.clone(),
+            repo: image.repo.clone(),
+            tag: tag.clone(),
+        };
+        match store.tag(&key)? {
+            Some(old) if old.digest != digest => {
+                let change = TagChange {
+                    image: image.to_string(),
+                    store: old.digest,
+                    bundle: digest,
+                };
+                if options.replace_tags {
+                    report.tags_replaced.push(change);
+                    tag_writes.push((image, key, digest, media_type));
+                } else {
+                    report.tags_kept.push(change);
+                }
+            }
+            _ => {
+                report.tags.push(image.to_string());
+                tag_writes.push((image, key, digest, media_type));
+            }
+        }
+    }
+    if options.dry_run {
+        report.dry_run = true;
+        return Ok(report);
+    }
     let mut stored: HashSet<Digest> = HashSet::new();
     for (d, m) in &manifests {
         let repo = repo_of.get(d).cloned().unwrap_or_default();
@@ -368,6 +505,16 @@ pub fn import(store: &Store, bundle: &Path) -> Result<ImportReport, BundleError>
         }
         if store.blob(&d)?.is_some() {
             report.already_present += 1;
+            continue;
+        }
+        // Only a regular entry's size is bytes in the bundle: a sparse entry (GNU) expands
+        // a few bytes into any size it declares, which would be stored (and make room)
+        // before its digest could fail. An export never writes one.
+        let kind = entry.header().entry_type();
+        if !kind.is_file() || entry.size() != entry.header().entry_size().unwrap_or(0) {
+            report.failures.push(format!(
+                "blob {d}: not a plain file in the bundle (a {kind:?} entry): skipped"
+            ));
             continue;
         }
         let size = entry.size();
@@ -417,28 +564,30 @@ pub fn import(store: &Store, bundle: &Path) -> Result<ImportReport, BundleError>
         }
     }
     let now = std::time::SystemTime::now();
-    for (image, digest, media_type) in tags {
+    for (image, key, digest, media_type) in tag_writes {
         if !stored.contains(&digest) {
-            continue; // its manifest failed, and says so above
+            // Its manifest failed, and says so above: the tag is not written.
+            let name = image.to_string();
+            report.tags.retain(|t| *t != name);
+            report.tags_replaced.retain(|c| c.image != name);
+            continue;
         }
-        if let Reference::Tag(tag) = &image.reference {
-            let key = TagKey {
-                upstream: image.registry.clone(),
-                repo: image.repo.clone(),
-                tag: tag.clone(),
-            };
-            let rec = TagRecord {
-                digest,
-                media_type,
-                fetched_at: now,
-                validated_at: now,
-            };
-            match store.put_tag(&key, &rec) {
-                Ok(()) => report.tags.push(image.to_string()),
-                Err(e) => report.failures.push(format!("tag {image}: {e}")),
-            }
+        let rec = TagRecord {
+            digest,
+            media_type,
+            fetched_at: now,
+            validated_at: now,
+        };
+        if let Err(e) = store.put_tag(&key, &rec) {
+            let name = image.to_string();
+            report.tags.retain(|t| *t != name);
+            report.tags_replaced.retain(|c| c.image != name);
+            report.failures.push(format!("tag {image}: {e}"));
         }
     }
     store.flush_access()?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,9 @@
 //! Blob bodies as streams of `Bytes` frames: from a stored blob (a hit), or following a
 //! [`GrowingBlob`] (a miss or a joiner) at the client's own pace.
 //!
+//! A range is streamed as its bytes arrive, like a whole blob; its last byte waits until
+//! the whole blob's digest matched, so a mismatch ends the response short of its length.
+//!
 //! A follower that falls behind the in-memory window of a blob that could not be kept on
 //! disk fetches the rest on its own: from the store's hash [`Checkpoint`] at or before its
 //! offset, with a `Range` request, hashing every byte, so what it sends is verified just
@@ -17,7 +20,7 @@ use super::resume::{ResumeFrom, ResumingBody};
 use super::sources::BlobSource;
 use super::BlobStream;
 use crate::metrics::Metrics;
-use crate::oci::RepoTarget;
+use crate::oci::{BlobSpan, RepoTarget};
 use crate::store::{BlobRead, BlobReader, Checkpoint, GrowingBlob, MEMORY_WINDOW, READ_FRAME};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -145,13 +148,34 @@ async fn follow_task(
         .served_bytes
         .with_label_values(&["upstream"]);
     let mut stall = StallWatch::new(&blob, on_stall.after);
+    // A range that ends before the blob's end keeps its last byte until the whole blob is
+    // verified (the growing blob holds back only the blob's own last byte).
+    let hold_last = end.is_some_and(|e| e > pos && blob.size() != Some(e));
     loop {
         let want = end.map_or(READ_FRAME as u64, |e| e.saturating_sub(pos));
         if want == 0 {
             return;
         }
         rx.borrow_and_update();
-        match blob.read_at(pos, want.min(READ_FRAME as u64) as usize) {
+        let verified = match blob.outcome() {
+            Some(Ok(())) => true,
+            Some(Err(f)) => {
+                let _ = tx.send(Err(abort(f.to_string()))).await;
+                return;
+            }
+            None => false,
+        };
+        let read = if hold_last && !verified && want == 1 {
+            BlobRead::Wait
+        } else {
+            let max = if hold_last && !verified {
+                want - 1
+            } else {
+                want
+            };
+            blob.read_at(pos, max.min(READ_FRAME as u64) as usize)
+        };
+        match read {
             BlobRead::Data(b) => {
                 pos += b.len() as u64;
                 served.inc_by(b.len() as u64);
@@ -272,7 +296,7 @@ async fn fetch_rest(
     let mut hasher = cp.hasher;
     let first = refetch
         .source
-        .blob(&refetch.target, &digest, Some(cp.offset))
+        .blob(&refetch.target, &digest, BlobSpan::starting_at(cp.offset))
         .await
         .map_err(|e| abort(format!("upstream failed: {e}")))?;
     let resume_from = ResumeFrom {

@@ -2,9 +2,13 @@
 //! follow the single-flight fill for the digest; HEAD on a miss asks the upstream for the
 //! size without fetching.
 //!
-//! A `Range` request on a blob that is not stored yet is answered only once the fill has
-//! verified the whole blob's digest (it waits for the fill): never from unverified bytes.
-//! Ranges of stored blobs are immediate.
+//! A `Range` request on a blob that is not stored yet is answered at once, like a whole
+//! GET: headers as soon as the fill knows the blob's size, bytes as the fill reaches them,
+//! and the range's last byte only once the whole blob's digest matched (a mismatch ends
+//! the response short, so no client takes it as complete). A bounded range therefore
+//! completes only when the whole blob is verified: early headers and bytes, not early
+//! completion. A fill whose source announced no size is waited for (the range cannot be
+//! resolved before). Ranges of stored blobs are immediate.
 //!
 //! A client following a fill that delivers no new bytes for `cache.follower_stall` takes
 //! it over (`FillStarter::take_over`): never a deadline on a fill still delivering bytes.
@@ -13,6 +17,7 @@ use super::blob_stream::{self, OnStall, Refetch, StallWatch, TakeOverFuture, Wat
 use super::fill::{FillJob, FillKey};
 use super::fill_registry::{FillFollower, FillLead, FillOrigin, FillRegistry, FillRole};
 use super::flight::Landing;
+use super::pieces::PieceRule;
 use super::sources::BlobSource;
 use super::tiered::{self, Requester, Tiers};
 use super::{BlobAnswer, Cache, CacheError, FetchFailure};
@@ -131,6 +136,7 @@ impl Cache {
             partial,
             body,
             from_cache: true,
+            collapsed: false,
         })))
     }
 
@@ -163,16 +169,23 @@ impl Cache {
             requester,
             metrics: self.metrics.clone(),
             hold_commit: self.settings.hold_commit,
+            pieces: self.settings.pieces,
+            unread_grace: self.settings.unread_grace,
             tiers: self.tiers.clone(),
             runtime: self.runtime.clone(),
         })
     }
 
     /// The growing blob of the fill `starter` is for: joined, or started by this request.
-    async fn join_fill(&self, starter: &FillStarter) -> Result<Arc<GrowingBlob>, CacheError> {
+    /// The fill's blob, and whether this request joined another's fill (collapsed).
+    async fn join_fill(
+        &self,
+        starter: &FillStarter,
+    ) -> Result<(Arc<GrowingBlob>, bool), CacheError> {
         let (target, digest) = (&starter.target, &starter.digest);
         let mut tries = 0;
         loop {
+            let mut joined = false;
             let follower = match starter.claim() {
                 FillRole::Lead(lead) => {
                     if starter.requester == Requester::Client {
@@ -192,6 +205,7 @@ impl Cache {
                         self.confirm_blob(target, digest).await?;
                     }
                     self.fills.joined(&starter.key);
+                    joined = true;
                     Some(join.follower)
                 }
             };
@@ -200,7 +214,7 @@ impl Cache {
                 None => Landing::Abandoned,
             };
             match landing {
-                Landing::Started(blob) => return Ok(blob),
+                Landing::Started(blob) => return Ok((blob, joined)),
                 Landing::Failed(f) => {
                     return Err(self.fetch_failure(target, f, CacheError::BlobUnknown(*digest)))
                 }
@@ -302,12 +316,13 @@ impl Cache {
                 partial,
                 body: None,
                 from_cache: false,
+                collapsed: false,
             });
         }
         let starter = self.fill_starter(target, digest, &key, requester)?;
-        let mut blob = self.join_fill(&starter).await?;
-        if range.is_some() && !head {
-            // Only verified bytes answer a range: wait for the whole blob.
+        let (mut blob, collapsed) = self.join_fill(&starter).await?;
+        if range.is_some() && !head && blob.size().is_none() {
+            // Without a size the range cannot be resolved before the whole blob is here.
             blob = self.verified(blob, &starter).await?;
         }
         // Without a size (no Content-Length upstream) the whole blob is streamed.
@@ -340,6 +355,7 @@ impl Cache {
             partial,
             body,
             from_cache: false,
+            collapsed,
         })
     }
 }
@@ -357,6 +373,8 @@ struct FillStarter {
     requester: Requester,
     metrics: Arc<Metrics>,
     hold_commit: Duration,
+    pieces: PieceRule,
+    unread_grace: Duration,
     tiers: Tiers,
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -387,9 +405,15 @@ impl FillStarter {
             repo_key: self.target.key().to_string(),
             metrics: self.metrics.clone(),
             hold_commit: self.hold_commit,
+            pieces: self.pieces,
+            unread_grace: self.unread_grace,
         };
         let private = self.key.private_upstream.is_some();
-        let task = tiered::run(self.tiers.clone(), job, lead, self.requester, private);
+        // The fill's upstream requests carry the `Via` chain of the request that started it.
+        let task = crate::oci::hops::scope(
+            crate::oci::hops::current(),
+            tiered::run(self.tiers.clone(), job, lead, self.requester, private),
+        );
         match &self.runtime {
             Some(rt) => drop(rt.spawn(task)),
             None => drop(tokio::spawn(task)),

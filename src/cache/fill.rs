@@ -9,17 +9,20 @@
 //! (bounded memory). A broken upstream body is resumed with `Range` from the bytes
 //! received (`resume`). At the end the input verifies the digest, which releases the last
 //! byte to every reader; then the writer makes the chunks durable and commits the blob,
-//! off every client's critical path.
+//! off every client's critical path. A fill whose blob the store is not keeping (larger
+//! than the budget) stops once nobody has read it for [`UNREAD_GRACE`]; a stored blob's
+//! fill always completes, so the next pull is a hit.
 //!
 //! Must not: read the blob's bytes back, or decide where they are kept (that is the
 //! store's), or know about HTTP.
 
 use super::fill_registry::FillLead;
+use super::pieces::{self, PieceRule};
 use super::resume::{ResumeFrom, ResumingBody};
 use super::sources::BlobSource;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoTarget};
-use crate::store::{BlobInput, GrowthFailure, Keeping, Store};
+use crate::store::{BlobInput, GrowingBlob, GrowthFailure, Keeping, Store};
 use crate::upstream::{BlobResponse, UpstreamError};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -65,6 +68,11 @@ pub(super) struct FillJob {
     pub metrics: Arc<Metrics>,
     /// Test hook: wait this long between verifying and committing.
     pub hold_commit: Duration,
+    /// How a large blob is cut into ranged pieces (see `pieces`).
+    pub pieces: PieceRule,
+    /// A fill of a blob the store is not keeping stops after nobody read it this long
+    /// ([`UNREAD_GRACE`]).
+    pub unread_grace: Duration,
 }
 
 pub(super) fn map_upstream(e: &UpstreamError) -> FillFailure {
@@ -105,14 +113,16 @@ pub(super) async fn run_from(job: FillJob, mut lead: FillLead, from_tier: Option
     job.metrics.fills_in_flight.inc();
     let _in_flight = InFlight(job.metrics.clone());
     let first = match from_tier {
-        Some(r) => Ok(r),
-        None => job
-            .source
-            .blob(&job.target, &job.digest, None)
-            .await
-            .map(|b| b.response),
+        Some(response) => Ok(pieces::FirstAnswer {
+            response,
+            waited: Duration::ZERO,
+        }),
+        None => pieces::first_request(&job).await,
     };
-    let first = match first {
+    let pieces::FirstAnswer {
+        response: first,
+        waited,
+    } = match first {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(digest = %job.digest, upstream = %job.target.upstream, error = %e, "blob fill could not start");
@@ -137,8 +147,12 @@ pub(super) async fn run_from(job: FillJob, mut lead: FillLead, from_tier: Option
         tx,
         batch: Vec::new(),
         bytes: 0,
+        unread: Unread::new(job.unread_grace),
     };
-    let pumped = pump(&job, &mut input, first, &mut queue).await;
+    let pumped = match pieces::pieces_for(&job.pieces, &first, waited) {
+        Some(plan) => pieces::pump(&job, &mut input, first, &mut queue, plan).await,
+        None => pump(&job, &mut input, first, &mut queue).await,
+    };
     queue.flush();
     let ended = match pumped {
         Ok(()) => {
@@ -157,6 +171,10 @@ pub(super) async fn run_from(job: FillJob, mut lead: FillLead, from_tier: Option
     }
     let keeping = writer_task.await.unwrap_or(Keeping::MemoryOnly);
     let label = match (&ended, keeping) {
+        (Err(GrowthFailure::Abandoned), Keeping::Spooled | Keeping::MemoryOnly) => {
+            tracing::info!(digest = %job.digest, upstream = %job.target.upstream, at = blob.received(), "nobody reads this blob any more and it is not being stored (larger than the budget, or no room): its fill stopped");
+            "abandoned"
+        }
         (Err(GrowthFailure::Mismatch(m)), _) => {
             job.metrics.digest_mismatches.inc();
             tracing::error!(digest = %job.digest, upstream = %job.target.upstream, "{m}; nothing stored, clients aborted");
@@ -178,18 +196,63 @@ pub(super) async fn run_from(job: FillJob, mut lead: FillLead, from_tier: Option
 }
 
 /// Frames for the writer thread, handed over in batches (one thread wake-up per batch, not
-/// per frame).
-struct WriterQueue {
+/// per frame), and whether anyone still reads a blob that is not being stored.
+pub(super) struct WriterQueue {
     tx: tokio::sync::mpsc::UnboundedSender<Vec<Bytes>>,
     batch: Vec<Bytes>,
     bytes: usize,
+    unread: Unread,
+}
+
+/// How long a pass-through fill (a blob the store is not keeping: larger than the budget,
+/// or no room) goes on with nobody reading it before it stops. Fetching the rest would
+/// only spend WAN for bytes that are thrown away; a stored blob's fill always completes.
+pub(super) const UNREAD_GRACE: Duration = Duration::from_secs(5);
+/// How often a fill looks at its readers.
+const UNREAD_CHECK: Duration = Duration::from_millis(200);
+
+/// When a pass-through fill last had a reader (`since`: nobody since then).
+struct Unread {
+    checked: std::time::Instant,
+    since: Option<std::time::Instant>,
+    grace: Duration,
+}
+
+impl Unread {
+    fn new(grace: Duration) -> Unread {
+        Unread {
+            checked: std::time::Instant::now(),
+            since: None,
+            grace,
+        }
+    }
+
+    /// `Err(Abandoned)` once `blob` is not being stored and has had no reader (a client
+    /// stream, a waiter, a shared-tier upload) for the grace period.
+    fn check(&mut self, blob: &GrowingBlob) -> Result<(), GrowthFailure> {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.checked) < UNREAD_CHECK {
+            return Ok(());
+        }
+        self.checked = now;
+        let passing_through = matches!(blob.keeping(), Keeping::Spooled | Keeping::MemoryOnly);
+        if !passing_through || blob.watchers() > 0 {
+            self.since = None;
+            return Ok(());
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= self.grace {
+            return Err(GrowthFailure::Abandoned);
+        }
+        Ok(())
+    }
 }
 
 /// Bytes gathered before the writer thread is woken.
 const WRITER_BATCH: usize = 1 << 20;
 
 impl WriterQueue {
-    fn push(&mut self, frame: Bytes) {
+    pub(super) fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.batch.push(frame);
         if self.bytes >= WRITER_BATCH {
@@ -197,7 +260,7 @@ impl WriterQueue {
         }
     }
 
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         if !self.batch.is_empty() {
             // The writer going away only means the bytes stay in memory.
             let _ = self.tx.send(std::mem::take(&mut self.batch));
@@ -223,9 +286,7 @@ async fn pump(
     let mut body = ResumingBody::new(first, input.received(), size, resume_from)?;
     loop {
         while let Some(bytes) = body.next_frame().await {
-            input.push(bytes.clone())?;
-            queue.push(bytes);
-            input.writer_caught_up().await;
+            deliver(input, queue, bytes).await?;
         }
         // The writer gets what it has while the resume waits.
         queue.flush();
@@ -233,4 +294,17 @@ async fn pump(
             return Ok(());
         }
     }
+}
+
+/// Hands the blob's next bytes to the growing blob (its readers and hash) and the writer,
+/// then waits while the writer is far behind.
+pub(super) async fn deliver(
+    input: &mut BlobInput,
+    queue: &mut WriterQueue,
+    bytes: Bytes,
+) -> Result<(), GrowthFailure> {
+    input.push(bytes.clone())?;
+    queue.push(bytes);
+    input.writer_caught_up().await;
+    queue.unread.check(input.blob())
 }

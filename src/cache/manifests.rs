@@ -3,10 +3,21 @@
 //! and fetched again only when the digest moved). Concurrent revalidations of one tag
 //! collapse into one upstream request. When the upstream fails, a cached answer is served
 //! (stale) and counted; with nothing cached the answer is 503.
+//!
+//! A tag's record is what the upstream answers for every manifest type (`tag_accept`),
+//! whatever the asking client accepts: one client with a narrow `Accept` must not pin a
+//! multi-arch tag to one platform for everyone. Each client is then served from the
+//! record: the record's manifest when it takes its type; for an index it does not take,
+//! the index's `linux/amd64` manifest (what registry:2 and Docker Hub do); else
+//! `MANIFEST_UNKNOWN`.
+//!
+//! An upstream with a `quota_reserve`: once its announced pull quota is at or below it, a
+//! cached tag whose digest moved (the revalidating HEAD is free) is served from the cache,
+//! marked stale, instead of spending a manifest GET; misses with nothing cached still go.
 
 use super::{blocking, Cache, CacheError, FetchFailure, ManifestAnswer};
 use crate::oci::RepoTarget;
-use crate::oci::{Digest, Reference, Tag};
+use crate::oci::{default_platform_manifest, tag_accept, Digest, Reference, Tag};
 use crate::store::{StoredManifest, TagKey, TagRecord};
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
@@ -44,6 +55,8 @@ impl Cache {
             bytes: (!head).then_some(m.bytes),
             from_cache: true,
             stale: false,
+            quota_reserved: false,
+            upstream_cache_status: None,
         }
     }
 
@@ -125,6 +138,8 @@ impl Cache {
             bytes: (!head).then_some(body),
             from_cache: false,
             stale: false,
+            quota_reserved: false,
+            upstream_cache_status: resp.cache_status,
         })
     }
 
@@ -183,6 +198,8 @@ impl Cache {
             bytes: (!head).then_some(found.bytes),
             from_cache: false,
             stale: false,
+            quota_reserved: false,
+            upstream_cache_status: None,
         })
     }
 
@@ -218,16 +235,37 @@ impl Cache {
         Ok(self.store.tag(key)?)
     }
 
-    /// The stored manifest a tag record points to, if the client accepts its type.
-    async fn tagged_manifest(
+    /// The answer for a client accepting `accept` from a tag's manifest `m` (digest `d`):
+    /// `m` itself when the client takes its type, else the `linux/amd64` manifest of an
+    /// index (by digest: from the store, else the upstream), else `MANIFEST_UNKNOWN`.
+    async fn for_client(
         &self,
-        rec: &TagRecord,
+        target: &RepoTarget,
+        key: &TagKey,
+        (d, m): (Digest, StoredManifest),
         accept: &[String],
-    ) -> Result<Option<StoredManifest>, CacheError> {
-        if !accepts(accept, &rec.media_type) {
-            return Ok(None);
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        if accepts(accept, &m.media_type) {
+            return Ok(Self::answer(d, m, head));
         }
-        self.stored_manifest(&rec.digest).await
+        let Some(child) = default_platform_manifest(&m.bytes)
+            .filter(|c| !accept.is_empty() && accepts(accept, &c.media_type))
+        else {
+            return Err(CacheError::ManifestUnknown(format!(
+                "{}:{} (its manifest is {}, which the client does not accept{})",
+                key.repo,
+                key.tag,
+                m.media_type,
+                if crate::oci::INDEX_MEDIA_TYPES.contains(&m.media_type.as_str()) {
+                    ", and it lists no linux/amd64 manifest the client accepts"
+                } else {
+                    ""
+                }
+            )));
+        };
+        self.manifest_by_digest(target, &child.digest, &tag_accept(), head)
+            .await
     }
 
     async fn manifest_by_tag(
@@ -239,13 +277,19 @@ impl Cache {
     ) -> Result<ManifestAnswer, CacheError> {
         let key = Self::tag_key(target, tag);
         let asked_at = SystemTime::now();
-        if let Some(answer) = self.fresh_tag(&key, accept, head, asked_at, false).await? {
+        if let Some(answer) = self
+            .fresh_tag(target, &key, (accept, head), asked_at, false)
+            .await?
+        {
             return Ok(answer);
         }
         // One revalidation per tag at a time; whoever waited re-reads the fresh record.
         let lock = self.tag_lock(&key);
         let _guard = lock.lock().await;
-        let result = match self.fresh_tag(&key, accept, head, asked_at, true).await? {
+        let result = match self
+            .fresh_tag(target, &key, (accept, head), asked_at, true)
+            .await?
+        {
             Some(answer) => Ok(answer),
             None => self.revalidate_tag(target, &key, accept, head).await,
         };
@@ -258,9 +302,9 @@ impl Cache {
     /// on another's revalidation, validated after this request arrived).
     async fn fresh_tag(
         &self,
+        target: &RepoTarget,
         key: &TagKey,
-        accept: &[String],
-        head: bool,
+        (accept, head): (&[String], bool),
         asked_at: SystemTime,
         waited: bool,
     ) -> Result<Option<ManifestAnswer>, CacheError> {
@@ -274,16 +318,16 @@ impl Cache {
         if !fresh {
             return Ok(None);
         }
-        match self.tagged_manifest(&rec, accept).await? {
-            Some(m) => {
-                self.metrics
-                    .cache_hits
-                    .with_label_values(&["manifest"])
-                    .inc();
-                Ok(Some(Self::answer(rec.digest, m, head)))
-            }
-            None => Ok(None),
-        }
+        let Some(m) = self.stored_manifest(&rec.digest).await? else {
+            return Ok(None);
+        };
+        self.metrics
+            .cache_hits
+            .with_label_values(&["manifest"])
+            .inc();
+        self.for_client(target, key, (rec.digest, m), accept, head)
+            .await
+            .map(Some)
     }
 
     async fn revalidate_tag(
@@ -298,23 +342,39 @@ impl Cache {
         let cached = self.tag_record(key).await?;
         let stale = match &cached {
             Some(rec) => self
-                .tagged_manifest(rec, accept)
+                .stored_manifest(&rec.digest)
                 .await?
                 .map(|m| (rec.clone(), m)),
             None => None,
         };
         let started = Instant::now();
-        // HEAD first when we have something to compare with.
+        // HEAD first when we have something to compare with; always for every type, so the
+        // record stays the tag's own answer.
         let unchanged = match &stale {
             Some((rec, _)) => Some(
                 upstream
-                    .manifest(&target.repo, &reference, accept, true)
+                    .manifest(&target.repo, &reference, &tag_accept(), true)
                     .await
                     .map(|h| h.digest == Some(rec.digest)),
             ),
             None => None,
         };
         match (unchanged, stale) {
+            // Moved, but the pull quota is at its reserve: the GET would spend what real
+            // misses need, and the cached copy can serve (HEADs do not count).
+            (Some(Ok(false)), Some((rec, m))) if self.quota_at_reserve(&target.upstream) => {
+                self.metrics
+                    .stale_served
+                    .with_label_values(&["manifest"])
+                    .inc();
+                tracing::info!(upstream = %target.upstream, repo = %key.repo, tag = %key.tag, "tag moved upstream, but its pull quota is at quota_reserve: serving the cached manifest");
+                let mut answer = self
+                    .for_client(target, key, (rec.digest, m), accept, head)
+                    .await?;
+                answer.stale = true;
+                answer.quota_reserved = true;
+                Ok(answer)
+            }
             (Some(Ok(true)), Some((rec, m))) => {
                 self.metrics
                     .cache_hits
@@ -325,12 +385,16 @@ impl Cache {
                 fresh.validated_at = SystemTime::now();
                 self.put_tag(key, fresh).await;
                 tracing::debug!(tag = %key.tag, repo = %key.repo, ms = started.elapsed().as_millis() as u64, "tag revalidated, unchanged");
-                Ok(Self::answer(digest, m, head))
+                self.for_client(target, key, (digest, m), accept, head)
+                    .await
             }
-            (Some(Err(e)), stale) => self.serve_stale_or_fail(target, key, e, stale, head),
+            (Some(Err(e)), stale) => {
+                self.serve_stale_or_fail(target, key, e, stale, (accept, head))
+                    .await
+            }
             // Moved (or no digest header): GET it. Keep the stale copy for failures.
             (_, stale_copy) => {
-                self.fetch_tag(target, key, accept, head, cached, stale_copy)
+                self.fetch_tag(target, key, (accept, head), cached, stale_copy)
                     .await
             }
         }
@@ -340,8 +404,7 @@ impl Cache {
         &self,
         target: &RepoTarget,
         key: &TagKey,
-        accept: &[String],
-        head: bool,
+        (accept, head): (&[String], bool),
         cached: Option<TagRecord>,
         stale: Option<(TagRecord, StoredManifest)>,
     ) -> Result<ManifestAnswer, CacheError> {
@@ -351,64 +414,68 @@ impl Cache {
             .cache_misses
             .with_label_values(&["manifest"])
             .inc();
-        match upstream
-            .manifest(&target.repo, &reference, accept, false)
+        let resp = match upstream
+            .manifest(&target.repo, &reference, &tag_accept(), false)
             .await
         {
-            Ok(resp) => {
-                let body = resp.body.unwrap_or_default();
-                let digest = Digest::of(&body);
-                if let Some(claimed) = resp.digest {
-                    if claimed != digest {
-                        self.metrics.digest_mismatches.inc();
-                        return Err(CacheError::BadUpstreamContent {
-                            upstream: target.upstream.clone(),
-                            source: FetchFailure::Content(format!(
-                                "tag {} claimed {claimed} but the manifest hashes to {digest}",
-                                key.tag
-                            )),
-                        });
-                    }
-                }
-                self.write_manifest_through(target, &digest, &resp.media_type, &body);
-                self.put_manifest(target, &digest, &resp.media_type, &body)
-                    .await;
-                let now = SystemTime::now();
-                // Keep the tag's record only for answers every client can take; a client with
-                // a narrow Accept gets its own answer without moving the tag.
-                if cached.is_none() || stale.is_some() || accepts_all_manifest_types(accept) {
-                    let fetched_at = match &cached {
-                        Some(c) if c.digest == digest => c.fetched_at,
-                        _ => now,
-                    };
-                    let rec = TagRecord {
-                        digest,
-                        media_type: resp.media_type.clone(),
-                        fetched_at,
-                        validated_at: now,
-                    };
-                    self.put_tag(key, rec).await;
-                }
-                Ok(ManifestAnswer {
-                    digest,
-                    media_type: resp.media_type,
-                    size: body.len() as u64,
-                    bytes: (!head).then_some(body),
-                    from_cache: false,
-                    stale: false,
-                })
+            Ok(resp) => resp,
+            Err(e) => {
+                return self
+                    .serve_stale_or_fail(target, key, e, stale, (accept, head))
+                    .await
             }
-            Err(e) => self.serve_stale_or_fail(target, key, e, stale, head),
+        };
+        let body = resp.body.unwrap_or_default();
+        let digest = Digest::of(&body);
+        if let Some(claimed) = resp.digest {
+            if claimed != digest {
+                self.metrics.digest_mismatches.inc();
+                return Err(CacheError::BadUpstreamContent {
+                    upstream: target.upstream.clone(),
+                    source: FetchFailure::Content(format!(
+                        "tag {} claimed {claimed} but the manifest hashes to {digest}",
+                        key.tag
+                    )),
+                });
+            }
         }
+        self.write_manifest_through(target, &digest, &resp.media_type, &body);
+        self.put_manifest(target, &digest, &resp.media_type, &body)
+            .await;
+        let now = SystemTime::now();
+        let fetched_at = match &cached {
+            Some(c) if c.digest == digest => c.fetched_at,
+            _ => now,
+        };
+        let rec = TagRecord {
+            digest,
+            media_type: resp.media_type.clone(),
+            fetched_at,
+            validated_at: now,
+        };
+        self.put_tag(key, rec).await;
+        let m = StoredManifest {
+            media_type: resp.media_type,
+            bytes: body,
+            repos: Vec::new(),
+        };
+        let mut answer = self
+            .for_client(target, key, (digest, m), accept, head)
+            .await?;
+        if answer.digest == digest {
+            answer.from_cache = false;
+            answer.upstream_cache_status = resp.cache_status;
+        }
+        Ok(answer)
     }
 
-    fn serve_stale_or_fail(
+    async fn serve_stale_or_fail(
         &self,
         target: &RepoTarget,
         key: &TagKey,
         e: UpstreamError,
         stale: Option<(TagRecord, StoredManifest)>,
-        head: bool,
+        (accept, head): (&[String], bool),
     ) -> Result<ManifestAnswer, CacheError> {
         match stale {
             Some((rec, m)) if e.is_unavailable() => {
@@ -417,7 +484,9 @@ impl Cache {
                     .with_label_values(&["manifest"])
                     .inc();
                 tracing::warn!(upstream = %target.upstream, repo = %key.repo, tag = %key.tag, error = %e, "upstream failed; serving the cached manifest (stale)");
-                let mut answer = Self::answer(rec.digest, m, head);
+                let mut answer = self
+                    .for_client(target, key, (rec.digest, m), accept, head)
+                    .await?;
                 answer.stale = true;
                 Ok(answer)
             }
@@ -441,15 +510,36 @@ impl Cache {
     }
 
     fn tag_lock(&self, key: &TagKey) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.tag_locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(lock_name(key)).or_default().clone()
+        self.named_lock(&lock_name(key))
     }
 
     fn release_tag_lock(&self, key: &TagKey, lock: Arc<tokio::sync::Mutex<()>>) {
+        self.release_named_lock(&lock_name(key), lock)
+    }
+
+    /// Whether `upstream`'s announced pull quota is at or below its `quota_reserve`.
+    fn quota_at_reserve(&self, upstream: &str) -> bool {
+        let Some(reserve) = self.settings.quota_reserves.get(upstream) else {
+            return false;
+        };
+        self.metrics
+            .activity
+            .quota_remaining(upstream)
+            .is_some_and(|left| left <= *reserve)
+    }
+
+    /// The lock that lets one request at a time ask the upstream about `name` (a tag, a
+    /// tag list); the others wait and then read what it got.
+    pub(super) fn named_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.tag_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(name.to_string()).or_default().clone()
+    }
+
+    pub(super) fn release_named_lock(&self, name: &str, lock: Arc<tokio::sync::Mutex<()>>) {
         let mut locks = self.tag_locks.lock().unwrap_or_else(|p| p.into_inner());
         // Ours and the map's are the only references left: nobody is waiting.
         if Arc::strong_count(&lock) <= 2 {
-            locks.remove(&lock_name(key));
+            locks.remove(name);
         }
     }
 }
@@ -466,15 +556,6 @@ fn accepts(accept: &[String], media_type: &str) -> bool {
             .any(|a| a == media_type || a == "*/*" || a == "application/*")
 }
 
-/// Whether the client takes every manifest type (so the upstream's answer for it is the
-/// tag's canonical answer).
-fn accepts_all_manifest_types(accept: &[String]) -> bool {
-    crate::oci::MANIFEST_MEDIA_TYPES
-        .iter()
-        .filter(|m| !m.contains("v1"))
-        .all(|m| accepts(accept, m))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,13 +568,5 @@ mod tests {
             &["application/vnd.docker.distribution.manifest.v2+json".into()],
             "application/vnd.oci.image.index.v1+json"
         ));
-        let skopeo: Vec<String> = crate::oci::MANIFEST_MEDIA_TYPES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert!(accepts_all_manifest_types(&skopeo));
-        assert!(!accepts_all_manifest_types(&[
-            "application/vnd.docker.distribution.manifest.v2+json".into()
-        ]));
     }
 }

@@ -25,8 +25,10 @@ mod fill;
 mod fill_registry;
 mod flight;
 mod manifests;
+mod pieces;
 pub mod push;
 mod referrers;
+mod reorder;
 mod resume;
 mod sources;
 mod tags;
@@ -35,6 +37,7 @@ mod tests;
 mod tiered;
 
 pub use fill_registry::FillProgress;
+pub use pieces::PieceRule;
 pub use referrers::{ReferrersAnswer, INDEX_MEDIA_TYPE as REFERRERS_MEDIA_TYPE};
 pub use sources::{BlobSource, ManifestSource, Origin, SourceFuture, SourcedBlob};
 pub use tags::TagList;
@@ -63,6 +66,12 @@ pub struct ManifestAnswer {
     pub from_cache: bool,
     /// Served from the store because the upstream could not be asked (tag past its TTL).
     pub stale: bool,
+    /// Served from the store although the tag moved upstream, because the upstream's pull
+    /// quota is at its `quota_reserve` (also `stale`).
+    pub quota_reserved: bool,
+    /// The upstream's `Cache-Status` for a manifest it answered now (a parent edge's
+    /// entries), shown before this edge's own.
+    pub upstream_cache_status: Option<String>,
 }
 
 pub struct BlobAnswer {
@@ -76,6 +85,9 @@ pub struct BlobAnswer {
     pub body: Option<BlobStream>,
     /// The blob is in the store (a hit), not being fetched.
     pub from_cache: bool,
+    /// A miss served by another request's fill (single flight): no upstream request of
+    /// its own.
+    pub collapsed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,11 +211,21 @@ pub struct CacheSettings {
     /// for this long takes it over with a new fill. Never a deadline on a fill that is
     /// still delivering bytes, however slowly.
     pub follower_stall: Duration,
+    /// How a large blob is cut into ranged pieces fetched at once (`cache.fill_pieces` in
+    /// flight; `1`: one stream per blob). See `pieces`.
+    pub pieces: PieceRule,
+    /// A fill of a blob the store is not keeping (larger than the budget) stops after
+    /// nobody has read it for this long (`DEFAULT_UNREAD_GRACE` in production).
+    pub unread_grace: Duration,
+    /// `quota_reserve` of the upstreams that set one (see `manifests`).
+    pub quota_reserves: HashMap<String, u64>,
 }
 
 impl CacheSettings {
     /// The default of `cache.follower_stall`.
     pub const DEFAULT_FOLLOWER_STALL: Duration = Duration::from_secs(30);
+    /// How long a fill of a blob that is not being stored goes on with no reader.
+    pub const DEFAULT_UNREAD_GRACE: Duration = fill::UNREAD_GRACE;
 }
 
 /// An upstream's name, first endpoint, and every endpoint's API root with whether it is in
@@ -212,6 +234,8 @@ pub struct UpstreamEndpoints {
     pub name: String,
     pub base_url: String,
     pub endpoints: Vec<(String, bool)>,
+    /// Blob downloads open now, and the upstream's `max_connections`.
+    pub blob_connections: (usize, usize),
 }
 
 pub struct Cache {
@@ -228,6 +252,8 @@ pub struct Cache {
     fills: Arc<fill_registry::FillRegistry>,
     /// One revalidation at a time per tag; waiters then read the fresh record.
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Tag lists of public upstreams fetched within `tag_ttl`, with when (see `tags`).
+    tag_lists: Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
     /// The shared tier and the cluster's peers, behind the local store (see `tiered`).
     tiers: Tiers,
     /// The runtime the cache was built on, where blob fills run: a request may arrive on a
@@ -282,6 +308,7 @@ impl Cache {
             metrics,
             fills: Default::default(),
             tag_locks: Mutex::new(HashMap::new()),
+            tag_lists: Mutex::new(HashMap::new()),
             tiers: Tiers::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
@@ -342,6 +369,7 @@ impl Cache {
                 name: u.name().to_string(),
                 base_url: u.base_url().to_string(),
                 endpoints: u.endpoints(),
+                blob_connections: u.blob_connections(),
             })
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));

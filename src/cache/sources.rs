@@ -8,7 +8,7 @@
 //! Must not: decide anything (hit or miss, retries, which source first: that is the
 //! cache's), or add behaviour to the real implementations it adapts.
 
-use crate::oci::{Digest, Reference, RepoTarget, RepositoryName};
+use crate::oci::{BlobSpan, Digest, Reference, RepoTarget, RepositoryName};
 use crate::shared::peers::Cluster;
 use crate::shared::SharedTier;
 use crate::upstream::UpstreamError;
@@ -42,14 +42,15 @@ impl SourcedBlob {
 
 /// Where a blob's bytes come from.
 pub trait BlobSource: Send + Sync {
-    /// `GET` blob `digest` of `target`'s repository, from byte `from` on when it is `Some`
-    /// (a `Range` request: check [`BlobResponse::start`]). A source without the blob
-    /// answers [`UpstreamError::NotFound`].
+    /// `GET` the bytes `span` of blob `digest` of `target`'s repository (a `Range` request
+    /// unless the span is the whole blob: check [`BlobResponse::partial`] and
+    /// [`BlobResponse::start`], a source may ignore it). A source without the blob answers
+    /// [`UpstreamError::NotFound`].
     fn blob<'a>(
         &'a self,
         target: &'a RepoTarget,
         digest: &'a Digest,
-        from: Option<u64>,
+        span: BlobSpan,
     ) -> SourceFuture<'a, SourcedBlob>;
 
     /// `HEAD`: whether the source has the blob under `target`'s repository, with its size
@@ -110,11 +111,10 @@ impl BlobSource for Upstream {
         &'a self,
         target: &'a RepoTarget,
         digest: &'a Digest,
-        from: Option<u64>,
+        span: BlobSpan,
     ) -> SourceFuture<'a, SourcedBlob> {
         Box::pin(async move {
-            let response =
-                Upstream::blob(self, &target.repo, digest, from.map(|f| (f, None))).await?;
+            let response = Upstream::blob(self, &target.repo, digest, span.header_bounds()).await?;
             Ok(SourcedBlob::for_repo(response, target))
         })
     }
@@ -167,10 +167,10 @@ impl BlobSource for SharedTier {
         &'a self,
         _target: &'a RepoTarget,
         digest: &'a Digest,
-        from: Option<u64>,
+        span: BlobSpan,
     ) -> SourceFuture<'a, SourcedBlob> {
         Box::pin(async move {
-            if from.is_some() {
+            if !span.is_whole() {
                 return Err(tier_miss());
             }
             let found = self.open_blob(digest).await.ok_or_else(tier_miss)?;
@@ -202,10 +202,10 @@ impl BlobSource for Cluster {
         &'a self,
         target: &'a RepoTarget,
         digest: &'a Digest,
-        from: Option<u64>,
+        span: BlobSpan,
     ) -> SourceFuture<'a, SourcedBlob> {
         Box::pin(async move {
-            if from.is_some() {
+            if !span.is_whole() {
                 return Err(tier_miss());
             }
             let response = self

@@ -16,6 +16,7 @@ use super::fill::{self, FillJob};
 use super::fill_registry::FillLead;
 use super::flight::Landing;
 use super::sources::BlobSource;
+use crate::oci::BlobSpan;
 use crate::shared::peers::Cluster;
 use crate::shared::SharedTier;
 use crate::store::GrowthFailure;
@@ -62,7 +63,9 @@ pub(super) async fn run(
     let mut source = Source::Upstream;
     let mut first = None;
     if let Some(shared) = &tiers.shared {
-        if let Ok(found) = BlobSource::blob(shared.as_ref(), &target, &digest, None).await {
+        if let Ok(found) =
+            BlobSource::blob(shared.as_ref(), &target, &digest, BlobSpan::WHOLE).await
+        {
             let key = target.key();
             let same_repo = found
                 .vouched_for
@@ -79,7 +82,9 @@ pub(super) async fn run(
     }
     if first.is_none() && requester == Requester::Client {
         if let Some(cluster) = &tiers.cluster {
-            if let Ok(found) = BlobSource::blob(cluster.as_ref(), &target, &digest, None).await {
+            if let Ok(found) =
+                BlobSource::blob(cluster.as_ref(), &target, &digest, BlobSpan::WHOLE).await
+            {
                 first = Some(found.response);
                 source = Source::Peer;
             }

@@ -71,6 +71,13 @@ pub enum Command {
         config: ConfigArg,
         #[arg(value_name = "BUNDLE.tar")]
         bundle: PathBuf,
+        /// Repoint tags the store already has with another digest to the bundle's (without
+        /// it they are kept, and listed)
+        #[arg(long)]
+        replace_tags: bool,
+        /// Only list the tags the import would create or change; write nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// TLS helpers.
     Tls {

@@ -6,7 +6,7 @@
 //! and `sparkcr_edge::bundle` do).
 
 use super::args::ImageSelection;
-use super::{load_config, small_runtime, Failure};
+use super::{load_config_without_tls_pair, small_runtime, Failure};
 use sparkcr_edge::bundle;
 use sparkcr_edge::prefetch::{self, edge_client::PlatformChoice};
 use std::path::Path;
@@ -17,7 +17,7 @@ fn edge_url(sel: &ImageSelection) -> Result<String, Failure> {
     if let Some(e) = &sel.edge {
         return Ok(e.clone());
     }
-    let loaded = load_config(&sel.config)?;
+    let loaded = load_config_without_tls_pair(&sel.config)?;
     let s = &loaded.config.server;
     let (scheme, addr) = match (s.listen.first(), s.tls_listen.first()) {
         (Some(a), _) => ("http", *a),

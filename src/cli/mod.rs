@@ -25,9 +25,18 @@ use args::ConfigArg;
 use sparkcr_edge::config::{self, Config};
 use sparkcr_edge::logging;
 
-/// The config named by `--config` (or the default one); a config mistake exits 2.
+/// The config named by `--config` (or the default one), for the commands that serve or
+/// check it: every file it names must be readable; a config mistake exits 2.
 fn load_config(a: &ConfigArg) -> Result<config::LoadedConfig, Failure> {
     config::load(a.config.as_deref()).map_err(|e| Failure::Config(e.to_string()))
+}
+
+/// The config, for the commands that never use the server's TLS pair (`client-config`,
+/// `prefetch`, `export`, `import`, `cache …`): on a packaged box `key.pem` is readable by
+/// root and the service user only, and an admin running these must not need it.
+fn load_config_without_tls_pair(a: &ConfigArg) -> Result<config::LoadedConfig, Failure> {
+    config::load_checked(a.config.as_deref(), config::FileChecks::AllButTlsPair)
+        .map_err(|e| Failure::Config(e.to_string()))
 }
 
 /// The command's logging, as the config sets it up; logs until the guard is dropped.

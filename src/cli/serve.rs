@@ -1,5 +1,7 @@
 //! `serve` (the daemon, until a signal) and `check-config` (the config and its
-//! certificate pair, printed with secrets redacted).
+//! certificate pair, printed with secrets redacted). Both warn when the served
+//! certificate's CA (`ca.pem` beside it) has no name constraints; `check-config` also
+//! warns when a config file every user can read holds secrets inline.
 //!
 //! Must not: build the daemon (`sparkcr_edge::daemon` does) or validate the config
 //! itself (`sparkcr_edge::config` does).
@@ -9,6 +11,7 @@ use super::{init_logging, load_config, Failure};
 use anyhow::Context as _;
 use sparkcr_edge::daemon::{self, DaemonError};
 use sparkcr_edge::server;
+use sparkcr_edge::setup::self_signed::unconstrained_ca_warning;
 
 pub fn serve(a: &ConfigArg) -> Result<(), Failure> {
     let loaded = load_config(a)?;
@@ -31,6 +34,11 @@ pub fn serve(a: &ConfigArg) -> Result<(), Failure> {
                 None => Failure::Runtime(other.into()),
             },
         })?;
+        if !c.server.tls_listen.is_empty() {
+            if let Some(w) = unconstrained_ca_warning(&c.server.tls_cert) {
+                tracing::warn!("{w}");
+            }
+        }
         for (kind, addr) in daemon.local_addrs() {
             let scheme = match kind {
                 server::ListenerKind::Http => "http",
@@ -58,11 +66,40 @@ pub fn check_config(a: &ConfigArg, quiet: bool) -> Result<(), Failure> {
             ))
         })?;
     }
+    if !c.server.tls_listen.is_empty() {
+        if let Some(w) = unconstrained_ca_warning(&c.server.tls_cert) {
+            eprintln!("warning: {w}");
+        }
+    }
+    if let Some(w) = world_readable_secrets(&loaded.origin, c) {
+        eprintln!("warning: {w}");
+    }
     if !quiet {
         print!("{}", c.to_redacted_toml());
         eprintln!("config OK ({})", loaded.origin);
     }
     Ok(())
+}
+
+/// A warning when the config file is readable by every user and holds secrets inline.
+fn world_readable_secrets(
+    origin: &sparkcr_edge::config::ConfigOrigin,
+    c: &sparkcr_edge::config::Config,
+) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sparkcr_edge::config::ConfigOrigin::File(path) = origin else {
+        return None;
+    };
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    let keys = c.inline_secret_keys();
+    if mode & 0o004 == 0 || keys.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} is readable by every user and holds secrets inline ({}): move them to files only root and the service can read (password_file, secret_access_key_file, token_file; chmod 0640, chown root:sparkcr-edge), or make the config itself 0640 root:sparkcr-edge",
+        path.display(),
+        keys.join(", ")
+    ))
 }
 
 /// Whether systemd started this process (it sets `INVOCATION_ID` for every unit).

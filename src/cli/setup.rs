@@ -6,7 +6,7 @@
 //! and `sparkcr_edge::setup` do); this module only chooses and prints.
 
 use super::args::{ClientConfigArgs, TlsCommand, TokenCommand};
-use super::{load_config, Failure};
+use super::{load_config_without_tls_pair, Failure};
 use sparkcr_edge::access;
 use sparkcr_edge::config;
 use sparkcr_edge::setup::{client_config, self_signed};
@@ -108,7 +108,7 @@ pub fn client_config(args: &ClientConfigArgs) -> Result<(), Failure> {
         args.write,
         &args.root,
     );
-    let loaded = load_config(config)?;
+    let loaded = load_config_without_tls_pair(config)?;
     let c = &loaded.config;
     let edge = match edge {
         Some(url) => {

@@ -5,9 +5,9 @@
 //! Must not: touch the store's files or decide what a purge removes (the store does).
 
 use super::args::{CacheCommand, ConfigArg};
-use super::{init_logging, load_config, Failure};
+use super::{init_logging, load_config_without_tls_pair, Failure};
 use anyhow::Context as _;
-use sparkcr_edge::bundle;
+use sparkcr_edge::bundle::{self, ImportOptions};
 use sparkcr_edge::config::Config;
 use sparkcr_edge::metrics::Metrics;
 use sparkcr_edge::setup::store_owner;
@@ -48,7 +48,7 @@ pub fn cache(cmd: CacheCommand) -> Result<(), Failure> {
                 .into(),
         ));
     }
-    let loaded = load_config(a)?;
+    let loaded = load_config_without_tls_pair(a)?;
     let _log = init_logging(&loaded.config);
     store_owner::check(&loaded.config.storage.path, action).map_err(Failure::Config)?;
     let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
@@ -80,12 +80,13 @@ pub fn cache(cmd: CacheCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn import(a: &ConfigArg, bundle_path: &Path) -> Result<(), Failure> {
-    let loaded = load_config(a)?;
+pub fn import(a: &ConfigArg, bundle_path: &Path, options: ImportOptions) -> Result<(), Failure> {
+    let loaded = load_config_without_tls_pair(a)?;
     let _log = init_logging(&loaded.config);
     store_owner::check(&loaded.config.storage.path, "import").map_err(Failure::Config)?;
     let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
-    let report = bundle::import(&store, bundle_path).map_err(|e| Failure::Runtime(e.into()))?;
+    let report =
+        bundle::import(&store, bundle_path, options).map_err(|e| Failure::Runtime(e.into()))?;
     print!("{report}");
     if report.failures.is_empty() {
         Ok(())

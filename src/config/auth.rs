@@ -198,6 +198,15 @@ pub struct RateConfig {
     pub per_minute: u32,
     /// Requests a client address may make at once before the rate applies.
     pub burst: u32,
+    /// IPv6 clients are counted per prefix of this length (128: each address; 64: a
+    /// subnet, for an edge facing untrusted networks, where a client can rotate addresses
+    /// in its /64). IPv4 clients are always counted per address.
+    #[serde(default = "full_ipv6_address")]
+    pub ipv6_prefix: u8,
+}
+
+fn full_ipv6_address() -> u8 {
+    128
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -39,7 +39,8 @@ pub fn load(explicit: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileChecks {
     All,
-    /// Everything but `server.tls_cert`/`tls_key`: for the command that creates them.
+    /// Everything but `server.tls_cert`/`tls_key`: for the command that creates them and
+    /// the admin commands that never use them.
     AllButTlsPair,
 }
 
@@ -364,7 +365,7 @@ fn readable(origin: &ConfigOrigin, key: &str, path: &Path) -> Result<(), ConfigE
         let what = match e.kind() {
             std::io::ErrorKind::NotFound => format!("{} does not exist{fix}", path.display()),
             std::io::ErrorKind::PermissionDenied => format!(
-                "cannot read {}: permission denied — the daemon's user (sparkcr-edge) must be able to read it",
+                "cannot read {}: permission denied — the daemon's user (sparkcr-edge) must be able to read it; check it as root (sudo sparkcr-edge check-config)",
                 path.display()
             ),
             _ => format!("cannot read {}: {e}", path.display()),
@@ -372,6 +373,10 @@ fn readable(origin: &ConfigOrigin, key: &str, path: &Path) -> Result<(), ConfigE
         ConfigError::at(origin, key, what)
     })
 }
+
+/// Most ranged pieces of one blob fetched at once (`cache.fill_pieces`): more only opens
+/// more upstream connections for the same bytes.
+pub const MAX_FILL_PIECES: u32 = 16;
 
 fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| Err(ConfigError::at(origin, key, msg));
@@ -385,6 +390,20 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
     if !s.tls_listen.is_empty() && checks == FileChecks::All {
         readable(origin, "server.tls_cert", &s.tls_cert)?;
         readable(origin, "server.tls_key", &s.tls_key)?;
+    }
+    if let Some(n) = &s.name {
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.starts_with(|c: char| c.is_ascii_alphabetic())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c));
+        if !ok {
+            return Err(ConfigError::at(
+                origin,
+                "server.name",
+                format!("expected a name such as \"edge-a\" (a letter, then letters, digits, '-', '.', '_' or ':', at most 64), got {n:?}"),
+            ));
+        }
     }
     if !is_host_name(&s.hostname) {
         return err(
@@ -425,6 +444,13 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
         return err(
             "log.level",
             format!("expected a log filter such as \"info\" or \"sparkcr_edge=debug\": {e}"),
+        );
+    }
+    let pieces = c.cache.fill_pieces;
+    if !(1..=MAX_FILL_PIECES).contains(&pieces) {
+        return err(
+            "cache.fill_pieces",
+            format!("expected between 1 (one stream per blob) and {MAX_FILL_PIECES} pieces of one blob fetched at once, got {pieces}"),
         );
     }
     if s.max_connections == 0 {
@@ -568,6 +594,20 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
                 );
             }
         }
+        for h in &u.token_hosts {
+            if !is_registry_host(&h.to_ascii_lowercase()) {
+                return err(
+                    &key("token_hosts"),
+                    format!("expected a host name such as \"auth.corp.example\" or \"auth.corp.example:8443\" (no scheme, no path), got {h:?}"),
+                );
+            }
+        }
+        if u.max_connections == 0 {
+            return err(
+                &key("max_connections"),
+                "expected at least 1 (blob downloads from this upstream at once)".into(),
+            );
+        }
         if u.push && !u.private {
             return err(
                 &key("push"),
@@ -656,6 +696,15 @@ fn validate_auth(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
                 "expected at least 1".into(),
             );
         }
+        if !(16..=128).contains(&rate.ipv6_prefix) {
+            return err(
+                "auth.anonymous_rate.ipv6_prefix".into(),
+                format!(
+                    "expected a prefix length between 16 and 128 (128: each address; 64: each /64 subnet), got {}",
+                    rate.ipv6_prefix
+                ),
+            );
+        }
     }
     for (i, t) in a.token.iter().enumerate() {
         let key = |field: &str| format!("auth.token[{i}].{field}");
@@ -714,6 +763,7 @@ mod tests {
             c.config.default_upstream().map(|u| u.name.as_str()),
             Some("docker.io")
         );
+        assert_eq!(c.config.cache.fill_pieces, 4);
     }
 
     #[test]
@@ -781,6 +831,18 @@ mod tests {
             .expect_err("no uploads")
             .to_string();
         assert!(e.contains("push.max_uploads_per_token"), "{e}");
+
+        for bad in ["0", "17", "-1"] {
+            let e = from_text(&format!("[cache]\nfill_pieces = {bad}\n"))
+                .expect_err("pieces out of range")
+                .to_string();
+            assert!(e.contains("cache.fill_pieces"), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        for good in [1, 4, MAX_FILL_PIECES] {
+            let c = from_text(&format!("[cache]\nfill_pieces = {good}\n")).expect("valid");
+            assert_eq!(c.cache.fill_pieces, good);
+        }
 
         let e = from_text("[server\n").expect_err("bad toml").to_string();
         assert!(e.contains("/t/config.toml:1"), "{e}");
@@ -896,6 +958,55 @@ mod tests {
         );
     }
 
+    #[test]
+    fn connection_and_rate_limits() {
+        let c = from_text("").expect("defaults");
+        assert!(c.upstream.iter().all(|u| u.max_connections
+            == crate::config::DEFAULT_UPSTREAM_MAX_CONNECTIONS
+            && u.max_rate.is_none()));
+        assert_eq!(c.outbound.max_rate, None);
+        let c = from_text(
+            "[outbound]\nmax_rate = \"100MB/s\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\nmax_connections = 4\nmax_rate = 2000000\n",
+        )
+        .expect("valid limits");
+        assert_eq!(c.outbound.max_rate.map(|r| r.get()), Some(100_000_000));
+        assert_eq!(c.upstream[0].max_connections, 4);
+        assert_eq!(c.upstream[0].max_rate.map(|r| r.get()), Some(2_000_000));
+        let again = from_text(&c.to_redacted_toml()).expect("check-config output loads again");
+        assert_eq!(again.upstream[0].max_rate, c.upstream[0].max_rate);
+        assert_eq!(again.outbound.max_rate, c.outbound.max_rate);
+
+        let cases = [
+            (
+                "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\nmax_connections = 0\n",
+                "upstream[0].max_connections (a.io)",
+                "at least 1",
+            ),
+            (
+                "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\nmax_rate = \"fast\"\n",
+                "upstream[0].max_rate",
+                "\"5MB/s\"",
+            ),
+            (
+                "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\nmax_rate = 0\n",
+                "upstream[0].max_rate",
+                "above 0",
+            ),
+            (
+                "[outbound]\nmax_rate = \"5MB/h\"\n",
+                "outbound.max_rate",
+                "\"5MB/s\"",
+            ),
+        ];
+        for (text, key, want) in cases {
+            let e = from_text(text).expect_err(text).to_string();
+            assert!(e.starts_with("/t/config.toml"), "{e}");
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
     const HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
 
     #[test]
@@ -921,6 +1032,8 @@ mod tests {
             ("[auth]\nallow_cidrs = [\"10.0.0.0/33\"]\n", "auth.allow_cidrs", "expected a network"),
             ("[auth]\nanonymous = false\n", "auth.anonymous", "[[auth.token]]"),
             ("[auth]\nanonymous_rate = { per_minute = 0, burst = 1 }\n", "auth.anonymous_rate.per_minute", "at least 1"),
+            ("[auth]\nanonymous_rate = { per_minute = 1, burst = 1, ipv6_prefix = 8 }\n", "auth.anonymous_rate.ipv6_prefix", "between 16 and 128"),
+            ("[[upstream]]\nname = \"r.lan\"\nurl = \"https://r.lan\"\ntoken_hosts = [\"https://auth.lan/token\"]\n", "token_hosts", "no scheme"),
             ("[auth]\nanonymus = true\n", "auth.anonymus", "unknown key"),
             ("[[auth.token]]\nname = \"ci\"\nhash = \"spk_plaintext\"\nscopes = [\"pull:public\"]\n", "auth.token[0].hash", "sha256:"),
             (&format!("[[auth.token]]\nname = \"ci\"\nhash = \"{HASH}\"\nscopes = [\"pull\"]\n"), "auth.token[0].scopes", "pull:public"),
@@ -928,6 +1041,8 @@ mod tests {
             (&format!("[[auth.token]]\nname = \"a b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[0].name", "letters"),
             (&format!("[[auth.token]]\nname = \"a\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n[[auth.token]]\nname = \"b\"\nhash = \"{HASH}\"\nscopes = [\"pull:public\"]\n"), "auth.token[1].hash", "same hash"),
             ("[server]\nmax_connections = 0\n", "server.max_connections", "at least 1"),
+            ("[server]\nname = \"edge a\"\n", "server.name", "edge-a"),
+            ("[server]\nname = \"1edge\"\n", "server.name", "a letter"),
             ("[server]\nidle_timeout = \"0\"\n", "server.idle_timeout", "above 0"),
             ("[server]\nmax_header_size = \"10MiB\"\n", "server.max_header_size", "1MiB"),
             ("[server]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"/nonexistent/cert.pem\"\n", "server.tls_cert", "/nonexistent/cert.pem does not exist — run \"sparkcr-edge tls self-signed\" or put your own cert.pem/key.pem there"),

@@ -23,7 +23,7 @@ pub use load::{
 };
 pub use outbound::{OutboundConfig, ProxySetting, ProxyUrl};
 pub use tiers::{ClusterConfig, SharedKind, SharedStorageConfig};
-pub use units::{ByteSize, HumanDuration};
+pub use units::{ByteRate, ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -105,7 +105,9 @@ pub struct ServerConfig {
     pub hostname: String,
     /// How long in-flight responses may run after SIGTERM/SIGINT.
     pub shutdown_grace: HumanDuration,
-    /// Client connections open at once; more are closed at once (plain HTTP gets a 503).
+    /// Client connections open at once. At the cap, an idle connection of the address
+    /// holding the most is closed for a newcomer from another address; with none, the
+    /// newcomer is closed at once (plain HTTP gets a 503).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// How long a client may take to send a request's headers (slowloris guard).
@@ -123,6 +125,11 @@ pub struct ServerConfig {
     /// `Host` (for setups behind proxies that rewrite it).
     #[serde(default = "default_true")]
     pub strict_host: bool,
+    /// This edge's name in `Cache-Status` response headers (RFC 9211), one entry per tier.
+    /// Default: `hostname` plus the first 6 characters of the edge's id (made once and
+    /// kept in the store), since every packaged box starts with the same host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -199,6 +206,9 @@ pub struct CacheConfig {
     /// A client following a blob fill that delivers no new bytes for this long takes it
     /// over with a new fill (never a deadline on a fill that is still delivering bytes).
     pub follower_stall: HumanDuration,
+    /// How many ranged pieces of one large blob are fetched at once when the upstream
+    /// honours `Range` (see `cache::pieces`); `1` fetches every blob as one stream.
+    pub fill_pieces: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -268,10 +278,27 @@ pub struct UpstreamConfig {
     /// and the environment.
     #[serde(default)]
     pub proxy: Option<ProxySetting>,
+    /// Hosts (`host` for any port, or `host:port`) of this upstream's token service, to
+    /// which its credentials may be sent when a challenge names them as the Bearer `realm`
+    /// (besides the endpoint's own host; the well-known registries' are built in).
+    #[serde(default)]
+    pub token_hosts: Vec<String>,
+    /// Requests of the upstream's announced pull quota (Docker Hub's `ratelimit-remaining`)
+    /// kept for real misses: at or below it, a cached tag whose digest moved upstream is
+    /// served from the cache (stale) instead of being fetched again. 0: off.
+    #[serde(default)]
+    pub quota_reserve: u64,
     /// Endpoints tried after `url` and `urls`, each with settings of its own
     /// (`[[upstream.endpoint]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoint: Vec<EndpointConfig>,
+    /// Blob downloads from this upstream at once (all endpoints together), each on its own
+    /// connection; more wait for a free one. Manifests, tags and tokens do not count.
+    #[serde(default = "default_upstream_max_connections")]
+    pub max_connections: usize,
+    /// Cap on the bytes per second of this upstream's blob downloads (unset: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<ByteRate>,
 }
 
 /// One `[[upstream.endpoint]]`: an endpoint with its own settings. `proxy`, `ca_file` and
@@ -301,6 +328,13 @@ fn default_connect_timeout() -> HumanDuration {
 
 fn default_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
+}
+
+/// `[[upstream]] max_connections` when unset.
+pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 16;
+
+fn default_upstream_max_connections() -> usize {
+    DEFAULT_UPSTREAM_MAX_CONNECTIONS
 }
 
 pub(crate) fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -340,7 +374,11 @@ impl UpstreamConfig {
             private: false,
             push: false,
             proxy: None,
+            token_hosts: Vec::new(),
+            quota_reserve: 0,
             endpoint: Vec::new(),
+            max_connections: default_upstream_max_connections(),
+            max_rate: None,
         }
     }
 }
@@ -405,6 +443,45 @@ impl Config {
     /// Whether upstream `name` is marked `private = true`.
     pub fn is_private_upstream(&self, name: &str) -> bool {
         self.upstream.iter().any(|u| u.private && u.name == name)
+    }
+
+    /// The keys that hold a secret inline (not in a `*_file`), to warn about when the file
+    /// is readable by every user.
+    pub fn inline_secret_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            if u.password.is_some() {
+                keys.push(format!("upstream[{i}].password ({})", u.name));
+            }
+            for (j, e) in u.endpoint.iter().enumerate() {
+                if e.password.is_some() {
+                    keys.push(format!("upstream[{i}].endpoint[{j}].password ({})", u.name));
+                }
+            }
+            if u.proxy.as_ref().is_some_and(ProxySetting::has_credentials) {
+                keys.push(format!("upstream[{i}].proxy ({})", u.name));
+            }
+        }
+        if self
+            .outbound
+            .proxy
+            .as_ref()
+            .is_some_and(ProxySetting::has_credentials)
+        {
+            keys.push("outbound.proxy".into());
+        }
+        if self
+            .storage
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.secret_access_key.is_some())
+        {
+            keys.push("storage.shared.secret_access_key".into());
+        }
+        if self.cluster.token.is_some() {
+            keys.push("cluster.token".into());
+        }
+        keys
     }
 
     /// This config as TOML with secrets replaced by `<redacted>`.

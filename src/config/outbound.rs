@@ -1,5 +1,6 @@
 //! How the edge reaches its upstreams: the `[outbound]` section (daemon-wide proxy,
-//! `no_proxy` list, longest rate-limit wait, endpoint back-off) and the typed `proxy` value that both it and
+//! `no_proxy` list, longest rate-limit wait, endpoint back-off, edge-wide download rate
+//! cap) and the typed `proxy` value that both it and
 //! `[[upstream]]` accept.
 //!
 //! Owns: [`ProxySetting`] (`"none"` or a proxy URL with an http, https, socks5 or socks5h
@@ -9,7 +10,7 @@
 //! Must not: read the process environment or build clients; `upstream` decides which proxy
 //! applies (see `upstream::proxy` for the precedence).
 
-use super::HumanDuration;
+use super::{ByteRate, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct OutboundConfig {
     /// An endpoint of an upstream with several `urls` that fails is skipped this long,
     /// then probed in the background until it answers again.
     pub endpoint_backoff: HumanDuration,
+    /// Cap on the bytes per second of blob downloads from all upstreams together (unset:
+    /// no cap); each upstream's own `max_rate` applies too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<ByteRate>,
 }
 
 impl Default for OutboundConfig {
@@ -44,6 +49,7 @@ impl Default for OutboundConfig {
             no_proxy: Vec::new(),
             max_rate_limit_wait: HumanDuration(Duration::from_secs(5)),
             endpoint_backoff: HumanDuration(Duration::from_secs(30)),
+            max_rate: None,
         }
     }
 }
@@ -56,12 +62,24 @@ pub enum ProxySetting {
     Via(ProxyUrl),
 }
 
+impl ProxySetting {
+    /// Whether this is a proxy URL that carries a user or a password.
+    pub fn has_credentials(&self) -> bool {
+        matches!(self, ProxySetting::Via(url) if url.has_credentials())
+    }
+}
+
 /// A proxy URL whose scheme is one of [`PROXY_SCHEMES`] and which names a host. May carry
 /// credentials (`http://user:pass@proxy:3128`); [`fmt::Display`] hides the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProxyUrl(reqwest::Url);
 
 impl ProxyUrl {
+    /// Whether the URL carries a user or a password (a secret, for `check-config`).
+    pub fn has_credentials(&self) -> bool {
+        !self.0.username().is_empty() || self.0.password().is_some()
+    }
+
     /// The URL with its credentials, for the HTTP client only.
     pub fn secret_url(&self) -> &str {
         self.0.as_str()
@@ -148,16 +166,20 @@ pub fn redacted_url(text: &str) -> String {
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
+    // A query can carry a token or a signature: never shown.
+    let tail = match tail.split_once('?') {
+        Some((path, _)) => format!("{path}?<redacted>"),
+        None => tail.to_string(),
+    };
     match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+        // `user:password@`: the user is a name, the password is not shown.
+        Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:<redacted>@{host}{tail}")
-            } else {
-                format!("{scheme}://{user}@{host}{tail}")
-            }
+            format!("{scheme}://{user}:<redacted>@{host}{tail}")
         }
-        None => text.to_string(),
+        // `token@` alone (how some proxies and registries take a token): not shown.
+        Some((_, host)) => format!("{scheme}://<redacted>@{host}{tail}"),
+        None => format!("{scheme}://{authority}{tail}"),
     }
 }
 
@@ -207,14 +229,20 @@ mod tests {
         };
         assert!(url.secret_url().contains("hunter2"));
         assert!(!format!("{p:?}").contains("hunter2"));
+        // A user part alone is how a token is often given: it is a secret too.
         assert_eq!(
-            redacted_url("socks5h://bob@proxy:1080"),
-            "socks5h://bob@proxy:1080"
+            redacted_url("socks5h://ghp_t0ken@proxy:1080"),
+            "socks5h://<redacted>@proxy:1080"
         );
         assert_eq!(redacted_url("proxy:3128"), "proxy:3128");
         assert_eq!(
             redacted_url("http://a:b:c@h/x?y"),
-            "http://a:<redacted>@h/x?y"
+            "http://a:<redacted>@h/x?<redacted>"
         );
+        assert_eq!(
+            redacted_url("https://s3.lan/b?X-Amz-Signature=abc"),
+            "https://s3.lan/b?<redacted>"
+        );
+        assert_eq!(redacted_url("https://ghcr.io/v2/"), "https://ghcr.io/v2/");
     }
 }

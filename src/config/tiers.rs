@@ -35,6 +35,9 @@ pub struct SharedStorageConfig {
     pub access_key_id: Option<String>,
     #[serde(default, serialize_with = "super::redact")]
     pub secret_access_key: Option<String>,
+    /// `secret_access_key` from a file (keep it 0640 root:sparkcr-edge) instead of inline.
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
     /// Extra CA certificate (PEM) to trust for an `https://` endpoint.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -122,6 +125,28 @@ pub struct ClusterConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub token: Option<String>,
+    /// `token` from a file (keep it 0640 root:sparkcr-edge) instead of inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A secret given inline or in a file (its content, trimmed); `Err` says why the file
+/// cannot be read.
+fn secret_from(inline: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>, String> {
+    match (inline, file) {
+        (Some(s), _) => Ok(Some(s.clone())),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|e| format!("cannot read {}: {e}", f.display())),
+        (None, None) => Ok(None),
+    }
+}
+
+impl SharedStorageConfig {
+    /// The S3 secret key: `secret_access_key`, or read from `secret_access_key_file`.
+    pub fn secret_key(&self) -> Result<Option<String>, String> {
+        secret_from(&self.secret_access_key, &self.secret_access_key_file)
+    }
 }
 
 fn default_peer_timeout() -> HumanDuration {
@@ -129,6 +154,11 @@ fn default_peer_timeout() -> HumanDuration {
 }
 
 impl ClusterConfig {
+    /// The peer token: `token`, or read from `token_file`.
+    pub fn token_secret(&self) -> Result<Option<String>, String> {
+        secret_from(&self.token, &self.token_file)
+    }
+
     pub fn enabled(&self) -> bool {
         self.peers.len() > 1
     }
@@ -163,13 +193,23 @@ pub(super) fn validate(
         if !s.endpoint.is_empty() && !http_url(&s.endpoint) {
             return err(
                 "storage.shared.endpoint",
-                format!("expected an http:// or https:// URL without user info or query, such as \"http://rgw.lan:8080\", got {:?}", s.endpoint),
+                format!("expected an http:// or https:// URL without user info or query, such as \"http://rgw.lan:8080\", got {:?}", super::outbound::redacted_url(&s.endpoint)),
             );
         }
-        if s.access_key_id.is_some() != s.secret_access_key.is_some() {
+        if s.secret_access_key.is_some() && s.secret_access_key_file.is_some() {
+            return err(
+                "storage.shared.secret_access_key_file",
+                "give secret_access_key or secret_access_key_file, not both".into(),
+            );
+        }
+        if let Err(why) = s.secret_key() {
+            return err("storage.shared.secret_access_key_file", why);
+        }
+        let has_secret = s.secret_access_key.is_some() || s.secret_access_key_file.is_some();
+        if s.access_key_id.is_some() != has_secret {
             return err(
                 "storage.shared.secret_access_key",
-                "give access_key_id and secret_access_key together, or neither (then the AWS_* environment is used)".into(),
+                "give access_key_id and secret_access_key (or secret_access_key_file) together, or neither (then the AWS_* environment is used)".into(),
             );
         }
         if s.prefix.starts_with('/') || s.prefix.contains("//") || s.prefix.contains("..") {
@@ -238,6 +278,15 @@ pub(super) fn validate(
             );
         }
     }
+    if cluster.token.is_some() && cluster.token_file.is_some() {
+        return err(
+            "cluster.token_file",
+            "give token or token_file, not both".into(),
+        );
+    }
+    if let Err(why) = cluster.token_secret() {
+        return err("cluster.token_file", why);
+    }
     Ok(())
 }
 
@@ -294,6 +343,15 @@ mod tests {
             (SHARED.replace("\"s3\"", "\"gcs\""), "storage.shared"),
             (SHARED.replace("bucket = \"edge-cache\"", "bucket = \"\""), "storage.shared.bucket"),
             (SHARED.replace("http://rgw.lan:8080", "rgw.lan"), "storage.shared.endpoint"),
+            // The key pasted into the endpoint: the error must not repeat it.
+            (
+                SHARED.replace("http://rgw.lan:8080", "http://AKIA1:hunter2secret@rgw.lan:8080"),
+                "storage.shared.endpoint",
+            ),
+            (
+                SHARED.replace("http://rgw.lan:8080", "http://rgw.lan:8080/?X-Amz-Credential=hunter2secret"),
+                "storage.shared.endpoint",
+            ),
             (SHARED.replace("access_key_id = \"AKIA1\"\n", ""), "storage.shared.secret_access_key"),
             (format!("{SHARED}catch_up = true\ncatch_up_max = 0\n"), "storage.shared.catch_up_max"),
             (format!("{SHARED}catch_up = true\nwrite_through = false\n"), "storage.shared.catch_up"),
@@ -310,6 +368,42 @@ mod tests {
             assert!(e.contains(key) && e.contains("/t/config.toml"), "{e}");
             assert!(!e.contains('\n') && !e.contains("hunter2secret"), "{e}");
         }
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key = dir.path().join("s3-secret");
+        let token = dir.path().join("peer-token");
+        std::fs::write(&key, "hunter2secret\n").expect("write");
+        std::fs::write(&token, "spk_peer\n").expect("write");
+        let text = SHARED.replace(
+            "secret_access_key = \"hunter2secret\"",
+            &format!("secret_access_key_file = {:?}", key.display().to_string()),
+        ) + &format!(
+            "[cluster]\ntoken_file = {:?}\n",
+            token.display().to_string()
+        );
+        let c = from_text(&text).expect("loads");
+        let shared = c.storage.shared.as_ref().expect("shared");
+        assert_eq!(shared.secret_key(), Ok(Some("hunter2secret".to_string())));
+        assert_eq!(c.cluster.token_secret(), Ok(Some("spk_peer".to_string())));
+        assert!(!c.to_redacted_toml().contains("hunter2secret"));
+        // Both, or a file that cannot be read: one line naming the key.
+        let both = SHARED.replace(
+            "secret_access_key = \"hunter2secret\"",
+            &format!(
+                "secret_access_key = \"x\"\nsecret_access_key_file = {:?}",
+                key.display().to_string()
+            ),
+        );
+        let e = from_text(&both).expect_err("both");
+        assert!(e.contains("storage.shared.secret_access_key_file"), "{e}");
+        let e = from_text("[cluster]\ntoken_file = \"/nonexistent/token\"\n").expect_err("missing");
+        assert!(
+            e.contains("cluster.token_file") && e.contains("/nonexistent/token"),
+            "{e}"
+        );
     }
 
     #[test]

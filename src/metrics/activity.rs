@@ -44,6 +44,12 @@ pub struct UpstreamHealth {
     pub last_latency_ms: Option<f64>,
     /// Exponentially weighted mean of the latency (weight 0.2 for each new request).
     pub avg_latency_ms: Option<f64>,
+    /// The pull quota its last answer that carried one announced: requests left, the
+    /// limit and the window (seconds), and when (unix seconds).
+    pub quota_remaining: Option<u64>,
+    pub quota_limit: Option<u64>,
+    pub quota_window_seconds: Option<u64>,
+    pub quota_at: Option<u64>,
 }
 
 impl UpstreamHealth {
@@ -136,6 +142,23 @@ impl Activity {
 
     /// One request to `upstream`: its status (or `Err(what went wrong)`) and the time to
     /// the response head.
+    /// What an upstream's last answer said about its pull quota.
+    pub fn upstream_quota(
+        &self,
+        upstream: &str,
+        remaining: u64,
+        limit: Option<u64>,
+        window_seconds: Option<u64>,
+    ) {
+        let now = unix_now();
+        let mut inner = self.lock();
+        let h = inner.upstreams.entry(upstream.to_string()).or_default();
+        h.quota_remaining = Some(remaining);
+        h.quota_limit = limit.or(h.quota_limit);
+        h.quota_window_seconds = window_seconds.or(h.quota_window_seconds);
+        h.quota_at = Some(now);
+    }
+
     pub fn upstream_result(&self, upstream: &str, result: Result<u16, &str>, latency: Duration) {
         let now = unix_now();
         let ms = latency.as_secs_f64() * 1000.0;
@@ -170,6 +193,11 @@ impl Activity {
     }
 
     /// Every upstream asked so far, by name.
+    /// The pull quota `upstream` last announced as left, if it ever did.
+    pub fn quota_remaining(&self, upstream: &str) -> Option<u64> {
+        self.lock().upstreams.get(upstream)?.quota_remaining
+    }
+
     pub fn upstreams(&self) -> HashMap<String, UpstreamHealth> {
         self.lock().upstreams.clone()
     }

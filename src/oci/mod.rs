@@ -6,10 +6,12 @@
 //! Raw strings from the network, the disk or the user become these types at the edge
 //! ("parse, don't validate"); once you hold a [`Digest`] or a [`RepositoryName`] it is
 //! known to follow the OCI distribution spec grammar. This module imports nothing from the
-//! rest of the crate and does no I/O.
+//! rest of the crate and does no I/O. (`hops` also holds the task-local `Via` chain of the
+//! request being served, which the registry, the cache and the upstream client share.)
 
 mod digest;
 mod docker_hub;
+pub mod hops;
 mod media;
 mod name;
 mod range;
@@ -17,7 +19,10 @@ mod target;
 
 pub use digest::{Digest, DigestError, Sha256Verifier};
 pub use docker_hub::{canonical_registry, repository_on, split_registry, DOCKER_HUB};
-pub use media::{is_manifest_media_type, manifest_media_type, MANIFEST_MEDIA_TYPES};
+pub use media::{
+    default_platform_manifest, is_manifest_media_type, manifest_media_type, tag_accept, IndexEntry,
+    INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES,
+};
 pub use name::{NameError, Reference, RepositoryName, Tag};
-pub use range::{ByteRangeSpec, Unsatisfiable};
+pub use range::{BlobSpan, ByteRangeSpec, Unsatisfiable};
 pub use target::{RepoKey, RepoTarget};

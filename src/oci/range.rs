@@ -1,5 +1,6 @@
 //! `Range: bytes=...` request headers for blobs. One range is honoured; a multi-range
 //! request is answered whole (allowed by RFC 9110), a malformed one is ignored the same way.
+//! [`BlobSpan`]: the bytes of a blob the edge asks a source for (a resume, a piece).
 
 /// A single byte range as the client wrote it, before the blob's size is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,9 +62,73 @@ impl ByteRangeSpec {
     }
 }
 
+/// The bytes of a blob asked of a source: from `start` to the blob's end, or to `end`
+/// (exclusive, and after `start`: a span is never empty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlobSpan {
+    start: u64,
+    end: Option<u64>,
+}
+
+impl BlobSpan {
+    /// The whole blob (no `Range` header).
+    pub const WHOLE: BlobSpan = BlobSpan {
+        start: 0,
+        end: None,
+    };
+
+    /// From byte `start` to the blob's end.
+    pub fn starting_at(start: u64) -> BlobSpan {
+        BlobSpan { start, end: None }
+    }
+
+    /// Bytes `[start, end)`; `None` when that is empty.
+    pub fn between(start: u64, end: u64) -> Option<BlobSpan> {
+        (start < end).then_some(BlobSpan {
+            start,
+            end: Some(end),
+        })
+    }
+
+    pub fn start(self) -> u64 {
+        self.start
+    }
+
+    /// The exclusive end, when bounded.
+    pub fn end(self) -> Option<u64> {
+        self.end
+    }
+
+    pub fn is_whole(self) -> bool {
+        self == BlobSpan::WHOLE
+    }
+
+    /// `(start, inclusive end)` as a `Range` header says it; `None` for the whole blob.
+    pub fn header_bounds(self) -> Option<(u64, Option<u64>)> {
+        (!self.is_whole()).then(|| (self.start, self.end.map(|e| e - 1)))
+    }
+
+    /// How many bytes, when bounded.
+    pub fn bounded_len(self) -> Option<u64> {
+        self.end.map(|e| e - self.start)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blob_spans_are_never_empty_and_say_their_range_header_inclusively() {
+        assert_eq!(BlobSpan::between(5, 5), None);
+        assert_eq!(BlobSpan::between(6, 5), None);
+        let piece = BlobSpan::between(0, 8).expect("not empty");
+        assert_eq!(piece.header_bounds(), Some((0, Some(7))));
+        assert_eq!(piece.bounded_len(), Some(8));
+        assert_eq!(BlobSpan::starting_at(10).header_bounds(), Some((10, None)));
+        assert_eq!(BlobSpan::WHOLE.header_bounds(), None);
+        assert_eq!(BlobSpan::starting_at(0), BlobSpan::WHOLE);
+    }
 
     #[test]
     fn parse_and_resolve() {

@@ -10,6 +10,7 @@
 use super::body::ResponseBody;
 use super::door::{Authorized, Incoming, Refusal, Side};
 use super::error::OciError;
+use super::response::CacheStatusEntries;
 use super::route::{route, ApiRoute, RequestParts, UpstreamTable};
 use crate::access::Access;
 use crate::cache::push::{Pushes, UploadBody};
@@ -25,6 +26,10 @@ pub struct ApiResponse {
 }
 
 pub struct RegistryApi {
+    /// This edge's `Cache-Status` entries (named by `server.name`, or host name and id).
+    pub(super) cache_status: CacheStatusEntries,
+    /// This edge in `Via` (see [`EdgeHop`]); `None` in tests that build an API without one.
+    pub(super) hop: Option<EdgeHop>,
     pub(super) table: UpstreamTable,
     pub(super) cache: Arc<Cache>,
     pub(super) access: Arc<Access>,
@@ -48,14 +53,66 @@ pub const TOKEN_PATH: &str = "/token";
 #[derive(Clone, Debug)]
 pub struct ServedRepo(pub String);
 
+/// This edge as a `Via` hop: the pseudonym a loop is recognised by, and the hop appended to
+/// the chain (made once: a request without `Via` only clones it).
+pub(super) struct EdgeHop {
+    pseudonym: String,
+    hop: Arc<str>,
+}
+
+/// A request's `Via` header values, in order.
+fn incoming_via(req: &http::request::Parts) -> Vec<&str> {
+    req.headers
+        .get_all(http::header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+/// Echoes the upstream a routed request went to (`OCI-Namespace`, as the distribution
+/// spec asks of a proxy that uses namespaces), on every response to a request access
+/// control let through (a refusal names no upstream: the default one may be private).
+fn with_namespace(mut answer: ApiResponse, namespace: Option<String>) -> ApiResponse {
+    if let Some(v) = namespace.and_then(|n| http::HeaderValue::from_str(&n).ok()) {
+        answer
+            .response
+            .headers_mut()
+            .insert(super::door::OCI_NAMESPACE, v);
+    }
+    answer
+}
+
 impl RegistryApi {
     pub fn new(table: UpstreamTable, cache: Arc<Cache>, access: Arc<Access>) -> Self {
         RegistryApi {
+            cache_status: CacheStatusEntries::named("sparkcr-edge")
+                .expect("a constant name is a header value"),
+            hop: None,
             table,
             cache,
             access,
             pushes: None,
         }
+    }
+
+    /// Names this edge `name` in `Cache-Status` (a token such as `edge-a`; anything that is
+    /// not a valid header value keeps the default).
+    pub fn with_edge_name(mut self, name: &str) -> Self {
+        if let Some(entries) = CacheStatusEntries::named(name) {
+            self.cache_status = entries;
+        }
+        self
+    }
+
+    /// Appends this edge (id `edge_id`) to the `Via` chain of the upstream requests each
+    /// request makes, and refuses requests whose `Via` already names it: they went round a
+    /// loop of edges.
+    pub fn with_edge_id(mut self, edge_id: &str) -> Self {
+        self.hop = Some(EdgeHop {
+            pseudonym: crate::oci::hops::pseudonym(edge_id),
+            hop: Arc::from(crate::oci::hops::own_hop(edge_id)),
+        });
+        self
     }
 
     /// Takes pushes to upstreams with `push = true` through `pushes`.
@@ -78,6 +135,13 @@ impl RegistryApi {
         self.cache.shared_tier_warning()
     }
 
+    /// `server.strict_host` for requests outside the registry API (the status page): the
+    /// `Host` must name this edge, as it must for `/v2/` (an answer to any name would let a
+    /// page on another site read it through DNS rebinding in an admin's browser).
+    pub fn check_host(&self, req: &http::request::Parts) -> Result<(), OciError> {
+        self.table.check_host(super::door::request_host(req))
+    }
+
     /// The cache behind the API (read by the status page).
     pub fn cache(&self) -> &Cache {
         &self.cache
@@ -96,18 +160,43 @@ impl RegistryApi {
         client: ClientInfo,
     ) -> ApiResponse {
         let at = Incoming::new(req, client);
+        let incoming = incoming_via(req);
+        let came_back = self
+            .hop
+            .as_ref()
+            .is_some_and(|h| crate::oci::hops::names(&incoming, &h.pseudonym));
+        if came_back {
+            let e = OciError::new(
+                http::StatusCode::LOOP_DETECTED,
+                super::error::ErrorCode::Unsupported,
+                "request loop: this edge already forwarded this request (its own id is in the Via header); an upstream's url points back at this edge, directly or through other edges",
+            );
+            tracing::warn!(client = %client.peer, path = %req.uri.path(), "request loop: this edge's own id is in the request's Via header; check the upstreams' url settings");
+            return ApiResponse {
+                response: super::response::error_response(&e, at.head),
+                route: "loop",
+            };
+        }
+        let via = self
+            .hop
+            .as_ref()
+            .map(|h| crate::oci::hops::outgoing(&incoming, &h.hop));
         let answer = async {
             let who = self.authenticate(&at)?;
             if at.is_token_endpoint() {
                 return self.token_endpoint(&at, &who);
             }
             let routed = self.route_request(&at, &who)?;
+            let namespace = routed.target().map(|t| t.upstream.clone());
             let authorized = self.authorize(&at, who, routed)?;
-            Ok::<_, Refusal>(self.dispatch(&at, body, authorized).await)
+            let answer = self.dispatch(&at, body, authorized).await;
+            Ok::<_, Refusal>(with_namespace(answer, namespace))
         };
-        answer
+        let mut answer = crate::oci::hops::scope(via, answer)
             .await
-            .unwrap_or_else(|refused| refused.answer(at.head))
+            .unwrap_or_else(|refused| refused.answer(at.head));
+        super::response::set_cache_status(&mut answer.response, &self.cache_status);
+        answer
     }
 
     /// Phase 4: the side access control chose serves the request.

@@ -169,6 +169,7 @@ impl RegistryApi {
             host: at.host,
             path: at.req.uri.path(),
             query: at.req.uri.query(),
+            namespace: oci_namespace(at.req),
         };
         self.route(&parts)
             .map_err(|e| match self.access.authorize(who, Action::Unrouted) {
@@ -329,3 +330,11 @@ impl RegistryApi {
         })
     }
 }
+
+/// The `OCI-Namespace` request header (a snapshotter's way to name the upstream).
+pub(super) fn oci_namespace(req: &http::request::Parts) -> Option<&str> {
+    req.headers.get(OCI_NAMESPACE).and_then(|v| v.to_str().ok())
+}
+
+/// The header that names the upstream a request is for, both ways.
+pub(super) const OCI_NAMESPACE: &str = "oci-namespace";

@@ -158,7 +158,7 @@ impl RegistryApi {
             }
         }
         if list.stale {
-            mark_stale(headers);
+            mark_stale(&mut response);
         }
         Ok(response)
     }

@@ -190,6 +190,7 @@ impl RegistryApi {
             host: request_host(req),
             path: &path,
             query: req.uri.query(),
+            namespace: super::door::oci_namespace(req),
         };
         self.route(&parts).ok()?.target().cloned()
     }

@@ -95,8 +95,95 @@ pub(super) fn finish(b: http::response::Builder, body: ResponseBody) -> Response
     })
 }
 
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// This edge's `Cache-Status` entries, made once (a hit answer only clones one).
+#[derive(Clone, Debug)]
+pub struct CacheStatusEntries {
+    hit: HeaderValue,
+    miss: HeaderValue,
+    collapsed: HeaderValue,
+    stale: HeaderValue,
+    reserved: HeaderValue,
+    denied: HeaderValue,
+    unreachable: HeaderValue,
+}
+
+impl CacheStatusEntries {
+    /// Entries named `edge` (an RFC 8941 token when it starts with a letter, else a
+    /// string); `None` when the name cannot be a header value.
+    pub fn named(edge: &str) -> Option<CacheStatusEntries> {
+        let name = if edge.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            edge.to_string()
+        } else {
+            format!("\"{edge}\"")
+        };
+        let entry = |params: &str| HeaderValue::from_str(&format!("{name}; {params}")).ok();
+        Some(CacheStatusEntries {
+            hit: entry("hit")?,
+            miss: entry("fwd=uri-miss")?,
+            collapsed: entry("fwd=uri-miss; collapsed")?,
+            stale: entry("hit; fwd=stale; detail=upstream-unreachable")?,
+            reserved: entry("hit; fwd=stale; detail=quota-reserve")?,
+            denied: entry("detail=denied")?,
+            unreachable: entry("fwd=uri-miss; detail=upstream-unreachable")?,
+        })
+    }
+}
+
+/// What the edge did for an answer, kept in the response's extensions (never sent) for
+/// [`set_cache_status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CacheOutcome {
+    Hit,
+    Miss,
+    /// A miss served by another request's fill.
+    Collapsed,
+    Stale,
+    /// Served from the cache although it moved upstream: the upstream's quota is at its
+    /// reserve.
+    QuotaReserve,
+}
+
+/// `Cache-Status` (RFC 9211) for this edge, from what the answer says it did (its
+/// [`CacheOutcome`]): `hit`, `fwd=uri-miss` (asked the upstream), `fwd=uri-miss;
+/// collapsed` (joined another request's fetch), `hit; fwd=stale;
+/// detail=upstream-unreachable` (served stale because the upstream failed); without an
+/// outcome, `detail=denied` (401, 403) or `fwd=uri-miss; detail=upstream-unreachable`
+/// (502, 503, 504: nothing to serve). Other answers (the API root, pushes, errors of the
+/// request itself) get no entry. An entry the answer already has (a parent edge's) is
+/// kept, this edge's after it.
+pub(super) fn set_cache_status(response: &mut Response<ResponseBody>, ours: &CacheStatusEntries) {
+    let outcome = response.extensions().get::<CacheOutcome>().copied();
+    let entry = match outcome {
+        Some(CacheOutcome::Hit) => &ours.hit,
+        Some(CacheOutcome::Miss) => &ours.miss,
+        Some(CacheOutcome::Collapsed) => &ours.collapsed,
+        Some(CacheOutcome::Stale) => &ours.stale,
+        Some(CacheOutcome::QuotaReserve) => &ours.reserved,
+        None => match response.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => &ours.denied,
+            StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => &ours.unreachable,
+            _ => return,
+        },
+    };
+    let headers = response.headers_mut();
+    let value = match headers.get(CACHE_STATUS).and_then(|v| v.to_str().ok()) {
+        Some(earlier) if !earlier.is_empty() => {
+            let joined = format!("{earlier}, {}", entry.to_str().unwrap_or_default());
+            HeaderValue::from_str(&joined).unwrap_or_else(|_| entry.clone())
+        }
+        _ => entry.clone(),
+    };
+    headers.insert(CACHE_STATUS, value);
+}
+
 /// Marks an answer served from the cache because the upstream could not be asked.
-pub(super) fn mark_stale(headers: &mut http::HeaderMap) {
+pub(super) fn mark_stale(response: &mut Response<ResponseBody>) {
+    response.extensions_mut().insert(CacheOutcome::Stale);
+    let headers = response.headers_mut();
     headers.insert(X_CACHE, HeaderValue::from_static("STALE"));
     headers.insert(
         header::WARNING,
@@ -122,7 +209,7 @@ pub(super) fn referrers_response(a: ReferrersAnswer, head: bool) -> Response<Res
         },
     );
     if a.stale {
-        mark_stale(response.headers_mut());
+        mark_stale(&mut response);
     }
     response
 }
@@ -140,13 +227,31 @@ pub(super) fn manifest_response(a: ManifestAnswer, head: bool) -> Response<Respo
         .header(X_CACHE, cache_status(a.from_cache))
         .header(header::CONTENT_LENGTH, len);
     let stale = a.stale;
+    let reserved = a.quota_reserved;
+    // A parent edge's entries first; this edge's own is appended by `set_cache_status`.
+    let b = match a
+        .upstream_cache_status
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        Some(parent) => b.header(CACHE_STATUS, parent),
+        None => b,
+    };
     let body = match (head, a.bytes) {
         (false, Some(bytes)) => body::full(bytes),
         _ => body::empty(),
     };
     let mut response = finish(b, body);
+    response.extensions_mut().insert(if a.from_cache {
+        CacheOutcome::Hit
+    } else {
+        CacheOutcome::Miss
+    });
     if stale {
-        mark_stale(response.headers_mut());
+        mark_stale(&mut response);
+    }
+    if reserved {
+        response.extensions_mut().insert(CacheOutcome::QuotaReserve);
     }
     response
 }
@@ -177,5 +282,87 @@ pub(super) fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
         Some(stream) => body::stream(stream),
         None => body::empty(),
     };
-    finish(b, body)
+    let mut response = finish(b, body);
+    response
+        .extensions_mut()
+        .insert(match (a.from_cache, a.collapsed) {
+            (true, _) => CacheOutcome::Hit,
+            (false, true) => CacheOutcome::Collapsed,
+            (false, false) => CacheOutcome::Miss,
+        });
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_for(
+        outcome: Option<CacheOutcome>,
+        status: StatusCode,
+        edge: &'static str,
+    ) -> Option<String> {
+        let mut r = Response::new(body::empty());
+        *r.status_mut() = status;
+        if let Some(o) = outcome {
+            r.extensions_mut().insert(o);
+        }
+        set_cache_status(&mut r, &CacheStatusEntries::named(edge).expect("a name"));
+        r.headers()
+            .get(CACHE_STATUS)
+            .map(|v| v.to_str().expect("ascii").to_string())
+    }
+
+    #[test]
+    fn cache_status_says_what_this_edge_did() {
+        use CacheOutcome::*;
+        let ok = StatusCode::OK;
+        let e = "edge-a";
+        assert_eq!(status_for(Some(Hit), ok, e).as_deref(), Some("edge-a; hit"));
+        assert_eq!(
+            status_for(Some(Miss), ok, e).as_deref(),
+            Some("edge-a; fwd=uri-miss")
+        );
+        assert_eq!(
+            status_for(Some(Collapsed), ok, e).as_deref(),
+            Some("edge-a; fwd=uri-miss; collapsed")
+        );
+        assert_eq!(
+            status_for(Some(Stale), ok, e).as_deref(),
+            Some("edge-a; hit; fwd=stale; detail=upstream-unreachable")
+        );
+        assert_eq!(
+            status_for(Some(QuotaReserve), ok, e).as_deref(),
+            Some("edge-a; hit; fwd=stale; detail=quota-reserve")
+        );
+        assert_eq!(
+            status_for(None, StatusCode::FORBIDDEN, e).as_deref(),
+            Some("edge-a; detail=denied")
+        );
+        assert_eq!(
+            status_for(None, StatusCode::SERVICE_UNAVAILABLE, e).as_deref(),
+            Some("edge-a; fwd=uri-miss; detail=upstream-unreachable")
+        );
+        assert_eq!(status_for(None, ok, e), None, "the API root");
+        assert_eq!(status_for(None, StatusCode::NOT_FOUND, e), None);
+        // A name that is not a token is sent as a string.
+        assert_eq!(
+            status_for(Some(Hit), ok, "10.0.0.1").as_deref(),
+            Some("\"10.0.0.1\"; hit")
+        );
+    }
+
+    #[test]
+    fn a_parent_edges_entry_is_kept_before_ours() {
+        let mut r = Response::new(body::empty());
+        r.extensions_mut().insert(CacheOutcome::Miss);
+        r.headers_mut()
+            .insert(CACHE_STATUS, HeaderValue::from_static("parent; hit"));
+        let child = CacheStatusEntries::named("child").expect("a name");
+        set_cache_status(&mut r, &child);
+        assert_eq!(
+            r.headers()[CACHE_STATUS],
+            "parent; hit, child; fwd=uri-miss"
+        );
+    }
 }

@@ -10,9 +10,15 @@
 //!    `location`, containerd `override_path`, `docker pull EDGE/ghcr.io/org/img`),
 //! 3. a configured path alias as the first segment `/v2/<path alias>/<repo>/...` (for
 //!    upstreams whose name has a port, which Podman/CRI-O cannot use in a path),
-//! 4. `?ns=<host>` (containerd),
-//! 5. the `Host` header `<alias>.<server.hostname>`,
-//! 6. the default upstream (Docker `registry-mirrors`).
+//! 4. the `OCI-Namespace` request header (snapshotters; distribution-spec's namespace),
+//! 5. `?ns=<host>` (containerd),
+//! 6. the `Host` header `<alias>.<server.hostname>`,
+//! 7. the default upstream (Docker `registry-mirrors`).
+//!
+//! `OCI-Namespace` and `ns` are closed-world: when one of them is what selects the
+//! upstream and it names none that is configured, the request is refused
+//! (`NAME_UNKNOWN`) before anything is dialed. Every response to a routed request echoes
+//! the upstream it went to in an `OCI-Namespace` header (`api.rs`).
 //!
 //! With `server.strict_host` (the default), a `Host` that does not name this edge
 //! (hostname, alias host, `localhost`, an IP address) is `NAME_UNKNOWN`.
@@ -164,7 +170,7 @@ impl UpstreamTable {
 
     /// With `server.strict_host`, a `Host` must name this edge: its hostname, an alias
     /// host of a configured alias, `localhost`, or an IP address (port ignored).
-    fn check_host(&self, host_header: Option<&str>) -> Result<(), OciError> {
+    pub(super) fn check_host(&self, host_header: Option<&str>) -> Result<(), OciError> {
         let Some(raw) = host_header.filter(|_| self.strict_host) else {
             return Ok(());
         };
@@ -255,6 +261,8 @@ pub struct RequestParts<'a> {
     pub host: Option<&'a str>,
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// The `OCI-Namespace` request header.
+    pub namespace: Option<&'a str>,
 }
 
 fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
@@ -448,6 +456,8 @@ fn resolve_target(
     {
         segments = &segments[1..];
         up
+    } else if let Some(ns) = parts.namespace.map(str::trim).filter(|v| !v.is_empty()) {
+        table.find(ns).ok_or_else(|| unknown(ns))?
     } else if let Some(ns) = query_param(parts.query, "ns").filter(|v| !v.is_empty()) {
         let ns = ns.replace("%3A", ":").replace("%3a", ":");
         table.find(&ns).ok_or_else(|| unknown(&ns))?
@@ -521,6 +531,7 @@ mod tests {
             host: Some("nosuch.edge.lan"),
             path: "/v2/a/manifests/t",
             query: None,
+            namespace: None,
         };
         assert!(
             route(&parts, &lax).is_ok(),
@@ -529,6 +540,16 @@ mod tests {
     }
 
     fn r(method: Method, host: Option<&str>, path_and_query: &str) -> Result<ApiRoute, OciError> {
+        r_ns(method, host, path_and_query, None)
+    }
+
+    /// [`r`] with an `OCI-Namespace` request header.
+    fn r_ns(
+        method: Method,
+        host: Option<&str>,
+        path_and_query: &str,
+        namespace: Option<&str>,
+    ) -> Result<ApiRoute, OciError> {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
@@ -539,9 +560,51 @@ mod tests {
                 host,
                 path,
                 query,
+                namespace,
             },
             &table(),
         )
+    }
+
+    #[test]
+    fn the_oci_namespace_header_selects_the_upstream_after_a_host_in_the_path() {
+        let up = |path: &str, ns: Option<&str>| match r_ns(Method::GET, None, path, ns) {
+            Ok(ApiRoute::Manifest { target, .. }) => Ok((target.upstream, target.repo.to_string())),
+            Ok(other) => panic!("{path}: {other:?}"),
+            Err(e) => Err(e.code),
+        };
+        let t = |u: &str, rp: &str| Ok((u.to_string(), rp.to_string()));
+        // The header alone.
+        assert_eq!(
+            up("/v2/team/app/manifests/t", Some("registry.lan:5000")),
+            t("registry.lan:5000", "team/app")
+        );
+        // Over ?ns=.
+        assert_eq!(
+            up(
+                "/v2/team/app/manifests/t?ns=docker.io",
+                Some("registry.lan:5000")
+            ),
+            t("registry.lan:5000", "team/app")
+        );
+        // Under a host in the path.
+        assert_eq!(
+            up(
+                "/v2/docker.io/library/nginx/manifests/t",
+                Some("registry.lan:5000")
+            ),
+            t("docker.io", "library/nginx")
+        );
+        // Closed world: a namespace that names no configured upstream is refused.
+        assert_eq!(
+            up("/v2/team/app/manifests/t", Some("evil.example")),
+            Err(ErrorCode::NameUnknown)
+        );
+        // An empty header is no header.
+        assert_eq!(
+            up("/v2/busybox/manifests/t", Some(" ")),
+            t("docker.io", "library/busybox")
+        );
     }
 
     fn manifest_target(path: &str, host: Option<&str>) -> (String, String) {

@@ -47,6 +47,15 @@ impl ConnActivity {
         InFlight(self.clone())
     }
 
+    /// How long the connection has had no request in flight; `None` while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let last = self.born + Duration::from_millis(self.last_ms.load(Ordering::SeqCst));
+        Some(last.elapsed())
+    }
+
     /// Resolves once no request has been in flight for `idle`.
     pub async fn idle(&self, idle: Duration) {
         loop {

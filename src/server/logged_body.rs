@@ -82,6 +82,27 @@ impl Body for LoggedBody {
     }
 }
 
+/// The `method` label of `http_requests_total`: one of a closed set, so a client sending
+/// made-up methods cannot grow `/metrics` (each label value is a series kept forever).
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// A method as the status page's recent errors show it: at most 16 characters of it.
+fn shown_method(method: &http::Method) -> String {
+    method.as_str().chars().take(16).collect()
+}
+
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let r = &self.record;
@@ -97,7 +118,7 @@ impl Drop for LoggedBody {
         };
         let m = &r.metrics;
         m.http_requests
-            .with_label_values(&[r.route, r.method.as_str(), itoa(r.status).as_str()])
+            .with_label_values(&[r.route, method_label(&r.method), itoa(r.status).as_str()])
             .inc();
         m.http_duration
             .with_label_values(&[r.route])
@@ -111,24 +132,36 @@ impl Drop for LoggedBody {
         if r.status >= 400 {
             m.activity.request_failed(RecentError {
                 at: unix_now(),
-                method: r.method.to_string(),
+                method: shown_method(&r.method),
                 path: r.path.clone(),
                 status: r.status,
                 route: r.route.to_string(),
                 client: r.peer.ip().to_string(),
             });
         }
-        tracing::info!(
-            target: "sparkcr_edge::access",
-            method = %r.method,
-            path = %r.path,
-            status = r.status,
-            bytes = self.sent,
-            ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1000.0),
-            client = %r.peer,
-            outcome,
-            "request"
-        );
+        // A 5xx is the edge failing a client (the upstream down for content not cached, no
+        // room, a bug): a warning, so `journalctl -p warning` shows it among the problems.
+        macro_rules! access_line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "sparkcr_edge::access",
+                    $level,
+                    method = %r.method,
+                    path = %r.path,
+                    status = r.status,
+                    bytes = self.sent,
+                    ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1000.0),
+                    client = %r.peer,
+                    outcome,
+                    "request"
+                )
+            };
+        }
+        if r.status >= 500 {
+            access_line!(tracing::Level::WARN);
+        } else {
+            access_line!(tracing::Level::INFO);
+        }
     }
 }
 

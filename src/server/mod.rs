@@ -20,7 +20,9 @@
 //! Must not: interpret registry paths (that is `registry`), decide access (that is
 //! `access`), or change the cache or the store.
 
+mod bind;
 pub(crate) mod cert_expiry;
+mod conn_table;
 mod limits;
 mod logged_body;
 mod sendfile;
@@ -41,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tls::{ReloadableCert, TlsError};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,14 +119,15 @@ impl Server {
             Some((cert, acceptor))
         };
         let mut listeners = Vec::new();
-        let all = cfg
+        let all: Vec<(ListenerKind, SocketAddr)> = cfg
             .listen
             .iter()
             .map(|a| (ListenerKind::Http, *a))
-            .chain(cfg.tls_listen.iter().map(|a| (ListenerKind::Https, *a)));
+            .chain(cfg.tls_listen.iter().map(|a| (ListenerKind::Https, *a)))
+            .collect();
+        let addrs: Vec<SocketAddr> = all.iter().map(|(_, a)| *a).collect();
         for (kind, addr) in all {
-            let l = TcpListener::bind(addr)
-                .await
+            let l = bind::listen(addr, bind::needs_v6_only(addr, &addrs))
                 .map_err(|source| ServerError::Bind { addr, source })?;
             listeners.push((kind, l));
         }
@@ -151,7 +154,7 @@ impl Server {
         // Every connection task holds a clone of `alive_tx`; when all are gone, recv() ends.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let acceptor = self.tls.as_ref().map(|(_, a)| a.clone());
-        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let slots = conn_table::ConnTable::new(self.limits.max_connections);
         let mut accept_tasks = Vec::new();
         for (kind, listener) in self.listeners {
             let conn = ConnShared {
@@ -188,8 +191,8 @@ impl Server {
 struct ConnShared {
     app: Arc<App>,
     limits: Limits,
-    /// One permit per open connection (`server.max_connections`).
-    slots: Arc<Semaphore>,
+    /// The open connections (`server.max_connections`, see `conn_table`).
+    slots: Arc<conn_table::ConnTable>,
 }
 
 async fn accept_loop(
@@ -222,8 +225,9 @@ async fn accept_loop(
             tracing::debug!(client = %peer, "network not allowed; closed");
             continue;
         }
-        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-            // Over server.max_connections: say so (plain HTTP, best effort) and close.
+        let Some((slot, admission)) = shared.slots.admit(peer.ip()) else {
+            // Over server.max_connections with no idle connection to take from an address
+            // that holds more: say so (plain HTTP, best effort) and close.
             app.metrics
                 .connections_rejected
                 .with_label_values(&["limit"])
@@ -235,6 +239,13 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
+        if admission == conn_table::Admission::MadeRoom {
+            app.metrics
+                .connections_rejected
+                .with_label_values(&["room"])
+                .inc();
+            tracing::debug!(client = %peer, "at server.max_connections: closed an idle connection of the address holding the most for this one");
+        }
         app.metrics
             .connections_total
             .with_label_values(&[kind.as_str()])
@@ -253,7 +264,7 @@ async fn accept_loop(
             }
         };
         workers::ConnWorkers::shared().spawn(async move {
-            let _permit = permit;
+            let slot = slot;
             let stream = match tokio::net::TcpStream::from_std(stream) {
                 Ok(s) => s,
                 Err(e) => {
@@ -266,11 +277,18 @@ async fn accept_loop(
             // A client that connects and never sends a byte (no TLS hello, no request
             // line) is closed after header_read_timeout, like one whose head stalls.
             // (peek waits for a byte without taking it; readable() may wake at once.)
+            // One told to make room for another address before its first byte closes too.
             let mut first = [0u8; 1];
-            if tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first))
-                .await
-                .is_err()
-            {
+            let silent = tokio::select! {
+                r = tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)) => r.is_err(),
+                _ = slot.close.notified() => {
+                    tracing::debug!(client = %peer, "closed before its first byte to make room for another address");
+                    app.metrics.connections_open.dec();
+                    drop(alive);
+                    return;
+                }
+            };
+            if silent {
                 app.metrics
                     .connections_rejected
                     .with_label_values(&["silent"])
@@ -287,8 +305,8 @@ async fn accept_loop(
                         Ok(Ok(tls)) => {
                             serve_connection(
                                 TokioIo::new(tls),
-                                peer,
-                                true,
+                                (peer, true),
+                                &slot,
                                 app.clone(),
                                 limits,
                                 stop_rx,
@@ -308,8 +326,8 @@ async fn accept_loop(
                 _ => {
                     serve_connection(
                         TokioIo::new(sendfile::SendfileStream::new(stream)),
-                        peer,
-                        false,
+                        (peer, false),
+                        &slot,
                         app.clone(),
                         limits,
                         stop_rx,
@@ -325,15 +343,15 @@ async fn accept_loop(
 
 async fn serve_connection<IO>(
     io: TokioIo<IO>,
-    peer: SocketAddr,
-    tls: bool,
+    (peer, tls): (SocketAddr, bool),
+    slot: &conn_table::ConnSlot,
     app: Arc<App>,
     limits: Limits,
     mut stop_rx: watch::Receiver<bool>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = limits::ConnActivity::new();
+    let activity = slot.activity.clone();
     let info = Arc::new(ConnInfo {
         peer,
         tls,
@@ -364,6 +382,13 @@ async fn serve_connection<IO>(
             conn.as_mut().graceful_shutdown();
             log_conn_end(peer, conn.await);
         }
+        _ = slot.close.notified() => {
+            // Told to make room for another address: only an idle connection is told, but
+            // a request may have begun since; graceful shutdown lets it finish.
+            tracing::debug!(client = %peer, "idle connection closed to make room for another address");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.header_read_timeout, conn.as_mut()).await;
+        }
         _ = activity.idle(limits.idle_timeout) => {
             tracing::debug!(client = %peer, "idle connection closed");
             conn.as_mut().graceful_shutdown();
@@ -379,10 +404,15 @@ fn log_conn_end(peer: SocketAddr, r: Result<(), Box<dyn std::error::Error + Send
     }
 }
 
-/// Logs a warning when the served certificate expires within
-/// [`status::CERT_WARN_DAYS`] (at start, on every reload, and once a day).
+/// Publishes when the served certificate expires (the `tls_cert_expiry_timestamp_seconds`
+/// gauge, for alerts) and logs a warning when that is within [`status::CERT_WARN_DAYS`]
+/// (at start, on every reload, and once a day).
 pub(crate) fn warn_if_expiring(app: &App) {
-    if let Some(w) = app.cert_status().and_then(|c| c.warning()) {
+    let status = app.cert_status();
+    if let Some(c) = &status {
+        app.metrics.tls_cert_expiry.set(c.not_after);
+    }
+    if let Some(w) = status.and_then(|c| c.warning()) {
         tracing::warn!(cert = %app.tls_cert_path().unwrap_or_default(), "{w}");
     }
 }

@@ -22,7 +22,7 @@ use http::{header, Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Longest request target (path and query) accepted; names are at most 255 bytes, so a
 /// longer one is never a registry request.
@@ -107,14 +107,22 @@ impl App {
                 format!("request target longer than {MAX_REQUEST_TARGET} bytes"),
             );
             (error_response(&e, head_only), "error")
+        } else if let Some(wait) = self.operator_wait(&parts, peer) {
+            // An operator endpoint asked too often from outside auth.admin_cidrs.
+            let e = OciError::too_many_requests(wait);
+            (error_response(&e, head_only), "ops-limited")
         } else {
             match (parts.method.as_str(), parts.uri.path()) {
+                // Metrics name private upstreams and internal endpoints: admins only.
                 ("GET" | "HEAD", "/metrics") => (
-                    text(
-                        StatusCode::OK,
-                        "text/plain; version=0.0.4",
-                        self.metrics.render(),
-                    ),
+                    self.admin_refusal(&parts, peer, "/metrics")
+                        .unwrap_or_else(|| {
+                            text(
+                                StatusCode::OK,
+                                "text/plain; version=0.0.4",
+                                self.metrics.render(),
+                            )
+                        }),
                     "metrics",
                 ),
                 ("GET" | "HEAD", "/healthz") => {
@@ -127,16 +135,30 @@ impl App {
                         (StatusCode::SERVICE_UNAVAILABLE, String::from("not ready\n"))
                     };
                     // Still ready: warnings are for the operator, not the load balancer (a down
-                    // endpoint: others, or the cache, still answer).
-                    for (upstream, endpoint) in self.api.endpoints_down() {
+                    // endpoint: others, or the cache, still answer); they name upstreams and
+                    // internal URLs, so only admins get them.
+                    let details = self.api.access().is_admin(
+                        peer.ip(),
+                        parts
+                            .headers
+                            .get(header::AUTHORIZATION)
+                            .map(|v| v.as_bytes()),
+                    );
+                    for (upstream, endpoint) in
+                        self.api.endpoints_down().into_iter().filter(|_| details)
+                    {
                         msg.push_str(&format!(
                             "upstream {upstream}: endpoint {endpoint} is down (skipped; probed in the background)\n"
                         ));
                     }
-                    if let Some(w) = self.api.shared_tier_warning() {
+                    if let Some(w) = self.api.shared_tier_warning().filter(|_| details) {
                         msg.push_str(&format!("{w}\n"));
                     }
-                    if let Some(w) = self.cert_status().and_then(|c| c.warning()) {
+                    if let Some(w) = self
+                        .cert_status()
+                        .and_then(|c| c.warning())
+                        .filter(|_| details)
+                    {
                         msg.push_str(&format!("warning: {w}\n"));
                     }
                     (text(status, "text/plain", msg), "readyz")
@@ -158,6 +180,12 @@ impl App {
             }
         };
         let (mut head, body) = response.into_parts();
+        // No browser may guess a type from the bytes: a blob or manifest an upstream labelled
+        // `text/html` must not run as a page on the edge's origin (the status page's).
+        head.headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            header::HeaderValue::from_static("nosniff"),
+        );
         let repo = head.extensions.remove::<ServedRepo>().map(|r| r.0);
         let body = if parts.method == http::Method::HEAD && route != "blob" && route != "manifest" {
             body::empty()
@@ -187,33 +215,74 @@ impl App {
 }
 
 impl App {
+    /// How long a client must wait before asking an operator endpoint again, when it is
+    /// over its quota (see [`crate::access::Access::operator_rate`]); `None` for every other
+    /// request.
+    fn operator_wait(&self, parts: &http::request::Parts, peer: SocketAddr) -> Option<Duration> {
+        let operator = matches!(parts.method.as_str(), "GET" | "HEAD")
+            && matches!(
+                parts.uri.path(),
+                "/metrics" | "/readyz" | "/status" | "/status.json"
+            );
+        if !operator {
+            return None;
+        }
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        self.api
+            .access()
+            .operator_rate(peer.ip(), authorization)
+            .err()
+    }
+
+    /// The 401 (with a Basic challenge) or 403 for a client that may not read `what` (an
+    /// operator endpoint: for `auth.admin_cidrs` or an `admin` token); `None` for an admin.
+    fn admin_refusal(
+        &self,
+        parts: &http::request::Parts,
+        peer: SocketAddr,
+        what: &str,
+    ) -> Option<Response<body::ResponseBody>> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let reason = self
+            .api
+            .access()
+            .admin_allowed(peer.ip(), authorization)
+            .err()?;
+        let mut r = text(
+            if reason == DenyReason::NoCredentials {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::FORBIDDEN
+            },
+            "text/plain; charset=utf-8",
+            format!("{what} is for auth.admin_cidrs or a token with the admin scope\n"),
+        );
+        if reason == DenyReason::NoCredentials {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"sparkcr-edge admin\""),
+            );
+        }
+        Some(r)
+    }
+
     /// `/status` (HTML) or `/status.json`, for `auth.admin_cidrs` or an `admin` token.
     fn status(
         &self,
         parts: &http::request::Parts,
         peer: SocketAddr,
     ) -> Response<body::ResponseBody> {
-        let authorization = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        if let Err(reason) = self.api.access().admin_allowed(peer.ip(), authorization) {
-            let mut r = text(
-                if reason == DenyReason::NoCredentials {
-                    StatusCode::UNAUTHORIZED
-                } else {
-                    StatusCode::FORBIDDEN
-                },
-                "text/plain; charset=utf-8",
-                "the status page is for auth.admin_cidrs or a token with the admin scope\n".into(),
-            );
-            if reason == DenyReason::NoCredentials {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Basic realm=\"sparkcr-edge admin\""),
-                );
-            }
-            return r;
+        if let Err(e) = self.api.check_host(parts) {
+            return error_response(&e, parts.method == http::Method::HEAD);
+        }
+        if let Some(refused) = self.admin_refusal(parts, peer, "the status page") {
+            return refused;
         }
         let report = self.status_report();
         let mut r = if parts.uri.path() == "/status.json" {
@@ -221,11 +290,20 @@ impl App {
                 .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode the status: {e}\"}}"));
             text(StatusCode::OK, "application/json", json)
         } else {
-            text(
+            let mut page = text(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
                 super::status_page::render(&report),
-            )
+            );
+            page.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                header::HeaderValue::from_static(super::status_page::CONTENT_SECURITY_POLICY),
+            );
+            page.headers_mut().insert(
+                header::REFERRER_POLICY,
+                header::HeaderValue::from_static("no-referrer"),
+            );
+            page
         };
         r.headers_mut().insert(
             header::CACHE_CONTROL,

@@ -41,6 +41,8 @@ pub struct StatusReport {
     /// Per-hour bytes over the last day, oldest first.
     pub chart_day: Vec<ChartPoint>,
     pub fills: Vec<FillProgress>,
+    /// Ranged pieces of large blobs being fetched now, all fills together.
+    pub fill_pieces_in_flight: i64,
     pub singleflight_joins: u64,
     pub upstreams: Vec<UpstreamStatus>,
     pub top_repositories: Vec<RepoBytes>,
@@ -115,6 +117,15 @@ pub struct UpstreamStatus {
     pub avg_latency_ms: Option<f64>,
     /// The upstream's endpoints in the order they are tried (one for a plain `url`).
     pub endpoints: Vec<EndpointStatus>,
+    /// Blob downloads (one connection each) open now, and the upstream's cap on them.
+    pub blob_connections: usize,
+    pub max_blob_connections: usize,
+    /// The pull quota the upstream last announced (Docker Hub's `ratelimit-*` headers):
+    /// requests left, the limit, the window in seconds, when it said so (unix seconds).
+    pub quota_remaining: Option<u64>,
+    pub quota_limit: Option<u64>,
+    pub quota_window_seconds: Option<u64>,
+    pub quota_at: Option<u64>,
 }
 
 /// One endpoint of an upstream.
@@ -153,7 +164,7 @@ pub fn spawn_sampler(app: Arc<App>) -> Sampler {
             tick.tick().await;
             metrics.activity.record_sample(metrics.counter_sample());
             minutes += 1;
-            if minutes % (24 * 60) == 0 {
+            if minutes.is_multiple_of(24 * 60) {
                 super::warn_if_expiring(&app);
             }
         }
@@ -272,6 +283,8 @@ impl App {
                     })
                     .collect();
                 UpstreamStatus {
+                    blob_connections: u.blob_connections.0,
+                    max_blob_connections: u.blob_connections.1,
                     endpoints,
                     state: h.state(),
                     url: public_url(&url),
@@ -283,6 +296,10 @@ impl App {
                     last_error_at: h.last_error_at,
                     last_latency_ms: h.last_latency_ms,
                     avg_latency_ms: h.avg_latency_ms,
+                    quota_remaining: h.quota_remaining,
+                    quota_limit: h.quota_limit,
+                    quota_window_seconds: h.quota_window_seconds,
+                    quota_at: h.quota_at,
                 }
             })
             .collect();
@@ -325,6 +342,7 @@ impl App {
             chart_day: chart(&samples, &now, 86400, 3600),
             fills: cache.fills_in_progress(),
             singleflight_joins: m.singleflight_joins.get(),
+            fill_pieces_in_flight: m.fill_pieces_in_flight.get(),
             upstreams,
             top_repositories: m
                 .activity

@@ -8,6 +8,10 @@
 use super::status::{ChartPoint, StatusReport};
 use std::fmt::Write;
 
+/// The page's `Content-Security-Policy`: no script, no request to anywhere, not framed;
+/// inline styles only (the page's `<style>` and the bars' widths).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:72em;padding:0 1em;color:#1d2329;background:#fafbfc}
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.6em 0 .5em;border-bottom:1px solid #d8dee4;padding-bottom:.2em}
 .muted{color:#57606a}.cards{display:flex;flex-wrap:wrap;gap:1em}.card{background:#fff;border:1px solid #d8dee4;border-radius:6px;padding:.7em 1em;min-width:12em}
@@ -108,7 +112,7 @@ fn chart(id: &str, points: &[ChartPoint], label_every: usize, unit: &str) -> Str
             h - ch - uh,
             (bw - 1.0).max(0.5),
         );
-        if (n - 1 - i) % label_every == 0 {
+        if (n - 1 - i).is_multiple_of(label_every) {
             let label = if n - 1 - i == 0 {
                 "now".to_string()
             } else {
@@ -227,8 +231,8 @@ pub fn render(r: &StatusReport) -> String {
     // Fills.
     let _ = write!(
         h,
-        "<h2>Fills in progress</h2><p class=\"muted\">Requests that joined a fill under way since start: {}.</p>",
-        r.singleflight_joins
+        "<h2>Fills in progress</h2><p class=\"muted\">Requests that joined a fill under way since start: {}. Ranged pieces of large blobs in flight: <span id=\"pieces\">{}</span>.</p>",
+        r.singleflight_joins, r.fill_pieces_in_flight
     );
     if r.fills.is_empty() {
         h.push_str("<p id=\"fills-none\">None.</p>");
@@ -259,11 +263,26 @@ pub fn render(r: &StatusReport) -> String {
         h.push_str("</table>");
     }
     // Upstreams.
-    h.push_str("<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>name</th><th>URL</th><th>state</th><th class=\"n\">requests</th><th class=\"n\">failures</th><th class=\"n\">latency (last / avg)</th><th>last error</th></tr>");
+    h.push_str("<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>name</th><th>URL</th><th>state</th><th class=\"n\">requests</th><th class=\"n\">failures</th><th class=\"n\">latency (last / avg)</th><th class=\"n\">blob connections</th><th class=\"n\">pull quota left</th><th>last error</th></tr>");
     for u in &r.upstreams {
         let latency = match (u.last_latency_ms, u.avg_latency_ms) {
             (Some(l), Some(a)) => format!("{l:.0} ms / {a:.0} ms"),
             _ => "–".into(),
+        };
+        let quota = match (u.quota_remaining, u.quota_limit) {
+            (Some(left), limit) => {
+                let of = limit.map_or(String::new(), |l| format!(" of {l}"));
+                let window = u
+                    .quota_window_seconds
+                    .map_or(String::new(), |w| format!(" per {}", human_duration(w)));
+                let when = u
+                    .quota_at
+                    .map_or(String::new(), |at| format!(" ({})", ago(r.now, at)));
+                format!(
+                    "<span class=\"quota\" data-value=\"{left}\">{left}{of}{window}{when}</span>"
+                )
+            }
+            (None, _) => "–".into(),
         };
         let err = match (&u.last_error, u.last_error_at) {
             (Some(e), Some(at)) => format!("{} ({})", esc(e), ago(r.now, at)),
@@ -271,7 +290,7 @@ pub fn render(r: &StatusReport) -> String {
         };
         let _ = write!(
             h,
-            "<tr class=\"upstream\" data-name=\"{}\" data-state=\"{}\" data-requests=\"{}\"><td>{}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{latency}</td><td>{err}</td></tr>",
+            "<tr class=\"upstream\" data-name=\"{}\" data-state=\"{}\" data-requests=\"{}\"><td>{}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{latency}</td><td class=\"n\">{} / {}</td><td class=\"n\">{quota}</td><td>{err}</td></tr>",
             esc(&u.name),
             u.state,
             u.requests,
@@ -281,12 +300,14 @@ pub fn render(r: &StatusReport) -> String {
             u.state,
             u.requests,
             u.failures,
+            u.blob_connections,
+            u.max_blob_connections,
         );
         if u.endpoints.len() > 1 {
             for (i, e) in u.endpoints.iter().enumerate() {
                 let _ = write!(
                     h,
-                    "<tr class=\"endpoint\" data-upstream=\"{}\" data-url=\"{}\" data-state=\"{}\"><td class=\"muted\">endpoint {}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td colspan=\"4\"></td></tr>",
+                    "<tr class=\"endpoint\" data-upstream=\"{}\" data-url=\"{}\" data-state=\"{}\"><td class=\"muted\">endpoint {}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td colspan=\"6\"></td></tr>",
                     esc(&u.name),
                     esc(&e.url),
                     e.state,

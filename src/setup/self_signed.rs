@@ -1,6 +1,13 @@
 //! `sparkcr-edge tls self-signed`: a small private CA and a server certificate for sites
 //! without one, covering the edge's host name and every alias host (`docker.edge.lan`, ...),
 //! plus how to make Docker, containerd and Podman trust it.
+//!
+//! The CA carries X.509 name constraints: it may sign only for the names it was made for
+//! (each DNS name as a subtree, so `docker.<host>` is covered by `<host>`; each IP address
+//! exactly; no IP address at all when it was made for none). Trusting it system-wide then
+//! cannot let whoever holds its key impersonate `github.com`. `--force` issues from the
+//! existing CA only names inside its constraints; a CA made before constraints existed
+//! keeps working, and `check-config` warns about it ([`unconstrained_ca_warning`]).
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +33,12 @@ pub enum SelfSignedError {
     },
     #[error("{0:?} is not a DNS name or IP address")]
     BadName(String),
+    #[error("{name:?} is outside the names the CA at {ca} may sign for ({allowed}); pass --new-ca to make a CA for the new names (every client must then trust the new ca.pem)")]
+    OutsideCa {
+        name: String,
+        ca: PathBuf,
+        allowed: String,
+    },
 }
 
 impl SelfSignedError {
@@ -39,6 +52,7 @@ impl SelfSignedError {
                 | SelfSignedError::BadName(_)
                 | SelfSignedError::NoCaKey(_)
                 | SelfSignedError::BadCa(..)
+                | SelfSignedError::OutsideCa { .. }
         )
     }
 }
@@ -119,7 +133,17 @@ pub fn generate(
         }
         let key = rcgen::KeyPair::from_pem(&read(&ca_key_path)?)
             .map_err(|e| SelfSignedError::BadCa(ca_key_path.clone(), e))?;
-        (read(&ca_path)?, key)
+        let ca_pem = read(&ca_path)?;
+        if let Some(allowed) = CaNames::of_pem(&ca_pem) {
+            if let Some(outside) = names.iter().find(|n| !allowed.permits(n)) {
+                return Err(SelfSignedError::OutsideCa {
+                    name: outside.clone(),
+                    ca: ca_path,
+                    allowed: allowed.to_string(),
+                });
+            }
+        }
+        (ca_pem, key)
     } else {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
@@ -131,6 +155,7 @@ pub fn generate(
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
         ];
+        ca_params.name_constraints = Some(name_constraints(names));
         valid_from_now(&mut ca_params, CA_VALID_DAYS);
         let key = rcgen::KeyPair::generate()?;
         let ca = ca_params.self_signed(&key)?;
@@ -197,6 +222,155 @@ pub fn generate(
     })
 }
 
+/// The CA's name constraints for `names`: each DNS name as a subtree (a leading `*.`
+/// dropped; a name under another one listed adds nothing), each IP address exactly; with
+/// no IP address among them, every IPv4 and IPv6 address is excluded.
+fn name_constraints(names: &[String]) -> rcgen::NameConstraints {
+    let dns: Vec<String> = names
+        .iter()
+        .filter(|n| n.parse::<std::net::IpAddr>().is_err())
+        .map(|n| n.trim_start_matches("*.").to_ascii_lowercase())
+        .collect();
+    let mut permitted: Vec<rcgen::GeneralSubtree> = Vec::new();
+    for d in &dns {
+        let covered = dns.iter().any(|o| o != d && under_dns(d, o));
+        let listed = permitted
+            .iter()
+            .any(|p| matches!(p, rcgen::GeneralSubtree::DnsName(x) if x == d));
+        if !covered && !listed {
+            permitted.push(rcgen::GeneralSubtree::DnsName(d.clone()));
+        }
+    }
+    let ips: Vec<std::net::IpAddr> = names.iter().filter_map(|n| n.parse().ok()).collect();
+    for ip in &ips {
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        permitted.push(rcgen::GeneralSubtree::IpAddress(
+            rcgen::CidrSubnet::from_addr_prefix(*ip, bits),
+        ));
+    }
+    let excluded = if ips.is_empty() {
+        vec![
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::from_v4_prefix([0; 4], 0)),
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::from_v6_prefix([0; 16], 0)),
+        ]
+    } else {
+        Vec::new()
+    };
+    rcgen::NameConstraints {
+        permitted_subtrees: permitted,
+        excluded_subtrees: excluded,
+    }
+}
+
+/// Whether DNS name `name` is `base` or under it.
+fn under_dns(name: &str, base: &str) -> bool {
+    let (name, base) = (name.to_ascii_lowercase(), base.to_ascii_lowercase());
+    name == base || name.ends_with(&format!(".{base}"))
+}
+
+/// The names a CA certificate's name constraints let it sign for (permitted DNS subtrees
+/// and IP ranges; the edge's CAs exclude nothing else).
+pub struct CaNames {
+    dns: Vec<String>,
+    ips: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl CaNames {
+    /// The constraints of the CA in `pem`; `None` when it has none (or cannot be read).
+    pub fn of_pem(pem: &str) -> Option<CaNames> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+        CaNames::of_cert(&pem.parse_x509().ok()?)
+    }
+
+    /// [`of_pem`](Self::of_pem) for a parsed certificate.
+    fn of_cert(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<CaNames> {
+        use x509_parser::extensions::GeneralName;
+        let nc = cert.name_constraints().ok()??.value;
+        let mut names = CaNames {
+            dns: Vec::new(),
+            ips: Vec::new(),
+        };
+        for sub in nc.permitted_subtrees.iter().flatten() {
+            match &sub.base {
+                GeneralName::DNSName(d) => names.dns.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) if b.len() == 8 || b.len() == 32 => {
+                    let (a, m) = b.split_at(b.len() / 2);
+                    names.ips.push((a.to_vec(), m.to_vec()));
+                }
+                _ => {}
+            }
+        }
+        Some(names)
+    }
+
+    /// Whether a certificate for `name` (a DNS name, `*.` wildcard, or an IP address)
+    /// issued by this CA would be valid.
+    pub fn permits(&self, name: &str) -> bool {
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                let octets = match ip {
+                    std::net::IpAddr::V4(v) => v.octets().to_vec(),
+                    std::net::IpAddr::V6(v) => v.octets().to_vec(),
+                };
+                self.ips.iter().any(|(a, m)| {
+                    a.len() == octets.len()
+                        && octets
+                            .iter()
+                            .zip(a)
+                            .zip(m)
+                            .all(|((o, a), m)| o & m == a & m)
+                })
+            }
+            Err(_) => {
+                let name = name.trim_start_matches("*.");
+                self.dns.iter().any(|d| under_dns(name, d))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for CaNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self.dns.iter().map(|d| format!("{d} and below")).collect();
+        for (a, _) in &self.ips {
+            let ip = match a.len() {
+                4 => <[u8; 4]>::try_from(a.as_slice())
+                    .map(std::net::IpAddr::from)
+                    .ok(),
+                _ => <[u8; 16]>::try_from(a.as_slice())
+                    .map(std::net::IpAddr::from)
+                    .ok(),
+            };
+            if let Some(ip) = ip {
+                parts.push(ip.to_string());
+            }
+        }
+        if parts.is_empty() {
+            f.write_str("no names")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
+/// A warning when the CA beside the served certificate (`ca.pem` in its directory, as
+/// `tls self-signed` writes it) has no name constraints: it was made by an older
+/// sparkcr-edge, and whoever holds its key can issue a certificate for any name that
+/// clients trusting it accept.
+pub fn unconstrained_ca_warning(cert: &Path) -> Option<String> {
+    let ca = cert.parent()?.join("ca.pem");
+    let pem = std::fs::read_to_string(&ca).ok()?;
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = parsed.parse_x509().ok()?;
+    if !cert.is_ca() || CaNames::of_cert(&cert).is_some() {
+        return None;
+    }
+    Some(format!(
+        "{}: this CA has no name constraints, so whoever holds its key (ca-key.pem) can issue a certificate for any name, and every client that trusts it will accept it; make a constrained CA with `sparkcr-edge tls self-signed --new-ca` (then every client must trust the new ca.pem)",
+        ca.display()
+    ))
+}
+
 /// The `certs.d` directory name Docker, Podman and containerd look in for `host`: with the
 /// port whenever the TLS listener is not on 443 (`certs.d/edge.lan:8443/`).
 pub fn certs_d_dir(host: &str, tls_port: Option<u16>) -> String {
@@ -210,8 +384,23 @@ pub fn certs_d_dir(host: &str, tls_port: Option<u16>) -> String {
 /// `tls_port` (the first TLS listener's port, if any).
 pub fn trust_instructions(ca: &Path, hosts: &[String], tls_port: Option<u16>) -> String {
     let hosts: Vec<String> = hosts.iter().map(|h| certs_d_dir(h, tls_port)).collect();
+    let what_trust_means = match std::fs::read_to_string(ca)
+        .ok()
+        .and_then(|p| CaNames::of_pem(&p))
+    {
+        Some(names) => format!(
+            "This CA may sign only for {names} (its name constraints): a client that trusts it\n\
+             accepts it for those names and nothing else. Keep ca-key.pem secret: whoever holds\n\
+             it can issue certificates for them.\n\n"
+        ),
+        None => {
+            "This CA has no name constraints: a client that trusts it accepts whatever it signs,\n\
+                 for any name. Keep ca-key.pem secret, or make a constrained CA with --new-ca.\n\n"
+                .to_string()
+        }
+    };
     let mut s = format!(
-        "Copy {ca} to each client, then trust it:\n\n\
+        "{what_trust_means}Copy {ca} to each client, then trust it:\n\n\
          # system-wide (Debian/Ubuntu; also covers containerd, CRI-O, skopeo and curl)\n\
          sudo cp ca.pem /usr/local/share/ca-certificates/sparkcr-edge.crt && sudo update-ca-certificates\n",
         ca = ca.display()
@@ -380,23 +569,134 @@ mod tests {
         let ca_before = std::fs::read(&first.ca).expect("ca");
         let old_trust = dir.path().join("old-ca.pem");
         std::fs::write(&old_trust, &ca_before).expect("copy");
-        // --force with a new name: same CA, new leaf covering it.
-        let names = names_for("edge.lan", &[], &["cache.lan".into()]);
+        // --force with a new alias host: same CA, new leaf covering it.
+        let names = names_for("edge.lan", &["quay".into()], &[]);
         let again = generate(dir.path(), &names, Replace::ServerCertificate).expect("reissue");
         assert!(!again.new_ca);
         assert_eq!(std::fs::read(&again.ca).expect("ca"), ca_before);
-        verifies(&old_trust, &again.cert, "cache.lan").expect("old CA trusts the new cert");
+        verifies(&old_trust, &again.cert, "quay.edge.lan").expect("old CA trusts the new cert");
+        // --force with a name outside the CA's constraints: refused, saying what to do.
+        let names = names_for("edge.lan", &[], &["cache.lan".into()]);
+        match generate(dir.path(), &names, Replace::ServerCertificate) {
+            Err(e @ SelfSignedError::OutsideCa { .. }) => {
+                assert!(e.is_usage_error());
+                let text = e.to_string();
+                assert!(
+                    text.contains("cache.lan") && text.contains("--new-ca"),
+                    "{text}"
+                );
+                assert!(text.contains("edge.lan and below"), "{text}");
+            }
+            Err(e) => panic!("expected OutsideCa, got {e}"),
+            Ok(_) => panic!("a name outside the CA's constraints was issued"),
+        }
+        assert_eq!(
+            std::fs::read(&first.ca).expect("ca"),
+            ca_before,
+            "nothing replaced"
+        );
         // --new-ca: a different CA the old trust does not cover.
         let fresh = generate(dir.path(), &names, Replace::Everything).expect("new ca");
         assert!(fresh.new_ca);
         assert_ne!(std::fs::read(&fresh.ca).expect("ca"), ca_before);
         assert!(verifies(&old_trust, &fresh.cert, "edge.lan").is_err());
         verifies(&fresh.ca, &fresh.cert, "edge.lan").expect("new CA trusts it");
+        verifies(&fresh.ca, &fresh.cert, "cache.lan").expect("and its new name");
         // A CA without its key (an older install) cannot be reused, and says what to do.
         std::fs::remove_file(dir.path().join("ca-key.pem")).expect("rm");
         let Err(err) = generate(dir.path(), &names, Replace::ServerCertificate) else {
             panic!("a CA without its key was reused");
         };
         assert!(err.to_string().contains("--new-ca"), "{err}");
+    }
+
+    /// A leaf for `host` signed with the CA key in `dir` (as someone holding ca-key.pem
+    /// could make), written to `dir/<host>.pem` with the chain.
+    fn forged_leaf(dir: &Path, host: &str) -> PathBuf {
+        let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
+        let key = rcgen::KeyPair::from_pem(
+            &std::fs::read_to_string(dir.join("ca-key.pem")).expect("ca key"),
+        )
+        .expect("key");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, &key).expect("issuer");
+        let mut leaf = rcgen::CertificateParams::new(vec![host.to_string()]).expect("params");
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = leaf
+            .signed_by(&rcgen::KeyPair::generate().expect("key"), &issuer)
+            .expect("sign");
+        let path = dir.join(format!("{host}.pem"));
+        std::fs::write(&path, format!("{}{ca_pem}", cert.pem())).expect("write");
+        path
+    }
+
+    #[test]
+    fn the_ca_cannot_vouch_for_other_names() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = names_for("edge.lan", &["docker".into()], &["10.1.2.3".into()]);
+        let out = generate(dir.path(), &names, Replace::Nothing).expect("generate");
+        let allowed =
+            CaNames::of_pem(&std::fs::read_to_string(&out.ca).expect("ca")).expect("constrained");
+        for ok in [
+            "edge.lan",
+            "docker.edge.lan",
+            "*.edge.lan",
+            "x.y.edge.lan",
+            "10.1.2.3",
+        ] {
+            assert!(allowed.permits(ok), "{ok}");
+        }
+        for no in ["github.com", "evil-edge.lan", "lan", "10.1.2.4", "::1"] {
+            assert!(!allowed.permits(no), "{no}");
+        }
+        // What a verifier says: a certificate for another name, made with the CA's own
+        // key, is refused; one for a name inside is accepted.
+        let github = forged_leaf(dir.path(), "github.com");
+        assert!(verifies(&out.ca, &github, "github.com").is_err());
+        let inside = forged_leaf(dir.path(), "registry.edge.lan");
+        verifies(&out.ca, &inside, "registry.edge.lan").expect("inside the constraints");
+        // The instructions say what trusting it means, and serving it raises no warning.
+        let text = trust_instructions(&out.ca, &names, Some(443));
+        assert!(
+            text.contains("may sign only for edge.lan and below, 10.1.2.3"),
+            "{text}"
+        );
+        assert_eq!(unconstrained_ca_warning(&out.cert), None);
+
+        // Without an IP address among the names, it may sign for no IP address at all.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let out2 = generate(
+            dir2.path(),
+            &names_for("edge.lan", &[], &[]),
+            Replace::Nothing,
+        )
+        .expect("generate");
+        let ip = forged_leaf(dir2.path(), "192.168.1.1");
+        assert!(verifies(&out2.ca, &ip, "192.168.1.1").is_err());
+    }
+
+    #[test]
+    fn a_ca_without_constraints_is_warned_about_and_keeps_working() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A CA as older releases made it: no name constraints.
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = ca.self_signed(&key).expect("self-signed");
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).expect("ca");
+        std::fs::write(dir.path().join("ca-key.pem"), key.serialize_pem()).expect("key");
+        let names = names_for("edge.lan", &[], &["cache.lan".into()]);
+        // --force issues from it (any name: it has no constraints to check).
+        let out = generate(dir.path(), &names, Replace::ServerCertificate).expect("reissue");
+        verifies(&out.ca, &out.cert, "cache.lan").expect("still trusted");
+        let warning = unconstrained_ca_warning(&out.cert).expect("a warning");
+        assert!(
+            warning.contains("no name constraints") && warning.contains("--new-ca"),
+            "{warning}"
+        );
+        let text = trust_instructions(&out.ca, &names, None);
+        assert!(text.contains("no name constraints"), "{text}");
     }
 }

@@ -158,7 +158,10 @@ impl SharedTier {
                     .with_virtual_hosted_style_request(true);
             }
         }
-        if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+        let secret = cfg.secret_key().map_err(|e| {
+            SharedError::Config(format!("storage.shared.secret_access_key_file: {e}"))
+        })?;
+        if let (Some(id), Some(secret)) = (&cfg.access_key_id, &secret) {
             builder = builder
                 .with_access_key_id(id)
                 .with_secret_access_key(secret);
@@ -359,6 +362,7 @@ impl SharedTier {
             response: BlobResponse {
                 size: Some(size),
                 start: 0,
+                partial: false,
                 body: BlobBody::from_stream(stream),
             },
             repo,

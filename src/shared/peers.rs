@@ -77,7 +77,9 @@ impl Cluster {
             self_url: cfg.self_url.trim_end_matches('/').to_string(),
             timeout: cfg.peer_timeout.get(),
             client,
-            token: cfg.token.clone(),
+            token: cfg
+                .token_secret()
+                .map_err(|e| format!("cluster.token_file: {e}"))?,
             metrics,
         })))
     }
@@ -127,6 +129,7 @@ impl Cluster {
         Some(BlobResponse {
             size,
             start: 0,
+            partial: false,
             body: BlobBody::from_stream(body),
         })
     }

@@ -155,19 +155,22 @@ impl Budget {
 
     // ---- reservations and eviction -----------------------------------------------------
 
-    /// Reserves `needed` bytes, evicting least-recently-used unpinned content down to the
-    /// low watermark if they do not fit.
-    pub fn reserve(&self, needed: u64) -> Result<(), StoreError> {
-        let mut l = self.lock();
-        self.reserve_locked(&mut l, needed)
+    /// Refuses a blob of `size` bytes that could never fit (larger than the whole budget),
+    /// without reserving or evicting anything.
+    pub fn check_fits(&self, size: u64) -> Result<(), StoreError> {
+        if size > self.max_size {
+            return Err(StoreError::NoSpace {
+                needed: size,
+                budget: self.max_size,
+            });
+        }
+        Ok(())
     }
 
     fn reserve_locked(&self, l: &mut Ledger, needed: u64) -> Result<(), StoreError> {
+        self.check_fits(needed)?;
         let budget = self.max_size;
         let no_space = StoreError::NoSpace { needed, budget };
-        if needed > budget {
-            return Err(no_space);
-        }
         let t = &l.totals;
         if t.stored_bytes + t.reserved_bytes + needed > budget {
             let target = self.low_watermark().saturating_sub(needed);
@@ -243,12 +246,11 @@ impl Budget {
     // ---- fills -------------------------------------------------------------------------
 
     /// Pins chunk `id` for a fill (so nobody unlinks it while the fill may reuse or write
-    /// it), reserving `reserve` bytes first when the fill's size was not known.
-    pub fn pin_chunk(&self, id: ChunkId, reserve: Option<u64>) -> Result<(), StoreError> {
+    /// it), reserving its `len` bytes first (evicting down to the low watermark if they do
+    /// not fit).
+    pub fn pin_chunk(&self, id: ChunkId, len: u64) -> Result<(), StoreError> {
         let mut l = self.lock();
-        if let Some(n) = reserve {
-            self.reserve_locked(&mut l, n)?;
-        }
+        self.reserve_locked(&mut l, len)?;
         *l.chunk_pins.entry(id).or_insert(0) += 1;
         Ok(())
     }

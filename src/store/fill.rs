@@ -98,17 +98,18 @@ pub(crate) struct ChunkSink {
 }
 
 impl ChunkSink {
-    /// Starts a sink for blob `digest`; with `expected_size`, that many bytes are reserved
-    /// in the budget now (evicting if needed), else each chunk as it is named.
+    /// Starts a sink for blob `digest`. Nothing is reserved (nor evicted) for bytes that
+    /// have not arrived: each chunk is reserved in the budget as it is named, whatever size
+    /// was announced (a client or an upstream can announce any `Content-Length`). An
+    /// `expected_size` larger than the whole budget is refused at once, and the bytes
+    /// written are checked against it.
     pub fn begin(
         parts: &FillParts,
         digest: Digest,
         expected_size: Option<u64>,
     ) -> Result<ChunkSink, StoreError> {
-        let mut reserved = 0;
         if let Some(size) = expected_size {
-            parts.budget.reserve(size)?;
-            reserved = size;
+            parts.budget.check_fits(size)?;
         }
         let chunk_size = parts.chunk_size;
         Ok(ChunkSink {
@@ -120,7 +121,7 @@ impl ChunkSink {
             completed: Vec::new(),
             placed: Vec::new(),
             pinned: Vec::new(),
-            reserved,
+            reserved: 0,
             written: 0,
             committed: false,
             write_back_early: false,
@@ -187,8 +188,8 @@ impl ChunkSink {
         Ok(())
     }
 
-    /// Names the chunk being assembled: reserves (if the size was unknown), pins, and moves
-    /// it into place unless an identical chunk file is already there.
+    /// Names the chunk being assembled: reserves its bytes, pins it, and moves it into place
+    /// unless an identical chunk file is already there.
     fn seal(&mut self) -> Result<(), StoreError> {
         let Some(cur) = self.current.take() else {
             return Ok(());
@@ -206,9 +207,8 @@ impl ChunkSink {
             StoreError::InvalidOptions(format!("chunk of {} bytes is too large", cur.len))
         })?;
         let id = ChunkId::from_bytes(*cur.hasher.finalize().as_bytes());
-        let reserve = self.expected_size.is_none().then_some(u64::from(len));
-        self.parts.budget.pin_chunk(id, reserve)?;
-        self.reserved += reserve.unwrap_or(0);
+        self.parts.budget.pin_chunk(id, u64::from(len))?;
+        self.reserved += u64::from(len);
         self.pinned.push(id);
         // Pinned: nobody unlinks this chunk now, so an existing file can be reused.
         if self.parts.chunks.exists_with_len(&id, len) {

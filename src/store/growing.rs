@@ -227,6 +227,12 @@ impl GrowingBlob {
     }
 
     /// A receiver that changes whenever anything about the blob does.
+    /// How many subscribers wait on this blob (readers following it, waiters on its
+    /// outcome): none means nobody would get the rest of its bytes.
+    pub fn watchers(&self) -> usize {
+        self.changed.receiver_count()
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -343,7 +349,7 @@ pub(crate) fn begin(
     let (sink, keeping) = match ChunkSink::begin(parts, digest, size) {
         Ok(s) => (Sink::Chunks(Box::new(s)), Keeping::Storing),
         Err(e) => {
-            tracing::info!(digest = %digest, reason = %e, "not storing this blob; spooling it for its readers");
+            tracing::warn!(digest = %digest, reason = %e, "not storing this blob (every later pull of it crosses the WAN again); spooling it for its readers");
             spool_or_memory(parts, 0)
         }
     };

@@ -21,6 +21,8 @@
 //! - Stored chunk bytes + manifest bytes + bytes reserved by fills in progress never exceed
 //!   the budget; room is made by evicting least-recently-accessed, unpinned content down to
 //!   a 90 % low watermark. Content being read ([`BlobReader`]) or filled is never evicted.
+//!   A fill reserves its bytes chunk by chunk as they arrive, never a size it was only
+//!   told: nothing is evicted for bytes that may never come.
 //! - Reads stream in frames of at most [`FRAME_BYTES`], never the whole blob in memory.
 //! - A blob being filled is readable while it grows ([`GrowingBlob`]), from any offset,
 //!   whether or not it can be stored; its last byte only once its digest matched.
@@ -250,6 +252,12 @@ impl Store {
     }
 
     /// Chunk bytes + manifest bytes currently stored (reservations not included).
+    /// This edge's id, made the first time it is asked for and kept in the index (so it
+    /// survives restarts and upgrades, and differs between boxes made from one image).
+    pub fn edge_id(&self) -> Result<String, StoreError> {
+        self.inner.index.edge_id()
+    }
+
     pub fn stored_bytes(&self) -> u64 {
         self.inner.budget.totals().stored_bytes
     }
@@ -313,9 +321,11 @@ impl Store {
         self.counted("read", r)
     }
 
-    /// Starts storing blob `d`. With `expected_size`, that many bytes are reserved in the
-    /// budget now (evicting if needed); without, each chunk is reserved as it is written.
-    /// Fails with [`StoreError::NoSpace`] when no room can be made.
+    /// Starts storing blob `d`. Each chunk is reserved in the budget (evicting if needed) as
+    /// it is written, never the announced size ahead of its bytes: a request that announces
+    /// a huge body and sends 16 bytes evicts nothing. Fails with [`StoreError::NoSpace`] at
+    /// once when `expected_size` exceeds the whole budget, else at the chunk for which no
+    /// room can be made.
     pub fn begin_fill(
         &self,
         d: Digest,
@@ -343,6 +353,12 @@ impl Store {
         expected_size: Option<u64>,
     ) -> (Arc<GrowingBlob>, BlobInput, BlobWriter) {
         growing::begin(&self.inner.fill_parts, d, expected_size)
+    }
+
+    /// An unlinked file under the store's `tmp/` for bytes held only while a fill runs (a
+    /// crash leaves nothing behind).
+    pub fn create_spool(&self) -> Result<std::fs::File, StoreError> {
+        self.inner.fill_parts.create_spool()
     }
 
     /// Bytes `offset..offset+len` of a chunk (for maintenance and tests).

@@ -44,7 +44,7 @@ async fn run(round: Arc<Round>) {
     loop {
         tick.tick().await;
         n += 1;
-        let sweep = n % SWEEP_EVERY_ROUNDS == 0;
+        let sweep = n.is_multiple_of(SWEEP_EVERY_ROUNDS);
         let round = Arc::clone(&round);
         let result = tokio::task::spawn_blocking(move || round(sweep)).await;
         match result {

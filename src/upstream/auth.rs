@@ -11,6 +11,7 @@
 
 use super::challenge::Challenge;
 use super::transport::{self, RequestKind, UpstreamMetrics};
+use super::trust::CredentialTrust;
 use super::UpstreamError;
 use crate::config::UpstreamConfig;
 use base64::Engine as _;
@@ -111,15 +112,25 @@ type TokenSlot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
 /// Auth state of one upstream.
 pub(crate) struct Authenticator {
     credentials: Option<Credentials>,
+    /// Which token realms the credentials may be sent to.
+    trust: CredentialTrust,
+    /// Realms refused credentials, so each refusal is logged once.
+    refused_realms: Mutex<Vec<String>>,
     known: Mutex<KnownScheme>,
     tokens: Mutex<HashMap<String, TokenSlot>>,
     metrics: UpstreamMetrics,
 }
 
 impl Authenticator {
-    pub(crate) fn new(credentials: Option<Credentials>, metrics: UpstreamMetrics) -> Self {
+    pub(crate) fn new(
+        credentials: Option<Credentials>,
+        trust: CredentialTrust,
+        metrics: UpstreamMetrics,
+    ) -> Self {
         Authenticator {
             credentials,
+            trust,
+            refused_realms: Mutex::new(Vec::new()),
             known: Mutex::new(KnownScheme::Unknown),
             tokens: Mutex::new(HashMap::new()),
             metrics,
@@ -268,7 +279,7 @@ impl Authenticator {
             query.append_pair("scope", scope);
         }
         let mut request = client.get(url);
-        if let Some(credentials) = &self.credentials {
+        if let Some(credentials) = self.credentials_for(&endpoint.realm) {
             request = request.header(AUTHORIZATION, credentials.basic_header());
         }
         let requested_at = Instant::now();
@@ -291,6 +302,37 @@ impl Authenticator {
             header,
             usable_until: requested_at + usable_lifetime(lifetime),
         })
+    }
+
+    /// The credentials to send to token realm `realm`: none when the trust rule refuses it
+    /// (the token is then asked for anonymously; the refusal is logged once per realm).
+    fn credentials_for(&self, realm: &Url) -> Option<&Credentials> {
+        let credentials = self.credentials.as_ref()?;
+        match self.trust.allows_realm(realm) {
+            Ok(()) => Some(credentials),
+            Err(why) => {
+                let shown = format!(
+                    "{}://{}{}",
+                    realm.scheme(),
+                    realm.host_str().unwrap_or_default(),
+                    realm.port().map(|p| format!(":{p}")).unwrap_or_default()
+                );
+                let mut refused = self
+                    .refused_realms
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if !refused.contains(&shown) {
+                    tracing::warn!(
+                        upstream = %self.trust.upstream(),
+                        realm = %shown,
+                        "not sending the upstream's credentials to this token realm ({}); asking for a token without them",
+                        why.as_sentence()
+                    );
+                    refused.push(shown);
+                }
+                None
+            }
+        }
     }
 
     /// Sends the token request; the token and its lifetime.

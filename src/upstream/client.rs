@@ -2,8 +2,9 @@
 //! upstream's trust settings, timeouts, redirect policy and user agent.
 //!
 //! Owns: the rustls `ClientConfig` (platform verifier plus the PEM roots of `ca_file`, or
-//! an accept-anything verifier when `insecure_skip_verify` is set), ALPN, timeouts. The
-//! proxy comes decided from `proxy` and is only installed here.
+//! an accept-anything verifier when `insecure_skip_verify` is set), ALPN and the HTTP
+//! versions a client may speak ([`Protocols`]), timeouts. The proxy comes decided from
+//! `proxy` and is only installed here.
 //!
 //! Must not: send requests or know about registries, auth or metrics. Each upstream gets
 //! its own client, so one upstream's trust settings never leak into another's.
@@ -26,19 +27,48 @@ pub const MAX_REDIRECTS: usize = 10;
 /// The user agent sent upstream.
 pub const USER_AGENT: &str = concat!("sparkcr-edge/", env!("CARGO_PKG_VERSION"));
 
+/// Which HTTP versions a client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocols {
+    /// HTTP/2 when the server offers it (ALPN h2, then http/1.1): requests to one host
+    /// share one connection. For manifests, tags, tokens, HEADs and pushes.
+    H2OrHttp11,
+    /// HTTP/1.1 only: every request in flight has a connection of its own. For blob GETs:
+    /// one HTTP/2 connection is one TCP flow, so concurrent blobs multiplexed on it share
+    /// one congestion and receive window, and on a long fat path (150 ms RTT, a few MiB in
+    /// flight per flow) N blobs through one connection go about N times slower than N
+    /// connections (issue #28; zot#4333 hit the same). Separate connections also let
+    /// ranged pieces of one blob run side by side.
+    Http11Only,
+}
+
 /// The reqwest client for one upstream. reqwest drops `Authorization` when a redirect
 /// changes host, port or scheme; we rely on that so CDN hosts never see our credentials.
+/// Every client of an endpoint is built here from the same settings (proxy, trust,
+/// timeouts, redirects); only `protocols` differs.
 pub(crate) fn build_http_client(
     cfg: &UpstreamConfig,
     proxy: &ProxyChoice,
+    protocols: Protocols,
+    via: Option<&reqwest::header::HeaderValue>,
 ) -> Result<reqwest::Client, UpstreamError> {
-    let tls = tls_client_config(cfg)?;
+    let tls = tls_client_config(cfg, protocols)?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(v) = via {
+        // Every request says this edge forwarded it, so an edge that gets it back (edges
+        // configured as each other's upstream) refuses it instead of looping.
+        headers.insert(reqwest::header::VIA, v.clone());
+    }
     let mut builder = reqwest::Client::builder()
+        .default_headers(headers)
         .tls_backend_preconfigured(tls)
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-        .http2_adaptive_window(true)
         .pool_idle_timeout(Duration::from_secs(90));
+    builder = match protocols {
+        Protocols::H2OrHttp11 => builder.http2_adaptive_window(true),
+        Protocols::Http11Only => builder.http1_only(),
+    };
     if !cfg.connect_timeout.is_zero() {
         builder = builder.connect_timeout(cfg.connect_timeout.get());
     }
@@ -54,8 +84,12 @@ pub(crate) fn build_http_client(
     })
 }
 
-/// rustls settings for one upstream: ring, TLS 1.2 and 1.3, ALPN h2 then http/1.1.
-fn tls_client_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamError> {
+/// rustls settings for one upstream: ring, TLS 1.2 and 1.3, ALPN h2 then http/1.1 (only
+/// http/1.1 for [`Protocols::Http11Only`], so the server never picks h2 for it).
+fn tls_client_config(
+    cfg: &UpstreamConfig,
+    protocols: Protocols,
+) -> Result<rustls::ClientConfig, UpstreamError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls_error = |e: rustls::Error| {
         UpstreamError::Config(format!("upstream {:?}: TLS setup: {e}", cfg.name))
@@ -87,7 +121,10 @@ fn tls_client_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, Upstr
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = match protocols {
+        Protocols::H2OrHttp11 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Protocols::Http11Only => vec![b"http/1.1".to_vec()],
+    };
     Ok(config)
 }
 

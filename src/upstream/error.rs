@@ -6,7 +6,10 @@
 //! `Retry-After`) or `Status`, with the OCI error JSON body (read with a small bound) as
 //! the message; `Retry-After` in both its forms (seconds, HTTP-date).
 //!
-//! Must not: put credentials or tokens in messages, or read unbounded error bodies.
+//! Must not: put credentials or tokens in messages, or read unbounded error bodies, or put
+//! a request's URL in a message (messages reach clients as error details: an internal
+//! endpoint, a token realm's query or a CDN's signed URL is not theirs to see; the URL is
+//! logged at debug level instead).
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -124,7 +127,7 @@ impl UpstreamError {
 
     /// A transport-level failure from reqwest (no HTTP status to go by).
     pub(crate) fn from_transport(err: &reqwest::Error) -> Self {
-        let detail = error_chain(err);
+        let detail = without_url(err);
         if has_rustls_error(err) {
             UpstreamError::Tls(detail)
         } else if err.is_timeout() {
@@ -141,9 +144,9 @@ impl UpstreamError {
     /// A failure while reading a response body.
     pub(crate) fn from_body(err: &reqwest::Error) -> Self {
         if err.is_timeout() {
-            UpstreamError::Timeout(error_chain(err))
+            UpstreamError::Timeout(without_url(err))
         } else {
-            UpstreamError::Body(error_chain(err))
+            UpstreamError::Body(without_url(err))
         }
     }
 
@@ -254,6 +257,20 @@ fn printable(text: &str) -> String {
 }
 
 /// `outer: inner: innermost`, skipping repeats (reqwest and hyper often repeat a cause).
+/// reqwest's error chain without the request's URL (which reqwest writes as
+/// ` for url (…)`); the URL goes to the debug log.
+fn without_url(err: &reqwest::Error) -> String {
+    let text = error_chain(err);
+    match err.url() {
+        Some(url) => {
+            tracing::debug!(%url, error = %text, "upstream request failed");
+            text.replace(&format!(" for url ({url})"), "")
+                .replace(url.as_str(), "the upstream")
+        }
+        None => text,
+    }
+}
+
 fn error_chain(err: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = vec![err.to_string()];
     let mut source = err.source();
@@ -403,5 +420,32 @@ mod tests {
         assert!(has_rustls_error(&Outer(io)));
         let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert!(!has_rustls_error(&Outer(plain)));
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn transport_errors_do_not_carry_the_request_url() {
+        // Nothing listens on port 1 of loopback: connection refused.
+        let url = "http://127.0.0.1:1/v2/internal/app/blobs/sha256:00?token=s3cret";
+        let err = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .expect_err("nothing listens there");
+        assert!(
+            err.to_string().contains("127.0.0.1:1"),
+            "reqwest names the URL: {err}"
+        );
+        let ours = UpstreamError::from_transport(&err);
+        assert!(matches!(ours, UpstreamError::Connect(_)), "{ours:?}");
+        let text = ours.to_string();
+        for secret in ["127.0.0.1", "internal/app", "s3cret", "for url"] {
+            assert!(!text.contains(secret), "{secret:?} in {text:?}");
+        }
+        assert!(text.starts_with("cannot connect to upstream: "), "{text}");
     }
 }

@@ -119,7 +119,7 @@ impl Upstream {
             if retries == MAX_RATE_LIMIT_RETRIES || waited + wait > self.inner.max_rate_limit_wait {
                 return Ok((response, endpoint));
             }
-            drop(response);
+            transport::discard(response).await;
             tracing::info!(
                 upstream = %self.inner.name,
                 %repo,
@@ -211,7 +211,8 @@ impl Upstream {
             return Ok(first);
         }
         let challenges = challenge::of_headers(first.headers());
-        drop(first);
+        // Read off, so the retry reuses this connection (see `transport::discard`).
+        transport::discard(first).await;
         let retry_auth = reach
             .auth
             .answer(&reach.client, &challenges, scope, proactive.as_ref())
@@ -235,8 +236,14 @@ impl Upstream {
         headers: &HeaderMap,
         authorization: Option<&HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = reach
-            .client
+        // Blob GETs go on connections of their own; everything else shares the other client
+        // (see `client::Protocols`).
+        let client = if kind == RequestKind::Blob && method == Method::GET {
+            &reach.blob_client
+        } else {
+            &reach.client
+        };
+        let mut request = client
             .request(method.clone(), url.clone())
             .headers(headers.clone());
         if let Some(authorization) = authorization {

@@ -8,12 +8,19 @@
 //! of answers to [`ManifestResponse`], [`BlobResponse`] or an [`UpstreamError`] the cache
 //! can act on (`is_unavailable` → serve stale, `is_not_found`).
 //!
+//! Blob GETs go through a second client per endpoint, HTTP/1.1 only, so each download in
+//! flight has a TCP connection of its own (see `client::Protocols`); each takes one of the
+//! upstream's `max_connections` slots before it is sent, and its body holds it and passes
+//! its bytes through the `max_rate` caps (`pacing`). A ranged GET of a blob that was just
+//! redirected to another origin goes straight to the redirect's target (`redirects`).
+//!
 //! Submodules: `client` (reqwest + rustls construction), [`proxy`] (which outbound proxy,
 //! and its precedence), `endpoints` (order and health of an upstream's endpoints),
 //! `exchange` (the endpoint walk, rate-limit waits, auth around each attempt, the prober),
 //! `auth` (credentials, tokens),
 //! [`challenge`] (`WWW-Authenticate` parsing), `transport` (one measured exchange, bounded
-//! bodies), `error`.
+//! bodies), `pacing` (blob slots, rate caps), `redirects` (recent redirect targets),
+//! `error`.
 //!
 //! Must not: import `server`, `registry`, `cache` or `store`; verify digests or store
 //! anything (the cache does); log credentials or tokens.
@@ -24,12 +31,17 @@ mod client;
 mod endpoints;
 mod error;
 mod exchange;
+mod pacing;
 pub mod proxy;
 mod push;
+pub mod quota;
+mod redirects;
 mod transport;
+mod trust;
 
 pub use client::{MAX_REDIRECTS, USER_AGENT};
 pub use error::{retry_after_seconds, UpstreamError};
+pub use pacing::RateLimit;
 pub use push::{MountOutcome, PushError, UpstreamUpload};
 
 use crate::config::{OutboundConfig, UpstreamConfig};
@@ -37,8 +49,11 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepositoryName, MANIFEST_MEDIA_TYPES};
 use auth::{Authenticator, Credentials};
 use bytes::Bytes;
+use client::Protocols;
 use endpoints::Endpoints;
 use futures_util::{Stream, StreamExt};
+use pacing::{BlobSlot, BlobSlots, Pace};
+use redirects::Redirects;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode, Url};
 use std::fmt;
@@ -47,6 +62,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use transport::{content_length, read_limited, RequestKind, UpstreamMetrics};
+use trust::CredentialTrust;
 
 /// Largest manifest accepted from an upstream.
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
@@ -71,11 +87,23 @@ struct Inner {
     metrics: UpstreamMetrics,
     /// `[outbound] max_rate_limit_wait`: the most one request waits out `Retry-After`s.
     max_rate_limit_wait: Duration,
+    /// `max_connections`: one slot per blob GET, held by its body. Other requests take
+    /// none: they go through the other client, so they are never queued behind blobs
+    /// (the reserved slot).
+    blob_slots: BlobSlots,
+    /// The `max_rate` caps every blob body goes through (this upstream's, the edge's).
+    pace: Pace,
+    /// Where recent blob GETs were redirected to.
+    redirects: Redirects,
 }
 
-/// The HTTP client (TLS and proxy settings) and credentials of one endpoint.
+/// The HTTP clients (TLS and proxy settings) and credentials of one endpoint.
 struct Reach {
+    /// Manifests, tags, tokens, HEADs (HTTP/2 when offered: one connection for all).
     client: reqwest::Client,
+    /// Blob GETs only, HTTP/1.1: a connection per download in flight (see
+    /// `client::Protocols`). Same proxy, trust and timeouts as `client`.
+    blob_client: reqwest::Client,
     /// For upstreams with `push = true`: the same settings without a read timeout (reqwest
     /// counts it from the start of the request, so a long upload would hit it).
     push_client: Option<reqwest::Client>,
@@ -102,6 +130,9 @@ pub struct ManifestResponse {
     pub size: Option<u64>,
     /// The manifest bytes, exactly as sent; `None` for HEAD.
     pub body: Option<Bytes>,
+    /// The upstream's own `Cache-Status` (a parent edge's entries, at most 1 KiB), so an
+    /// answer through a chain of edges shows every hop.
+    pub cache_status: Option<String>,
 }
 
 /// A blob download under way.
@@ -113,6 +144,9 @@ pub struct BlobResponse {
     /// Offset of the first body byte in the blob: the requested range start when the
     /// upstream answered 206, else 0 (an upstream may ignore `Range`).
     pub start: u64,
+    /// The upstream answered 206: the body is the requested range, not the whole blob
+    /// (the two look alike by `start` and `size` when the range starts at 0).
+    pub partial: bool,
     pub body: BlobBody,
 }
 
@@ -149,40 +183,91 @@ impl fmt::Debug for BlobBody {
 
 impl Upstream {
     /// The client for `cfg`: reads `password_file` and `ca_file` now; errors name them.
-    /// Each endpoint gets its own HTTP client and credentials (see
+    /// Each endpoint gets its own HTTP clients and credentials (see
     /// [`UpstreamConfig::endpoint_configs`]); its proxy follows its settings, then
-    /// `outbound`, then the process environment.
+    /// `outbound`, then the process environment. `edge_rate` is the edge-wide cap of
+    /// `[outbound] max_rate`, one [`RateLimit`] shared by every upstream (made by the
+    /// caller from `outbound.max_rate`).
     pub fn from_config(
         cfg: &UpstreamConfig,
         outbound: &OutboundConfig,
+        edge_rate: Option<&RateLimit>,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, UpstreamError> {
+        Upstream::from_config_via(cfg, outbound, edge_rate, None, metrics)
+    }
+
+    /// [`from_config`](Self::from_config), with `via` (this edge's hop,
+    /// [`crate::oci::hops::own_hop`]) in a `Via` header on every request that serves no
+    /// client request (one that does carries that request's chain).
+    pub fn from_config_via(
+        cfg: &UpstreamConfig,
+        outbound: &OutboundConfig,
+        edge_rate: Option<&RateLimit>,
+        via: Option<&str>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream, UpstreamError> {
+        let via = via
+            .map(reqwest::header::HeaderValue::from_str)
+            .transpose()
+            .map_err(|e| UpstreamError::Config(format!("Via header: {e}")))?;
+        let via = via.as_ref();
         let env = proxy::ProxyEnv::from_process();
         let upstream_metrics = UpstreamMetrics::new(metrics.clone(), &cfg.name);
         let mut urls = Vec::new();
         let mut reach = Vec::new();
         for endpoint in cfg.endpoint_configs() {
-            urls.push(parse_base_url(&cfg.name, &endpoint.url)?);
+            let url = parse_base_url(&cfg.name, &endpoint.url)?;
+            let trust = CredentialTrust::new(&cfg.name, &url, &cfg.token_hosts);
+            urls.push(url);
             let credentials = Credentials::from_config(&endpoint)?;
             let proxy = proxy::ProxyChoice::choose(&endpoint, outbound, &env);
-            let client = client::build_http_client(&endpoint, &proxy)?;
+            let client = client::build_http_client(&endpoint, &proxy, Protocols::H2OrHttp11, via)?;
+            let blob_client =
+                client::build_http_client(&endpoint, &proxy, Protocols::Http11Only, via)?;
             let push_client = if cfg.push {
                 let unbounded = UpstreamConfig {
                     read_timeout: crate::config::HumanDuration(Duration::ZERO),
                     ..endpoint.clone()
                 };
-                Some(client::build_http_client(&unbounded, &proxy)?)
+                Some(client::build_http_client(
+                    &unbounded,
+                    &proxy,
+                    Protocols::H2OrHttp11,
+                    via,
+                )?)
             } else {
                 None
             };
             tracing::info!(upstream = %cfg.name, endpoint = %endpoint.url, "outbound: {}", proxy.describe());
             reach.push(Reach {
                 client,
+                blob_client,
                 push_client,
-                auth: Authenticator::new(credentials, upstream_metrics.clone()),
+                auth: Authenticator::new(credentials, trust, upstream_metrics.clone()),
             });
         }
         let endpoints = Endpoints::new(&cfg.name, urls, &metrics);
+        let label = [cfg.name.as_str()];
+        let blob_slots = BlobSlots::new(
+            cfg.max_connections,
+            metrics
+                .upstream_blob_connections_in_use
+                .with_label_values(&label),
+            metrics.upstream_blob_slot_waits.with_label_values(&label),
+        );
+        let rate_limits = cfg
+            .max_rate
+            .map(RateLimit::new)
+            .into_iter()
+            .chain(edge_rate.cloned())
+            .collect();
+        let pace = Pace::new(
+            rate_limits,
+            metrics
+                .upstream_rate_limited_seconds
+                .with_label_values(&label),
+        );
         let upstream = Upstream {
             inner: Arc::new(Inner {
                 name: cfg.name.clone(),
@@ -190,6 +275,9 @@ impl Upstream {
                 reach,
                 metrics: upstream_metrics,
                 max_rate_limit_wait: outbound.max_rate_limit_wait.get(),
+                blob_slots,
+                pace,
+                redirects: Redirects::default(),
             }),
         };
         if upstream.inner.endpoints.len() > 1 {
@@ -213,6 +301,16 @@ impl Upstream {
                 (url, !e.is_down(i))
             })
             .collect()
+    }
+
+    /// Blob downloads (one connection each) open now, and `max_connections`.
+    pub fn blob_connections(&self) -> (usize, usize) {
+        self.inner.blob_slots.usage()
+    }
+
+    /// Blob downloads that may start now without waiting (of `max_connections`).
+    pub fn blob_slots_free(&self) -> usize {
+        self.inner.blob_slots.free()
     }
 
     /// The upstream's configured name (`docker.io`).
@@ -260,6 +358,12 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
             .filter(|v| !v.is_empty());
+        let cache_status = response
+            .headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 1024)
+            .map(str::to_string);
         if head_only {
             let size = content_length(response.headers());
             let media_type = header_media_type.ok_or_else(|| {
@@ -270,6 +374,7 @@ impl Upstream {
                 media_type,
                 size,
                 body: None,
+                cache_status,
             });
         }
         let body = read_limited(response, MAX_MANIFEST_SIZE, self.inner.metrics.bytes()).await?;
@@ -286,12 +391,19 @@ impl Upstream {
             media_type,
             size: Some(body.len() as u64),
             body: Some(body),
+            cache_status,
         })
     }
 
     /// `GET /v2/<repo>/blobs/<digest>`, following redirects (to CDNs, without our
     /// `Authorization`). `range` is `(start, inclusive end)`; check [`BlobResponse::start`]
     /// to see whether the upstream honoured it.
+    ///
+    /// Waits for one of the upstream's `max_connections` slots first; the body holds it
+    /// until it ends or is dropped, and its bytes are paced by `max_rate`. Each download in
+    /// flight has its own connection, so several ranged GETs of one blob may run at once.
+    /// A ranged GET of a blob redirected to another origin (a CDN) less than a minute ago
+    /// goes straight to the redirect's target; if that fails, to the registry as usual.
     pub async fn blob(
         &self,
         repo: &RepositoryName,
@@ -315,6 +427,12 @@ impl Upstream {
                 HeaderValue::from_str(&value).expect("digits and dashes are a valid header value"),
             );
         }
+        let slot = self.inner.blob_slots.acquire().await;
+        if range.is_some() {
+            if let Some(response) = self.get_redirect_target(repo, digest, &headers).await {
+                return self.blob_response(response, range, slot);
+            }
+        }
         // A resume goes first to the endpoint that sent the start of the blob.
         let prefer = range.and_then(|_| self.inner.endpoints.pinned(digest));
         let (response, endpoint) = self
@@ -329,7 +447,61 @@ impl Upstream {
             .await?;
         let response = success_or_error(response).await?;
         self.inner.endpoints.pin(digest, endpoint);
-        let (start, size) = if response.status() == StatusCode::PARTIAL_CONTENT {
+        // Only a redirect to another origin is remembered: reqwest dropped our
+        // `Authorization` on the way there, so the target answers without it (a redirect
+        // within the registry kept it, and the target may need it).
+        let asked = self.url_at(endpoint, &path, None)?;
+        if response.url().origin() != asked.origin() {
+            self.inner
+                .redirects
+                .remember(repo, digest, response.url().clone(), endpoint);
+        }
+        self.blob_response(response, range, slot)
+    }
+
+    /// A GET of the target `digest` in `repo` was redirected to lately, if there is one
+    /// and it answers 200 or 206: sent without `Authorization` (the target is signed),
+    /// through the blob client of the endpoint that was redirected. Any other answer
+    /// forgets the target.
+    async fn get_redirect_target(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        headers: &HeaderMap,
+    ) -> Option<reqwest::Response> {
+        let (url, endpoint) = self.inner.redirects.target(repo, digest)?;
+        let reach = self.inner.reach.get(endpoint)?;
+        let request = reach.blob_client.get(url).headers(headers.clone());
+        match transport::send(&self.inner.metrics, RequestKind::Blob, request).await {
+            Ok(response)
+                if matches!(
+                    response.status(),
+                    StatusCode::OK | StatusCode::PARTIAL_CONTENT
+                ) =>
+            {
+                return Some(response);
+            }
+            Ok(response) => {
+                tracing::debug!(upstream = %self.inner.name, %repo, %digest, status = response.status().as_u16(), "redirect target refused; asking the registry again");
+                transport::discard(response).await;
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %self.inner.name, %repo, %digest, error = %e, "redirect target failed; asking the registry again");
+            }
+        }
+        self.inner.redirects.forget(repo, digest);
+        None
+    }
+
+    /// The [`BlobResponse`] of a 200 or 206 to a GET for `range`; its body holds `slot`.
+    fn blob_response(
+        &self,
+        response: reqwest::Response,
+        range: Option<(u64, Option<u64>)>,
+        slot: BlobSlot,
+    ) -> Result<BlobResponse, UpstreamError> {
+        let partial = response.status() == StatusCode::PARTIAL_CONTENT;
+        let (start, size) = if partial {
             let (start, total) = response
                 .headers()
                 .get(CONTENT_RANGE)
@@ -348,18 +520,16 @@ impl Upstream {
         } else {
             (0, content_length(response.headers()))
         };
-        let bytes_counter = self.inner.metrics.bytes().clone();
-        let stream = response.bytes_stream().map(move |chunk| match chunk {
-            Ok(bytes) => {
-                bytes_counter.inc_by(bytes.len() as u64);
-                Ok(bytes)
-            }
-            Err(err) => Err(UpstreamError::from_body(&err)),
-        });
         Ok(BlobResponse {
             size,
             start,
-            body: BlobBody::from_stream(stream),
+            partial,
+            body: paced_body(
+                response,
+                slot,
+                self.inner.pace.clone(),
+                self.inner.metrics.bytes().clone(),
+            ),
         })
     }
 
@@ -477,9 +647,51 @@ impl Upstream {
     }
 }
 
+/// A blob body: counts `upstream_bytes`, passes the bytes through `pace` as they arrive
+/// (a body over its rate waits before yielding, so its connection is read no faster), and
+/// holds `slot` until it ends, fails or is dropped.
+fn paced_body(
+    response: reqwest::Response,
+    slot: BlobSlot,
+    pace: Pace,
+    bytes_counter: prometheus::IntCounter,
+) -> BlobBody {
+    type Chunks = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+    struct Reading {
+        chunks: Chunks,
+        pace: Pace,
+        bytes_counter: prometheus::IntCounter,
+        _slot: BlobSlot,
+    }
+    let reading = Reading {
+        chunks: Box::pin(response.bytes_stream()),
+        pace,
+        bytes_counter,
+        _slot: slot,
+    };
+    // `None` once the body ended or failed: the slot is given back then.
+    let stream = futures_util::stream::unfold(Some(reading), |reading| async move {
+        let mut reading = reading?;
+        match reading.chunks.next().await? {
+            Ok(bytes) => {
+                reading.bytes_counter.inc_by(bytes.len() as u64);
+                if !reading.pace.is_unlimited() {
+                    reading.pace.pace(bytes.len()).await;
+                }
+                Some((Ok(bytes), Some(reading)))
+            }
+            Err(err) => Some((Err(UpstreamError::from_body(&err)), None)),
+        }
+    });
+    BlobBody::from_stream(stream)
+}
+
 /// A configured endpoint URL as an API root: http(s), ending in `/` so paths join under it.
 fn parse_base_url(name: &str, text: &str) -> Result<Url, UpstreamError> {
-    let bad = |why: &str| UpstreamError::Config(format!("upstream {name:?}: url {text:?} {why}"));
+    let bad = |why: &str| {
+        let shown = crate::config::outbound::redacted_url(text);
+        UpstreamError::Config(format!("upstream {name:?}: url {shown:?} {why}"))
+    };
     let mut url = Url::parse(text).map_err(|e| bad(&format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("must start with http:// or https://"));

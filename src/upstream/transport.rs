@@ -79,6 +79,26 @@ impl UpstreamMetrics {
             .inc();
     }
 
+    /// What the upstream last said about its pull quota (`/metrics`, the status page).
+    pub(crate) fn quota(&self, q: &super::quota::Quota) {
+        let m = &self.metrics;
+        let up = [self.upstream.as_str()];
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        m.upstream_quota_remaining
+            .with_label_values(&up)
+            .set(gauge(q.remaining));
+        if let Some(l) = q.limit {
+            m.upstream_quota_limit.with_label_values(&up).set(gauge(l));
+        }
+        if let Some(w) = q.window_seconds {
+            m.upstream_quota_window_seconds
+                .with_label_values(&up)
+                .set(gauge(w));
+        }
+        m.activity
+            .upstream_quota(&self.upstream, q.remaining, q.limit, q.window_seconds);
+    }
+
     /// One rate-limit wait before a retry.
     pub(crate) fn rate_limit_wait(&self) {
         self.metrics
@@ -101,9 +121,20 @@ pub(crate) async fn send(
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, UpstreamError> {
     let started = std::time::Instant::now();
+    // The chain of the client request this one serves, when there is one (else the
+    // client's default `Via`: this edge's hop alone).
+    let request = match crate::oci::hops::current()
+        .and_then(|v| reqwest::header::HeaderValue::from_str(&v).ok())
+    {
+        Some(via) => request.header(reqwest::header::VIA, via),
+        None => request,
+    };
     match request.send().await {
         Ok(response) => {
             metrics.request(kind, response.status().as_str());
+            if let Some(q) = super::quota::read(response.headers()) {
+                metrics.quota(&q);
+            }
             metrics.answered(Ok(response.status().as_u16()), started.elapsed());
             Ok(response)
         }
@@ -115,6 +146,27 @@ pub(crate) async fn send(
             Err(error)
         }
     }
+}
+
+/// Most bytes of an unused body [`discard`] reads, and how long it waits for them.
+const DISCARD_LIMIT: usize = 64 * 1024;
+const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the rest of a response that will not be used (a 401 before the retry with a
+/// token, a 429 waited out), when it is short and arrives quickly, so that its HTTP/1.1
+/// connection goes back to the pool: the retry then reuses it instead of paying a new TCP
+/// (and TLS) handshake. A longer or slower body is dropped, and its connection with it.
+pub(crate) async fn discard(mut response: reqwest::Response) {
+    let drain = async {
+        let mut left = DISCARD_LIMIT;
+        while let Ok(Some(chunk)) = response.chunk().await {
+            if chunk.len() > left {
+                return;
+            }
+            left -= chunk.len();
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_WAIT, drain).await;
 }
 
 /// `Content-Length`, when present and a number. (reqwest's own `content_length()` reports

@@ -29,8 +29,21 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// `squid -N` with its access log in the temp dir.
+    /// `squid -N` with its access log in the temp dir. A squid that exits at start (its
+    /// port taken between `free_port` and its bind, as can happen while other tests start
+    /// servers) is started again on another port, up to three times.
     pub fn squid() -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_squid() {
+                Ok(p) => return p,
+                Err(why) => last = why,
+            }
+        }
+        panic!("squid did not start three times: {last}")
+    }
+
+    fn try_squid() -> Result<Self, String> {
         let dir = tempdir_open_to_all();
         let port = free_port();
         let d = dir.path().display();
@@ -67,7 +80,7 @@ impl ProxyProcess {
             .spawn()
             .expect("start squid (apt-get install squid)");
         let log = dir.path().join("access.log");
-        Self::wait_ready(child, port, dir, log, "squid")
+        Self::start_or_why(child, port, dir, log, "squid")
     }
 
     /// `danted` (SOCKS5, no authentication) logging every connection it passes.
@@ -100,16 +113,17 @@ impl ProxyProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("start danted (apt-get install dante-server)");
-        Self::wait_ready(child, port, dir, log, "danted")
+        Self::start_or_why(child, port, dir, log, "danted").unwrap_or_else(|why| panic!("{why}"))
     }
 
-    fn wait_ready(
+    /// Waits until the proxy listens; `Err` (with the end of its log) when it exits first.
+    fn start_or_why(
         child: Child,
         port: u16,
         dir: tempfile::TempDir,
         log: PathBuf,
         what: &'static str,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let mut p = ProxyProcess {
             child: Some(child),
             port,
@@ -120,15 +134,18 @@ impl ProxyProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(Ok(Some(status))) = p.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "{what} exited at start ({status}); files in {:?}",
-                    p.dir.path()
-                );
+                let log: String = ["cache.log", "sockd.log"]
+                    .iter()
+                    .filter_map(|f| std::fs::read_to_string(p.dir.path().join(f)).ok())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let tail: String = log.lines().rev().take(8).collect::<Vec<_>>().join(" | ");
+                return Err(format!("{what} exited at start ({status}): {tail}"));
             }
             assert!(Instant::now() < deadline, "{what} did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        p
+        Ok(p)
     }
 
     pub fn url(&self, scheme: &str) -> String {

@@ -3,10 +3,13 @@
 //! as registry:2's proxy tests count local and remote ones.
 
 mod fake;
+mod pieces;
+mod ranges;
+mod tags;
 
-use super::{BlobStream, Cache, CacheError, CacheSettings, Requester};
+use super::{BlobStream, Cache, CacheError, CacheSettings, PieceRule, Requester};
 use crate::metrics::Metrics;
-use crate::oci::{Digest, Reference, RepoTarget};
+use crate::oci::{BlobSpan, Digest, Reference, RepoTarget};
 use crate::store::{Store, StoreOptions};
 use fake::{Body, FakeUpstream};
 use futures_util::StreamExt;
@@ -45,6 +48,11 @@ struct Setup {
     follower_stall: Duration,
     upstreams: Vec<&'static str>,
     private: Vec<&'static str>,
+    pieces: PieceRule,
+    unread_grace: Duration,
+    /// The store's byte budget.
+    budget: u64,
+    quota_reserves: HashMap<String, u64>,
 }
 
 impl Default for Setup {
@@ -54,6 +62,10 @@ impl Default for Setup {
             follower_stall: CacheSettings::DEFAULT_FOLLOWER_STALL,
             upstreams: vec![UP],
             private: Vec::new(),
+            pieces: PieceRule::default(),
+            unread_grace: CacheSettings::DEFAULT_UNREAD_GRACE,
+            budget: 1 << 30,
+            quota_reserves: HashMap::new(),
         }
     }
 }
@@ -62,8 +74,8 @@ impl Setup {
     fn build(self) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let metrics = Arc::new(Metrics::new());
-        let store =
-            Store::open(StoreOptions::new(dir.path(), 1 << 30), metrics.clone()).expect("store");
+        let store = Store::open(StoreOptions::new(dir.path(), self.budget), metrics.clone())
+            .expect("store");
         let fakes: HashMap<&'static str, Arc<FakeUpstream>> = self
             .upstreams
             .iter()
@@ -82,6 +94,9 @@ impl Setup {
                 .collect::<HashSet<_>>(),
             hold_commit: Duration::ZERO,
             follower_stall: self.follower_stall,
+            pieces: self.pieces,
+            unread_grace: self.unread_grace,
+            quota_reserves: self.quota_reserves,
         };
         Harness {
             cache: Arc::new(Cache::from_origins(
@@ -108,6 +123,14 @@ impl Harness {
 
     async fn get_blob(&self, repo: &str, d: &Digest) -> Result<Vec<u8>, String> {
         get_blob(&self.cache, &target_on(UP, repo), d).await
+    }
+
+    /// A client's GET of blob `d` of `repo`: the answer, its body not read yet.
+    async fn blob_answer(&self, repo: &str, d: &Digest, what: &str) -> super::BlobAnswer {
+        self.cache
+            .blob_for(&target_on(UP, repo), d, None, false, Requester::Client)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
 
     /// `n` clients GETting blob `d` of `repo` at once.
@@ -258,9 +281,41 @@ async fn a_cached_tag_is_served_stale_while_the_source_is_down_and_nothing_else_
     }
 }
 
+/// #26: a public upstream's tag list is asked once per tag_ttl however many clients list
+/// the repository (at once or one after another), not once per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_list_is_asked_once_per_ttl_and_once_for_concurrent_clients() {
+    let h = Harness::new();
+    h.fake().set_tag_list("team/app", &["v2", "v1"]);
+    let target = target_on(UP, "team/app");
+    let lists: Vec<_> = (0..8)
+        .map(|_| {
+            let (cache, target) = (h.cache.clone(), target.clone());
+            tokio::spawn(async move { cache.tags_list(&target).await })
+        })
+        .collect();
+    for l in lists {
+        let list = l.await.expect("task").expect("list");
+        assert_eq!(list.tags, vec!["v1".to_string(), "v2".to_string()]);
+    }
+    for _ in 0..3 {
+        assert!(h.cache.tags_list(&target).await.is_ok());
+    }
+    assert_eq!(
+        h.fake().calls().tag_pages,
+        1,
+        "one upstream walk for all of them"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_list_is_asked_every_time_and_served_stale_when_the_source_is_down() {
-    let h = Harness::new();
+    // tag_ttl 0: nothing is answered from memory.
+    let h = Setup {
+        tag_ttl: Duration::ZERO,
+        ..Setup::default()
+    }
+    .build();
     h.fake().set_tag_list("team/app", &["v2", "v1"]);
     let target = target_on(UP, "team/app");
     let fresh = h.cache.tags_list(&target).await.expect("fresh");
@@ -361,8 +416,12 @@ async fn a_broken_body_is_resumed_from_the_byte_reached() {
     assert_eq!(
         gets,
         vec![
-            ("team/app".to_string(), None),
-            ("team/app".to_string(), Some(cut as u64))
+            // The first piece's range (the blob is smaller: it is the whole blob).
+            (
+                "team/app".to_string(),
+                BlobSpan::between(0, super::pieces::FIRST_PIECE).expect("span")
+            ),
+            ("team/app".to_string(), BlobSpan::starting_at(cut as u64))
         ]
     );
     assert_eq!(h.metrics.fill_resumes.get(), 1);
@@ -389,6 +448,101 @@ async fn a_digest_mismatch_completes_no_response_and_stores_nothing() {
     assert_eq!(h.fake().calls().blob_gets.len(), 1);
 }
 
+/// A store of 256 KiB (larger blobs pass through, not stored) whose fills stop after
+/// `grace` with no reader.
+fn passing_through(grace: Duration) -> Harness {
+    Setup {
+        budget: 256 << 10,
+        unread_grace: grace,
+        ..Setup::default()
+    }
+    .build()
+}
+
+/// #25 item 5: a blob larger than the budget is passed through, not stored; once every
+/// client has gone, its fill stops instead of fetching the rest for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_through_fill_nobody_reads_stops() {
+    let h = passing_through(Duration::from_millis(300));
+    let bytes = layer(4 << 20, 9);
+    let d = h.fake().add_blob(&bytes, &["team/app"]);
+    // 16 KiB every 5 ms: about 1.3 s for the whole blob.
+    h.fake().script(&[Body::Paced {
+        every: Duration::from_millis(5),
+    }]);
+    let answer = h.blob_answer("team/app", &d, "miss").await;
+    let mut body = answer.body.expect("body");
+    body.next().await.expect("a first frame").expect("bytes");
+    drop(body); // the only client goes away
+    settle(&h).await;
+    let abandoned = h
+        .metrics
+        .fills_ended
+        .with_label_values(&["abandoned"])
+        .get();
+    assert_eq!(abandoned, 1, "the fill stopped");
+    let served = h.fake().served_bytes();
+    assert!(
+        served < (bytes.len() as u64) / 2,
+        "stopped early: {served} bytes fetched"
+    );
+    assert!(!stored(&h, &d));
+    // A later client gets the whole blob from a new fill.
+    assert_eq!(h.get_blob("team/app", &d).await.as_deref(), Ok(&bytes[..]));
+}
+
+/// The same blob with a client that reads it to the end: nothing stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_through_fill_with_a_reader_runs_to_the_end() {
+    let h = passing_through(Duration::from_millis(100));
+    let bytes = layer(2 << 20, 10);
+    let d = h.fake().add_blob(&bytes, &["team/app"]);
+    h.fake().script(&[Body::Paced {
+        every: Duration::from_millis(2),
+    }]);
+    assert_eq!(h.get_blob("team/app", &d).await.as_deref(), Ok(&bytes[..]));
+    settle(&h).await;
+    assert_eq!(
+        h.metrics
+            .fills_ended
+            .with_label_values(&["abandoned"])
+            .get(),
+        0
+    );
+    assert_eq!(
+        h.metrics.fills_ended.with_label_values(&["spooled"]).get(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_joins_a_running_fill_is_marked_collapsed() {
+    let h = Harness::new();
+    let bytes = layer(LAYER, 11);
+    let d = h.fake().add_blob(&bytes, &["team/app"]);
+    h.fake().script(&[Body::Paced {
+        every: Duration::from_millis(10),
+    }]);
+    let lead = h.blob_answer("team/app", &d, "miss").await;
+    assert!(
+        !lead.from_cache && !lead.collapsed,
+        "the first request leads"
+    );
+    let join = h.blob_answer("team/app", &d, "joins").await;
+    assert!(
+        !join.from_cache && join.collapsed,
+        "the second joins the first's fill"
+    );
+    for answer in [lead, join] {
+        let got = read_all(answer.body.expect("body")).await;
+        assert_eq!(got.as_deref(), Ok(&bytes[..]));
+    }
+    settle(&h).await;
+    let hit = h.blob_answer("team/app", &d, "hit").await;
+    assert!(hit.from_cache && !hit.collapsed);
+    assert_eq!(h.fake().calls().blob_gets.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_every_client_abandoned_still_completes_and_is_a_hit() {
     let h = Harness::new();
@@ -397,13 +551,8 @@ async fn a_fill_every_client_abandoned_still_completes_and_is_a_hit() {
     h.fake().script(&[Body::Paced {
         every: Duration::from_millis(20),
     }]);
-    let target = target_on(UP, "team/app");
     for _ in 0..2 {
-        let answer = h
-            .cache
-            .blob_for(&target, &d, None, false, Requester::Client)
-            .await
-            .expect("miss");
+        let answer = h.blob_answer("team/app", &d, "miss").await;
         let mut body = answer.body.expect("body");
         body.next().await.expect("a first frame").expect("bytes");
         drop(body); // the client goes away
@@ -411,11 +560,7 @@ async fn a_fill_every_client_abandoned_still_completes_and_is_a_hit() {
     assert_eq!(h.cache.fills_running(), 1);
     settle(&h).await;
     assert!(stored(&h, &d));
-    let hit = h
-        .cache
-        .blob_for(&target, &d, None, false, Requester::Client)
-        .await
-        .expect("hit");
+    let hit = h.blob_answer("team/app", &d, "hit").await;
     assert!(hit.from_cache);
     assert_eq!(
         read_all(hit.body.expect("body")).await.as_deref(),
@@ -507,28 +652,43 @@ async fn the_status_page_shows_a_running_fill_and_its_joins_until_it_ends() {
     let h = Harness::new();
     let bytes = layer(LAYER, 10);
     let d = h.fake().add_blob(&bytes, &["team/app"]);
+    // 19 frames, 100 ms apart: the fill runs for about two seconds.
     h.fake().script(&[Body::Paced {
-        every: Duration::from_millis(10),
+        every: Duration::from_millis(100),
     }]);
-    let clients = h.clients(2, "team/app", d);
-    let mut shown = Vec::new();
-    for _ in 0..100 {
-        shown = h.cache.fills_in_progress();
-        if shown
-            .first()
-            .is_some_and(|f| f.joined == 1 && f.received > 0)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(shown.len(), 1);
-    assert_eq!((shown[0].joined, shown[0].repo.as_str()), (1, "team/app"));
+    // One client starts the fill; a second joins once bytes are flowing (two clients
+    // spawned at once raced: on a loaded machine the second could arrive late enough to
+    // find the blob complete, or the poll below could run out before it joined).
+    let mut clients = h.clients(1, "team/app", d);
+    let shown = shown_until(&h, |f| f.received > 0).await;
+    assert_eq!(shown.len(), 1, "one fill under way: {shown:?}");
+    assert_eq!((shown[0].joined, shown[0].repo.as_str()), (0, "team/app"));
+    clients.extend(h.clients(1, "team/app", d));
+    let shown = shown_until(&h, |f| f.joined == 1).await;
+    assert_eq!(shown.len(), 1, "still one fill, now joined: {shown:?}");
+    assert_eq!(shown[0].joined, 1, "{shown:?}");
     assert_eq!(shown[0].size, Some(LAYER as u64));
     assert_eq!(h.cache.fills_running(), 1);
     all_got(clients, &bytes).await;
     settle(&h).await;
     assert!(h.cache.fills_in_progress().is_empty());
+}
+
+/// The status page's fills once the first one satisfies `done` (or after 10 s, whatever
+/// they are then).
+async fn shown_until(
+    h: &Harness,
+    done: impl Fn(&super::FillProgress) -> bool,
+) -> Vec<super::FillProgress> {
+    let mut shown = Vec::new();
+    for _ in 0..2000 {
+        shown = h.cache.fills_in_progress();
+        if shown.first().is_some_and(&done) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shown
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,8 @@
 //! - `tag_lists`: `upstream \0 repo` → [`TagListRecord`]
 //! - `chunk_refs`: chunk id → [`ChunkCount`] (references from committed blobs)
 //! - `lru`: `last_access µs (BE u64) ++ kind ++ digest` → `()`; eviction scans it in order
-//! - `meta`: `stored_bytes` → BE u64, `schema_version` → BE u32
+//! - `meta`: `stored_bytes` → BE u64, `schema_version` → BE u32, `edge_id` → 32 hex
+//!   characters (made once, the edge's identity in headers)
 //!
 //! This file: opening, blobs, manifests, recency and chunk references. `schema.rs`: the
 //! schema version and migrations; `tags.rs`: tags, tag lists and the catalog;
@@ -47,6 +48,7 @@ use std::time::SystemTime;
 
 const META_STORED_BYTES: &[u8] = b"stored_bytes";
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
+const META_EDGE_ID: &[u8] = b"edge_id";
 
 /// sled's page cache size: the index is small, records are small.
 const INDEX_CACHE_BYTES: u64 = 64 << 20;
@@ -126,6 +128,22 @@ impl Index {
 
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    /// The edge's id: made once (16 random bytes, hex) and kept.
+    pub fn edge_id(&self) -> Result<String, StoreError> {
+        let fresh = hex::encode(rand::random::<[u8; 16]>());
+        // Only the first writer's id stays (compare-and-swap from nothing).
+        let _ = self.meta.compare_and_swap(
+            META_EDGE_ID,
+            None as Option<&[u8]>,
+            Some(fresh.as_bytes()),
+        )?;
+        let kept = self.meta.get(META_EDGE_ID)?.map(|v| v.to_vec());
+        Ok(kept
+            .and_then(|v| String::from_utf8(v).ok())
+            .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+            .unwrap_or(fresh))
     }
 
     pub fn set_stored_bytes(&self, n: u64) -> Result<(), StoreError> {

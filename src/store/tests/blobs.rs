@@ -210,8 +210,9 @@ fn a_fill_keeps_a_chunk_alive_when_the_blob_sharing_it_is_evicted() {
         .begin_fill(Digest::of(&content), Some(content.len() as u64))
         .expect("begin");
     fill.write(&content).expect("write");
-    // ...while a big fill evicts x.
-    let big = random_bytes(22, 7 * CHUNK);
+    // ...while a big fill evicts x (the fill holds one chunk's reservation: the chunk it
+    // named; its half chunk is reserved when it is named).
+    let big = random_bytes(22, 7 * CHUNK + CHUNK / 2);
     put_blob(&store, &big, "r/big");
     assert!(store.blob(&Digest::of(&x)).expect("lookup").is_none());
     let info = fill.finish("r/c").expect("finish");
@@ -236,23 +237,25 @@ fn readers_pin_blobs_and_budget_refuses_what_cannot_fit() {
         .read_blob(&Digest::of(&a), 0, a.len() as u64)
         .expect("read")
         .expect("visible");
-    // Needs a's room, but a is being read.
+    // Needs a's room, but a is being read: with or without an announced size, it fails at
+    // the chunk that does not fit (nothing is reserved ahead of the bytes), and cleans up.
     let b = random_bytes(31, 2 * CHUNK);
-    match store.begin_fill(Digest::of(&b), Some(b.len() as u64)) {
-        Err(StoreError::NoSpace {
-            needed,
-            budget: got,
-        }) => {
-            assert_eq!(needed, b.len() as u64);
-            assert_eq!(got, budget);
+    for size in [Some(b.len() as u64), None] {
+        let mut fill = store.begin_fill(Digest::of(&b), size).expect("begin");
+        match fill.write(&b) {
+            Err(StoreError::NoSpace {
+                needed,
+                budget: got,
+            }) => {
+                assert_eq!(needed, CHUNK as u64, "one chunk at a time");
+                assert_eq!(got, budget);
+            }
+            Err(e) => panic!("expected NoSpace, got {e}"),
+            Ok(()) => panic!("expected NoSpace, the write went through"),
         }
-        Err(e) => panic!("expected NoSpace, got {e}"),
-        Ok(_) => panic!("expected NoSpace, got a fill"),
+        drop(fill);
+        assert_eq!(reserved(&store), 0);
     }
-    // Unknown size: fails at the chunk that does not fit, and cleans up.
-    let mut fill = store.begin_fill(Digest::of(&b), None).expect("begin");
-    assert!(matches!(fill.write(&b), Err(StoreError::NoSpace { .. })));
-    drop(fill);
     let got: Vec<u8> = reader
         .map(|f| f.expect("frame").to_vec())
         .collect::<Vec<_>>()
@@ -268,6 +271,54 @@ fn readers_pin_blobs_and_budget_refuses_what_cannot_fit() {
         Err(StoreError::NoSpace { .. })
     ));
     assert_eq!(reserved(&store), 0);
+}
+
+/// A fill announced with a size reserves and evicts nothing until its bytes come: a client
+/// that announces 7 chunks and sends a few bytes empties nobody's cache (#25: a push or an
+/// import that declared a huge size evicted everything before it was refused).
+#[test]
+fn an_announced_size_evicts_nothing_before_its_bytes_arrive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let budget = 8 * CHUNK as u64;
+    let store = open_store(dir.path(), budget, CHUNK);
+    let kept: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(60 + i, 2 * CHUNK)).collect();
+    for (i, k) in kept.iter().enumerate() {
+        put_blob(&store, k, &format!("r/k{i}"));
+        std::thread::sleep(std::time::Duration::from_millis(5)); // distinct access times
+    }
+    let before = store.stored_bytes();
+    let liar = random_bytes(70, 16);
+    let mut fill = store
+        .begin_fill(Digest::of(&liar), Some(7 * CHUNK as u64))
+        .expect("begin");
+    assert_eq!(
+        reserved(&store),
+        0,
+        "nothing reserved for bytes not yet sent"
+    );
+    fill.write(&liar).expect("a few bytes");
+    drop(fill); // the request is refused or broken off
+    assert_eq!(store.stored_bytes(), before);
+    for k in &kept {
+        assert!(
+            store.blob(&Digest::of(k)).expect("lookup").is_some(),
+            "nothing evicted"
+        );
+    }
+    assert_eq!(reserved(&store), 0);
+    // A blob that really comes makes its room as it arrives, oldest first.
+    let big = random_bytes(71, 5 * CHUNK);
+    put_blob(&store, &big, "r/big");
+    assert!(store.blob(&Digest::of(&big)).expect("lookup").is_some());
+    assert!(store.stored_bytes() <= budget);
+    assert!(
+        store.blob(&Digest::of(&kept[0])).expect("lookup").is_none(),
+        "the oldest made room"
+    );
+    assert!(
+        store.blob(&Digest::of(&kept[2])).expect("lookup").is_some(),
+        "no more than needed"
+    );
 }
 
 /// Fills, reads and evictions racing on shared chunks: no reader ever sees wrong bytes,

@@ -393,3 +393,21 @@ fn corrupt_records_are_dropped_not_fatal() {
 }
 
 const RECORD_VERSION_FOR_TESTS: u8 = codec::RECORD_VERSION;
+
+#[test]
+fn the_edge_id_is_made_once_and_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = tempfile::tempdir().expect("tempdir");
+    let id = {
+        let store = open_store(dir.path(), 1 << 20, 64 << 10);
+        let id = store.edge_id().expect("id");
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(store.edge_id().expect("again"), id, "asked twice: the same");
+        id
+    };
+    let reopened = open_store(dir.path(), 1 << 20, 64 << 10);
+    assert_eq!(reopened.edge_id().expect("after a restart"), id);
+    let second = open_store(other.path(), 1 << 20, 64 << 10);
+    assert_ne!(second.edge_id().expect("another box"), id);
+}

@@ -41,6 +41,9 @@ pub struct Bearer {
     pub users: Vec<(String, String, Vec<String>)>,
     /// Scopes granted without credentials; `None`: the realm refuses anonymous requests.
     pub anonymous: Option<Vec<String>>,
+    /// The base URL the challenge names for the realm (`<base>/token`) instead of the
+    /// fake's own: another name of the same fake, to look like a foreign token host.
+    pub realm_base: Option<String>,
 }
 
 impl Bearer {
@@ -52,7 +55,14 @@ impl Bearer {
             scope_in_challenge: true,
             users: Vec::new(),
             anonymous: None,
+            realm_base: None,
         }
+    }
+
+    /// The challenge names `<base>/token` as the realm.
+    pub fn realm_at(mut self, base: &str) -> Self {
+        self.realm_base = Some(base.to_string());
+        self
     }
 
     pub fn user(mut self, name: &str, password: &str, scopes: &[&str]) -> Self {
@@ -143,7 +153,8 @@ pub fn refusal(s: &State, req: &Recorded, repo: Option<&str>) -> Option<Response
                 };
                 return Some(unauthorized(&format!(
                     r#"Bearer realm="{}/token",service="{}"{scope}"#,
-                    s.base_url, bearer.service
+                    bearer.realm_base.as_deref().unwrap_or(&s.base_url),
+                    bearer.service
                 )));
             };
             match repo {

@@ -12,6 +12,8 @@ use hyper::Response;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -124,8 +126,48 @@ enum Stop {
     Stall,
 }
 
-/// The answer to a HEAD or GET of a known blob, with its faults.
-pub fn blob_response(entry: &mut BlobEntry, digest: &str, req: &Recorded) -> Response<FakeBody> {
+/// Blob bodies being sent, and the most at once: from the GET's headers until the fake
+/// hands its last byte to hyper (a cut or stalled body: until it is cut, or the client goes
+/// away). So a body is counted for less time than the client waits for it, never more.
+#[derive(Default)]
+pub struct InFlight {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> Sending {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        Sending(self.clone())
+    }
+
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+/// One body counted in [`InFlight`] until dropped.
+struct Sending(Arc<InFlight>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The answer to a HEAD or GET of a known blob, with its faults; a GET's body is counted
+/// in `in_flight` while it is being sent.
+pub fn blob_response(
+    entry: &mut BlobEntry,
+    digest: &str,
+    req: &Recorded,
+    in_flight: &Arc<InFlight>,
+) -> Response<FakeBody> {
     let len = entry.bytes.len() as u64;
     let range = match req.range() {
         Some(r) if !entry.faults.ignore_range => parse_range(r, len),
@@ -181,6 +223,7 @@ pub fn blob_response(entry: &mut BlobEntry, digest: &str, req: &Recorded) -> Res
         data,
         stop.map(|(at, how)| ((at - start) as usize, how)),
         faults.rate,
+        in_flight.enter(),
     ));
     let (parts, _) = head.into_parts();
     Response::from_parts(parts, ChannelBody(rx).boxed())
@@ -227,7 +270,9 @@ async fn produce(
     data: Bytes,
     stop: Option<(usize, Stop)>,
     rate: Option<u64>,
+    sending: Sending,
 ) {
+    let mut sending = Some(sending);
     let limit = stop.as_ref().map_or(data.len(), |(at, _)| *at);
     let chunk = rate.map_or(64 << 10, |r| (r as usize / 10).max(1));
     let mut pos = 0;
@@ -237,6 +282,9 @@ async fn produce(
             return;
         }
         pos += n;
+        if pos == limit && stop.is_none() {
+            drop(sending.take());
+        }
         if let Some(r) = rate {
             tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64)).await;
         }

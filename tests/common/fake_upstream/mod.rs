@@ -1,9 +1,10 @@
 //! The one fake container registry of the integration tests: a hyper 1 server on
 //! 127.0.0.1 (a random port; plain HTTP or TLS, h1 and h2) serving blobs, manifests, tags
 //! and referrers from memory, recording every request (method, path, query, headers,
-//! HTTP version, connection id), with fault modes a real registry will not produce on
-//! demand: per blob or for all blobs (see [`Faults`]: ignore `Range`, cut the connection at
-//! a byte, corrupt a byte range, stall, cap the rate, refuse with 429/503) and for the whole
+//! HTTP version, connection id) and counting the blob bodies it is sending at once, with
+//! fault modes a real registry will not produce on demand: per blob or for all blobs (see
+//! [`Faults`]: ignore `Range`, cut the connection at a byte, corrupt a byte range, stall,
+//! cap the rate, refuse with 429/503) and for the whole
 //! registry (manifest statuses, rate limits for the next N requests, Docker-style or IETF
 //! pull-limit headers, redirects of blob GETs to a second fake acting as a CDN, Basic or
 //! Bearer authentication with a token realm of its own and per-user scopes, stalling
@@ -21,7 +22,7 @@ pub use body::Faults;
 
 use super::images::{OCI_INDEX, OCI_MANIFEST};
 use super::registry2::sha256_digest as sha256;
-use body::{blob_response, BlobEntry, FakeBody};
+use body::{blob_response, BlobEntry, FakeBody, InFlight};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -143,6 +144,8 @@ pub(crate) struct State {
     canned: HashMap<String, Canned>,
     hang: bool,
     requests: Vec<Recorded>,
+    /// Blob GET bodies being sent (registry and CDN paths alike).
+    in_flight: Arc<InFlight>,
 }
 
 /// A running fake; its accept loop stops when it is dropped.
@@ -199,6 +202,7 @@ impl FakeUpstream {
             canned: HashMap::new(),
             hang: false,
             requests: Vec::new(),
+            in_flight: Arc::default(),
         }));
         let connections = Arc::new(AtomicU64::new(0));
         let (st, count) = (state.clone(), connections.clone());
@@ -417,6 +421,17 @@ impl FakeUpstream {
             .collect()
     }
 
+    /// Blob GET bodies being sent now: from their headers until the last byte is sent or
+    /// the connection closes.
+    pub fn blob_bodies_in_flight(&self) -> usize {
+        self.lock().in_flight.now()
+    }
+
+    /// The most blob GET bodies that were being sent at once.
+    pub fn max_blob_bodies_in_flight(&self) -> usize {
+        self.lock().in_flight.max()
+    }
+
     /// TCP connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
@@ -589,7 +604,7 @@ fn blob(s: &mut State, digest: &str, req: &Recorded) -> Response<FakeBody> {
         return refused;
     }
     let Some((cdn, base, ttl)) = redirect else {
-        return blob_response(entry, digest, req);
+        return blob_response(entry, digest, req, &s.in_flight);
     };
     let bytes = entry.bytes.clone();
     cdn.lock()
@@ -620,7 +635,7 @@ fn cdn_blob(s: &mut State, digest: &str, req: &Recorded) -> Response<FakeBody> {
     match s.blobs.get_mut(digest) {
         Some(entry) => match entry.refusal() {
             Some(refused) => refused,
-            None => blob_response(entry, digest, req),
+            None => blob_response(entry, digest, req, &s.in_flight),
         },
         None => response(404, "<Error><Code>NoSuchKey</Code></Error>"),
     }
