@@ -403,8 +403,9 @@ def start_nginx(tmp: Path, www: Path, name: str = "nginx", tls: tuple[Path, Path
 
 
 def edge_config(tmp: Path, name: str, up_port: int, max_size: int, chunk_size: int = 4 * MiB,
-                tls: tuple[Path, Path] | None = None) -> Path:
-    """An edge config in tmp/name; with tls=(cert, key) also an HTTPS listener."""
+                tls: tuple[Path, Path] | None = None, audit: bool = False) -> Path:
+    """An edge config in tmp/name; with tls=(cert, key) also an HTTPS listener; with audit, the
+    audit trail's file in tmp/name/audit.jsonl."""
     d = tmp / name
     d.mkdir(exist_ok=True)
     port = free_port()
@@ -419,7 +420,8 @@ def edge_config(tmp: Path, name: str, up_port: int, max_size: int, chunk_size: i
         f"[storage]\npath = \"{d}/data\"\nmax_size = \"{max_size}B\"\nchunk_size = \"{chunk_size}B\"\n"
         "[cache]\ntag_ttl = \"1h\"\n"
         "[log]\nlevel = \"info\"\nformat = \"text\"\n"
-        f"[[upstream]]\nname = \"upstream.bench.test\"\nurl = \"http://{HOST}:{up_port}\"\ndefault = true\n"
+        + (f"[audit]\npath = \"{d}/audit.jsonl\"\n" if audit else "")
+        + f"[[upstream]]\nname = \"upstream.bench.test\"\nurl = \"http://{HOST}:{up_port}\"\ndefault = true\n"
     )
     (d / "config.toml").write_text(cfg)
     (d / "port").write_text(str(port))
@@ -1068,6 +1070,22 @@ def run_once(binary: Path, p: dict, tmp: Path, big: bool, idx: int) -> dict:
             r[f"{what}_upstream_cpu_us.{key}"] = res["upstream_cpu"] / res["requests"] * 1e6
             keep(r, what, key, res, {"rps": "rps", "cpu_us": "cpu_us_per_req", "bg": "background_cores"})
 
+    # 2 (audit): the same hits from a second edge with the audit file on, each right after the
+    # same wrk on the edge without it.
+    audit_dir = edge_config(tmp, "edge-audit", up.port, 100 * GiB, audit=True)
+    edge_audit, _, _ = start_edge(binary, audit_dir)
+    for _ in range(2):
+        fetch(edge_audit.port, small_path, p["small"], small_digest)
+        fetch(edge_audit.port, by_tag, len(manifest), manifest_digest, accept=OCI_MANIFEST)
+    for what, path, accept in [("small", small_path, None), ("mtag", by_tag, OCI_MANIFEST)]:
+        log(f"run {idx}: {what}, edge without and with the audit file")
+        r[f"audit_{what}_rps.noaudit"] = wrk(edge, path, p, tmp, accept, upstream=up)["rps"]
+        r[f"audit_{what}_rps.edge"] = wrk(edge_audit, path, p, tmp, accept, upstream=up)["rps"]
+    audit_lines = sum(1 for _ in open(audit_dir / "audit.jsonl", "rb"))
+    if audit_lines < 4:
+        raise BenchError(f"the audit file has {audit_lines} records after the audited wrk runs")
+    retire(edge_audit)
+
     # 3: cold miss, through the edge, through registry:2 proxy, and straight from the upstream.
     for k in [k for k in ("cold", "big") if k in cold]:
         size, digest = cold[k][1], cold_digest[k]
@@ -1224,6 +1242,10 @@ def rows(p: dict, big: bool, results: list[dict]):
         ("2. manifest by tag (within tag_ttl): requests/s", "mtag_rps", "req/s", "nginx", "≥ 0.5× nginx",
          lambda q, n, e: n >= 0.5),
         ("2. manifest by tag: server CPU per request", "mtag_cpu_us", "µs", "nginx", "", None),
+        ("2. small blob with the audit file on: requests/s", "audit_small_rps", "req/s", "noaudit",
+         "≥ 0.9× audit off", lambda q, n, e: n >= 0.9),
+        ("2. manifest by tag with the audit file on: requests/s", "audit_mtag_rps", "req/s", "noaudit",
+         "≥ 0.9× audit off", lambda q, n, e: n >= 0.9),
     ]
     for k, size in misses:
         out += [
@@ -1300,6 +1322,10 @@ def spread(vals):
     return (max(vals) - min(vals)) / statistics.median(vals)
 
 
+# What a reference column holds when it is not nginx.
+REF_NOTE = {"direct": " (direct)", "noaudit": " (edge, audit off)"}
+
+
 def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> str:
     n = len(results)
     get = lambda key: [res.get(key) for res in results]
@@ -1340,7 +1366,7 @@ def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> 
             verdicts.append((label, target, ok))
         sp = spread(get(f"{m}.edge"))
         L.append(f"| {label} | {fmt(e, unit)} | {fmt(q, unit)} | "
-                 f"{fmt(ref, unit) + (' (direct)' if refkey == 'direct' else '') if refkey else '–'} | "
+                 f"{fmt(ref, unit) + REF_NOTE.get(refkey, '') if refkey else '–'} | "
                  f"{fmt(qr, 'x') if qr is not None else '–'} | {fmt(nr, 'x') if nr is not None else '–'} | "
                  f"{target or '–'} | {met or '–'} | {('±' + format(sp / 2 * 100, '.0f') + ' %') if sp is not None else '–'} |")
 
@@ -1376,7 +1402,9 @@ def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> 
              "before/after, divided by the bytes wrk read.")
     L.append("2. The same wrk settings, keep-alive, on a small blob, on the manifest by digest and by tag "
              "(`Accept: " + OCI_MANIFEST + "`); the edge's `tag_ttl` is 1h. nginx serves the same bytes as static files "
-             "(one file for both manifest rows). registry:2 in proxy mode asks its upstream about a tag on every request.")
+             "(one file for both manifest rows). registry:2 in proxy mode asks its upstream about a tag on every request. "
+             "The audit rows: a second edge with `[audit] path` set (one JSON line per request, 64 KiB buffer, "
+             "flushed each second), measured right after the same wrk on the edge without it.")
     L.append("3. `curl -o /dev/null -w '%{time_starttransfer} %{time_total}'` of a blob none of them has cached: through "
              "the edge, through registry:2 proxy, and straight from the upstream registry:2 (direct = mean of one pull "
              "before and one after).")

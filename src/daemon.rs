@@ -9,6 +9,7 @@
 //! binary's `cli/`), or implement any layer's behaviour.
 
 use crate::access::{Access, AccessError};
+use crate::audit::{AuditFile, AuditFileSettings};
 use crate::cache::{Cache, CacheSettings, PieceRule};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -197,7 +198,23 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
     if config.upstream.iter().any(|u| u.push && u.private) {
         api = api.with_pushes(push_side(config, &store, &cache, &metrics));
     }
-    let app = Arc::new(App::new(api, metrics));
+    let mut app = App::new(api, metrics.clone());
+    if let Some(path) = &config.audit.path {
+        let file = AuditFile::open(AuditFileSettings {
+            path: path.clone(),
+            max_size: config.audit.max_size.get(),
+            keep: config.audit.keep,
+            written: metrics.audit_records.with_label_values(&["written"]),
+            dropped: metrics.audit_records.with_label_values(&["dropped"]),
+        })
+        .map_err(|e| {
+            DaemonError::Config(format!(
+                "{origin}: audit.path: {e}; create the directory (writable by the service user) or change audit.path"
+            ))
+        })?;
+        app = app.with_audit_file(Arc::new(file));
+    }
+    let app = Arc::new(app);
     let sampler = server::status::spawn_sampler(app.clone());
     let server = Server::bind(&config.server, app.clone())
         .await

@@ -13,6 +13,7 @@
 //!                               |            |            \---->  upstream
 //!                               \------------+-->  access
 //! config, metrics, oci, mapped: leaf modules read by all, importing none of the others
+//! audit: read by server, registry and the CLI; imports only oci
 //! ```
 //!
 //! `daemon` is the composition root and imports every layer to build it. One import skips
@@ -50,6 +51,9 @@
 //! - [`upstream`]: HTTP client to upstream registries (reqwest + rustls), token and Basic
 //!   auth, redirects to blob CDNs, outbound proxies (HTTP, SOCKS5), ordered endpoints with
 //!   failover, short rate limits waited out.
+//! - [`audit`]: the audit trail: one record per manifest or blob request (who, which tag
+//!   and the digest it resolved to, what the cache did, bytes, duration, refusals), a
+//!   JSON-lines file with rotation, and the reader behind `sparkcr-edge audit`.
 //! - [`config`]: the TOML schema, defaults, environment overrides, validation.
 //! - [`metrics`]: every Prometheus metric, in one registry per daemon.
 //! - [`oci`]: digests, repository names, tags, references, media types, routing targets
@@ -72,6 +76,7 @@
 //! The longer map, with the one file that owns each concept, is `docs/architecture.md`.
 
 pub mod access;
+pub mod audit;
 pub mod bundle;
 pub mod cache;
 pub mod config;

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::Tls { command } => cli::setup::tls(command),
         Command::Token { command } => cli::setup::token(command),
         Command::ClientConfig(args) => cli::setup::client_config(&args),
+        Command::Audit(args) => cli::audit::run(&args),
         Command::Generate { what, out } => cli::generate::run(what, &out),
         Command::Doctor {
             edge,

@@ -79,6 +79,9 @@ pub struct Metrics {
     pub uploads_in_progress: IntGauge,
     pub push_failures: IntCounterVec,
     pub pushes_completed: IntCounterVec,
+    /// Audit records by `outcome`: `written` to the audit file, or `dropped` (queue full,
+    /// write failed).
+    pub audit_records: IntCounterVec,
     /// Upstream health, recent errors, bytes per repository, per-minute snapshots.
     pub activity: activity::Activity,
     /// The shared tier and cluster single flight.
@@ -204,6 +207,12 @@ impl Metrics {
                 "pushes_completed_total",
                 "Blobs and manifests pushed through the edge, by kind (blob, mount, manifest).",
                 &["kind"],
+            ),
+            audit_records: counter_vec(
+                &r,
+                "audit_records_total",
+                "Audit trail records by outcome: written to the audit file, or dropped (queue full or a failed write)",
+                &["outcome"],
             ),
             http_requests: counter_vec(
                 &r,
@@ -593,6 +602,7 @@ impl Metrics {
             &self.push_bytes,
             &self.uploads_in_progress,
             &self.push_failures,
+            &self.audit_records,
             &self.pushes_completed,
             &self.tiers.shared_lookups,
             &self.tiers.shared_bytes,

@@ -631,3 +631,269 @@ fn admin_commands_do_not_need_the_servers_private_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_names_tag_and_digest_and_is_searchable_after_a_restart_and_a_rotation() {
+    let reg = Registry2::start();
+    let image = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Docker,
+        81,
+        "amd64",
+        &[40_000],
+    )
+    .await;
+    let layer = image.blobs[1].0.clone();
+    let (secret, token_block) = create_token("ci", "pull:public");
+    let config = format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n\
+         [storage]\npath = \"{{dir}}/data\"\n\
+         [audit]\npath = \"{{dir}}/audit.jsonl\"\nmax_size = \"64KiB\"\nkeep = 2\n\
+         [auth]\nanonymous = true\n{token_block}\n\
+         [[upstream]]\nname = \"registry.test\"\nurl = \"{url}\"\n\
+         [[upstream]]\nname = \"lan.test\"\nurl = \"{url}\"\nprivate = true\n",
+        url = reg.url()
+    );
+    let mut edge = Edge::start(&config);
+    let config_path = edge.dir.path().join("config.toml");
+    let by_config = ["--config", config_path.to_str().expect("path")];
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", edge.http[0]);
+    let manifest = |path: &str| {
+        http.get(format!("{base}/v2/{path}"))
+            .header(
+                "accept",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .header("user-agent", "containerd/v2.1.1")
+    };
+    // By tag with a token, twice (a miss, then a hit); a layer's first 100 bytes; a private
+    // upstream the token may not read.
+    for _ in 0..2 {
+        let r = manifest("registry.test/team/app/manifests/v1")
+            .basic_auth("ci", Some(&secret))
+            .send()
+            .await
+            .expect("manifest");
+        assert_eq!(r.status(), 200);
+    }
+    let r = http
+        .get(format!("{base}/v2/registry.test/team/app/blobs/{layer}"))
+        .header("range", "bytes=0-99")
+        .send()
+        .await
+        .expect("blob");
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.expect("body").len(), 100);
+    let r = manifest("lan.test/team/app/manifests/v1")
+        .basic_auth("ci", Some(&secret))
+        .send()
+        .await
+        .expect("private");
+    assert_eq!(r.status(), 403);
+
+    let by_tag = wait_audit(
+        &by_config,
+        &["--repo", "registry.test/team/app", "--tag", "v1"],
+        2,
+    );
+    assert_eq!(by_tag.len(), 2, "{by_tag:?}");
+    for (r, cache) in by_tag.iter().zip(["miss", "hit"]) {
+        assert_eq!(
+            r["digest"],
+            image.manifest_digest.as_str(),
+            "the digest the tag resolved to"
+        );
+        assert_eq!(r["who"], "ci");
+        assert_eq!(r["cache"], cache, "{r}");
+        assert_eq!(r["user_agent"], "containerd/v2.1.1");
+        assert_eq!(
+            r["media_type"],
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(r["bytes"], image.manifest.len() as u64);
+        assert_eq!(
+            (r["status"].as_u64(), r["result"].as_str()),
+            (Some(200), Some("complete"))
+        );
+        assert!(!r.to_string().contains(&secret), "never a secret: {r}");
+    }
+    let ranged = wait_audit(&by_config, &["--digest", &layer[7..19]], 1);
+    assert_eq!(ranged.len(), 1, "{ranged:?}");
+    assert_eq!(ranged[0]["kind"], "blob");
+    assert_eq!(ranged[0]["range"], "bytes=0-99");
+    assert_eq!(
+        (ranged[0]["status"].as_u64(), ranged[0]["bytes"].as_u64()),
+        (Some(206), Some(100))
+    );
+    assert_eq!(ranged[0]["who"], "-", "anonymous");
+    let denied = wait_audit(&by_config, &["--upstream", "lan.test"], 1);
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(
+        (denied[0]["status"].as_u64(), denied[0]["cache"].as_str()),
+        (Some(403), Some("denied"))
+    );
+    let decision = denied[0]["decision"].as_str().unwrap_or_default();
+    assert!(decision.starts_with("DENIED: "), "{decision}");
+    // The log stream carries the same record.
+    edge.wait_for_log(&format!("digest={}", image.manifest_digest))
+        .await;
+    assert!(edge.log_text().contains("tag=v1"), "{}", edge.log_text());
+
+    // Enough hits to pass 64 KiB: the file is rotated, the oldest records move to `.1`.
+    for _ in 0..300 {
+        let r = http
+            .head(format!(
+                "{base}/v2/registry.test/team/app/manifests/{}",
+                image.manifest_digest
+            ))
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(r.status(), 200);
+    }
+    let audit_file = edge.dir.path().join("audit.jsonl");
+    let all = wait_audit(&by_config, &["--repo", "registry.test/team/app"], 303);
+    assert_eq!(
+        all.len(),
+        303,
+        "every record kept (two files fit within keep = 2)"
+    );
+    assert!(
+        Path::new(&format!("{}.1", audit_file.display())).exists(),
+        "rotated past max_size"
+    );
+    let mode = std::fs::metadata(&audit_file).expect("audit file").mode();
+    assert_eq!(
+        mode & 0o777,
+        0o640,
+        "records name clients: not world-readable"
+    );
+
+    // After a restart the same file is appended to, and the search spans every file.
+    edge.signal(libc::SIGTERM);
+    assert_eq!(edge.wait_exit(std::time::Duration::from_secs(20)), Some(0));
+    let dir = std::mem::replace(&mut edge.dir, tempfile::tempdir().expect("tempdir"));
+    let edge = Edge::start_in(dir, &config, &[]);
+    let r = http
+        .get(format!(
+            "http://{}/v2/registry.test/team/app/manifests/v1",
+            edge.http[0]
+        ))
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .basic_auth("ci", Some(&secret))
+        .send()
+        .await
+        .expect("after restart");
+    assert_eq!(r.status(), 200);
+    let by_tag = wait_audit(
+        &by_config,
+        &["--repo", "registry.test/team/app", "--tag", "v1"],
+        3,
+    );
+    assert_eq!(
+        by_tag.len(),
+        3,
+        "before and after the restart, across the rotation"
+    );
+    assert_eq!(
+        by_tag[2]["cache"], "hit",
+        "a hit from the store kept over the restart"
+    );
+    // The repository alone names it on every upstream (the refused lan.test request too).
+    let everywhere = wait_audit(&by_config, &["--repo", "team/app", "--tag", "v1"], 4);
+    assert_eq!(everywhere.len(), 4, "{everywhere:?}");
+
+    // The table: one line per record, the image as upstream/repo:tag@short-digest.
+    let (code, out, err) = run_cli(
+        &[
+            "audit",
+            "--config",
+            config_path.to_str().expect("p"),
+            "--tag",
+            "v1",
+            "--limit",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("TIME") && lines[0].contains("CACHE"),
+        "{out}"
+    );
+    let short = &image.manifest_digest[..19];
+    assert!(
+        lines[1].contains(&format!("registry.test/team/app:v1@{short}")),
+        "{out}"
+    );
+    assert!(lines[1].contains("ci") && lines[1].contains("hit"), "{out}");
+    // Nothing matches: an empty table and a sentence on stderr; a bad filter: exit 2.
+    let (code, _, err) = run_cli(
+        &[
+            "audit",
+            "--config",
+            config_path.to_str().expect("p"),
+            "--tag",
+            "nope",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(err.contains("no audit record matches"), "{err}");
+    let (code, _, err) = run_cli(
+        &[
+            "audit",
+            "--config",
+            config_path.to_str().expect("p"),
+            "--since",
+            "yesterday-ish",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("2h"), "the error shows the forms: {err}");
+    drop(edge);
+}
+
+#[test]
+fn audit_without_a_file_says_which_key_to_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\npath = \"{}/data\"\n", dir.path().display()),
+    )
+    .expect("config");
+    let (code, _, err) = run_cli(&["audit", "--config", config.to_str().expect("p")], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("audit.path") && err.contains("--file"),
+        "{err}"
+    );
+    // A directory that does not exist is a config mistake named at check time.
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = \"{d}/data\"\n[audit]\npath = \"{d}/missing/audit.jsonl\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .expect("config");
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", config.to_str().expect("p")],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("audit.path") && err.contains("missing"),
+        "{err}"
+    );
+}

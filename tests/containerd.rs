@@ -5,7 +5,7 @@
 //! containerd runs privately (own root, state and socket under a temp dir); it needs root.
 
 mod common;
-use common::containerd::{ctr, start_containerd};
+use common::containerd::{ctr, ctr_pull, start_containerd};
 use common::images::*;
 use common::registry2::*;
 use common::*;
@@ -31,6 +31,7 @@ async fn ctr_pulls_through_every_hosts_toml_form() {
     let (index, _) = push_multi_platform(&reg, "team/app", "multi", Format::Oci, 30).await;
     let edge = Edge::start(&format!(
         "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n[storage]\npath = \"{{dir}}/data\"\n\
+         [audit]\npath = \"{{dir}}/audit.jsonl\"\n\
          [[upstream]]\nname = \"{LAN}\"\nurl = \"{}\"\n",
         reg.url()
     ));
@@ -60,20 +61,7 @@ async fn ctr_pulls_through_every_hosts_toml_form() {
             ("multi", &index.manifest_digest),
         ] {
             let reference = format!("{LAN}/team/app:{tag}");
-            let (ok, out) = ctr(
-                &ctrd,
-                &[
-                    "-n",
-                    &ns,
-                    "images",
-                    "pull",
-                    "--hosts-dir",
-                    hosts.path().to_str().expect("p"),
-                    "--snapshotter",
-                    "native",
-                    &reference,
-                ],
-            );
+            let (ok, out) = ctr_pull(&ctrd, &ns, hosts.path(), &reference);
             assert!(
                 ok,
                 "{name}: ctr pull {reference}: {out}\nedge log:\n{}",
@@ -90,6 +78,49 @@ async fn ctr_pulls_through_every_hosts_toml_form() {
             "{name}: the edge saw {logged}\n{}",
             edge.log_text()
         );
+    }
+    // A pull by digest: its audit records carry the digest as asked, no tag, and ctr's
+    // user agent; each layer GET is a record of its own.
+    let hosts = tempfile::tempdir().expect("hosts dir");
+    let hdir = hosts.path().join(LAN);
+    std::fs::create_dir_all(&hdir).expect("mkdir");
+    std::fs::write(
+        hdir.join("hosts.toml"),
+        format!("server = \"https://{LAN}\"\n\n{}", forms[0].1),
+    )
+    .expect("hosts.toml");
+    let audit = edge.dir.path().join("audit.jsonl");
+    let source = ["--file", audit.to_str().expect("path")];
+    let filters = ["--digest", &img.manifest_digest, "--client", "127.0.0.1"];
+    // The pulls by tag above resolved to this digest too: count their records once they
+    // are all on disk (the daemon writes within a second), and look only past them.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let before = wait_audit(&source, &filters, 0).len();
+    assert!(
+        before > 0,
+        "the pulls by tag left records with the digest they resolved to"
+    );
+    let reference = format!("{LAN}/team/app@{}", img.manifest_digest);
+    let (ok, out) = ctr_pull(&ctrd, "by-digest", hosts.path(), &reference);
+    assert!(ok, "ctr pull {reference}: {out}");
+    let by_digest = wait_audit(&source, &filters, before + 1);
+    let by_digest = &by_digest[before..];
+    let manifest = by_digest
+        .iter()
+        .find(|r| r["kind"] == "manifest" && r["status"] == 200)
+        .unwrap_or_else(|| panic!("a record of the manifest by digest: {by_digest:?}"));
+    assert!(manifest["tag"].is_null(), "{manifest}");
+    assert_eq!(manifest["upstream"], LAN);
+    assert_eq!(manifest["repository"], "team/app");
+    assert!(
+        manifest["user_agent"]
+            .as_str()
+            .is_some_and(|ua| ua.contains("containerd")),
+        "{manifest}"
+    );
+    for (layer, _) in &img.blobs {
+        let got = wait_audit(&source, &["--digest", layer], 1);
+        assert!(got.iter().any(|r| r["kind"] == "blob"), "{layer}: {got:?}");
     }
 }
 
@@ -147,20 +178,7 @@ async fn ctr_uses_generated_hosts_toml() {
         );
         let ns = format!("gen{i}");
         let reference = format!("{LAN}/team/gen:v1");
-        let (ok, out) = ctr(
-            &ctrd,
-            &[
-                "-n",
-                &ns,
-                "images",
-                "pull",
-                "--hosts-dir",
-                hosts_dir.to_str().expect("p"),
-                "--snapshotter",
-                "native",
-                &reference,
-            ],
-        );
+        let (ok, out) = ctr_pull(&ctrd, &ns, &hosts_dir, &reference);
         assert!(ok, "{mode}: {out}");
         let (_, list) = ctr(&ctrd, &["-n", &ns, "images", "ls"]);
         assert!(list.contains(&img.manifest_digest), "{mode}: {list}");

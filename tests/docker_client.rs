@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 fn edge_config(reg: &Registry2, cert: &Path, key: &Path, anonymous: bool, token: &str) -> String {
     format!(
         "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\
-         [storage]\npath = \"{{dir}}/data\"\nchunk_size = \"1MiB\"\n[auth]\nanonymous = {anonymous}\n{token}\n\
+         [storage]\npath = \"{{dir}}/data\"\nchunk_size = \"1MiB\"\n[audit]\npath = \"{{dir}}/audit.jsonl\"\n[auth]\nanonymous = {anonymous}\n{token}\n\
          [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ndefault = true\n\
          [[upstream]]\nname = \"registry.test\"\nurl = \"{url}\"\n\
          [[upstream]]\nname = \"lan.test\"\nurl = \"{url}\"\nprivate = true\npush = true\n",
@@ -229,6 +229,27 @@ fn docker_pulls_anonymously_and_logs_in_with_bearer_only_challenges() {
         assert!(
             reg.count_requests("GET", &hub.blobs[1].0) >= 1,
             "the layer came from registry:2 through the edge"
+        );
+        // The audit trail names the tag Docker asked for and the digest it resolved to.
+        let audit = open.dir.path().join("audit.jsonl");
+        let source = ["--file", audit.to_str().expect("path")];
+        let by_tag = wait_audit(&source, &["--repo", "busybox", "--tag", "v1"], 1);
+        assert!(
+            by_tag
+                .iter()
+                .any(|r| r["digest"] == hub.manifest_digest.as_str()
+                    && r["kind"] == "manifest"
+                    && r["user_agent"]
+                        .as_str()
+                        .is_some_and(|ua| ua.contains("docker/"))),
+            "a record of docker's manifest request by tag: {by_tag:?}"
+        );
+        let layer = wait_audit(&source, &["--digest", &hub.blobs[1].0], 1);
+        assert!(
+            layer
+                .iter()
+                .any(|r| r["kind"] == "blob" && r["status"] == 200 && r["result"] == "complete"),
+            "a record of the layer's GET: {layer:?}"
         );
 
         // Path-prefix form: EDGE/<upstream>/<repo>.

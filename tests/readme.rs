@@ -424,7 +424,8 @@ fn the_packaged_config_shows_every_key() {
         "[storage.shared]\nkind = \"s3\"\nbucket = \"b\"\n\
          [cluster]\npeers = [\"http://a.lan:5000\", \"http://b.lan:5000\"]\nself_url = \"http://a.lan:5000\"\n\
          [[upstream]]\nname = \"registry.lan:5000\"\nurl = \"https://registry.lan:5000\"\n\
-         [[upstream.endpoint]]\nurl = \"https://mirror.lan\"\n",
+         [[upstream.endpoint]]\nurl = \"https://mirror.lan\"\n\
+         [audit]\npath = \"/tmp/sparkcr-edge-audit.jsonl\"\n",
     )
     .expect("write config");
     let mut all = Vec::new();
@@ -439,6 +440,7 @@ fn the_packaged_config_shows_every_key() {
         "cluster.peers",
         "upstream.endpoint.url",
         "push.max_upload_size",
+        "audit.path",
     ] {
         assert!(
             all.iter().any(|k| k == must),

@@ -91,6 +91,9 @@ pub enum Command {
     },
     /// Print (or write) the client configuration for this edge.
     ClientConfig(ClientConfigArgs),
+    /// Search the audit trail: who pulled what, when, and what the cache did. Reads the
+    /// files named by `[audit] path` (and their rotations), so it works while the daemon runs.
+    Audit(AuditArgs),
     /// Man pages or shell completions from these definitions (run by scripts/package).
     #[command(hide = true)]
     Generate {
@@ -258,4 +261,62 @@ pub enum CacheCommand {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     config::HumanDuration::parse(s).map(|d| d.get())
+}
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The audit file to read [default: the config's audit.path]
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Repository: `repo`, `upstream/repo`, or a Docker Hub short name such as `busybox`
+    #[arg(long, value_name = "NAME")]
+    pub repo: Option<String>,
+    /// Tag, as the client asked for it
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Digest, or a prefix of one (`sha256:ab12`, or the hex alone)
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// Client address or network (`10.0.0.5`, `10.0.0.0/24`)
+    #[arg(long, value_name = "ADDR", value_parser = parse_client)]
+    pub client: Option<ipnet::IpNet>,
+    /// Upstream name (`docker.io`, `ghcr.io`, ...)
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// From this time: RFC 3339 (`2026-12-07T09:00:00Z`) or a time ago (`2h`, `7d`)
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub since: Option<std::time::SystemTime>,
+    /// Up to this time: RFC 3339 or a time ago
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub until: Option<std::time::SystemTime>,
+    /// Only the newest N records
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// The records as JSON lines (as they are in the file)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A client address (one host) or network.
+fn parse_client(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    s.parse()
+        .map_err(|_| format!("expected an IP address or a network such as 10.0.0.0/24, got {s:?}"))
+}
+
+/// A point in time: RFC 3339, or a duration before now.
+fn parse_when(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        format!("expected a time such as 2026-12-07T09:00:00Z or a time ago such as 2h or 7d, got {s:?}")
+    })?;
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(|| format!("{s} ago is before 1970"))
 }

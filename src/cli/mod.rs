@@ -11,6 +11,7 @@
 //! live in the library, which this layer only calls through its public interface.
 
 pub mod args;
+pub mod audit;
 pub mod doctor;
 pub mod failure;
 pub mod generate;

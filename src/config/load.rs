@@ -480,6 +480,7 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
     validate_auth(c, origin)?;
     super::tiers::validate(c.storage.shared.as_ref(), &c.cluster, origin)?;
     validate_push(c, origin)?;
+    validate_audit(c, origin, checks)?;
     for (i, host) in c.outbound.no_proxy.iter().enumerate() {
         if host.is_empty() || host.contains(|c: char| c == ',' || c.is_whitespace()) {
             return err(
@@ -649,6 +650,55 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
             if let Some(p) = &e.ca_file {
                 readable(origin, &key("ca_file"), p)?;
             }
+        }
+    }
+    Ok(())
+}
+
+fn validate_audit(
+    c: &Config,
+    origin: &ConfigOrigin,
+    checks: FileChecks,
+) -> Result<(), ConfigError> {
+    let a = &c.audit;
+    if a.max_size.get() < 64 << 10 {
+        return Err(ConfigError::at(
+            origin,
+            "audit.max_size",
+            format!("expected at least 64KiB, got {}", a.max_size),
+        ));
+    }
+    if a.keep > 1000 {
+        return Err(ConfigError::at(
+            origin,
+            "audit.keep",
+            format!("expected at most 1000 rotated files, got {}", a.keep),
+        ));
+    }
+    let Some(path) = &a.path else { return Ok(()) };
+    if path.as_os_str().is_empty() || path.file_name().is_none() {
+        return Err(ConfigError::at(
+            origin,
+            "audit.path",
+            format!(
+                "expected a file path such as \"/var/log/sparkcr-edge/audit.jsonl\", got {path:?}"
+            ),
+        ));
+    }
+    if checks == FileChecks::All {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(ConfigError::at(
+                origin,
+                "audit.path",
+                format!(
+                    "the directory {} does not exist: create it (writable by the service user) or change audit.path",
+                    dir.display()
+                ),
+            ));
         }
     }
     Ok(())

@@ -53,6 +53,43 @@ pub struct Config {
     /// Pushes through the edge to upstreams with `push = true`.
     #[serde(default)]
     pub push: PushConfig,
+    /// The audit trail's file (see [`AuditConfig`]).
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the audit trail's JSON-lines file, one record per manifest or blob request
+/// (the log stream carries the same fields whether or not a file is set).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The file; none (the default) writes no file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The file is rotated before it passes this size.
+    #[serde(default = "default_audit_max_size")]
+    pub max_size: ByteSize,
+    /// Rotated files kept (`<path>.1` the newest … `<path>.<keep>`).
+    #[serde(default = "default_audit_keep")]
+    pub keep: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: None,
+            max_size: default_audit_max_size(),
+            keep: default_audit_keep(),
+        }
+    }
+}
+
+fn default_audit_max_size() -> ByteSize {
+    ByteSize(100 << 20)
+}
+
+fn default_audit_keep() -> u32 {
+    5
 }
 
 /// `[push]`: limits of pushes through the edge (to upstreams with `push = true`).

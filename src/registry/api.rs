@@ -181,21 +181,31 @@ impl RegistryApi {
             .hop
             .as_ref()
             .map(|h| crate::oci::hops::outgoing(&incoming, &h.hop));
+        // A manifest or blob request's audit subject, once it is routed.
+        let mut audited = None;
         let answer = async {
             let who = self.authenticate(&at)?;
             if at.is_token_endpoint() {
                 return self.token_endpoint(&at, &who);
             }
             let routed = self.route_request(&at, &who)?;
+            audited = super::audit::subject_of(&routed, &who, req);
             let namespace = routed.target().map(|t| t.upstream.clone());
             let authorized = self.authorize(&at, who, routed)?;
             let answer = self.dispatch(&at, body, authorized).await;
             Ok::<_, Refusal>(with_namespace(answer, namespace))
         };
+        let mut refusal = None;
         let mut answer = crate::oci::hops::scope(via, answer)
             .await
-            .unwrap_or_else(|refused| refused.answer(at.head));
+            .unwrap_or_else(|refused| {
+                refusal = Some(refused.decision());
+                refused.answer(at.head)
+            });
         super::response::set_cache_status(&mut answer.response, &self.cache_status);
+        if let Some(subject) = audited {
+            super::audit::complete(subject, &mut answer.response, refusal);
+        }
         answer
     }
 

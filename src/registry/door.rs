@@ -66,6 +66,11 @@ impl Refusal {
         }
     }
 
+    /// The refusal in words, for the audit trail: its code and message.
+    pub(super) fn decision(&self) -> String {
+        format!("{}: {}", self.error.code.as_str(), self.error.message)
+    }
+
     pub(super) fn answer(self, head: bool) -> ApiResponse {
         ApiResponse {
             response: error_response(&self.error, head),

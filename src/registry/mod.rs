@@ -21,6 +21,7 @@
 
 pub mod accept;
 mod api;
+mod audit;
 pub mod body;
 mod door;
 pub mod error;

@@ -4,6 +4,7 @@
 //!
 //! Owns: that line and those per-request metrics. Must not: change the bytes it passes on.
 
+use crate::audit::{AuditFile, AuditRecord, AuditSubject, RequestFacts};
 use crate::metrics::activity::{unix_now, RecentError};
 use crate::metrics::Metrics;
 use crate::registry::body::ResponseBody;
@@ -30,6 +31,15 @@ pub struct RequestRecord {
     pub in_flight: Option<super::limits::InFlight>,
     /// The `upstream/repo` of a manifest or blob answer.
     pub repo: Option<String>,
+    /// A manifest or blob request's audit record, to finish when the body ends.
+    pub audit: Option<Audited>,
+}
+
+/// What the registry said of an audited request, and where its record goes besides the log.
+pub struct Audited {
+    pub subject: AuditSubject,
+    pub user_agent: Option<String>,
+    pub file: Option<Arc<AuditFile>>,
 }
 
 pub struct LoggedBody {
@@ -141,27 +151,90 @@ impl Drop for LoggedBody {
         }
         // A 5xx is the edge failing a client (the upstream down for content not cached, no
         // room, a bug): a warning, so `journalctl -p warning` shows it among the problems.
-        macro_rules! access_line {
-            ($level:expr) => {
-                tracing::event!(
+        let level = if r.status >= 500 {
+            tracing::Level::WARN
+        } else {
+            tracing::Level::INFO
+        };
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let audited = self.record.audit.take().map(|a| {
+            let facts = RequestFacts {
+                at: std::time::SystemTime::now(),
+                client: self.record.peer.ip(),
+                user_agent: a.user_agent.as_deref(),
+                method: self.record.method.as_str(),
+                status: self.record.status,
+                bytes: self.sent,
+                seconds: elapsed.as_secs_f64(),
+                result: outcome,
+            };
+            (a.subject.into_record(&facts), a.file)
+        });
+        let r = &self.record;
+        match &audited {
+            // The audit record is the request's line: the access fields and the audit's.
+            Some((a, _)) => access_line(level, r, self.sent, ms, outcome, Some(a)),
+            None => access_line(level, r, self.sent, ms, outcome, None),
+        }
+        if let Some((record, Some(file))) = audited {
+            file.write(&record);
+        }
+    }
+}
+
+/// The request's log line (target `sparkcr_edge::access`); a manifest or blob request's
+/// carries its audit record's fields too.
+fn access_line(
+    level: tracing::Level,
+    r: &RequestRecord,
+    sent: u64,
+    ms: f64,
+    outcome: &str,
+    audit: Option<&AuditRecord>,
+) {
+    macro_rules! line {
+        ($level:expr) => {
+            match audit {
+                None => tracing::event!(
                     target: "sparkcr_edge::access",
                     $level,
                     method = %r.method,
                     path = %r.path,
                     status = r.status,
-                    bytes = self.sent,
-                    ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1000.0),
+                    bytes = sent,
+                    ms = format_args!("{ms:.1}"),
                     client = %r.peer,
                     outcome,
                     "request"
-                )
-            };
-        }
-        if r.status >= 500 {
-            access_line!(tracing::Level::WARN);
-        } else {
-            access_line!(tracing::Level::INFO);
-        }
+                ),
+                Some(a) => tracing::event!(
+                    target: "sparkcr_edge::access",
+                    $level,
+                    method = %r.method,
+                    path = %r.path,
+                    status = r.status,
+                    bytes = sent,
+                    ms = format_args!("{ms:.1}"),
+                    client = %r.peer,
+                    outcome,
+                    who = %a.who,
+                    upstream = %a.upstream,
+                    repository = %a.repository,
+                    tag = %a.tag.as_deref().unwrap_or("-"),
+                    digest = %a.digest.as_deref().unwrap_or("-"),
+                    range = %a.range.as_deref().unwrap_or("-"),
+                    cache = %a.cache.as_deref().unwrap_or("-"),
+                    user_agent = a.user_agent.as_deref().unwrap_or("-"),
+                    decision = a.decision.as_deref().unwrap_or("-"),
+                    "request"
+                ),
+            }
+        };
+    }
+    if level == tracing::Level::WARN {
+        line!(tracing::Level::WARN);
+    } else {
+        line!(tracing::Level::INFO);
     }
 }
 

@@ -8,10 +8,11 @@
 //! `access`, which counts its refusals).
 
 use super::limits::ConnActivity;
-use super::logged_body::{LoggedBody, RequestRecord};
+use super::logged_body::{Audited, LoggedBody, RequestRecord};
 use super::status::CertStatus;
 use super::tls::ReloadableCert;
 use crate::access::DenyReason;
+use crate::audit::{AuditFile, AuditSubject};
 use crate::metrics::activity::unix_now;
 use crate::metrics::Metrics;
 use crate::registry::body;
@@ -43,6 +44,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     tls: OnceLock<Arc<ReloadableCert>>,
+    /// The audit trail's file (`[audit] path`), if one is set.
+    audit: Option<Arc<AuditFile>>,
 }
 
 impl App {
@@ -52,7 +55,14 @@ impl App {
             metrics,
             ready: AtomicBool::new(false),
             tls: OnceLock::new(),
+            audit: None,
         }
+    }
+
+    /// Writes the audit trail's records to `file` too (they always go to the log).
+    pub fn with_audit_file(mut self, file: Arc<AuditFile>) -> Self {
+        self.audit = Some(file);
+        self
     }
 
     /// The certificate the HTTPS listeners serve.
@@ -187,6 +197,18 @@ impl App {
             header::HeaderValue::from_static("nosniff"),
         );
         let repo = head.extensions.remove::<ServedRepo>().map(|r| r.0);
+        let audit = head
+            .extensions
+            .remove::<AuditSubject>()
+            .map(|subject| Audited {
+                subject,
+                user_agent: parts
+                    .headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                file: self.audit.clone(),
+            });
         let body = if parts.method == http::Method::HEAD && route != "blob" && route != "manifest" {
             body::empty()
         } else {
@@ -209,6 +231,7 @@ impl App {
             metrics: self.metrics.clone(),
             in_flight,
             repo,
+            audit,
         };
         Response::from_parts(head, LoggedBody::new(body, record))
     }

@@ -56,3 +56,22 @@ pub fn ctr(c: &Containerd, args: &[&str]) -> (bool, String) {
     cmd.arg("-a").arg(&c.sock).args(args);
     super::outcome(cmd, "ctr")
 }
+
+/// `ctr -n <ns> images pull --hosts-dir <hosts> --snapshotter native <reference>`.
+pub fn ctr_pull(c: &Containerd, ns: &str, hosts: &Path, reference: &str) -> (bool, String) {
+    let hosts = hosts.to_str().expect("hosts dir path is UTF-8");
+    ctr(
+        c,
+        &[
+            "-n",
+            ns,
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts,
+            "--snapshotter",
+            "native",
+            reference,
+        ],
+    )
+}

@@ -323,6 +323,28 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+/// The audit records `sparkcr-edge audit --json <source> <filters>` prints (`source`:
+/// `--config <file>` or `--file <audit file>`), once there are at least `n` of them or
+/// after 5 s (the daemon writes its records within a second).
+pub fn wait_audit(source: &[&str], filters: &[&str], n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut args = vec!["audit", "--json"];
+        args.extend_from_slice(source);
+        args.extend_from_slice(filters);
+        let (code, out, err) = run_cli(&args, &[]);
+        assert_eq!(code, 0, "audit {filters:?}: {err}");
+        let found: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if found.len() >= n || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A TLS client connection with a chosen ALPN protocol; remembers the server's leaf cert.
 pub struct TlsConn {
     pub sender: ConnSender,
