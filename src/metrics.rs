@@ -14,6 +14,8 @@ use prometheus::{
     CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use serde::Serialize;
+use std::collections::BTreeMap;
 
 pub struct Metrics {
     registry: Registry,
@@ -79,6 +81,12 @@ pub struct Metrics {
     pub uploads_in_progress: IntGauge,
     pub push_failures: IntCounterVec,
     pub pushes_completed: IntCounterVec,
+    /// Bytes sent to clients that did not cross the WAN for them, by upstream.
+    pub saved_bytes: IntCounterVec,
+    /// Upstream requests a hit or a joined fill avoided, by upstream.
+    pub saved_requests: IntCounterVec,
+    /// Clients served by another request's fill, by upstream.
+    pub collapsed_clients: IntCounterVec,
     /// Audit records by `outcome`: `written` to the audit file, or `dropped` (queue full,
     /// write failed).
     pub audit_records: IntCounterVec,
@@ -86,6 +94,36 @@ pub struct Metrics {
     pub activity: activity::Activity,
     /// The shared tier and cluster single flight.
     pub tiers: tiers::TierMetrics,
+}
+
+/// What the edge saved the WAN: bytes sent that did not cross it, upstream requests
+/// avoided, and clients collapsed onto another client's fill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Savings {
+    pub bytes: u64,
+    pub requests: u64,
+    pub collapsed: u64,
+}
+
+impl Savings {
+    pub fn add(&mut self, other: &Savings) {
+        self.bytes += other.bytes;
+        self.requests += other.requests;
+        self.collapsed += other.collapsed;
+    }
+
+    /// What was added since `earlier` (never below zero).
+    pub fn since(&self, earlier: &Savings) -> Savings {
+        Savings {
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            requests: self.requests.saturating_sub(earlier.requests),
+            collapsed: self.collapsed.saturating_sub(earlier.collapsed),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Savings::default()
+    }
 }
 
 /// The sum of a counter over all its label values.
@@ -207,6 +245,24 @@ impl Metrics {
                 "pushes_completed_total",
                 "Blobs and manifests pushed through the edge, by kind (blob, mount, manifest).",
                 &["kind"],
+            ),
+            saved_bytes: counter_vec(
+                &r,
+                "saved_bytes_total",
+                "Bytes sent to clients from the cache or from another client's fill: bytes that did not cross the WAN for them, by upstream.",
+                &["upstream"],
+            ),
+            saved_requests: counter_vec(
+                &r,
+                "saved_requests_total",
+                "Upstream requests avoided: manifest and blob answers from the cache or from another client's fill, by upstream.",
+                &["upstream"],
+            ),
+            collapsed_clients: counter_vec(
+                &r,
+                "collapsed_clients_total",
+                "Clients served by another client's blob fill instead of a fetch of their own, by upstream.",
+                &["upstream"],
             ),
             audit_records: counter_vec(
                 &r,
@@ -537,6 +593,45 @@ impl Metrics {
     }
 
     /// The text exposition format of every metric.
+    /// A manifest or blob answer for `upstream` and what the cache did for it (`hit`,
+    /// `stale`, `quota-reserve`, `collapsed`, …), `bytes` sent: an answer the cache gave or
+    /// another client's fill carried counts as saved.
+    pub fn count_saving(&self, upstream: &str, cache: &str, bytes: u64) {
+        let collapsed = cache == "collapsed";
+        if !(collapsed || matches!(cache, "hit" | "stale" | "quota-reserve")) {
+            return;
+        }
+        self.saved_bytes
+            .with_label_values(&[upstream])
+            .inc_by(bytes);
+        self.saved_requests.with_label_values(&[upstream]).inc();
+        if collapsed {
+            self.collapsed_clients.with_label_values(&[upstream]).inc();
+        }
+    }
+
+    /// What the saving counters hold now (since start), per upstream.
+    pub fn savings_by_upstream(&self) -> Vec<(String, Savings)> {
+        use prometheus::core::Collector;
+        let mut by: BTreeMap<String, Savings> = BTreeMap::new();
+        type Field = fn(&mut Savings) -> &mut u64;
+        let fields: [(&IntCounterVec, Field); 3] = [
+            (&self.saved_bytes, |s| &mut s.bytes),
+            (&self.saved_requests, |s| &mut s.requests),
+            (&self.collapsed_clients, |s| &mut s.collapsed),
+        ];
+        for (vec, field) in fields {
+            for m in vec.collect().iter().flat_map(|mf| mf.get_metric()) {
+                let Some(upstream) = m.get_label().iter().find(|l| l.name() == "upstream") else {
+                    continue;
+                };
+                let entry = by.entry(upstream.value().to_string()).or_default();
+                *field(entry) = m.get_counter().get_value() as u64;
+            }
+        }
+        by.into_iter().collect()
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
@@ -603,6 +698,9 @@ impl Metrics {
             &self.uploads_in_progress,
             &self.push_failures,
             &self.audit_records,
+            &self.saved_bytes,
+            &self.saved_requests,
+            &self.collapsed_clients,
             &self.pushes_completed,
             &self.tiers.shared_lookups,
             &self.tiers.shared_bytes,

@@ -897,3 +897,131 @@ fn audit_without_a_file_says_which_key_to_set() {
         "{err}"
     );
 }
+
+/// Pulls `image` (manifest by tag, then every blob) from the edge at `base`; the bytes of
+/// the answers and the number of requests.
+async fn pull_all(base: &str, repo: &str, image: &PushedImage) -> (u64, u64) {
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{base}/v2/{repo}/manifests/v1"))
+        .header("accept", image.media_type.as_str())
+        .send()
+        .await
+        .expect("manifest");
+    assert_eq!(r.status(), 200);
+    let mut bytes = r.bytes().await.expect("manifest body").len() as u64;
+    for (d, blob) in &image.blobs {
+        let r = http
+            .get(format!("{base}/v2/{repo}/blobs/{d}"))
+            .send()
+            .await
+            .expect("blob");
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.expect("blob body");
+        assert_eq!(body.len(), blob.len());
+        bytes += body.len() as u64;
+    }
+    (bytes, 1 + image.blobs.len() as u64)
+}
+
+async fn status_json(edge: &Edge) -> serde_json::Value {
+    let body = reqwest::get(edge.url("/status.json"))
+        .await
+        .expect("status.json")
+        .bytes()
+        .await
+        .expect("status body");
+    serde_json::from_slice(&body).expect("status JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_edge_saved_is_counted_kept_across_a_restart_and_shown() {
+    let reg = Registry2::start();
+    let image = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Docker,
+        83,
+        "amd64",
+        &[60_000, 25_000],
+    )
+    .await;
+    let config = format!(
+        "builtin_upstreams = false\n[server]\nlisten = [\"127.0.0.1:0\"]\n\
+         [storage]\npath = \"{{dir}}/data\"\n\
+         [[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\n",
+        reg.url()
+    );
+    let mut edge = Edge::start(&config);
+    let base = format!("http://{}", edge.http[0]);
+    let repo = "registry.test/team/app";
+    let (first, _) = pull_all(&base, repo, &image).await;
+    edge.wait_fills_settled().await;
+    let (second, requests) = pull_all(&base, repo, &image).await;
+    assert_eq!(first, second);
+    let series = |name: &str| format!("sparkcr_edge_{name}{{upstream=\"registry.test\"}}");
+    // The first pull crossed the WAN; the second, all hits, saved every byte and request.
+    assert_eq!(
+        edge.metric(&series("saved_bytes_total")).await as u64,
+        second
+    );
+    assert_eq!(
+        edge.metric(&series("saved_requests_total")).await as u64,
+        requests
+    );
+    let s = status_json(&edge).await;
+    assert_eq!(s["savings"]["total"]["bytes"], second, "{}", s["savings"]);
+    assert_eq!(s["savings"]["today"]["requests"], requests);
+    assert_eq!(s["savings"]["upstreams"][0]["upstream"], "registry.test");
+    assert_eq!(s["savings"]["daily"].as_array().map(Vec::len), Some(30));
+
+    // Kept in the store: after a restart the history holds it, and adds to it.
+    edge.signal(libc::SIGTERM);
+    assert_eq!(edge.wait_exit(std::time::Duration::from_secs(20)), Some(0));
+    let config_path = edge.dir.path().join("config.toml");
+    let (code, out, err) = run_cli(
+        &[
+            "cache",
+            "stats",
+            "--config",
+            config_path.to_str().expect("p"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let human = bytesize::ByteSize(second).to_string();
+    assert!(out.contains("WAN saved"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("registry.test"))
+        .unwrap_or_else(|| panic!("a line for the upstream: {out}"));
+    assert!(line.contains(&human), "{human} in {line}");
+    let dir = std::mem::replace(&mut edge.dir, tempfile::tempdir().expect("tempdir"));
+    let edge = Edge::start_in(dir, &config, &[]);
+    let base = format!("http://{}", edge.http[0]);
+    let s = status_json(&edge).await;
+    assert_eq!(
+        s["savings"]["total"]["bytes"], second,
+        "kept over the restart"
+    );
+    pull_all(&base, repo, &image).await;
+    let s = status_json(&edge).await;
+    assert_eq!(s["savings"]["total"]["bytes"], 2 * second);
+    assert_eq!(s["savings"]["last_7_days"]["requests"], 2 * requests);
+    // The page shows it, with the exact figure in a data attribute.
+    let page = reqwest::get(edge.url("/status"))
+        .await
+        .expect("status page")
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        page.contains(&format!(
+            "data-upstream=\"all\" data-today=\"{}\"",
+            2 * second
+        )),
+        "the WAN saved table"
+    );
+    assert!(page.contains("id=\"chart-saved\""));
+}

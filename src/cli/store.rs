@@ -53,7 +53,11 @@ pub fn cache(cmd: CacheCommand) -> Result<(), Failure> {
     store_owner::check(&loaded.config.storage.path, action).map_err(Failure::Config)?;
     let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
     match cmd {
-        CacheCommand::Stats(_) => print!("{}", store.stats().context("cannot read store stats")?),
+        CacheCommand::Stats(_) => {
+            print!("{}", store.stats().context("cannot read store stats")?);
+            let saved = store.savings().context("cannot read what the edge saved")?;
+            print!("{}", savings_text(&saved.summary(unix_now())));
+        }
         CacheCommand::Verify(_) => {
             let report = store.verify().context("verify failed")?;
             print!("{report}");
@@ -96,4 +100,51 @@ pub fn import(a: &ConfigArg, bundle_path: &Path, options: ImportOptions) -> Resu
             report.failures.len()
         )))
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the edge saved the WAN, as `cache stats` prints it: one line per window, then one
+/// per upstream.
+fn savings_text(s: &sparkcr_edge::store::SavingsSummary) -> String {
+    use bytesize::ByteSize;
+    use std::fmt::Write;
+    let mut out = String::from("WAN saved (bytes from the cache or another client's fill; upstream requests avoided; clients collapsed):\n");
+    let since = s.since.map_or_else(
+        || "nothing yet".to_string(),
+        |t| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+            )
+            .to_string()
+        },
+    );
+    for (label, v) in [
+        ("today (UTC)", &s.today),
+        ("last 7 days", &s.last_7_days),
+        (&*format!("since {since}"), &s.total),
+    ] {
+        let _ = writeln!(
+            out,
+            "  {label:<32} {:>10}  {:>8} requests  {:>6} collapsed",
+            ByteSize(v.bytes).to_string(),
+            v.requests,
+            v.collapsed
+        );
+    }
+    for u in &s.upstreams {
+        let _ = writeln!(
+            out,
+            "  {:<32} {:>10} today, {:>10} in 7 days, {:>10} in all",
+            u.upstream,
+            ByteSize(u.today.bytes).to_string(),
+            ByteSize(u.last_7_days.bytes).to_string(),
+            ByteSize(u.total.bytes).to_string()
+        );
+    }
+    out
 }

@@ -171,6 +171,11 @@ impl Drop for LoggedBody {
             (a.subject.into_record(&facts), a.file)
         });
         let r = &self.record;
+        if let Some((a, _)) = audited.as_ref().filter(|_| r.status < 400) {
+            if let Some(cache) = &a.cache {
+                r.metrics.count_saving(&a.upstream, cache, self.sent);
+            }
+        }
         match &audited {
             // The audit record is the request's line: the access fields and the audit's.
             Some((a, _)) => access_line(level, r, self.sent, ms, outcome, Some(a)),

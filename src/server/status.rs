@@ -36,6 +36,9 @@ pub struct StatusReport {
     pub last_day: Window,
     /// Blob bytes sent from the store since start: bytes that did not cross the WAN.
     pub wan_bytes_saved: u64,
+    /// What the edge saved the WAN, kept in the store: today, 7 days, since the first
+    /// saving, per upstream, and per day over 30 days.
+    pub savings: crate::store::SavingsSummary,
     /// Per-minute bytes over the last hour, oldest first.
     pub chart_hour: Vec<ChartPoint>,
     /// Per-hour bytes over the last day, oldest first.
@@ -338,6 +341,10 @@ impl App {
             last_hour: window(&samples, &now, 3600),
             last_day: window(&samples, &now, 86400),
             wan_bytes_saved: now.served_cache_bytes,
+            savings: store
+                .savings()
+                .map(|h| h.summary(now.at))
+                .unwrap_or_default(),
             chart_hour: chart(&samples, &now, 3600, 60),
             chart_day: chart(&samples, &now, 86400, 3600),
             fills: cache.fills_in_progress(),

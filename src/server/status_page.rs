@@ -130,6 +130,66 @@ fn chart(id: &str, points: &[ChartPoint], label_every: usize, unit: &str) -> Str
     svg
 }
 
+/// "WAN saved": today, 7 days and since the first saving, per upstream, and a 30-day chart.
+fn savings(h: &mut String, r: &StatusReport) {
+    let s = &r.savings;
+    let since = s.since.map_or_else(
+        || "no saving yet".to_string(),
+        |t| {
+            format!(
+                "since {}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)
+                )
+            )
+        },
+    );
+    let _ = write!(
+        h,
+        "<h2>WAN saved</h2><p class=\"muted\">Bytes sent from the cache or from another client's fill (bytes that did not cross the WAN), upstream requests avoided, and clients that joined a fill instead of starting their own; kept in the store ({}).</p><table id=\"savings\"><tr><th>upstream</th><th class=\"n\">today</th><th class=\"n\">last 7 days</th><th class=\"n\">in all</th><th class=\"n\">requests avoided (7 days)</th><th class=\"n\">clients collapsed (7 days)</th></tr>",
+        esc(&since)
+    );
+    let all = crate::store::UpstreamSavings {
+        upstream: "all upstreams".into(),
+        today: s.today,
+        last_7_days: s.last_7_days,
+        total: s.total,
+    };
+    for (i, u) in s.upstreams.iter().chain(std::iter::once(&all)).enumerate() {
+        let id = if i == s.upstreams.len() {
+            "all".to_string()
+        } else {
+            esc(&u.upstream)
+        };
+        let _ = write!(
+            h,
+            "<tr data-upstream=\"{id}\" data-today=\"{}\" data-week=\"{}\" data-total=\"{}\" data-requests-week=\"{}\" data-collapsed-week=\"{}\"><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            u.today.bytes,
+            u.last_7_days.bytes,
+            u.total.bytes,
+            u.last_7_days.requests,
+            u.last_7_days.collapsed,
+            esc(&u.upstream),
+            human_bytes(u.today.bytes),
+            human_bytes(u.last_7_days.bytes),
+            human_bytes(u.total.bytes),
+            u.last_7_days.requests,
+            u.last_7_days.collapsed,
+        );
+    }
+    h.push_str("</table><h3>Bytes saved per day, last 30 days (UTC)</h3>");
+    let days: Vec<ChartPoint> = s
+        .daily
+        .iter()
+        .map(|(at, saved)| ChartPoint {
+            at: at + 86_400,
+            served_cache_bytes: saved.bytes,
+            served_upstream_bytes: 0,
+        })
+        .collect();
+    h.push_str(&chart("chart-saved", &days, 5, "d"));
+}
+
 fn card(html: &mut String, id: &str, title: &str, shown: &str, value: &str) {
     let _ = write!(
         html,
@@ -228,6 +288,7 @@ pub fn render(r: &StatusReport) -> String {
     h.push_str(&chart("chart-hour", &r.chart_hour, 10, "m"));
     h.push_str("<h3>Last day, per hour</h3>");
     h.push_str(&chart("chart-day", &r.chart_day, 4, "h"));
+    savings(&mut h, r);
     // Fills.
     let _ = write!(
         h,

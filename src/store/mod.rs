@@ -80,7 +80,9 @@ pub use growing::{
     BlobInput, BlobRead, BlobWriter, Checkpoint, GrowingBlob, GrowthFailure, Keeping,
     MEMORY_WINDOW, READ_FRAME,
 };
-pub use index::{SchemaOpen, SCHEMA_VERSION};
+pub use index::{
+    SavingsHistory, SavingsSummary, SchemaOpen, UpstreamSavings, HISTORY_HOURS, SCHEMA_VERSION,
+};
 pub use maintenance::{PurgeFilter, PurgeReport, StoreStats, VerifyReport};
 pub use options::{StoreOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use reader::{BlobReader, FRAME_BYTES};
@@ -123,6 +125,9 @@ struct StoreInner {
     /// What recovery did when this store was opened, and what the index's schema was.
     recovery: RecoveryReport,
     schema: SchemaOpen,
+    /// What of this process's saving counters (`Metrics::savings_by_upstream`) the index
+    /// already holds.
+    savings_kept: std::sync::Mutex<std::collections::BTreeMap<String, crate::metrics::Savings>>,
     /// Held (flock) for the store's lifetime; released when dropped.
     _lock_file: File,
 }
@@ -203,6 +208,7 @@ impl Store {
             budget,
             recovery: report.clone(),
             schema,
+            savings_kept: std::sync::Mutex::default(),
             _lock_file: lock_file,
         };
         inner.publish_tag_gauge();
@@ -256,6 +262,29 @@ impl Store {
     /// survives restarts and upgrades, and differs between boxes made from one image).
     pub fn edge_id(&self) -> Result<String, StoreError> {
         self.inner.index.edge_id()
+    }
+
+    /// Adds what the edge saved the WAN since the last call (per upstream) to the hour of
+    /// `at` and to the totals, and forgets hours older than [`HISTORY_HOURS`].
+    pub fn add_savings(
+        &self,
+        at: std::time::SystemTime,
+        saved: &[(String, crate::metrics::Savings)],
+    ) -> Result<(), StoreError> {
+        let now = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let r = self.inner.index.add_savings(now, now / 3600, saved);
+        self.counted("savings", r)
+    }
+
+    /// The savings history kept in the index, with what this process saved up to now (its
+    /// counters are kept first).
+    pub fn savings(&self) -> Result<SavingsHistory, StoreError> {
+        let r = self
+            .keep_savings(SystemTime::now())
+            .and_then(|()| self.inner.index.savings_history());
+        self.counted("savings", r)
     }
 
     pub fn stored_bytes(&self) -> u64 {
@@ -476,8 +505,36 @@ impl Store {
     /// shutdown).
     pub fn flush_access(&self) -> Result<(), StoreError> {
         let i = &self.inner;
-        let result = i.budget.apply_accesses().and_then(|()| i.index.flush());
+        let result = i
+            .budget
+            .apply_accesses()
+            .and_then(|()| self.keep_savings(SystemTime::now()))
+            .and_then(|()| i.index.flush());
         self.counted("flush_access", result)
+    }
+
+    /// Adds what the saving counters gained since the last call to the index's history
+    /// (run with every recency flush, so at most 10 s of savings are lost to a crash).
+    fn keep_savings(&self, now: SystemTime) -> Result<(), StoreError> {
+        let i = &self.inner;
+        let current = i.metrics.savings_by_upstream();
+        let mut kept = i.savings_kept.lock().unwrap_or_else(|p| p.into_inner());
+        let gained: Vec<(String, crate::metrics::Savings)> = current
+            .iter()
+            .map(|(u, s)| {
+                (
+                    u.clone(),
+                    s.since(&kept.get(u).copied().unwrap_or_default()),
+                )
+            })
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+        if gained.is_empty() {
+            return Ok(());
+        }
+        self.add_savings(now, &gained)?;
+        kept.extend(current);
+        Ok(())
     }
 
     /// Removes blobs, manifests and tags whose TTL passed at `now`.

@@ -1,4 +1,5 @@
-//! The store's own upkeep task: batched recency written to the index every 10 s, expired
+//! The store's own upkeep task: batched recency (and what the edge saved the WAN) written
+//! to the index every 10 s, expired
 //! content swept every minute. The store starts it (`Store::spawn_upkeep`) and it stops
 //! when its [`Upkeep`] handle is dropped.
 //!

@@ -132,6 +132,18 @@ def main():
               sum(p["served_cache_bytes"] for p in status["chart_hour"]))
         check("chart covers the hour's bytes from cache", drawn,
               status["last_hour"]["served_cache_bytes"])
+        # WAN saved: the table and the 30-day chart against /status.json and /metrics (a
+        # new store: what it kept is what this process counted).
+        saved = driver.find_element(By.CSS_SELECTOR, '#savings tr[data-upstream="all"]')
+        check("WAN saved today", int(saved.get_attribute("data-today")), status["savings"]["today"]["bytes"])
+        check("WAN saved in all", int(saved.get_attribute("data-total")), status["savings"]["total"]["bytes"])
+        check("WAN saved in all vs /metrics", status["savings"]["total"]["bytes"],
+              int(metric_sum(metrics, "sparkcr_edge_saved_bytes_total")))
+        check("WAN saved is not nothing", status["savings"]["total"]["bytes"] > 0, True)
+        days = driver.find_elements(By.CSS_SELECTOR, "#chart-saved g")
+        check("days charted", len(days), 30)
+        check("chart bytes saved", sum(int(d.get_attribute("data-cache")) for d in days),
+              status["savings"]["total"]["bytes"])
         # Nothing loaded from anywhere else: the box may be offline.
         external = driver.execute_script(
             "return performance.getEntriesByType('resource').map(e => e.name)")

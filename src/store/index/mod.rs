@@ -16,6 +16,8 @@
 //! - `lru`: `last_access µs (BE u64) ++ kind ++ digest` → `()`; eviction scans it in order
 //! - `meta`: `stored_bytes` → BE u64, `schema_version` → BE u32, `edge_id` → 32 hex
 //!   characters (made once, the edge's identity in headers)
+//! - `savings`: what the edge saved the WAN, per upstream and hour and in total
+//!   (`savings.rs`)
 //!
 //! This file: opening, blobs, manifests, recency and chunk references. `schema.rs`: the
 //! schema version and migrations; `tags.rs`: tags, tag lists and the catalog;
@@ -27,10 +29,12 @@
 //! change with budget accounting hold that lock around the call; see `budget.rs`).
 
 mod rebuild;
+mod savings;
 mod schema;
 mod tags;
 
 pub(crate) use rebuild::Rebuilt;
+pub use savings::{SavingsHistory, SavingsSummary, UpstreamSavings, HISTORY_HOURS};
 pub use schema::{SchemaOpen, SCHEMA_VERSION};
 
 use super::chunks::{ChunkId, ChunkRef};
@@ -91,6 +95,8 @@ pub(crate) struct Index {
     chunk_refs: sled::Tree,
     lru: sled::Tree,
     meta: sled::Tree,
+    /// What the edge saved the WAN, per upstream and hour (see `savings.rs`).
+    savings: sled::Tree,
     metrics: Arc<Metrics>,
     /// Tags in the `tags` tree.
     tag_count: AtomicU64,
@@ -112,6 +118,7 @@ impl Index {
             chunk_refs: db.open_tree("chunk_refs")?,
             lru: db.open_tree("lru")?,
             meta: db.open_tree("meta")?,
+            savings: db.open_tree("savings")?,
             db,
             metrics,
             tag_count: AtomicU64::new(0),

@@ -411,3 +411,109 @@ fn the_edge_id_is_made_once_and_kept() {
     let second = open_store(other.path(), 1 << 20, 64 << 10);
     assert_ne!(second.edge_id().expect("another box"), id);
 }
+
+#[test]
+fn savings_are_kept_once_per_gain_and_survive_a_reopen() {
+    use crate::metrics::Savings;
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(StoreOptions::new(dir.path(), 1 << 20), metrics.clone())
+            .expect("open store");
+        metrics.count_saving("docker.io", "hit", 1000);
+        metrics.count_saving("docker.io", "collapsed", 500);
+        metrics.count_saving("ghcr.io", "stale", 7);
+        metrics.count_saving("docker.io", "miss", 999);
+        metrics.count_saving("docker.io", "denied", 0);
+        let first = store.savings().expect("savings");
+        // Read twice: the counters are kept once, not added again.
+        let again = store.savings().expect("savings");
+        assert_eq!(first, again);
+        store.flush_access().expect("flush");
+        assert_eq!(store.savings().expect("savings").totals, first.totals);
+        metrics.count_saving("docker.io", "hit", 1);
+        store.flush_access().expect("flush");
+    }
+    let store = open_store(dir.path(), 1 << 20, CHUNK);
+    let kept = store.savings().expect("savings after a reopen");
+    let expect = |bytes, requests, collapsed| Savings {
+        bytes,
+        requests,
+        collapsed,
+    };
+    assert_eq!(kept.totals["docker.io"], expect(1501, 3, 1));
+    assert_eq!(kept.totals["ghcr.io"], expect(7, 1, 0));
+    assert_eq!(kept.totals.len(), 2, "a miss or a refusal saves nothing");
+    let hour_sum: u64 = kept.hourly.values().map(|s| s.bytes).sum();
+    assert_eq!(hour_sum, 1508, "the hours add up to the totals");
+    assert!(kept.since.is_some());
+}
+
+#[test]
+fn savings_history_keeps_30_days_and_sums_today_the_week_and_all() {
+    use crate::metrics::Savings;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path(), 1 << 20, CHUNK);
+    let day = 86_400u64;
+    // Noon on some day, as unix seconds.
+    let now = 20_000 * day + day / 2;
+    let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let saved = |upstream: &str, bytes| {
+        vec![(
+            upstream.to_string(),
+            Savings {
+                bytes,
+                requests: 1,
+                collapsed: 0,
+            },
+        )]
+    };
+    store
+        .add_savings(at(now - 40 * day), &saved("docker.io", 1))
+        .expect("add");
+    store
+        .add_savings(at(now - 3 * day), &saved("docker.io", 10))
+        .expect("add");
+    store
+        .add_savings(at(now - 3600), &saved("docker.io", 100))
+        .expect("add");
+    store
+        .add_savings(at(now - 13 * 3600), &saved("ghcr.io", 1000))
+        .expect("add");
+    store
+        .add_savings(at(now), &saved("docker.io", 10_000))
+        .expect("add");
+    let history = store.savings().expect("savings");
+    assert_eq!(
+        history.hourly.len(),
+        4,
+        "the hour 40 days ago is gone: {:?}",
+        history.hourly
+    );
+    let s = history.summary(now);
+    assert_eq!(
+        s.today.bytes, 10_100,
+        "since 00:00 UTC (13 h ago is yesterday)"
+    );
+    assert_eq!(s.last_7_days.bytes, 11_110);
+    assert_eq!(
+        s.total.bytes, 11_111,
+        "the totals keep what aged out of the hours"
+    );
+    assert_eq!(s.daily.len(), 30);
+    assert_eq!(s.daily.last().map(|d| d.1.bytes), Some(10_100));
+    assert_eq!(s.daily[29 - 3].1.bytes, 10);
+    let docker = s
+        .upstreams
+        .iter()
+        .find(|u| u.upstream == "docker.io")
+        .expect("docker.io row");
+    assert_eq!(
+        (
+            docker.today.bytes,
+            docker.last_7_days.bytes,
+            docker.total.bytes
+        ),
+        (10_100, 10_110, 10_111)
+    );
+}
