@@ -737,6 +737,28 @@ async fn the_audit_trail_names_tag_and_digest_and_is_searchable_after_a_restart_
     );
     let decision = denied[0]["decision"].as_str().unwrap_or_default();
     assert!(decision.starts_with("DENIED: "), "{decision}");
+    // A wrong password is audited too, naming what it was for and never the password.
+    let r = manifest("registry.test/team/app/manifests/v2")
+        .basic_auth("ci", Some("not-the-secret"))
+        .send()
+        .await
+        .expect("bad password");
+    assert_eq!(r.status(), 401);
+    let bad = wait_audit(&by_config, &["--tag", "v2"], 1);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!(bad[0]["who"], "(bad credentials)");
+    assert_eq!(
+        (bad[0]["status"].as_u64(), bad[0]["cache"].as_str()),
+        (Some(401), Some("denied"))
+    );
+    assert!(!bad[0].to_string().contains("not-the-secret"));
+    assert!(
+        bad[0]["decision"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("UNAUTHORIZED")),
+        "{}",
+        bad[0]
+    );
     // The log stream carries the same record.
     edge.wait_for_log(&format!("digest={}", image.manifest_digest))
         .await;
@@ -755,10 +777,10 @@ async fn the_audit_trail_names_tag_and_digest_and_is_searchable_after_a_restart_
         assert_eq!(r.status(), 200);
     }
     let audit_file = edge.dir.path().join("audit.jsonl");
-    let all = wait_audit(&by_config, &["--repo", "registry.test/team/app"], 303);
+    let all = wait_audit(&by_config, &["--repo", "registry.test/team/app"], 304);
     assert_eq!(
         all.len(),
-        303,
+        304,
         "every record kept (two files fit within keep = 2)"
     );
     assert!(

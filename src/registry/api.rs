@@ -12,7 +12,7 @@ use super::door::{Authorized, Incoming, Refusal, Side};
 use super::error::OciError;
 use super::response::CacheStatusEntries;
 use super::route::{route, ApiRoute, RequestParts, UpstreamTable};
-use crate::access::Access;
+use crate::access::{Access, Identity};
 use crate::cache::push::{Pushes, UploadBody};
 use crate::cache::Cache;
 use http::Response;
@@ -44,6 +44,9 @@ pub struct ClientInfo {
     /// It arrived over TLS (the bearer realm is then `https://`).
     pub tls: bool,
 }
+
+/// Who an audit record names for a request whose credentials were refused.
+const BAD_CREDENTIALS: &str = "(bad credentials)";
 
 /// The path of the edge's own token endpoint (the bearer realm).
 pub const TOKEN_PATH: &str = "/token";
@@ -184,7 +187,21 @@ impl RegistryApi {
         // A manifest or blob request's audit subject, once it is routed.
         let mut audited = None;
         let answer = async {
-            let who = self.authenticate(&at)?;
+            let who = match self.authenticate(&at) {
+                Ok(who) => who,
+                Err(refused) => {
+                    // Audited too: a failed login says what it was for.
+                    audited = self
+                        .route_request(&at, &Identity::Anonymous)
+                        .ok()
+                        .and_then(|r| super::audit::subject_of(&r, &Identity::Anonymous, req))
+                        .map(|s| crate::audit::AuditSubject {
+                            who: BAD_CREDENTIALS.into(),
+                            ..s
+                        });
+                    return Err(refused);
+                }
+            };
             if at.is_token_endpoint() {
                 return self.token_endpoint(&at, &who);
             }
