@@ -317,6 +317,49 @@ async fn cache_status_shows_both_hops() {
         "both hops, the parent's first"
     );
     assert_eq!(get().await.as_deref(), Some("child; hit"));
+
+    // Blobs too: a cold layer shows both hops, then the child's hit; a blob the parent
+    // already has shows the parent's hit before the child's miss.
+    let blob_status = |url: String| async move {
+        let r = reqwest::Client::new()
+            .get(&url)
+            .send()
+            .await
+            .expect("GET blob");
+        assert_eq!(r.status(), 200);
+        let status = r
+            .headers()
+            .get("cache-status")
+            .map(|v| v.to_str().expect("ascii").to_string());
+        r.bytes().await.expect("blob body");
+        status
+    };
+    let (layer, config) = (&image.blobs[1].0, &image.blobs[0].0);
+    let through_child = |d: &str| format!("http://{}/v2/busybox/blobs/{d}", child.http[0]);
+    assert_eq!(
+        blob_status(through_child(layer)).await.as_deref(),
+        Some("parent; fwd=uri-miss, child; fwd=uri-miss"),
+        "a cold blob: both hops, the parent's first"
+    );
+    child.wait_fills_settled().await;
+    assert_eq!(
+        blob_status(through_child(layer)).await.as_deref(),
+        Some("child; hit")
+    );
+    let at_parent = format!(
+        "http://{}/v2/library/busybox/blobs/{config}",
+        parent.http[0]
+    );
+    assert_eq!(
+        blob_status(at_parent).await.as_deref(),
+        Some("parent; fwd=uri-miss")
+    );
+    parent.wait_fills_settled().await;
+    assert_eq!(
+        blob_status(through_child(config)).await.as_deref(),
+        Some("parent; hit, child; fwd=uri-miss"),
+        "the parent's hit, then the child's miss"
+    );
 }
 
 /// Two edges configured as each other's upstream (A → B → A): the request A sends on

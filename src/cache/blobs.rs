@@ -137,6 +137,7 @@ impl Cache {
             body,
             from_cache: true,
             collapsed: false,
+            upstream_cache_status: None,
         })))
     }
 
@@ -317,10 +318,12 @@ impl Cache {
                 body: None,
                 from_cache: false,
                 collapsed: false,
+                upstream_cache_status: None,
             });
         }
         let starter = self.fill_starter(target, digest, &key, requester)?;
         let (mut blob, collapsed) = self.join_fill(&starter).await?;
+        let upstream_cache_status = self.fills.upstream_cache_status(&starter.key, &blob);
         if range.is_some() && !head && blob.size().is_none() {
             // Without a size the range cannot be resolved before the whole blob is here.
             blob = self.verified(blob, &starter).await?;
@@ -356,6 +359,7 @@ impl Cache {
             body,
             from_cache: false,
             collapsed,
+            upstream_cache_status,
         })
     }
 }

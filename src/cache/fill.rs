@@ -132,7 +132,7 @@ pub(super) async fn run_from(job: FillJob, mut lead: FillLead, from_tier: Option
         }
     };
     let (blob, mut input, mut writer) = job.store.begin_growing(job.digest, first.size);
-    lead.started(&blob);
+    lead.started(&blob, first.cache_status.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Bytes>>();
     let (repo_key, hold) = (job.repo_key.clone(), job.hold_commit);
     let writer_task = tokio::task::spawn_blocking(move || {

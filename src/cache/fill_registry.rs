@@ -59,6 +59,9 @@ struct FillRecord {
 struct Records {
     next_id: u64,
     by_id: HashMap<u64, FillRecord>,
+    /// The first upstream answer's `Cache-Status` (a parent edge's entries) of each fill
+    /// that had one, for as long as its blob is alive (the answers that follow it hold it).
+    upstream_statuses: HashMap<FillKey, (Weak<GrowingBlob>, String)>,
 }
 
 impl Records {
@@ -142,6 +145,16 @@ impl FillRegistry {
         }
     }
 
+    /// The `Cache-Status` of the first upstream answer of the fill producing `blob` (a
+    /// parent edge's entries), if it had one.
+    pub fn upstream_cache_status(&self, key: &FillKey, blob: &Arc<GrowingBlob>) -> Option<String> {
+        lock(&self.records)
+            .upstream_statuses
+            .get(key)
+            .filter(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(blob)))
+            .map(|(_, s)| s.clone())
+    }
+
     /// Whether a fill for `key` is under way (or a spooled one still joinable).
     pub fn contains(&self, key: &FillKey) -> bool {
         self.flights.contains(key)
@@ -197,11 +210,20 @@ pub(super) struct FillLead {
 }
 
 impl FillLead {
-    /// The fill started: followers get `blob`, the record shows its progress.
-    pub fn started(&self, blob: &Arc<GrowingBlob>) {
-        if let Some(r) = lock(&self.records).by_id.get_mut(&self.id) {
+    /// The fill started: followers get `blob`, the record shows its progress and keeps the
+    /// upstream's `Cache-Status` for the answers.
+    pub fn started(&self, blob: &Arc<GrowingBlob>, upstream_cache_status: Option<String>) {
+        let mut records = lock(&self.records);
+        let key = records.by_id.get_mut(&self.id).map(|r| {
             r.blob = Some(Arc::downgrade(blob));
+            r.key.clone()
+        });
+        if let (Some(key), Some(status)) = (key, upstream_cache_status) {
+            let statuses = &mut records.upstream_statuses;
+            statuses.retain(|_, (w, _)| w.strong_count() > 0);
+            statuses.insert(key, (Arc::downgrade(blob), status));
         }
+        drop(records);
         if let Some(leader) = &self.leader {
             leader.started(Arc::clone(blob));
         }

@@ -88,6 +88,9 @@ pub struct BlobAnswer {
     /// A miss served by another request's fill (single flight): no upstream request of
     /// its own.
     pub collapsed: bool,
+    /// The upstream's `Cache-Status` for the fill this answer follows (a parent edge's
+    /// entries), shown before this edge's own.
+    pub upstream_cache_status: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

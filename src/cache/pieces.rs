@@ -417,6 +417,7 @@ mod tests {
     fn small_blobs_and_ignored_ranges_are_one_stream() {
         let rule = PieceRule::default();
         let answer = |partial, size| BlobResponse {
+            cache_status: None,
             size,
             start: 0,
             partial,
@@ -437,6 +438,7 @@ mod tests {
     fn a_fast_path_reads_the_rest_as_one_stream() {
         let rule = PieceRule::default();
         let answer = BlobResponse {
+            cache_status: None,
             size: Some(1 << 30),
             start: 0,
             partial: true,

@@ -117,6 +117,7 @@ impl ResumeFrom {
             Err(e) => {
                 tracing::warn!(digest = %self.digest, from = span.start(), error = %e, "blob request failed");
                 Ok(BlobResponse {
+                    cache_status: None,
                     size,
                     start: span.start(),
                     partial: span.end().is_some(),
@@ -315,6 +316,7 @@ mod tests {
             Box::pin(async move {
                 let (start, bytes, breaks) = next.ok_or(UpstreamError::NotFound)?;
                 let response = BlobResponse {
+                    cache_status: None,
                     size: Some(10),
                     start,
                     partial: start > 0,
@@ -350,6 +352,7 @@ mod tests {
             resumes: None,
         };
         let first = BlobResponse {
+            cache_status: None,
             size: Some(10),
             start: 0,
             partial: false,

@@ -270,6 +270,15 @@ pub(super) fn blob_response(a: BlobAnswer) -> Response<ResponseBody> {
         .header(header::ETAG, format!("\"{}\"", a.digest))
         .header(header::ACCEPT_RANGES, "bytes")
         .header(X_CACHE, cache_status(a.from_cache));
+    // A parent edge's entries first (the fill's first answer); this edge's own is appended
+    // by `set_cache_status`.
+    if let Some(parent) = a
+        .upstream_cache_status
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        b = b.header(CACHE_STATUS, parent);
+    }
     // Without a known size (the upstream gave none) the body goes out chunked.
     if let Some(size) = a.size {
         b = b.header(header::CONTENT_LENGTH, end - start);

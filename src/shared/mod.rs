@@ -360,6 +360,7 @@ impl SharedTier {
         });
         Some(SharedBlob {
             response: BlobResponse {
+                cache_status: None,
                 size: Some(size),
                 start: 0,
                 partial: false,

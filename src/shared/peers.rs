@@ -127,6 +127,7 @@ impl Cluster {
             frame.map_err(|e| UpstreamError::Body(format!("from the owning peer: {e}")))
         });
         Some(BlobResponse {
+            cache_status: None,
             size,
             start: 0,
             partial: false,

@@ -147,7 +147,18 @@ pub struct BlobResponse {
     /// The upstream answered 206: the body is the requested range, not the whole blob
     /// (the two look alike by `start` and `size` when the range starts at 0).
     pub partial: bool,
+    /// The upstream's `Cache-Status` (a parent edge's entries), at most 1 KiB.
+    pub cache_status: Option<String>,
     pub body: BlobBody,
+}
+
+/// A response's `Cache-Status` (a parent edge's entries), if it has a short one.
+fn cache_status_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 1024)
+        .map(str::to_string)
 }
 
 /// The bytes of a blob as they arrive. Counts `upstream_bytes`; a broken connection or a
@@ -358,12 +369,7 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
             .filter(|v| !v.is_empty());
-        let cache_status = response
-            .headers()
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 1024)
-            .map(str::to_string);
+        let cache_status = cache_status_of(response.headers());
         if head_only {
             let size = content_length(response.headers());
             let media_type = header_media_type.ok_or_else(|| {
@@ -520,10 +526,12 @@ impl Upstream {
         } else {
             (0, content_length(response.headers()))
         };
+        let cache_status = cache_status_of(response.headers());
         Ok(BlobResponse {
             size,
             start,
             partial,
+            cache_status,
             body: paced_body(
                 response,
                 slot,

@@ -294,6 +294,7 @@ impl BlobSource for FakeUpstream {
                     }
                 });
             let response = BlobResponse {
+                cache_status: None,
                 size: Some(total),
                 start,
                 partial: !whole,
