@@ -580,6 +580,23 @@ impl Metrics {
         zero(&self.fill_pieces, &["ok", "retried", "failed"]);
     }
 
+    /// Body bytes received from each upstream since start (`upstream_bytes_total`).
+    pub fn upstream_bytes_by(&self) -> std::collections::HashMap<String, u64> {
+        use prometheus::core::Collector;
+        self.upstream_bytes
+            .collect()
+            .iter()
+            .flat_map(|mf| mf.get_metric())
+            .filter_map(|m| {
+                let upstream = m.get_label().iter().find(|l| l.name() == "upstream")?;
+                Some((
+                    upstream.value().to_string(),
+                    m.get_counter().get_value() as u64,
+                ))
+            })
+            .collect()
+    }
+
     /// The counters the status page charts, summed over their labels, now.
     pub fn counter_sample(&self) -> activity::CounterSample {
         activity::CounterSample {

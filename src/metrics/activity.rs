@@ -113,7 +113,13 @@ struct Inner {
     errors: VecDeque<RecentError>,
     repos: HashMap<String, u64>,
     samples: VecDeque<CounterSample>,
+    /// Body bytes received per upstream at the last few snapshots (unix seconds, bytes by
+    /// upstream), oldest first: the status page's received-per-second over a minute.
+    received: VecDeque<(u64, HashMap<String, u64>)>,
 }
+
+/// Snapshots of the bytes received per upstream kept (a few minutes).
+const RECEIVED_KEPT: usize = 5;
 
 /// The bounded records; one per daemon, inside [`super::Metrics`].
 pub struct Activity {
@@ -261,6 +267,35 @@ impl Activity {
         inner.samples.push_back(s);
     }
 
+    /// Keeps the body bytes received per upstream at `at` (unix seconds).
+    pub fn record_received(&self, at: u64, by_upstream: HashMap<String, u64>) {
+        let mut inner = self.lock();
+        if inner.received.len() == RECEIVED_KEPT {
+            inner.received.pop_front();
+        }
+        inner.received.push_back((at, by_upstream));
+    }
+
+    /// What `upstream` received since the newest snapshot at least `secs` before `now`
+    /// (else the oldest), given `current` bytes now: `(bytes, seconds)`.
+    pub fn received_since(&self, upstream: &str, current: u64, now: u64, secs: u64) -> (u64, u64) {
+        let inner = self.lock();
+        let cutoff = now.saturating_sub(secs);
+        let base = inner
+            .received
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= cutoff)
+            .or_else(|| inner.received.front());
+        match base {
+            Some((at, by)) => (
+                current.saturating_sub(by.get(upstream).copied().unwrap_or(0)),
+                now.saturating_sub(*at),
+            ),
+            None => (0, 0),
+        }
+    }
+
     /// The snapshots kept, oldest first.
     pub fn samples(&self) -> Vec<CounterSample> {
         self.lock().samples.iter().copied().collect()
@@ -342,5 +377,30 @@ mod tests {
         let top = a.top_repos(2);
         assert_eq!(top[0], ("r0".to_string(), 11));
         assert_eq!(top[1], (OTHER_REPOS.to_string(), 3));
+    }
+
+    #[test]
+    fn received_per_upstream_over_the_last_minute_from_snapshots() {
+        let a = Activity::default();
+        assert_eq!(
+            a.received_since("hub", 5, 1000, 60),
+            (0, 0),
+            "no snapshot yet"
+        );
+        let snap = |pairs: &[(&str, u64)]| -> HashMap<String, u64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        a.record_received(1000, snap(&[]));
+        a.record_received(1060, snap(&[("hub", 100)]));
+        a.record_received(1120, snap(&[("hub", 700), ("ghcr", 5)]));
+        // At 1150: the newest snapshot at least a minute old is 1060's.
+        assert_eq!(a.received_since("hub", 1000, 1150, 60), (900, 90));
+        assert_eq!(a.received_since("ghcr", 20, 1150, 60), (20, 90));
+        // Right after start: since the first snapshot.
+        assert_eq!(a.received_since("hub", 50, 1010, 60), (50, 10));
+        for t in 0..10 {
+            a.record_received(2000 + t, snap(&[]));
+        }
+        assert_eq!(a.lock().received.len(), RECEIVED_KEPT, "bounded");
     }
 }

@@ -129,6 +129,12 @@ pub struct UpstreamStatus {
     pub quota_limit: Option<u64>,
     pub quota_window_seconds: Option<u64>,
     pub quota_at: Option<u64>,
+    /// Body bytes received from this upstream over the last minute (or since start, when
+    /// that is shorter: see `received_seconds`).
+    pub received_bytes: u64,
+    pub received_seconds: u64,
+    /// `received_bytes / received_seconds`; `None` over a window under a second.
+    pub received_bytes_per_second: Option<f64>,
 }
 
 /// One endpoint of an upstream.
@@ -158,6 +164,10 @@ pub struct CertStatus {
 pub fn spawn_sampler(app: Arc<App>) -> Sampler {
     let metrics: Arc<Metrics> = app.metrics.clone();
     metrics.activity.record_sample(metrics.counter_sample());
+    metrics.activity.record_received(
+        crate::metrics::activity::unix_now(),
+        metrics.upstream_bytes_by(),
+    );
     Sampler(tokio::spawn(async move {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,6 +176,10 @@ pub fn spawn_sampler(app: Arc<App>) -> Sampler {
         loop {
             tick.tick().await;
             metrics.activity.record_sample(metrics.counter_sample());
+            metrics.activity.record_received(
+                crate::metrics::activity::unix_now(),
+                metrics.upstream_bytes_by(),
+            );
             minutes += 1;
             if minutes.is_multiple_of(24 * 60) {
                 super::warn_if_expiring(&app);
@@ -271,12 +285,19 @@ impl App {
         let store = cache.store();
         let disk = disk_space(store.path());
         let health = m.activity.upstreams();
+        let received_now = m.upstream_bytes_by();
         let upstreams = cache
             .upstream_urls()
             .into_iter()
             .map(|u| {
                 let (name, url) = (u.name, u.base_url);
                 let h = health.get(&name).cloned().unwrap_or_default();
+                let (received_bytes, received_seconds) = m.activity.received_since(
+                    &name,
+                    received_now.get(&name).copied().unwrap_or(0),
+                    now.at,
+                    60,
+                );
                 let endpoints = u
                     .endpoints
                     .into_iter()
@@ -286,6 +307,10 @@ impl App {
                     })
                     .collect();
                 UpstreamStatus {
+                    received_bytes,
+                    received_seconds,
+                    received_bytes_per_second: (received_seconds > 0)
+                        .then(|| received_bytes as f64 / received_seconds as f64),
                     blob_connections: u.blob_connections.0,
                     max_blob_connections: u.blob_connections.1,
                     endpoints,

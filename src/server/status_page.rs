@@ -324,7 +324,7 @@ pub fn render(r: &StatusReport) -> String {
         h.push_str("</table>");
     }
     // Upstreams.
-    h.push_str("<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>name</th><th>URL</th><th>state</th><th class=\"n\">requests</th><th class=\"n\">failures</th><th class=\"n\">latency (last / avg)</th><th class=\"n\">blob connections</th><th class=\"n\">pull quota left</th><th>last error</th></tr>");
+    h.push_str("<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>name</th><th>URL</th><th>state</th><th class=\"n\">requests</th><th class=\"n\">failures</th><th class=\"n\">latency (last / avg)</th><th class=\"n\">blob connections</th><th class=\"n\">received (last minute)</th><th class=\"n\">pull quota left</th><th>last error</th></tr>");
     for u in &r.upstreams {
         let latency = match (u.last_latency_ms, u.avg_latency_ms) {
             (Some(l), Some(a)) => format!("{l:.0} ms / {a:.0} ms"),
@@ -345,13 +345,22 @@ pub fn render(r: &StatusReport) -> String {
             }
             (None, _) => "–".into(),
         };
+        let received = match u.received_bytes_per_second {
+            Some(rate) => format!(
+                "<span class=\"received\" data-value=\"{}\" data-seconds=\"{}\">{}/s</span>",
+                u.received_bytes,
+                u.received_seconds,
+                human_bytes(rate.round() as u64)
+            ),
+            None => "–".into(),
+        };
         let err = match (&u.last_error, u.last_error_at) {
             (Some(e), Some(at)) => format!("{} ({})", esc(e), ago(r.now, at)),
             _ => "–".into(),
         };
         let _ = write!(
             h,
-            "<tr class=\"upstream\" data-name=\"{}\" data-state=\"{}\" data-requests=\"{}\"><td>{}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{latency}</td><td class=\"n\">{} / {}</td><td class=\"n\">{quota}</td><td>{err}</td></tr>",
+            "<tr class=\"upstream\" data-name=\"{}\" data-state=\"{}\" data-requests=\"{}\"><td>{}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{latency}</td><td class=\"n\">{} / {}</td><td class=\"n\">{received}</td><td class=\"n\">{quota}</td><td>{err}</td></tr>",
             esc(&u.name),
             u.state,
             u.requests,
@@ -368,7 +377,7 @@ pub fn render(r: &StatusReport) -> String {
             for (i, e) in u.endpoints.iter().enumerate() {
                 let _ = write!(
                     h,
-                    "<tr class=\"endpoint\" data-upstream=\"{}\" data-url=\"{}\" data-state=\"{}\"><td class=\"muted\">endpoint {}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td colspan=\"6\"></td></tr>",
+                    "<tr class=\"endpoint\" data-upstream=\"{}\" data-url=\"{}\" data-state=\"{}\"><td class=\"muted\">endpoint {}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td colspan=\"7\"></td></tr>",
                     esc(&u.name),
                     esc(&e.url),
                     e.state,

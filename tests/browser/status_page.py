@@ -116,6 +116,15 @@ def main():
                   int(u.get_attribute("data-requests")),
                   int(metric_sum(metrics, "sparkcr_edge_upstream_requests_total",
                                  f'upstream="{j["name"]}"')))
+            # The test runs within the edge's first minute: the window starts at the start,
+            # so the bytes received in it are all the upstream sent.
+            received = u.find_elements(By.CSS_SELECTOR, ".received")
+            if j["received_bytes_per_second"] is not None:
+                check(f"upstream {j['name']} received shown", len(received), 1)
+                check(f"upstream {j['name']} received", int(received[0].get_attribute("data-value")),
+                      j["received_bytes"])
+            check(f"upstream {j['name']} received vs metrics (first minute)", j["received_bytes"],
+                  int(metric_sum(metrics, "sparkcr_edge_upstream_bytes_total", f'upstream="{j["name"]}"')))
 
         repos = driver.find_elements(By.CSS_SELECTOR, "#top-repos tr.repo")
         check("top repositories",
