@@ -930,3 +930,76 @@ async fn slow_reader_beside_fast_ones_on_a_cached_blob() {
         "the blob is cached"
     );
 }
+
+/// The audit file on a full disk: records are dropped and counted, the log says so once,
+/// and every pull still succeeds; once there is room again, records are written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_disk_drops_records_and_every_pull_goes_on() {
+    let fs = match Tmpfs::mount("64k") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIPPED a_full_audit_disk_drops_records_and_every_pull_goes_on: {why}");
+            return;
+        }
+    };
+    let reg = Registry2::start();
+    let blob = pseudo_random(43, 100_000);
+    let digest = reg.push_blob("team/audited", &blob).await;
+    let data = tempfile::tempdir().expect("data dir");
+    let audit = fs.path().join("audit.jsonl");
+    let edge = Edge::start(&format!(
+        "{}\n[audit]\npath = \"{}\"\nmax_size = \"1MiB\"\nkeep = 0\n",
+        edge_config(&reg.url(), &data.path().display().to_string(), "1GiB"),
+        audit.display()
+    ));
+    let http = reqwest::Client::new();
+    let url = edge.url(&format!("/v2/team/audited/blobs/{digest}"));
+    let head_many = |n: usize| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            for _ in 0..n {
+                let r = http.head(&url).send().await.expect("HEAD");
+                assert_eq!(r.status(), 200, "pulls go on whatever the audit disk");
+            }
+        }
+    };
+    let r = http.get(&url).send().await.expect("GET");
+    assert_eq!(r.bytes().await.expect("body").len(), blob.len());
+    // About 400 bytes a record: 300 records do not fit in 64 KiB.
+    head_many(300).await;
+    let series =
+        |outcome: &str| format!("sparkcr_edge_audit_records_total{{outcome=\"{outcome}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while edge.metric(&series("dropped")).await == 0.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (written, dropped) = (
+        edge.metric(&series("written")).await,
+        edge.metric(&series("dropped")).await,
+    );
+    assert!(
+        written > 0.0 && dropped > 0.0,
+        "written {written}, dropped {dropped}"
+    );
+    edge.wait_for_log("audit records were dropped").await;
+    // Room again (an admin truncates the file): records are written again.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&audit)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate the audit file");
+    head_many(20).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while edge.metric(&series("written")).await < written + 20.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        edge.metric(&series("written")).await >= written + 20.0,
+        "records reach the file again once there is room"
+    );
+    let text = std::fs::read_to_string(&audit).expect("audit file");
+    assert!(
+        text.lines().filter(|l| l.contains(&digest)).count() >= 20,
+        "{text}"
+    );
+}

@@ -12,7 +12,7 @@
 
 use super::AuditRecord;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -95,8 +95,9 @@ impl AuditFile {
         let (written, dropped) = (settings.written.clone(), settings.dropped.clone());
         let writer = Writer {
             settings,
-            out: BufWriter::with_capacity(WAKE_AT, file),
+            out: file,
             size,
+            cut_line: false,
             last_warning: None,
             reported: 0,
             last_error: None,
@@ -174,8 +175,10 @@ pub(super) fn rotated(path: &Path, n: u32) -> PathBuf {
 
 struct Writer {
     settings: AuditFileSettings,
-    out: BufWriter<File>,
-    /// Bytes in the current file (written or buffered).
+    out: File,
+    /// The last write failed part-way: the file may end inside a line.
+    cut_line: bool,
+    /// Bytes in the current file.
     size: u64,
     last_warning: Option<Instant>,
     /// Dropped records already warned about.
@@ -200,44 +203,74 @@ impl Writer {
                 std::mem::swap(&mut pending.lines, &mut taken);
                 pending.closing
             };
-            for line in taken.split_inclusive(|b| *b == b'\n') {
-                self.append(line);
-            }
+            self.write_batch(&taken);
             taken.clear();
-            self.flush();
+            self.report();
             if closing {
                 return;
             }
         }
     }
 
-    fn append(&mut self, line: &[u8]) {
-        let len = line.len() as u64;
-        if self.size > 0 && self.size + len > self.settings.max_size {
-            if let Err(e) = self.rotate() {
-                self.failed(&format!("cannot rotate the audit file: {e}"));
+    /// Writes `batch` (whole lines) to the file, rotating between lines where the file
+    /// would pass `max_size`; counts each line written or dropped.
+    fn write_batch(&mut self, batch: &[u8]) {
+        let (mut run_start, mut run_lines, mut at) = (0, 0u64, 0);
+        for line in batch.split_inclusive(|b| *b == b'\n') {
+            let run_len = (at - run_start) as u64;
+            if self.size + run_len > 0
+                && self.size + run_len + line.len() as u64 > self.settings.max_size
+            {
+                self.write_run(&batch[run_start..at], run_lines);
+                if let Err(e) = self.rotate() {
+                    self.last_error = Some(format!("cannot rotate the audit file: {e}"));
+                }
+                (run_start, run_lines) = (at, 0);
             }
+            at += line.len();
+            run_lines += 1;
         }
-        match self.out.write_all(line) {
-            Ok(()) => {
-                self.size += len;
-                self.settings.written.inc();
-            }
-            Err(e) => self.failed(&format!("cannot write the audit file: {e}")),
-        }
+        self.write_run(&batch[run_start..at], run_lines);
     }
 
-    fn flush(&mut self) {
-        if let Err(e) = self.out.flush() {
-            self.failed(&format!("cannot write the audit file: {e}"));
+    /// Appends `lines` (`n` of them) in one write.
+    fn write_run(&mut self, lines: &[u8], n: u64) {
+        if n == 0 {
+            return;
         }
-        self.report();
+        // A write that failed part-way left a line without its end: end it first, so the
+        // next record is a line of its own (the cut one is skipped by readers).
+        if self.cut_line {
+            if let Err(e) = self.out.write_all(b"\n") {
+                self.settings.dropped.inc_by(n);
+                self.last_error = Some(format!("cannot write the audit file: {e}"));
+                return;
+            }
+            self.cut_line = false;
+            self.size += 1;
+        }
+        match self.out.write_all(lines) {
+            Ok(()) => {
+                self.size += lines.len() as u64;
+                self.settings.written.inc_by(n);
+            }
+            Err(e) => {
+                // What reached the file: whole lines count as written, the rest dropped.
+                let now = self.out.metadata().map_or(self.size, |m| m.len());
+                let got = (now.saturating_sub(self.size) as usize).min(lines.len());
+                let whole = lines[..got].iter().filter(|b| **b == b'\n').count() as u64;
+                self.cut_line = got > 0 && lines[got - 1] != b'\n';
+                self.size = now;
+                self.settings.written.inc_by(whole);
+                self.settings.dropped.inc_by(n - whole);
+                self.last_error = Some(format!("cannot write the audit file: {e}"));
+            }
+        }
     }
 
     /// Current file → `.1`, `.1` → `.2`, … the oldest beyond `keep` removed; then a new
     /// current file.
     fn rotate(&mut self) -> std::io::Result<()> {
-        self.out.flush()?;
         let path = &self.settings.path;
         let keep = self.settings.keep;
         if keep == 0 {
@@ -257,16 +290,10 @@ impl Writer {
             }
             std::fs::rename(path, rotated(path, 1))?;
         }
-        let file = open_append(path)?;
-        self.out = BufWriter::with_capacity(WAKE_AT, file);
+        self.out = open_append(path)?;
         self.size = 0;
+        self.cut_line = false;
         Ok(())
-    }
-
-    /// A write or rotation failed: the record is dropped (warned about on the next flush).
-    fn failed(&mut self, why: &str) {
-        self.settings.dropped.inc();
-        self.last_error = Some(why.to_string());
     }
 
     /// Warns about records dropped since the last warning, at most once a minute.
