@@ -126,6 +126,21 @@ impl Savings {
     }
 }
 
+/// Each series of a counter labelled by `upstream`, as (upstream, value).
+fn by_upstream(c: &IntCounterVec) -> impl Iterator<Item = (String, u64)> {
+    use prometheus::core::Collector;
+    c.collect()
+        .into_iter()
+        .flat_map(|mf| mf.get_metric().to_vec())
+        .filter_map(|m| {
+            let upstream = m.get_label().iter().find(|l| l.name() == "upstream")?;
+            Some((
+                upstream.value().to_string(),
+                m.get_counter().get_value() as u64,
+            ))
+        })
+}
+
 /// The sum of a counter over all its label values.
 fn sum_of(c: &IntCounterVec) -> u64 {
     use prometheus::core::Collector;
@@ -582,19 +597,7 @@ impl Metrics {
 
     /// Body bytes received from each upstream since start (`upstream_bytes_total`).
     pub fn upstream_bytes_by(&self) -> std::collections::HashMap<String, u64> {
-        use prometheus::core::Collector;
-        self.upstream_bytes
-            .collect()
-            .iter()
-            .flat_map(|mf| mf.get_metric())
-            .filter_map(|m| {
-                let upstream = m.get_label().iter().find(|l| l.name() == "upstream")?;
-                Some((
-                    upstream.value().to_string(),
-                    m.get_counter().get_value() as u64,
-                ))
-            })
-            .collect()
+        by_upstream(&self.upstream_bytes).collect()
     }
 
     /// The counters the status page charts, summed over their labels, now.
@@ -629,7 +632,6 @@ impl Metrics {
 
     /// What the saving counters hold now (since start), per upstream.
     pub fn savings_by_upstream(&self) -> Vec<(String, Savings)> {
-        use prometheus::core::Collector;
         let mut by: BTreeMap<String, Savings> = BTreeMap::new();
         type Field = fn(&mut Savings) -> &mut u64;
         let fields: [(&IntCounterVec, Field); 3] = [
@@ -638,12 +640,8 @@ impl Metrics {
             (&self.collapsed_clients, |s| &mut s.collapsed),
         ];
         for (vec, field) in fields {
-            for m in vec.collect().iter().flat_map(|mf| mf.get_metric()) {
-                let Some(upstream) = m.get_label().iter().find(|l| l.name() == "upstream") else {
-                    continue;
-                };
-                let entry = by.entry(upstream.value().to_string()).or_default();
-                *field(entry) = m.get_counter().get_value() as u64;
+            for (upstream, n) in by_upstream(vec) {
+                *field(by.entry(upstream).or_default()) = n;
             }
         }
         by.into_iter().collect()

@@ -946,16 +946,6 @@ async fn pull_all(base: &str, repo: &str, image: &PushedImage) -> (u64, u64) {
     (bytes, 1 + image.blobs.len() as u64)
 }
 
-async fn status_json(edge: &Edge) -> serde_json::Value {
-    let body = reqwest::get(edge.url("/status.json"))
-        .await
-        .expect("status.json")
-        .bytes()
-        .await
-        .expect("status body");
-    serde_json::from_slice(&body).expect("status JSON")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_edge_saved_is_counted_kept_across_a_restart_and_shown() {
     let reg = Registry2::start();
@@ -992,7 +982,7 @@ async fn what_the_edge_saved_is_counted_kept_across_a_restart_and_shown() {
         edge.metric(&series("saved_requests_total")).await as u64,
         requests
     );
-    let s = status_json(&edge).await;
+    let s = edge.status_json().await;
     assert_eq!(s["savings"]["total"]["bytes"], second, "{}", s["savings"]);
     assert_eq!(s["savings"]["today"]["requests"], requests);
     assert_eq!(s["savings"]["upstreams"][0]["upstream"], "registry.test");
@@ -1022,13 +1012,13 @@ async fn what_the_edge_saved_is_counted_kept_across_a_restart_and_shown() {
     let dir = std::mem::replace(&mut edge.dir, tempfile::tempdir().expect("tempdir"));
     let edge = Edge::start_in(dir, &config, &[]);
     let base = format!("http://{}", edge.http[0]);
-    let s = status_json(&edge).await;
+    let s = edge.status_json().await;
     assert_eq!(
         s["savings"]["total"]["bytes"], second,
         "kept over the restart"
     );
     pull_all(&base, repo, &image).await;
-    let s = status_json(&edge).await;
+    let s = edge.status_json().await;
     assert_eq!(s["savings"]["total"]["bytes"], 2 * second);
     assert_eq!(s["savings"]["last_7_days"]["requests"], 2 * requests);
     // The page shows it, with the exact figure in a data attribute.

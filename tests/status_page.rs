@@ -60,14 +60,6 @@ async fn metrics_text(edge: &Edge) -> String {
         .expect("metrics text")
 }
 
-async fn status_json(edge: &Edge) -> serde_json::Value {
-    let r = reqwest::get(admin_url(edge, "/status.json"))
-        .await
-        .expect("status.json");
-    assert_eq!(r.status(), 200);
-    serde_json::from_slice(&r.bytes().await.expect("status body")).expect("status json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_in_chromium_matches_json_and_metrics() {
     let up = FakeUpstream::start().await;
@@ -82,7 +74,7 @@ async fn status_page_in_chromium_matches_json_and_metrics() {
         get_bytes(&admin_url(&edge, &format!("/v2/team/app/blobs/{d}"))).await;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status_json(&edge).await["store"]["blobs"] != 2 {
+    while edge.status_json().await["store"]["blobs"] != 2 {
         assert!(Instant::now() < deadline, "fills not committed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -106,7 +98,7 @@ async fn status_page_in_chromium_matches_json_and_metrics() {
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        let s = status_json(&edge).await;
+        let s = edge.status_json().await;
         let fills = s["fills"].as_array().cloned().unwrap_or_default();
         if fills.len() == 1 && fills[0]["received"].as_u64() > Some(0) && fills[0]["joined"] == 1 {
             break s;
@@ -338,7 +330,7 @@ async fn a_certificate_expiring_within_30_days_is_warned_about() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.expect("text"), "ready\n");
     // The status page and its JSON.
-    let s = status_json(&edge).await;
+    let s = edge.status_json().await;
     assert_eq!(s["tls"]["days_left"], 10);
     assert!(
         s["warnings"][0]
@@ -374,7 +366,7 @@ async fn endpoints_are_listed_with_their_state() {
         )
         .start();
     get_bytes(&edge.url(&format!("/v2/team/app/blobs/{blob}"))).await;
-    let status = status_json(&edge).await;
+    let status = edge.status_json().await;
     let endpoints = &status["upstreams"][0]["endpoints"];
     assert_eq!(endpoints[0]["url"], format!("http://{dead}"), "{status}");
     assert_eq!(endpoints[0]["state"], "down", "{status}");
@@ -491,7 +483,7 @@ async fn the_upstreams_pull_quota_is_shown() {
     assert_eq!(series("upstream_quota_remaining"), 49.0, "{metrics}");
     assert_eq!(series("upstream_quota_limit"), 100.0);
     assert_eq!(series("upstream_quota_window_seconds"), 21600.0);
-    let status = status_json(&edge).await;
+    let status = edge.status_json().await;
     let u = &status["upstreams"][0];
     assert_eq!(u["quota_remaining"], 49, "{status}");
     assert_eq!(u["quota_limit"], 100);

@@ -56,7 +56,10 @@ pub fn cache(cmd: CacheCommand) -> Result<(), Failure> {
         CacheCommand::Stats(_) => {
             print!("{}", store.stats().context("cannot read store stats")?);
             let saved = store.savings().context("cannot read what the edge saved")?;
-            print!("{}", savings_text(&saved.summary(unix_now())));
+            print!(
+                "{}",
+                savings_text(&saved.summary(sparkcr_edge::metrics::activity::unix_now()))
+            );
         }
         CacheCommand::Verify(_) => {
             let report = store.verify().context("verify failed")?;
@@ -100,12 +103,6 @@ pub fn import(a: &ConfigArg, bundle_path: &Path, options: ImportOptions) -> Resu
             report.failures.len()
         )))
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What the edge saved the WAN, as `cache stats` prints it: one line per window, then one

@@ -230,6 +230,20 @@ impl Edge {
         }
     }
 
+    /// `/status.json`, asked on the 127.0.0.1 listener (an admin address by default).
+    pub async fn status_json(&self) -> serde_json::Value {
+        let addr = self
+            .http
+            .iter()
+            .find(|a| a.ip() == std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+            .expect("listener on 127.0.0.1");
+        let r = reqwest::get(format!("http://{addr}/status.json"))
+            .await
+            .expect("status.json");
+        assert_eq!(r.status(), 200);
+        serde_json::from_slice(&r.bytes().await.expect("status body")).expect("status json")
+    }
+
     /// One series from `/metrics` (0 when absent); see [`metric`].
     pub async fn metric(&self, series: &str) -> f64 {
         metric(&self.metrics_text().await, series)
