@@ -4,7 +4,7 @@
 //!
 //! Owns: [`RegistryApi`] (the routing table, the cache, access control and the push side
 //! it serves with), the order of the phases, and the types the server sees
-//! ([`ApiResponse`], [`ClientInfo`], [`ServedRepo`]). Must not: check access or serve
+//! ([`ApiResponse`], [`ClientInfo`]). Must not: check access or serve
 //! content itself (the phases do).
 
 use super::body::ResponseBody;
@@ -50,11 +50,6 @@ const BAD_CREDENTIALS: &str = "(bad credentials)";
 
 /// The path of the edge's own token endpoint (the bearer realm).
 pub const TOKEN_PATH: &str = "/token";
-
-/// In a manifest or blob response's extensions: the `upstream/repo` it is of (for the
-/// status page's bytes served per repository).
-#[derive(Clone, Debug)]
-pub struct ServedRepo(pub String);
 
 /// This edge as a `Via` hop: the pseudonym a loop is recognised by, and the hop appended to
 /// the chain (made once: a request without `Via` only clones it).

@@ -34,7 +34,7 @@ pub mod route;
 pub use crate::cache::push::UploadBody;
 /// Re-exported for callers that know it from here; it lives in [`crate::oci`].
 pub use crate::oci::RepoTarget;
-pub use api::{ApiResponse, ClientInfo, RegistryApi, ServedRepo, TOKEN_PATH};
+pub use api::{ApiResponse, ClientInfo, RegistryApi, TOKEN_PATH};
 pub use error::{ErrorCode, OciError};
 pub use response::error_response;
 pub use route::{ApiRoute, UpstreamTable};

@@ -9,7 +9,7 @@
 //! [`Authorized`]: super::door::Authorized
 
 use super::accept::accepted_media_types;
-use super::api::{ApiResponse, RegistryApi, ServedRepo};
+use super::api::{ApiResponse, RegistryApi};
 use super::body::ResponseBody;
 use super::door::Incoming;
 use super::error::{ErrorCode, OciError, Subject};
@@ -31,12 +31,6 @@ impl RegistryApi {
         routed: ApiRoute,
     ) -> ApiResponse {
         let (req, head) = (at.req, at.head);
-        let served_repo = match &routed {
-            ApiRoute::Manifest { target, .. } | ApiRoute::Blob { target, .. } => {
-                Some(ServedRepo(target.key().to_string()))
-            }
-            _ => None,
-        };
         let (label, result) = match routed {
             ApiRoute::Ping => ("ping", Ok(json_response(StatusCode::OK, "{}".into(), head))),
             ApiRoute::Catalog => ("catalog", self.catalog(who, head).await),
@@ -97,10 +91,7 @@ impl RegistryApi {
                 )
             }
         };
-        let mut response = result.unwrap_or_else(|e| error_response(&e, head));
-        if let Some(repo) = served_repo {
-            response.extensions_mut().insert(repo);
-        }
+        let response = result.unwrap_or_else(|e| error_response(&e, head));
         ApiResponse {
             response,
             route: label,

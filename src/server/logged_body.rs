@@ -29,8 +29,6 @@ pub struct RequestRecord {
     pub content_length: Option<u64>,
     /// Keeps the connection from counting as idle until the body is done.
     pub in_flight: Option<super::limits::InFlight>,
-    /// The `upstream/repo` of a manifest or blob answer.
-    pub repo: Option<String>,
     /// A manifest or blob request's audit record, to finish when the body ends.
     pub audit: Option<Audited>,
 }
@@ -136,9 +134,6 @@ impl Drop for LoggedBody {
         m.http_response_bytes
             .with_label_values(&[r.route])
             .inc_by(self.sent);
-        if let Some(repo) = r.repo.as_ref().filter(|_| r.status < 300) {
-            m.activity.served(repo, self.sent);
-        }
         if r.status >= 400 {
             m.activity.request_failed(RecentError {
                 at: unix_now(),
@@ -171,16 +166,25 @@ impl Drop for LoggedBody {
             (a.subject.into_record(&facts), a.file)
         });
         let r = &self.record;
-        if let Some((a, _)) = audited.as_ref().filter(|_| r.status < 400) {
-            if let Some(cache) = &a.cache {
+        if let Some((a, _)) = audited.as_ref() {
+            // Bytes served per `upstream/repo`, for the status page (none for an empty body).
+            if r.status < 300 && self.sent > 0 {
+                let repo = format!("{}/{}", a.upstream, a.repository);
+                r.metrics.activity.served(&repo, self.sent);
+            }
+            if let (true, Some(cache)) = (r.status < 400, &a.cache) {
                 r.metrics.count_saving(&a.upstream, cache, self.sent);
             }
         }
-        match &audited {
-            // The audit record is the request's line: the access fields and the audit's.
-            Some((a, _)) => access_line(level, r, self.sent, ms, outcome, Some(a)),
-            None => access_line(level, r, self.sent, ms, outcome, None),
-        }
+        // An audited request's line carries its audit record's fields too.
+        access_line(
+            level,
+            r,
+            self.sent,
+            ms,
+            outcome,
+            audited.as_ref().map(|(a, _)| a),
+        );
         if let Some((record, Some(file))) = audited {
             file.write(&record);
         }

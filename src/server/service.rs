@@ -16,9 +16,7 @@ use crate::audit::{AuditFile, AuditSubject};
 use crate::metrics::activity::unix_now;
 use crate::metrics::Metrics;
 use crate::registry::body;
-use crate::registry::{
-    error_response, ClientInfo, ErrorCode, OciError, RegistryApi, ServedRepo, UploadBody,
-};
+use crate::registry::{error_response, ClientInfo, ErrorCode, OciError, RegistryApi, UploadBody};
 use http::{header, Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -196,7 +194,6 @@ impl App {
             header::X_CONTENT_TYPE_OPTIONS,
             header::HeaderValue::from_static("nosniff"),
         );
-        let repo = head.extensions.remove::<ServedRepo>().map(|r| r.0);
         let audit = head
             .extensions
             .remove::<AuditSubject>()
@@ -230,7 +227,6 @@ impl App {
             started,
             metrics: self.metrics.clone(),
             in_flight,
-            repo,
             audit,
         };
         Response::from_parts(head, LoggedBody::new(body, record))
