@@ -32,6 +32,11 @@
 //!   recorded is schema 1); one written by a newer release is refused with
 //!   [`StoreError::IndexSchema`], never read wrongly. An upgrade keeps the cache.
 //!
+//! - It also keeps what the edge saved the WAN (per upstream and hour for 30 days, and in
+//!   total): with every recency flush it adds what the metrics' saving counters gained
+//!   (`Store::flush_access`, `index/savings.rs`). A new index tree, no schema change: an
+//!   older release opens the store and ignores it.
+//!
 //! The store is synchronous: index lookups and page-cached reads are cheap enough for async
 //! workers; fills, commits and maintenance (fsync, scans) belong on blocking threads.
 //!
