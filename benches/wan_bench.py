@@ -18,7 +18,12 @@ Cases, per profile:
 - 4 concurrent ranges on one cold blob, open-ended (`bytes=N-`, the way containerd 2.1+
   splits a layer) and bounded: the time to headers of each (containerd 2.3 drops a response
   without headers after 30 s) and to its last byte;
+- one cold 1 MiB blob, and the round trips each side paid the upstream for it (the
+  relay counts connections opened and client turns; the edge's upstream connection is
+  warm, as after a manifest);
 - a whole 4-layer image with skopeo (to `dir:`), one client;
+- the same with `ctr content fetch` (Debian's containerd 1.6: a few layers at once, each
+  on its own connection), when run as root;
 - a fleet: 10 skopeo clients pulling one 4-layer image at once, direct vs through a cold
   edge vs through registry:2's proxy (`proxy.remoteurl`), each over its own fresh relay on
   the same profile; the WAN bytes of each (what the relay carried server -> client).
@@ -26,6 +31,8 @@ Cases, per profile:
 Profiles (the WAN first-pull issue's): (a) RTT 150 ms, window 4 MiB, 1 Gbit/s link,
 256 MiB blob, 4 x 64 MiB layers; (b) RTT 250 ms, per-flow cap 3 MB/s, 200 Mbit/s link,
 64 MiB blob, 4 x 16 MiB layers; (c) RTT 20 ms, window 4 MiB, no link cap (regional).
+
+`--case` runs only the cases named (small, big, layers, ranges, image, ctr, fleet).
 
 Imports benches/harness.py for its server, blob and config helpers (one way only). Python
 3.11 standard library; needs docker-registry, curl, openssl, skopeo. Traffic stays on loopback.
@@ -239,6 +246,55 @@ def skopeo(port: int, tag: str, out: Path, certs: Path | None, timeout: float = 
     return wall
 
 
+class Containerd:
+    """A private containerd (own root, state and socket under `d`; CRI off) for
+    `ctr content fetch`; `None` from `start` when this is not root or there is none."""
+
+    def __init__(self, server: h.Server, sock: Path, hosts: Path):
+        self.server, self.sock, self.hosts = server, sock, hosts
+
+    @staticmethod
+    def start(d: Path) -> "Containerd | None":
+        if os.geteuid() != 0 or not shutil.which("containerd") or not shutil.which("ctr"):
+            return None
+        d.mkdir()
+        sock = d / "containerd.sock"
+        (d / "config.toml").write_text(
+            f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{sock}"\n')
+        server = h.Server("containerd", ["containerd", "--config", str(d / "config.toml")], d / "log.txt", 0)
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if not server.alive() or time.monotonic() > deadline:
+                raise h.BenchError(f"containerd did not start:\n{server.log_text()[-2000:]}")
+            time.sleep(0.05)
+        hosts = d / "hosts"
+        hosts.mkdir()
+        return Containerd(server, sock, hosts)
+
+    def fetch(self, port: int, tag: str, ca: Path | None, ns: str, timeout: float = 900) -> float:
+        """`ctr content fetch` of the image from 127.0.0.1:port (HTTPS trusting `ca`, else
+        plain HTTP): the manifest and every layer, a few at once, each on its own
+        connection, as containerd pulls; returns its wall time."""
+        host = f"{HOST}:{port}"
+        scheme = "https" if ca else "http"
+        hd = self.hosts / host
+        hd.mkdir(exist_ok=True)
+        ca_line = f'  ca = "{ca}"\n' if ca else ""
+        (hd / "hosts.toml").write_text(
+            f'server = "{scheme}://{host}"\n[host."{scheme}://{host}"]\n'
+            f'  capabilities = ["pull", "resolve"]\n{ca_line}')
+        cmd = ["ctr", "-a", str(self.sock), "-n", ns, "content", "fetch", "--hosts-dir", str(self.hosts),
+               f"{host}/{h.REPO}:{tag}"]
+        t0 = time.monotonic()
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        wall = time.monotonic() - t0
+        if res.returncode != 0:
+            raise h.BenchError(f"ctr content fetch from {host} ({tag}): {(res.stderr or res.stdout)[-1500:]}")
+        return wall
+
+
 def relay_down_bytes(relay: h.Server) -> int:
     """What the relay carried server -> client over the connections that have ended."""
     return sum(int(m) for m in re.findall(r"^conn \d+ down=(\d+)", relay.log_text(), re.M))
@@ -296,8 +352,23 @@ def fleet_run(binary: Path, tmp: Path, reg: h.Server, ca: Path, certs: Path, tls
     return out
 
 
+CASES = ("small", "big", "layers", "ranges", "image", "ctr", "fleet")
+SMALL = 1 * MiB
+
+
+def relay_mark(relay: h.Server) -> int:
+    return len(relay.log_text())
+
+
+def round_trips(relay: h.Server, mark: int) -> tuple[int, int]:
+    """Connections opened and client turns (see wan_relay.py) logged since `mark`."""
+    time.sleep(0.3)  # the relay logs a turn as it relays it
+    text = relay.log_text()[mark:]
+    return len(re.findall(r"^open \d+", text, re.M)), len(re.findall(r"^turn \d+", text, re.M))
+
+
 def profile_run(binary: Path, tmp: Path, reg: h.Server, cert: Path, certs: Path, tls: ssl.SSLContext,
-                name: str, p: dict) -> dict:
+                name: str, p: dict, cases: tuple[str, ...] = CASES, ctrd: Containerd | None = None) -> dict:
     blob_path = tmp / "blob.bin"
 
     def new_blob(size: int) -> str:
@@ -310,11 +381,15 @@ def profile_run(binary: Path, tmp: Path, reg: h.Server, cert: Path, certs: Path,
             conn.close()
         return digest
     # Two of each: one for the direct client, one for the edge (each cold where it is read).
-    big = [new_blob(p["blob"]) for _ in range(2)]
-    layers = [[new_blob(p["layer"]) for _ in range(4)] for _ in range(2)]
-    ranged = [new_blob(p["blob"]) for _ in range(4)]
-    blob_path.unlink()
-    image = {side: push_image(reg, tls, tmp, p["layer"], f"image-{name}-{side}") for side in ("direct", "edge")}
+    small = [new_blob(SMALL) for _ in range(2)] if "small" in cases else []
+    big = [new_blob(p["blob"]) for _ in range(2)] if "big" in cases else []
+    layers = [[new_blob(p["layer"]) for _ in range(4)] for _ in range(2)] if "layers" in cases else []
+    ranged = [new_blob(p["blob"]) for _ in range(4)] if "ranges" in cases else []
+    blob_path.unlink(missing_ok=True)
+    image = ({side: push_image(reg, tls, tmp, p["layer"], f"image-{name}-{side}") for side in ("direct", "edge")}
+             if "image" in cases else {})
+    ctr_image = ({side: push_image(reg, tls, tmp, p["layer"], f"ctr-{name}-{side}") for side in ("direct", "edge")}
+                 if "ctr" in cases and ctrd else {})
     relay = start_relay(tmp, f"relay-{name}", reg.port, p)
     edge = start_edge(binary, tmp, f"edge-{name}", relay.port, cert)
     direct_url = f"https://{HOST}:{relay.port}/v2/{h.REPO}/blobs/"
@@ -325,20 +400,34 @@ def profile_run(binary: Path, tmp: Path, reg: h.Server, cert: Path, certs: Path,
         # connection (the direct client's is its own; the edge's is the one it keeps).
         curl(f"https://{HOST}:{relay.port}/v2/", cert)
         curl(f"http://{HOST}:{edge.port}/v2/{h.REPO}/manifests/warm-up", None)
-        d = curl(direct_url + big[0], cert)
-        check(d, p["blob"], 200, "direct big blob")
-        e = curl(edge_url + big[1], None)
-        check(e, p["blob"], 200, "edge big blob")
-        r["big"] = dict(size=p["blob"], direct=d["total"], edge=e["total"],
-                        direct_headers=d["headers"], edge_headers=e["headers"],
-                        link_limit=p["blob"] / p["link"] if p["link"] else None)
-        wall_d, _ = together([lambda dg=dg: curl(direct_url + dg, cert) for dg in layers[0]])
-        wall_e, res = together([lambda dg=dg: curl(edge_url + dg, None) for dg in layers[1]])
-        for x in res:
-            check(x, p["layer"], 200, "edge layer")
-        r["layers"] = dict(size=p["layer"], direct=wall_d, edge=wall_e)
+        if small:
+            mark = relay_mark(relay)
+            d = curl(direct_url + small[0], cert)
+            check(d, SMALL, 200, "direct small blob")
+            d_trips = round_trips(relay, mark)
+            mark = relay_mark(relay)
+            e = curl(edge_url + small[1], None)
+            check(e, SMALL, 200, "edge small blob")
+            r["small"] = dict(size=SMALL, direct=d["total"], edge=e["total"], direct_trips=d_trips,
+                              edge_trips=round_trips(relay, mark))
+        if big:
+            d = curl(direct_url + big[0], cert)
+            check(d, p["blob"], 200, "direct big blob")
+            e = curl(edge_url + big[1], None)
+            check(e, p["blob"], 200, "edge big blob")
+            r["big"] = dict(size=p["blob"], direct=d["total"], edge=e["total"],
+                            direct_headers=d["headers"], edge_headers=e["headers"],
+                            link_limit=p["blob"] / p["link"] if p["link"] else None)
+        if layers:
+            wall_d, _ = together([lambda dg=dg: curl(direct_url + dg, cert) for dg in layers[0]])
+            wall_e, res = together([lambda dg=dg: curl(edge_url + dg, None) for dg in layers[1]])
+            for x in res:
+                check(x, p["layer"], 200, "edge layer")
+            r["layers"] = dict(size=p["layer"], direct=wall_d, edge=wall_e)
         specs = range_specs(p["blob"])
         for kind, sl, blobs in (("open", slice(0, 4), ranged[0:2]), ("bounded", slice(4, 8), ranged[2:4])):
+            if not blobs:
+                continue
             wall_d, res_d = together([lambda s=s: curl(direct_url + blobs[0], cert, s[0]) for s in specs[sl]])
             wall_e, res_e = together([lambda s=s: curl(edge_url + blobs[1], None, s[0], 120) for s in specs[sl]])
             for x, s in zip(res_e, specs[sl]):
@@ -348,17 +437,25 @@ def profile_run(binary: Path, tmp: Path, reg: h.Server, cert: Path, certs: Path,
                 direct_headers=max(x["headers"] for x in res_d),
                 edge_headers=max(x["headers"] for x in res_e),
             )
-        r["image"] = dict(
-            size=image["edge"],
-            direct=skopeo(relay.port, f"image-{name}-direct", tmp / "image-direct", certs),
-            edge=skopeo(edge.port, f"image-{name}-edge", tmp / "image-edge", None),
-        )
+        if image:
+            r["image"] = dict(
+                size=image["edge"],
+                direct=skopeo(relay.port, f"image-{name}-direct", tmp / "image-direct", certs),
+                edge=skopeo(edge.port, f"image-{name}-edge", tmp / "image-edge", None),
+            )
+        if ctr_image:
+            r["ctr"] = dict(
+                size=ctr_image["edge"],
+                direct=ctrd.fetch(relay.port, f"ctr-{name}-direct", cert, f"direct-{name}"),
+                edge=ctrd.fetch(edge.port, f"ctr-{name}-edge", None, f"edge-{name}"),
+            )
     except h.BenchError:
         h.log(f"edge log:\n{edge.log_text()[-3000:]}\nrelay log:\n{relay.log_text()[-1000:]}")
         raise
     finally:
         h.retire(edge, relay)
-    r["fleet"] = fleet_run(binary, tmp, reg, cert, certs, tls, name, p)
+    if "fleet" in cases:
+        r["fleet"] = fleet_run(binary, tmp, reg, cert, certs, tls, name, p)
     return r
 
 
@@ -387,23 +484,43 @@ def report(results: list[dict], info: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        b = r["big"]
-        link = f"link limit {b['link_limit']:.2f} s" if b["link_limit"] else ""
-        out.append(f"| {r['profile']}: {r['label']} | one {b['size'] >> 20} MiB blob | {fmt(b['direct'])} | "
-                   f"{fmt(b['edge'])} | {ratio(b['edge'], b['direct'])} | headers {fmt(b['direct_headers'])} / "
-                   f"{fmt(b['edge_headers'])}; {link} |")
-        lay = r["layers"]
-        out.append(f"| {r['profile']} | 4 x {lay['size'] >> 20} MiB layers at once | {fmt(lay['direct'])} | "
-                   f"{fmt(lay['edge'])} | {ratio(lay['edge'], lay['direct'])} | |")
+        out.append(f"| {r['profile']}: {r['label']} | | | | | |")
+        sm = r.get("small")
+        if sm:
+            def trips(t: tuple[int, int]) -> str:
+                return f"{t[0] + t[1]} ({t[0]} new connection{'s' if t[0] != 1 else ''}, {t[1]} turns)"
+            out.append(f"| {r['profile']} | one {sm['size'] >> 20} MiB blob | {fmt(sm['direct'])} | "
+                       f"{fmt(sm['edge'])} | {ratio(sm['edge'], sm['direct'])} | upstream round trips: direct "
+                       f"{trips(sm['direct_trips'])}, edge {trips(sm['edge_trips'])} |")
+        b = r.get("big")
+        if b:
+            link = f"link limit {b['link_limit']:.2f} s" if b["link_limit"] else ""
+            out.append(f"| {r['profile']} | one {b['size'] >> 20} MiB blob | {fmt(b['direct'])} | "
+                       f"{fmt(b['edge'])} | {ratio(b['edge'], b['direct'])} | headers {fmt(b['direct_headers'])} / "
+                       f"{fmt(b['edge_headers'])}; {link} |")
+        lay = r.get("layers")
+        if lay:
+            out.append(f"| {r['profile']} | 4 x {lay['size'] >> 20} MiB layers at once | {fmt(lay['direct'])} | "
+                       f"{fmt(lay['edge'])} | {ratio(lay['edge'], lay['direct'])} | |")
         for kind in ("open", "bounded"):
-            x = r[f"ranges_{kind}"]
+            x = r.get(f"ranges_{kind}")
+            if not x:
+                continue
             out.append(f"| {r['profile']} | 4 {kind} ranges, one cold blob | {fmt(x['direct'])} | {fmt(x['edge'])} | "
                        f"{ratio(x['edge'], x['direct'])} | slowest headers {fmt(x['direct_headers'])} / "
                        f"{fmt(x['edge_headers'])} |")
-        im = r["image"]
-        out.append(f"| {r['profile']} | skopeo, 4 x {p_mib(im['size'] // 4)} MiB image | {fmt(im['direct'])} | "
-                   f"{fmt(im['edge'])} | {ratio(im['edge'], im['direct'])} | one client |")
-        fl = r["fleet"]
+        im = r.get("image")
+        if im:
+            out.append(f"| {r['profile']} | skopeo, 4 x {p_mib(im['size'] // 4)} MiB image | {fmt(im['direct'])} | "
+                       f"{fmt(im['edge'])} | {ratio(im['edge'], im['direct'])} | one client |")
+        ct = r.get("ctr")
+        if ct:
+            out.append(f"| {r['profile']} | ctr content fetch, 4 x {p_mib(ct['size'] // 4)} MiB image | "
+                       f"{fmt(ct['direct'])} | {fmt(ct['edge'])} | {ratio(ct['edge'], ct['direct'])} | "
+                       "containerd 1.6, one client |")
+        fl = r.get("fleet")
+        if not fl:
+            continue
         wan = " · ".join(f"{k} {fl[k]['wan'] / fl['size']:.1f}x" for k in ("direct", "edge", "registry2"))
         out.append(f"| {r['profile']} | fleet: {FLEET} x skopeo, one image | {fmt(fl['direct']['wall'])} | "
                    f"{fmt(fl['edge']['wall'])} | {ratio(fl['edge']['wall'], fl['direct']['wall'])} | "
@@ -417,6 +534,7 @@ def main() -> int:
     ap.add_argument("--binary", type=Path, required=True)
     ap.add_argument("--profile", action="append", choices=sorted(PROFILES), help="default: all")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes")
+    ap.add_argument("--case", action="append", choices=CASES, help="default: all")
     ap.add_argument("--out", type=Path, help="write the report here (default: print only)")
     args = ap.parse_args()
     for tool in ("curl", "openssl", "skopeo", h.REGISTRY_BIN):
@@ -431,13 +549,17 @@ def main() -> int:
         certs.mkdir()
         shutil.copy(ca, certs / "ca.crt")
         reg = start_tls_registry(tmp, cert, key)
+        cases = tuple(args.case or CASES)
         try:
+            ctrd = Containerd.start(tmp / "containerd") if "ctr" in cases else None
+            if "ctr" in cases and ctrd is None:
+                h.log("no ctr case: it needs root and containerd")
             for name in args.profile or sorted(PROFILES):
                 p = dict(PROFILES[name])
                 if args.smoke:
                     p.update(SMOKE_SIZES)
                 h.log(f"profile {name}: {p['label']}")
-                results.append(profile_run(args.binary, tmp, reg, ca, certs, tls, name, p))
+                results.append(profile_run(args.binary, tmp, reg, ca, certs, tls, name, p, cases, ctrd))
                 h.log(report(results[-1:], ""))
         finally:
             h.stop_all()

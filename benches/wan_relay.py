@@ -24,6 +24,11 @@ allows 32 MiB buffers that would hide extra bytes in flight outside the window.
 
 Each finished connection logs one line:
 `conn <n> down=<bytes> up=<bytes> secs=<first byte down to last> rate=<bytes/s>`.
+Round trips are logged as they happen: `open <n>` when a connection is accepted (its TCP
+handshake: one round trip) and `turn <n>` each time the client sends after it heard new
+bytes from the server since it last sent (a TLS handshake's flights, each request that
+waited for the answer before it): the round trips a client paid, counted the same way for
+any client.
 `--selftest` measures the relay's own ceiling on this machine (no delay, no caps; then the
 window and link limits) against a local byte source, prints it and exits.
 Python 3.10+ standard library only.
@@ -73,8 +78,10 @@ class Direction:
     the window allows and stamps when each piece may be delivered; a writer thread that
     delivers them to `dst` at that time and hands the credit back one RTT after the read."""
 
-    def __init__(self, src, dst, owd, rtt, window, link, flow, start_at, stats, key):
+    def __init__(self, src, dst, owd, rtt, window, link, flow, start_at, stats, key, on_turn=None):
         self.src, self.dst = src, dst
+        self.on_turn = on_turn
+        self.heard = -1  # server bytes the client had heard when it last sent
         self.owd, self.rtt, self.window = owd, rtt, window
         self.link, self.flow = link, flow
         self.start_at = start_at
@@ -96,6 +103,9 @@ class Direction:
                 n = self.src.recv_into(view[:want])
                 if not n:
                     break
+                if self.on_turn is not None and self.stats["down"] != self.heard:
+                    self.heard = self.stats["down"]
+                    self.on_turn()
                 now = time.monotonic()
                 left_link = now
                 if self.flow:
@@ -174,8 +184,15 @@ def handle(client, n, args, link, out_lock) -> None:
         up.connect((HOST, args.target_port))
         small_buffers(client, args.sockbuf)
         flow = Bucket(args.flow_rate) if args.flow_rate else None
+        def turn() -> None:
+            if not args.quiet:
+                with out_lock:
+                    print(f"turn {n}", flush=True)
+        if not args.quiet:
+            with out_lock:
+                print(f"open {n}", flush=True)
         # Client -> server: delayed; the handshake's round trip comes first.
-        upd = Direction(client, up, owd, args.rtt, 0, None, None, accepted + args.rtt - owd, stats, "up")
+        upd = Direction(client, up, owd, args.rtt, 0, None, None, accepted + args.rtt - owd, stats, "up", turn)
         # Server -> client: window, link and flow caps, delayed.
         down = Direction(up, client, owd, args.rtt, args.window, link, flow, 0.0, stats, "down")
         threads = [threading.Thread(target=f, daemon=True)

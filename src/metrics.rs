@@ -58,6 +58,8 @@ pub struct Metrics {
     pub fill_pieces_in_flight: IntGauge,
     pub fill_pieces: IntCounterVec,
     pub fill_pieces_spooled_bytes: IntCounter,
+    pub fill_pieces_widened: IntCounter,
+    pub fill_pieces_wanted: IntCounter,
     pub fill_takeovers: IntCounter,
     pub fills_ended: IntCounterVec,
     pub reader_refetches: IntCounter,
@@ -441,6 +443,16 @@ impl Metrics {
                 "Ranged pieces of large blobs fetched, by result (ok; retried: resumed after a break; failed).",
                 &["result"],
             ),
+            fill_pieces_widened: counter(
+                &r,
+                "fill_pieces_widened_total",
+                "Times a pieced fill added pieces in flight because the ones added before raised the blob's rate.",
+            ),
+            fill_pieces_wanted: counter(
+                &r,
+                "fill_pieces_wanted_total",
+                "Pieces started out of order because a client waited at an offset inside them.",
+            ),
             fill_pieces_spooled_bytes: counter(
                 &r,
                 "fill_pieces_spooled_bytes_total",
@@ -695,6 +707,8 @@ impl Metrics {
             &self.fill_pieces_in_flight,
             &self.fill_pieces,
             &self.fill_pieces_spooled_bytes,
+            &self.fill_pieces_widened,
+            &self.fill_pieces_wanted,
             &self.fill_takeovers,
             &self.fills_ended,
             &self.reader_refetches,
@@ -823,6 +837,8 @@ mod tests {
             "sparkcr_edge_fills_ended_total{kept=\"failed\"} 0",
             "sparkcr_edge_fill_pieces_total{result=\"failed\"} 0",
             "sparkcr_edge_fill_pieces_spooled_bytes_total 0",
+            "sparkcr_edge_fill_pieces_widened_total 0",
+            "sparkcr_edge_fill_pieces_wanted_total 0",
             "sparkcr_edge_private_content_refusals_total 0",
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");

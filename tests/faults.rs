@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_mid_blob_is_resumed_with_range() {
     let up = FakeUpstream::start().await;
-    let bytes = pseudo_random(1, 8 << 20);
+    let bytes = pseudo_random(1, 4 << 20);
     let d = up.add_blob_with(bytes.clone(), Faults::none().cut_first(3 << 20, 1));
     let edge = edge_for(&up);
     let body = reqwest::get(edge.url(&format!("/v2/team/app/blobs/{d}")))
@@ -31,12 +31,12 @@ async fn reset_mid_blob_is_resumed_with_range() {
         .iter()
         .filter_map(|r| r.range().map(str::to_string))
         .collect();
-    // The first piece's range (the 8 MiB blob is no larger: one stream), then one Range
+    // The first piece's range (the 4 MiB blob is no larger: one stream), then one Range
     // request that resumed it.
     assert_eq!(
         ranged,
         [
-            format!("bytes=0-{}", (8 << 20) - 1),
+            format!("bytes=0-{}", (4 << 20) - 1),
             format!("bytes={}-", 3 << 20)
         ],
         "{:?}",
@@ -241,7 +241,7 @@ async fn range_on_a_cold_miss() {
         format!("bytes */{}", bytes.len()).as_str()
     );
     // The single fill completed and cached the blob whole: it fetched the 40 MiB blob as
-    // ranged pieces (8 MiB first, the rest at once), every byte asked for once.
+    // ranged pieces (4 MiB first, the rest at once), every byte asked for once.
     let whole = client
         .get(&url)
         .send()
@@ -262,7 +262,7 @@ async fn range_on_a_cold_miss() {
     pieces.sort();
     assert_eq!(pieces.len(), blob_gets.len(), "only pieces: {blob_gets:?}");
     assert!(pieces.len() >= 2, "{pieces:?}");
-    assert_eq!(pieces[0], (0, (8 << 20) - 1), "{pieces:?}");
+    assert_eq!(pieces[0], (0, (4 << 20) - 1), "{pieces:?}");
     let mut at = 0;
     for (a, b) in &pieces {
         assert_eq!(*a, at, "the pieces partition the blob: {pieces:?}");

@@ -183,23 +183,27 @@ async fn follow_task(
                     return; // the client went away
                 }
             }
-            BlobRead::Wait => match stall.wait(&blob, &mut rx).await {
-                Watched::Changed => {}
-                Watched::Stopped => {
-                    let _ = tx.send(Err(abort("the blob fill stopped"))).await;
-                    return;
-                }
-                Watched::Stalled => {
-                    tracing::warn!(digest = %blob.digest(), received = blob.received(), offset = pos, "blob fill stalled; a waiting client takes it over");
-                    let Some(fresh) = (on_stall.take_over)(Arc::clone(&blob)).await else {
-                        let _ = tx.send(Err(abort(STALLED))).await;
+            BlobRead::Wait => {
+                // Past the prefix: the fill starts the piece this offset is in next.
+                let _want = (pos > blob.received()).then(|| blob.want(pos));
+                match stall.wait(&blob, &mut rx).await {
+                    Watched::Changed => {}
+                    Watched::Stopped => {
+                        let _ = tx.send(Err(abort("the blob fill stopped"))).await;
                         return;
-                    };
-                    blob = fresh;
-                    rx = blob.subscribe();
-                    stall = StallWatch::new(&blob, on_stall.after);
+                    }
+                    Watched::Stalled => {
+                        tracing::warn!(digest = %blob.digest(), received = blob.received(), offset = pos, "blob fill stalled; a waiting client takes it over");
+                        let Some(fresh) = (on_stall.take_over)(Arc::clone(&blob)).await else {
+                            let _ = tx.send(Err(abort(STALLED))).await;
+                            return;
+                        };
+                        blob = fresh;
+                        rx = blob.subscribe();
+                        stall = StallWatch::new(&blob, on_stall.after);
+                    }
                 }
-            },
+            }
             BlobRead::End => {
                 if end.is_some_and(|e| pos < e) {
                     let _ = tx

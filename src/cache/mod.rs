@@ -25,6 +25,7 @@ mod fill;
 mod fill_registry;
 mod flight;
 mod manifests;
+mod piece_width;
 mod pieces;
 pub mod push;
 mod referrers;

@@ -2,11 +2,11 @@
 //! TCP flow's window on a long path (150 ms RTT and 4 MiB in flight: 25 MB/s per flow).
 //!
 //! The rule (constants below, `cache.fill_pieces` for the number in flight):
-//! - The fill's first request asks for `bytes=0-(FIRST_PIECE-1)` (8 MiB). A `206` whose
+//! - The fill's first request asks for `bytes=0-(FIRST_PIECE-1)` (4 MiB). A `206` whose
 //!   `Content-Range` says a total above that means the source honours ranges: the rest of
 //!   the blob is cut into pieces that partition it (each byte asked for once, so upstream
 //!   bytes stay 1.0× the blob). A `200` (range ignored), a `206` without a total, or a
-//!   blob of at most 8 MiB: one stream, resumed after breaks, exactly as without pieces
+//!   blob of at most 4 MiB: one stream, resumed after breaks, exactly as without pieces
 //!   (a `416`, an empty blob, is asked for again without `Range`).
 //! - Pieces pay only on a long path. A flow carries at most its window per round trip, so
 //!   one stream is window-bound only where the round trip is long; on a LAN or loopback a
@@ -17,11 +17,16 @@
 //!   token when they were cold): under `SLOW_PATH` (10 ms; a 4 MiB window over 10 ms
 //!   carries 400 MB/s) the rest of the blob is one more request read after the first
 //!   piece, one stream; at or over it, the rest is cut into pieces as below.
-//! - After the first piece, pieces are the rest ÷ 64, at least 8 MiB and at most 64 MiB
-//!   (so a blob has at most about 64 pieces, and no piece is small enough that its
-//!   request's round trip dominates). At most `cache.fill_pieces` (default 4) run at once,
-//!   and a piece starts only within 2 × that many pieces of the one the prefix is in
-//!   (which bounds what waits on the spool file).
+//! - After the first piece, pieces are the rest ÷ 32, at least 8 MiB (4 MiB on a long
+//!   path, 100 ms or more to the first answer's headers) and at most 64 MiB: a blob up to
+//!   2 GiB has at most about 32 pieces, and no piece is small enough that its request's
+//!   round trip dominates (4 MiB is a round trip's window at 150 ms and 1.4 s of a 3 MB/s
+//!   lossy flow, so a 16 MiB layer there is four pieces at once; on a short path a piece
+//!   carries a few round trips' worth anyway). How many run at once is the blob's width
+//!   (`piece_width`): 4 at the start, more while more raise the blob's rate, at most
+//!   `cache.fill_pieces` (default 16) and never an upstream's last free connections. A
+//!   piece starts only within 2 × the width pieces of the one the prefix is in (which
+//!   bounds what waits on the spool file).
 //! - Bytes go to the growing blob in order: a piece's bytes ahead of the prefix wait in
 //!   the fill's reorder buffer (`reorder`: at most 8 MiB in memory, the rest on an unlinked
 //!   spool file under the store's `tmp/`). If that file cannot be made or written (a full
@@ -39,6 +44,7 @@
 //! blob from a tier (a tier's answer is one stream, see `tiered`).
 
 use super::fill::{self, FillJob, WriterQueue};
+use super::piece_width::{self, PieceWidth};
 use super::reorder::{ReorderBuffer, REORDER_MEMORY};
 use super::resume::{ResumeFrom, ResumingBody};
 use crate::metrics::Metrics;
@@ -53,15 +59,18 @@ use tokio::task::JoinSet;
 
 /// The first request's range: `bytes=0-(FIRST_PIECE-1)`. Blobs up to this size are one
 /// request.
-pub const FIRST_PIECE: u64 = 8 << 20;
+pub const FIRST_PIECE: u64 = 4 << 20;
 /// Smallest piece after the first.
 pub const MIN_PIECE: u64 = 8 << 20;
+/// Smallest piece after the first on a long path (see `piece_width::is_long`): one round
+/// trip's window at 150 ms, 1.4 s of a 3 MB/s lossy flow.
+pub const MIN_PIECE_LONG: u64 = 4 << 20;
 /// Largest piece.
 pub const MAX_PIECE: u64 = 64 << 20;
 /// Pieces after the first aim at the rest of the blob ÷ this.
-pub const PIECES_PER_BLOB: u64 = 64;
-/// The default of `cache.fill_pieces`: pieces of one blob in flight at once.
-pub const DEFAULT_IN_FLIGHT: usize = 4;
+pub const PIECES_PER_BLOB: u64 = 32;
+/// The default of `cache.fill_pieces`: the most pieces of one blob in flight at once.
+pub const DEFAULT_IN_FLIGHT: usize = 16;
 /// The first request's time to headers at and over which the rest of a blob is fetched in
 /// pieces (under it: one stream, see the module doc).
 pub const SLOW_PATH: Duration = Duration::from_millis(10);
@@ -71,10 +80,15 @@ const EVENTS: usize = 32;
 /// How a large blob is cut into pieces (see the module doc). Tests use small sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PieceRule {
-    /// Pieces in flight at once; `1` turns pieces off (one stream per blob).
+    /// Most pieces of one blob in flight at once (`cache.fill_pieces`); `1` turns pieces
+    /// off (one stream per blob).
     pub in_flight: usize,
+    /// Pieces in flight at the start; the width grows from here (`piece_width`).
+    pub start: usize,
     pub first: u64,
     pub min_len: u64,
+    /// Smallest piece on a long path.
+    pub min_len_long: u64,
     pub max_len: u64,
     pub per_blob: u64,
     /// Bytes ahead of the prefix held in memory, at most.
@@ -91,12 +105,15 @@ impl Default for PieceRule {
 }
 
 impl PieceRule {
-    /// The production rule with `in_flight` pieces at once (`0` counts as `1`).
+    /// The production rule with at most `in_flight` pieces at once (`0` counts as `1`),
+    /// starting with [`piece_width::START`].
     pub fn with_in_flight(in_flight: usize) -> PieceRule {
         PieceRule {
             in_flight: in_flight.max(1),
+            start: piece_width::START.min(in_flight.max(1)),
             first: FIRST_PIECE,
             min_len: MIN_PIECE,
+            min_len_long: MIN_PIECE_LONG,
             max_len: MAX_PIECE,
             per_blob: PIECES_PER_BLOB,
             reorder_memory: REORDER_MEMORY,
@@ -109,11 +126,17 @@ impl PieceRule {
     }
 
     /// The pieces of a blob of `total` bytes, partitioning it; the first is `[0, first)`.
-    fn plan(&self, total: u64) -> Vec<BlobSpan> {
+    fn plan(&self, total: u64, long_path: bool) -> Vec<BlobSpan> {
         let rest = total.saturating_sub(self.first);
+        let min = if long_path {
+            self.min_len_long
+        } else {
+            self.min_len
+        }
+        .max(1);
         let len = rest
             .div_ceil(self.per_blob.max(1))
-            .clamp(self.min_len.max(1), self.max_len.max(self.min_len.max(1)));
+            .clamp(min, self.max_len.max(min));
         let mut spans = Vec::new();
         let mut at = 0;
         while at < total {
@@ -165,7 +188,11 @@ pub(super) async fn first_request(job: &FillJob) -> Result<FirstAnswer, Upstream
 pub(super) struct PiecePlan {
     /// Partitioning the blob; the first is the one the first request asked for.
     pub spans: Vec<BlobSpan>,
-    pub in_flight: usize,
+    /// Pieces in flight at the start, and at most.
+    pub start: usize,
+    pub most: usize,
+    /// The round trip's estimate: the first request's time to headers.
+    pub rtt: Duration,
 }
 
 /// The plan for the blob `first` answers, when it is the first piece of a blob larger than
@@ -182,8 +209,10 @@ pub(super) fn pieces_for(
     }
     Some(if waited >= rule.slow_path {
         PiecePlan {
-            spans: rule.plan(total),
-            in_flight: rule.in_flight,
+            spans: rule.plan(total, piece_width::is_long(waited)),
+            start: piece_width::start_for(rule.start, waited).clamp(1, rule.in_flight),
+            most: rule.in_flight,
+            rtt: waited,
         }
     } else {
         PiecePlan {
@@ -191,9 +220,36 @@ pub(super) fn pieces_for(
                 .into_iter()
                 .filter_map(|(a, b)| BlobSpan::between(a, b))
                 .collect(),
-            in_flight: 1,
+            start: 1,
+            most: 1,
+            rtt: waited,
         }
     })
+}
+
+/// Starts fetching the piece `span` (`first`: its answer, when already asked for).
+fn spawn_piece(
+    job: &FillJob,
+    tasks: &mut JoinSet<()>,
+    span: BlobSpan,
+    first: Option<BlobResponse>,
+    total: u64,
+    events: &mpsc::Sender<Event>,
+) {
+    let from = ResumeFrom {
+        source: Arc::clone(&job.source),
+        target: job.target.clone(),
+        digest: job.digest,
+        resumes: Some(job.metrics.fill_resumes.clone()),
+    };
+    tasks.spawn(fetch_piece(
+        span,
+        first,
+        total,
+        from,
+        events.clone(),
+        job.metrics.clone(),
+    ));
 }
 
 /// What a piece tells the fill.
@@ -271,13 +327,17 @@ pub(super) async fn pump(
         job.pieces.reorder_memory,
         Box::new(move || store.create_spool().map_err(|e| e.to_string())),
     );
+    input.lend_ahead(reorder.view());
     let mut tasks = JoinSet::new();
     let result = run_pieces(
         job,
         (input, queue),
         first,
         &mut tasks,
-        (&spans, plan.in_flight),
+        (
+            &spans,
+            PieceWidth::new(plan.start, plan.most, plan.rtt, Instant::now()),
+        ),
         total,
         &mut reorder,
     )
@@ -297,40 +357,60 @@ async fn run_pieces(
     (input, queue): (&mut BlobInput, &mut WriterQueue),
     first: BlobResponse,
     tasks: &mut JoinSet<()>,
-    (spans, in_flight): (&[BlobSpan], usize),
+    (spans, mut width): (&[BlobSpan], PieceWidth),
     total: u64,
     reorder: &mut ReorderBuffer,
 ) -> Result<(), GrowthFailure> {
-    let in_flight = in_flight.max(1);
-    let ahead = 2 * in_flight;
     let (tx, mut rx) = mpsc::channel(EVENTS);
-    let mut first = Some(first);
-    let (mut next, mut running, mut done) = (0, 0, 0);
+    let (mut started, mut next, mut done) = (vec![false; spans.len()], 0, 0);
     let piece_of = |offset: u64| spans.partition_point(|s| s.end().is_some_and(|e| e <= offset));
     let failed = |e: super::reorder::ReorderError| GrowthFailure::Source(e.to_string());
+    // The first answer is the first piece's.
+    spawn_piece(job, tasks, spans[0], Some(first), total, &tx);
+    started[0] = true;
+    let mut running = 1;
     while done < spans.len() {
         let prefix_piece = piece_of(input.received());
         // Without a spool file (a full disk) no piece runs ahead of the prefix's.
-        let limit = if reorder.spool_failed() { 1 } else { in_flight };
-        while running < limit && next < spans.len() && next < prefix_piece + ahead {
-            let from = ResumeFrom {
-                source: Arc::clone(&job.source),
-                target: job.target.clone(),
-                digest: job.digest,
-                resumes: Some(job.metrics.fill_resumes.clone()),
-            };
-            tasks.spawn(fetch_piece(
-                spans[next],
-                first.take(),
-                total,
-                from,
-                tx.clone(),
-                job.metrics.clone(),
-            ));
-            next += 1;
-            running += 1;
+        let limit = if reorder.spool_failed() {
+            1
+        } else {
+            width.width()
+        };
+        let ahead = 2 * width.width();
+        // A piece a reader waits in starts first (when a place is free: no running piece
+        // is stopped for it).
+        if !reorder.spool_failed() {
+            for want in input.blob().wanted_from(input.received()) {
+                let i = piece_of(want);
+                if running < limit && i < spans.len() && !started[i] {
+                    job.metrics.fill_pieces_wanted.inc();
+                    spawn_piece(job, tasks, spans[i], None, total, &tx);
+                    (started[i], running) = (true, running + 1);
+                }
+            }
         }
-        match next_event(&mut rx, tasks).await? {
+        while running < limit && next < spans.len() && next < prefix_piece + ahead {
+            if !started[next] {
+                spawn_piece(job, tasks, spans[next], None, total, &tx);
+                (started[next], running) = (true, running + 1);
+            }
+            next += 1;
+        }
+        while next < spans.len() && started[next] {
+            next += 1;
+        }
+        if next == spans.len() {
+            width.settle();
+        }
+        let event = next_event(&mut rx, tasks).await?;
+        if let Some(Event::Frame { bytes, .. }) = &event {
+            let spare = || job.source.spare_connections();
+            if width.arrived(bytes.len() as u64, Instant::now(), spare) {
+                job.metrics.fill_pieces_widened.inc();
+            }
+        }
+        match event {
             Some(Event::Frame { offset, bytes }) if offset == input.received() => {
                 fill::deliver(input, queue, bytes).await?;
                 while let Some(b) = reorder.take(input.received()).await.map_err(failed)? {
@@ -339,6 +419,10 @@ async fn run_pieces(
             }
             Some(Event::Frame { offset, bytes }) => {
                 reorder.insert(offset, bytes).await.map_err(failed)?;
+                // Wake readers only when one waits past the prefix.
+                if !input.blob().wanted_from(input.received() + 1).is_empty() {
+                    input.landed_ahead();
+                }
             }
             Some(Event::Done(Ok(()))) => {
                 running -= 1;
@@ -389,7 +473,7 @@ mod tests {
             (1 << 30) + 7,
             (10 << 30) + 3,
         ] {
-            let spans = rule.plan(total);
+            let spans = rule.plan(total, false);
             assert_eq!(spans[0], BlobSpan::between(0, FIRST_PIECE).expect("span"));
             let mut at = 0;
             for s in &spans {
@@ -405,11 +489,13 @@ mod tests {
             assert_eq!(at, total);
             let middle = &spans[1..spans.len() - 1];
             assert!(middle.iter().all(|s| s.bounded_len() >= Some(MIN_PIECE)));
-            assert!(spans.len() as u64 <= PIECES_PER_BLOB + 2 || total > MAX_PIECE * 64);
+            assert!(
+                spans.len() as u64 <= PIECES_PER_BLOB + 2 || total > MAX_PIECE * PIECES_PER_BLOB
+            );
         }
         assert_eq!(
-            rule.plan(100 << 20).len(),
-            1 + (92u64 << 20).div_ceil(MIN_PIECE) as usize
+            rule.plan(100 << 20, false).len(),
+            1 + ((100u64 << 20) - FIRST_PIECE).div_ceil(MIN_PIECE) as usize
         );
     }
 
@@ -430,8 +516,20 @@ mod tests {
         let one = PieceRule::with_in_flight(1);
         assert!(pieces_for(&one, &answer(true, Some(64 << 20)), slow).is_none());
         let plan = pieces_for(&rule, &answer(true, Some(64 << 20)), slow).expect("pieces");
-        assert_eq!(plan.in_flight, DEFAULT_IN_FLIGHT);
-        assert_eq!(plan.spans, rule.plan(64 << 20));
+        assert_eq!(
+            (plan.start, plan.most),
+            (piece_width::START, DEFAULT_IN_FLIGHT)
+        );
+        assert_eq!(plan.spans, rule.plan(64 << 20, false));
+        let long = pieces_for(
+            &rule,
+            &answer(true, Some(64 << 20)),
+            Duration::from_millis(150),
+        )
+        .expect("pieces");
+        assert_eq!(long.spans, rule.plan(64 << 20, true));
+        assert_eq!(long.spans.len(), 16, "4 MiB pieces on a long path");
+        assert_eq!(plan.spans.len(), 9, "the first 4 MiB, then 8 MiB pieces");
     }
 
     #[test]
@@ -446,7 +544,7 @@ mod tests {
         };
         let fast = SLOW_PATH - Duration::from_millis(1);
         let plan = pieces_for(&rule, &answer, fast).expect("a plan");
-        assert_eq!(plan.in_flight, 1, "one request at a time");
+        assert_eq!((plan.start, plan.most), (1, 1), "one request at a time");
         assert_eq!(
             plan.spans,
             vec![
@@ -455,6 +553,6 @@ mod tests {
             ]
         );
         let slow = pieces_for(&rule, &answer, SLOW_PATH).expect("a plan");
-        assert!(slow.spans.len() > 2 && slow.in_flight == DEFAULT_IN_FLIGHT);
+        assert!(slow.spans.len() > 2 && slow.most == DEFAULT_IN_FLIGHT);
     }
 }

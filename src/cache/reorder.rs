@@ -8,15 +8,20 @@
 //! the prefix, so what memory holds is bounded by the pieces already running (a write
 //! error fails no blob, as for the growing blob's own files).
 //!
+//! Everything held is also readable at its offset through the buffer's [`AheadView`],
+//! which the fill lends to the growing blob (`store::BytesAhead`): a reader waiting past
+//! the prefix reads the bytes as soon as they land, from memory or the spool file.
+//!
 //! Owns: where held bytes are kept and the memory bound. Must not: hash, verify or hand
-//! bytes to readers (the growing blob does), fetch anything, or choose which pieces run
-//! (that is `pieces`).
+//! bytes to readers other than through the view (the growing blob decides what a reader
+//! may read), fetch anything, or choose which pieces run (that is `pieces`).
 
+use crate::store::BytesAhead;
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Bytes a pieced fill holds in memory ahead of the prefix, at most (spill batch included).
 pub(super) const REORDER_MEMORY: u64 = 8 << 20;
@@ -39,6 +44,106 @@ pub(super) enum ReorderError {
     },
     #[error("spool file task failed: {0}")]
     Task(String),
+}
+
+/// Most bytes one read through the view takes from the spool file (a read on the
+/// reader's task).
+const VIEW_READ: u64 = 256 << 10;
+
+/// A run of held bytes as readers see it.
+#[derive(Clone)]
+enum Lent {
+    Memory(Bytes),
+    Spooled { len: u64, file: Arc<File> },
+}
+
+impl Lent {
+    fn len(&self) -> u64 {
+        match self {
+            Lent::Memory(b) => b.len() as u64,
+            Lent::Spooled { len, .. } => *len,
+        }
+    }
+
+    /// The run's bytes from `skip` on.
+    fn tail(&self, skip: u64) -> Lent {
+        match self {
+            Lent::Memory(b) => Lent::Memory(b.slice(skip as usize..)),
+            Lent::Spooled { len, file } => Lent::Spooled {
+                len: len - skip,
+                file: Arc::clone(file),
+            },
+        }
+    }
+}
+
+/// What a reorder buffer holds, readable at blob offsets by readers past the prefix.
+#[derive(Default)]
+pub(super) struct AheadView {
+    runs: Mutex<BTreeMap<u64, Lent>>,
+}
+
+impl AheadView {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Lent>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put(&self, offset: u64, run: Lent) {
+        self.lock().insert(offset, run);
+    }
+
+    /// The runs within `[offset, offset + len)` are now one spooled run.
+    fn spooled(&self, offset: u64, len: u64, file: Arc<File>) {
+        let mut runs = self.lock();
+        let inside: Vec<u64> = runs.range(offset..offset + len).map(|(&k, _)| k).collect();
+        for k in inside {
+            runs.remove(&k);
+        }
+        runs.insert(offset, Lent::Spooled { len, file });
+    }
+
+    /// Everything below `prefix` became the blob's prefix: no longer lent.
+    fn below(&self, prefix: u64) {
+        let mut runs = self.lock();
+        let kept = runs.split_off(&prefix);
+        let straddling = runs
+            .iter()
+            .next_back()
+            .filter(|(&at, run)| at + run.len() > prefix)
+            .map(|(&at, run)| run.tail(prefix - at));
+        *runs = kept;
+        if let Some(tail) = straddling {
+            runs.insert(prefix, tail);
+        }
+    }
+}
+
+impl BytesAhead for AheadView {
+    fn read_ahead(&self, pos: u64, max: usize) -> Option<Bytes> {
+        let (at, run) = {
+            let runs = self.lock();
+            let (&at, run) = runs.range(..=pos).next_back()?;
+            (at, run.clone())
+        };
+        let skip = pos - at;
+        if skip >= run.len() {
+            return None;
+        }
+        match run {
+            Lent::Memory(b) => {
+                let from = skip as usize;
+                Some(b.slice(from..b.len().min(from + max)))
+            }
+            Lent::Spooled { len, file } => {
+                let n = (len - skip).min(max as u64).min(VIEW_READ) as usize;
+                let mut buf = BytesMut::zeroed(n);
+                // Bytes once written stay at their offset: a run taken meanwhile still
+                // reads right.
+                file.read_exact_at(&mut buf, pos).ok()?;
+                Some(buf.freeze())
+            }
+        }
+    }
 }
 
 /// Where a held run of bytes is.
@@ -72,6 +177,7 @@ pub(super) struct ReorderBuffer {
     make_spool: MakeSpool,
     /// Why the spool file could not be made or written, once it failed.
     spool_failed: Option<String>,
+    view: Arc<AheadView>,
 }
 
 impl ReorderBuffer {
@@ -87,7 +193,13 @@ impl ReorderBuffer {
             spool: None,
             make_spool,
             spool_failed: None,
+            view: Arc::default(),
         }
+    }
+
+    /// What the buffer holds, for readers past the prefix.
+    pub fn view(&self) -> Arc<AheadView> {
+        Arc::clone(&self.view)
     }
 
     /// The most bytes held in memory at once so far.
@@ -108,6 +220,7 @@ impl ReorderBuffer {
     fn hold_in_memory(&mut self, offset: u64, bytes: Bytes) {
         self.memory += bytes.len() as u64;
         self.peak_memory = self.peak_memory.max(self.memory);
+        self.view.put(offset, Lent::Memory(bytes.clone()));
         self.held.insert(offset, Held::Memory(bytes));
     }
 
@@ -138,6 +251,7 @@ impl ReorderBuffer {
             frames: Vec::new(),
             len: 0,
         });
+        self.view.put(offset, Lent::Memory(bytes.clone()));
         batch.frames.push(bytes);
         batch.len += len;
         self.memory += len;
@@ -151,25 +265,28 @@ impl ReorderBuffer {
     /// The held bytes starting exactly at `prefix` (at most [`READ_BACK`] of a spooled
     /// run at once), if any.
     pub async fn take(&mut self, prefix: u64) -> Result<Option<Bytes>, ReorderError> {
+        self.view.below(prefix);
         if self.batch.as_ref().is_some_and(|b| b.start == prefix) {
             self.flush().await?;
         }
         let Some(held) = self.held.remove(&prefix) else {
             return Ok(None);
         };
-        match held {
+        let taken = match held {
             Held::Memory(b) => {
                 self.memory -= b.len() as u64;
-                Ok(Some(b))
+                b
             }
             Held::Spooled(len) => {
                 let n = len.min(READ_BACK);
                 if len > n {
                     self.held.insert(prefix + n, Held::Spooled(len - n));
                 }
-                self.read(prefix, n).await.map(Some)
+                self.read(prefix, n).await?
             }
-        }
+        };
+        self.view.below(prefix + taken.len() as u64);
+        Ok(Some(taken))
     }
 
     /// Writes the batch to the spool file.
@@ -230,6 +347,9 @@ impl ReorderBuffer {
             return Ok(());
         }
         self.spooled += len;
+        if let Some(file) = &self.spool {
+            self.view.spooled(offset, len, Arc::clone(file));
+        }
         // Runs written one after another become one.
         let before = self.held.range(..offset).next_back();
         if let Some((&start, Held::Spooled(n))) = before {
@@ -300,6 +420,57 @@ mod tests {
         assert!(out == blob, "bytes differ");
         assert_eq!(buf.memory, 0);
         assert!(buf.held.is_empty());
+    }
+
+    /// Every held byte, in memory, in a batch or on the spool file, reads right through
+    /// the view at any offset; bytes the prefix took are no longer lent.
+    #[tokio::test]
+    async fn the_view_lends_every_held_byte_until_the_prefix_takes_it() {
+        let frame = 64u64 << 10;
+        let blob: Vec<u8> = (0..64 * frame).map(|i| (i * 7 % 253) as u8).collect();
+        let limit = 2 * SPILL_BATCH;
+        let mut buf = ReorderBuffer::new(limit, temp_spool());
+        let view = buf.view();
+        for i in (1..64u64).rev() {
+            let at = (i * frame) as usize;
+            buf.insert(
+                i * frame,
+                Bytes::copy_from_slice(&blob[at..at + frame as usize]),
+            )
+            .await
+            .expect("held");
+        }
+        assert!(buf.spooled() > 0 && buf.memory > 0, "some of each");
+        assert_eq!(view.read_ahead(0, 100), None, "nothing at the prefix yet");
+        for pos in [
+            frame,
+            frame + 1,
+            10 * frame - 3,
+            40 * frame + 17,
+            64 * frame - 5,
+        ] {
+            let got = view.read_ahead(pos, 1000).expect("held bytes are lent");
+            assert!(!got.is_empty() && got.len() <= 1000);
+            assert_eq!(
+                &got[..],
+                &blob[pos as usize..pos as usize + got.len()],
+                "at {pos}"
+            );
+        }
+        assert_eq!(view.read_ahead(64 * frame, 10), None, "past the end");
+        let mut prefix = frame;
+        while prefix < 20 * frame {
+            let b = buf.take(prefix).await.expect("take").expect("held");
+            prefix += b.len() as u64;
+        }
+        assert_eq!(
+            view.read_ahead(prefix - 1, 10),
+            None,
+            "taken: part of the prefix"
+        );
+        assert_eq!(view.read_ahead(frame, 10), None);
+        let got = view.read_ahead(prefix, 10).expect("still lent");
+        assert_eq!(&got[..], &blob[prefix as usize..prefix as usize + 10]);
     }
 
     /// A full disk: the spool file cannot be made, the bytes stay in memory (the pieced fill

@@ -60,6 +60,12 @@ pub trait BlobSource: Send + Sync {
         target: &'a RepoTarget,
         digest: &'a Digest,
     ) -> SourceFuture<'a, Option<u64>>;
+
+    /// Blob requests that may start now without waiting for a connection slot (`None`:
+    /// the source has no such limit).
+    fn spare_connections(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Where manifests, tag lists and referrers come from (an upstream).
@@ -125,6 +131,10 @@ impl BlobSource for Upstream {
         digest: &'a Digest,
     ) -> SourceFuture<'a, Option<u64>> {
         Box::pin(self.blob_head(&target.repo, digest))
+    }
+
+    fn spare_connections(&self) -> Option<usize> {
+        Some(self.blob_slots_free())
     }
 }
 

@@ -813,7 +813,7 @@ mod tests {
             c.config.default_upstream().map(|u| u.name.as_str()),
             Some("docker.io")
         );
-        assert_eq!(c.config.cache.fill_pieces, 4);
+        assert_eq!(c.config.cache.fill_pieces, 16);
     }
 
     #[test]

@@ -243,8 +243,9 @@ pub struct CacheConfig {
     /// A client following a blob fill that delivers no new bytes for this long takes it
     /// over with a new fill (never a deadline on a fill that is still delivering bytes).
     pub follower_stall: HumanDuration,
-    /// How many ranged pieces of one large blob are fetched at once when the upstream
-    /// honours `Range` (see `cache::pieces`); `1` fetches every blob as one stream.
+    /// The most ranged pieces of one large blob fetched at once when the upstream honours
+    /// `Range` (see `cache::pieces`, `cache::piece_width`); `1` fetches every blob as one
+    /// stream.
     pub fill_pieces: u32,
 }
 

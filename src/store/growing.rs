@@ -15,6 +15,8 @@
 //!   everything in use, store error) → memory only (no room on disk at all). After the
 //!   input verified the digest it makes the chunks durable and commits the blob.
 //! - [`GrowingBlob`] (shared by readers): `read_at` any offset, wait for more, the end.
+//!   A fill that fetches pieces out of order lends it the bytes past the prefix (`ahead`),
+//!   so a reader there reads them as they land, and learns where readers wait.
 //!
 //! Rules readers can rely on: the last byte of a blob is handed out only after its sha256
 //! matched; bytes below the durable file length are always readable; in memory-only mode a
@@ -24,6 +26,7 @@
 //! Must not: fetch anything (the cache owns upstreams), fsync before the input ends, or
 //! commit a blob whose digest did not match.
 
+use super::ahead::{Ahead, BytesAhead, Want};
 use super::block_maps::{BlockMaps, FileRead};
 use super::error::StoreError;
 use super::fill::{ChunkSink, FillParts};
@@ -170,6 +173,8 @@ pub struct GrowingBlob {
     announced: Option<u64>,
     state: Mutex<Growth>,
     changed: watch::Sender<u64>,
+    /// Bytes past the prefix lent by the fill, and where readers wait.
+    ahead: Ahead,
 }
 
 impl GrowingBlob {
@@ -251,6 +256,17 @@ impl GrowingBlob {
         }
     }
 
+    /// A reader waits at `pos` (past the prefix) until the guard is dropped: the fill
+    /// starts the piece holding it next.
+    pub fn want(&self, pos: u64) -> Want {
+        self.ahead.want(pos)
+    }
+
+    /// The offsets readers wait at, at or past `from`, lowest first.
+    pub fn wanted_from(&self, from: u64) -> Vec<u64> {
+        self.ahead.wanted_from(from)
+    }
+
     /// Up to `max` bytes from `pos` (see [`BlobRead`]).
     pub fn read_at(&self, pos: u64, max: usize) -> BlobRead {
         let (file, file_pos, len) = {
@@ -269,10 +285,21 @@ impl GrowingBlob {
                 g.received.min(last)
             };
             if pos >= avail {
-                return if verified && pos >= g.received {
-                    BlobRead::End
-                } else {
-                    BlobRead::Wait
+                if verified && pos >= g.received {
+                    return BlobRead::End;
+                }
+                // Past the prefix: bytes a fill lent, never the blob's last one.
+                let lendable = match self.announced {
+                    Some(size) if !verified && pos >= g.received => {
+                        size.saturating_sub(1).saturating_sub(pos)
+                    }
+                    _ => 0,
+                };
+                drop(guard);
+                let max = (max as u64).min(lendable) as usize;
+                return match (max > 0).then(|| self.ahead.read(pos, max)).flatten() {
+                    Some(b) => BlobRead::Data(b),
+                    None => BlobRead::Wait,
                 };
             }
             let limit = avail.min(pos.saturating_add(max as u64));
@@ -380,6 +407,7 @@ pub(crate) fn begin(
             maps: BlockMaps::default(),
         }),
         changed: watch::channel(0).0,
+        ahead: Ahead::default(),
     });
     let input = BlobInput {
         blob: Arc::clone(&blob),
@@ -475,6 +503,17 @@ impl BlobInput {
 
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// Lends the blob the bytes the fill holds past its prefix (see [`BytesAhead`]) until
+    /// the blob ends.
+    pub fn lend_ahead(&self, lender: Arc<dyn BytesAhead>) {
+        self.blob.ahead.lend(Some(lender));
+    }
+
+    /// Bytes past the prefix landed: readers waiting there look again.
+    pub fn landed_ahead(&self) {
+        self.blob.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Adds the next bytes. Fails (and fails the blob) past the announced size.
@@ -620,6 +659,7 @@ impl BlobInput {
             }
         };
         self.ended = true;
+        self.blob.ahead.lend(None);
         match failure {
             None => {
                 self.blob.update(|g| g.end = Some(End::Verified));
@@ -642,6 +682,7 @@ impl BlobInput {
 
     fn fail_with(&mut self, why: GrowthFailure) {
         self.ended = true;
+        self.blob.ahead.lend(None);
         self.blob.update(|g| {
             if g.end.is_none() {
                 g.end = Some(End::Failed(why));

@@ -59,6 +59,7 @@
 //! `upstream`; only `config`, `metrics`, `oci` and `mapped` are read. No file below imports
 //! from this one.
 
+mod ahead;
 mod block_maps;
 mod budget;
 mod chunks;
@@ -77,6 +78,7 @@ mod tests;
 mod upkeep;
 mod values;
 
+pub use ahead::{BytesAhead, Want};
 pub use chunks::{ChunkId, ChunkRef};
 pub use error::StoreError;
 pub use expiry::SweepReport;

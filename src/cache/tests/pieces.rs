@@ -17,8 +17,10 @@ const BIG: usize = 1 << 20;
 fn rule(in_flight: usize, reorder_memory: u64) -> PieceRule {
     PieceRule {
         in_flight,
+        start: in_flight,
         first: PIECE,
         min_len: PIECE,
+        min_len_long: PIECE,
         max_len: PIECE,
         per_blob: 64,
         reorder_memory,
@@ -233,6 +235,56 @@ async fn readers_far_ahead_and_far_behind_get_exact_bytes() {
     assert_eq!(got.as_deref(), Ok(&bytes[..]), "the reader far behind");
     assert!(stored(&h, &d));
     assert_eq!(h.fake().served_bytes(), size);
+}
+
+/// A reader waiting past the prefix (a lazy puller, or containerd's last part) gets the
+/// piece it needs started next, out of order, and reads its bytes as they land: long
+/// before the first piece (here the slow one) lets the prefix get there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_past_the_prefix_gets_its_piece_next_and_its_bytes_as_they_land() {
+    // Two pieces at once: without the reader, the last piece would wait until the
+    // prefix (held back by the slow first piece) came within reach.
+    let h = pieced_with(rule(2, 1 << 20));
+    let bytes = layer(BIG, 52);
+    let size = BIG as u64;
+    let d = h.fake().add_blob(&bytes, &["team/app"]);
+    // 8 frames, one every 150 ms: the prefix stays at 0 for over a second.
+    h.fake().script_at(
+        0,
+        Body::Paced {
+            every: Duration::from_millis(150),
+        },
+    );
+    let target = target_on(UP, "team/app");
+    let from = 7 * PIECE + 10;
+    let answer = h
+        .cache
+        .blob(&target, &d, Some(ByteRangeSpec::From(from)), false)
+        .await
+        .expect("a range of a blob being filled");
+    let mut body = answer.body.expect("a body");
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("bytes within 10 s")
+        .expect("a frame")
+        .expect("not an error");
+    assert!(
+        h.fake().served_bytes() < size,
+        "the reader's first bytes came before the slow first piece ended"
+    );
+    assert!(!first.is_empty());
+    assert_eq!(
+        &first[..],
+        &bytes[from as usize..from as usize + first.len()]
+    );
+    assert!(h.metrics.fill_pieces_wanted.get() >= 1);
+    let mut got = first.to_vec();
+    got.extend(read_all(body).await.expect("the rest of the range"));
+    assert!(got == bytes[from as usize..], "the range is byte-exact");
+    settle(&h).await;
+    assert!(stored(&h, &d));
+    assert_eq!(spans_sorted(&h), partition(size), "still a partition");
+    assert_eq!(h.fake().served_bytes(), size, "no byte fetched twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
