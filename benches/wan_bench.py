@@ -26,7 +26,8 @@ Cases, per profile:
   on its own connection), when run as root;
 - a fleet: 10 skopeo clients pulling one 4-layer image at once, direct vs through a cold
   edge vs through registry:2's proxy (`proxy.remoteurl`), each over its own fresh relay on
-  the same profile; the WAN bytes of each (what the relay carried server -> client).
+  the same profile; the WAN bytes of each (what the relay carried server -> client); and
+  the same fleet again on the warm edge (all hits: what the box itself costs).
 
 Profiles (the WAN first-pull issue's): (a) RTT 150 ms, window 4 MiB, 1 Gbit/s link,
 256 MiB blob, 4 x 64 MiB layers; (b) RTT 250 ms, per-flow cap 3 MB/s, 200 Mbit/s link,
@@ -339,6 +340,11 @@ def fleet_run(binary: Path, tmp: Path, reg: h.Server, ca: Path, certs: Path, tls
             port, c = (relay.port, certs) if front is None else (front.port, None)
             wall, _ = together([lambda i=i: skopeo(port, f"fleet-{name}", tmp / f"fleet-{variant}-{i}", c)
                                 for i in range(FLEET)])
+            if variant == "edge":
+                # The same fleet again on the now warm edge: what this box itself costs (10
+                # skopeo copies and the edge sharing its cores), the floor under the cold run.
+                out["edge_warm"], _ = together([
+                    lambda i=i: skopeo(port, f"fleet-{name}", tmp / f"fleet-warm-{i}", c) for i in range(FLEET)])
         except h.BenchError:
             if front is not None:
                 h.log(f"{front.name} log:\n{front.log_text()[-3000:]}")
@@ -524,6 +530,7 @@ def report(results: list[dict], info: str) -> str:
         wan = " · ".join(f"{k} {fl[k]['wan'] / fl['size']:.1f}x" for k in ("direct", "edge", "registry2"))
         out.append(f"| {r['profile']} | fleet: {FLEET} x skopeo, one image | {fmt(fl['direct']['wall'])} | "
                    f"{fmt(fl['edge']['wall'])} | {ratio(fl['edge']['wall'], fl['direct']['wall'])} | "
+                   f"warm edge {fmt(fl.get('edge_warm'))} (this box's floor); "
                    f"registry:2 proxy {fmt(fl['registry2']['wall'])} (edge / registry:2 "
                    f"{ratio(fl['edge']['wall'], fl['registry2']['wall'])}); WAN bytes / image: {wan} |")
     return "\n".join(out) + "\n"

@@ -13,6 +13,7 @@ use crate::audit::{AuditFile, AuditFileSettings};
 use crate::cache::{Cache, CacheSettings, PieceRule};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyGate};
 use crate::registry::{RegistryApi, UpstreamTable};
 use crate::server::{self, App, ListenerKind, Server, ServerError};
 use crate::store::{Store, StoreError, StoreOptions, Upkeep};
@@ -80,6 +81,8 @@ pub struct Daemon {
     grace: Duration,
     /// The status page's per-minute counter snapshots; stopped with the daemon.
     sampler: server::status::Sampler,
+    /// The `[[policy]]` in force (replaced on reload, see [`Daemon::reload_policy_with`]).
+    policy: Arc<PolicyGate>,
 }
 
 /// Raises the soft open-files limit to the hard one (a fill holds one descriptor per chunk
@@ -192,9 +195,16 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
     let upkeep = store.spawn_upkeep();
     let edge_name = edge_name(config, &edge_id);
     tracing::info!(name = %edge_name, id = %edge_id, "this edge's name in Cache-Status, and its id in Via");
+    let policy = Policy::from_config(&config.policy)
+        .map_err(|e| DaemonError::Config(format!("{origin}: {e}")))?;
+    if !policy.is_empty() {
+        tracing::info!(blocks = policy.len(), "[[policy]] in force");
+    }
+    let policy = Arc::new(PolicyGate::new(policy, metrics.policy_denials.clone()));
     let mut api = RegistryApi::new(UpstreamTable::from_config(config), cache.clone(), access)
         .with_edge_name(&edge_name)
-        .with_edge_id(&edge_id);
+        .with_edge_id(&edge_id)
+        .with_policy(policy.clone());
     if config.upstream.iter().any(|u| u.push && u.private) {
         api = api.with_pushes(push_side(config, &store, &cache, &metrics));
     }
@@ -232,6 +242,7 @@ pub async fn start(config: &Config, origin: &str) -> Result<Daemon, DaemonError>
         upkeep,
         grace: config.server.shutdown_grace.get(),
         sampler,
+        policy,
     })
 }
 
@@ -266,6 +277,33 @@ impl Daemon {
         &self.store
     }
 
+    /// On SIGHUP, also loads the config again with `load` and puts its `[[policy]]` in
+    /// force for every request from then on. A config that does not load, or a policy that
+    /// does not compile, leaves the one in force and says why (in the log and systemd's
+    /// status line). Other keys take effect only on a restart.
+    pub fn reload_policy_with(
+        self,
+        load: impl Fn() -> Result<Config, String> + Send + Sync + 'static,
+    ) -> Self {
+        let gate = self.policy.clone();
+        self.app.on_reload(Box::new(move || {
+            let loaded = load().and_then(|c| Policy::from_config(&c.policy).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(policy) => {
+                    let n = policy.len();
+                    gate.replace(policy);
+                    tracing::info!(blocks = n, "SIGHUP: [[policy]] reloaded");
+                    format!("policy reloaded ({n} blocks)")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: config not reloaded; the policy in force stays");
+                    format!("policy not reloaded: {e}")
+                }
+            }
+        }));
+        self
+    }
+
     /// Serves until `shutdown` resolves, then drains for `server.shutdown_grace`; returns
     /// whether every connection finished in time.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
@@ -277,6 +315,7 @@ impl Daemon {
             upkeep,
             grace,
             sampler,
+            policy: _,
         } = self;
         app.set_ready(true);
         let clean = server.serve(shutdown, grace).await;

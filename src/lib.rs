@@ -12,6 +12,7 @@
 //!                               |            |            |---->  shared  ->  store, upstream
 //!                               |            |            \---->  upstream
 //!                               \------------+-->  access
+//!                                            \---->  policy  ->  config
 //! config, metrics, oci, mapped: leaf modules read by all, importing none of the others
 //! audit: read by server, registry and the CLI; imports only oci
 //! ```
@@ -30,6 +31,9 @@
 //!   the edge's own bearer tokens, scopes (`pull:public`, `pull:private`, `push`, `admin`),
 //!   the anonymous per-address quota; it counts every refusal it makes. Used by `server`
 //!   (networks, the status page) and `registry` (everything else).
+//! - [`policy`]: what may be pulled through the edge at all: the `[[policy]]` blocks
+//!   (allow or deny by upstream and repository glob, first fit wins), swapped whole on
+//!   SIGHUP. Used by `registry`'s front door, after `access`.
 //! - [`registry`]: the OCI distribution API (spec 1.1): the read API (manifests, blobs, tag
 //!   lists, referrers, the catalog) and the push API for upstreams with `push = true`;
 //!   every request authenticated, routed and authorized once before it is served; routing
@@ -86,6 +90,7 @@ pub mod logging;
 pub mod mapped;
 pub mod metrics;
 pub mod oci;
+pub mod policy;
 pub mod prefetch;
 pub mod registry;
 pub mod server;

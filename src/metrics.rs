@@ -59,6 +59,7 @@ pub struct Metrics {
     pub fill_pieces: IntCounterVec,
     pub fill_pieces_spooled_bytes: IntCounter,
     pub fill_pieces_widened: IntCounter,
+    pub policy_denials: IntCounter,
     pub fill_pieces_wanted: IntCounter,
     pub fill_takeovers: IntCounter,
     pub fills_ended: IntCounterVec,
@@ -448,6 +449,11 @@ impl Metrics {
                 "fill_pieces_widened_total",
                 "Times a pieced fill added pieces in flight because the ones added before raised the blob's rate.",
             ),
+            policy_denials: counter(
+                &r,
+                "policy_denials_total",
+                "Pulls refused with 403 because a [[policy]] block denies the repository.",
+            ),
             fill_pieces_wanted: counter(
                 &r,
                 "fill_pieces_wanted_total",
@@ -708,6 +714,7 @@ impl Metrics {
             &self.fill_pieces,
             &self.fill_pieces_spooled_bytes,
             &self.fill_pieces_widened,
+            &self.policy_denials,
             &self.fill_pieces_wanted,
             &self.fill_takeovers,
             &self.fills_ended,
@@ -838,6 +845,7 @@ mod tests {
             "sparkcr_edge_fill_pieces_total{result=\"failed\"} 0",
             "sparkcr_edge_fill_pieces_spooled_bytes_total 0",
             "sparkcr_edge_fill_pieces_widened_total 0",
+            "sparkcr_edge_policy_denials_total 0",
             "sparkcr_edge_fill_pieces_wanted_total 0",
             "sparkcr_edge_private_content_refusals_total 0",
         ] {

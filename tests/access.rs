@@ -677,3 +677,128 @@ async fn public_requests_never_join_a_private_fill() {
         "one private fill"
     );
 }
+
+/// `[[policy]]`: the first block that fits decides; a repository it denies gets `403
+/// DENIED` naming the block on every routing form, by tag, by digest and for a blob, while
+/// the rest pulls; the refusal is counted and in the audit trail; SIGHUP puts an edited
+/// policy in force, and a broken edit leaves the one in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_blocks_decide_what_may_be_pulled_and_reload_on_sighup() {
+    let reg = Registry2::start();
+    let ok = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        Format::Oci,
+        71,
+        "amd64",
+        &[4096],
+    )
+    .await;
+    let bad = push_image(
+        &reg,
+        "team/blocked-x",
+        Some("v1"),
+        Format::Oci,
+        72,
+        "amd64",
+        &[4096],
+    )
+    .await;
+    let up = upstream("up.test", &reg, "default = true");
+    let head = base_config("", &up) + "[audit]\npath = \"{dir}/audit.jsonl\"\n";
+    let policy = |deny: &str| {
+        format!(
+            "[[policy]]\nname = \"hub-ok\"\nupstream = \"up.test\"\nmatch = [\"team/keep\"]\naction = \"allow\"\n\
+             [[policy]]\nname = \"no-{deny}\"\nupstream = \"*\"\nmatch = [\"team/{deny}*\"]\naction = \"deny\"\n"
+        )
+    };
+    let edge = Edge::start(&(head.clone() + &policy("blocked-")));
+    let e = edge.http[0];
+    let client = reqwest::Client::new();
+    let bad_layer = &bad.blobs[1].0;
+    // Denied: every routing form, by tag and digest, manifests, blobs and the tag list.
+    for rest in [
+        "manifests/v1".to_string(),
+        format!("manifests/{}", bad.manifest_digest),
+        format!("blobs/{bad_layer}"),
+        "tags/list".to_string(),
+    ] {
+        for url in [
+            format!("http://{e}/v2/team/blocked-x/{rest}"),
+            format!("http://{e}/v2/up.test/team/blocked-x/{rest}"),
+            format!("http://{e}/v2/team/blocked-x/{rest}?ns=up.test"),
+            format!("http://{e}/up.test/v2/team/blocked-x/{rest}"),
+        ] {
+            let r = client.get(&url).send().await.expect("get");
+            assert_eq!(r.status(), 403, "{url}");
+            let body: serde_json::Value =
+                serde_json::from_slice(&r.bytes().await.expect("body")).expect("OCI error JSON");
+            assert_eq!(body["errors"][0]["code"], "DENIED", "{url}");
+            let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("\"no-blocked-\""), "{url}: {message}");
+            let r = client.head(&url).send().await.expect("head");
+            assert_eq!(r.status(), 403, "HEAD {url}");
+        }
+    }
+    assert_eq!(edge.metric("sparkcr_edge_policy_denials_total").await, 32.0);
+    // Allowed: no block fits team/app.
+    let r = client
+        .get(edge.url(&format!("/v2/team/app/blobs/{}", ok.blobs[1].0)))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.expect("body")[..], ok.blobs[1].1[..]);
+    let audit_file = edge.dir.path().join("audit.jsonl");
+    let audit_file = audit_file.to_str().expect("utf-8 path");
+    let denied = wait_audit(
+        &["--file", audit_file],
+        &["--repo", "up.test/team/blocked-x"],
+        1,
+    );
+    assert!(
+        denied.iter().all(|r| r["status"] == 403
+            && r["decision"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no-blocked-")),
+        "{denied:?}"
+    );
+
+    // SIGHUP with an edited policy: now team/app is denied and team/blocked-x pulls.
+    let config_path = edge.dir.path().join("config.toml");
+    let dir = edge.dir.path().display().to_string();
+    std::fs::write(
+        &config_path,
+        (head.clone() + &policy("app")).replace("{dir}", &dir),
+    )
+    .expect("edit config");
+    edge.signal(libc::SIGHUP);
+    edge.wait_for_log("SIGHUP: [[policy]] reloaded").await;
+    let get = |path: String| {
+        let client = client.clone();
+        let url = edge.url(&path);
+        async move { client.get(url).send().await.expect("get").status() }
+    };
+    assert_eq!(get("/v2/team/app/manifests/v1".into()).await, 403);
+    assert_eq!(
+        get(format!("/v2/team/blocked-x/blobs/{bad_layer}")).await,
+        200
+    );
+    // A broken edit (no such upstream) leaves the policy in force.
+    let broken = head.clone() + "[[policy]]\nupstream = \"nowhere.test\"\naction = \"deny\"\n";
+    std::fs::write(&config_path, broken.replace("{dir}", &dir)).expect("edit config");
+    edge.signal(libc::SIGHUP);
+    edge.wait_for_log("config not reloaded; the policy in force stays")
+        .await;
+    assert!(
+        edge.log_text().contains("policy[0].upstream"),
+        "the error names the key"
+    );
+    assert_eq!(
+        get("/v2/team/app/manifests/v1".into()).await,
+        403,
+        "still in force"
+    );
+}

@@ -425,7 +425,8 @@ fn the_packaged_config_shows_every_key() {
          [cluster]\npeers = [\"http://a.lan:5000\", \"http://b.lan:5000\"]\nself_url = \"http://a.lan:5000\"\n\
          [[upstream]]\nname = \"registry.lan:5000\"\nurl = \"https://registry.lan:5000\"\n\
          [[upstream.endpoint]]\nurl = \"https://mirror.lan\"\n\
-         [audit]\npath = \"/tmp/sparkcr-edge-audit.jsonl\"\n",
+         [audit]\npath = \"/tmp/sparkcr-edge-audit.jsonl\"\n\
+         [[policy]]\nname = \"n\"\nupstream = \"*\"\nmatch = [\"a/*\"]\naction = \"deny\"\n",
     )
     .expect("write config");
     let mut all = Vec::new();
@@ -441,6 +442,7 @@ fn the_packaged_config_shows_every_key() {
         "upstream.endpoint.url",
         "push.max_upload_size",
         "audit.path",
+        "policy.action",
     ] {
         assert!(
             all.iter().any(|k| k == must),

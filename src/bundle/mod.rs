@@ -332,6 +332,17 @@ pub fn import(
     bundle: &Path,
     options: ImportOptions,
 ) -> Result<ImportReport, BundleError> {
+    import_with_policy(store, bundle, options, &crate::policy::Policy::default())
+}
+
+/// [`import`], leaving out (as failures that say so) the images `policy` denies: an
+/// air-gapped site's `[[policy]]` holds for what comes in on a bundle too.
+pub fn import_with_policy(
+    store: &Store,
+    bundle: &Path,
+    options: ImportOptions,
+    policy: &crate::policy::Policy,
+) -> Result<ImportReport, BundleError> {
     let format_err = |reason: String| BundleError::Format {
         path: bundle.into(),
         reason,
@@ -406,6 +417,14 @@ pub fn import(
             ));
             continue;
         };
+        if let crate::policy::Verdict::DeniedBy(block) =
+            policy.decide(&image.registry, image.repo.as_str())
+        {
+            report.failures.push(format!(
+                "{name}: denied by this edge's policy (block \"{block}\" of [[policy]]); not imported"
+            ));
+            continue;
+        }
         if !manifests.contains_key(&d) {
             report.failures.push(format!(
                 "{name}: its manifest {d} is not in the bundle (or is not a manifest); not imported"

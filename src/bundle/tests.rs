@@ -224,3 +224,37 @@ fn a_sparse_entry_that_declares_a_large_blob_is_refused_before_it_makes_room() {
     assert_eq!(metrics.store_evictions.get(), 0, "nothing evicted");
     assert!(store.stored_bytes() >= before);
 }
+
+#[test]
+fn an_import_leaves_out_what_the_policy_denies() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(
+        StoreOptions::new(dir.path().join("store"), 1 << 30),
+        Arc::new(Metrics::new()),
+    )
+    .expect("store");
+    let bundle = dir.path().join("b.tar");
+    write_bundle(&bundle, b"{\"v\":1}");
+    let deny = crate::policy::Policy::from_config(&[crate::config::PolicyConfig {
+        name: Some("no-team".into()),
+        upstream: "docker.io".into(),
+        matches: vec!["team/*".into()],
+        action: crate::config::PolicyAction::Deny,
+    }])
+    .expect("policy");
+    let report =
+        import_with_policy(&store, &bundle, ImportOptions::default(), &deny).expect("import");
+    assert!(report.tags.is_empty(), "{report}");
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.contains(IMAGE) && f.contains("\"no-team\"")),
+        "{report}"
+    );
+    assert_eq!(
+        tagged(&store),
+        None,
+        "the denied image's tag was not written"
+    );
+}

@@ -24,6 +24,7 @@ pub fn serve(a: &ConfigArg) -> Result<(), Failure> {
         .build()
         .context("cannot start the async runtime")?;
     let origin = loaded.origin.to_string();
+    let reload_from = a.clone();
     runtime.block_on(async move {
         let daemon = daemon::start(&c, &origin).await.map_err(|e| match e {
             DaemonError::Config(m) => Failure::Config(m),
@@ -46,6 +47,12 @@ pub fn serve(a: &ConfigArg) -> Result<(), Failure> {
             };
             tracing::info!("listening on {scheme}://{addr}");
         }
+        // SIGHUP reloads `[[policy]]` from the same file (and environment) as at start.
+        let daemon = daemon.reload_policy_with(move || {
+            sparkcr_edge::config::load(reload_from.config.as_deref())
+                .map(|l| l.config)
+                .map_err(|e| e.to_string())
+        });
         let clean = daemon
             .run_until_signalled()
             .await

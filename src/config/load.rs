@@ -481,6 +481,7 @@ fn validate(c: &Config, origin: &ConfigOrigin, checks: FileChecks) -> Result<(),
     super::tiers::validate(c.storage.shared.as_ref(), &c.cluster, origin)?;
     validate_push(c, origin)?;
     validate_audit(c, origin, checks)?;
+    super::policy::validate_policy(c, origin)?;
     for (i, host) in c.outbound.no_proxy.iter().enumerate() {
         if host.is_empty() || host.contains(|c: char| c == ',' || c.is_whitespace()) {
             return err(
@@ -1097,6 +1098,11 @@ mod tests {
             ("[server]\nmax_header_size = \"10MiB\"\n", "server.max_header_size", "1MiB"),
             ("[server]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"/nonexistent/cert.pem\"\n", "server.tls_cert", "/nonexistent/cert.pem does not exist — run \"sparkcr-edge tls self-signed\" or put your own cert.pem/key.pem there"),
             ("[auth]\nadmin_cidrs = [\"localhost\"]\n", "auth.admin_cidrs", "expected a network"),
+            ("[[policy]]\nupstream = \"nowhere.io\"\naction = \"deny\"\n", "policy[0].upstream", "no upstream is named"),
+            ("[[policy]]\nupstream = \"*\"\nmatch = []\naction = \"deny\"\n", "policy[0].match", "at least one glob"),
+            ("[[policy]]\nupstream = \"*\"\nmatch = [\"a/{b\"]\naction = \"deny\"\n", "policy[0].match", "is not a glob"),
+            ("[[policy]]\nupstream = \"*\"\naction = \"maybe\"\n", "policy", "allow"),
+            ("[[policy]]\nname = \"x\"\nupstream = \"*\"\naction = \"deny\"\n[[policy]]\nname = \"x\"\nupstream = \"docker.io\"\naction = \"allow\"\n", "policy[1].name", "already named"),
         ];
         for (text, key, want) in cases {
             let e = from_text(text).expect_err(text).to_string();

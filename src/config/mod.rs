@@ -3,7 +3,7 @@
 //!
 //! Owns: the TOML schema (`[server]`, `[storage]`, `[cache]`, `[log]`, `[auth]` (see
 //! [`auth`]), `[outbound]` (see [`outbound`]), `[[upstream]]`, `[storage.shared]` and
-//! `[cluster]` (see [`tiers`])), the
+//! `[cluster]` (see [`tiers`]), `[[policy]]` (see [`policy`])), the
 //! built-in upstream table, and loading (file, embedded default, `SPARKCR_EDGE__*`
 //! environment overrides; see [`load()`]). Every mistake becomes one [`ConfigError`] line
 //! naming the file, the key and what was expected.
@@ -14,6 +14,7 @@ pub mod auth;
 mod error;
 pub mod load;
 pub mod outbound;
+pub mod policy;
 pub mod tiers;
 pub mod units;
 
@@ -22,6 +23,7 @@ pub use load::{
     load, load_checked, ConfigError, ConfigOrigin, FileChecks, LoadedConfig, DEFAULT_CONFIG_PATH,
 };
 pub use outbound::{OutboundConfig, ProxySetting, ProxyUrl};
+pub use policy::{PolicyAction, PolicyConfig};
 pub use tiers::{ClusterConfig, SharedKind, SharedStorageConfig};
 pub use units::{ByteRate, ByteSize, HumanDuration};
 
@@ -56,6 +58,10 @@ pub struct Config {
     /// The audit trail's file (see [`AuditConfig`]).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Which repositories may be pulled through the edge (see [`policy`]); reloaded on
+    /// SIGHUP.
+    #[serde(default)]
+    pub policy: Vec<PolicyConfig>,
 }
 
 /// `[audit]`: the audit trail's JSON-lines file, one record per manifest or blob request

@@ -15,6 +15,7 @@ use super::route::{route, ApiRoute, RequestParts, UpstreamTable};
 use crate::access::{Access, Identity};
 use crate::cache::push::{Pushes, UploadBody};
 use crate::cache::Cache;
+use crate::policy::PolicyGate;
 use http::Response;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct RegistryApi {
     pub(super) access: Arc<Access>,
     /// The push side, when any upstream has `push = true`.
     pub(super) pushes: Option<Arc<Pushes>>,
+    /// What may be pulled at all (`[[policy]]`), checked after access control.
+    pub(super) policy: Arc<PolicyGate>,
 }
 
 /// Where a request came from.
@@ -90,7 +93,14 @@ impl RegistryApi {
             cache,
             access,
             pushes: None,
+            policy: Arc::default(),
         }
+    }
+
+    /// Checks every pull against `policy` (the daemon replaces its blocks on reload).
+    pub fn with_policy(mut self, policy: Arc<PolicyGate>) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Names this edge `name` in `Cache-Status` (a token such as `edge-a`; anything that is

@@ -1,7 +1,8 @@
 //! The front door of the API: the first three phases of every request (authenticate,
 //! route, authorize), each once and in that order, and the edge's own `GET /token`.
 //!
-//! Owns: putting [`crate::access`]'s answers the way the registry protocol wants them:
+//! Owns: putting [`crate::access`]'s and [`crate::policy`]'s answers the way the registry
+//! protocol wants them (a pull the policy denies: `403 DENIED` naming the block):
 //! `401` with a Bearer challenge only (Docker fails anonymous pulls when Basic is offered
 //! beside it; `/token` itself challenges with Basic), `403 DENIED` with the scope that is
 //! missing, `429 TOOMANYREQUESTS` with `Retry-After`, and `405` for a push to an upstream
@@ -18,6 +19,7 @@ use super::response::{error_response, json_response};
 use super::route::{ApiRoute, RequestParts};
 use crate::access::{Action, Decision, Identity, Refused, BASIC_REALM, SERVICE};
 use crate::cache::push::Pushes;
+use crate::policy::Verdict;
 use http::{header, HeaderValue, Method, StatusCode};
 use std::sync::Arc;
 
@@ -221,6 +223,13 @@ impl RegistryApi {
             }
             Decision::Forbid(_) => return Err(self.forbidden(at, &who, action)),
         }
+        // What may enter the site at all: pulls only (a push sends the site's own content).
+        if let (None, Some(target)) = (push, routed.target()) {
+            let verdict = self.policy.decide(&target.upstream, target.repo.as_str());
+            if let Verdict::DeniedBy(block) = verdict {
+                return Err(self.denied_by_policy(at, &who, target, &block));
+            }
+        }
         let side = match (push, &self.pushes) {
             (Some(intent), Some(pushes)) if intent.served_by_push_side => {
                 Side::Push(pushes.clone())
@@ -257,6 +266,22 @@ impl RegistryApi {
             }
             _ => None,
         }
+    }
+
+    /// 403 naming the policy block that denies pulling `target`.
+    fn denied_by_policy(
+        &self,
+        at: &Incoming<'_>,
+        who: &Identity,
+        target: &crate::oci::RepoTarget,
+        block: &str,
+    ) -> Refusal {
+        let what = format!(
+            "pulling {} through {} is denied by this edge's policy (block \"{block}\" of [[policy]] in its config); ask the edge's admin",
+            target.repo, target.upstream
+        );
+        tracing::info!(token = who.name(), client = %at.client.peer, policy = block, "{what}");
+        Refusal::new(OciError::denied(what), "policy")
     }
 
     /// 401 with the Bearer challenge, for the repository's `scope` when there is one.

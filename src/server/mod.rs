@@ -1,5 +1,6 @@
 //! Listeners and HTTP plumbing: plain HTTP and HTTPS (rustls, ALPN h2 + http/1.1) via
-//! hyper-util's auto builder, certificate reload on SIGHUP, graceful shutdown on
+//! hyper-util's auto builder, certificate reload on SIGHUP (and the daemon's reload hook),
+//! graceful shutdown on
 //! SIGTERM/SIGINT, per-request logging and metrics, and the operations endpoints.
 //!
 //! Owns: sockets, TLS handshakes, connection lifetimes and signals; the connection cap,
@@ -467,10 +468,19 @@ struct ReloadHandle {
 }
 
 impl ReloadHandle {
-    /// Reloads the certificate; returns the `STATUS=` line for systemd.
+    /// Reloads the certificate and what the daemon added (the policy); returns the
+    /// `STATUS=` line for systemd.
     fn reload(&self) -> String {
+        let cert = self.reload_cert();
+        match self.app.reload_hook() {
+            Some(more) => format!("{cert}; {more}"),
+            None => cert,
+        }
+    }
+
+    fn reload_cert(&self) -> String {
         let Some(cert) = &self.tls else {
-            tracing::info!("SIGHUP received; no HTTPS listener, nothing to reload");
+            tracing::info!("SIGHUP received; no HTTPS listener, no certificate to reload");
             return "serving".into();
         };
         match cert.reload() {

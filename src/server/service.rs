@@ -44,7 +44,12 @@ pub struct App {
     tls: OnceLock<Arc<ReloadableCert>>,
     /// The audit trail's file (`[audit] path`), if one is set.
     audit: Option<Arc<AuditFile>>,
+    /// What else SIGHUP reloads (the daemon's config-backed parts); returns its status.
+    reload: OnceLock<ReloadHook>,
 }
+
+/// A reload the daemon adds to SIGHUP's certificate reload; returns its status in words.
+pub type ReloadHook = Box<dyn Fn() -> String + Send + Sync>;
 
 impl App {
     pub fn new(api: RegistryApi, metrics: Arc<Metrics>) -> Self {
@@ -54,7 +59,20 @@ impl App {
             ready: AtomicBool::new(false),
             tls: OnceLock::new(),
             audit: None,
+            reload: OnceLock::new(),
         }
+    }
+
+    /// Runs `hook` on every SIGHUP too (after the certificate); set once.
+    pub fn on_reload(&self, hook: ReloadHook) {
+        if self.reload.set(hook).is_err() {
+            tracing::warn!("a reload hook was already set; keeping the first");
+        }
+    }
+
+    /// Runs the reload hook, if one is set; its status.
+    pub(super) fn reload_hook(&self) -> Option<String> {
+        self.reload.get().map(|hook| hook())
     }
 
     /// Writes the audit trail's records to `file` too (they always go to the log).

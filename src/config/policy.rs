@@ -1,0 +1,123 @@
+//! `[[policy]]`: which repositories may be pulled through the edge at all. Blocks are
+//! read in order and the first whose `upstream` and `match` fit a request decides it
+//! (`action = "allow"` or `"deny"`); a request no block fits is allowed.
+//!
+//! Owns: the blocks' schema and their rules (a configured upstream or `"*"`, globs that
+//! compile, names that are unique). Must not: match requests (that is `crate::policy`).
+
+use super::error::{ConfigError, ConfigOrigin};
+use super::Config;
+use serde::{Deserialize, Serialize};
+
+/// One `[[policy]]` block.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// How messages and the audit trail name the block (default `policy[N]`, N from 0).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The upstream it applies to (its configured name), or `"*"` for every upstream.
+    pub upstream: String,
+    /// Globs over repository names as the upstream knows them (Docker Hub's official
+    /// images are `library/<name>`): `*` stays within one path segment, `**` crosses
+    /// them, `?` is one character, `{a,b}` either. Default: every repository.
+    #[serde(rename = "match", default = "every_repository")]
+    pub matches: Vec<String>,
+    /// What a request this block fits gets.
+    pub action: PolicyAction,
+}
+
+fn every_repository() -> Vec<String> {
+    vec!["**".into()]
+}
+
+/// A block's decision.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum PolicyAction {
+    Allow,
+    Deny,
+}
+
+impl TryFrom<String> for PolicyAction {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "allow" => Ok(PolicyAction::Allow),
+            "deny" => Ok(PolicyAction::Deny),
+            other => Err(format!("expected \"allow\" or \"deny\", got {other:?}")),
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The block's name in messages: its `name`, else `policy[index]`.
+    pub fn display_name(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("policy[{index}]"))
+    }
+}
+
+/// A glob as policy matching compiles it (the one place both agree on the syntax).
+pub fn compile_glob(glob: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .build()
+}
+
+pub(super) fn validate_policy(c: &Config, origin: &ConfigOrigin) -> Result<(), ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    for (i, p) in c.policy.iter().enumerate() {
+        let key = |k: &str| format!("policy[{i}].{k}");
+        if p.upstream != "*" && !c.upstream.iter().any(|u| u.name == p.upstream) {
+            let known: Vec<&str> = c.upstream.iter().map(|u| u.name.as_str()).collect();
+            return Err(ConfigError::at(
+                origin,
+                key("upstream"),
+                format!(
+                    "no upstream is named {:?}: use one of {} or \"*\" for every upstream",
+                    p.upstream,
+                    known.join(", ")
+                ),
+            ));
+        }
+        if p.matches.is_empty() {
+            return Err(ConfigError::at(
+                origin,
+                key("match"),
+                "expected at least one glob, such as [\"library/*\"] (leave the key out to match every repository)",
+            ));
+        }
+        for g in &p.matches {
+            if let Err(e) = compile_glob(g) {
+                return Err(ConfigError::at(
+                    origin,
+                    key("match"),
+                    format!("{g:?} is not a glob: {}", e.kind()),
+                ));
+            }
+        }
+        if let Some(n) = &p.name {
+            if n.trim().is_empty() || n.len() > 64 || n.chars().any(char::is_control) {
+                return Err(ConfigError::at(
+                    origin,
+                    key("name"),
+                    "expected a short name of printable characters (at most 64)",
+                ));
+            }
+        }
+        if !names.insert(p.display_name(i)) {
+            return Err(ConfigError::at(
+                origin,
+                key("name"),
+                format!(
+                    "another policy block is already named {:?}",
+                    p.display_name(i)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! What may be pulled through the edge: the `[[policy]]` blocks compiled, the first block
+//! that fits an upstream and a repository deciding (none fits: allowed), and the blocks in
+//! force, swapped whole when the config is reloaded (SIGHUP) so a request sees one set.
+//!
+//! Owns: matching and the blocks in force. Must not: know who asks (that is `access`),
+//! speak HTTP (the registry's front door turns a denial into `403 DENIED`), or read the
+//! config file (the daemon does, and hands the blocks over).
+
+use crate::config::{PolicyAction, PolicyConfig};
+use globset::{GlobSet, GlobSetBuilder};
+use std::sync::{Arc, RwLock};
+
+/// A block as compiled.
+struct Block {
+    name: String,
+    /// `None`: every upstream.
+    upstream: Option<String>,
+    repos: GlobSet,
+    action: PolicyAction,
+}
+
+/// A set of blocks, in config order.
+#[derive(Default)]
+pub struct Policy {
+    blocks: Vec<Block>,
+}
+
+/// What the policy says about one repository of one upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No block fits: allowed.
+    Open,
+    /// Allowed by the named block.
+    AllowedBy(String),
+    /// Denied by the named block.
+    DeniedBy(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("policy block {block}: {glob:?} is not a glob: {source}")]
+pub struct PolicyError {
+    block: String,
+    glob: String,
+    #[source]
+    source: globset::Error,
+}
+
+impl Policy {
+    /// The blocks of `[[policy]]` (already validated by the config's loader; a glob that
+    /// does not compile is still an error here, never a panic).
+    pub fn from_config(blocks: &[PolicyConfig]) -> Result<Policy, PolicyError> {
+        let mut out = Vec::new();
+        for (i, b) in blocks.iter().enumerate() {
+            let name = b.display_name(i);
+            let mut set = GlobSetBuilder::new();
+            for g in &b.matches {
+                let glob =
+                    crate::config::policy::compile_glob(g).map_err(|source| PolicyError {
+                        block: name.clone(),
+                        glob: g.clone(),
+                        source,
+                    })?;
+                set.add(glob);
+            }
+            let repos = set.build().map_err(|source| PolicyError {
+                block: name.clone(),
+                glob: b.matches.join(", "),
+                source,
+            })?;
+            out.push(Block {
+                name,
+                upstream: (b.upstream != "*").then(|| b.upstream.clone()),
+                repos,
+                action: b.action,
+            });
+        }
+        Ok(Policy { blocks: out })
+    }
+
+    /// How many blocks there are.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// The verdict on `repo` (as the upstream names it) through `upstream`.
+    pub fn decide(&self, upstream: &str, repo: &str) -> Verdict {
+        let fits = |b: &&Block| {
+            b.upstream.as_deref().is_none_or(|u| u == upstream) && b.repos.is_match(repo)
+        };
+        match self.blocks.iter().find(fits) {
+            None => Verdict::Open,
+            Some(b) if b.action == PolicyAction::Allow => Verdict::AllowedBy(b.name.clone()),
+            Some(b) => Verdict::DeniedBy(b.name.clone()),
+        }
+    }
+}
+
+/// The policy in force, shared by every request and replaced whole on reload; it counts
+/// the pulls it denies.
+#[derive(Default)]
+pub struct PolicyGate {
+    current: RwLock<Arc<Policy>>,
+    denials: Option<prometheus::IntCounter>,
+}
+
+impl PolicyGate {
+    /// `policy` in force, its denials counted in `denials`.
+    pub fn new(policy: Policy, denials: prometheus::IntCounter) -> PolicyGate {
+        PolicyGate {
+            current: RwLock::new(Arc::new(policy)),
+            denials: Some(denials),
+        }
+    }
+
+    /// The verdict of the policy in force on `repo` through `upstream` (counted when
+    /// denied).
+    pub fn decide(&self, upstream: &str, repo: &str) -> Verdict {
+        let verdict = self.current().decide(upstream, repo);
+        if let (Verdict::DeniedBy(_), Some(c)) = (&verdict, &self.denials) {
+            c.inc();
+        }
+        verdict
+    }
+
+    /// The policy in force now.
+    pub fn current(&self) -> Arc<Policy> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts `policy` in force for every request from now on.
+    pub fn replace(&self, policy: Policy) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(name: &str, upstream: &str, matches: &[&str], action: PolicyAction) -> PolicyConfig {
+        PolicyConfig {
+            name: (!name.is_empty()).then(|| name.to_string()),
+            upstream: upstream.into(),
+            matches: matches.iter().map(|s| s.to_string()).collect(),
+            action,
+        }
+    }
+
+    #[test]
+    fn the_first_block_that_fits_decides_and_none_means_open() {
+        use PolicyAction::*;
+        let p = Policy::from_config(&[
+            block("hub-official", "docker.io", &["library/*"], Allow),
+            block("", "docker.io", &["**"], Deny),
+            block("no-test-images", "*", &["**/test-*", "test-*"], Deny),
+        ])
+        .expect("valid");
+        assert_eq!(
+            p.decide("docker.io", "library/nginx"),
+            Verdict::AllowedBy("hub-official".into())
+        );
+        assert_eq!(
+            p.decide("docker.io", "bitnami/redis"),
+            Verdict::DeniedBy("policy[1]".into())
+        );
+        assert_eq!(
+            p.decide("docker.io", "library/nginx/extra"),
+            Verdict::DeniedBy("policy[1]".into()),
+            "* stays within one segment"
+        );
+        assert_eq!(p.decide("ghcr.io", "team/app"), Verdict::Open);
+        assert_eq!(
+            p.decide("ghcr.io", "team/sub/test-x"),
+            Verdict::DeniedBy("no-test-images".into())
+        );
+        assert_eq!(
+            p.decide("ghcr.io", "test-y"),
+            Verdict::DeniedBy("no-test-images".into())
+        );
+        assert!(Policy::default().is_empty());
+        assert_eq!(Policy::default().decide("a", "b"), Verdict::Open);
+    }
+
+    #[test]
+    fn a_gate_swaps_the_whole_policy() {
+        let denials = prometheus::IntCounter::new("d", "d").expect("counter");
+        let gate = PolicyGate::new(Policy::default(), denials.clone());
+        let before = gate.current();
+        assert_eq!(before.decide("a.io", "x"), Verdict::Open);
+        gate.replace(
+            Policy::from_config(&[block("", "*", &["x"], PolicyAction::Deny)]).expect("valid"),
+        );
+        assert_eq!(
+            gate.decide("a.io", "x"),
+            Verdict::DeniedBy("policy[0]".into())
+        );
+        assert_eq!(gate.decide("a.io", "y"), Verdict::Open);
+        assert_eq!(denials.get(), 1, "denials counted");
+        assert_eq!(
+            before.decide("a.io", "x"),
+            Verdict::Open,
+            "a request's policy stays as it was"
+        );
+    }
+}
