@@ -241,10 +241,14 @@ async fn an_image_filled_by_one_edge_is_served_by_another_and_after_a_lost_disk(
 
     let a = Edge::start(&config(&reg.url(), "127.0.0.1:0", "{dir}/data", &shared));
     pull(&client, &route(&a), "v1").await;
-    // The config and the 3 MiB layer in one GET each, the 12 MiB layer as two ranged
-    // pieces (cache.fill_pieces): every byte once.
+    // The config and the 3 MiB layer in one GET each, the 12 MiB layer as its 4 MiB first
+    // piece and the rest (in one request, or two 8 MiB-sized pieces when the first answer
+    // took 10 ms or more on a busy box): every byte once.
     let after_a = reg.wait_requests("GET", "/blobs/sha256:", 4).await;
-    assert_eq!(after_a, 4, "edge A fetched config and two layers once each");
+    assert!(
+        (4..=5).contains(&after_a),
+        "edge A fetched config and two layers once each: {after_a} blob GETs"
+    );
     assert_eq!(
         reg.bytes_served("GET", "/blobs/sha256:"),
         image.blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
