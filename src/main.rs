@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Token { command } => cli::setup::token(command),
         Command::ClientConfig(args) => cli::setup::client_config(&args),
         Command::Audit(args) => cli::audit::run(&args),
+        Command::Policy { command } => cli::policy::run(command),
         Command::Generate { what, out } => cli::generate::run(what, &out),
         Command::Doctor {
             edge,

@@ -742,6 +742,18 @@ async fn policy_blocks_decide_what_may_be_pulled_and_reload_on_sighup() {
         }
     }
     assert_eq!(edge.metric("sparkcr_edge_policy_denials_total").await, 32.0);
+    // A real client: skopeo's pull fails and shows the refusal, block and all.
+    let dest = tempfile::tempdir().expect("dest");
+    let (copied, output) = skopeo_copy(
+        &format!("docker://{e}/team/blocked-x:v1"),
+        None,
+        &dest.path().join("img"),
+    );
+    assert!(!copied, "{output}");
+    assert!(
+        output.contains("denied") && output.contains("no-blocked-"),
+        "{output}"
+    );
     // Allowed: no block fits team/app.
     let r = client
         .get(edge.url(&format!("/v2/team/app/blobs/{}", ok.blobs[1].0)))

@@ -222,3 +222,46 @@ fn the_printed_token_block_appended_to_a_config_loads_as_that_token() {
         "{out}"
     );
 }
+
+/// `policy check` says which `[[policy]]` block decides each image, as the daemon would
+/// (Docker Hub short names resolved), and exits 1 when any is denied; a bad reference is a
+/// usage mistake (exit 2).
+#[test]
+fn policy_check_names_the_deciding_block() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = write(
+        &dir,
+        "[[policy]]\nname = \"hub-official-only\"\nupstream = \"docker.io\"\nmatch = [\"library/*\"]\naction = \"allow\"\n\
+         [[policy]]\nname = \"no-other-hub-images\"\nupstream = \"docker.io\"\naction = \"deny\"\n",
+    );
+    let (code, out, err) = run_cli(
+        &[
+            "policy",
+            "check",
+            "-c",
+            &path,
+            "nginx:1.27",
+            "ghcr.io/org/app:v1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("docker.io/library/nginx: allowed by block \"hub-official-only\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("ghcr.io/org/app: allowed (no block fits)"),
+        "{out}"
+    );
+    let (code, out, err) = run_cli(&["policy", "check", "-c", &path, "bitnami/redis"], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("docker.io/bitnami/redis: denied by block \"no-other-hub-images\""),
+        "{out}"
+    );
+    assert!(err.contains("1 of 1 images are denied"), "{err}");
+    let (code, _, err) = run_cli(&["policy", "check", "-c", &path, "bad ref"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid image reference"), "{err}");
+}

@@ -24,6 +24,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Print, for each image, the [[policy]] block that decides a pull of it (allow or
+    /// deny); exit 1 when any is denied.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Images as clients name them (nginx:1.27, ghcr.io/org/app@sha256:...)
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+}
+
 #[derive(clap::Args, Clone)]
 pub struct ConfigArg {
     /// Config file [default: /etc/sparkcr-edge/config.toml if it exists, else the embedded default]
@@ -94,6 +107,11 @@ pub enum Command {
     /// Search the audit trail: who pulled what, when, and what the cache did. Reads the
     /// files named by `[audit] path` (and their rotations), so it works while the daemon runs.
     Audit(AuditArgs),
+    /// What the config's [[policy]] decides for images.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Man pages or shell completions from these definitions (run by scripts/package).
     #[command(hide = true)]
     Generate {

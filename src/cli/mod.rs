@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod failure;
 pub mod generate;
 pub mod images;
+pub mod policy;
 pub mod serve;
 pub mod setup;
 pub mod store;
