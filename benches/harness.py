@@ -402,10 +402,23 @@ def start_nginx(tmp: Path, www: Path, name: str = "nginx", tls: tuple[Path, Path
     return s
 
 
+POLICY_BLOCKS = 20
+
+
+def policy_text() -> str:
+    """A [[policy]] of POLICY_BLOCKS blocks where only the last fits the bench repository:
+    every pull walks all of them (the gate's worst case for an allowed pull)."""
+    out = ""
+    for i in range(POLICY_BLOCKS - 1):
+        out += (f"[[policy]]\nname = \"deny-{i}\"\nupstream = \"upstream.bench.test\"\n"
+                f"match = [\"other-{i}/**\", \"team-{i}/*\"]\naction = \"deny\"\n")
+    return out + "[[policy]]\nname = \"bench\"\nupstream = \"*\"\nmatch = [\"bench/*\"]\naction = \"allow\"\n"
+
+
 def edge_config(tmp: Path, name: str, up_port: int, max_size: int, chunk_size: int = 4 * MiB,
-                tls: tuple[Path, Path] | None = None, audit: bool = False) -> Path:
+                tls: tuple[Path, Path] | None = None, audit: bool = False, policy: bool = False) -> Path:
     """An edge config in tmp/name; with tls=(cert, key) also an HTTPS listener; with audit, the
-    audit trail's file in tmp/name/audit.jsonl."""
+    audit trail's file in tmp/name/audit.jsonl; with policy, `policy_text()`."""
     d = tmp / name
     d.mkdir(exist_ok=True)
     port = free_port()
@@ -422,6 +435,7 @@ def edge_config(tmp: Path, name: str, up_port: int, max_size: int, chunk_size: i
         "[log]\nlevel = \"info\"\nformat = \"text\"\n"
         + (f"[audit]\npath = \"{d}/audit.jsonl\"\n" if audit else "")
         + f"[[upstream]]\nname = \"upstream.bench.test\"\nurl = \"http://{HOST}:{up_port}\"\ndefault = true\n"
+        + (policy_text() if policy else "")
     )
     (d / "config.toml").write_text(cfg)
     (d / "port").write_text(str(port))
@@ -1102,6 +1116,22 @@ def run_once(binary: Path, p: dict, tmp: Path, big: bool, idx: int) -> dict:
         raise BenchError(f"the audit file has {audit_lines} records after the audited wrk runs")
     retire(edge_audit)
 
+    # 2 (policy): the same hits from an edge with a 20-block [[policy]] that every request
+    # walks to its last block, ABBA against the edge without one.
+    policy_dir = edge_config(tmp, "edge-policy", up.port, 100 * GiB, policy=True)
+    edge_policy, _, _ = start_edge(binary, policy_dir)
+    for _ in range(2):
+        fetch(edge_policy.port, small_path, p["small"], small_digest)
+        fetch(edge_policy.port, by_tag, len(manifest), manifest_digest, accept=OCI_MANIFEST)
+    for what, path, accept in [("small", small_path, None), ("mtag", by_tag, OCI_MANIFEST)]:
+        log(f"run {idx}: {what}, edge without and with a {POLICY_BLOCKS}-block policy (off, on, on, off)")
+        rps = {"nopolicy": [], "edge": []}
+        for key, s in (("nopolicy", edge), ("edge", edge_policy), ("edge", edge_policy), ("nopolicy", edge)):
+            rps[key].append(wrk(s, path, p, tmp, accept, upstream=up)["rps"])
+        for key, vals in rps.items():
+            r[f"policy_{what}_rps.{key}"] = statistics.mean(vals)
+    retire(edge_policy)
+
     # 3: cold miss, through the edge, through registry:2 proxy, and straight from the upstream.
     for k in [k for k in ("cold", "big") if k in cold]:
         size, digest = cold[k][1], cold_digest[k]
@@ -1263,6 +1293,10 @@ def rows(p: dict, big: bool, results: list[dict]):
          "≥ 0.9× audit off", lambda q, n, e: n >= 0.9),
         ("2. manifest by tag with the audit file on: requests/s", "audit_mtag_rps", "req/s", "noaudit",
          "≥ 0.9× audit off", lambda q, n, e: n >= 0.9),
+        (f"2. small blob through a {POLICY_BLOCKS}-block [[policy]]: requests/s", "policy_small_rps", "req/s",
+         "nopolicy", "≥ 0.95× no policy", lambda q, n, e: n >= 0.95),
+        (f"2. manifest by tag through a {POLICY_BLOCKS}-block [[policy]]: requests/s", "policy_mtag_rps", "req/s",
+         "nopolicy", "≥ 0.95× no policy", lambda q, n, e: n >= 0.95),
     ]
     for k, size in misses:
         out += [
@@ -1340,7 +1374,7 @@ def spread(vals):
 
 
 # What a reference column holds when it is not nginx.
-REF_NOTE = {"direct": " (direct)", "noaudit": " (edge, audit off)"}
+REF_NOTE = {"direct": " (direct)", "noaudit": " (edge, audit off)", "nopolicy": " (edge, no policy)"}
 
 
 def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> str:
@@ -1421,7 +1455,9 @@ def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> 
              "(`Accept: " + OCI_MANIFEST + "`); the edge's `tag_ttl` is 1h. nginx serves the same bytes as static files "
              "(one file for both manifest rows). registry:2 in proxy mode asks its upstream about a tag on every request. "
              "The audit rows: a second edge with `[audit] path` set (one JSON line per request, written out every "
-             "250 ms), against the edge without it, four wrk runs in the order off, on, on, off (the mean of each).")
+             "250 ms), against the edge without it, four wrk runs in the order off, on, on, off (the mean of each). "
+             f"The policy rows: an edge with {POLICY_BLOCKS} `[[policy]]` blocks of which only the last fits the "
+             "repository (every request walks them all), against the edge without a policy, in the same order.")
     L.append("3. `curl -o /dev/null -w '%{time_starttransfer} %{time_total}'` of a blob none of them has cached: through "
              "the edge, through registry:2 proxy, and straight from the upstream registry:2 (direct = mean of one pull "
              "before and one after).")
