@@ -7,22 +7,25 @@
 //! config file (the daemon does, and hands the blocks over).
 
 use crate::config::{PolicyAction, PolicyConfig};
-use globset::{GlobSet, GlobSetBuilder};
+use globset::{Candidate, GlobSet, GlobSetBuilder};
 use std::sync::{Arc, RwLock};
 
-/// A block as compiled.
+/// A block, without its globs (they are all in [`Policy::globs`]).
 struct Block {
-    name: String,
+    name: Arc<str>,
     /// `None`: every upstream.
     upstream: Option<String>,
-    repos: GlobSet,
     action: PolicyAction,
 }
 
-/// A set of blocks, in config order.
+/// A set of blocks, in config order. Every block's globs are compiled into one set, so a
+/// decision is one matching pass over the repository name however many blocks there are.
 #[derive(Default)]
 pub struct Policy {
     blocks: Vec<Block>,
+    globs: GlobSet,
+    /// The block of each glob of `globs`, by the glob's index.
+    block_of: Vec<usize>,
 }
 
 /// What the policy says about one repository of one upstream.
@@ -31,9 +34,9 @@ pub enum Verdict {
     /// No block fits: allowed.
     Open,
     /// Allowed by the named block.
-    AllowedBy(String),
+    AllowedBy(Arc<str>),
     /// Denied by the named block.
-    DeniedBy(String),
+    DeniedBy(Arc<str>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +53,10 @@ impl Policy {
     /// does not compile is still an error here, never a panic).
     pub fn from_config(blocks: &[PolicyConfig]) -> Result<Policy, PolicyError> {
         let mut out = Vec::new();
+        let mut set = GlobSetBuilder::new();
+        let mut block_of = Vec::new();
         for (i, b) in blocks.iter().enumerate() {
             let name = b.display_name(i);
-            let mut set = GlobSetBuilder::new();
             for g in &b.matches {
                 let glob =
                     crate::config::policy::compile_glob(g).map_err(|source| PolicyError {
@@ -61,20 +65,28 @@ impl Policy {
                         source,
                     })?;
                 set.add(glob);
+                block_of.push(i);
             }
-            let repos = set.build().map_err(|source| PolicyError {
-                block: name.clone(),
-                glob: b.matches.join(", "),
-                source,
-            })?;
             out.push(Block {
-                name,
+                name: name.into(),
                 upstream: (b.upstream != "*").then(|| b.upstream.clone()),
-                repos,
                 action: b.action,
             });
         }
-        Ok(Policy { blocks: out })
+        let globs = set.build().map_err(|source| PolicyError {
+            block: "(all blocks)".into(),
+            glob: blocks
+                .iter()
+                .flat_map(|b| b.matches.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(", "),
+            source,
+        })?;
+        Ok(Policy {
+            blocks: out,
+            globs,
+            block_of,
+        })
     }
 
     /// How many blocks there are.
@@ -88,10 +100,23 @@ impl Policy {
 
     /// The verdict on `repo` (as the upstream names it) through `upstream`.
     pub fn decide(&self, upstream: &str, repo: &str) -> Verdict {
-        let fits = |b: &&Block| {
-            b.upstream.as_deref().is_none_or(|u| u == upstream) && b.repos.is_match(repo)
-        };
-        match self.blocks.iter().find(fits) {
+        if self.blocks.is_empty() {
+            return Verdict::Open;
+        }
+        let candidate = Candidate::new(repo);
+        let first = self
+            .globs
+            .matches_candidate(&candidate)
+            .into_iter()
+            .map(|g| self.block_of[g])
+            .filter(|&i| {
+                self.blocks[i]
+                    .upstream
+                    .as_deref()
+                    .is_none_or(|u| u == upstream)
+            })
+            .min();
+        match first.map(|i| &self.blocks[i]) {
             None => Verdict::Open,
             Some(b) if b.action == PolicyAction::Allow => Verdict::AllowedBy(b.name.clone()),
             Some(b) => Verdict::DeniedBy(b.name.clone()),
