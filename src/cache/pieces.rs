@@ -380,7 +380,7 @@ async fn run_pieces(
         let ahead = 2 * width.width();
         // A piece a reader waits in starts first (when a place is free: no running piece
         // is stopped for it).
-        if !reorder.spool_failed() {
+        if running < limit && !reorder.spool_failed() {
             for want in input.blob().wanted_from(input.received()) {
                 let i = piece_of(want);
                 if running < limit && i < spans.len() && !started[i] {
@@ -420,7 +420,7 @@ async fn run_pieces(
             Some(Event::Frame { offset, bytes }) => {
                 reorder.insert(offset, bytes).await.map_err(failed)?;
                 // Wake readers only when one waits past the prefix.
-                if !input.blob().wanted_from(input.received() + 1).is_empty() {
+                if input.blob().waits_from(input.received() + 1) {
                     input.landed_ahead();
                 }
             }

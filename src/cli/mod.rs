@@ -41,6 +41,13 @@ fn load_config_without_tls_pair(a: &ConfigArg) -> Result<config::LoadedConfig, F
         .map_err(|e| Failure::Config(e.to_string()))
 }
 
+/// The config's `[[policy]]`, compiled as the daemon compiles it (a glob that does not
+/// compile is a config mistake, exit 2).
+fn load_policy(loaded: &config::LoadedConfig) -> Result<sparkcr_edge::policy::Policy, Failure> {
+    sparkcr_edge::policy::Policy::from_config(&loaded.config.policy)
+        .map_err(|e| Failure::Config(format!("{}: {e}", loaded.origin)))
+}
+
 /// The command's logging, as the config sets it up; logs until the guard is dropped.
 fn init_logging(c: &Config) -> logging::LogGuard {
     logging::init(&c.log)

@@ -4,15 +4,14 @@
 //! Must not: match anything itself (`sparkcr_edge::policy` does) or talk to a daemon.
 
 use super::args::PolicyCommand;
-use super::{load_config_without_tls_pair, Failure};
-use sparkcr_edge::policy::{Policy, Verdict};
+use super::{load_config_without_tls_pair, load_policy, Failure};
+use sparkcr_edge::policy::Verdict;
 use sparkcr_edge::prefetch::image_ref::ImageRef;
 
 pub fn run(command: PolicyCommand) -> Result<(), Failure> {
     let PolicyCommand::Check { config, images } = command;
     let loaded = load_config_without_tls_pair(&config)?;
-    let policy = Policy::from_config(&loaded.config.policy)
-        .map_err(|e| Failure::Config(format!("{}: {e}", loaded.origin)))?;
+    let policy = load_policy(&loaded)?;
     let mut denied = 0;
     for input in &images {
         let image = ImageRef::parse(input).map_err(|e| Failure::Config(e.to_string()))?;

@@ -92,8 +92,7 @@ pub fn import(a: &ConfigArg, bundle_path: &Path, options: ImportOptions) -> Resu
     let _log = init_logging(&loaded.config);
     store_owner::check(&loaded.config.storage.path, "import").map_err(Failure::Config)?;
     let store = open_store(&loaded.config, Arc::new(Metrics::new()))?;
-    let policy = sparkcr_edge::policy::Policy::from_config(&loaded.config.policy)
-        .map_err(|e| Failure::Config(format!("{}: {e}", loaded.origin)))?;
+    let policy = super::load_policy(&loaded)?;
     let report = bundle::import_with_policy(&store, bundle_path, options, &policy)
         .map_err(|e| Failure::Runtime(e.into()))?;
     print!("{report}");

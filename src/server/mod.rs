@@ -1,7 +1,7 @@
 //! Listeners and HTTP plumbing: plain HTTP and HTTPS (rustls, ALPN h2 + http/1.1) via
 //! hyper-util's auto builder, certificate reload on SIGHUP (and the daemon's reload hook),
-//! graceful shutdown on
-//! SIGTERM/SIGINT, per-request logging and metrics, and the operations endpoints.
+//! graceful shutdown on SIGTERM/SIGINT, per-request logging and metrics, and the
+//! operations endpoints.
 //!
 //! Owns: sockets, TLS handshakes, connection lifetimes and signals; the connection cap,
 //! header-read and idle timeouts, head-size limits (`[server]`), and turning away clients

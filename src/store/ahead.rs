@@ -59,6 +59,11 @@ impl Ahead {
     pub fn wanted_from(&self, from: u64) -> Vec<u64> {
         lock(&self.wants).range(from..).map(|(&p, _)| p).collect()
     }
+
+    /// Whether a reader waits at or past `from`.
+    pub fn any_wanted_from(&self, from: u64) -> bool {
+        lock(&self.wants).range(from..).next().is_some()
+    }
 }
 
 /// A reader waiting at an offset (see [`Ahead::want`]); dropped when it stops waiting.
@@ -112,9 +117,11 @@ mod tests {
         let three = a.want(7);
         assert_eq!(a.wanted_from(0), vec![7, 100]);
         assert_eq!(a.wanted_from(8), vec![100]);
+        assert!(a.any_wanted_from(100) && !a.any_wanted_from(101));
         drop(one);
         assert_eq!(a.wanted_from(8), vec![100], "one still waits there");
         drop((two, three));
         assert!(a.wanted_from(0).is_empty());
+        assert!(!a.any_wanted_from(0));
     }
 }

@@ -267,6 +267,11 @@ impl GrowingBlob {
         self.ahead.wanted_from(from)
     }
 
+    /// Whether a reader waits at or past `from`.
+    pub fn waits_from(&self, from: u64) -> bool {
+        self.ahead.any_wanted_from(from)
+    }
+
     /// Up to `max` bytes from `pos` (see [`BlobRead`]).
     pub fn read_at(&self, pos: u64, max: usize) -> BlobRead {
         let (file, file_pos, len) = {
