@@ -60,6 +60,7 @@ pub struct Metrics {
     pub fill_pieces_spooled_bytes: IntCounter,
     pub fill_pieces_widened: IntCounter,
     pub policy_denials: IntCounter,
+    pub policy_cooldowns: IntCounterVec,
     pub fill_pieces_wanted: IntCounter,
     pub fill_takeovers: IntCounter,
     pub fills_ended: IntCounterVec,
@@ -454,6 +455,12 @@ impl Metrics {
                 "policy_denials_total",
                 "Pulls refused with 403 because a [[policy]] block denies the repository.",
             ),
+            policy_cooldowns: counter_vec(
+                &r,
+                "policy_cooldowns_total",
+                "Cooldown decisions of [[policy]] blocks, by decision (held_back: a tag served its earlier digest; refused: closed mode or a held-back digest asked by digest; released: an admin released a digest early).",
+                &["decision"],
+            ),
             fill_pieces_wanted: counter(
                 &r,
                 "fill_pieces_wanted_total",
@@ -715,6 +722,7 @@ impl Metrics {
             &self.fill_pieces_spooled_bytes,
             &self.fill_pieces_widened,
             &self.policy_denials,
+            &self.policy_cooldowns,
             &self.fill_pieces_wanted,
             &self.fill_takeovers,
             &self.fills_ended,

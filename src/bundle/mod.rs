@@ -15,7 +15,7 @@
 use crate::oci::{is_manifest_media_type, Digest, Reference};
 use crate::prefetch::edge_client::{EdgeClient, PlatformChoice};
 use crate::prefetch::RequestedImage;
-use crate::store::{Store, StoreError, TagKey, TagRecord};
+use crate::store::{SeenDigest, Store, StoreError, TagKey, TagRecord};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -596,6 +596,12 @@ pub fn import_with_policy(
             media_type,
             fetched_at: now,
             validated_at: now,
+            // An admin chose what the bundle holds: no cooldown holds it back.
+            seen: vec![SeenDigest {
+                digest,
+                first_seen: now,
+                released: true,
+            }],
         };
         if let Err(e) = store.put_tag(&key, &rec) {
             let name = image.to_string();

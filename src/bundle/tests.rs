@@ -240,6 +240,8 @@ fn an_import_leaves_out_what_the_policy_denies() {
         upstream: "docker.io".into(),
         matches: vec!["team/*".into()],
         action: crate::config::PolicyAction::Deny,
+        cooldown: None,
+        mode: None,
     }])
     .expect("policy");
     let report =

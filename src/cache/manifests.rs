@@ -238,7 +238,7 @@ impl Cache {
     /// The answer for a client accepting `accept` from a tag's manifest `m` (digest `d`):
     /// `m` itself when the client takes its type, else the `linux/amd64` manifest of an
     /// index (by digest: from the store, else the upstream), else `MANIFEST_UNKNOWN`.
-    async fn for_client(
+    pub(super) async fn for_client(
         &self,
         target: &RepoTarget,
         key: &TagKey,
@@ -452,6 +452,7 @@ impl Cache {
             media_type: resp.media_type.clone(),
             fetched_at,
             validated_at: now,
+            seen: super::cooldown::moved_to(cached.as_ref(), digest, now),
         };
         self.put_tag(key, rec).await;
         let m = StoredManifest {

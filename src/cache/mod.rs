@@ -21,6 +21,7 @@
 
 mod blob_stream;
 mod blobs;
+mod cooldown;
 mod fill;
 mod fill_registry;
 mod flight;

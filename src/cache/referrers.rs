@@ -163,6 +163,7 @@ impl Cache {
             media_type: INDEX_MEDIA_TYPE.to_string(),
             fetched_at: now,
             validated_at: now,
+            seen: Vec::new(),
         };
         let (store, key, body, repo) = (
             self.store.clone(),

@@ -35,6 +35,25 @@ pub enum PolicyCommand {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
+    /// Release a digest from [[policy]] cooldowns now, on the running edge (through its
+    /// admin API: from auth.admin_cidrs, loopback by default). A tag releases the digest
+    /// it points at.
+    Release {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The running edge [default: the config's first listener]
+        #[arg(long, value_name = "URL")]
+        edge: Option<String>,
+        /// Extra CA certificate (PEM) for an HTTPS edge
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Why (logged by the edge with the release)
+        #[arg(long, required = true)]
+        reason: String,
+        /// The image: nginx@sha256:..., ghcr.io/org/app:1.2 (a tag: its newest digest)
+        #[arg(value_name = "IMAGE")]
+        image: String,
+    },
 }
 
 #[derive(clap::Args, Clone)]

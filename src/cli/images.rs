@@ -5,7 +5,7 @@
 //! Must not: parse image references or talk to the edge itself (`sparkcr_edge::prefetch`
 //! and `sparkcr_edge::bundle` do).
 
-use super::args::ImageSelection;
+use super::args::{ConfigArg, ImageSelection};
 use super::{load_config_without_tls_pair, small_runtime, Failure};
 use sparkcr_edge::bundle;
 use sparkcr_edge::prefetch::{self, edge_client::PlatformChoice};
@@ -13,11 +13,11 @@ use std::path::Path;
 
 /// The edge URL from `--edge` or the config's first listener (a wildcard address means
 /// this machine: 127.0.0.1).
-fn edge_url(sel: &ImageSelection) -> Result<String, Failure> {
-    if let Some(e) = &sel.edge {
+pub(super) fn edge_url(edge: Option<&String>, config: &ConfigArg) -> Result<String, Failure> {
+    if let Some(e) = edge {
         return Ok(e.clone());
     }
-    let loaded = load_config_without_tls_pair(&sel.config)?;
+    let loaded = load_config_without_tls_pair(config)?;
     let s = &loaded.config.server;
     let (scheme, addr) = match (s.listen.first(), s.tls_listen.first()) {
         (Some(a), _) => ("http", *a),
@@ -88,7 +88,7 @@ fn platform_note(sel: &ImageSelection, choice: &PlatformChoice) -> String {
 
 pub fn prefetch(sel: &ImageSelection, concurrency: usize) -> Result<(), Failure> {
     use std::io::IsTerminal;
-    let edge = edge_url(sel)?;
+    let edge = edge_url(sel.edge.as_ref(), &sel.config)?;
     let list = requested_images(sel)?;
     let opts = prefetch::PrefetchOptions {
         edge,
@@ -110,7 +110,7 @@ pub fn prefetch(sel: &ImageSelection, concurrency: usize) -> Result<(), Failure>
 }
 
 pub fn export(sel: &ImageSelection, out: &Path) -> Result<(), Failure> {
-    let edge = edge_url(sel)?;
+    let edge = edge_url(sel.edge.as_ref(), &sel.config)?;
     let list = requested_images(sel)?;
     let choice = platforms(sel)?;
     println!("{}", platform_note(sel, &choice));

@@ -1,19 +1,76 @@
 //! `policy check`: what the config's `[[policy]]` decides for the images named, the way a
 //! running edge decides a pull of them (the same config file, the same matching).
 //!
-//! Must not: match anything itself (`sparkcr_edge::policy` does) or talk to a daemon.
+//! `policy release`: asks the running edge, through its admin API, to release a digest
+//! from cooldowns early.
+//!
+//! Must not: match anything itself (`sparkcr_edge::policy` does) or touch the store (the
+//! daemon holds it; it releases).
 
-use super::args::PolicyCommand;
-use super::{load_config_without_tls_pair, load_policy, Failure};
+use super::args::{ConfigArg, PolicyCommand};
+use super::images::edge_url;
+use super::{load_config_without_tls_pair, load_policy, small_runtime, Failure};
+use sparkcr_edge::config::CooldownMode;
 use sparkcr_edge::policy::Verdict;
+use sparkcr_edge::prefetch::edge_client::EdgeClient;
 use sparkcr_edge::prefetch::image_ref::ImageRef;
+use sparkcr_edge::registry::RELEASE_PATH;
+use std::path::Path;
 
 pub fn run(command: PolicyCommand) -> Result<(), Failure> {
-    let PolicyCommand::Check { config, images } = command;
-    let loaded = load_config_without_tls_pair(&config)?;
+    match command {
+        PolicyCommand::Check { config, images } => check(&config, &images),
+        PolicyCommand::Release {
+            config,
+            edge,
+            ca,
+            reason,
+            image,
+        } => release(&config, edge.as_ref(), ca.as_deref(), &reason, &image),
+    }
+}
+
+/// Asks the running edge to release `image` from cooldowns.
+fn release(
+    config: &ConfigArg,
+    edge: Option<&String>,
+    ca: Option<&Path>,
+    reason: &str,
+    image: &str,
+) -> Result<(), Failure> {
+    let image = ImageRef::parse(image).map_err(|e| Failure::Config(e.to_string()))?;
+    let url = edge_url(edge, config)?;
+    let client = EdgeClient::new(&url, ca).map_err(|e| Failure::runtime(e.to_string()))?;
+    let body = serde_json::json!({
+        "upstream": image.registry,
+        "repository": image.repo.as_str(),
+        "reference": image.reference.to_string(),
+        "reason": reason,
+    });
+    let answer = small_runtime()?
+        .block_on(client.admin_post(RELEASE_PATH, &body))
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    let field = |k: &str| answer.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+    let tags: Vec<&str> = answer
+        .get("tags")
+        .and_then(|t| t.as_array())
+        .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
+        .unwrap_or_default();
+    println!(
+        "released {} of {}/{} from cooldowns (tags that pointed at it: {})",
+        field("digest"),
+        field("upstream"),
+        field("repository"),
+        tags.join(", ")
+    );
+    Ok(())
+}
+
+fn check(config: &ConfigArg, images: &[String]) -> Result<(), Failure> {
+    let loaded = load_config_without_tls_pair(config)?;
     let policy = load_policy(&loaded)?;
     let mut denied = 0;
-    for input in &images {
+    for input in images {
         let image = ImageRef::parse(input).map_err(|e| Failure::Config(e.to_string()))?;
         let known = loaded
             .config
@@ -26,7 +83,21 @@ pub fn run(command: PolicyCommand) -> Result<(), Failure> {
                 denied += 1;
                 format!("{what}: denied by block \"{block}\"")
             }
-            Verdict::AllowedBy(block) => format!("{what}: allowed by block \"{block}\""),
+            Verdict::AllowedBy {
+                block,
+                cooldown: None,
+            } => format!("{what}: allowed by block \"{block}\""),
+            Verdict::AllowedBy {
+                block,
+                cooldown: Some(c),
+            } => format!(
+                "{what}: allowed by block \"{block}\"; a tag's new digests are held back for {} ({} mode)",
+                humantime::format_duration(c.period),
+                match c.mode {
+                    CooldownMode::Open => "open",
+                    CooldownMode::Closed => "closed",
+                }
+            ),
             Verdict::Open => format!("{what}: allowed (no block fits)"),
         };
         if known {

@@ -1103,6 +1103,10 @@ mod tests {
             ("[[policy]]\nupstream = \"*\"\nmatch = [\"a/{b\"]\naction = \"deny\"\n", "policy[0].match", "is not a glob"),
             ("[[policy]]\nupstream = \"*\"\naction = \"maybe\"\n", "policy", "allow"),
             ("[[policy]]\nname = \"x\"\nupstream = \"*\"\naction = \"deny\"\n[[policy]]\nname = \"x\"\nupstream = \"docker.io\"\naction = \"allow\"\n", "policy[1].name", "already named"),
+            ("[[policy]]\nupstream = \"*\"\naction = \"deny\"\ncooldown = \"1h\"\n", "policy[0].cooldown", "action = \"allow\""),
+            ("[[policy]]\nupstream = \"*\"\naction = \"allow\"\nmode = \"closed\"\n", "policy[0].mode", "set cooldown too"),
+            ("[[policy]]\nupstream = \"*\"\naction = \"allow\"\ncooldown = \"0s\"\n", "policy[0].cooldown", "longer than zero"),
+            ("[[policy]]\nupstream = \"*\"\naction = \"allow\"\ncooldown = \"1h\"\nmode = \"shut\"\n", "policy", "\"closed\""),
         ];
         for (text, key, want) in cases {
             let e = from_text(text).expect_err(text).to_string();

@@ -23,7 +23,7 @@ pub use load::{
     load, load_checked, ConfigError, ConfigOrigin, FileChecks, LoadedConfig, DEFAULT_CONFIG_PATH,
 };
 pub use outbound::{OutboundConfig, ProxySetting, ProxyUrl};
-pub use policy::{PolicyAction, PolicyConfig};
+pub use policy::{CooldownMode, CooldownRule, PolicyAction, PolicyConfig};
 pub use tiers::{ClusterConfig, SharedKind, SharedStorageConfig};
 pub use units::{ByteRate, ByteSize, HumanDuration};
 

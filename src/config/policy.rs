@@ -6,8 +6,11 @@
 //! compile, names that are unique). Must not: match requests (that is `crate::policy`).
 
 use super::error::{ConfigError, ConfigOrigin};
+use super::units::HumanDuration;
 use super::Config;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// One `[[policy]]` block.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -25,6 +28,49 @@ pub struct PolicyConfig {
     pub matches: Vec<String>,
     /// What a request this block fits gets.
     pub action: PolicyAction,
+    /// Allowed blocks only: a tag whose newest digest the edge first saw less than this
+    /// long ago keeps resolving to the digest before it (see [`CooldownMode`] for a tag
+    /// with none).
+    #[serde(default)]
+    pub cooldown: Option<HumanDuration>,
+    /// With `cooldown`: what a tag with no earlier digest gets while its newest cools down
+    /// (default `"open"`: served).
+    #[serde(default)]
+    pub mode: Option<CooldownMode>,
+}
+
+/// What a tag with no digest past its cooldown gets.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum CooldownMode {
+    /// The newest digest is served (a fresh edge serves what it is asked for).
+    #[default]
+    Open,
+    /// Refused (`DENIED`, saying when it will be allowed) until the digest has cooled down.
+    Closed,
+}
+
+impl TryFrom<String> for CooldownMode {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "open" => Ok(CooldownMode::Open),
+            "closed" => Ok(CooldownMode::Closed),
+            other => Err(format!("expected \"open\" or \"closed\", got {other:?}")),
+        }
+    }
+}
+
+/// What an allowing block with a `cooldown` asks of a tag's new digests, as the cache
+/// applies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CooldownRule {
+    /// The block's name (refusals name it).
+    pub block: Arc<str>,
+    /// How long a digest first seen through a tag is held back.
+    pub period: Duration,
+    pub mode: CooldownMode,
 }
 
 fn every_repository() -> Vec<String> {
@@ -57,6 +103,16 @@ impl PolicyConfig {
         self.name
             .clone()
             .unwrap_or_else(|| format!("policy[{index}]"))
+    }
+
+    /// The block's cooldown as the cache applies it (`None` without one).
+    pub fn cooldown_rule(&self, index: usize) -> Option<CooldownRule> {
+        let period = self.cooldown.filter(|c| !c.is_zero())?.get();
+        Some(CooldownRule {
+            block: self.display_name(index).into(),
+            period,
+            mode: self.mode.unwrap_or_default(),
+        })
     }
 }
 
@@ -107,6 +163,30 @@ pub(super) fn validate_policy(c: &Config, origin: &ConfigOrigin) -> Result<(), C
                     "expected a short name of printable characters (at most 64)",
                 ));
             }
+        }
+        match (p.action, p.cooldown, p.mode) {
+            (PolicyAction::Deny, Some(_), _) | (PolicyAction::Deny, _, Some(_)) => {
+                return Err(ConfigError::at(
+                    origin,
+                    key(if p.cooldown.is_some() { "cooldown" } else { "mode" }),
+                    "a cooldown belongs on a block with action = \"allow\" (a deny block refuses every pull it fits)",
+                ))
+            }
+            (_, Some(c), _) if c.is_zero() => {
+                return Err(ConfigError::at(
+                    origin,
+                    key("cooldown"),
+                    "expected a duration longer than zero, such as \"24h\" (leave the key out for no cooldown)",
+                ))
+            }
+            (_, None, Some(_)) => {
+                return Err(ConfigError::at(
+                    origin,
+                    key("mode"),
+                    "mode says what a cooldown does with a tag that has no earlier digest: set cooldown too, such as cooldown = \"24h\"",
+                ))
+            }
+            _ => {}
         }
         if !names.insert(p.display_name(i)) {
             return Err(ConfigError::at(

@@ -76,6 +76,21 @@ pub fn default_platform_manifest(index: &[u8]) -> Option<IndexEntry> {
     })
 }
 
+/// The digests of the manifests an index lists (empty for anything that is not an index;
+/// untrusted bytes: entries that do not parse are left out).
+pub fn index_manifests(index: &[u8]) -> Vec<Digest> {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(index) else {
+        return Vec::new();
+    };
+    let Some(entries) = json.get("manifests").and_then(|m| m.as_array()) else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| e.get("digest")?.as_str()?.parse().ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

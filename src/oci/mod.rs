@@ -20,8 +20,8 @@ mod target;
 pub use digest::{Digest, DigestError, Sha256Verifier};
 pub use docker_hub::{canonical_registry, repository_on, split_registry, DOCKER_HUB};
 pub use media::{
-    default_platform_manifest, is_manifest_media_type, manifest_media_type, tag_accept, IndexEntry,
-    INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES,
+    default_platform_manifest, index_manifests, is_manifest_media_type, manifest_media_type,
+    tag_accept, IndexEntry, INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES,
 };
 pub use name::{NameError, Reference, RepositoryName, Tag};
 pub use range::{BlobSpan, ByteRangeSpec, Unsatisfiable};

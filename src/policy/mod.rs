@@ -6,7 +6,7 @@
 //! speak HTTP (the registry's front door turns a denial into `403 DENIED`), or read the
 //! config file (the daemon does, and hands the blocks over).
 
-use crate::config::{PolicyAction, PolicyConfig};
+use crate::config::{CooldownRule, PolicyAction, PolicyConfig};
 use globset::{Candidate, GlobSet, GlobSetBuilder};
 use std::sync::{Arc, RwLock};
 
@@ -16,6 +16,7 @@ struct Block {
     /// `None`: every upstream.
     upstream: Option<String>,
     action: PolicyAction,
+    cooldown: Option<Arc<CooldownRule>>,
 }
 
 /// A set of blocks, in config order. Every block's globs are compiled into one set, so a
@@ -28,13 +29,26 @@ pub struct Policy {
     block_of: Vec<usize>,
 }
 
+impl Verdict {
+    /// The cooldown the deciding block puts on tags, if any.
+    pub fn cooldown(&self) -> Option<&Arc<CooldownRule>> {
+        match self {
+            Verdict::AllowedBy { cooldown, .. } => cooldown.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// What the policy says about one repository of one upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// No block fits: allowed.
     Open,
-    /// Allowed by the named block.
-    AllowedBy(Arc<str>),
+    /// Allowed by the named block, under its cooldown if it has one.
+    AllowedBy {
+        block: Arc<str>,
+        cooldown: Option<Arc<CooldownRule>>,
+    },
     /// Denied by the named block.
     DeniedBy(Arc<str>),
 }
@@ -71,6 +85,7 @@ impl Policy {
                 name: name.into(),
                 upstream: (b.upstream != "*").then(|| b.upstream.clone()),
                 action: b.action,
+                cooldown: b.cooldown_rule(i).map(Arc::new),
             });
         }
         let globs = set.build().map_err(|source| PolicyError {
@@ -118,7 +133,10 @@ impl Policy {
             .min();
         match first.map(|i| &self.blocks[i]) {
             None => Verdict::Open,
-            Some(b) if b.action == PolicyAction::Allow => Verdict::AllowedBy(b.name.clone()),
+            Some(b) if b.action == PolicyAction::Allow => Verdict::AllowedBy {
+                block: b.name.clone(),
+                cooldown: b.cooldown.clone(),
+            },
             Some(b) => Verdict::DeniedBy(b.name.clone()),
         }
     }
@@ -172,6 +190,8 @@ mod tests {
             upstream: upstream.into(),
             matches: matches.iter().map(|s| s.to_string()).collect(),
             action,
+            cooldown: None,
+            mode: None,
         }
     }
 
@@ -186,7 +206,10 @@ mod tests {
         .expect("valid");
         assert_eq!(
             p.decide("docker.io", "library/nginx"),
-            Verdict::AllowedBy("hub-official".into())
+            Verdict::AllowedBy {
+                block: "hub-official".into(),
+                cooldown: None
+            }
         );
         assert_eq!(
             p.decide("docker.io", "bitnami/redis"),
@@ -208,6 +231,23 @@ mod tests {
         );
         assert!(Policy::default().is_empty());
         assert_eq!(Policy::default().decide("a", "b"), Verdict::Open);
+    }
+
+    #[test]
+    fn an_allowing_block_hands_its_cooldown_to_the_pull() {
+        use crate::config::units::HumanDuration;
+        use crate::config::CooldownMode;
+        let mut quarantine = block("q", "*", &["team/*"], PolicyAction::Allow);
+        quarantine.cooldown = Some(HumanDuration(std::time::Duration::from_secs(3600)));
+        quarantine.mode = Some(CooldownMode::Closed);
+        let p = Policy::from_config(&[quarantine]).expect("valid");
+        let verdict = p.decide("docker.io", "team/app");
+        let rule = verdict.cooldown().expect("a cooldown");
+        assert_eq!(
+            (&*rule.block, rule.period.as_secs(), rule.mode),
+            ("q", 3600, CooldownMode::Closed)
+        );
+        assert!(p.decide("docker.io", "other/app").cooldown().is_none());
     }
 
     #[test]

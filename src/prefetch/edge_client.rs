@@ -159,6 +159,54 @@ impl EdgeClient {
         EdgeClientError::Status { what, status, body }
     }
 
+    /// POSTs an admin action's JSON to `path` and returns the JSON answer (an error answer
+    /// carries the edge's message).
+    pub async fn admin_post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, EdgeClientError> {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !r.status().is_success() {
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            // The edge's OCI error JSON: its messages are what the admin needs.
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    let msgs: Vec<String> = v["errors"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|e| e["message"].as_str().map(str::to_string))
+                        .collect();
+                    (!msgs.is_empty()).then(|| msgs.join("; "))
+                })
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            return Err(EdgeClientError::Status {
+                what: format!("POST {path}"),
+                status,
+                body: message,
+            });
+        }
+        let what = format!("POST {path}");
+        let bytes = r.bytes().await.map_err(|e| EdgeClientError::Body {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| EdgeClientError::Body {
+            what,
+            reason: format!("the answer is not JSON: {e}"),
+        })
+    }
+
     /// GETs a manifest (every manifest type accepted) and checks its digest.
     pub async fn manifest(
         &self,

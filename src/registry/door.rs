@@ -19,6 +19,7 @@ use super::response::{error_response, json_response};
 use super::route::{ApiRoute, RequestParts};
 use crate::access::{Action, Decision, Identity, Refused, BASIC_REALM, SERVICE};
 use crate::cache::push::Pushes;
+use crate::config::CooldownRule;
 use crate::policy::Verdict;
 use http::{header, HeaderValue, Method, StatusCode};
 use std::sync::Arc;
@@ -104,11 +105,13 @@ pub(super) struct Authorized {
     who: Identity,
     routed: ApiRoute,
     side: Side,
+    /// The cooldown the policy block that allowed a pull puts on tags.
+    cooldown: Option<Arc<CooldownRule>>,
 }
 
 impl Authorized {
-    pub(super) fn into_parts(self) -> (Identity, ApiRoute, Side) {
-        (self.who, self.routed, self.side)
+    pub(super) fn into_parts(self) -> (Identity, ApiRoute, Side, Option<Arc<CooldownRule>>) {
+        (self.who, self.routed, self.side, self.cooldown)
     }
 }
 
@@ -224,11 +227,13 @@ impl RegistryApi {
             Decision::Forbid(_) => return Err(self.forbidden(at, &who, action)),
         }
         // What may enter the site at all: pulls only (a push sends the site's own content).
+        let mut cooldown = None;
         if let (None, Some(target)) = (push, routed.target()) {
             let verdict = self.policy.decide(&target.upstream, target.repo.as_str());
             if let Verdict::DeniedBy(block) = verdict {
                 return Err(self.denied_by_policy(at, &who, target, &block));
             }
+            cooldown = verdict.cooldown().cloned();
         }
         let side = match (push, &self.pushes) {
             (Some(intent), Some(pushes)) if intent.served_by_push_side => {
@@ -236,7 +241,12 @@ impl RegistryApi {
             }
             _ => Side::Pull,
         };
-        Ok(Authorized { who, routed, side })
+        Ok(Authorized {
+            who,
+            routed,
+            side,
+            cooldown,
+        })
     }
 
     /// Whether a request pushes through an upstream: the push API itself; a pusher's

@@ -20,6 +20,7 @@
 //! the upstream client, the store or the shared tier (only through `cache`).
 
 pub mod accept;
+mod admin;
 mod api;
 mod audit;
 pub mod body;
@@ -34,6 +35,7 @@ pub mod route;
 pub use crate::cache::push::UploadBody;
 /// Re-exported for callers that know it from here; it lives in [`crate::oci`].
 pub use crate::oci::RepoTarget;
+pub use admin::RELEASE_PATH;
 pub use api::{ApiResponse, ClientInfo, RegistryApi, TOKEN_PATH};
 pub use error::{ErrorCode, OciError};
 pub use response::error_response;

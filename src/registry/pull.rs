@@ -19,6 +19,7 @@ use super::response::{
 use super::route::{decoded_query_param, ApiRoute};
 use crate::access::Identity;
 use crate::cache::{Requester, PEER_HEADER};
+use crate::config::CooldownRule;
 use crate::oci::{ByteRangeSpec, RepoKey, RepoTarget};
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -29,6 +30,7 @@ impl RegistryApi {
         at: &Incoming<'_>,
         who: &Identity,
         routed: ApiRoute,
+        cooldown: Option<&CooldownRule>,
     ) -> ApiResponse {
         let (req, head) = (at.req, at.head);
         let (label, result) = match routed {
@@ -55,10 +57,18 @@ impl RegistryApi {
             ),
             ApiRoute::Manifest { target, reference } => {
                 let accept = accepted_media_types(&req.headers);
-                let answer = self
-                    .cache
-                    .manifest(&target, &reference, &accept, head)
-                    .await;
+                let answer = match cooldown {
+                    Some(rule) => {
+                        self.cache
+                            .manifest_under_cooldown(&target, &reference, &accept, head, rule)
+                            .await
+                    }
+                    None => {
+                        self.cache
+                            .manifest(&target, &reference, &accept, head)
+                            .await
+                    }
+                };
                 (
                     "manifest",
                     answer

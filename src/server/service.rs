@@ -16,7 +16,9 @@ use crate::audit::{AuditFile, AuditSubject};
 use crate::metrics::activity::unix_now;
 use crate::metrics::Metrics;
 use crate::registry::body;
-use crate::registry::{error_response, ClientInfo, ErrorCode, OciError, RegistryApi, UploadBody};
+use crate::registry::{
+    error_response, ClientInfo, ErrorCode, OciError, RegistryApi, UploadBody, RELEASE_PATH,
+};
 use http::{header, Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -192,6 +194,16 @@ impl App {
                 ("GET" | "HEAD", "/status" | "/status.json") => {
                     (self.status(&parts, peer), "status")
                 }
+                ("POST", RELEASE_PATH) => {
+                    let r = match self.admin_refusal(&parts, peer, "the admin API") {
+                        Some(refused) => refused,
+                        None => match read_small_body(request_body).await {
+                            Ok(json) => self.api.release_from_cooldown(&json),
+                            Err(e) => error_response(&e, false),
+                        },
+                    };
+                    (r, "admin")
+                }
                 _ => {
                     let client = ClientInfo {
                         peer,
@@ -363,6 +375,37 @@ fn head_of(s: &str, max: usize) -> &str {
 }
 
 /// A request body as the stream of bytes the push API reads (other routes never poll it).
+/// The body of an admin action: JSON of at most [`MAX_ADMIN_BODY`] bytes.
+async fn read_small_body<B>(body: B) -> Result<bytes::Bytes, OciError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt as _;
+    let refuse = |why: String| {
+        OciError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Unsupported,
+            format!("cannot read the request body (at most {MAX_ADMIN_BODY} bytes of JSON): {why}"),
+        )
+    };
+    let mut body = std::pin::pin!(body);
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| refuse(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_ADMIN_BODY {
+                return Err(refuse("it is longer".into()));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes::Bytes::from(buf))
+}
+
+/// The largest admin action body read.
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
 fn request_stream<B>(body: B) -> UploadBody
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,

@@ -72,6 +72,9 @@ struct Ledger {
     chunk_pins: HashMap<ChunkId, u32>,
     /// Blobs held by readers and by `verify` (count of holds per blob).
     blob_pins: HashMap<Digest, u32>,
+    /// Manifests kept from eviction and expiry until a time: those a cooldown serves in
+    /// place of a tag's newest digest.
+    manifest_holds: HashMap<Digest, SystemTime>,
 }
 
 /// The store's budget and the lock that serializes every change to what it counts.
@@ -221,6 +224,10 @@ impl Budget {
                             continue;
                         }
                     }
+                }
+                ItemKind::Manifest if Self::held_locked(l, &d) => {
+                    cursor = Some(entry);
+                    continue;
                 }
                 ItemKind::Manifest => match self.index.manifest(&d)? {
                     Some(rec) if entry.is_current(rec.last_access) => {
@@ -375,6 +382,29 @@ impl Budget {
             }
             None => {}
         }
+    }
+
+    /// Keeps manifest `d` from eviction and TTL expiry until `until` (a later hold of the
+    /// same manifest extends it; a purge still removes it).
+    pub fn hold_manifest(&self, d: &Digest, until: SystemTime) {
+        let mut l = self.lock();
+        let now = SystemTime::now();
+        l.manifest_holds.retain(|_, t| *t > now);
+        if until > now {
+            let t = l.manifest_holds.entry(*d).or_insert(until);
+            *t = (*t).max(until);
+        }
+    }
+
+    /// Whether manifest `d` is held now (see [`Budget::hold_manifest`]).
+    pub fn manifest_held(&self, d: &Digest) -> bool {
+        Self::held_locked(&self.lock(), d)
+    }
+
+    fn held_locked(l: &Ledger, d: &Digest) -> bool {
+        l.manifest_holds
+            .get(d)
+            .is_some_and(|t| *t > SystemTime::now())
     }
 
     // ---- manifests and repositories ----------------------------------------------------

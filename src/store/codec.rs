@@ -10,7 +10,7 @@
 
 use super::chunks::{ChunkId, ChunkRef};
 use super::error::StoreError;
-use super::values::TagRecord;
+use super::values::{SeenDigest, TagRecord, TAG_HISTORY};
 use crate::oci::Digest;
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -285,28 +285,67 @@ impl ManifestRecord {
     }
 }
 
+/// A tag record (index schema 2): digest, fetched, validated, media type, then the
+/// history: a count and, per digest, the digest, when first seen and a released flag.
 pub(crate) fn encode_tag(t: &TagRecord) -> Vec<u8> {
-    let mut w = RecordWriter::new(64 + t.media_type.len());
+    let seen = &t.seen[t.seen.len().saturating_sub(TAG_HISTORY)..];
+    let mut w = RecordWriter::new(68 + t.media_type.len() + 41 * seen.len());
     w.raw(t.digest.as_bytes());
     w.time(t.fetched_at);
     w.time(t.validated_at);
     w.bytes(t.media_type.as_bytes());
+    w.u32(seen.len() as u32);
+    for s in seen {
+        w.raw(s.digest.as_bytes());
+        w.time(s.first_seen);
+        w.raw(&[u8::from(s.released)]);
+    }
     w.0
 }
 
 pub(crate) fn decode_tag(buf: &[u8]) -> Result<TagRecord, StoreError> {
+    let (mut rec, mut r) = decode_tag_head(buf)?;
+    let n = r.u32()? as usize;
+    if n > TAG_HISTORY {
+        return Err(StoreError::Corrupt(format!(
+            "tag record remembers {n} digests (at most {TAG_HISTORY})"
+        )));
+    }
+    for _ in 0..n {
+        let digest = Digest::from_bytes(r.array()?);
+        let first_seen = r.time()?;
+        let [released] = r.array()?;
+        rec.seen.push(SeenDigest {
+            digest,
+            first_seen,
+            released: released != 0,
+        });
+    }
+    r.end()?;
+    Ok(rec)
+}
+
+/// A tag record as index schema 1 wrote it (no history); read only by the migration.
+pub(crate) fn decode_tag_v1(buf: &[u8]) -> Result<TagRecord, StoreError> {
+    let (rec, r) = decode_tag_head(buf)?;
+    r.end()?;
+    Ok(rec)
+}
+
+fn decode_tag_head(buf: &[u8]) -> Result<(TagRecord, RecordReader<'_>), StoreError> {
     let mut r = RecordReader::new(buf, "tag")?;
     let digest = Digest::from_bytes(r.array()?);
     let fetched_at = r.time()?;
     let validated_at = r.time()?;
     let media_type = r.string()?;
-    r.end()?;
-    Ok(TagRecord {
+    let rec = TagRecord {
         digest,
         media_type,
         fetched_at,
         validated_at,
-    })
+        seen: Vec::new(),
+    };
+    Ok((rec, r))
 }
 
 impl TagListRecord {
@@ -422,13 +461,46 @@ mod tests {
             repos: vec![],
         };
         assert_eq!(ManifestRecord::decode(&m.encode()).ok(), Some(m));
-        let tag = TagRecord {
+        let mut tag = TagRecord {
             digest: Digest::of(b"x"),
             media_type: "m".into(),
             fetched_at: t(7),
             validated_at: t(8),
+            seen: vec![
+                SeenDigest {
+                    digest: Digest::of(b"w"),
+                    first_seen: t(3),
+                    released: false,
+                },
+                SeenDigest {
+                    digest: Digest::of(b"x"),
+                    first_seen: t(7),
+                    released: true,
+                },
+            ],
         };
-        assert_eq!(decode_tag(&encode_tag(&tag)).ok(), Some(tag));
+        assert_eq!(decode_tag(&encode_tag(&tag)).ok(), Some(tag.clone()));
+        // Schema 1 wrote no history: the migration reads it, the current decoder refuses.
+        let v1 = &encode_tag(&TagRecord {
+            seen: Vec::new(),
+            ..tag.clone()
+        });
+        let v1 = &v1[..v1.len() - 4];
+        assert!(decode_tag(v1).is_err());
+        assert_eq!(decode_tag_v1(v1).ok().map(|r| r.digest), Some(tag.digest));
+        // A history longer than a record keeps is cut to its newest entries.
+        tag.seen = (0..20u64)
+            .map(|i| SeenDigest {
+                digest: Digest::of(&i.to_be_bytes()),
+                first_seen: t(i),
+                released: false,
+            })
+            .collect();
+        let kept = decode_tag(&encode_tag(&tag))
+            .map(|r| r.seen)
+            .unwrap_or_default();
+        assert_eq!(kept.len(), TAG_HISTORY);
+        assert_eq!(kept.last().map(|s| s.first_seen), Some(t(19)));
         let c = ChunkCount {
             refcount: 3,
             len: 9,

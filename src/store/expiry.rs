@@ -98,6 +98,8 @@ impl Expiry {
                 ItemKind::Blob => {
                     budget.settle_blob(&d, |rec| expired(stamp(rec.last_access, rec.created)))?
                 }
+                // Backing a cooldown: kept until the hold ends.
+                ItemKind::Manifest if budget.manifest_held(&d) => Settled::InUse,
                 ItemKind::Manifest => budget
                     .settle_manifest(&d, |rec| expired(stamp(rec.last_access, rec.created)))?,
             };

@@ -95,10 +95,10 @@ pub use options::{StoreOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SI
 pub use reader::{BlobReader, FRAME_BYTES};
 pub use recovery::RecoveryReport;
 pub use upkeep::Upkeep;
-pub use values::{BlobInfo, StoredManifest, TagKey, TagRecord};
+pub use values::{BlobInfo, SeenDigest, StoredManifest, TagKey, TagRecord, TAG_HISTORY};
 
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepositoryName};
+use crate::oci::{Digest, RepositoryName, Tag};
 use budget::{Budget, Totals};
 use bytes::Bytes;
 use chunks::ChunkFiles;
@@ -459,6 +459,38 @@ impl Store {
     pub fn tag(&self, k: &TagKey) -> Result<Option<TagRecord>, StoreError> {
         let result = self.inner.index.tag(k);
         self.counted("tag", result)
+    }
+
+    /// Every tag of `upstream`/`repo` the index holds, with its record.
+    pub fn repo_tags(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+    ) -> Result<Vec<(Tag, TagRecord)>, StoreError> {
+        let result = self.inner.index.repo_tags(upstream, repo);
+        self.counted("repo_tags", result)
+    }
+
+    /// Releases `digest` from cooldowns in every tag of `upstream`/`repo` that pointed at
+    /// it (`policy release`); returns those tags.
+    pub fn release_digest(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Vec<Tag>, StoreError> {
+        let index = &self.inner.index;
+        let result = index
+            .release_digest(upstream, repo, digest)
+            .and_then(|tags| index.flush().map(|()| tags));
+        self.counted("release_digest", result)
+    }
+
+    /// Keeps manifest `d` from eviction and TTL expiry until `until`: a cooldown serves it
+    /// in place of a tag's newest digest. Held in memory (a restart forgets it: the cache
+    /// holds it again at the next pull, and fetches it by digest if it went).
+    pub fn hold_manifest(&self, d: &Digest, until: SystemTime) {
+        self.inner.budget.hold_manifest(d, until);
     }
 
     /// Keeps the raw JSON of the last `tags/list` answer of `upstream`/`repo` (served

@@ -40,4 +40,20 @@ pub struct TagRecord {
     pub fetched_at: SystemTime,
     /// The last time the upstream confirmed the tag (equals `fetched_at` at first).
     pub validated_at: SystemTime,
+    /// The digests the tag has pointed at as the edge saw it, oldest first, the last being
+    /// `digest` (at most [`TAG_HISTORY`]). Empty means `digest` alone, first seen at
+    /// `fetched_at`. Cooldowns read it.
+    pub seen: Vec<SeenDigest>,
+}
+
+/// Digests a tag record remembers at most (older ones are forgotten first).
+pub const TAG_HISTORY: usize = 16;
+
+/// A digest a tag pointed at, and when the edge first saw the tag point there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeenDigest {
+    pub digest: Digest,
+    pub first_seen: SystemTime,
+    /// An admin released it from a cooldown before its time (`policy release`).
+    pub released: bool,
 }

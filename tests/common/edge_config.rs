@@ -23,6 +23,43 @@ pub struct EdgeConfig {
     auth: Option<AuthSection>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     upstream: Vec<Upstream>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    policy: Vec<PolicyBlock>,
+}
+
+/// One `[[policy]]` block.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyBlock {
+    name: String,
+    upstream: String,
+    #[serde(rename = "match")]
+    matches: Vec<String>,
+    action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cooldown: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+}
+
+impl PolicyBlock {
+    /// `action = "allow"` for `matches` of every upstream.
+    pub fn allow(name: &str, matches: &[&str]) -> Self {
+        PolicyBlock {
+            name: name.into(),
+            upstream: "*".into(),
+            matches: matches.iter().map(|m| m.to_string()).collect(),
+            action: "allow".into(),
+            cooldown: None,
+            mode: None,
+        }
+    }
+
+    /// `cooldown` and `mode` ("open" or "closed").
+    pub fn cooldown(mut self, period: &str, mode: &str) -> Self {
+        self.cooldown = Some(period.into());
+        self.mode = Some(mode.into());
+        self
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -186,6 +223,7 @@ impl EdgeConfig {
             cache: None,
             auth: None,
             upstream: Vec::new(),
+            policy: Vec::new(),
         }
     }
 
@@ -254,6 +292,11 @@ impl EdgeConfig {
 
     pub fn upstream(mut self, upstream: Upstream) -> Self {
         self.upstream.push(upstream);
+        self
+    }
+
+    pub fn policy(mut self, block: PolicyBlock) -> Self {
+        self.policy.push(block);
         self
     }
 

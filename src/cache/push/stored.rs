@@ -109,6 +109,7 @@ impl Pushes {
                         media_type: media,
                         fetched_at: now,
                         validated_at: now,
+                        seen: Vec::new(),
                     },
                 )?;
             }

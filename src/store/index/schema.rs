@@ -5,6 +5,7 @@
 //! [`SCHEMA_VERSION`].
 
 use super::{Index, META_SCHEMA_VERSION};
+use crate::store::codec::{decode_tag, decode_tag_v1, encode_tag};
 use crate::store::error::StoreError;
 use std::path::{Path, PathBuf};
 
@@ -12,13 +13,32 @@ use std::path::{Path, PathBuf};
 /// index recorded a version (0.1.x): such an index is stamped as version 1 when opened.
 /// A change to any tree's key or record layout bumps this and adds a step to
 /// [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// - 2: a tag record carries the digests the tag pointed at and when each was first seen
+///   (cooldowns read them); a schema-1 tag record becomes one whose history is its digest,
+///   first seen when it was fetched.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `(from, step)`: the step that turns an index of schema `from` into `from + 1`, run in
 /// order when an older index is opened. Each step must be idempotent (a crash during a
 /// migration runs it again at the next open) and leave the version stamp to the caller.
 type Migration = fn(&Index) -> Result<(), StoreError>;
-const MIGRATIONS: &[(u32, Migration)] = &[];
+const MIGRATIONS: &[(u32, Migration)] = &[(1, tag_history)];
+
+/// Schema 1 → 2: every tag record gains its (empty) history. A record already in the new
+/// layout is left as it is; one that reads as neither is left for the reader to drop.
+fn tag_history(index: &Index) -> Result<(), StoreError> {
+    for entry in index.tags.iter() {
+        let (key, raw) = entry?;
+        if decode_tag(&raw).is_ok() {
+            continue;
+        }
+        if let Ok(rec) = decode_tag_v1(&raw) {
+            index.tags.insert(key, encode_tag(&rec))?;
+        }
+    }
+    Ok(())
+}
 
 /// What opening the index found of its schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,12 +4,12 @@
 //! TTL sweep in `expiry.rs` says which tags expired).
 
 use super::Index;
-use crate::oci::RepositoryName;
+use crate::oci::{Digest, RepositoryName, Tag};
 use crate::store::codec::{
     decode_tag, encode_tag, split_key, tag_key, tag_list_key, TagListRecord,
 };
 use crate::store::error::StoreError;
-use crate::store::values::{TagKey, TagRecord};
+use crate::store::values::{SeenDigest, TagKey, TagRecord};
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -43,6 +43,67 @@ impl Index {
                 Ok(None)
             }
         }
+    }
+
+    /// Every tag of `upstream`/`repo` with its record (unreadable ones left out).
+    pub fn repo_tags(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+    ) -> Result<Vec<(Tag, TagRecord)>, StoreError> {
+        let mut prefix = tag_list_key(upstream, repo.as_str());
+        prefix.push(0);
+        let mut out = Vec::new();
+        for entry in self.tags.scan_prefix(&prefix) {
+            let (key, raw) = entry?;
+            let tag = std::str::from_utf8(&key[prefix.len()..])
+                .ok()
+                .and_then(|t| t.parse::<Tag>().ok());
+            if let (Some(tag), Ok(rec)) = (tag, decode_tag(&raw)) {
+                out.push((tag, rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks `digest` released from cooldowns in every tag of `upstream`/`repo` that has
+    /// pointed at it; returns those tags. Atomic per record (a concurrent `put_tag` of the
+    /// same tag either sees the mark or is retried over).
+    pub fn release_digest(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Vec<Tag>, StoreError> {
+        let mut released = Vec::new();
+        for (tag, _) in self.repo_tags(upstream, repo)? {
+            let key = tag_key(upstream, repo.as_str(), tag.as_str());
+            let mut hit = false;
+            self.tags.fetch_and_update(&key, |old| {
+                let old = old?;
+                // Unreadable: left as it is (the reader drops it).
+                let Ok(mut rec) = decode_tag(old) else {
+                    return Some(old.to_vec());
+                };
+                if rec.seen.is_empty() {
+                    rec.seen.push(SeenDigest {
+                        digest: rec.digest,
+                        first_seen: rec.fetched_at,
+                        released: false,
+                    });
+                }
+                hit = false;
+                for s in rec.seen.iter_mut().filter(|s| s.digest == *digest) {
+                    s.released = true;
+                    hit = true;
+                }
+                Some(encode_tag(&rec))
+            })?;
+            if hit {
+                released.push(tag);
+            }
+        }
+        Ok(released)
     }
 
     /// Removes every tag for which `remove(upstream/repo, record)` says so (the record is

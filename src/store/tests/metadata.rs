@@ -91,6 +91,7 @@ fn tags_tag_lists_and_repositories_round_trip() {
         media_type: "application/vnd.oci.image.index.v1+json".into(),
         fetched_at: now,
         validated_at: now,
+        seen: Vec::new(),
     };
     store.put_tag(&k, &rec).expect("put");
     let got = store.tag(&k).expect("tag").expect("present");
@@ -152,6 +153,7 @@ fn ttl_from_access_renews_on_hits() {
         media_type: "m".into(),
         fetched_at: now,
         validated_at: now,
+        seen: Vec::new(),
     };
     store.put_tag(&tag_key("u", "a", "t"), &tag).expect("tag");
     assert_eq!(
@@ -232,6 +234,7 @@ fn purge_by_repo_and_by_age() {
         media_type: "m".into(),
         fetched_at: now,
         validated_at: now,
+        seen: Vec::new(),
     };
     store
         .put_tag(&tag_key("docker.io", "library/a", "v1"), &tag)
@@ -516,4 +519,118 @@ fn savings_history_keeps_30_days_and_sums_today_the_week_and_all() {
         ),
         (10_100, 10_110, 10_111)
     );
+}
+
+#[test]
+fn a_held_manifest_outlives_eviction_and_expiry_until_its_hold_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = StoreOptions::new(dir.path(), 8 * CHUNK as u64);
+    opts.chunk_size = CHUNK;
+    opts.ttl = Some(Duration::from_secs(60));
+    opts.ttl_from = TtlFrom::Fetch;
+    let store = Store::open(opts, Arc::new(Metrics::new())).expect("open");
+    let (held, loose) = (b"{\"held\":1}".as_slice(), b"{\"loose\":1}".as_slice());
+    for body in [held, loose] {
+        store
+            .put_manifest(&Digest::of(body), "m", body, "u/r")
+            .expect("manifest");
+    }
+    store.hold_manifest(
+        &Digest::of(held),
+        SystemTime::now() + Duration::from_secs(3600),
+    );
+    // Blobs past the budget evict the least recently used: the loose manifest goes.
+    for i in 0..12u8 {
+        put_blob(&store, &random_bytes(u64::from(i), CHUNK), "u/r");
+    }
+    assert!(store
+        .manifest(&Digest::of(loose))
+        .expect("lookup")
+        .is_none());
+    assert!(store.manifest(&Digest::of(held)).expect("lookup").is_some());
+    // Past its TTL, the sweep keeps it while the hold lasts.
+    let later = SystemTime::now() + Duration::from_secs(120);
+    let report = store.sweep_expired(later).expect("sweep");
+    assert_eq!(report.manifests, 0, "{report}");
+    assert!(store.manifest(&Digest::of(held)).expect("lookup").is_some());
+    // A hold that ended protects nothing.
+    let brief = b"{\"brief\":1}".as_slice();
+    store
+        .put_manifest(&Digest::of(brief), "m", brief, "u/r")
+        .expect("manifest");
+    store.hold_manifest(
+        &Digest::of(brief),
+        SystemTime::now() + Duration::from_millis(20),
+    );
+    std::thread::sleep(Duration::from_millis(40));
+    let report = store.sweep_expired(later).expect("sweep");
+    assert_eq!(report.manifests, 1, "{report}");
+    assert!(store
+        .manifest(&Digest::of(brief))
+        .expect("lookup")
+        .is_none());
+    assert!(store.manifest(&Digest::of(held)).expect("lookup").is_some());
+}
+
+#[test]
+fn a_release_marks_the_digest_in_every_tag_of_the_repository_that_pointed_at_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path(), 1 << 20, CHUNK);
+    let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+    let now = SystemTime::now();
+    let seen = |d: Digest| SeenDigest {
+        digest: d,
+        first_seen: now,
+        released: false,
+    };
+    let rec = |digest: Digest, seen: Vec<SeenDigest>| TagRecord {
+        digest,
+        media_type: "m".into(),
+        fetched_at: now,
+        validated_at: now,
+        seen,
+    };
+    store
+        .put_tag(
+            &tag_key("u", "r", "latest"),
+            &rec(b, vec![seen(a), seen(b)]),
+        )
+        .expect("tag");
+    store
+        .put_tag(&tag_key("u", "r", "v2"), &rec(b, Vec::new()))
+        .expect("tag");
+    store
+        .put_tag(&tag_key("u", "r", "v1"), &rec(a, vec![seen(a)]))
+        .expect("tag");
+    store
+        .put_tag(&tag_key("u", "other", "latest"), &rec(b, Vec::new()))
+        .expect("tag");
+    let repo: RepositoryName = "r".parse().expect("repo");
+    assert_eq!(store.repo_tags("u", &repo).expect("tags").len(), 3);
+    let released = store.release_digest("u", &repo, &b).expect("release");
+    let names: Vec<&str> = released.iter().map(|t| t.as_str()).collect();
+    assert_eq!(names, vec!["latest", "v2"]);
+    let latest = store
+        .tag(&tag_key("u", "r", "latest"))
+        .expect("tag")
+        .expect("present");
+    assert_eq!(
+        latest
+            .seen
+            .iter()
+            .map(|s| (s.digest, s.released))
+            .collect::<Vec<_>>(),
+        vec![(a, false), (b, true)]
+    );
+    let v2 = store
+        .tag(&tag_key("u", "r", "v2"))
+        .expect("tag")
+        .expect("present");
+    assert_eq!(v2.seen.len(), 1, "a record without a history gains one");
+    assert!(v2.seen[0].released);
+    let other = store
+        .tag(&tag_key("u", "other", "latest"))
+        .expect("tag")
+        .expect("present");
+    assert!(other.seen.is_empty(), "another repository is left alone");
 }
