@@ -15,6 +15,7 @@ path. Every loop here is bounded in count and time. See benches/README.md.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import fcntl
 import hashlib
@@ -415,10 +416,50 @@ def policy_text() -> str:
     return out + "[[policy]]\nname = \"bench\"\nupstream = \"*\"\nmatch = [\"bench/*\"]\naction = \"allow\"\n"
 
 
+def sign_manifest(tmp: Path, up_port: int, manifest_digest: str) -> Path:
+    """Signs the bench manifest as `cosign sign --key` does, with openssl: a new P-256 key, a
+    simple-signing payload vouching for `manifest_digest`, its ASN.1 signature in the layer
+    annotation, the signature manifest under the `sha256-<hex>.sig` tag of the upstream.
+    Returns the public key file (PEM)."""
+    d = tmp / "signing"
+    d.mkdir(exist_ok=True)
+    key, pub, payload_file = d / "key.pem", d / "team.pub", d / "payload.json"
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "ec", "-in", str(key), "-pubout", "-out", str(pub)], check=True, capture_output=True)
+    payload = json.dumps({"critical": {"identity": {"docker-reference": f"{HOST}/{REPO}"},
+                                       "image": {"docker-manifest-digest": manifest_digest},
+                                       "type": "cosign container image signature"}, "optional": None}).encode()
+    payload_file.write_bytes(payload)
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key), str(payload_file)],
+                               check=True, capture_output=True).stdout
+    config = b"{}"
+    digests = {}
+    for name, body in (("payload", payload), ("config", config)):
+        digests[name] = "sha256:" + hashlib.sha256(body).hexdigest()
+        conn = _conn(up_port)
+        try:
+            push_blob(conn, body, len(body), digests[name])
+        finally:
+            conn.close()
+    sig_manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digests["config"],
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": digests["payload"],
+                    "size": len(payload),
+                    "annotations": {"dev.cosignproject.cosign/signature": base64.b64encode(signature).decode()}}],
+    }).encode()
+    push_manifest(up_port, manifest_digest.replace(":", "-") + ".sig", sig_manifest)
+    return pub
+
+
 def edge_config(tmp: Path, name: str, up_port: int, max_size: int, chunk_size: int = 4 * MiB,
-                tls: tuple[Path, Path] | None = None, audit: bool = False, policy: bool = False) -> Path:
+                tls: tuple[Path, Path] | None = None, audit: bool = False, policy: bool = False,
+                signed_by: Path | None = None) -> Path:
     """An edge config in tmp/name; with tls=(cert, key) also an HTTPS listener; with audit, the
-    audit trail's file in tmp/name/audit.jsonl; with policy, `policy_text()`."""
+    audit trail's file in tmp/name/audit.jsonl; with policy, `policy_text()`; with signed_by, one
+    [[policy]] block that admits the bench repository only when signed by that key."""
     d = tmp / name
     d.mkdir(exist_ok=True)
     port = free_port()
@@ -436,6 +477,8 @@ def edge_config(tmp: Path, name: str, up_port: int, max_size: int, chunk_size: i
         + (f"[audit]\npath = \"{d}/audit.jsonl\"\n" if audit else "")
         + f"[[upstream]]\nname = \"upstream.bench.test\"\nurl = \"http://{HOST}:{up_port}\"\ndefault = true\n"
         + (policy_text() if policy else "")
+        + (f"[[policy]]\nname = \"signed\"\nupstream = \"*\"\nmatch = [\"bench/*\"]\naction = \"allow\"\n"
+           f"require_signature = [\"{signed_by}\"]\n" if signed_by else "")
     )
     (d / "config.toml").write_text(cfg)
     (d / "port").write_text(str(port))
@@ -1132,6 +1175,24 @@ def run_once(binary: Path, p: dict, tmp: Path, big: bool, idx: int) -> dict:
             r[f"policy_{what}_rps.{key}"] = statistics.mean(vals)
     retire(edge_policy)
 
+    # 2 (signature): the same hits from an edge whose policy admits the repository only when
+    # signed by a key (the manifest is; its verdict is kept after the first pull), ABBA
+    # against the edge without a policy.
+    signed_key = sign_manifest(tmp, up.port, manifest_digest)
+    signed_dir = edge_config(tmp, "edge-signed", up.port, 100 * GiB, signed_by=signed_key)
+    edge_signed, _, _ = start_edge(binary, signed_dir)
+    for _ in range(2):
+        fetch(edge_signed.port, small_path, p["small"], small_digest)
+        fetch(edge_signed.port, by_tag, len(manifest), manifest_digest, accept=OCI_MANIFEST)
+    for what, path, accept in [("small", small_path, None), ("mtag", by_tag, OCI_MANIFEST)]:
+        log(f"run {idx}: {what}, edge without and with require_signature (off, on, on, off)")
+        rps = {"nopolicy": [], "edge": []}
+        for key, s in (("nopolicy", edge), ("edge", edge_signed), ("edge", edge_signed), ("nopolicy", edge)):
+            rps[key].append(wrk(s, path, p, tmp, accept, upstream=up)["rps"])
+        for key, vals in rps.items():
+            r[f"signed_{what}_rps.{key}"] = statistics.mean(vals)
+    retire(edge_signed)
+
     # 3: cold miss, through the edge, through registry:2 proxy, and straight from the upstream.
     for k in [k for k in ("cold", "big") if k in cold]:
         size, digest = cold[k][1], cold_digest[k]
@@ -1297,6 +1358,10 @@ def rows(p: dict, big: bool, results: list[dict]):
          "nopolicy", "≥ 0.95× no policy", lambda q, n, e: n >= 0.95),
         (f"2. manifest by tag through a {POLICY_BLOCKS}-block [[policy]]: requests/s", "policy_mtag_rps", "req/s",
          "nopolicy", "≥ 0.95× no policy", lambda q, n, e: n >= 0.95),
+        ("2. small blob through require_signature: requests/s", "signed_small_rps", "req/s",
+         "nopolicy", "≥ 0.95× no policy", lambda q, n, e: n >= 0.95),
+        ("2. manifest by tag through require_signature (signed, verdict kept): requests/s", "signed_mtag_rps",
+         "req/s", "nopolicy", "≥ 0.95× no policy", lambda q, n, e: n >= 0.95),
     ]
     for k, size in misses:
         out += [
@@ -1457,7 +1522,9 @@ def report(results: list[dict], p: dict, big: bool, smoke: bool, info: dict) -> 
              "The audit rows: a second edge with `[audit] path` set (one JSON line per request, written out every "
              "250 ms), against the edge without it, four wrk runs in the order off, on, on, off (the mean of each). "
              f"The policy rows: an edge with {POLICY_BLOCKS} `[[policy]]` blocks of which only the last fits the "
-             "repository (every request walks them all), against the edge without a policy, in the same order.")
+             "repository (every request walks them all), against the edge without a policy, in the same order. "
+             "The require_signature rows: an edge whose one block admits the repository only when signed by a key "
+             "(the manifest is signed, cosign's `.sig` tag form, with openssl), in the same order.")
     L.append("3. `curl -o /dev/null -w '%{time_starttransfer} %{time_total}'` of a blob none of them has cached: through "
              "the edge, through registry:2 proxy, and straight from the upstream registry:2 (direct = mean of one pull "
              "before and one after).")

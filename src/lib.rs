@@ -32,8 +32,9 @@
 //!   the anonymous per-address quota; it counts every refusal it makes. Used by `server`
 //!   (networks, the status page) and `registry` (everything else).
 //! - [`policy`]: what may be pulled through the edge at all: the `[[policy]]` blocks
-//!   (allow or deny by upstream and repository glob, first fit wins), swapped whole on
-//!   SIGHUP. Used by `registry`'s front door, after `access`.
+//!   (allow or deny by upstream and repository glob, first fit wins; an allowing block's
+//!   cooldown and trusted signing keys), swapped whole on SIGHUP. Used by `registry`'s
+//!   front door, after `access`, which hands the allowing block's rules to the cache.
 //! - [`registry`]: the OCI distribution API (spec 1.1): the read API (manifests, blobs, tag
 //!   lists, referrers, the catalog) and the push API for upstreams with `push = true`;
 //!   every request authenticated, routed and authorized once before it is served; routing
@@ -41,9 +42,10 @@
 //!   (the cache's pull and push failures mapped to OCI errors once).
 //! - [`cache`]: policy between the API and the bytes: hit or miss, tag TTL and revalidation,
 //!   serve-stale, single-flight blob fills that stream to every waiting client (one fill
-//!   registry; a stalled fill is taken over), and which routes may see content fetched
-//!   through a private upstream. Content comes only through its source seams
-//!   (`BlobSource`, `ManifestSource`), so it runs in-process without sockets in tests.
+//!   registry; a stalled fill is taken over), which routes may see content fetched
+//!   through a private upstream, and the trust gate on manifests (cooldowns,
+//!   signatures). Content comes only through its source seams (`BlobSource`,
+//!   `ManifestSource`), so it runs in-process without sockets in tests.
 //!   Its `push` module holds push-through sessions, written through to the store, and
 //!   classifies their failures as the cache classifies a pull's.
 //! - [`store`]: sled index plus blake3-named chunk files; sha256-verified blobs, LRU byte

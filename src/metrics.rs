@@ -61,6 +61,7 @@ pub struct Metrics {
     pub fill_pieces_widened: IntCounter,
     pub policy_denials: IntCounter,
     pub policy_cooldowns: IntCounterVec,
+    pub policy_signatures: IntCounterVec,
     pub fill_pieces_wanted: IntCounter,
     pub fill_takeovers: IntCounter,
     pub fills_ended: IntCounterVec,
@@ -461,6 +462,12 @@ impl Metrics {
                 "Cooldown decisions of [[policy]] blocks, by decision (held_back: a tag served its earlier digest; refused: closed mode or a held-back digest asked by digest; released: an admin released a digest early).",
                 &["decision"],
             ),
+            policy_signatures: counter_vec(
+                &r,
+                "policy_signature_checks_total",
+                "Signature checks of [[policy]] require_signature (cached verdicts not counted), by verdict (verified, unsigned, bad_signature, wrong_digest, lookup_failed).",
+                &["verdict"],
+            ),
             fill_pieces_wanted: counter(
                 &r,
                 "fill_pieces_wanted_total",
@@ -723,6 +730,7 @@ impl Metrics {
             &self.fill_pieces_widened,
             &self.policy_denials,
             &self.policy_cooldowns,
+            &self.policy_signatures,
             &self.fill_pieces_wanted,
             &self.fill_takeovers,
             &self.fills_ended,

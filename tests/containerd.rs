@@ -193,3 +193,89 @@ async fn ctr_uses_generated_hosts_toml() {
         "path mode went through the edge"
     );
 }
+
+/// `[[policy]] require_signature` for containerd: the signed image pulls; the unsigned
+/// one fails, and the audit trail says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_pull_of_an_unsigned_image_fails_and_the_audit_record_names_why() {
+    use common::edge_config::{EdgeConfig, PolicyBlock, Upstream};
+    use common::signing::{sign, TestKey};
+    let Some(ctrd) = start_containerd() else {
+        return;
+    };
+    let reg = Registry2::start();
+    let key = TestKey::p256();
+    let signed = push_image(
+        &reg,
+        "team/signed",
+        Some("v1"),
+        Format::Oci,
+        41,
+        "amd64",
+        &[5000],
+    )
+    .await;
+    sign(&reg, "team/signed", &signed.manifest_digest, &key).await;
+    push_image(
+        &reg,
+        "team/unsigned",
+        Some("v1"),
+        Format::Oci,
+        42,
+        "amd64",
+        &[5000],
+    )
+    .await;
+    let keys = tempfile::tempdir().expect("keys");
+    let public = key.write_public(keys.path(), "team.pub");
+    let config = EdgeConfig::new("{dir}/data")
+        .upstream(Upstream::new(LAN, reg.url()))
+        .policy(PolicyBlock::allow("signed-only", &["**"]).require_signature(&[&public]))
+        .to_toml()
+        + "[audit]\npath = \"{dir}/audit.jsonl\"\n";
+    let edge = Edge::start(&config);
+    let e = edge.http[0];
+    let hosts = tempfile::tempdir().expect("hosts dir");
+    let hdir = hosts.path().join(LAN);
+    std::fs::create_dir_all(&hdir).expect("mkdir");
+    std::fs::write(
+        hdir.join("hosts.toml"),
+        format!("server = \"https://{LAN}\"\n\n[host.\"http://{e}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .expect("hosts.toml");
+    let (ok, out) = ctr_pull(
+        &ctrd,
+        "signed",
+        hosts.path(),
+        &format!("{LAN}/team/signed:v1"),
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = ctr_pull(
+        &ctrd,
+        "unsigned",
+        hosts.path(),
+        &format!("{LAN}/team/unsigned:v1"),
+    );
+    assert!(!ok, "{out}");
+    let audit = edge.dir.path().join("audit.jsonl");
+    let source = ["--file", audit.to_str().expect("path")];
+    let refused = wait_audit(&source, &["--repo", &format!("{LAN}/team/unsigned")], 1);
+    let record = refused
+        .iter()
+        .find(|r| r["kind"] == "manifest" && r["status"] == 403)
+        .unwrap_or_else(|| panic!("a refused manifest record: {refused:?}"));
+    let decision = record["decision"].as_str().unwrap_or_default();
+    assert!(
+        decision.contains("no signature") && decision.contains("signed-only"),
+        "{record}"
+    );
+    let served = wait_audit(&source, &["--repo", &format!("{LAN}/team/signed")], 1);
+    assert!(
+        served.iter().any(|r| r["kind"] == "manifest"
+            && r["status"] == 200
+            && r["decision"]
+                .as_str()
+                .is_some_and(|d| d.contains("signature verified"))),
+        "{served:?}"
+    );
+}

@@ -242,6 +242,7 @@ fn an_import_leaves_out_what_the_policy_denies() {
         action: crate::config::PolicyAction::Deny,
         cooldown: None,
         mode: None,
+        require_signature: Vec::new(),
     }])
     .expect("policy");
     let report =

@@ -8,14 +8,14 @@
 //! The manifest a cooldown serves instead (and, for an index, the manifests it lists) is
 //! held in the store against eviction and expiry while it does.
 //!
-//! Owns: reading a tag's history against a rule ([`resolve`], [`digest_hold`]) and the
-//! cache's answers under one. Must not: decide which rule applies (the policy, in the
-//! registry's front door) or revalidate tags itself (`manifests.rs` does, first).
+//! Owns: reading a tag's history against a rule ([`resolve`], [`digest_hold`]), the holds
+//! and the releases. Must not: decide which rule applies (the policy, in the registry's
+//! front door), or revalidate tags or answer clients itself (`gate.rs` does, first).
 
-use super::{Cache, CacheError, ManifestAnswer};
+use super::{Cache, CacheError};
 use crate::config::{CooldownMode, CooldownRule};
 use crate::oci::{index_manifests, Digest, Reference, RepoTarget, Tag};
-use crate::store::{SeenDigest, StoredManifest, TagKey, TagRecord};
+use crate::store::{SeenDigest, TagKey, TagRecord};
 use std::time::{Duration, SystemTime};
 
 /// What a tag resolves to under a cooldown now.
@@ -144,98 +144,61 @@ fn when(t: SystemTime) -> String {
 }
 
 impl Cache {
-    /// A manifest pull under a block's cooldown: by tag, the tag is revalidated as
-    /// without one and then resolved under `rule`; by digest, refused while the digest is
-    /// held back.
-    pub async fn manifest_under_cooldown(
+    /// The digest `rec`'s tag resolves to under `rule` now, with the decision in words when
+    /// it is an earlier one held in place of the newest (its manifest then held in the
+    /// store), or `DENIED` saying when the tag will be allowed.
+    pub(super) fn choose_under_cooldown(
         &self,
         target: &RepoTarget,
-        reference: &Reference,
-        accept: &[String],
-        head: bool,
+        tag: &Tag,
+        rec: &TagRecord,
         rule: &CooldownRule,
-    ) -> Result<ManifestAnswer, CacheError> {
-        let tag = match reference {
-            Reference::Digest(d) => {
-                self.refuse_held_digest(target, d, rule)?;
-                return self.manifest(target, reference, accept, head).await;
-            }
-            Reference::Tag(t) if super::referrers::is_cache_tag(t) => {
-                return self.manifest(target, reference, accept, head).await;
-            }
-            Reference::Tag(t) => t,
-        };
-        // The tag's own manifest (every type taken, no body): revalidates the record.
-        let newest = self.manifest(target, reference, &[], true).await?;
-        let key = TagKey {
-            upstream: target.upstream.clone(),
-            repo: target.repo.clone(),
-            tag: tag.clone(),
-        };
-        let Some(rec) = self.store.tag(&key)? else {
-            // Not recorded (the store failed to keep it): nothing to compare with.
-            return self.manifest(target, reference, accept, head).await;
-        };
-        let now = SystemTime::now();
-        let (digest, held_back) = match resolve(&rec, rule, now) {
-            Resolution::Newest => (rec.digest, false),
+    ) -> Result<(Digest, Option<String>), CacheError> {
+        match resolve(rec, rule, SystemTime::now()) {
+            Resolution::Newest => Ok((rec.digest, None)),
             Resolution::Earlier { digest, until } => {
                 self.hold_for_cooldown(&digest, until);
-                (digest, true)
+                self.metrics
+                    .policy_cooldowns
+                    .with_label_values(&["held_back"])
+                    .inc();
+                tracing::info!(upstream = %target.upstream, repo = %target.repo, tag = %tag, newest = %rec.digest, served = %digest, policy = &*rule.block, "tag moved upstream less than its cooldown ago: serving the digest before it");
+                let decision = format!(
+                    "cooldown (policy block \"{}\"): served {digest} in place of {}, held back until {}",
+                    rule.block,
+                    rec.digest,
+                    when(until)
+                );
+                Ok((digest, Some(decision)))
             }
             Resolution::Refused { until } => {
                 self.metrics
                     .policy_cooldowns
                     .with_label_values(&["refused"])
                     .inc();
-                return Err(CacheError::Denied(format!(
+                Err(CacheError::Denied(format!(
                     "{}:{} through {} points at {}, which this edge first saw less than {} ago: policy block \"{}\" holds new digests back for that long (mode = \"closed\"), and the tag has no earlier digest to serve; it will be allowed after {} (an admin can release it sooner with `sparkcr-edge policy release`)",
-                    target.repo, tag, target.upstream, rec.digest,
-                    humantime::format_duration(rule.period), rule.block, when(until)
-                )));
+                    target.repo,
+                    tag,
+                    target.upstream,
+                    rec.digest,
+                    humantime::format_duration(rule.period),
+                    rule.block,
+                    when(until)
+                )))
             }
-        };
-        let m = match self.store.manifest(&digest)? {
-            Some(m) => m,
-            None => {
-                // Evicted before it was held (a restart forgets holds): by digest again.
-                let a = self
-                    .manifest(target, &Reference::Digest(digest), &[], false)
-                    .await?;
-                StoredManifest {
-                    media_type: a.media_type,
-                    bytes: a.bytes.unwrap_or_default(),
-                    repos: Vec::new(),
-                }
-            }
-        };
-        if held_back {
-            self.metrics
-                .policy_cooldowns
-                .with_label_values(&["held_back"])
-                .inc();
-            tracing::info!(upstream = %target.upstream, repo = %target.repo, tag = %tag, newest = %rec.digest, served = %digest, policy = &*rule.block, "tag moved upstream less than its cooldown ago: serving the digest before it");
         }
-        let mut answer = self
-            .for_client(target, &key, (digest, m), accept, head)
-            .await?;
-        if !held_back && newest.digest == rec.digest {
-            answer.from_cache = newest.from_cache;
-            answer.stale = newest.stale;
-            answer.quota_reserved = newest.quota_reserved;
-            answer.upstream_cache_status = newest.upstream_cache_status;
-        }
-        Ok(answer)
     }
 
     /// `DENIED` for a by-digest pull of a digest a cooldown holds back.
-    fn refuse_held_digest(
+    pub(super) fn refuse_held_digest(
         &self,
         target: &RepoTarget,
         d: &Digest,
         rule: &CooldownRule,
     ) -> Result<(), CacheError> {
-        let tags = self.store.repo_tags(&target.upstream, &target.repo)?;
+        let mut tags = self.store.repo_tags(&target.upstream, &target.repo)?;
+        tags.retain(|(t, _)| !super::gate::is_artifact_tag(t));
         let Some((tag, until)) = digest_hold(&tags, d, rule, SystemTime::now()) else {
             return Ok(());
         };

@@ -57,6 +57,7 @@ impl Cache {
             stale: false,
             quota_reserved: false,
             upstream_cache_status: None,
+            decision: None,
         }
     }
 
@@ -140,6 +141,7 @@ impl Cache {
             stale: false,
             quota_reserved: false,
             upstream_cache_status: resp.cache_status,
+            decision: None,
         })
     }
 
@@ -200,6 +202,7 @@ impl Cache {
             stale: false,
             quota_reserved: false,
             upstream_cache_status: None,
+            decision: None,
         })
     }
 

@@ -25,6 +25,7 @@ mod cooldown;
 mod fill;
 mod fill_registry;
 mod flight;
+mod gate;
 mod manifests;
 mod piece_width;
 mod pieces;
@@ -32,6 +33,7 @@ pub mod push;
 mod referrers;
 mod reorder;
 mod resume;
+mod signatures;
 mod sources;
 mod tags;
 #[cfg(test)]
@@ -39,6 +41,7 @@ mod tests;
 mod tiered;
 
 pub use fill_registry::FillProgress;
+pub use gate::PullRules;
 pub use pieces::PieceRule;
 pub use referrers::{ReferrersAnswer, INDEX_MEDIA_TYPE as REFERRERS_MEDIA_TYPE};
 pub use sources::{BlobSource, ManifestSource, Origin, SourceFuture, SourcedBlob};
@@ -74,6 +77,9 @@ pub struct ManifestAnswer {
     /// The upstream's `Cache-Status` for a manifest it answered now (a parent edge's
     /// entries), shown before this edge's own.
     pub upstream_cache_status: Option<String>,
+    /// What the trust gate decided for this answer, in words (for the audit trail): a
+    /// cooldown serving an earlier digest, a verified signature.
+    pub decision: Option<String>,
 }
 
 pub struct BlobAnswer {
@@ -259,6 +265,8 @@ pub struct Cache {
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Tag lists of public upstreams fetched within `tag_ttl`, with when (see `tags`).
     tag_lists: Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
+    /// Signature verdicts (`[[policy]] require_signature`).
+    signatures: signatures::SignatureVerdicts,
     /// The shared tier and the cluster's peers, behind the local store (see `tiered`).
     tiers: Tiers,
     /// The runtime the cache was built on, where blob fills run: a request may arrive on a
@@ -314,6 +322,7 @@ impl Cache {
             fills: Default::default(),
             tag_locks: Mutex::new(HashMap::new()),
             tag_lists: Mutex::new(HashMap::new()),
+            signatures: Default::default(),
             tiers: Tiers::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }

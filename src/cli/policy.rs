@@ -85,19 +85,25 @@ fn check(config: &ConfigArg, images: &[String]) -> Result<(), Failure> {
             }
             Verdict::AllowedBy {
                 block,
-                cooldown: None,
-            } => format!("{what}: allowed by block \"{block}\""),
-            Verdict::AllowedBy {
-                block,
-                cooldown: Some(c),
-            } => format!(
-                "{what}: allowed by block \"{block}\"; a tag's new digests are held back for {} ({} mode)",
-                humantime::format_duration(c.period),
-                match c.mode {
-                    CooldownMode::Open => "open",
-                    CooldownMode::Closed => "closed",
+                cooldown,
+                signature,
+            } => {
+                let mut line = format!("{what}: allowed by block \"{block}\"");
+                if let Some(c) = cooldown {
+                    line += &format!(
+                        "; a tag's new digests are held back for {} ({} mode)",
+                        humantime::format_duration(c.period),
+                        match c.mode {
+                            CooldownMode::Open => "open",
+                            CooldownMode::Closed => "closed",
+                        }
+                    );
                 }
-            ),
+                if let Some(s) = signature {
+                    line += &format!("; only images signed by {}", s.keys.names());
+                }
+                line
+            }
             Verdict::Open => format!("{what}: allowed (no block fits)"),
         };
         if known {

@@ -64,6 +64,8 @@ pub fn serve(a: &ConfigArg) -> Result<(), Failure> {
 
 pub fn check_config(a: &ConfigArg, quiet: bool) -> Result<(), Failure> {
     let loaded = load_config(a)?;
+    // The policy as the daemon compiles it: its globs, and the keys require_signature names.
+    super::load_policy(&loaded)?;
     let c = &loaded.config;
     if !c.server.tls_listen.is_empty() {
         server::tls::load_certified_key(&c.server.tls_cert, &c.server.tls_key).map_err(|e| {

@@ -9,6 +9,7 @@ use super::error::{ConfigError, ConfigOrigin};
 use super::units::HumanDuration;
 use super::Config;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,11 @@ pub struct PolicyConfig {
     /// (default `"open"`: served).
     #[serde(default)]
     pub mode: Option<CooldownMode>,
+    /// Allowed blocks only: public key files (PEM; ECDSA P-256 or Ed25519). A tag then
+    /// resolves only to a manifest signed by one of them (cosign's simple signing), and a
+    /// by-digest pull only to a manifest such a signature covers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require_signature: Vec<PathBuf>,
 }
 
 /// What a tag with no digest past its cooldown gets.
@@ -161,6 +167,25 @@ pub(super) fn validate_policy(c: &Config, origin: &ConfigOrigin) -> Result<(), C
                     origin,
                     key("name"),
                     "expected a short name of printable characters (at most 64)",
+                ));
+            }
+        }
+        if !p.require_signature.is_empty() && p.action == PolicyAction::Deny {
+            return Err(ConfigError::at(
+                origin,
+                key("require_signature"),
+                "require_signature belongs on a block with action = \"allow\" (a deny block refuses every pull it fits)",
+            ));
+        }
+        for path in &p.require_signature {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ConfigError::at(
+                    origin,
+                    key("require_signature"),
+                    format!(
+                        "cannot read the public key {}: {e} (a PEM \"PUBLIC KEY\", ECDSA P-256 or Ed25519, such as cosign.pub)",
+                        path.display()
+                    ),
                 ));
             }
         }

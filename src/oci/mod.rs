@@ -15,6 +15,7 @@ pub mod hops;
 mod media;
 mod name;
 mod range;
+pub mod signature;
 mod target;
 
 pub use digest::{Digest, DigestError, Sha256Verifier};

@@ -7,7 +7,9 @@
 //! config file (the daemon does, and hands the blocks over).
 
 use crate::config::{CooldownRule, PolicyAction, PolicyConfig};
+use crate::oci::signature::{KeySet, PublicKey, SignatureRule};
 use globset::{Candidate, GlobSet, GlobSetBuilder};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 /// A block, without its globs (they are all in [`Policy::globs`]).
@@ -17,6 +19,7 @@ struct Block {
     upstream: Option<String>,
     action: PolicyAction,
     cooldown: Option<Arc<CooldownRule>>,
+    signature: Option<Arc<SignatureRule>>,
 }
 
 /// A set of blocks, in config order. Every block's globs are compiled into one set, so a
@@ -37,6 +40,14 @@ impl Verdict {
             _ => None,
         }
     }
+
+    /// The signatures the deciding block requires, if any.
+    pub fn signature(&self) -> Option<&Arc<SignatureRule>> {
+        match self {
+            Verdict::AllowedBy { signature, .. } => signature.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// What the policy says about one repository of one upstream.
@@ -44,22 +55,47 @@ impl Verdict {
 pub enum Verdict {
     /// No block fits: allowed.
     Open,
-    /// Allowed by the named block, under its cooldown if it has one.
+    /// Allowed by the named block, under its cooldown and signature rule if it has them.
     AllowedBy {
         block: Arc<str>,
         cooldown: Option<Arc<CooldownRule>>,
+        signature: Option<Arc<SignatureRule>>,
     },
     /// Denied by the named block.
     DeniedBy(Arc<str>),
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("policy block {block}: {glob:?} is not a glob: {source}")]
-pub struct PolicyError {
-    block: String,
-    glob: String,
-    #[source]
-    source: globset::Error,
+pub enum PolicyError {
+    #[error("policy block {block}: {glob:?} is not a glob: {source}")]
+    Glob {
+        block: String,
+        glob: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("policy block {block}: require_signature: {}: {reason}", path.display())]
+    Key {
+        block: String,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+/// The keys of `paths`, each named by its file name.
+fn load_keys(block: &str, paths: &[PathBuf]) -> Result<KeySet, PolicyError> {
+    let mut keys = Vec::new();
+    for path in paths {
+        let failed = |reason: String| PolicyError::Key {
+            block: block.to_string(),
+            path: path.clone(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| failed(format!("cannot read it: {e}")))?;
+        let key = PublicKey::from_pem(&pem).map_err(|e| failed(e.to_string()))?;
+        keys.push((path.display().to_string(), key));
+    }
+    Ok(KeySet::new(keys))
 }
 
 impl Policy {
@@ -73,7 +109,7 @@ impl Policy {
             let name = b.display_name(i);
             for g in &b.matches {
                 let glob =
-                    crate::config::policy::compile_glob(g).map_err(|source| PolicyError {
+                    crate::config::policy::compile_glob(g).map_err(|source| PolicyError::Glob {
                         block: name.clone(),
                         glob: g.clone(),
                         source,
@@ -81,14 +117,22 @@ impl Policy {
                 set.add(glob);
                 block_of.push(i);
             }
+            let signature = match b.require_signature.as_slice() {
+                [] => None,
+                paths => Some(Arc::new(SignatureRule {
+                    block: name.as_str().into(),
+                    keys: load_keys(&name, paths)?,
+                })),
+            };
             out.push(Block {
                 name: name.into(),
                 upstream: (b.upstream != "*").then(|| b.upstream.clone()),
                 action: b.action,
                 cooldown: b.cooldown_rule(i).map(Arc::new),
+                signature,
             });
         }
-        let globs = set.build().map_err(|source| PolicyError {
+        let globs = set.build().map_err(|source| PolicyError::Glob {
             block: "(all blocks)".into(),
             glob: blocks
                 .iter()
@@ -136,6 +180,7 @@ impl Policy {
             Some(b) if b.action == PolicyAction::Allow => Verdict::AllowedBy {
                 block: b.name.clone(),
                 cooldown: b.cooldown.clone(),
+                signature: b.signature.clone(),
             },
             Some(b) => Verdict::DeniedBy(b.name.clone()),
         }
@@ -192,6 +237,7 @@ mod tests {
             action,
             cooldown: None,
             mode: None,
+            require_signature: Vec::new(),
         }
     }
 
@@ -208,7 +254,8 @@ mod tests {
             p.decide("docker.io", "library/nginx"),
             Verdict::AllowedBy {
                 block: "hub-official".into(),
-                cooldown: None
+                cooldown: None,
+                signature: None,
             }
         );
         assert_eq!(
@@ -248,6 +295,22 @@ mod tests {
             ("q", 3600, CooldownMode::Closed)
         );
         assert!(p.decide("docker.io", "other/app").cooldown().is_none());
+    }
+
+    #[test]
+    fn a_key_file_that_holds_no_usable_key_is_refused_naming_block_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("team.pub");
+        std::fs::write(&path, "not a key").expect("write");
+        let mut signed = block("signed", "*", &["**"], PolicyAction::Allow);
+        signed.require_signature = vec![path.clone()];
+        let Err(e) = Policy::from_config(&[signed]) else {
+            panic!("a file without a key must be refused");
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("policy block signed"), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("PUBLIC KEY"), "{msg}");
     }
 
     #[test]

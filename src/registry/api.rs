@@ -238,10 +238,10 @@ impl RegistryApi {
         body: UploadBody,
         authorized: Authorized,
     ) -> ApiResponse {
-        let (who, routed, side, cooldown) = authorized.into_parts();
+        let (who, routed, side, rules) = authorized.into_parts();
         match side {
             Side::Push(pushes) => self.push(&pushes, at.req, body, routed, who.name()).await,
-            Side::Pull => self.pull(at, &who, routed, cooldown.as_deref()).await,
+            Side::Pull => self.pull(at, &who, routed, &rules).await,
         }
     }
 }

@@ -16,6 +16,11 @@ use crate::audit::{AuditSubject, SubjectKind};
 use crate::oci::Reference;
 use http::{header, Response, StatusCode};
 
+/// What the trust gate decided for a request it served or refused, in words: left in the
+/// response's extensions by the pull side, read into the audit record.
+#[derive(Clone, Debug)]
+pub(super) struct GateDecision(pub String);
+
 /// The subject of a routed request, if it is a manifest or blob request.
 pub(super) fn subject_of(
     routed: &ApiRoute,
@@ -86,6 +91,11 @@ pub(super) fn complete(
             _ => None,
         },
     };
-    subject.decision = refusal;
+    subject.decision = refusal.or_else(|| {
+        response
+            .extensions()
+            .get::<GateDecision>()
+            .map(|d| d.0.clone())
+    });
     response.extensions_mut().insert(subject);
 }

@@ -19,7 +19,7 @@ use super::response::{error_response, json_response};
 use super::route::{ApiRoute, RequestParts};
 use crate::access::{Action, Decision, Identity, Refused, BASIC_REALM, SERVICE};
 use crate::cache::push::Pushes;
-use crate::config::CooldownRule;
+use crate::cache::PullRules;
 use crate::policy::Verdict;
 use http::{header, HeaderValue, Method, StatusCode};
 use std::sync::Arc;
@@ -105,13 +105,13 @@ pub(super) struct Authorized {
     who: Identity,
     routed: ApiRoute,
     side: Side,
-    /// The cooldown the policy block that allowed a pull puts on tags.
-    cooldown: Option<Arc<CooldownRule>>,
+    /// What the policy block that allowed a pull asks of its manifests.
+    rules: PullRules,
 }
 
 impl Authorized {
-    pub(super) fn into_parts(self) -> (Identity, ApiRoute, Side, Option<Arc<CooldownRule>>) {
-        (self.who, self.routed, self.side, self.cooldown)
+    pub(super) fn into_parts(self) -> (Identity, ApiRoute, Side, PullRules) {
+        (self.who, self.routed, self.side, self.rules)
     }
 }
 
@@ -227,13 +227,14 @@ impl RegistryApi {
             Decision::Forbid(_) => return Err(self.forbidden(at, &who, action)),
         }
         // What may enter the site at all: pulls only (a push sends the site's own content).
-        let mut cooldown = None;
+        let mut rules = PullRules::default();
         if let (None, Some(target)) = (push, routed.target()) {
             let verdict = self.policy.decide(&target.upstream, target.repo.as_str());
             if let Verdict::DeniedBy(block) = verdict {
                 return Err(self.denied_by_policy(at, &who, target, &block));
             }
-            cooldown = verdict.cooldown().cloned();
+            rules.cooldown = verdict.cooldown().cloned();
+            rules.signature = verdict.signature().cloned();
         }
         let side = match (push, &self.pushes) {
             (Some(intent), Some(pushes)) if intent.served_by_push_side => {
@@ -245,7 +246,7 @@ impl RegistryApi {
             who,
             routed,
             side,
-            cooldown,
+            rules,
         })
     }
 

@@ -10,6 +10,7 @@
 
 use super::accept::accepted_media_types;
 use super::api::{ApiResponse, RegistryApi};
+use super::audit::GateDecision;
 use super::body::ResponseBody;
 use super::door::Incoming;
 use super::error::{ErrorCode, OciError, Subject};
@@ -18,8 +19,7 @@ use super::response::{
 };
 use super::route::{decoded_query_param, ApiRoute};
 use crate::access::Identity;
-use crate::cache::{Requester, PEER_HEADER};
-use crate::config::CooldownRule;
+use crate::cache::{CacheError, PullRules, Requester, PEER_HEADER};
 use crate::oci::{ByteRangeSpec, RepoKey, RepoTarget};
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -30,7 +30,7 @@ impl RegistryApi {
         at: &Incoming<'_>,
         who: &Identity,
         routed: ApiRoute,
-        cooldown: Option<&CooldownRule>,
+        rules: &PullRules,
     ) -> ApiResponse {
         let (req, head) = (at.req, at.head);
         let (label, result) = match routed {
@@ -57,24 +57,24 @@ impl RegistryApi {
             ),
             ApiRoute::Manifest { target, reference } => {
                 let accept = accepted_media_types(&req.headers);
-                let answer = match cooldown {
-                    Some(rule) => {
-                        self.cache
-                            .manifest_under_cooldown(&target, &reference, &accept, head, rule)
-                            .await
-                    }
-                    None => {
-                        self.cache
-                            .manifest(&target, &reference, &accept, head)
-                            .await
-                    }
+                let answer = self
+                    .cache
+                    .manifest_under(&target, &reference, &accept, head, rules)
+                    .await;
+                // The trust gate's decision goes to the audit trail, served or refused.
+                let decision = match &answer {
+                    Ok(a) => a.decision.clone(),
+                    Err(CacheError::Denied(why)) => Some(format!("DENIED: {why}")),
+                    Err(_) => None,
                 };
-                (
-                    "manifest",
-                    answer
-                        .map(|a| manifest_response(a, head))
-                        .map_err(|e| OciError::from_cache(e, Subject::Manifest)),
-                )
+                let mut response = match answer {
+                    Ok(a) => manifest_response(a, head),
+                    Err(e) => error_response(&OciError::from_cache(e, Subject::Manifest), head),
+                };
+                if let Some(d) = decision {
+                    response.extensions_mut().insert(GateDecision(d));
+                }
+                ("manifest", Ok(response))
             }
             ApiRoute::Upload { .. } => ("push", Err(OciError::unsupported_method(&req.method))),
             ApiRoute::Blob { target, digest } => {

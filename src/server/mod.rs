@@ -172,7 +172,7 @@ impl Server {
         }
         drop(alive_tx);
         shutdown.await;
-        tracing::info!(grace = ?grace, "shutting down: no new connections, letting in-flight requests finish");
+        tracing::info!(grace = ?grace, open = self.app.metrics.connections_open.get(), "shutting down: no new connections, letting in-flight requests finish");
         let _ = stop_tx.send(true);
         for t in accept_tasks {
             let _ = t.await;
@@ -275,6 +275,7 @@ async fn accept_loop(
                 }
             };
             app.metrics.connections_open.inc();
+            tracing::debug!(client = %peer, "connection accepted");
             // A client that connects and never sends a byte (no TLS hello, no request
             // line) is closed after header_read_timeout, like one whose head stalls.
             // (peek waits for a byte without taking it; readable() may wake at once.)
@@ -337,6 +338,7 @@ async fn accept_loop(
                 }
             }
             app.metrics.connections_open.dec();
+            tracing::debug!(client = %peer, "connection closed");
             drop(alive);
         });
     }

@@ -39,6 +39,8 @@ pub struct PolicyBlock {
     cooldown: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    require_signature: Vec<String>,
 }
 
 impl PolicyBlock {
@@ -51,7 +53,14 @@ impl PolicyBlock {
             action: "allow".into(),
             cooldown: None,
             mode: None,
+            require_signature: Vec::new(),
         }
+    }
+
+    /// `require_signature`: the public key files.
+    pub fn require_signature(mut self, keys: &[&Path]) -> Self {
+        self.require_signature = keys.iter().map(|k| k.display().to_string()).collect();
+        self
     }
 
     /// `cooldown` and `mode` ("open" or "closed").
@@ -73,6 +82,8 @@ struct Server {
     tls_cert: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -214,6 +225,7 @@ impl EdgeConfig {
                 tls_listen: Vec::new(),
                 tls_cert: None,
                 tls_key: None,
+                shutdown_grace: None,
             },
             storage: Storage {
                 path: data_dir.as_ref().display().to_string(),
@@ -235,6 +247,12 @@ impl EdgeConfig {
     /// Replaces the plain listeners.
     pub fn listen(mut self, addrs: &[&str]) -> Self {
         self.server.listen = addrs.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// `server.shutdown_grace`.
+    pub fn shutdown_grace(mut self, grace: &str) -> Self {
+        self.server.shutdown_grace = Some(grace.into());
         self
     }
 

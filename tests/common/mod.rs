@@ -11,6 +11,7 @@ pub mod images;
 pub mod proxies;
 pub mod pull;
 pub mod registry2;
+pub mod signing;
 pub mod token;
 
 use bytes::Bytes;
