@@ -62,6 +62,7 @@ pub struct Metrics {
     pub policy_denials: IntCounter,
     pub policy_cooldowns: IntCounterVec,
     pub policy_signatures: IntCounterVec,
+    pub policy_refusals: IntCounterVec,
     pub fill_pieces_wanted: IntCounter,
     pub fill_takeovers: IntCounter,
     pub fills_ended: IntCounterVec,
@@ -468,6 +469,12 @@ impl Metrics {
                 "Signature checks of [[policy]] require_signature (cached verdicts not counted), by verdict (verified, unsigned, bad_signature, wrong_digest, lookup_failed).",
                 &["verdict"],
             ),
+            policy_refusals: counter_vec(
+                &r,
+                "policy_refusals_total",
+                "Pulls refused with 403 by a [[policy]] block, by check (deny, cooldown, signature), upstream and block (both from the config).",
+                &["check", "upstream", "block"],
+            ),
             fill_pieces_wanted: counter(
                 &r,
                 "fill_pieces_wanted_total",
@@ -731,6 +738,7 @@ impl Metrics {
             &self.policy_denials,
             &self.policy_cooldowns,
             &self.policy_signatures,
+            &self.policy_refusals,
             &self.fill_pieces_wanted,
             &self.fill_takeovers,
             &self.fills_ended,

@@ -1022,12 +1022,7 @@ async fn what_the_edge_saved_is_counted_kept_across_a_restart_and_shown() {
     assert_eq!(s["savings"]["total"]["bytes"], 2 * second);
     assert_eq!(s["savings"]["last_7_days"]["requests"], 2 * requests);
     // The page shows it, with the exact figure in a data attribute.
-    let page = reqwest::get(edge.url("/status"))
-        .await
-        .expect("status page")
-        .text()
-        .await
-        .expect("page");
+    let page = edge.status_page().await;
     assert!(
         page.contains(&format!(
             "data-upstream=\"all\" data-today=\"{}\"",

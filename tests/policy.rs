@@ -151,6 +151,27 @@ async fn cooldowns_hold_new_digests_back_and_policy_release_lets_them_through() 
     );
     let (status, _, _) = get(&client, &manifest("team/fresh", &fresh.manifest_digest)).await;
     assert_eq!(status, 403, "held back by digest too");
+    // Counted by check, upstream and block, and listed on the status page.
+    assert_eq!(
+        edge.metric(
+            "sparkcr_edge_policy_refusals_total{block=\"strict\",check=\"cooldown\",upstream=\"up.test\"}"
+        )
+        .await,
+        2.0,
+        "team/fresh by tag and by digest"
+    );
+    let status = edge.status_json().await;
+    let denials = status["recent_denials"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        denials.iter().any(|d| d["block"] == "strict"
+            && d["check"] == "cooldown"
+            && d["repository"] == "team/fresh"
+            && d["reference"] == "v1"),
+        "{denials:?}"
+    );
 
     // `policy release` on the running daemon: by tag (its newest digest) and by digest.
     let edge_arg = format!("http://{e}");
@@ -350,6 +371,11 @@ async fn require_signature_admits_only_images_signed_by_a_trusted_key() {
     .await;
     assert_eq!(status, 403);
     assert!(msg.contains("no signature"), "{msg}");
+    let page = edge.status_page().await;
+    assert!(
+        page.contains("Recent policy denials") && page.contains("team/misdirected:v1"),
+        "the status page lists the last denials"
+    );
     // Real clients: skopeo pulls the signed image and shows the refusal of the unsigned one.
     let dest = tempfile::tempdir().expect("dest");
     let copy = |image: String, to: &str| {

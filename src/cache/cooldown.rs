@@ -176,7 +176,10 @@ impl Cache {
                     .policy_cooldowns
                     .with_label_values(&["refused"])
                     .inc();
-                Err(CacheError::Denied(format!(
+                Err(CacheError::PolicyRefused {
+            block: rule.block.clone(),
+            check: "cooldown",
+            message: format!(
                     "{}:{} through {} points at {}, which this edge first saw less than {} ago: policy block \"{}\" holds new digests back for that long (mode = \"closed\"), and the tag has no earlier digest to serve; it will be allowed after {} (an admin can release it sooner with `sparkcr-edge policy release`)",
                     target.repo,
                     tag,
@@ -185,7 +188,8 @@ impl Cache {
                     humantime::format_duration(rule.period),
                     rule.block,
                     when(until)
-                )))
+                ),
+        })
             }
         }
     }
@@ -206,11 +210,15 @@ impl Cache {
             .policy_cooldowns
             .with_label_values(&["refused"])
             .inc();
-        Err(CacheError::Denied(format!(
+        Err(CacheError::PolicyRefused {
+            block: rule.block.clone(),
+            check: "cooldown",
+            message: format!(
             "{}@{d} through {} is held back: this edge first saw {}:{tag} point at it less than {} ago, and policy block \"{}\" holds new digests back for that long; it will be allowed after {} (an admin can release it sooner with `sparkcr-edge policy release`)",
             target.repo, target.upstream, target.repo,
             humantime::format_duration(rule.period), rule.block, when(until)
-        )))
+        ),
+        })
     }
 
     /// Keeps the manifest a cooldown serves (and those an index lists) in the store until

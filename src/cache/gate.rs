@@ -57,8 +57,8 @@ impl Cache {
                     self.refuse_held_digest(target, d, rule)?;
                 }
                 if let Some(rule) = &rules.signature {
-                    let what = format!("{}@{d}", target.repo);
-                    decision = Some(self.require_signed(target, d, rule, &what).await?);
+                    let what = || format!("{}@{d}", target.repo);
+                    decision = Some(self.require_signed(target, d, rule, what).await?);
                 }
                 None
             }
@@ -103,8 +103,8 @@ impl Cache {
         };
         let signed = match &rules.signature {
             Some(rule) => {
-                let what = format!("{}:{tag}", target.repo);
-                Some(self.require_signed(target, &digest, rule, &what).await?)
+                let what = || format!("{}:{tag}", target.repo);
+                Some(self.require_signed(target, &digest, rule, what).await?)
             }
             None => None,
         };
@@ -118,8 +118,11 @@ impl Cache {
             answer.quota_reserved = newest.quota_reserved;
             answer.upstream_cache_status = newest.upstream_cache_status;
         }
-        let words: Vec<String> = held_back.into_iter().chain(signed).collect();
-        answer.decision = (!words.is_empty()).then(|| words.join("; "));
+        answer.decision = match (held_back, signed) {
+            (Some(held), Some(signed)) => Some(format!("{held}; {signed}").into()),
+            (Some(held), None) => Some(held.into()),
+            (None, signed) => signed,
+        };
         Ok(answer)
     }
 

@@ -79,7 +79,7 @@ pub struct ManifestAnswer {
     pub upstream_cache_status: Option<String>,
     /// What the trust gate decided for this answer, in words (for the audit trail): a
     /// cooldown serving an earlier digest, a verified signature.
-    pub decision: Option<String>,
+    pub decision: Option<Arc<str>>,
 }
 
 pub struct BlobAnswer {
@@ -132,8 +132,14 @@ pub enum CacheError {
         #[source]
         source: FetchFailure,
     },
-    #[error("{0}")]
-    Denied(String),
+    /// The trust gate refused the manifest: a `[[policy]]` block's cooldown or signature
+    /// requirement (`check`: `cooldown` or `signature`).
+    #[error("{message}")]
+    PolicyRefused {
+        block: Arc<str>,
+        check: &'static str,
+        message: String,
+    },
     #[error("the cache store failed")]
     Store(#[from] StoreError),
     #[error("internal: {0}")]

@@ -18,7 +18,7 @@ use crate::oci::signature::{
 use crate::oci::{index_manifests, Digest, Reference, RepoTarget};
 use futures_util::StreamExt as _;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Referrers read per manifest, at most.
@@ -73,6 +73,9 @@ impl Verdict {
 pub(super) struct SignatureVerdicts {
     verdicts: Mutex<HashMap<(u64, Digest), (Instant, Verdict)>>,
     admitted: Mutex<HashMap<(u64, Digest), Digest>>,
+    /// The decision in words for every manifest found signed or admitted: what a hit reads
+    /// (one lookup, no allocation).
+    passed: Mutex<HashMap<(u64, Digest), Arc<str>>>,
 }
 
 /// A key set's identity in the verdicts (a reload makes a new set, with new verdicts).
@@ -85,16 +88,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cache {
-    /// The decision in words when `d` (a manifest of `target`, named `what` in messages)
-    /// is signed by one of `rule`'s keys, or listed by an index that is; else `DENIED`
-    /// naming the keys and why.
+    /// The decision in words when `d` (a manifest of `target`, named by `what` in
+    /// messages) is signed by one of `rule`'s keys, or listed by an index that is; else
+    /// `DENIED` naming the keys and why.
     pub(super) async fn require_signed(
         &self,
         target: &RepoTarget,
         d: &Digest,
         rule: &SignatureRule,
-        what: &str,
-    ) -> Result<String, CacheError> {
+        what: impl FnOnce() -> String,
+    ) -> Result<Arc<str>, CacheError> {
+        let id = set_id(rule);
+        // Passed before (a hit): one lookup.
+        if let Some(text) = lock(&self.signatures.passed).get(&(id, *d)) {
+            return Ok(text.clone());
+        }
         let listed_by = |index: Digest| {
             format!(
                 "signature verified (policy block \"{}\"): listed by the signed index {index}",
@@ -102,26 +110,44 @@ impl Cache {
             )
         };
         // A platform manifest of an index verified since the start: no lookups of its own.
-        if let Some(index) = lock(&self.signatures.admitted).get(&(set_id(rule), *d)) {
-            return Ok(listed_by(*index));
-        }
-        let verdict = self.signature_verdict(target, d, rule).await;
+        let admitted = lock(&self.signatures.admitted).get(&(id, *d)).copied();
+        let verdict = match admitted {
+            Some(index) => return Ok(self.passed(id, d, listed_by(index))),
+            None => self.signature_verdict(target, d, rule).await,
+        };
         if let Verdict::Verified { key } = &verdict {
-            return Ok(format!(
+            let text = format!(
                 "signature verified (policy block \"{}\"): signed by {key}",
                 rule.block
-            ));
+            );
+            return Ok(self.passed(id, d, text));
         }
         if let Some(index) = self.admitted_by_index(target, d, rule).await {
-            return Ok(listed_by(index));
+            return Ok(self.passed(id, d, listed_by(index)));
         }
-        Err(CacheError::Denied(format!(
+        let what = what();
+        Err(CacheError::PolicyRefused {
+            block: rule.block.clone(),
+            check: "signature",
+            message: format!(
             "{what} through {} resolves to {d}, which policy block \"{}\" admits only when signed by {}: {}",
             target.upstream,
             rule.block,
             rule.keys.names(),
             verdict.reason()
-        )))
+        ),
+        })
+    }
+
+    /// Keeps `text` as the decision on `d` under key set `id`.
+    fn passed(&self, id: u64, d: &Digest, text: String) -> Arc<str> {
+        let text: Arc<str> = text.into();
+        let mut passed = lock(&self.signatures.passed);
+        if passed.len() >= MAX_VERDICTS {
+            passed.clear();
+        }
+        passed.insert((id, *d), text.clone());
+        text
     }
 
     /// The verified index among the manifests of the repository's tags that lists `d`, if

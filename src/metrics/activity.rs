@@ -77,6 +77,26 @@ pub struct RecentError {
     pub client: String,
 }
 
+/// A pull a `[[policy]]` block refused: denied outright, held back by a cooldown, or not
+/// signed by a trusted key.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RecentDenial {
+    /// Unix seconds.
+    pub at: u64,
+    pub client: String,
+    pub upstream: String,
+    pub repository: String,
+    /// The tag or digest asked for (`None` for a blob or tag list by repository).
+    pub reference: Option<String>,
+    pub block: String,
+    /// `deny`, `cooldown` or `signature`.
+    pub check: String,
+    pub message: String,
+}
+
+/// Policy denials kept for the status page.
+pub const RECENT_DENIALS: usize = 50;
+
 /// Cumulative counter values at one moment.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct CounterSample {
@@ -111,6 +131,7 @@ impl CounterSample {
 struct Inner {
     upstreams: HashMap<String, UpstreamHealth>,
     errors: VecDeque<RecentError>,
+    denials: VecDeque<RecentDenial>,
     repos: HashMap<String, u64>,
     samples: VecDeque<CounterSample>,
     /// Body bytes received per upstream at the last few snapshots (unix seconds, bytes by
@@ -219,6 +240,20 @@ impl Activity {
             inner.errors.pop_front();
         }
         inner.errors.push_back(e);
+    }
+
+    /// A pull a policy block refused.
+    pub fn policy_denied(&self, d: RecentDenial) {
+        let mut inner = self.lock();
+        if inner.denials.len() == RECENT_DENIALS {
+            inner.denials.pop_front();
+        }
+        inner.denials.push_back(d);
+    }
+
+    /// The kept policy denials, newest first.
+    pub fn recent_denials(&self) -> Vec<RecentDenial> {
+        self.lock().denials.iter().rev().cloned().collect()
     }
 
     /// The kept failed requests, newest first.

@@ -19,7 +19,46 @@ use http::{header, Response, StatusCode};
 /// What the trust gate decided for a request it served or refused, in words: left in the
 /// response's extensions by the pull side, read into the audit record.
 #[derive(Clone, Debug)]
-pub(super) struct GateDecision(pub String);
+pub(super) struct GateDecision(pub std::sync::Arc<str>);
+
+/// A pull a `[[policy]]` block refused, left in the response's extensions for the server,
+/// which counts it and keeps it for the status page.
+#[derive(Clone, Debug)]
+pub struct PolicyDenial {
+    pub upstream: String,
+    pub repository: String,
+    /// The tag or digest asked for, if the request named one.
+    pub reference: Option<String>,
+    pub block: String,
+    /// `deny`, `cooldown` or `signature`.
+    pub check: &'static str,
+    pub message: String,
+}
+
+impl PolicyDenial {
+    /// A denial of a request routed to `routed`.
+    pub(super) fn of(
+        routed: &ApiRoute,
+        block: &str,
+        check: &'static str,
+        message: &str,
+    ) -> Option<PolicyDenial> {
+        let target = routed.target()?;
+        let reference = match routed {
+            ApiRoute::Manifest { reference, .. } => Some(reference.to_string()),
+            ApiRoute::Blob { digest, .. } => Some(digest.to_string()),
+            _ => None,
+        };
+        Some(PolicyDenial {
+            upstream: target.upstream.clone(),
+            repository: target.repo.to_string(),
+            reference,
+            block: block.to_string(),
+            check,
+            message: message.to_string(),
+        })
+    }
+}
 
 /// The subject of a routed request, if it is a manifest or blob request.
 pub(super) fn subject_of(
@@ -95,7 +134,7 @@ pub(super) fn complete(
         response
             .extensions()
             .get::<GateDecision>()
-            .map(|d| d.0.clone())
+            .map(|d| d.0.to_string())
     });
     response.extensions_mut().insert(subject);
 }

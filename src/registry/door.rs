@@ -14,6 +14,7 @@
 //! refusal it makes), or serve content (that is `pull.rs` and `push.rs`).
 
 use super::api::{ApiResponse, ClientInfo, RegistryApi, TOKEN_PATH};
+use super::audit::PolicyDenial;
 use super::error::{ErrorCode, OciError};
 use super::response::{error_response, json_response};
 use super::route::{ApiRoute, RequestParts};
@@ -59,6 +60,8 @@ impl<'a> Incoming<'a> {
 pub(super) struct Refusal {
     error: Box<OciError>,
     route: &'static str,
+    /// A `[[policy]]` block's denial, for the server's count and status page.
+    denial: Option<Box<PolicyDenial>>,
 }
 
 impl Refusal {
@@ -66,6 +69,7 @@ impl Refusal {
         Refusal {
             error: Box::new(error),
             route,
+            denial: None,
         }
     }
 
@@ -75,8 +79,12 @@ impl Refusal {
     }
 
     pub(super) fn answer(self, head: bool) -> ApiResponse {
+        let mut response = error_response(&self.error, head);
+        if let Some(d) = self.denial {
+            response.extensions_mut().insert(*d);
+        }
         ApiResponse {
-            response: error_response(&self.error, head),
+            response,
             route: self.route,
         }
     }
@@ -231,7 +239,7 @@ impl RegistryApi {
         if let (None, Some(target)) = (push, routed.target()) {
             let verdict = self.policy.decide(&target.upstream, target.repo.as_str());
             if let Verdict::DeniedBy(block) = verdict {
-                return Err(self.denied_by_policy(at, &who, target, &block));
+                return Err(self.denied_by_policy(at, &who, &routed, &block));
             }
             rules.cooldown = verdict.cooldown().cloned();
             rules.signature = verdict.signature().cloned();
@@ -284,15 +292,22 @@ impl RegistryApi {
         &self,
         at: &Incoming<'_>,
         who: &Identity,
-        target: &crate::oci::RepoTarget,
+        routed: &ApiRoute,
         block: &str,
     ) -> Refusal {
+        let (repo, upstream) = routed
+            .target()
+            .map(|t| (t.repo.to_string(), t.upstream.as_str()))
+            .unwrap_or_default();
         let what = format!(
-            "pulling {} through {} is denied by this edge's policy (block \"{block}\" of [[policy]] in its config); ask the edge's admin",
-            target.repo, target.upstream
+            "pulling {repo} through {upstream} is denied by this edge's policy (block \"{block}\" of [[policy]] in its config); ask the edge's admin"
         );
         tracing::info!(token = who.name(), client = %at.client.peer, policy = block, "{what}");
-        Refusal::new(OciError::denied(what), "policy")
+        let denial = PolicyDenial::of(routed, block, "deny", &what).map(Box::new);
+        Refusal {
+            denial,
+            ..Refusal::new(OciError::denied(what), "policy")
+        }
     }
 
     /// 401 with the Bearer challenge, for the repository's `scope` when there is one.

@@ -319,7 +319,7 @@ impl OciError {
                 retry_after.map(whole_seconds),
                 source_chain(&source),
             ),
-            CacheError::Denied(m) => Self::denied(m),
+            CacheError::PolicyRefused { message, .. } => Self::denied(message),
             CacheError::BadUpstreamContent { upstream, source } => {
                 Self::bad_upstream_content(subject, &upstream, source_chain(&source))
             }

@@ -37,6 +37,7 @@ pub use crate::cache::push::UploadBody;
 pub use crate::oci::RepoTarget;
 pub use admin::RELEASE_PATH;
 pub use api::{ApiResponse, ClientInfo, RegistryApi, TOKEN_PATH};
+pub use audit::PolicyDenial;
 pub use error::{ErrorCode, OciError};
 pub use response::error_response;
 pub use route::{ApiRoute, UpstreamTable};

@@ -10,7 +10,7 @@
 
 use super::accept::accepted_media_types;
 use super::api::{ApiResponse, RegistryApi};
-use super::audit::GateDecision;
+use super::audit::{GateDecision, PolicyDenial};
 use super::body::ResponseBody;
 use super::door::Incoming;
 use super::error::{ErrorCode, OciError, Subject};
@@ -62,10 +62,23 @@ impl RegistryApi {
                     .manifest_under(&target, &reference, &accept, head, rules)
                     .await;
                 // The trust gate's decision goes to the audit trail, served or refused.
-                let decision = match &answer {
-                    Ok(a) => a.decision.clone(),
-                    Err(CacheError::Denied(why)) => Some(format!("DENIED: {why}")),
-                    Err(_) => None,
+                let (decision, denial) = match &answer {
+                    Ok(a) => (a.decision.clone(), None),
+                    Err(CacheError::PolicyRefused {
+                        block,
+                        check,
+                        message,
+                    }) => {
+                        let routed = ApiRoute::Manifest {
+                            target: target.clone(),
+                            reference: reference.clone(),
+                        };
+                        (
+                            Some(format!("DENIED: {message}").into()),
+                            PolicyDenial::of(&routed, block, check, message),
+                        )
+                    }
+                    Err(_) => (None, None),
                 };
                 let mut response = match answer {
                     Ok(a) => manifest_response(a, head),
@@ -73,6 +86,9 @@ impl RegistryApi {
                 };
                 if let Some(d) = decision {
                     response.extensions_mut().insert(GateDecision(d));
+                }
+                if let Some(d) = denial {
+                    response.extensions_mut().insert(d);
                 }
                 ("manifest", Ok(response))
             }

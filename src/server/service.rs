@@ -13,11 +13,12 @@ use super::status::CertStatus;
 use super::tls::ReloadableCert;
 use crate::access::DenyReason;
 use crate::audit::{AuditFile, AuditSubject};
-use crate::metrics::activity::unix_now;
+use crate::metrics::activity::{unix_now, RecentDenial};
 use crate::metrics::Metrics;
 use crate::registry::body;
 use crate::registry::{
-    error_response, ClientInfo, ErrorCode, OciError, RegistryApi, UploadBody, RELEASE_PATH,
+    error_response, ClientInfo, ErrorCode, OciError, PolicyDenial, RegistryApi, UploadBody,
+    RELEASE_PATH,
 };
 use http::{header, Request, Response, StatusCode};
 use std::net::SocketAddr;
@@ -224,6 +225,22 @@ impl App {
             header::X_CONTENT_TYPE_OPTIONS,
             header::HeaderValue::from_static("nosniff"),
         );
+        if let Some(d) = head.extensions.remove::<PolicyDenial>() {
+            self.metrics
+                .policy_refusals
+                .with_label_values(&[d.check, &d.upstream, &d.block])
+                .inc();
+            self.metrics.activity.policy_denied(RecentDenial {
+                at: unix_now(),
+                client: peer.ip().to_string(),
+                upstream: d.upstream,
+                repository: d.repository,
+                reference: d.reference,
+                block: d.block,
+                check: d.check.to_string(),
+                message: d.message,
+            });
+        }
         let audit = head
             .extensions
             .remove::<AuditSubject>()

@@ -10,7 +10,7 @@
 
 use super::App;
 use crate::cache::FillProgress;
-use crate::metrics::activity::{CounterSample, RecentError};
+use crate::metrics::activity::{CounterSample, RecentDenial, RecentError};
 use crate::metrics::Metrics;
 use serde::Serialize;
 use std::path::Path;
@@ -50,6 +50,8 @@ pub struct StatusReport {
     pub upstreams: Vec<UpstreamStatus>,
     pub top_repositories: Vec<RepoBytes>,
     pub recent_errors: Vec<RecentError>,
+    /// Pulls `[[policy]]` blocks refused, newest first.
+    pub recent_denials: Vec<RecentDenial>,
     pub tls: Option<CertStatus>,
     /// Things an operator should act on, as sentences.
     pub warnings: Vec<String>,
@@ -383,6 +385,7 @@ impl App {
                 .map(|(repository, bytes)| RepoBytes { repository, bytes })
                 .collect(),
             recent_errors: m.activity.recent_errors(),
+            recent_denials: m.activity.recent_denials(),
             tls,
             warnings,
         }

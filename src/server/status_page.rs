@@ -418,6 +418,35 @@ pub fn render(r: &StatusReport) -> String {
             t.days_left, t.days_left
         );
     }
+    // Policy denials.
+    h.push_str("<h2>Recent policy denials</h2>");
+    if r.recent_denials.is_empty() {
+        h.push_str("<p>None.</p>");
+    } else {
+        h.push_str("<table id=\"denials\"><tr><th>when</th><th>image</th><th>block</th><th>check</th><th>client</th><th>why</th></tr>");
+        for d in &r.recent_denials {
+            let image = match &d.reference {
+                Some(r) if r.starts_with("sha256:") => {
+                    format!("{}/{}@{r}", d.upstream, d.repository)
+                }
+                Some(r) => format!("{}/{}:{r}", d.upstream, d.repository),
+                None => format!("{}/{}", d.upstream, d.repository),
+            };
+            let why: String = d.message.chars().take(300).collect();
+            let _ = write!(
+                h,
+                "<tr class=\"denial\" data-check=\"{}\"><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&d.check),
+                ago(r.now, d.at),
+                esc(&image),
+                esc(&d.block),
+                esc(&d.check),
+                esc(&d.client),
+                esc(&why)
+            );
+        }
+        h.push_str("</table>");
+    }
     // Errors.
     h.push_str("<h2>Recent errors</h2>");
     if r.recent_errors.is_empty() {

@@ -231,6 +231,16 @@ impl Edge {
         }
     }
 
+    /// The HTML status page (`/status`), asked on the first listener.
+    pub async fn status_page(&self) -> String {
+        reqwest::get(self.url("/status"))
+            .await
+            .expect("status page")
+            .text()
+            .await
+            .expect("page")
+    }
+
     /// `/status.json`, asked on the 127.0.0.1 listener (an admin address by default).
     pub async fn status_json(&self) -> serde_json::Value {
         let addr = self
