@@ -1139,58 +1139,43 @@ def run_once(binary: Path, p: dict, tmp: Path, big: bool, idx: int) -> dict:
             r[f"{what}_upstream_cpu_us.{key}"] = res["upstream_cpu"] / res["requests"] * 1e6
             keep(r, what, key, res, {"rps": "rps", "cpu_us": "cpu_us_per_req", "bg": "background_cores"})
 
-    # 2 (audit): the same hits from a second edge with the audit file on, each right after the
-    # same wrk on the edge without it.
+    def abba(prefix: str, other: Server, ref_key: str, words: str) -> None:
+        """The small-blob and manifest-by-tag hits on `other` (warmed here) against the edge,
+        four wrk runs in the order edge, other, other, edge (a drift of the machine over the
+        four weighs on both alike); the mean of each into r[f"{prefix}_{what}_rps.*"]."""
+        for _ in range(2):
+            fetch(other.port, small_path, p["small"], small_digest)
+            fetch(other.port, by_tag, len(manifest), manifest_digest, accept=OCI_MANIFEST)
+        for what, path, accept in [("small", small_path, None), ("mtag", by_tag, OCI_MANIFEST)]:
+            log(f"run {idx}: {what}, edge without and with {words} (off, on, on, off)")
+            rps = {ref_key: [], "edge": []}
+            for key, s in ((ref_key, edge), ("edge", other), ("edge", other), (ref_key, edge)):
+                rps[key].append(wrk(s, path, p, tmp, accept, upstream=up)["rps"])
+            for key, vals in rps.items():
+                r[f"{prefix}_{what}_rps.{key}"] = statistics.mean(vals)
+
+    # 2 (audit): the same hits from a second edge with the audit file on.
     audit_dir = edge_config(tmp, "edge-audit", up.port, 100 * GiB, audit=True)
     edge_audit, _, _ = start_edge(binary, audit_dir)
-    for _ in range(2):
-        fetch(edge_audit.port, small_path, p["small"], small_digest)
-        fetch(edge_audit.port, by_tag, len(manifest), manifest_digest, accept=OCI_MANIFEST)
-    for what, path, accept in [("small", small_path, None), ("mtag", by_tag, OCI_MANIFEST)]:
-        log(f"run {idx}: {what}, edge without and with the audit file (off, on, on, off)")
-        rps = {"noaudit": [], "edge": []}
-        # ABBA order: a drift of the machine over the four runs weighs on both alike.
-        for key, s in (("noaudit", edge), ("edge", edge_audit), ("edge", edge_audit), ("noaudit", edge)):
-            rps[key].append(wrk(s, path, p, tmp, accept, upstream=up)["rps"])
-        for key, vals in rps.items():
-            r[f"audit_{what}_rps.{key}"] = statistics.mean(vals)
+    abba("audit", edge_audit, "noaudit", "the audit file")
     audit_lines = sum(1 for _ in open(audit_dir / "audit.jsonl", "rb"))
     if audit_lines < 4:
         raise BenchError(f"the audit file has {audit_lines} records after the audited wrk runs")
     retire(edge_audit)
 
     # 2 (policy): the same hits from an edge with a 20-block [[policy]] that every request
-    # walks to its last block, ABBA against the edge without one.
+    # walks to its last block.
     policy_dir = edge_config(tmp, "edge-policy", up.port, 100 * GiB, policy=True)
     edge_policy, _, _ = start_edge(binary, policy_dir)
-    for _ in range(2):
-        fetch(edge_policy.port, small_path, p["small"], small_digest)
-        fetch(edge_policy.port, by_tag, len(manifest), manifest_digest, accept=OCI_MANIFEST)
-    for what, path, accept in [("small", small_path, None), ("mtag", by_tag, OCI_MANIFEST)]:
-        log(f"run {idx}: {what}, edge without and with a {POLICY_BLOCKS}-block policy (off, on, on, off)")
-        rps = {"nopolicy": [], "edge": []}
-        for key, s in (("nopolicy", edge), ("edge", edge_policy), ("edge", edge_policy), ("nopolicy", edge)):
-            rps[key].append(wrk(s, path, p, tmp, accept, upstream=up)["rps"])
-        for key, vals in rps.items():
-            r[f"policy_{what}_rps.{key}"] = statistics.mean(vals)
+    abba("policy", edge_policy, "nopolicy", f"a {POLICY_BLOCKS}-block policy")
     retire(edge_policy)
 
     # 2 (signature): the same hits from an edge whose policy admits the repository only when
-    # signed by a key (the manifest is; its verdict is kept after the first pull), ABBA
-    # against the edge without a policy.
+    # signed by a key (the manifest is; its verdict is kept after the first pull).
     signed_key = sign_manifest(tmp, up.port, manifest_digest)
     signed_dir = edge_config(tmp, "edge-signed", up.port, 100 * GiB, signed_by=signed_key)
     edge_signed, _, _ = start_edge(binary, signed_dir)
-    for _ in range(2):
-        fetch(edge_signed.port, small_path, p["small"], small_digest)
-        fetch(edge_signed.port, by_tag, len(manifest), manifest_digest, accept=OCI_MANIFEST)
-    for what, path, accept in [("small", small_path, None), ("mtag", by_tag, OCI_MANIFEST)]:
-        log(f"run {idx}: {what}, edge without and with require_signature (off, on, on, off)")
-        rps = {"nopolicy": [], "edge": []}
-        for key, s in (("nopolicy", edge), ("edge", edge_signed), ("edge", edge_signed), ("nopolicy", edge)):
-            rps[key].append(wrk(s, path, p, tmp, accept, upstream=up)["rps"])
-        for key, vals in rps.items():
-            r[f"signed_{what}_rps.{key}"] = statistics.mean(vals)
+    abba("signed", edge_signed, "nopolicy", "require_signature")
     retire(edge_signed)
 
     # 3: cold miss, through the edge, through registry:2 proxy, and straight from the upstream.

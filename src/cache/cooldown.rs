@@ -138,9 +138,17 @@ pub(super) fn digest_hold(
     held
 }
 
-/// A time in refusals: RFC 3339, UTC, to the second.
+/// A time in refusals and decisions: RFC 3339, UTC, to the second.
 fn when(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The end of a cooldown refusal: when it will be allowed, and how to allow it sooner.
+fn allowed_after(until: SystemTime) -> String {
+    format!(
+        "it will be allowed after {} (an admin can release it sooner with `sparkcr-edge policy release`)",
+        when(until)
+    )
 }
 
 impl Cache {
@@ -171,26 +179,32 @@ impl Cache {
                 );
                 Ok((digest, Some(decision)))
             }
-            Resolution::Refused { until } => {
-                self.metrics
-                    .policy_cooldowns
-                    .with_label_values(&["refused"])
-                    .inc();
-                Err(CacheError::PolicyRefused {
-            block: rule.block.clone(),
-            check: "cooldown",
-            message: format!(
-                    "{}:{} through {} points at {}, which this edge first saw less than {} ago: policy block \"{}\" holds new digests back for that long (mode = \"closed\"), and the tag has no earlier digest to serve; it will be allowed after {} (an admin can release it sooner with `sparkcr-edge policy release`)",
+            Resolution::Refused { until } => Err(self.cooldown_refusal(
+                rule,
+                format!(
+                    "{}:{} through {} points at {}, which this edge first saw less than {} ago: policy block \"{}\" holds new digests back for that long (mode = \"closed\"), and the tag has no earlier digest to serve; {}",
                     target.repo,
                     tag,
                     target.upstream,
                     rec.digest,
                     humantime::format_duration(rule.period),
                     rule.block,
-                    when(until)
+                    allowed_after(until)
                 ),
-        })
-            }
+            )),
+        }
+    }
+
+    /// `DENIED` by `rule`'s block, counted as a cooldown refusal.
+    fn cooldown_refusal(&self, rule: &CooldownRule, message: String) -> CacheError {
+        self.metrics
+            .policy_cooldowns
+            .with_label_values(&["refused"])
+            .inc();
+        CacheError::PolicyRefused {
+            block: rule.block.clone(),
+            check: "cooldown",
+            message,
         }
     }
 
@@ -206,19 +220,18 @@ impl Cache {
         let Some((tag, until)) = digest_hold(&tags, d, rule, SystemTime::now()) else {
             return Ok(());
         };
-        self.metrics
-            .policy_cooldowns
-            .with_label_values(&["refused"])
-            .inc();
-        Err(CacheError::PolicyRefused {
-            block: rule.block.clone(),
-            check: "cooldown",
-            message: format!(
-            "{}@{d} through {} is held back: this edge first saw {}:{tag} point at it less than {} ago, and policy block \"{}\" holds new digests back for that long; it will be allowed after {} (an admin can release it sooner with `sparkcr-edge policy release`)",
-            target.repo, target.upstream, target.repo,
-            humantime::format_duration(rule.period), rule.block, when(until)
-        ),
-        })
+        Err(self.cooldown_refusal(
+            rule,
+            format!(
+                "{}@{d} through {} is held back: this edge first saw {}:{tag} point at it less than {} ago, and policy block \"{}\" holds new digests back for that long; {}",
+                target.repo,
+                target.upstream,
+                target.repo,
+                humantime::format_duration(rule.period),
+                rule.block,
+                allowed_after(until)
+            ),
+        ))
     }
 
     /// Keeps the manifest a cooldown serves (and those an index lists) in the store until

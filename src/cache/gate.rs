@@ -128,13 +128,7 @@ impl Cache {
 
     /// The tag's record if it is within `tag_ttl`.
     fn fresh_record(&self, key: &TagKey) -> Result<Option<TagRecord>, CacheError> {
-        let Some(rec) = self.store.tag(key)? else {
-            return Ok(None);
-        };
-        let age = SystemTime::now()
-            .duration_since(rec.validated_at)
-            .unwrap_or_default();
-        Ok((age < self.settings.tag_ttl).then_some(rec))
+        Ok(self.store.tag(key)?.filter(|rec| self.within_tag_ttl(rec)))
     }
 
     /// Manifest `d` from the store, or by digest through the cache (evicted since: a

@@ -314,10 +314,7 @@ impl Cache {
         let Some(rec) = self.tag_record(key).await? else {
             return Ok(None);
         };
-        let age = SystemTime::now()
-            .duration_since(rec.validated_at)
-            .unwrap_or_default();
-        let fresh = age < self.settings.tag_ttl || (waited && rec.validated_at >= asked_at);
+        let fresh = self.within_tag_ttl(&rec) || (waited && rec.validated_at >= asked_at);
         if !fresh {
             return Ok(None);
         }
@@ -331,6 +328,14 @@ impl Cache {
         self.for_client(target, key, (rec.digest, m), accept, head)
             .await
             .map(Some)
+    }
+
+    /// Whether the upstream confirmed `rec`'s tag within `tag_ttl`.
+    pub(super) fn within_tag_ttl(&self, rec: &TagRecord) -> bool {
+        let age = SystemTime::now()
+            .duration_since(rec.validated_at)
+            .unwrap_or_default();
+        age < self.settings.tag_ttl
     }
 
     async fn revalidate_tag(

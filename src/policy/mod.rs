@@ -1,10 +1,14 @@
-//! What may be pulled through the edge: the `[[policy]]` blocks compiled, the first block
-//! that fits an upstream and a repository deciding (none fits: allowed), and the blocks in
-//! force, swapped whole when the config is reloaded (SIGHUP) so a request sees one set.
+//! What may be pulled through the edge: the `[[policy]]` blocks compiled (globs, an
+//! allowing block's cooldown, and the public keys its `require_signature` files hold), the
+//! first block that fits an upstream and a repository deciding (none fits: allowed), and
+//! the blocks in force, swapped whole when the config is reloaded (SIGHUP) so a request
+//! sees one set.
 //!
-//! Owns: matching and the blocks in force. Must not: know who asks (that is `access`),
-//! speak HTTP (the registry's front door turns a denial into `403 DENIED`), or read the
-//! config file (the daemon does, and hands the blocks over).
+//! Owns: matching, loading the key files blocks name, and the blocks in force. Must not:
+//! know who asks (that is `access`), speak HTTP (the registry's front door turns a denial
+//! into `403 DENIED`), apply a cooldown or check a signature (the cache's trust gate does,
+//! with the rules a verdict carries), or read the config file (the daemon does, and hands
+//! the blocks over).
 
 use crate::config::{CooldownRule, PolicyAction, PolicyConfig};
 use crate::oci::signature::{KeySet, PublicKey, SignatureRule};

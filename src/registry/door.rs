@@ -2,7 +2,9 @@
 //! route, authorize), each once and in that order, and the edge's own `GET /token`.
 //!
 //! Owns: putting [`crate::access`]'s and [`crate::policy`]'s answers the way the registry
-//! protocol wants them (a pull the policy denies: `403 DENIED` naming the block):
+//! protocol wants them (a pull the policy denies: `403 DENIED` naming the block, left in
+//! the answer as a `PolicyDenial` for the server to count; a pull it allows carries the
+//! block's cooldown and signature rules to the pull side in [`Authorized`]):
 //! `401` with a Bearer challenge only (Docker fails anonymous pulls when Basic is offered
 //! beside it; `/token` itself challenges with Basic), `403 DENIED` with the scope that is
 //! missing, `429 TOOMANYREQUESTS` with `Retry-After`, and `405` for a push to an upstream
